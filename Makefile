@@ -1,0 +1,40 @@
+# make book: set up the environment if needed, execute the notebooks, build _build/html.
+# make test: the same set-up, then unit tests, nbval over every notebook, a strict book build.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
+
+.PHONY: all env book test unit nbval book-strict benchmark clean
+
+all: book
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+env: $(STAMP)
+
+book: env
+	$(VENV)/bin/jupyter-book build . --path-output .
+
+unit: env
+	$(PY) -m pytest tests -p no:cacheprovider
+
+nbval: env
+	$(PY) -m pytest --nbval --nbval-current-env -p no:cacheprovider $(NOTEBOOKS)
+
+book-strict: env
+	$(VENV)/bin/jupyter-book build . --path-output . -W -n --keep-going
+
+test: unit nbval book-strict
+
+benchmark: env
+	$(PY) benchmarks/step_time.py
+
+clean:
+	rm -rf _build

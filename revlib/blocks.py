@@ -1,0 +1,145 @@
+"""The contract of a reversible block, and the channel split that couplings share.
+
+A block is a bijection ``y = forward(x)`` with ``x = inverse(y)``. Subclasses
+write the two directions once, as ``_forward(x, run)`` and ``_inverse(y, run)``,
+calling every learned sub-function through ``run(name, fn, tensor)``. The same
+code then serves a plain forward, a forward that records RNG states on a
+:class:`~revlib.recompute.Tape`, and a recomputation that replays them.
+
+:meth:`ReversibleBlock.backward_step` is the step of the paper's Algorithm 1:
+from the output ``y`` and its gradient ``dy`` it returns the input ``x``, its
+gradient ``dx`` and the parameter gradients. The generic version inverts the
+block and then re-runs it with autograd (two evaluations of each sub-function);
+couplings override it with a fused step that evaluates each sub-function once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .recompute import Tape
+
+__all__ = ["ReversibleBlock", "Run", "ParamGrads", "plain_run", "split_halves", "check_same_shape"]
+
+Run = Callable[[str, nn.Module, Tensor], Tensor]
+"""How a block calls a sub-function: ``run(name, fn, x)`` returns ``fn(x)``."""
+
+ParamGrads = list[tuple[nn.Parameter, "Tensor | None"]]
+
+
+def plain_run(name: str, fn: nn.Module, x: Tensor) -> Tensor:
+    """Call ``fn(x)`` with nothing recorded or replayed."""
+    return fn(x)
+
+
+def split_halves(block: nn.Module, x: Tensor, what: str = "input") -> tuple[Tensor, Tensor]:
+    """Split ``x`` of shape (N, C, ...) into two halves of C/2 channels.
+
+    Raises ``ValueError`` naming the block and the shape when ``x`` has fewer
+    than two dimensions or an odd number of channels.
+    """
+    name = type(block).__name__
+    if x.dim() < 2:
+        raise ValueError(
+            f"{name}: expected an {what} of shape (batch, channels, ...), got shape {tuple(x.shape)}"
+        )
+    channels = x.shape[1]
+    if channels % 2:
+        raise ValueError(
+            f"{name}: the {what} has an odd number of channels ({channels}, shape "
+            f"{tuple(x.shape)}); a coupling splits the channels into two equal halves"
+        )
+    x1, x2 = x.chunk(2, dim=1)
+    return x1, x2
+
+
+def check_same_shape(block: nn.Module, fn_name: str, out: Tensor, like: Tensor) -> Tensor:
+    """Raise ``ValueError`` unless sub-function ``fn_name`` kept the shape of its argument.
+
+    A reversible block must not change shapes: a strided or channel-changing
+    layer inside F or G breaks invertibility.
+    """
+    if out.shape != like.shape:
+        raise ValueError(
+            f"{type(block).__name__}: {fn_name} maps a half of shape {tuple(like.shape)} to "
+            f"shape {tuple(out.shape)}; it must keep the shape (no stride, no change of "
+            "channels) for the block to be invertible"
+        )
+    return out
+
+
+def trainable_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    """The distinct parameters that require gradients, in a fixed order."""
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen[id(p)] = p
+    return list(seen.values())
+
+
+def grads_for(
+    outputs: Sequence[Tensor],
+    grad_outputs: Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    params: Sequence[nn.Parameter],
+) -> tuple[list[Tensor | None], ParamGrads]:
+    """Vector-Jacobian products of ``outputs`` with respect to ``inputs`` and ``params``.
+
+    Returns ``(input_grads, [(param, grad), ...])``; an input or parameter that
+    does not influence the outputs gets ``None``.
+    """
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    wanted = [*inputs, *params]
+    if not pairs or not wanted:
+        return [None] * len(inputs), [(p, None) for p in params]
+    grads = torch.autograd.grad(
+        [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
+    )
+    return list(grads[: len(inputs)]), list(zip(params, grads[len(inputs) :]))
+
+
+class ReversibleBlock(nn.Module):
+    """A bijection ``y = forward(x)``, ``x = inverse(y)`` with a memory-free backward step.
+
+    Subclasses implement :meth:`_forward` and :meth:`_inverse`; they may
+    override :meth:`backward_step` with a cheaper fused version.
+    """
+
+    def _forward(self, x: Tensor, run: Run) -> Tensor:
+        raise NotImplementedError
+
+    def _inverse(self, y: Tensor, run: Run) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``y = f(x)``."""
+        return self._forward(x, plain_run)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """``x = f^{-1}(y)``."""
+        return self._inverse(y, plain_run)
+
+    def forward_recorded(self, x: Tensor, tape: Tape) -> Tensor:
+        """The forward, recording on ``tape`` what a recomputation must replay."""
+        return self._forward(x, tape.call)
+
+    def inverse_replayed(self, y: Tensor, tape: Tape) -> Tensor:
+        """The inverse of :meth:`forward_recorded`, replaying the tape (same dropout masks)."""
+        return self._inverse(y, tape.recall)
+
+    def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor | None, ParamGrads]:
+        """Reconstruct ``x`` from ``y`` and map ``dy`` to ``dx`` and the parameter gradients.
+
+        Generic version: ``x = f^{-1}(y)`` without a graph, then ``f(x)`` again
+        with autograd and one vector-Jacobian product. Must run with grad mode on.
+        """
+        with torch.no_grad():
+            x = self.inverse_replayed(y, tape)
+        x = x.detach().requires_grad_(True)
+        y_again = self._forward(x, tape.recall)
+        (dx,), param_grads = grads_for([y_again], [dy], [x], trainable_parameters([self]))
+        return x.detach(), dx, param_grads
