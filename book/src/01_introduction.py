@@ -1,0 +1,231 @@
+# %% [markdown]
+# # Introduction: the memory that backpropagation keeps
+#
+# Training a network with backpropagation needs, for every layer, the input the
+# layer saw in the forward pass. Those saved activations, not the weights, are
+# what fills the memory of a deep network in training, and they grow with depth.
+# This chapter shows why backpropagation must keep them, measures how many bytes
+# a plain residual network keeps as it gets deeper, and gives a first look at the
+# way out that the rest of the book develops: reversible blocks, whose inputs can
+# be recomputed from their outputs.
+
+# %%
+import matplotlib.pyplot as plt
+import torch
+from myst_nb import glue
+from torch import nn
+
+import revlib
+from revlib.memory import MiB, SavedTensorMeter, saved_tensor_bytes
+
+torch.manual_seed(0)
+
+# %% [markdown]
+# ## Why the backward pass needs the forward's activations
+#
+# Take a chain of layers $a_{l+1} = f_l(a_l; W_l)$, $l = 0, \dots, L-1$, and a
+# scalar loss $\mathcal{L}(a_L)$. Write $\bar a_l = \partial \mathcal{L} / \partial a_l$
+# for the gradient of the loss with respect to an activation (a column vector).
+# The chain rule gives the backward recursion
+#
+# $$
+# \bar a_l = \left(\frac{\partial f_l}{\partial a_l}\right)^{\!\top} \bar a_{l+1},
+# \qquad
+# \bar W_l = \left(\frac{\partial f_l}{\partial W_l}\right)^{\!\top} \bar a_{l+1}.
+# $$
+#
+# Both Jacobians are evaluated *at the forward's point* $(a_l, W_l)$. For a
+# linear layer $a_{l+1} = W_l a_l + b_l$ the weight gradient is the outer product
+#
+# $$
+# \bar W_l = \bar a_{l+1}\, a_l^{\top},
+# $$
+#
+# so it cannot be formed without the layer's input $a_l$. A nonlinearity has the
+# same need: for $a_{l+1} = \mathrm{ReLU}(a_l)$ the Jacobian is
+# $\mathrm{diag}(\mathbb{1}[a_l > 0])$, which depends on $a_l$. Autograd therefore
+# saves, during the forward, every tensor that some Jacobian-vector product of
+# the backward will read. These are kept until the backward has passed the
+# layer, so at the end of the forward *all* of them are in memory at once: a
+# network twice as deep keeps twice as many.
+#
+# We can watch this happen. `revlib.memory.SavedTensorMeter` installs
+# `torch.autograd.graph.saved_tensors_hooks` and adds up the bytes of every
+# tensor that autograd saves for the backward (each storage once, parameters left
+# out). A linear layer saves exactly its input:
+
+# %%
+layer = nn.Linear(64, 32)
+a = torch.randn(16, 64)
+with SavedTensorMeter(exclude=layer.parameters()) as meter:
+    out = layer(a)
+input_bytes = a.numel() * a.element_size()
+print(f"saved for backward: {meter.bytes} bytes in {meter.count} tensor; the input has {input_bytes} bytes")
+assert meter.bytes == input_bytes and meter.count == 1
+
+# %% [markdown]
+# And the weight gradient that autograd computes from it is the outer product
+# $\bar W = \bar a_{\text{out}}\, a^\top$ (summed over the batch), as derived:
+
+# %%
+grad_out = torch.randn(16, 32)
+out.backward(grad_out)
+by_hand = grad_out.T @ a
+weight_grad_error = (layer.weight.grad - by_hand).abs().max().item()
+print(f"largest difference between autograd's weight gradient and grad_out^T a: {weight_grad_error:.1e}")
+assert weight_grad_error < 1e-5
+
+# %% [markdown]
+# ## A plain residual network, measured
+#
+# Now a residual network of the kind RevNet starts from: blocks of
+# convolution, batch normalisation and ReLU with an identity shortcut,
+# $a_{l+1} = \mathrm{ReLU}(a_l + \mathrm{BN}(\mathrm{conv}(\mathrm{ReLU}(\mathrm{BN}(\mathrm{conv}(a_l))))))$,
+# written as an ordinary PyTorch module. All blocks keep the shape of their input
+# (16 channels on a 16 x 16 grid, a batch of 8), so every block's activations have
+# the same size, and we count the bytes saved for the backward as the stack deepens.
+
+# %%
+class ResidualBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the identity, then ReLU (the basic ResNet block)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
+CHANNELS, BATCH, SIZE = 16, 8, 16
+x = torch.randn(BATCH, CHANNELS, SIZE, SIZE)
+activation_bytes = x.numel() * x.element_size()  # one activation tensor, A
+depths = [1, 2, 4, 8, 16, 32]
+plain_bytes = {}
+for depth in depths:
+    net = nn.Sequential(*[ResidualBlock(CHANNELS) for _ in range(depth)])
+    plain_bytes[depth] = saved_tensor_bytes(net, x)
+    print(f"depth {depth:2d}: {plain_bytes[depth]:>10,d} bytes = {plain_bytes[depth] / activation_bytes:7.3f} A")
+
+# %% [markdown]
+# The growth is exactly linear: every added block adds the same number of bytes.
+# The next cell checks this to the byte and explains the increment. Per block,
+# autograd keeps four activation-sized tensors: the input of the first convolution
+# (the block's input), the input of each BatchNorm (the two convolution outputs),
+# and the ReLU output inside the block, which is also what the second convolution
+# reads, so it is stored once. Each BatchNorm also keeps its batch mean and inverse
+# standard deviation, 2 x 16 floats. The block's final ReLU output is the next
+# block's input, so it is counted once too; the deepest block's output adds one
+# more tensor $A$ at the top of the stack.
+
+# %%
+increments = [
+    (plain_bytes[b] - plain_bytes[a]) / (b - a) for a, b in zip(depths, depths[1:])
+]
+per_block = increments[0]
+bn_stats_bytes = 2 * 2 * CHANNELS * 4  # two BatchNorms, each a mean and an inverse std, float32
+assert all(inc == per_block for inc in increments), increments
+assert per_block == 4 * activation_bytes + bn_stats_bytes
+assert all(plain_bytes[d] == activation_bytes + d * per_block for d in depths)
+per_block_ratio = per_block / activation_bytes
+glue("intro_A_bytes", activation_bytes, display=False)
+glue("intro_per_block", int(per_block), display=False)
+glue("intro_per_block_A", per_block_ratio, display=False)
+glue("intro_depth32_mib", plain_bytes[32] / MiB, display=False)
+print(f"A = {activation_bytes:,d} bytes; each block adds {int(per_block):,d} bytes = 4 A + {bn_stats_bytes} bytes")
+print(f"saved bytes = A + depth x {int(per_block):,d}, exactly, at every depth measured")
+
+# %% [markdown]
+# So one activation tensor here is $A$ = {glue:text}`intro_A_bytes:,` bytes, and every
+# residual block adds {glue:text}`intro_per_block:,` bytes, about
+# {glue:text}`intro_per_block_A:.2f` $A$. At 32 blocks the stack keeps
+# {glue:text}`intro_depth32_mib:.1f` MiB of activations for a batch of only eight
+# 16 x 16 images; a real ResNet at CIFAR or ImageNet resolution and batch sizes keeps
+# hundreds of megabytes to gigabytes, more than its weights. The memory of
+# training is, to first order, *depth x batch x activation size*.
+#
+# ## The way out, in one plot
+#
+# A *reversible* block computes its output so that its input can be recomputed
+# from it exactly. RevNet's block (Gomez et al. 2017) splits the channels into two
+# halves and computes $y_1 = x_1 + F(x_2)$, $y_2 = x_2 + G(y_1)$; given $y$, the
+# input is $x_2 = y_2 - G(y_1)$, $x_1 = y_1 - F(x_2)$. A chain of such blocks need
+# not store any block's activations: the backward pass rebuilds each block's input
+# from its output, one block at a time (chapter 3). `revlib.ReversibleSequence`
+# does this. Below, the same width (two halves of 8 channels, F and G each
+# BN-ReLU-conv), counted in its default mode `"reversible"` and in mode
+# `"autograd"`, which runs the same blocks with ordinary autograd.
+
+# %%
+def half(channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1, bias=False))
+
+
+rev_bytes, autograd_bytes = {}, {}
+for depth in depths:
+    chain = revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(half(CHANNELS // 2), half(CHANNELS // 2)) for _ in range(depth)]
+    )
+    rev_bytes[depth] = saved_tensor_bytes(chain, x)
+    chain.mode = "autograd"
+    autograd_bytes[depth] = saved_tensor_bytes(chain, x)
+    print(f"depth {depth:2d}: reversible {rev_bytes[depth]:>9,d} bytes   same blocks with autograd {autograd_bytes[depth]:>10,d} bytes")
+
+assert len(set(rev_bytes.values())) == 1  # flat: the same number of bytes at every depth
+assert rev_bytes[1] == activation_bytes  # only the chain's output is kept
+assert all(autograd_bytes[b] > autograd_bytes[a] for a, b in zip(depths, depths[1:]))
+glue("intro_rev_bytes", rev_bytes[32], display=False)
+glue("intro_autograd32_bytes", autograd_bytes[32], display=False)
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.8))
+ax.plot(depths, [plain_bytes[d] / MiB for d in depths], "o-", label="plain residual stack (autograd)")
+ax.plot(depths, [autograd_bytes[d] / MiB for d in depths], "s-", label="RevNet blocks, mode 'autograd'")
+ax.plot(depths, [rev_bytes[d] / MiB for d in depths], "^-", label="RevNet blocks, mode 'reversible'")
+ax.set_xlabel("number of blocks")
+ax.set_ylabel("saved for backward (MiB)")
+ax.set_title("Activation memory vs depth (batch 8, 16 channels, 16 x 16, float32)")
+ax.legend()
+ax.grid(alpha=0.3)
+plt.show()
+
+# %% [markdown]
+# The reversible chain keeps {glue:text}`intro_rev_bytes:,` bytes at every depth,
+# exactly one activation tensor (its output), where the same 32 blocks under ordinary
+# autograd keep {glue:text}`intro_autograd32_bytes:,` bytes. The price is compute:
+# the backward pass evaluates F and G a second time. Chapter 3 derives the
+# backward, checks that its gradients equal autograd's, and measures the extra time
+# (at least a third of a normal training step, for reasons explained there).
+#
+# ## What this book covers
+#
+# 1. **Introduction** (this chapter): why backprop stores activations, and how much.
+# 2. **Coupling math**: the NICE, RevNet (additive) and Real NVP (affine) couplings;
+#    their inverses and Jacobian determinants, derived and checked numerically;
+#    what limits exact inversion in floating point.
+# 3. **Reversible backprop**: Algorithm 1 of Gomez et al. (2017) derived step by step,
+#    the implementation, gradient checks against autograd (BatchNorm and dropout
+#    included), memory and time of the reversible, autograd and checkpoint modes.
+# 4. **RevNet architecture and memory**: RevNet, ResNet, Rev-VGG and VGG-19 built
+#    in full, parameters counted and activation memory measured.
+# 5. **ResNets as ODEs, and stability**: a residual block as a forward-Euler step;
+#    Jacobian eigenvalues, and how perturbations grow or shrink with depth.
+# 6. **Hamiltonian, Midpoint and Leapfrog networks**: reversible discretisations of
+#    ODEs (Chang et al. 2018) that can be made arbitrarily deep.
+# 7. **Training and the accuracy tables**: the papers' reported accuracies, labelled
+#    as theirs, beside runs of this repository's code.
+#
+# ## What we learned
+#
+# - The backward pass evaluates each layer's Jacobians at the forward's point, so
+#   autograd keeps the inputs of the layers until the backward reaches them.
+# - For a plain residual stack the kept bytes grow exactly linearly with depth,
+#   here four activation tensors (plus BatchNorm's statistics) per block.
+# - A chain of reversible blocks keeps only its output: its memory does not grow
+#   with depth at all.
