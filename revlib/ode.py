@@ -32,7 +32,9 @@ trainable 0-dim parameter of the block.
 **Normalisation**: no BatchNorm inside any block. The learned sub-functions are
 :math:`K^\top\sigma(K\,\cdot + b)` with one bias, as in Chang et al.'s formula
 (their published parameter counts correspond to a bias and no BN in the block);
-a BN inside would also break the Hamiltonian structure of the Jacobian.
+a BN inside, with its batch statistics and learned scales, would in general
+break the structure :math:`K^\top D K` of the Jacobian that the stability
+argument rests on.
 
 Every block is a :class:`~revlib.blocks.ReversibleBlock` and runs in
 :class:`~revlib.sequence.ReversibleSequence` in any mode. The Hamiltonian block

@@ -60,8 +60,9 @@ _ = torch.manual_seed(0)
 # $K^\top$ share one weight: a convolution and a transposed convolution with the
 # same kernel (`KTransposeSigmaK`), which is exactly the convolution's adjoint. As
 # in Chang et al.'s formula and their published parameter counts, each sub-function
-# has one bias and no BatchNorm (a BatchNorm inside would also break the
-# structure $A = K^\top D K$ that chapter 5's proof relies on).
+# has one bias and no BatchNorm (a BatchNorm inside, with its batch statistics and
+# learned scales, would in general break the structure $A = K^\top D K$ that
+# chapter 5's proof relies on).
 #
 # **Midpoint network.** The midpoint rule for $\dot Y = F(Y)$ is a *two-step*
 # scheme, $Y_{j+1} = Y_{j-1} + 2h\, F(Y_j)$, inverted by
