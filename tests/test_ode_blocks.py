@@ -141,10 +141,13 @@ def test_gradients_equal_autograd(name, learn_h):
         assert max_rel_error(dx, dx_ref) < 1e-5
         for a, b in zip(dp, dp_ref):
             assert max_rel_error(a, b) < 1e-5
-    if learn_h:  # the step sizes are parameters and get a gradient
-        hs = [b.h for b in base.blocks]
-        assert all(isinstance(h, torch.nn.Parameter) for h in hs)
-        assert len(dp_ref) == len({id(p) for p in base.parameters()})
+    if learn_h:  # the step sizes are parameters, one per block, and get a nonzero gradient in every mode
+        h_ids = {id(b.h) for b in base.blocks}
+        assert len(h_ids) == len(base.blocks)
+        at = [i for i, p in enumerate(base.parameters()) if id(p) in h_ids]
+        assert len(at) == len(base.blocks)
+        for mode in revlib.MODES:
+            assert all(results[mode][2][i] is not None and results[mode][2][i].abs() > 0 for i in at)
 
 
 @pytest.mark.parametrize("name", ["hamiltonian", "leapfrog", "midpoint"])
