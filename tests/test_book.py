@@ -36,7 +36,7 @@ def test_first_code_cell_installs_from_the_configured_repository(path):
     source = "".join(first["source"])
     assert f"git+{notebooks.repository_url()}" in source
     assert "google.colab" in source
-    text = "".join(o.get("text", "") for o in first["outputs"])
+    text = "".join("".join(o.get("text", [])) for o in first["outputs"])
     assert "running on:" in text
 
 
