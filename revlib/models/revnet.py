@@ -262,7 +262,7 @@ class StoresInputOnly(nn.Module):
         return self.compute(x)
 
     def kept_activations(self, x: Tensor, y: Tensor) -> int | None:
-        """For :mod:`revlib.memcalc`: ``None`` (list my layers) in mode autograd, else 0.
+        """For :mod:`revlib.memcalc`: ``None`` (list its layers) in mode autograd, else 0.
 
         When checkpointed the only tensor kept is the input, which the layer
         before has already counted as its output.
