@@ -159,6 +159,32 @@ def _checkpointed(block: nn.Module, x: Tensor) -> Tensor:
     return checkpoint(run, x, use_reentrant=False, preserve_rng_state=True)
 
 
+def _check_parameters_unchanged(
+    seq: ReversibleSequence, params: tuple[nn.Parameter, ...], versions: list[int]
+) -> None:
+    """Raise unless the backward would recompute with the very weights the forward used.
+
+    The reconstruction re-runs the blocks with their current parameters. If
+    they were replaced (``torch.func.functional_call``) or changed in place
+    (an optimizer step before ``backward``), the gradients would be silently
+    wrong, so this is an error.
+    """
+    current = trainable_parameters(seq.blocks)
+    if [id(p) for p in current] != [id(p) for p in params]:
+        raise RuntimeError(
+            "ReversibleSequence(mode='reversible'): the blocks' parameters were replaced between "
+            "forward and backward (e.g. by torch.func.functional_call or a weight swap); the "
+            "reconstruction needs the forward's weights. Use mode='autograd' for functional calls."
+        )
+    changed = [i for i, (p, v) in enumerate(zip(params, versions)) if p._version != v]
+    if changed:
+        raise RuntimeError(
+            f"ReversibleSequence(mode='reversible'): {len(changed)} parameter tensor(s) were modified "
+            "in place between forward and backward (e.g. an optimizer step before backward); the "
+            "reconstruction would use the new weights and give wrong gradients."
+        )
+
+
 class _ReversibleChain(torch.autograd.Function):
     """Forward without a graph; backward by reconstruction, one block at a time."""
 
@@ -176,7 +202,8 @@ class _ReversibleChain(torch.autograd.Function):
             y = y.clone()
         ctx.seq = seq
         ctx.tapes = tapes
-        ctx.param_index = {id(p): i for i, p in enumerate(params)}
+        ctx.params = params
+        ctx.param_versions = [p._version for p in params]
         ctx.save_for_backward(y)
         return y
 
@@ -188,15 +215,17 @@ class _ReversibleChain(torch.autograd.Function):
                 "(create_graph=True): its backward reconstructs activations outside the graph. "
                 "Use mode='autograd' or mode='checkpoint' for higher-order gradients."
             )
+        _check_parameters_unchanged(ctx.seq, ctx.params, ctx.param_versions)
         (y,) = ctx.saved_tensors
-        grads: list[Tensor | None] = [None] * len(ctx.param_index)
+        index = {id(p): i for i, p in enumerate(ctx.params)}
+        grads: list[Tensor | None] = [None] * len(ctx.params)
         with torch.enable_grad():
             for block, tape in reversed(list(zip(ctx.seq.blocks, ctx.tapes))):
                 y, dy, param_grads = block.backward_step(y, dy, tape)
                 for p, g in param_grads:
                     if g is None:
                         continue
-                    i = ctx.param_index[id(p)]
+                    i = index[id(p)]
                     grads[i] = g if grads[i] is None else grads[i] + g
         dx = dy if ctx.needs_input_grad[0] else None
         return (dx, None, *grads)
