@@ -21,13 +21,14 @@ from typing import Iterator
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
-from torch.utils.checkpoint import get_device_states, set_device_states
+from torch.utils.checkpoint import checkpoint, get_device_states, set_device_states
 
 __all__ = [
     "RNGState",
     "AutocastState",
     "Tape",
     "frozen_norm_stats",
+    "checkpoint_updating_stats_once",
     "has_random_layers",
 ]
 
@@ -144,6 +145,26 @@ def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
         for m, momentum, batches in saved:
             m.momentum = momentum
             m.num_batches_tracked.copy_(batches)
+
+
+def checkpoint_updating_stats_once(module: nn.Module, fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` under non-reentrant :func:`torch.utils.checkpoint.checkpoint`, BatchNorm-safe.
+
+    Plain checkpointing updates the running statistics of ``module``'s
+    BatchNorm layers twice per step (forward and recomputation; PyTorch issue
+    96136). Here the recomputation runs under :func:`frozen_norm_stats`.
+    """
+    calls = 0
+
+    def run(h: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return fn(h)
+        with frozen_norm_stats(module):
+            return fn(h)
+
+    return checkpoint(run, x, use_reentrant=False, preserve_rng_state=True)
 
 
 @dataclass

@@ -15,10 +15,9 @@ from typing import Iterable, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .blocks import ReversibleBlock, trainable_parameters
-from .recompute import Tape, frozen_norm_stats, has_random_layers
+from .recompute import Tape, checkpoint_updating_stats_once, has_random_layers
 
 __all__ = ["ReversibleSequence", "Mode", "MODES"]
 
@@ -104,7 +103,7 @@ class ReversibleSequence(nn.Module):
         if not torch.is_grad_enabled() or not self.training or self.mode == "autograd":
             return _each_block(self.blocks, x, lambda block, h: block(h))
         if self.mode == "checkpoint":
-            return _each_block(self.blocks, x, _checkpointed)
+            return _each_block(self.blocks, x, lambda block, h: checkpoint_updating_stats_once(block, block, h))
         params = trainable_parameters(self.blocks)
         if not x.requires_grad and not params:
             return _each_block(self.blocks, x, lambda block, h: block(h))
@@ -142,21 +141,6 @@ def _each_block(blocks: nn.ModuleList, x: Tensor, step, reverse: bool = False) -
         except ValueError as err:
             raise ValueError(f"ReversibleSequence block {i}: {err}") from err
     return x
-
-
-def _checkpointed(block: nn.Module, x: Tensor) -> Tensor:
-    """One block under non-reentrant checkpointing; the recomputation leaves BatchNorm statistics alone."""
-    calls = 0
-
-    def run(h: Tensor) -> Tensor:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return block(h)
-        with frozen_norm_stats(block):
-            return block(h)
-
-    return checkpoint(run, x, use_reentrant=False, preserve_rng_state=True)
 
 
 def _check_parameters_unchanged(

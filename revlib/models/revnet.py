@@ -64,10 +64,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..couplings import AdditiveCoupling
-from ..recompute import frozen_norm_stats
+from ..recompute import checkpoint_updating_stats_once
 from ..sequence import MODES, Mode, ReversibleSequence
 
 __all__ = [
@@ -210,21 +209,6 @@ class ResidualUnit(nn.Module):
         return self.branch(x) + self.shortcut(x)
 
 
-def _checkpointed(module: nn.Module, fn, x: Tensor) -> Tensor:
-    """``fn(x)`` under non-reentrant checkpointing; the recomputation leaves BN statistics alone."""
-    calls = 0
-
-    def run(h: Tensor) -> Tensor:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return fn(h)
-        with frozen_norm_stats(module):
-            return fn(h)
-
-    return checkpoint(run, x, use_reentrant=False, preserve_rng_state=True)
-
-
 class StoresInputOnly(nn.Module):
     """A non-invertible piece of a reversible network that keeps only its input for the backward.
 
@@ -258,7 +242,7 @@ class StoresInputOnly(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mode != "autograd" and self.training and torch.is_grad_enabled():
-            return _checkpointed(self, self.compute, x)
+            return checkpoint_updating_stats_once(self, self.compute, x)
         return self.compute(x)
 
     def kept_activations(self, x: Tensor, y: Tensor) -> int | None:
