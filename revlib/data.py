@@ -104,7 +104,7 @@ def default_root() -> Path:
 # --------------------------------------------------------------------------- data
 
 
-@dataclass
+@dataclass(eq=False)  # no field-wise ==: the fields are tensors
 class ImageData(torch.utils.data.Dataset):
     """Images in memory, with their labels and normalisation.
 
@@ -230,29 +230,32 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0,
 
 
 def _probe(url: str, timeout: float) -> str | None:
-    """None if a TCP connection to the URL's host opens within ``timeout`` s, else why not.
+    """None if the URL's server answers an HTTP HEAD request within ``timeout`` s, else why not.
 
-    Runs in a daemon thread so that even a DNS lookup that ignores socket
-    timeouts cannot make the caller wait longer than ``timeout``.
+    Runs in a daemon thread, so that even a DNS lookup that ignores socket
+    timeouts cannot make the caller wait much longer than ``timeout``. An HTTP
+    error status counts as an answer: the download itself then decides.
     """
-    from urllib.parse import urlparse
+    import urllib.error
+    import urllib.request
 
-    parsed = urlparse(url)
-    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
     result: list[str | None] = []
 
     def attempt() -> None:
         try:
-            with socket.create_connection((host, port), timeout=timeout):
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
                 result.append(None)
-        except OSError as exc:  # DNS failure, refused, unreachable, timeout
-            result.append(f"{type(exc).__name__}: {exc}")
+        except urllib.error.HTTPError:
+            result.append(None)  # the server is there
+        except Exception as exc:  # DNS failure, refused, unreachable, timeout
+            reason = getattr(exc, "reason", exc)
+            result.append(f"{type(reason).__name__}: {reason}")
 
     t = threading.Thread(target=attempt, daemon=True)
     t.start()
     t.join(timeout + 0.5)
     if not result:
-        return f"no connection to {host}:{port} within {timeout:g} s"
+        return f"no answer from {url} within {timeout:g} s"
     return result[0]
 
 

@@ -48,7 +48,7 @@ import random
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
@@ -74,6 +74,7 @@ __all__ = [
     "write_metrics",
     "plot_history",
     "smoothness_hook",
+    "set_bn_momentum",
 ]
 
 Amp = Literal["bf16", "fp16", "auto"] | None
@@ -186,25 +187,36 @@ def decayed_parameter_names(model: nn.Module, decay_filter=None) -> tuple[list[s
 # ------------------------------------------------------------------- smoothness
 
 
-def smoothness_hook(rate: float) -> Callable[[nn.Module], Tensor]:
-    """``extra_loss(model)`` for Chang et al.'s weight smoothness decay, from :mod:`revlib.smoothness`.
+def smoothness_hook(rate: float, h: float | None = None) -> Callable[[nn.Module], Tensor]:
+    """``extra_loss(model)`` for Chang et al.'s weight smoothness decay (:func:`revlib.smoothness.weight_smoothness`).
 
-    Raises ``ImportError`` with a clear message if this revlib has no
-    :mod:`revlib.smoothness`; any callable ``extra_loss(model) -> Tensor`` may be
-    passed to :class:`Trainer` instead.
+    ``rate`` is in the convention of Chang et al.'s code, like the weight
+    decay: the coefficient of ``tf.nn.l2_loss`` (half the squared norm), so
+    ``rate = 2e-4`` adds ``1e-4 * sum_j ||K_j - K_{j+1}||^2`` to the loss. Any
+    callable ``extra_loss(model) -> Tensor`` may be given to :class:`Trainer`
+    instead.
     """
-    try:
-        from . import smoothness as sm  # written with the ODE networks
-    except ImportError as exc:
-        raise ImportError("revlib.smoothness is not available; pass extra_loss=your_function(model) instead") from exc
-    for fname in ("smoothness_loss", "weight_smoothness", "smoothness_penalty", "smoothness_decay"):
-        fn = getattr(sm, fname, None)
-        if callable(fn):
-            def extra(model: nn.Module, _fn=fn) -> Tensor:
-                return _fn(model, rate)
-            extra.__name__ = f"{fname}(rate={rate:g})"
-            return extra
-    raise ImportError(f"revlib.smoothness has none of the expected functions; its names: {dir(sm)}")
+    from .smoothness import weight_smoothness
+
+    def extra(model: nn.Module) -> Tensor:
+        return weight_smoothness(model, rate / 2, h=h)
+
+    extra.__name__ = f"weight_smoothness(rate={rate:g})"
+    return extra
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> nn.Module:
+    """Set the running-statistics momentum of every BatchNorm layer (PyTorch's convention).
+
+    The official RevNet code uses a decay of 0.99 (momentum 0.01 here): right
+    for 80k iterations, but after a run of a hundred steps the running
+    statistics are still mostly their initial values and the eval-mode accuracy
+    is meaningless. Short runs (``--fast``, the book's CPU runs) use 0.1.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+    return model
 
 
 # ----------------------------------------------------------------- randomness
@@ -387,9 +399,9 @@ class Trainer:
             memory format (faster convolutions on recent GPUs).
         compile: run the forward through ``torch.compile`` (the checkpoint stores
             the uncompiled module's weights, so resuming works either way).
-        extra_loss: ``extra_loss(model) -> Tensor`` added to every step's loss,
-            e.g. :func:`smoothness_hook`. If ``None`` and the recipe has
-            ``smoothness > 0``, :func:`smoothness_hook` (``recipe.smoothness``) is used.
+        extra_loss: ``extra_loss(model) -> Tensor`` added to every step's loss
+            (outside autocast, in float32). If ``None`` and the recipe has
+            ``smoothness > 0``, ``smoothness_hook(recipe.smoothness)`` is used.
         decay_filter: see :func:`parameter_groups`.
         progress: show a tqdm bar with loss, accuracy and images/s.
         metrics_path: ``.json`` or ``.csv`` file rewritten after every epoch.
@@ -432,13 +444,16 @@ class Trainer:
         self.elapsed = 0.0  # seconds of training and evaluation, summed over sessions
         self._epoch: dict | None = None  # state of the epoch in progress
         self._resume_rng: dict | None = None
+        self._loader: Iterable | None = None  # the train loader of the last fit, whose generators a checkpoint saves
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """Everything a resume needs, in types that ``torch.load(weights_only=True)`` accepts."""
         epoch = None
         if self._epoch is not None:
-            epoch = {k: v for k, v in self._epoch.items() if k not in ("iterator", "t0")}
+            epoch = {k: v for k, v in self._epoch.items() if k != "iterator"}
+            epoch["loss_sum"] = float(epoch["loss_sum"])  # float64 tensor -> float: exact
+            epoch["correct"] = int(epoch["correct"])
         return {
             "format": "revlib.train/1",
             "model": self.model.state_dict(),
@@ -450,7 +465,7 @@ class Trainer:
             "history": self.history,
             "elapsed": self.elapsed,
             "epoch_in_progress": epoch,
-            "rng": _global_rng_state(),
+            "rng": _rng_snapshot(self._loader) if self._loader is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -465,7 +480,11 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.history = list(state["history"])
         self.elapsed = state["elapsed"]
-        self._epoch = dict(state["epoch_in_progress"]) if state["epoch_in_progress"] is not None else None
+        self._epoch = None
+        if state["epoch_in_progress"] is not None:
+            self._epoch = dict(state["epoch_in_progress"])
+            self._epoch["loss_sum"] = torch.tensor(self._epoch["loss_sum"], dtype=torch.float64, device=self.device)
+            self._epoch["correct"] = torch.tensor(self._epoch["correct"], dtype=torch.int64, device=self.device)
         self._resume_rng = state["rng"]
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
@@ -478,7 +497,8 @@ class Trainer:
     def resume(self, path: str | os.PathLike | None = None) -> "Trainer":
         """Load a checkpoint; the next :meth:`fit` continues exactly where it was written."""
         path = Path(path) if path is not None else self.checkpoint_path
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        # on the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and momenta to the device
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return self
 
     def resume_if_exists(self, path: str | os.PathLike | None = None) -> bool:
@@ -496,7 +516,10 @@ class Trainer:
     # ------------------------------------------------------------ training
     def _start_epoch(self, loader: Iterable) -> None:
         start_rng = _rng_snapshot(loader)
-        self._epoch = {"start_rng": start_rng, "batches": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
+        # loss_sum and correct stay on the device (float64, int64) and are summed step by step in a fixed
+        # order, so that a resumed run reports the same numbers as an uninterrupted one
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._epoch = {"start_rng": start_rng, "batches": 0, "loss_sum": zero, "correct": zero.long(), "seen": 0,
                        "train_time": 0.0, "iterator": iter(loader)}
 
     def _continue_epoch(self, loader: Iterable) -> None:
@@ -507,7 +530,7 @@ class Trainer:
         for _ in range(e["batches"]):
             next(it)
         e["iterator"] = it
-        _set_global_rng_state(self._resume_rng)
+        _restore_rng(self._resume_rng, loader)
 
     def _train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         lr = self.recipe.lr_at(self.step)
@@ -542,8 +565,8 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "lr": self.recipe.lr_at(self.step - 1),
-            "train_loss": e["loss_sum"] / max(e["seen"], 1),
-            "train_acc": e["correct"] / max(e["seen"], 1),
+            "train_loss": float(e["loss_sum"]) / max(e["seen"], 1),
+            "train_acc": int(e["correct"]) / max(e["seen"], 1),
             "images_per_s": e["seen"] / e["train_time"] if e["train_time"] > 0 else float("nan"),
             "epoch_time_s": e["train_time"],
         }
@@ -584,18 +607,17 @@ class Trainer:
         if steps_per_epoch == 0:
             raise ValueError("the train loader is empty")
         self.model.train()
+        self._loader = train_loader
         if self._epoch is not None and "iterator" not in self._epoch:
-            self._continue_epoch(train_loader)
+            self._continue_epoch(train_loader)  # resumed inside an epoch
         elif self._resume_rng is not None:
-            _set_global_rng_state(self._resume_rng)
+            _restore_rng(self._resume_rng, train_loader)  # resumed at the end of an epoch
         self._resume_rng = None
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.recipe.iterations, initial=self.step, desc="train", unit="it", dynamic_ncols=True)
-        pending_loss = pending_correct = None
-        pending_n = 0
         try:
             while self.step < end:
                 if self._epoch is None:
@@ -604,29 +626,24 @@ class Trainer:
                 t0 = time.perf_counter()
                 x, y = next(e["iterator"])
                 loss_sum, correct = self._train_step(x, y)
-                n = len(y)
-                pending_loss = loss_sum if pending_loss is None else pending_loss + loss_sum
-                pending_correct = correct if pending_correct is None else pending_correct + correct
-                pending_n += n
+                e["loss_sum"] += loss_sum.double()
+                e["correct"] += correct
+                e["seen"] += len(y)
                 e["batches"] += 1
                 last_of_epoch = e["batches"] == steps_per_epoch or self.step >= self.recipe.iterations
-                if last_of_epoch or self.step % self.log_every == 0 or self.step >= end:
-                    # one device sync per log_every steps: fold the pending sums into floats
-                    e["loss_sum"] += float(pending_loss)
-                    e["correct"] += int(pending_correct)
-                    e["seen"] += pending_n
-                    pending_loss = pending_correct = None
-                    pending_n = 0
-                    self._sync()
+                show = bar is not None and (self.step % self.log_every == 0 or last_of_epoch)
+                if show or last_of_epoch or self.step >= end:
+                    self._sync()  # one device sync per log_every steps
                 dt = time.perf_counter() - t0
                 e["train_time"] += dt
                 self.elapsed += dt
                 if bar is not None:
                     bar.update(1)
-                    if pending_n == 0 and e["seen"]:
-                        bar.set_postfix(epoch=self.epoch + 1, loss=f"{e['loss_sum'] / e['seen']:.3f}",
-                                        acc=f"{e['correct'] / e['seen']:.3f}",
-                                        img_s=f"{e['seen'] / max(e['train_time'], 1e-9):.0f}", refresh=False)
+                    if show:
+                        seen = e["seen"]
+                        bar.set_postfix(epoch=self.epoch + 1, loss=f"{float(e['loss_sum']) / seen:.3f}",
+                                        acc=f"{int(e['correct']) / seen:.3f}",
+                                        img_s=f"{seen / max(e['train_time'], 1e-9):.0f}", refresh=False)
                 if last_of_epoch:
                     self._end_epoch(test_loader, bar)
                 elif self.checkpoint_path is not None and self.checkpoint_every and self.step % self.checkpoint_every == 0:
