@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
+# Notebook kernels must use the inline backend: a MPLBACKEND from the caller would change the outputs.
+NB_ENV := env -u MPLBACKEND
 
 .PHONY: all env book test unit nbval book-strict benchmark clean
 
@@ -20,16 +22,16 @@ $(STAMP): requirements.txt pyproject.toml
 env: $(STAMP)
 
 book: env
-	$(VENV)/bin/jupyter-book build . --path-output .
+	$(NB_ENV) $(VENV)/bin/jupyter-book build .
 
 unit: env
 	$(PY) -m pytest tests -p no:cacheprovider
 
 nbval: env
-	$(PY) -m pytest --nbval --nbval-current-env -p no:cacheprovider $(NOTEBOOKS)
+	$(NB_ENV) $(PY) -m pytest --nbval --nbval-current-env -p no:cacheprovider $(NOTEBOOKS)
 
 book-strict: env
-	$(VENV)/bin/jupyter-book build . --path-output . -W -n --keep-going
+	$(NB_ENV) $(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 test: unit nbval book-strict
 
