@@ -20,23 +20,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import revlib
+from common import run_metadata, sync, write_result
 from revlib.memory import cuda_peak_bytes, saved_tensor_bytes
 from revlib.models import revnet as R
 from revlib.models import rev_vgg, set_mode, vgg19
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 BUILDERS = {
     "resnet32": R.resnet32,
@@ -51,17 +48,6 @@ BUILDERS = {
 REVERSIBLE = {"revnet38", "revnet110", "revnet164", "rev_vgg"}
 # the non-reversible model of about the same parameter count
 BASELINE = {"revnet38": "resnet32", "revnet110": "resnet110", "revnet164": "resnet164", "rev_vgg": "vgg19"}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()})"
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -149,13 +135,7 @@ def run(args: argparse.Namespace) -> dict:
         "benchmark": "models",
         "what": "one training step (forward, cross-entropy, backward, SGD momentum update) on random "
         "32x32 RGB images, per model and backward mode",
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(device),
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "revlib": revlib.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
+        **run_metadata(device),
         "batch": args.batch,
         "warmup": args.warmup,
         "repeats": args.repeats,
@@ -201,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{pair}: time {r['time_reversible_to_baseline']:.2f}x, saved bytes {r['saved_reversible_to_baseline']:.3f}x"
         )
-    out = args.out or RESULTS / f"models_{result['device_type']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, args.out, "models")
     print(f"wrote {out}")
     return 0
 

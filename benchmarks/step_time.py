@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import revlib
+from common import run_metadata, sync, write_result
 from revlib.memory import cuda_peak_bytes, saved_tensor_bytes
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def preact_half(channels: int) -> nn.Sequential:
@@ -50,17 +47,6 @@ def revnet_stack(depth: int, width: int) -> revlib.ReversibleSequence:
     return revlib.ReversibleSequence(
         [revlib.AdditiveCoupling(preact_half(width // 2), preact_half(width // 2)) for _ in range(depth)]
     )
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()})"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -108,13 +94,7 @@ def run(args: argparse.Namespace) -> dict:
         "benchmark": "step_time",
         "what": "one training step (forward, backward of mean(y^2), SGD update) of a stack of "
         "AdditiveCoupling blocks, F and G = BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the channels",
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(device),
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "revlib": revlib.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
+        **run_metadata(device),
         "depth": args.depth,
         "width": args.width,
         "batch": args.batch,
@@ -161,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{mode:12s} {1000 * med:10.1f} {med / result['median_seconds']['autograd']:7.2f} "
             f"{result['saved_bytes'][mode] / 2**20:10.2f}"
         )
-    out = args.out or RESULTS / f"step_time_{result['device_type']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, args.out, "step_time")
     print(
         f"ratios of medians: reversible/autograd {result['ratio_reversible_to_autograd']:.2f}, "
         f"checkpoint/autograd {result['ratio_checkpoint_to_autograd']:.2f}; median paired ratios: "

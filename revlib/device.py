@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import torch
 
-__all__ = ["default_device"]
+__all__ = ["default_device", "hardware"]
 
 
 def default_device() -> torch.device:
@@ -14,3 +17,29 @@ def default_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def hardware(device: torch.device | str | None = None) -> dict:
+    """What a run ran on: the device kind, its name (GPU model or CPU model) and the CPU."""
+    device = torch.device(device) if device is not None else default_device()
+    info = {"device": device.type, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    elif device.type == "mps":
+        info["name"] = f"Apple MPS ({platform.machine()})"
+    else:
+        info["name"] = f"CPU: {info['cpu']} ({info['cpu_count']} logical cores, {info['torch_threads']} torch threads)"
+    return info

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import platform
 import sys
 import time
@@ -39,7 +38,7 @@ from typing import Sequence
 import torch
 
 from . import __version__, data, train
-from .device import default_device
+from .device import default_device, hardware
 
 __all__ = ["run", "main", "hardware", "build_model", "default_recipe", "FAST_ITERATIONS", "MODEL_NAMES"]
 
@@ -65,32 +64,6 @@ def build_model(name: str, num_classes: int, in_channels: int) -> torch.nn.Modul
         available = [n for n in MODEL_NAMES if hasattr(models, n)]
         raise SystemExit(f"unknown model {name!r}; this revlib has: {', '.join(available) or 'none yet'}")
     return fn(num_classes=num_classes, in_channels=in_channels)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def hardware(device: torch.device | str | None = None) -> dict:
-    """What a run ran on: the device kind, its name (GPU model or CPU model) and the CPU."""
-    device = torch.device(device) if device is not None else default_device()
-    info = {"device": device.type, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        info["name"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    elif device.type == "mps":
-        info["name"] = f"Apple MPS ({platform.machine()})"
-    else:
-        info["name"] = f"CPU: {info['cpu']} ({info['cpu_count']} logical cores, {info['torch_threads']} torch threads)"
-    return info
 
 
 def _count(model: torch.nn.Module) -> int:

@@ -13,15 +13,6 @@ from revlib.models import set_mode
 from revlib.models.revnet import PreActNet, revnet38
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread is as fast, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny():
     torch.manual_seed(0)
     return nn.Sequential(

@@ -26,15 +26,6 @@ CIFAR_COUNTS = {
 IMAGENET_COUNTS = {"resnet101": 44_541_480, "revnet104": 45_428_072}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread is as fast, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", sorted(CIFAR_COUNTS))
 @pytest.mark.parametrize("classes", [10, 100])
 def test_cifar_parameter_counts(name, classes):

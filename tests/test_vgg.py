@@ -15,15 +15,6 @@ from revlib.models.vgg import LinearBlock, RevVGG, RevVGGBlock
 SEED_REVBLOCK_PARAMS = [517_632, 2_067_456, 8_263_680, 9_443_328]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread is as fast, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_parameter_counts_match_seed_003():
     with torch.device("meta"):
         v, r = vgg19(), rev_vgg()

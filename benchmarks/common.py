@@ -1,0 +1,44 @@
+"""What the benchmark scripts share: device synchronisation, the run's metadata, the JSON file."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import revlib
+from revlib.device import hardware
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_metadata(device: torch.device) -> dict:
+    """Date, device and software of a benchmark run, for its JSON file."""
+    info = hardware(device)
+    return {
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": info["name"],
+        "device_type": device.type,
+        "hardware": info,
+        "torch": torch.__version__,
+        "revlib": revlib.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def write_result(result: dict, out: Path | None, default_name: str) -> Path:
+    """Write ``result`` as JSON to ``out``, or to results/<default_name>_<device type>.json."""
+    path = out or RESULTS / f"{default_name}_{result['device_type']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
