@@ -119,6 +119,19 @@ def _init_kernel(weight: Tensor, fan_out: int, std: float | None) -> None:
         weight.mul_(std)
 
 
+def _kernel(owner: str, rows: int, channels: int, kernel_size: int | None, std: float | None) -> nn.Parameter:
+    """A kernel K of shape ``(rows, channels[, k, k])`` with Chang et al.'s initialisation.
+
+    ``kernel_size`` must be odd (so "same" padding keeps the shape) or ``None`` (dense).
+    """
+    if kernel_size is not None and kernel_size % 2 == 0:
+        raise ValueError(f"{owner}: kernel_size must be odd to keep the shape, got {kernel_size}")
+    shape = (rows, channels) if kernel_size is None else (rows, channels, kernel_size, kernel_size)
+    weight = nn.Parameter(torch.empty(shape))
+    _init_kernel(weight, rows * (kernel_size or 1) ** 2, std)
+    return weight
+
+
 class KTransposeSigmaK(nn.Module):
     r""":math:`x \mapsto K^\top \sigma(K x + b)`, with K and :math:`K^\top` sharing one weight.
 
@@ -149,14 +162,10 @@ class KTransposeSigmaK(nn.Module):
     ) -> None:
         super().__init__()
         hidden = channels if hidden is None else hidden
-        if kernel_size is not None and kernel_size % 2 == 0:
-            raise ValueError(f"KTransposeSigmaK: kernel_size must be odd to keep the shape, got {kernel_size}")
         self.kernel_size = kernel_size
-        shape = (hidden, channels) if kernel_size is None else (hidden, channels, kernel_size, kernel_size)
-        self.weight = nn.Parameter(torch.empty(shape))
+        self.weight = _kernel("KTransposeSigmaK", hidden, channels, kernel_size, init_std)
         self.bias = nn.Parameter(torch.zeros(hidden)) if bias else None
         self.act = _activation(activation)
-        _init_kernel(self.weight, hidden * (kernel_size or 1) ** 2, init_std)
 
     def inner(self, x: Tensor) -> Tensor:
         """:math:`K x + b`."""
@@ -195,14 +204,10 @@ class AntisymmetricSigma(nn.Module):
         init_std: float | None = None,
     ) -> None:
         super().__init__()
-        if kernel_size is not None and kernel_size % 2 == 0:
-            raise ValueError(f"AntisymmetricSigma: kernel_size must be odd to keep the shape, got {kernel_size}")
         self.kernel_size = kernel_size
-        shape = (channels, channels) if kernel_size is None else (channels, channels, kernel_size, kernel_size)
-        self.weight = nn.Parameter(torch.empty(shape))
+        self.weight = _kernel("AntisymmetricSigma", channels, channels, kernel_size, init_std)
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
         self.act = _activation(activation)
-        _init_kernel(self.weight, channels * (kernel_size or 1) ** 2, init_std)
 
     def inner(self, x: Tensor) -> Tensor:
         r""":math:`(K - K^\top) x + b`."""

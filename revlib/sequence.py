@@ -19,13 +19,31 @@ from torch import Tensor, nn
 from .blocks import ReversibleBlock, trainable_parameters
 from .recompute import Tape, checkpoint_updating_stats_once, has_random_layers
 
-__all__ = ["ReversibleSequence", "Mode", "MODES"]
+__all__ = ["ReversibleSequence", "HasMode", "Mode", "MODES"]
 
 Mode = Literal["reversible", "autograd", "checkpoint"]
 MODES: tuple[str, ...] = ("reversible", "autograd", "checkpoint")
 
 
-class ReversibleSequence(nn.Module):
+class HasMode(nn.Module):
+    """A module with a validated backward ``mode`` attribute (one of :data:`MODES`)."""
+
+    @property
+    def mode(self) -> Mode:
+        """The backward mode: ``"reversible"``, ``"autograd"`` or ``"checkpoint"``."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: Mode) -> None:
+        if value not in MODES:
+            raise ValueError(f"{type(self).__name__}: mode must be one of {MODES}, got {value!r}")
+        self._mode = value
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+class ReversibleSequence(HasMode):
     """Run reversible blocks one after another, in one of three backward modes.
 
     Args:
@@ -66,20 +84,6 @@ class ReversibleSequence(nn.Module):
         self.mode = mode
         self.preserve_rng_state = preserve_rng_state
         self.ndim = ndim
-
-    @property
-    def mode(self) -> Mode:
-        """The backward mode: ``"reversible"``, ``"autograd"`` or ``"checkpoint"``."""
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: Mode) -> None:
-        if value not in MODES:
-            raise ValueError(f"ReversibleSequence: mode must be one of {MODES}, got {value!r}")
-        self._mode = value
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
 
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):

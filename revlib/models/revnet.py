@@ -67,7 +67,7 @@ from torch import Tensor, nn
 
 from ..couplings import AdditiveCoupling
 from ..recompute import checkpoint_updating_stats_once
-from ..sequence import MODES, Mode, ReversibleSequence
+from ..sequence import MODES, HasMode, Mode, ReversibleSequence
 
 __all__ = [
     "BN_MOMENTUM",
@@ -209,7 +209,7 @@ class ResidualUnit(nn.Module):
         return self.branch(x) + self.shortcut(x)
 
 
-class StoresInputOnly(nn.Module):
+class StoresInputOnly(HasMode):
     """A non-invertible piece of a reversible network that keeps only its input for the backward.
 
     Subclasses implement :meth:`compute`. In modes ``"reversible"`` and
@@ -222,20 +222,6 @@ class StoresInputOnly(nn.Module):
     def __init__(self, mode: Mode = "reversible") -> None:
         super().__init__()
         self.mode = mode
-
-    @property
-    def mode(self) -> Mode:
-        """``"autograd"`` stores everything; the other two modes store only the input."""
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: Mode) -> None:
-        if value not in MODES:
-            raise ValueError(f"{type(self).__name__}: mode must be one of {MODES}, got {value!r}")
-        self._mode = value
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
 
     def compute(self, x: Tensor) -> Tensor:
         raise NotImplementedError
