@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import revlib
-from revlib.device import hardware
+from revlib.core.device import hardware
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

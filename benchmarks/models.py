@@ -5,7 +5,7 @@ update (momentum 0.9). For every model the modes are timed interleaved (so a
 change in the machine's load hits them alike) after warm-up steps; the median
 of ``--repeats`` steps is reported with the ratios reversible/autograd and
 checkpoint/autograd, and the bytes each mode saves for the backward
-(revlib.memory.saved_tensor_bytes at the same batch; on CUDA also the
+(revlib.core.memory.saved_tensor_bytes at the same batch; on CUDA also the
 allocator's peak during a step). ResNets and VGG-19 have one mode, autograd;
 their rows give the time and memory of the RevNet of equal parameter count.
 
@@ -30,7 +30,7 @@ from torch import nn
 
 import revlib
 from common import run_metadata, sync, write_result
-from revlib.memory import cuda_peak_bytes, saved_tensor_bytes
+from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 from revlib.models import revnet as R
 from revlib.models import rev_vgg, set_mode, vgg19
 

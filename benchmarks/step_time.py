@@ -7,7 +7,7 @@ mean(y^2) and an SGD update. The modes are timed interleaved (so a change in
 the machine's load hits all of them alike), after warm-up steps, and the median
 of ``--repeats`` steps is reported, with the ratios reversible/autograd and
 checkpoint/autograd (of the medians, and the median of the ratios within a round) and the bytes each mode saves for the backward
-(revlib.memory.saved_tensor_bytes; on CUDA also the allocator's peak).
+(revlib.core.memory.saved_tensor_bytes; on CUDA also the allocator's peak).
 
     python benchmarks/step_time.py                      # CPU defaults, well under a minute
     python benchmarks/step_time.py --device cuda --batch 128 --size 32 --depth 18
@@ -29,7 +29,7 @@ from torch import nn
 
 import revlib
 from common import run_metadata, sync, write_result
-from revlib.memory import cuda_peak_bytes, saved_tensor_bytes
+from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 
 
 

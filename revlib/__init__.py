@@ -1,31 +1,31 @@
 """revlib: reversible residual networks with activation-free backprop, for PyTorch.
 
-The core: couplings (:class:`AdditiveCoupling`, :class:`NICECoupling`,
-:class:`AffineCoupling`), :class:`ReversibleSequence` with its three backward
-modes, :mod:`revlib.memory` for exact activation-memory measurement and
-:func:`check_inverse`; the ODE blocks of Chang et al. (:class:`HamiltonianBlock`,
-:class:`MidpointBlock`, :class:`LeapfrogBlock`). Models live in
-:mod:`revlib.models`, stability tools in :mod:`revlib.stability`, the weight
-smoothness penalty in :mod:`revlib.smoothness`, training helpers in
-:mod:`revlib.train` and data sets in :mod:`revlib.data` (imported on demand).
+Importing ``revlib`` loads the core and the models, which need only torch.
+The book's harness (training loops, data sets, experiments, notebook helpers)
+is :mod:`revlib.harness`, imported on demand and installed with the
+``revlib[train]`` extra.
 """
 
-from .blocks import ReversibleBlock
-from .checks import check_inverse
-from .couplings import AdditiveCoupling, AffineCoupling, HalfSwap, NICECoupling
-from .device import default_device
-from .ode import HamiltonianBlock, LeapfrogBlock, MidpointBlock
-from .sequence import MODES, Mode, ReversibleSequence
+from .core.blocks import ReversibleBlock
+from .core.checks import check_inverse
+from .core.couplings import AdditiveCoupling, AffineCoupling, HalfSwap, NICECoupling
+from .core.device import default_device
+from .core.modes import MODES, Mode, get_mode, set_mode
+from .core.ode import HamiltonianBlock, LeapfrogBlock, MidpointBlock
+from .core.sequence import ReversibleSequence
 
-from . import memory, models, smoothness, stability  # noqa: E402  (submodules as attributes)
+from .core import memory, memcalc, ode, smoothness, stability  # noqa: E402  (submodules as attributes)
+from . import models  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ReversibleBlock",
     "ReversibleSequence",
     "Mode",
     "MODES",
+    "set_mode",
+    "get_mode",
     "AdditiveCoupling",
     "NICECoupling",
     "AffineCoupling",

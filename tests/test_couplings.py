@@ -110,5 +110,62 @@ def test_shape_changing_F_is_rejected():
 
 
 def test_rank_one_input_is_rejected():
-    with pytest.raises(ValueError, match=r"NICECoupling: expected an input of shape \(batch, channels, \.\.\.\), got shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"NICECoupling: expected an input of shape \(batch, channels, \.\.\.\) to split along dimension 1, got shape \(4,\)"):
         revlib.NICECoupling(nn.Identity())(torch.randn(4))
+
+
+# ---- the split dimension: (batch, tokens, features) split on the features ----
+
+def token_mlp(d_in: int, d_out: int) -> nn.Module:
+    return nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d_out), nn.GELU())
+
+
+TOKEN_COUPLINGS = {
+    "additive": lambda: revlib.AdditiveCoupling(token_mlp(4, 4), token_mlp(4, 4), dim=-1),
+    "nice": lambda: revlib.NICECoupling(token_mlp(4, 4), dim=-1),
+    "affine": lambda: revlib.AffineCoupling(token_mlp(4, 8), dim=-1),
+    "swap": lambda: revlib.HalfSwap(dim=-1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOKEN_COUPLINGS))
+def test_dim_minus_one_splits_features_not_tokens(name):
+    block = TOKEN_COUPLINGS[name]().double()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)  # 5 tokens: odd, so a split on dim 1 would fail
+    y = block(x)
+    assert y.shape == x.shape
+    assert torch.allclose(block.inverse(y), x, atol=1e-12)
+    if name != "swap":
+        assert torch.equal(y[..., :4], x[..., :4]) or name == "additive"
+
+
+@pytest.mark.parametrize("name", ["additive", "nice", "affine"])
+def test_dim_minus_one_gradients_equal_autograd_in_every_mode(name):
+    torch.manual_seed(0)
+    blocks = [TOKEN_COUPLINGS[name]().double() for _ in range(3)]
+    reference = revlib.ReversibleSequence(blocks, mode="autograd")
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    results = {}
+    for mode in revlib.MODES:
+        reference.mode = mode
+        reference.zero_grad()
+        x.grad = None
+        (reference(x) ** 2).sum().backward()
+        results[mode] = (x.grad.clone(), [p.grad.clone() for p in reference.parameters()])
+    for mode in ("reversible", "checkpoint"):
+        assert torch.allclose(results[mode][0], results["autograd"][0], atol=1e-12)
+        for a, b in zip(results[mode][1], results["autograd"][1]):
+            assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_dim_minus_one_odd_features_error_names_block_dim_and_shape():
+    block = revlib.AdditiveCoupling(token_mlp(3, 3), token_mlp(3, 3), dim=-1)
+    with pytest.raises(ValueError, match=r"AdditiveCoupling.*odd size \(7\) along dimension -1.*\(2, 5, 7\)"):
+        block(torch.randn(2, 5, 7))
+
+
+def test_default_dim_one_would_split_the_tokens():
+    """Control: without dim=-1 a (B, T, D) batch with an odd token count is refused."""
+    block = revlib.AdditiveCoupling(token_mlp(4, 4), token_mlp(4, 4))
+    with pytest.raises(ValueError, match="odd number of channels"):
+        block(torch.randn(2, 5, 8))

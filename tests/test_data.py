@@ -1,4 +1,4 @@
-"""revlib.data: the offline digits set, class-balanced subsets, augmentation, missing-data errors."""
+"""revlib.harness.data: the offline digits set, class-balanced subsets, augmentation, missing-data errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from revlib import data
+from revlib.harness import data
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""revlib.experiments: the command that runs one table row, in --fast mode on the offline digits."""
+"""revlib.harness.experiments: the command that runs one table row, in --fast mode on the offline digits."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from revlib import experiments
+from revlib.harness import experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "resnet32"
@@ -19,9 +19,9 @@ MODEL = "resnet32"
 
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
-    """``python -m revlib.experiments --model resnet32 --dataset digits --fast`` (shortened), in a subprocess."""
+    """``python -m revlib.harness.experiments --model resnet32 --dataset digits --fast`` (shortened), in a subprocess."""
     out = tmp_path_factory.mktemp("runs") / "row.json"
-    cmd = [sys.executable, "-m", "revlib.experiments", "--model", MODEL, "--dataset", "digits", "--fast",
+    cmd = [sys.executable, "-m", "revlib.harness.experiments", "--model", MODEL, "--dataset", "digits", "--fast",
            "--iterations", "4", "--threads", "1", "--no-progress", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import revlib
-from revlib.memcalc import memory_table
-from revlib.memory import saved_tensor_bytes
+from revlib.core.memcalc import memory_table
+from revlib.core.memory import saved_tensor_bytes
 from revlib.models import set_mode
 from revlib.models.revnet import PreActNet, revnet38
 

@@ -1,4 +1,4 @@
-"""revlib.memory: exact saved-for-backward bytes, and the flat memory of reversible chains."""
+"""revlib.core.memory: exact saved-for-backward bytes, and the flat memory of reversible chains."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import revlib
-from revlib.memory import SavedTensorMeter, saved_tensor_bytes
+from revlib.core.memory import SavedTensorMeter, saved_tensor_bytes
 from conftest import revnet_stack
 
 X_SHAPE = (1, 8, 4, 4)

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from revlib import ReversibleSequence
-from revlib.memory import saved_tensor_bytes
+from revlib.core.memory import saved_tensor_bytes
 from revlib.models import revnet as R
-from revlib.models.revnet import PreActNet, RevTransition, count_parameters, set_mode
+from revlib.models import count_parameters, pool_pad, set_mode
+from revlib.models.revnet import PreActNet, RevTransition
 
 # Official code's counts (../shared/reference/paper-numbers.md): 10 and 100 classes.
 CIFAR_COUNTS = {
@@ -82,12 +83,12 @@ def test_official_initialisation():
 
 def test_pool_pad_shortcut():
     x = torch.randn(2, 4, 6, 6)
-    y = R.pool_pad(x, 2, 8)
+    y = pool_pad(x, 2, 8)
     assert y.shape == (2, 8, 3, 3)
     assert torch.all(y[:, :2] == 0) and torch.all(y[:, 6:] == 0)
     assert torch.allclose(y[:, 2:6], nn.functional.avg_pool2d(x, 2))
     with pytest.raises(ValueError):
-        R.pool_pad(x, 1, 7)
+        pool_pad(x, 1, 7)
 
 
 def _run(model, x):

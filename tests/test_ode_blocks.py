@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as Fn
 
 import revlib
-from revlib.memory import saved_tensor_bytes
-from revlib.ode import (
+from revlib.core.memory import saved_tensor_bytes
+from revlib.core.ode import (
     AntisymmetricSigma,
     HamiltonianBlock,
     KTransposeSigmaK,

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import revlib
-from revlib.memory import saved_tensor_bytes
+from revlib.core.memory import saved_tensor_bytes
 from revlib.models import ode as M
-from revlib.models.revnet import count_parameters
-from revlib.ode import HamiltonianBlock, LeapfrogBlock, MidpointBlock
-from revlib.smoothness import kernel_stages, weight_smoothness
+from revlib.models import count_parameters
+from revlib.core.ode import HamiltonianBlock, LeapfrogBlock, MidpointBlock
+from revlib.core.smoothness import kernel_stages, weight_smoothness
 
 from conftest import max_rel_error, run_step
 

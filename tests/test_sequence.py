@@ -122,7 +122,7 @@ def test_recomputation_runs_under_the_forward_autocast_state():
     err = max(max_rel_error(a, b) for a, b in zip(grads["reversible"], grads["autograd"]))
     assert err < 2e-2  # bf16 noise; a float32 recomputation would reconstruct wrong inputs
     # A recomputation in float32 (autocast forgotten) is measurably further off:
-    from revlib import recompute
+    from revlib.core import recompute
 
     original = recompute.AutocastState.context
     recompute.AutocastState.context = lambda self: torch.autocast("cpu", enabled=False)

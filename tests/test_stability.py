@@ -1,4 +1,4 @@
-"""revlib.stability: Jacobians, eigenvalues, perturbation growth, Lyapunov exponents."""
+"""revlib.core.stability: Jacobians, eigenvalues, perturbation growth, Lyapunov exponents."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from revlib import stability as S
-from revlib.ode import AntisymmetricSigma, HamiltonianBlock, LeapfrogBlock
+from revlib.core.ode import AntisymmetricSigma, HamiltonianBlock, LeapfrogBlock
 
 # Haber and Ruthotto's toy: dY/dt = tanh(K Y), 10 layers of forward Euler with h = 0.1
 K_PLUS = torch.tensor([[2.0, -2.0], [0.0, 2.0]], dtype=torch.float64)

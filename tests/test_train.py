@@ -1,4 +1,4 @@
-"""revlib.train: recipes, weight-decay groups, training on digits, atomic checkpoints, exact resume."""
+"""revlib.harness.train: recipes, weight-decay groups, training on digits, atomic checkpoints, exact resume."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import revlib
-from revlib import data, train
+from revlib.harness import data, train
 
 
 def tiny_net(dropout: float = 0.1) -> nn.Module:
@@ -152,7 +152,7 @@ def test_extra_loss_hook_is_called_every_step(digits):
 
 def test_chang_recipe_adds_weight_smoothness_in_the_l2_loss_convention():
     from revlib.models.ode import ODENet
-    from revlib.smoothness import weight_smoothness
+    from revlib.core.smoothness import weight_smoothness
 
     model = ODENet("hamiltonian", (3, 2), (8, 16), num_classes=10, in_channels=1)
     t = train.Trainer(model, train.recipe("chang", iterations=1), device="cpu", progress=False)

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from revlib.memcalc import memory_table
-from revlib.memory import MiB, saved_tensor_bytes
+from revlib.core.memcalc import memory_table
+from revlib.core.memory import MiB, saved_tensor_bytes
 from revlib.models import count_parameters, rev_vgg, set_mode, vgg19
 from revlib.models.vgg import LinearBlock, RevVGG, RevVGGBlock
 

@@ -45,7 +45,7 @@ def setup_cell_source() -> str:
         "# Setup: on Colab, install revlib from this book's repository; elsewhere use the local install.\n"
         "import subprocess, sys\n"
         "if \"google.colab\" in sys.modules:\n"
-        f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"git+{url}\"], check=True)\n"
+        f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"revlib[train] @ git+{url}\"], check=True)\n"
         "import revlib\n"
         "print(f\"revlib {revlib.__version__}, running on: {revlib.default_device()}\")"
     )

@@ -12,11 +12,11 @@
 # %%
 import matplotlib.pyplot as plt
 import torch
-from myst_nb import glue
+from revlib.harness.notebook import glue
 from torch import nn
 
 import revlib
-from revlib.memory import MiB, SavedTensorMeter, saved_tensor_bytes
+from revlib.core.memory import MiB, SavedTensorMeter, saved_tensor_bytes
 
 _ = torch.manual_seed(0)
 
@@ -49,7 +49,7 @@ _ = torch.manual_seed(0)
 # layer, so at the end of the forward *all* of them are in memory at once: a
 # network twice as deep keeps twice as many.
 #
-# We can watch this happen. `revlib.memory.SavedTensorMeter` installs
+# We can watch this happen. `revlib.core.memory.SavedTensorMeter` installs
 # `torch.autograd.graph.saved_tensors_hooks` and adds up the bytes of every
 # tensor that autograd saves for the backward (each storage once, parameters left
 # out). A linear layer saves exactly its input:

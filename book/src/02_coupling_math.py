@@ -19,7 +19,7 @@ import math
 
 import matplotlib.pyplot as plt
 import torch
-from myst_nb import glue
+from revlib.harness.notebook import glue
 from torch import nn
 
 import revlib

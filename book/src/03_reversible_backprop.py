@@ -21,14 +21,14 @@ from types import SimpleNamespace
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
-from myst_nb import glue
+from revlib.harness.notebook import glue
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import revlib
 from revlib import AdditiveCoupling, ReversibleSequence
-from revlib.blocks import ReversibleBlock
-from revlib.memory import MiB, saved_tensor_bytes
+from revlib.core.blocks import ReversibleBlock
+from revlib.core.memory import MiB, saved_tensor_bytes
 
 _ = torch.manual_seed(0)
 
@@ -165,7 +165,7 @@ print(inspect.getsource(AdditiveCoupling.backward_step))
 # gradients reach `.grad` through the autograd engine as usual.)
 
 # %% tags=["nbval-ignore-output"]
-print(inspect.getsource(revlib.sequence._ReversibleChain.backward))
+print(inspect.getsource(revlib.core.sequence._ReversibleChain.backward))
 
 # %% [markdown]
 # ## Gradient checks
@@ -436,7 +436,7 @@ glue("dropout_no_replay_error", dropout_errors["no replay"], display=False)
 # tensor that F and G save; `"checkpoint"` keeps each block's input and recomputes
 # the block's internals in the backward; `"reversible"` keeps only the chain's
 # output. We count the bytes saved for the backward with
-# `revlib.memory.saved_tensor_bytes` (parameters and buffers excluded) for chains of
+# `revlib.core.memory.saved_tensor_bytes` (parameters and buffers excluded) for chains of
 # 2 to 64 blocks, 32 channels, batch 16, 8 x 8.
 
 # %%

@@ -17,10 +17,10 @@
 # * the **layer-output count**, seed 003's way: each layer keeps its output, one
 #   float32 tensor, and a reversible block keeps nothing;
 # * the **measured bytes**: what autograd actually saves, found by
-#   `revlib.memory` with `torch.autograd.graph.saved_tensors_hooks` (each
+#   `revlib.core.memory` with `torch.autograd.graph.saved_tensors_hooks` (each
 #   storage once, parameters excluded).
 #
-# `revlib.memcalc.memory_table` computes both for every layer, so each difference
+# `revlib.core.memcalc.memory_table` computes both for every layer, so each difference
 # can be traced to the layer that causes it.
 
 # %%
@@ -30,12 +30,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
-from myst_nb import glue
+from revlib.harness.notebook import glue
 from torch import nn
 
 import revlib
-from revlib.memcalc import memory_table
-from revlib.memory import MiB, cuda_peak_bytes, saved_tensor_bytes
+from revlib.core.memcalc import memory_table
+from revlib.core.memory import MiB, cuda_peak_bytes, saved_tensor_bytes
 from revlib.models import revnet as R
 from revlib.models import count_parameters, rev_vgg, set_mode, vgg19
 from revlib.models.vgg import LinearBlock

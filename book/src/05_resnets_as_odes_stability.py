@@ -24,7 +24,7 @@
 # eigenvalues of the Jacobian of three kinds of layers (a plain residual layer, an
 # antisymmetric layer and a Hamiltonian block), prove that the Hamiltonian block's
 # eigenvalues lie on the imaginary axis, and measure how a perturbation grows
-# with depth. The tools are in `revlib.stability`; the blocks in `revlib.ode`
+# with depth. The tools are in `revlib.core.stability`; the blocks in `revlib.core.ode`
 # (chapter 6 builds networks from them).
 
 # %%
@@ -33,11 +33,11 @@ import math
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
-from myst_nb import glue
+from revlib.harness.notebook import glue
 from torch import nn
 
 from revlib import stability
-from revlib.ode import AntisymmetricSigma, HamiltonianBlock
+from revlib.core.ode import AntisymmetricSigma, HamiltonianBlock
 
 torch.set_num_threads(1)  # float64 results identical from run to run
 _ = torch.manual_seed(0)
@@ -232,12 +232,12 @@ plt.show()
 #   convolution $K$;
 # * Haber and Ruthotto's **antisymmetric layer**, $f(Y) = \sigma((K - K^\top)Y + b)$,
 #   where $K^\top$ is the transposed convolution with the same weights
-#   (`revlib.ode.AntisymmetricSigma`);
+#   (`revlib.core.ode.AntisymmetricSigma`);
 # * Chang et al.'s **two-layer Hamiltonian block** on the channel halves
 #   $Y$ and $Z$: $f(Y, Z) = \big(K_1^\top \sigma(K_1 Z + b_1),\; -K_2^\top \sigma(K_2 Y + b_2)\big)$
-#   (`revlib.ode.HamiltonianBlock.rhs`).
+#   (`revlib.core.ode.HamiltonianBlock.rhs`).
 #
-# `revlib.stability.eigenvalues` forms the Jacobian with
+# `revlib.core.stability.eigenvalues` forms the Jacobian with
 # `torch.autograd.functional.jacobian` and returns its eigenvalues.
 
 # %% tags=["nbval-ignore-output"]
@@ -372,7 +372,7 @@ glue("relu_max_re_away", relu_max_re_away, display=False)
 # Eigenvalues of the ODE's Jacobian are half the story; the other half is the
 # integrator. Apply each layer 300 times with $h = 0.1$ (the same weights in every
 # layer, $T = 30$) and follow a small perturbation with
-# `revlib.stability.perturbation_growth`, which propagates it exactly to first
+# `revlib.core.stability.perturbation_growth`, which propagates it exactly to first
 # order with forward-mode differentiation. We start at rest ($Y = 0$, biases 0),
 # where $\tanh' = 1$ and the frozen-Jacobian analysis is exact:
 #

@@ -7,7 +7,7 @@
 # **reversible**, so that, as in a RevNet, every block's input can be recomputed
 # from its output and the backward pass stores no activations. Three
 # discretisations have both properties, and this chapter builds them in
-# `revlib.ode`, checks their inverses in three precisions, measures their memory,
+# `revlib.core.ode`, checks their inverses in three precisions, measures their memory,
 # assembles Chang et al.'s networks (`revlib.models`) and compares their
 # parameter counts with the paper's table, trains a small Hamiltonian network on a
 # 2-D toy problem, and explains Chang et al.'s weight smoothness decay.
@@ -25,15 +25,15 @@ import math
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
-from myst_nb import glue
+from revlib.harness.notebook import glue
 from torch import nn
 
 import revlib
 from revlib import ode
-from revlib.memory import saved_tensor_bytes
+from revlib.core.memory import saved_tensor_bytes
 from revlib.models import ode as chang
-from revlib.models.revnet import count_parameters
-from revlib.smoothness import weight_smoothness
+from revlib.models import count_parameters
+from revlib.core.smoothness import weight_smoothness
 
 torch.set_num_threads(1)  # float64 results identical from run to run
 _ = torch.manual_seed(0)
@@ -266,7 +266,7 @@ plt.show()
 # ## Activation memory vs depth
 #
 # In mode `"reversible"` a `ReversibleSequence` saves only its output, whatever
-# the block. `revlib.memory.saved_tensor_bytes` counts the bytes autograd keeps
+# the block. `revlib.core.memory.saved_tensor_bytes` counts the bytes autograd keeps
 # for the backward pass (batch 8, 8 channels, 16 x 16, float32):
 
 # %%
@@ -585,7 +585,7 @@ plt.show()
 # CIFAR. Its gradient with respect to an inner kernel is
 # $2\,\text{rate}\,(2K_j - K_{j-1} - K_{j+1})$, a discrete second derivative in
 # depth: it pulls each kernel towards the average of its neighbours.
-# `revlib.smoothness.weight_smoothness(model, rate, h=None)` returns $R$ as a
+# `revlib.core.smoothness.weight_smoothness(model, rate, h=None)` returns $R$ as a
 # tensor to add to the loss:
 
 # %%
@@ -685,7 +685,7 @@ glue("change_by_depth", change_by_depth, display=False)
 # the depth penalty on the same rough network, and it moves the weights by at most
 # {glue:text}`change_by_step:.0e` away from plain SGD (the depth penalty:
 # {glue:text}`change_by_depth:.0e`). The step-change reading is a negligible,
-# depth-blind damping of the optimizer; `revlib.smoothness` implements the
+# depth-blind damping of the optimizer; `revlib.core.smoothness` implements the
 # depth penalty of the papers.
 #
 # ## What we learned

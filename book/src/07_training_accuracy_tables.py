@@ -9,7 +9,7 @@
 #
 # This chapter has three parts:
 #
-# 1. the **training helpers** in `revlib.train` and `revlib.data`: the papers'
+# 1. the **training helpers** in `revlib.harness.train` and `revlib.harness.data`: the papers'
 #    SGD recipe, the CIFAR augmentation, class-balanced subsets, checkpoints that
 #    resume exactly;
 # 2. the **papers' tables**, each number labelled with how we know it, beside the
@@ -24,7 +24,7 @@
 #
 # The full CIFAR experiments are one switch away: set `FULL_RUN = True` below on a
 # GPU (Colab) and the notebook runs the paper's rows with
-# `python -m revlib.experiments` and puts the results into the tables.
+# `python -m revlib.harness.experiments` and puts the results into the tables.
 
 # %%
 import json
@@ -36,10 +36,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
-from myst_nb import glue
+from revlib.harness.notebook import glue
 from torch import nn
 
-from revlib import data, experiments, models, train
+from revlib import models
+from revlib.harness import data, experiments, train
 from revlib.models.ode import ODENet
 from revlib.models.revnet import PreActNet
 
@@ -55,7 +56,7 @@ HARDWARE = experiments.hardware("cpu")["name"]
 # ## The recipe
 #
 # Both papers train CIFAR models with the same SGD recipe, which the official
-# RevNet code spells out (`revlib.train.RECIPES`):
+# RevNet code spells out (`revlib.harness.train.RECIPES`):
 #
 # - SGD with momentum 0.9, batch size 100;
 # - learning rate 0.1, divided by 10 after 40k and after 60k of 80k iterations;
@@ -68,7 +69,7 @@ HARDWARE = experiments.hardware("cpu")["name"]
 # The two coefficients are in the convention of the papers' TensorFlow code,
 # which adds `rate * tf.nn.l2_loss(w)`, that is `rate` times *half* the squared
 # norm. For the weight decay that is exactly PyTorch SGD's `weight_decay=rate`
-# (the gradient is `rate * w` in both); for the smoothness, `revlib.train`
+# (the gradient is `rate * w` in both); for the smoothness, `revlib.harness.train`
 # therefore adds `weight_smoothness(model, rate / 2)`.
 #
 # A shorter run keeps the shape of the schedule: `train.recipe("revnet", iterations=n)`
@@ -106,7 +107,7 @@ assert "head.4.bias" in not_decayed and "head.4.weight" in decayed
 # %% [markdown]
 # ## The data
 #
-# `revlib.data.load("cifar10")` (also `"cifar100"`, `"stl10"`) reads the data set
+# `revlib.harness.data.load("cifar10")` (also `"cifar100"`, `"stl10"`) reads the data set
 # through torchvision, downloading it where the network allows. A data set that
 # is missing and cannot be fetched raises `DataUnavailableError` within seconds,
 # with a message that says where to put it; this machine has no internet, so:
@@ -239,7 +240,7 @@ def row_path(model: str, dataset: str, fraction: float) -> Path:
 
 
 def row_args(model: str, dataset: str, fraction: float) -> list[str]:
-    """The arguments of `python -m revlib.experiments` for one row."""
+    """The arguments of `python -m revlib.harness.experiments` for one row."""
     return ["--model", model, "--dataset", dataset, "--fraction", str(fraction), "--seed", "0",
             "--out", str(row_path(model, dataset, fraction)), *FULL_FLAGS]
 
@@ -251,7 +252,7 @@ if FULL_RUN:
             experiments.main(row_args(*row))  # in this kernel, so that the progress bar shows here
 else:
     print("FULL_RUN is False: no CIFAR row runs here. On a GPU, each row is one command, e.g.")
-    print("  python -m revlib.experiments " + " ".join(row_args(*FULL_ROWS[1])))
+    print("  python -m revlib.harness.experiments " + " ".join(row_args(*FULL_ROWS[1])))
 
 # %% [markdown]
 # Results files of rows that ran (`runs/*.json`, read only when `FULL_RUN` is
@@ -584,7 +585,8 @@ assert ratio > 1.0  # the RevNet recomputes its blocks in the backward
 # disconnect:
 #
 # ```python
-# from revlib import data, models, train
+# from revlib import models
+# from revlib.harness import data, train
 # import revlib
 #
 # device = revlib.default_device()
@@ -601,9 +603,9 @@ assert ratio > 1.0  # the RevNet recomputes its blocks in the backward
 # or, from a shell, one table row with its results JSON:
 #
 # ```bash
-# python -m revlib.experiments --model revnet38 --dataset cifar10           # the paper's recipe
-# python -m revlib.experiments --model hamiltonian74 --dataset cifar10 --fraction 0.05
-# python -m revlib.experiments --model resnet32 --dataset digits --fast     # a CPU smoke run, offline
+# python -m revlib.harness.experiments --model revnet38 --dataset cifar10           # the paper's recipe
+# python -m revlib.harness.experiments --model hamiltonian74 --dataset cifar10 --fraction 0.05
+# python -m revlib.harness.experiments --model resnet32 --dataset digits --fast     # a CPU smoke run, offline
 # ```
 #
 # The progress bar shows the loss, the accuracy and images per second. A

@@ -7,16 +7,16 @@ stride-2 average pooling and symmetric zero-padding of the channels, then BN,
 ReLU, global average pooling and a fully connected layer. Global pooling makes
 any input of at least 8x8 work (e.g. scikit-learn's 8x8 digits).
 
-* **Hamiltonian** blocks (:class:`revlib.ode.HamiltonianBlock`) act on a state
+* **Hamiltonian** blocks (:class:`revlib.core.ode.HamiltonianBlock`) act on a state
   of ``width`` channels, split into ``Y`` and ``Z``; each K is a 3x3 kernel
   from ``width/2`` to ``width/2`` channels with one bias, no BN inside.
 * **Midpoint / Leapfrog** blocks act on the pair :math:`(Y_{j-1}, Y_j)`; the
   table's width is that of one state :math:`Y_j` (the stem's output), so the
   pair holds twice as many channels and each K is a ``width x width`` 3x3
   kernel with a bias. The pair is formed once after the stem by the first-step
-  rule :math:`Y_{-1} = Y_0` (:func:`revlib.ode.start_pair`), kept through the
+  rule :math:`Y_{-1} = Y_0` (:func:`revlib.core.ode.start_pair`), kept through the
   stage transitions (both states pooled and padded alike) and reduced to
-  :math:`Y_N` before the head (:func:`revlib.ode.end_pair`).
+  :math:`Y_N` before the head (:func:`revlib.core.ode.end_pair`).
 
 Where the transition sits (``transition=``):
 
@@ -46,9 +46,10 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..ode import EndPair, HamiltonianBlock, LeapfrogBlock, MidpointBlock, StartPair
-from ..sequence import MODES, Mode, ReversibleSequence
-from .revnet import _conv, batch_norm, get_mode, init_official, pool_pad, set_mode
+from ..core.modes import Mode, ModelMode, validate_mode
+from ..core.ode import EndPair, HamiltonianBlock, LeapfrogBlock, MidpointBlock, StartPair
+from ..core.sequence import ReversibleSequence
+from .common import batch_norm, conv2d, init_official, pool_pad
 
 __all__ = [
     "ODENet",
@@ -71,7 +72,7 @@ _BLOCKS = {"hamiltonian": HamiltonianBlock, "midpoint": MidpointBlock, "leapfrog
 
 
 class HalfPoolPad(nn.Module):
-    """Stage transition on a two-half state: :func:`~revlib.models.revnet.pool_pad` on each half.
+    """Stage transition on a two-half state: :func:`~revlib.models.common.pool_pad` on each half.
 
     Each half (``Y`` and ``Z``, or :math:`Y_{j-1}` and :math:`Y_j`) is average
     pooled by ``stride`` and zero-padded symmetrically to ``out_half``
@@ -91,7 +92,7 @@ class HalfPoolPad(nn.Module):
         return f"out_half={self.out_half}, stride={self.stride}"
 
 
-class ODENet(nn.Module):
+class ODENet(ModelMode, nn.Module):
     """A three-stage network of Hamiltonian, Midpoint or Leapfrog blocks.
 
     Args:
@@ -129,13 +130,12 @@ class ODENet(nn.Module):
             raise ValueError(f"ODENet: need one width per stage and at least one block per stage, got {units}, {widths}")
         if transition not in ("in_first_block", "between_stages"):
             raise ValueError(f"ODENet: transition must be 'in_first_block' or 'between_stages', got {transition!r}")
-        if mode not in MODES:
-            raise ValueError(f"ODENet: mode must be one of {MODES}, got {mode!r}")
+        validate_mode("ODENet", mode)
         self.scheme, self.units, self.widths, self.transition = scheme, tuple(units), tuple(widths), transition
         two_step = scheme != "hamiltonian"
         block = _BLOCKS[scheme]
 
-        self.stem = nn.Sequential(_conv(in_channels, widths[0], 3), batch_norm(widths[0]), nn.ReLU())
+        self.stem = nn.Sequential(conv2d(in_channels, widths[0], 3), batch_norm(widths[0]), nn.ReLU())
         self.start = StartPair() if two_step else nn.Identity()
 
         # Which width each block of each stage runs at.
@@ -157,17 +157,8 @@ class ODENet(nn.Module):
         init_official(self)  # stem conv and FC; the blocks' kernels are initialised the same way already
 
     def stages(self) -> list[list[nn.Module]]:
-        """The blocks of each stage (Chang et al.'s "units"), in order, for :func:`revlib.smoothness.weight_smoothness`."""
+        """The blocks of each stage (Chang et al.'s "units"), in order, for :func:`revlib.core.smoothness.weight_smoothness`."""
         return [[self.sequences[q].blocks[i] for q, i in stage] for stage in self._stage_of]
-
-    @property
-    def mode(self) -> Mode:
-        """The backward mode shared by every sequence."""
-        return get_mode(self)
-
-    @mode.setter
-    def mode(self, value: Mode) -> None:
-        set_mode(self, value)
 
     def features(self, x: Tensor) -> Tensor:
         """The state after the last block (the newest state for the two-step schemes)."""

@@ -58,35 +58,25 @@ Every builder takes ``num_classes`` and ``in_channels``; RevNets also take
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-from ..couplings import AdditiveCoupling
-from ..recompute import checkpoint_updating_stats_once
-from ..sequence import MODES, HasMode, Mode, ReversibleSequence
+from ..core.couplings import AdditiveCoupling
+from ..core.modes import CheckpointedModule, Mode, ModelMode, validate_mode
+from ..core.sequence import ReversibleSequence
+from .common import batch_norm, conv2d, init_official, pool_pad
 
 __all__ = [
-    "BN_MOMENTUM",
-    "BN_EPS",
-    "batch_norm",
     "basic_branch",
     "bottleneck_branch",
     "PoolPadShortcut",
-    "pool_pad",
     "projection_shortcut",
     "ResidualUnit",
-    "StoresInputOnly",
     "RevTransition",
     "RevStage",
     "PreActNet",
-    "set_mode",
-    "get_mode",
-    "init_official",
-    "count_parameters",
     "resnet32",
     "resnet110",
     "resnet164",
@@ -99,25 +89,10 @@ __all__ = [
     "IMAGENET_CONFIGS",
 ]
 
-BN_MOMENTUM = 0.01
-"""PyTorch's momentum for the official TensorFlow ``decay=0.99``."""
-BN_EPS = 1e-3
-"""The official code's BatchNorm epsilon."""
-
-
-def batch_norm(channels: int) -> nn.BatchNorm2d:
-    """BatchNorm with the official code's settings (momentum 0.01, eps 1e-3)."""
-    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
-
-
-def _conv(in_c: int, out_c: int, k: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_c, out_c, k, stride=stride, padding=k // 2, bias=False)
-
-
 def basic_branch(in_c: int, out_c: int, stride: int = 1, preact: bool = True) -> nn.Sequential:
     """BN-ReLU-conv3x3 (stride), BN-ReLU-conv3x3; without the first BN-ReLU if ``preact`` is False."""
     layers: list[nn.Module] = [batch_norm(in_c), nn.ReLU()] if preact else []
-    layers += [_conv(in_c, out_c, 3, stride), batch_norm(out_c), nn.ReLU(), _conv(out_c, out_c, 3)]
+    layers += [conv2d(in_c, out_c, 3, stride), batch_norm(out_c), nn.ReLU(), conv2d(out_c, out_c, 3)]
     return nn.Sequential(*layers)
 
 
@@ -128,35 +103,15 @@ def bottleneck_branch(in_c: int, out_c: int, stride: int = 1, preact: bool = Tru
     mid = out_c // 4
     layers: list[nn.Module] = [batch_norm(in_c), nn.ReLU()] if preact else []
     layers += [
-        _conv(in_c, mid, 1, stride),
+        conv2d(in_c, mid, 1, stride),
         batch_norm(mid),
         nn.ReLU(),
-        _conv(mid, mid, 3),
+        conv2d(mid, mid, 3),
         batch_norm(mid),
         nn.ReLU(),
-        _conv(mid, out_c, 1),
+        conv2d(mid, out_c, 1),
     ]
     return nn.Sequential(*layers)
-
-
-def pool_pad(x: Tensor, stride: int, out_channels: int) -> Tensor:
-    """Average-pool by ``stride`` and zero-pad the channels symmetrically to ``out_channels``.
-
-    The parameter-free shortcut of the official code (and of Chang et al.'s
-    networks): ``avg_pool(stride, stride)``, then ``(out - in) // 2`` zero
-    channels before and after. ``out_channels - in_channels`` must be even
-    and not negative.
-    """
-    if stride > 1:
-        x = nnf.avg_pool2d(x, stride, stride, ceil_mode=True)
-    extra = out_channels - x.shape[1]
-    if extra < 0 or extra % 2:
-        raise ValueError(
-            f"pool_pad: cannot pad {x.shape[1]} channels symmetrically to {out_channels}"
-        )
-    if extra:
-        x = nnf.pad(x, (0, 0, 0, 0, extra // 2, extra // 2))
-    return x
 
 
 class PoolPadShortcut(nn.Module):
@@ -177,7 +132,7 @@ class PoolPadShortcut(nn.Module):
 def projection_shortcut(in_c: int, out_c: int, stride: int = 1) -> nn.Module:
     """A 1x1 convolution with the stride when the shape changes, else the identity."""
     if stride > 1 or in_c != out_c:
-        return _conv(in_c, out_c, 1, stride)
+        return conv2d(in_c, out_c, 1, stride)
     return nn.Identity()
 
 
@@ -209,38 +164,7 @@ class ResidualUnit(nn.Module):
         return self.branch(x) + self.shortcut(x)
 
 
-class StoresInputOnly(HasMode):
-    """A non-invertible piece of a reversible network that keeps only its input for the backward.
-
-    Subclasses implement :meth:`compute`. In modes ``"reversible"`` and
-    ``"checkpoint"`` the forward runs under non-reentrant checkpointing (the
-    input is stored, the inside recomputed in the backward, BatchNorm running
-    statistics updated once); in mode ``"autograd"`` autograd stores everything.
-    :func:`set_mode` switches it together with the model's sequences.
-    """
-
-    def __init__(self, mode: Mode = "reversible") -> None:
-        super().__init__()
-        self.mode = mode
-
-    def compute(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.mode != "autograd" and self.training and torch.is_grad_enabled():
-            return checkpoint_updating_stats_once(self, self.compute, x)
-        return self.compute(x)
-
-    def kept_activations(self, x: Tensor, y: Tensor) -> int | None:
-        """For :mod:`revlib.memcalc`: ``None`` (list its layers) in mode autograd, else 0.
-
-        When checkpointed the only tensor kept is the input, which the layer
-        before has already counted as its output.
-        """
-        return None if self.mode == "autograd" else 0
-
-
-class RevTransition(StoresInputOnly):
+class RevTransition(CheckpointedModule):
     """The shape-changing first unit of a RevNet stage (not invertible).
 
     ``y1 = s1(x1) + F(x2)``, ``y2 = s2(x2) + G(y1)``: F has the stride and the
@@ -282,59 +206,7 @@ class RevStage(nn.Module):
         return self.blocks(x)
 
 
-def set_mode(model: nn.Module, mode: Mode) -> nn.Module:
-    """Set ``mode`` on every :class:`~revlib.ReversibleSequence` and :class:`StoresInputOnly` in ``model``.
-
-    Works on any module (a RevNet, Rev-VGG, or a model of the reader's own);
-    returns ``model``. Raises ``ValueError`` for an unknown mode.
-    """
-    if mode not in MODES:
-        raise ValueError(f"set_mode: mode must be one of {MODES}, got {mode!r}")
-    for m in model.modules():
-        if isinstance(m, (ReversibleSequence, StoresInputOnly)):
-            m.mode = mode
-    return model
-
-
-def get_mode(model: nn.Module) -> Mode | None:
-    """The mode shared by the sequences and transitions of ``model``, or None if it has none.
-
-    Raises ``ValueError`` when they disagree.
-    """
-    modes = {m.mode for m in model.modules() if isinstance(m, (ReversibleSequence, StoresInputOnly))}
-    if not modes:
-        return None
-    if len(modes) > 1:
-        raise ValueError(f"get_mode: the model mixes modes {sorted(modes)}")
-    return modes.pop()
-
-
-def init_official(model: nn.Module) -> nn.Module:
-    """The official code's initialisation (see the module docstring); returns ``model``."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            k = m.kernel_size[0] * m.kernel_size[1]
-            std = math.sqrt(2.0 / (k * m.out_channels))
-            nn.init.trunc_normal_(m.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            bound = math.sqrt(3.0 / m.in_features)
-            nn.init.uniform_(m.weight, -bound, bound)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    return model
-
-
-def count_parameters(model: nn.Module) -> int:
-    """The number of parameter entries (each shared parameter once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-class PreActNet(nn.Module):
+class PreActNet(ModelMode, nn.Module):
     """A pre-activation ResNet (``reversible=False``) or RevNet (``reversible=True``).
 
     Args:
@@ -371,8 +243,7 @@ class PreActNet(nn.Module):
             raise ValueError("PreActNet: need len(channels) == len(units) + 1 == len(strides) + 1")
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"PreActNet: block must be 'basic' or 'bottleneck', got {block!r}")
-        if mode not in MODES:
-            raise ValueError(f"PreActNet: mode must be one of {MODES}, got {mode!r}")
+        validate_mode("PreActNet", mode)
         self.block = block
         self.reversible = reversible
         self.units = tuple(units)
@@ -380,7 +251,7 @@ class PreActNet(nn.Module):
         self.widths = tuple(widths)
 
         if stem == "cifar":
-            stem_layers: list[nn.Module] = [_conv(in_channels, widths[0], 3)]
+            stem_layers: list[nn.Module] = [conv2d(in_channels, widths[0], 3)]
         elif stem == "imagenet":
             stem_layers = [nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)]
         else:
@@ -424,16 +295,9 @@ class PreActNet(nn.Module):
             blocks.append(AdditiveCoupling(_branch(block, half, half), _branch(block, half, half)))
         return RevStage(transition, blocks, mode)
 
-    @property
-    def mode(self) -> Mode:
-        """The backward mode of the RevNet's sequences and transitions; always ``"autograd"`` for a ResNet."""
-        return get_mode(self) or "autograd"
-
-    @mode.setter
-    def mode(self, value: Mode) -> None:
-        if not self.reversible and value != "autograd":
+    def _check_mode(self, mode: Mode) -> None:
+        if not self.reversible and mode != "autograd":
             raise ValueError("PreActNet: a ResNet has only mode 'autograd'")
-        set_mode(self, value)
 
     def features(self, x: Tensor) -> Tensor:
         """The last stage's output, before the final BN-ReLU."""

@@ -17,7 +17,7 @@ where it can be:
 * an **entry** layer, VGG's own first convolution of the stage with its
   BatchNorm and ReLU (in->out channels). A change of width is not invertible,
   so the entry keeps its input for the backward (it runs under checkpointing,
-  :class:`~revlib.models.revnet.StoresInputOnly`); that input is the max-pool
+  :class:`~revlib.core.modes.CheckpointedModule`); that input is the max-pool
   output the seed's table already counts;
 * three **additive couplings** at the new width C in a
   :class:`~revlib.ReversibleSequence`, F and G each
@@ -41,9 +41,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..couplings import AdditiveCoupling
-from ..sequence import Mode, ReversibleSequence
-from .revnet import StoresInputOnly, get_mode, set_mode
+from ..core.couplings import AdditiveCoupling
+from ..core.modes import CheckpointedModule, Mode, ModelMode
+from ..core.sequence import ReversibleSequence
 
 __all__ = [
     "VGG19_CONFIG",
@@ -124,7 +124,7 @@ def _half_function(c: int) -> nn.Sequential:
     )
 
 
-class RevVGGEntry(StoresInputOnly):
+class RevVGGEntry(CheckpointedModule):
     """The channel-changing first layer of a RevBlock: conv3x3(bias)-BN-ReLU; keeps only its input."""
 
     def __init__(self, in_c: int, out_c: int, mode: Mode = "reversible") -> None:
@@ -156,7 +156,7 @@ class RevVGGBlock(nn.Module):
         return self.blocks(self.entry(x))
 
     def kept_activations(self, x: Tensor, y: Tensor) -> int | None:
-        """For :mod:`revlib.memcalc`, per sample: 0 in mode reversible (the seed's RevBlock rows).
+        """For :mod:`revlib.core.memcalc`, per sample: 0 in mode reversible (the seed's RevBlock rows).
 
         Mode ``"checkpoint"``: the input of each coupling (``couplings`` tensors
         of the output's size); mode ``"autograd"``: ``None``, list the layers.
@@ -169,7 +169,7 @@ class RevVGGBlock(nn.Module):
         return len(self.blocks.blocks) * y[0].numel()
 
 
-class RevVGG(nn.Module):
+class RevVGG(ModelMode, nn.Module):
     """Rev-VGG of seed 003 (see the module docstring); ``mode`` as in :class:`~revlib.ReversibleSequence`.
 
     Inputs must be 32x32 (five max poolings to 512x1x1, read by the classifier).
@@ -193,15 +193,6 @@ class RevVGG(nn.Module):
         self.classifier = nn.Sequential(
             nn.Flatten(), LinearBlock([widths[-1], hidden, hidden], dropout), nn.Linear(hidden, num_classes)
         )
-
-    @property
-    def mode(self) -> Mode:
-        """The backward mode of every RevBlock."""
-        return get_mode(self) or "autograd"
-
-    @mode.setter
-    def mode(self, value: Mode) -> None:
-        set_mode(self, value)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))

@@ -1,8 +1,10 @@
 """Coupling layers: the invertible building blocks of RevNet, NICE and Real NVP.
 
-Every coupling splits its input ``x`` of shape (N, C, ...) along the channels
-into halves ``x1, x2`` of C/2 channels each, changes one half by a function
-of the other, and concatenates. The inverse needs only subtraction (and a
+Every coupling splits its input ``x`` into halves ``x1, x2`` along one
+dimension, ``dim``: 1 (the default) splits the channels of an image batch
+(N, C, H, W) into C/2 each, and ``dim=-1`` splits the features of a token
+batch (B, T, D) into D/2 each, as reversible transformers do. It changes one
+half by a function of the other, and concatenates. The inverse needs only subtraction (and a
 division for the affine coupling), never an inverse of F or G, so F and G may
 be any shape-preserving networks.
 """
@@ -18,6 +20,7 @@ from .blocks import (
     Run,
     check_same_shape,
     grads_for,
+    join_halves,
     split_halves,
     trainable_parameters,
 )
@@ -36,22 +39,23 @@ class AdditiveCoupling(ReversibleBlock):
     Its backward step evaluates G and F once each (Algorithm 1 of the paper).
     """
 
-    def __init__(self, F: nn.Module, G: nn.Module) -> None:
+    def __init__(self, F: nn.Module, G: nn.Module, dim: int = 1) -> None:
         super().__init__()
         self.F = F
         self.G = G
+        self.dim = dim
 
     def _forward(self, x: Tensor, run: Run) -> Tensor:
         x1, x2 = split_halves(self, x)
         y1 = x1 + check_same_shape(self, "F", run("F", self.F, x2), x2)
         y2 = x2 + check_same_shape(self, "G", run("G", self.G, y1), y1)
-        return torch.cat([y1, y2], dim=1)
+        return join_halves(self, y1, y2)
 
     def _inverse(self, y: Tensor, run: Run) -> Tensor:
         y1, y2 = split_halves(self, y, "output")
         x2 = y2 - check_same_shape(self, "G", run("G", self.G, y1), y1)
         x1 = y1 - check_same_shape(self, "F", run("F", self.F, x2), x2)
-        return torch.cat([x1, x2], dim=1)
+        return join_halves(self, x1, x2)
 
     def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor, ParamGrads]:
         r"""One step of Algorithm 1.
@@ -63,7 +67,7 @@ class AdditiveCoupling(ReversibleBlock):
         :math:`\bar w_F = (\partial F/\partial w_F)^\top \bar z_1`.
         """
         y1, y2 = (h.detach() for h in split_halves(self, y, "output"))
-        dy1, dy2 = dy.chunk(2, dim=1)
+        dy1, dy2 = dy.chunk(2, dim=self.dim)
         z1 = y1.requires_grad_(True)
         g = tape.recall("G", self.G, z1)
         (dz1_from_g,), g_grads = grads_for([g], [dy2], [z1], trainable_parameters([self.G]))
@@ -73,8 +77,8 @@ class AdditiveCoupling(ReversibleBlock):
         (dx2_from_f,), f_grads = grads_for([f], [dz1], [x2], trainable_parameters([self.F]))
         x1 = y1.detach() - f.detach()
         dx2 = dy2 if dx2_from_f is None else dy2 + dx2_from_f
-        x = torch.cat([x1, x2.detach()], dim=1)
-        return x, torch.cat([dz1, dx2], dim=1), f_grads + g_grads
+        x = join_halves(self, x1, x2.detach())
+        return x, join_halves(self, dz1, dx2), f_grads + g_grads
 
 
 class NICECoupling(ReversibleBlock):
@@ -86,28 +90,29 @@ class NICECoupling(ReversibleBlock):
     with inverse :math:`x_2 = y_2 - m(y_1)` and Jacobian determinant 1.
     """
 
-    def __init__(self, m: nn.Module) -> None:
+    def __init__(self, m: nn.Module, dim: int = 1) -> None:
         super().__init__()
         self.m = m
+        self.dim = dim
 
     def _forward(self, x: Tensor, run: Run) -> Tensor:
         x1, x2 = split_halves(self, x)
-        return torch.cat([x1, x2 + check_same_shape(self, "m", run("m", self.m, x1), x1)], dim=1)
+        return join_halves(self, x1, x2 + check_same_shape(self, "m", run("m", self.m, x1), x1))
 
     def _inverse(self, y: Tensor, run: Run) -> Tensor:
         y1, y2 = split_halves(self, y, "output")
-        return torch.cat([y1, y2 - check_same_shape(self, "m", run("m", self.m, y1), y1)], dim=1)
+        return join_halves(self, y1, y2 - check_same_shape(self, "m", run("m", self.m, y1), y1))
 
     def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor, ParamGrads]:
         r""":math:`\bar x_1 = \bar y_1 + (\partial m/\partial x_1)^\top \bar y_2`, :math:`\bar x_2 = \bar y_2`."""
         y1, y2 = (h.detach() for h in split_halves(self, y, "output"))
-        dy1, dy2 = dy.chunk(2, dim=1)
+        dy1, dy2 = dy.chunk(2, dim=self.dim)
         x1 = y1.requires_grad_(True)
         m = tape.recall("m", self.m, x1)
         (dx1_from_m,), grads = grads_for([m], [dy2], [x1], trainable_parameters([self.m]))
         dx1 = dy1 if dx1_from_m is None else dy1 + dx1_from_m
-        x = torch.cat([y1.detach(), y2 - m.detach()], dim=1)
-        return x, torch.cat([dx1, dy2], dim=1), grads
+        x = join_halves(self, y1.detach(), y2 - m.detach())
+        return x, join_halves(self, dx1, dy2), grads
 
 
 class AffineCoupling(ReversibleBlock):
@@ -116,14 +121,15 @@ class AffineCoupling(ReversibleBlock):
     .. math::
         y_1 = x_1, \qquad y_2 = x_2 \odot \exp(s(x_1)) + t(x_1)
 
-    ``net(x1)`` returns ``2 * C/2`` channels, read as the raw scale and the
-    shift ``t``. With ``scale_bound=b`` the scale is :math:`s = b \tanh(s_{raw}/b)`,
+    ``net(x1)`` returns twice the size of ``x1`` along ``dim``, read as the raw
+    scale and the shift ``t``. With ``scale_bound=b`` the scale is :math:`s = b \tanh(s_{raw}/b)`,
     so :math:`|s| < b` and the inverse :math:`x_2 = (y_2 - t) \odot \exp(-s)`
     cannot overflow. The log-determinant of the Jacobian is :math:`\sum s`.
     """
 
-    def __init__(self, net: nn.Module, scale_bound: float | None = 2.0) -> None:
+    def __init__(self, net: nn.Module, scale_bound: float | None = 2.0, dim: int = 1) -> None:
         super().__init__()
+        self.dim = dim
         if scale_bound is not None and scale_bound <= 0:
             raise ValueError(f"AffineCoupling: scale_bound must be positive or None, got {scale_bound}")
         self.net = net
@@ -131,13 +137,15 @@ class AffineCoupling(ReversibleBlock):
 
     def _scale_shift(self, x1: Tensor, run: Run) -> tuple[Tensor, Tensor]:
         h = run("net", self.net, x1)
-        expected = (x1.shape[0], 2 * x1.shape[1], *x1.shape[2:])
+        expected = list(x1.shape)
+        expected[self.dim] *= 2
+        expected = tuple(expected)
         if h.shape != expected:
             raise ValueError(
                 f"AffineCoupling: net maps a half of shape {tuple(x1.shape)} to shape "
                 f"{tuple(h.shape)}; it must return shape {expected} (scale and shift)"
             )
-        s, t = h.chunk(2, dim=1)
+        s, t = h.chunk(2, dim=self.dim)
         if self.scale_bound is not None:
             s = self.scale_bound * torch.tanh(s / self.scale_bound)
         return s, t
@@ -145,18 +153,18 @@ class AffineCoupling(ReversibleBlock):
     def _forward(self, x: Tensor, run: Run) -> Tensor:
         x1, x2 = split_halves(self, x)
         s, t = self._scale_shift(x1, run)
-        return torch.cat([x1, x2 * torch.exp(s) + t], dim=1)
+        return join_halves(self, x1, x2 * torch.exp(s) + t)
 
     def _inverse(self, y: Tensor, run: Run) -> Tensor:
         y1, y2 = split_halves(self, y, "output")
         s, t = self._scale_shift(y1, run)
-        return torch.cat([y1, (y2 - t) * torch.exp(-s)], dim=1)
+        return join_halves(self, y1, (y2 - t) * torch.exp(-s))
 
     def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``y`` and :math:`\\log|\\det \\partial y/\\partial x| = \\sum s(x_1)` per sample."""
         x1, x2 = split_halves(self, x)
         s, t = self._scale_shift(x1, lambda name, fn, v: fn(v))
-        y = torch.cat([x1, x2 * torch.exp(s) + t], dim=1)
+        y = join_halves(self, x1, x2 * torch.exp(s) + t)
         return y, s.flatten(1).sum(dim=1)
 
     def log_det(self, x: Tensor) -> Tensor:
@@ -167,7 +175,7 @@ class AffineCoupling(ReversibleBlock):
         r"""Recompute ``s, t`` once; :math:`\bar x_2 = \bar y_2 \odot e^{s}` and
         :math:`\bar x_1 = \bar y_1 + (\partial (s,t)/\partial x_1)^\top (\bar y_2 \odot (y_2 - t), \bar y_2)`."""
         y1, y2 = (h.detach() for h in split_halves(self, y, "output"))
-        dy1, dy2 = dy.chunk(2, dim=1)
+        dy1, dy2 = dy.chunk(2, dim=self.dim)
         x1 = y1.requires_grad_(True)
         s, t = self._scale_shift(x1, tape.recall)
         x2 = ((y2 - t.detach()) * torch.exp(-s.detach()))
@@ -175,19 +183,26 @@ class AffineCoupling(ReversibleBlock):
         (dx1_from_st,), grads = grads_for([y2_again], [dy2], [x1], trainable_parameters([self.net]))
         dx1 = dy1 if dx1_from_st is None else dy1 + dx1_from_st
         dx2 = dy2 * torch.exp(s.detach())
-        return torch.cat([y1.detach(), x2], dim=1), torch.cat([dx1, dx2], dim=1), grads
+        return join_halves(self, y1.detach(), x2), join_halves(self, dx1, dx2), grads
 
 
 class HalfSwap(ReversibleBlock):
-    """Exchange the two channel halves: ``(x1, x2) -> (x2, x1)``; its own inverse."""
+    """Exchange the two halves: ``(x1, x2) -> (x2, x1)``; its own inverse.
+
+    ``dim`` is the split dimension, as for the couplings.
+    """
+
+    def __init__(self, dim: int = 1) -> None:
+        super().__init__()
+        self.dim = dim
 
     def _forward(self, x: Tensor, run: Run) -> Tensor:
         x1, x2 = split_halves(self, x)
-        return torch.cat([x2, x1], dim=1)
+        return join_halves(self, x2, x1)
 
     def _inverse(self, y: Tensor, run: Run) -> Tensor:
         return self._forward(y, run)
 
     def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor, ParamGrads]:
         dy1, dy2 = split_halves(self, dy, "gradient")
-        return self._inverse(y.detach(), tape.recall), torch.cat([dy2, dy1], dim=1), []
+        return self._inverse(y.detach(), tape.recall), join_halves(self, dy2, dy1), []

@@ -36,9 +36,9 @@ a BN inside, with its batch statistics and learned scales, would in general
 break the structure :math:`K^\top D K` of the Jacobian that the stability
 argument rests on.
 
-Every block is a :class:`~revlib.blocks.ReversibleBlock` and runs in
-:class:`~revlib.sequence.ReversibleSequence` in any mode. The Hamiltonian block
-inherits the fused backward step of :class:`~revlib.couplings.AdditiveCoupling`
+Every block is a :class:`~revlib.core.blocks.ReversibleBlock` and runs in
+:class:`~revlib.core.sequence.ReversibleSequence` in any mode. The Hamiltonian block
+inherits the fused backward step of :class:`~revlib.core.couplings.AdditiveCoupling`
 (its F and G carry the factors :math:`h` and :math:`-h`); the two-step blocks
 have their own fused step, which evaluates F once.
 """
@@ -270,7 +270,7 @@ class HamiltonianBlock(AdditiveCoupling):
     :math:`Y_j = Y_{j+1} - h K_1^\top\sigma(K_1 Z_j + b_1)`. It is the additive
     coupling with :math:`F = h K_1^\top\sigma(K_1\cdot + b_1)` and
     :math:`G = -h K_2^\top\sigma(K_2\cdot + b_2)`, so the fused backward step of
-    :class:`~revlib.couplings.AdditiveCoupling` applies unchanged (each of F and G
+    :class:`~revlib.core.couplings.AdditiveCoupling` applies unchanged (each of F and G
     evaluated once). No BatchNorm inside.
 
     Args:

@@ -11,43 +11,22 @@ gradients flow through the autograd engine like any other: hooks,
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from typing import Iterable
 
 import torch
 from torch import Tensor, nn
 
 from .blocks import ReversibleBlock, trainable_parameters
+from .modes import MODES, HasMode, Mode
 from .recompute import Tape, checkpoint_updating_stats_once, has_random_layers
 
-__all__ = ["ReversibleSequence", "HasMode", "Mode", "MODES"]
-
-Mode = Literal["reversible", "autograd", "checkpoint"]
-MODES: tuple[str, ...] = ("reversible", "autograd", "checkpoint")
-
-
-class HasMode(nn.Module):
-    """A module with a validated backward ``mode`` attribute (one of :data:`MODES`)."""
-
-    @property
-    def mode(self) -> Mode:
-        """The backward mode: ``"reversible"``, ``"autograd"`` or ``"checkpoint"``."""
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: Mode) -> None:
-        if value not in MODES:
-            raise ValueError(f"{type(self).__name__}: mode must be one of {MODES}, got {value!r}")
-        self._mode = value
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
-
+__all__ = ["ReversibleSequence"]
 
 class ReversibleSequence(HasMode):
     """Run reversible blocks one after another, in one of three backward modes.
 
     Args:
-        blocks: the :class:`~revlib.blocks.ReversibleBlock` modules, in order.
+        blocks: the :class:`~revlib.core.blocks.ReversibleBlock` modules, in order.
         mode: ``"reversible"`` (default) stores only the chain's output and
             reconstructs the block inputs during the backward, evaluating each
             sub-function once more; ``"autograd"`` runs the blocks with ordinary

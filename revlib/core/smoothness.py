@@ -39,7 +39,7 @@ __all__ = ["block_kernels", "kernel_stages", "weight_smoothness"]
 def block_kernels(block: nn.Module) -> dict[str, Tensor]:
     """The kernels of ``block`` that the penalty compares across depth, by name.
 
-    Blocks of :mod:`revlib.ode` name theirs through ``kernels()`` (``K1``, ``K2``
+    Blocks of :mod:`revlib.core.ode` name theirs through ``kernels()`` (``K1``, ``K2``
     or ``K``); for any other block every parameter with two or more dimensions
     (convolution and linear weights) counts, by its parameter name.
     """

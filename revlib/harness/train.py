@@ -1,6 +1,7 @@
 """A training loop for notebooks: the papers' SGD recipes, mixed precision, exact resume.
 
-    from revlib import data, models, train
+    from revlib import models
+    from revlib.harness import data, train
     tr, te = data.load("cifar10")
     device = revlib.default_device()
     loaders = data.TensorLoader(tr, 100, device=device), data.TensorLoader(te, 500, shuffle=False, augment=False, device=device)
@@ -57,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .device import default_device
+from ..core.device import default_device
 
 __all__ = [
     "Recipe",
@@ -188,7 +189,7 @@ def decayed_parameter_names(model: nn.Module, decay_filter=None) -> tuple[list[s
 
 
 def smoothness_hook(rate: float, h: float | None = None) -> Callable[[nn.Module], Tensor]:
-    """``extra_loss(model)`` for Chang et al.'s weight smoothness decay (:func:`revlib.smoothness.weight_smoothness`).
+    """``extra_loss(model)`` for Chang et al.'s weight smoothness decay (:func:`revlib.core.smoothness.weight_smoothness`).
 
     ``rate`` is in the convention of Chang et al.'s code, like the weight
     decay: the coefficient of ``tf.nn.l2_loss`` (half the squared norm), so
@@ -196,7 +197,7 @@ def smoothness_hook(rate: float, h: float | None = None) -> Callable[[nn.Module]
     callable ``extra_loss(model) -> Tensor`` may be given to :class:`Trainer`
     instead.
     """
-    from .smoothness import weight_smoothness
+    from ..core.smoothness import weight_smoothness
 
     def extra(model: nn.Module) -> Tensor:
         return weight_smoothness(model, rate / 2, h=h)
@@ -450,7 +451,7 @@ class Trainer:
             epoch["loss_sum"] = float(epoch["loss_sum"])  # float64 tensor -> float: exact
             epoch["correct"] = int(epoch["correct"])
         return {
-            "format": "revlib.train/1",
+            "format": "revlib.harness.train/1",
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -464,8 +465,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != "revlib.train/1":
-            raise ValueError("not a revlib.train checkpoint")
+        if state.get("format") != "revlib.harness.train/1":
+            raise ValueError("not a revlib.harness.train checkpoint")
         if state["recipe"] != self.recipe.to_dict():
             warnings.warn(f"the checkpoint's recipe {state['recipe']} differs from this trainer's {self.recipe.to_dict()}")
         self.model.load_state_dict(state["model"])

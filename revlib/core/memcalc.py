@@ -12,7 +12,7 @@ activations stand side by side:
   nothing (its activations are rebuilt in the backward pass);
 * ``saved_bytes``, the **measured** bytes that autograd saved during that
   layer's forward, found with :func:`torch.autograd.graph.saved_tensors_hooks`
-  exactly as :class:`revlib.memory.SavedTensorMeter` does (each storage once,
+  exactly as :class:`revlib.core.memory.SavedTensorMeter` does (each storage once,
   parameters and buffers left out). Their sum is the meter's total.
 
 The two differ, layer type by layer type, in ways the rows show: a

@@ -1,9 +1,9 @@
 """Run one row of the accuracy tables and write a results JSON.
 
-    python -m revlib.experiments --model revnet38 --dataset cifar10            # the paper recipe (80k iterations)
-    python -m revlib.experiments --model hamiltonian74 --dataset cifar100      # Chang et al.'s recipe (+ smoothness)
-    python -m revlib.experiments --model resnet32 --dataset cifar10 --fraction 0.05   # small-data experiment
-    python -m revlib.experiments --model revnet38 --dataset digits --fast       # CPU smoke run, offline
+    python -m revlib.harness.experiments --model revnet38 --dataset cifar10            # the paper recipe (80k iterations)
+    python -m revlib.harness.experiments --model hamiltonian74 --dataset cifar100      # Chang et al.'s recipe (+ smoothness)
+    python -m revlib.harness.experiments --model resnet32 --dataset cifar10 --fraction 0.05   # small-data experiment
+    python -m revlib.harness.experiments --model revnet38 --dataset digits --fast       # CPU smoke run, offline
 
 The recipe is ``revnet`` for ResNets and RevNets and ``chang`` (the same plus
 weight smoothness 2e-4) for the Hamiltonian, Midpoint and Leapfrog networks,
@@ -37,8 +37,9 @@ from typing import Sequence
 
 import torch
 
-from . import __version__, data, train
-from .device import default_device, hardware
+from .. import __version__
+from ..core.device import default_device, hardware
+from . import data, train
 
 __all__ = ["run", "main", "hardware", "build_model", "default_recipe", "FAST_ITERATIONS", "MODEL_NAMES"]
 
@@ -57,7 +58,7 @@ def default_recipe(model: str) -> str:
 
 def build_model(name: str, num_classes: int, in_channels: int) -> torch.nn.Module:
     """A model of :mod:`revlib.models` by name, for the data set's classes and channels."""
-    from . import models
+    from .. import models
 
     fn = getattr(models, name, None)
     if fn is None or not callable(fn):
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> dict:
         "compile": bool(args.compile),
         "versions": {"revlib": __version__, "torch": torch.__version__, "torchvision": _tv_version(),
                      "python": platform.python_version()},
-        "command": "python -m revlib.experiments " + " ".join(args.argv),
+        "command": "python -m revlib.harness.experiments " + " ".join(args.argv),
         "started": started.isoformat(timespec="seconds"),
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "history": hist,
@@ -171,7 +172,7 @@ def _tv_version() -> str | None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m revlib.experiments", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m revlib.harness.experiments", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help=f"one of {', '.join(MODEL_NAMES)}")
     p.add_argument("--dataset", default="cifar10", choices=data.DATASETS)

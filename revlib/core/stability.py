@@ -8,7 +8,7 @@ explode nor forget their input.
 
 * :func:`jacobian`, :func:`eigenvalues`, :func:`max_real_part`: the Jacobian of
   a right-hand side at one state (``torch.autograd.functional.jacobian``), its
-  eigenvalues, and the largest real part. The blocks of :mod:`revlib.ode` give
+  eigenvalues, and the largest real part. The blocks of :mod:`revlib.core.ode` give
   their right-hand side as ``block.rhs``.
 * :func:`perturbation_growth`, :func:`lyapunov_exponent`: push a tiny
   perturbation through the layers of a network (exactly linearised, with

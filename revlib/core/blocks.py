@@ -4,7 +4,7 @@ A block is a bijection ``y = forward(x)`` with ``x = inverse(y)``. Subclasses
 write the two directions once, as ``_forward(x, run)`` and ``_inverse(y, run)``,
 calling every learned sub-function through ``run(name, fn, tensor)``. The same
 code then serves a plain forward, a forward that records RNG states on a
-:class:`~revlib.recompute.Tape`, and a recomputation that replays them.
+:class:`~revlib.core.recompute.Tape`, and a recomputation that replays them.
 
 :meth:`ReversibleBlock.backward_step` is the step of the paper's Algorithm 1:
 from the output ``y`` and its gradient ``dy`` it returns the input ``x``, its
@@ -22,7 +22,16 @@ from torch import Tensor, nn
 
 from .recompute import Tape
 
-__all__ = ["ReversibleBlock", "Run", "ParamGrads", "plain_run", "split_halves", "check_same_shape"]
+__all__ = [
+    "ReversibleBlock",
+    "Run",
+    "ParamGrads",
+    "plain_run",
+    "split_dim",
+    "split_halves",
+    "join_halves",
+    "check_same_shape",
+]
 
 Run = Callable[[str, nn.Module, Tensor], Tensor]
 """How a block calls a sub-function: ``run(name, fn, x)`` returns ``fn(x)``."""
@@ -35,25 +44,45 @@ def plain_run(name: str, fn: nn.Module, x: Tensor) -> Tensor:
     return fn(x)
 
 
-def split_halves(block: nn.Module, x: Tensor, what: str = "input") -> tuple[Tensor, Tensor]:
-    """Split ``x`` of shape (N, C, ...) into two halves of C/2 channels.
+def split_dim(block: nn.Module) -> int:
+    """The dimension ``block`` splits into halves: its ``dim`` attribute, 1 (channels) by default."""
+    return getattr(block, "dim", 1)
 
-    Raises ``ValueError`` naming the block and the shape when ``x`` has fewer
-    than two dimensions or an odd number of channels.
+
+def split_halves(block: nn.Module, x: Tensor, what: str = "input") -> tuple[Tensor, Tensor]:
+    """Split ``x`` into two equal halves along the block's split dimension.
+
+    The dimension is :func:`split_dim` of ``block``: 1 for images of shape
+    (N, C, H, W), -1 for token sequences of shape (B, T, D). Raises
+    ``ValueError`` naming the block, the dimension and the shape when ``x`` has
+    no such dimension or an odd size along it.
     """
     name = type(block).__name__
-    if x.dim() < 2:
+    dim = split_dim(block)
+    layout = "(batch, channels, ...)" if dim == 1 else f"at least {dim + 1 if dim >= 0 else -dim + 1} dimensions"
+    if x.dim() < 2 or not -x.dim() <= dim < x.dim():
         raise ValueError(
-            f"{name}: expected an {what} of shape (batch, channels, ...), got shape {tuple(x.shape)}"
+            f"{name}: expected an {what} of shape {layout} to split along dimension {dim}, "
+            f"got shape {tuple(x.shape)}"
         )
-    channels = x.shape[1]
-    if channels % 2:
+    size = x.shape[dim]
+    if size % 2 and dim == 1:
         raise ValueError(
-            f"{name}: the {what} has an odd number of channels ({channels}, shape "
-            f"{tuple(x.shape)}); a coupling splits the channels into two equal halves"
+            f"{name}: the {what} has an odd number of channels ({size}, shape {tuple(x.shape)}); "
+            "a coupling splits the channels into two equal halves"
         )
-    x1, x2 = x.chunk(2, dim=1)
+    if size % 2:
+        raise ValueError(
+            f"{name}: the {what} has an odd size ({size}) along dimension {dim} (shape "
+            f"{tuple(x.shape)}); a coupling splits that dimension into two equal halves"
+        )
+    x1, x2 = x.chunk(2, dim=dim)
     return x1, x2
+
+
+def join_halves(block: nn.Module, first: Tensor, second: Tensor) -> Tensor:
+    """Concatenate two halves along the block's split dimension (the inverse of :func:`split_halves`)."""
+    return torch.cat([first, second], dim=split_dim(block))
 
 
 def check_same_shape(block: nn.Module, fn_name: str, out: Tensor, like: Tensor) -> Tensor:
