@@ -3,13 +3,22 @@
 :func:`glue` stores a value for the rendered book (``myst_nb.glue``) when
 myst-nb is installed, and otherwise shows it as a plain output, so that a
 chapter runs unchanged on Colab, where only ``revlib[train]`` is installed.
+
+:class:`RunSettings` is the one switch between a chapter's fast CPU run and
+its full GPU experiments. A chapter writes ``RUN = RunSettings.from_env(full_run=False)``
+at its top; a reader sets ``full_run=True`` on a GPU, and tests override any
+field through environment variables, so the full branch of every chapter can
+run on the CPU on small stand-in data.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["glue"]
+__all__ = ["glue", "RunSettings"]
 
 
 def glue(name: str, value: Any, display: bool = True) -> None:
@@ -23,3 +32,67 @@ def glue(name: str, value: Any, display: bool = True) -> None:
             show(value)
         return
     myst_glue(name, value, display=display)
+
+
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"RunSettings: {name} must be 1/0 (or true/false), got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How much of a chapter runs, and where its data and results live.
+
+    Attributes:
+        full_run: run the full (GPU) experiments, not only the fast CPU path.
+        data_root: where torchvision finds (or downloads) CIFAR-10/100 and STL-10.
+        runs_dir: where ``python -m revlib.harness.experiments`` writes results
+            (``*.json``) and checkpoints that a chapter tabulates.
+        max_iterations: if set, every full-run training stops after this many
+            iterations (tests use it to run the full branch on the CPU).
+        require_gpu: whether the full run insists on an accelerator.
+
+    Environment variables override the chapter's values: ``REVLIB_FULL_RUN``
+    (1/0), ``REVLIB_DATA_ROOT``, ``REVLIB_RUNS_DIR``, ``REVLIB_MAX_ITERATIONS``
+    and ``REVLIB_REQUIRE_GPU`` (1/0).
+    """
+
+    full_run: bool = False
+    data_root: Path = Path("data")
+    runs_dir: Path = Path("runs")
+    max_iterations: int | None = None
+    require_gpu: bool = True
+
+    @classmethod
+    def from_env(
+        cls,
+        full_run: bool = False,
+        data_root: str | Path = "data",
+        runs_dir: str | Path = "runs",
+        max_iterations: int | None = None,
+        require_gpu: bool = True,
+    ) -> "RunSettings":
+        """The chapter's settings, each overridden by its environment variable when set."""
+        env_full = _env_flag("REVLIB_FULL_RUN")
+        env_gpu = _env_flag("REVLIB_REQUIRE_GPU")
+        env_iters = os.environ.get("REVLIB_MAX_ITERATIONS")
+        if env_iters:
+            try:
+                max_iterations = int(env_iters)
+            except ValueError as err:
+                raise ValueError(f"RunSettings: REVLIB_MAX_ITERATIONS must be an integer, got {env_iters!r}") from err
+            if max_iterations <= 0:
+                raise ValueError(f"RunSettings: REVLIB_MAX_ITERATIONS must be positive, got {max_iterations}")
+        return cls(
+            full_run=full_run if env_full is None else env_full,
+            data_root=Path(os.environ.get("REVLIB_DATA_ROOT") or data_root),
+            runs_dir=Path(os.environ.get("REVLIB_RUNS_DIR") or runs_dir),
+            max_iterations=max_iterations,
+            require_gpu=require_gpu if env_gpu is None else env_gpu,
+        )
