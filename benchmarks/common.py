@@ -16,9 +16,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so a timer measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    """Wait for work queued on an accelerator (CUDA, MPS, ...), so a timer measures it; the CPU has none."""
+    if device.type != "cpu":
+        torch.accelerator.synchronize(device)
 
 
 def run_metadata(device: torch.device) -> dict:

@@ -6,9 +6,10 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from revlib.harness import data
+from revlib.harness.data import datasets
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +79,15 @@ def test_pad_crop_flip_matches_slicing():
     x = torch.randn(5, 3, 6, 7)
     oy, ox = torch.tensor([0, 1, 2, 4, 3]), torch.tensor([4, 0, 2, 1, 3])
     flip = torch.tensor([True, False, True, False, False])
-    out = data._pad_crop_flip(x, 2, oy, ox, flip)
-    xp = F.pad(x, (2, 2, 2, 2))
+    out = data.pad_crop_flip(x, 2, oy, ox, flip)
+    xp = nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(5):
         ref = xp[i, :, oy[i] : oy[i] + 6, ox[i] : ox[i] + 7]
         if flip[i]:
             ref = ref.flip(-1)
         assert torch.equal(out[i], ref)
     # offset (pad, pad) without flip is the identity
-    same = data._pad_crop_flip(x, 2, torch.full((5,), 2), torch.full((5,), 2), None)
+    same = data.pad_crop_flip(x, 2, torch.full((5,), 2), torch.full((5,), 2), None)
     assert torch.equal(same, x)
 
 
@@ -122,6 +123,20 @@ def test_dataloader_path(digits):
         train.transform = None
 
 
+def test_random_crop_flip_gives_padded_crops_and_flips():
+    """torchvision's v2 transforms, per image: each output is one of the 5x5 crops of the zero-padded image, or its mirror."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 7)
+    xp = nn.functional.pad(x, (2, 2, 2, 2))
+    crops = [xp[:, i : i + 6, j : j + 7] for i in range(5) for j in range(5)]
+    mirrored = [c.flip(-1) for c in crops]
+    outs = [data.RandomCropFlip(pad=2, flip=True)(x) for _ in range(40)]
+    which = [next(k for k, c in enumerate(crops + mirrored) if torch.equal(o, c)) for o in outs]  # StopIteration: not a crop
+    assert len(set(which)) > 10 and any(k >= 25 for k in which) and any(k < 25 for k in which)
+    unflipped = [data.RandomCropFlip(pad=2, flip=False)(x) for _ in range(20)]
+    assert all(any(torch.equal(o, c) for c in crops) for o in unflipped)
+
+
 def test_missing_dataset_gives_clear_error_without_download(tmp_path):
     t = time.perf_counter()
     with pytest.raises(data.DataUnavailableError) as err:
@@ -135,7 +150,7 @@ def test_missing_dataset_gives_clear_error_without_download(tmp_path):
 @pytest.mark.parametrize("name,folder", [("cifar100", "cifar-100-python"), ("stl10", "stl10_binary")])
 def test_missing_dataset_offline_download(tmp_path, monkeypatch, name, folder):
     # Offline (simulated, so that a CI machine with internet downloads nothing): the probe fails.
-    monkeypatch.setattr(data, "_probe", lambda url, timeout: "simulated: no network")
+    monkeypatch.setattr(datasets, "_probe", lambda url, timeout: "simulated: no network")
     t = time.perf_counter()
     with pytest.raises(data.DataUnavailableError, match="simulated: no network") as err:
         data.load(name, tmp_path, download=True)
@@ -154,7 +169,7 @@ def test_download_failure_inside_torchvision_is_translated(tmp_path, monkeypatch
             raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Broken)
-    monkeypatch.setattr(data, "_probe", lambda url, timeout: None)  # the host answers, the download then fails
+    monkeypatch.setattr(datasets, "_probe", lambda url, timeout: None)  # the host answers, the download then fails
     with pytest.raises(data.DataUnavailableError, match="connection reset") as err:
         data.load("cifar10", tmp_path)
     assert err.value.__cause__ is None and err.value.__suppress_context__  # no traceback from inside torchvision
@@ -169,7 +184,7 @@ def test_network_probe_is_bounded(monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", hang)
     t = time.perf_counter()
-    reason = data._probe("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", timeout=0.3)
+    reason = datasets._probe("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", timeout=0.3)
     assert reason is not None and "within 0.3 s" in reason
     assert time.perf_counter() - t < 2.0
 

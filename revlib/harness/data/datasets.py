@@ -1,18 +1,7 @@
-"""Data for the book's experiments: CIFAR-10/100, STL-10 and an offline data set.
+"""The data sets: CIFAR-10/100 and STL-10 through torchvision, scikit-learn's digits offline.
 
 Every data set is held in memory as one ``uint8`` image tensor (N, C, H, W) and
-its labels (:class:`ImageData`). Two ways to feed it to a model:
-
-* :class:`TensorLoader`, the fast path: it shuffles, augments (pad, random crop,
-  horizontal flip) and normalises whole batches with tensor operations on the
-  training device, drawing every random number from its own CPU
-  ``torch.Generator``. The batches are therefore the same on every device, and a
-  resumed run sees exactly the batches an uninterrupted run would have seen.
-* :meth:`ImageData.__getitem__` returns one normalised image, so the data also
-  work with an ordinary ``torch.utils.data.DataLoader`` (pass
-  ``transform=RandomCropFlip(...)`` for augmentation).
-
-The data sets:
+its labels (:class:`ImageData`).
 
 * ``"cifar10"``, ``"cifar100"``, ``"stl10"``: through torchvision. Each is read
   from ``root`` if it is there, else downloaded if the network allows. If it is
@@ -23,41 +12,32 @@ The data sets:
   The book and CI use it offline. A fixed, seeded, class-stratified split gives
   1,347 training and 450 test images.
 
-Augmentation (the official RevNet recipe for CIFAR): pad 4 pixels with zeros,
-take a random 32x32 crop, flip horizontally with probability 1/2. The same
-idea scaled to 8x8 digits is pad 1 and crop 8, *without* the flip: a mirrored
-2, 3, 4, 5, 7 or 9 is no longer that digit (a flip changes the class, it is
-not a symmetry of the data set). STL-10 uses Chang et al.'s 12-pixel pad.
-
 Normalisation: ``"pixel_mean"`` (default) subtracts the per-pixel mean image of
 the training set, as the official RevNet code does; ``"channel"`` subtracts the
 per-channel mean and divides by the per-channel standard deviation (the usual
 PyTorch convention). Both are computed from the training split and used for the
-test split too. Zero padding happens after normalisation, so the padded border
-is the mean image's value (``pixel_mean``) or the channel mean (``channel``).
+test split too: ``x = (images * scale - mean) / std`` (:func:`normalize`).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
     "DATASETS",
     "DataUnavailableError",
     "ImageData",
-    "TensorLoader",
-    "RandomCropFlip",
+    "Normalization",
+    "normalize",
     "load",
     "load_digits",
     "balanced_subset",
@@ -69,26 +49,29 @@ Normalization = Literal["pixel_mean", "channel", "none"]
 
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "stl10", "digits")
 
-# What to download and where it ends up, for the error message.
-_SOURCES = {
-    "cifar10": (
-        "CIFAR-10",
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "cifar-10-batches-py",
-        "CIFAR10",
-    ),
-    "cifar100": (
-        "CIFAR-100",
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        "cifar-100-python",
-        "CIFAR100",
-    ),
-    "stl10": (
-        "STL-10",
-        "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
-        "stl10_binary",
-        "STL10",
-    ),
+
+class _Source(NamedTuple):
+    """Where a torchvision data set comes from and where it ends up (for the error message)."""
+
+    title: str
+    url: str
+    folder: str
+    torchvision_class: str
+
+
+_SOURCES: dict[str, _Source] = {
+    "cifar10": _Source("CIFAR-10", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                       "cifar-10-batches-py", "CIFAR10"),
+    "cifar100": _Source("CIFAR-100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                        "cifar-100-python", "CIFAR100"),
+    "stl10": _Source("STL-10", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", "stl10_binary", "STL10"),
+}
+
+_AUGMENTATION: dict[str, dict] = {
+    "cifar10": dict(pad=4, flip=True),
+    "cifar100": dict(pad=4, flip=True),
+    "stl10": dict(pad=12, flip=True),
+    "digits": dict(pad=1, flip=False),
 }
 
 
@@ -96,12 +79,35 @@ class DataUnavailableError(RuntimeError):
     """A data set is not on disk and could not be downloaded; the message says how to get it."""
 
 
+def _key(name: str) -> str:
+    """A data set's name as :data:`DATASETS` spells it: ``"CIFAR-10"`` and ``"cifar_10"`` are ``"cifar10"``."""
+    return name.lower().replace("-", "").replace("_", "")
+
+
 def default_root() -> Path:
     """Where data sets live: ``$REVLIB_DATA`` if set, else ``./data``."""
     return Path(os.environ.get("REVLIB_DATA", "data")).expanduser()
 
 
+def augmentation_for(name: str) -> dict:
+    """The augmentation each data set gets: ``{"pad": ..., "flip": ...}``.
+
+    CIFAR: pad 4, flip (official RevNet). STL-10: pad 12, flip (Chang et al.).
+    Digits: pad 1, no flip (a mirrored 2, 3, 4, 5, 7 or 9 is no longer that
+    digit: a flip changes the class, it is not a symmetry of the data set).
+    """
+    return dict(_AUGMENTATION[_key(name)])
+
+
 # --------------------------------------------------------------------------- data
+
+
+def normalize(images: Tensor, scale: float, mean: Tensor, std: Tensor) -> Tensor:
+    """uint8 images (B, C, H, W) to normalised float32: ``(images * scale - mean) / std``.
+
+    ``mean`` and ``std`` must be on the images' device.
+    """
+    return (images.float() * scale - mean) / std
 
 
 @dataclass(eq=False)  # no field-wise ==: the fields are tensors
@@ -118,8 +124,9 @@ class ImageData(torch.utils.data.Dataset):
         std: (C, 1, 1) tensor the result is divided by (ones for ``pixel_mean``).
         name: data set name; ``split``: ``"train"`` or ``"test"``.
         transform: optional callable applied to the normalised float image in
-            ``__getitem__`` (e.g. :class:`RandomCropFlip`); :class:`TensorLoader`
-            ignores it and augments batches itself.
+            ``__getitem__`` (e.g. :class:`~revlib.harness.data.RandomCropFlip`);
+            :class:`~revlib.harness.data.TensorLoader` ignores it and augments
+            batches itself.
     """
 
     images: Tensor
@@ -151,9 +158,7 @@ class ImageData(torch.utils.data.Dataset):
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 images (B, C, H, W), on any device, to normalised float32."""
-        mean = self.mean.to(images.device)
-        std = self.std.to(images.device)
-        return (images.float() * self.scale - mean) / std
+        return normalize(images, self.scale, self.mean.to(images.device), self.std.to(images.device))
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         x = self.normalize(self.images[i : i + 1])[0]
@@ -172,6 +177,7 @@ class ImageData(torch.utils.data.Dataset):
 
 
 def _normalization(train_images: Tensor, scale: float, how: Normalization) -> tuple[Tensor, Tensor]:
+    """(mean, std) of :func:`normalize` from the training images, computed in float64."""
     x = train_images.double() * scale
     c = x.shape[1]
     if how == "pixel_mean":
@@ -260,16 +266,16 @@ def _probe(url: str, timeout: float) -> str | None:
 
 
 def _unavailable(name: str, root: Path, reason: str) -> DataUnavailableError:
-    title, url, folder, cls = _SOURCES[name]
+    src = _SOURCES[name]
     root = root.resolve()
     return DataUnavailableError(
-        f"{title} is not in {root} and could not be downloaded ({reason}).\n"
+        f"{src.title} is not in {root} and could not be downloaded ({reason}).\n"
         f"To get it, do one of these:\n"
         f"  * on a machine with internet access run\n"
-        f"      python -c \"import torchvision; torchvision.datasets.{cls}('data', download=True)\"\n"
-        f"    and copy the folder data/{folder} to {root / folder};\n"
-        f"  * download {url} and extract it into {root} (so that {root / folder} exists);\n"
-        f"  * pass root= (or set $REVLIB_DATA to) a folder that already holds {folder}.\n"
+        f"      python -c \"import torchvision; torchvision.datasets.{src.torchvision_class}('data', download=True)\"\n"
+        f"    and copy the folder data/{src.folder} to {root / src.folder};\n"
+        f"  * download {src.url} and extract it into {root} (so that {root / src.folder} exists);\n"
+        f"  * pass root= (or set $REVLIB_DATA to) a folder that already holds {src.folder}.\n"
         f"Offline, the data set 'digits' (scikit-learn's bundled 8x8 digits) needs no download."
     )
 
@@ -278,14 +284,15 @@ def _torchvision(name: str, root: Path, download: bool, timeout: float, **kwargs
     """A torchvision data set: from disk if present, else downloaded, else a clear error."""
     import torchvision
 
-    cls = getattr(torchvision.datasets, _SOURCES[name][3])
+    src = _SOURCES[name]
+    cls = getattr(torchvision.datasets, src.torchvision_class)
     try:
         return cls(str(root), download=False, **kwargs)
     except (RuntimeError, FileNotFoundError, OSError):
         pass  # not there, or incomplete
     if not download:
         raise _unavailable(name, root, "downloading was switched off: download=False")
-    reason = _probe(_SOURCES[name][1], timeout)
+    reason = _probe(src.url, timeout)
     if reason is not None:
         raise _unavailable(name, root, reason)
     old = socket.getdefaulttimeout()
@@ -330,7 +337,7 @@ def load(name: str, root: str | os.PathLike | None = None, *, download: bool = T
         normalization: ``"pixel_mean"`` (official RevNet), ``"channel"`` or ``"none"``.
         seed: the digits split's seed (ignored for the others, which have official splits).
     """
-    key = name.lower().replace("-", "").replace("_", "")
+    key = _key(name)
     if key == "digits":
         return load_digits(seed=seed, normalization=normalization)
     if key not in _SOURCES:
@@ -339,17 +346,6 @@ def load(name: str, root: str | os.PathLike | None = None, *, download: bool = T
     if key == "stl10":
         return _stl10(root, download, timeout, normalization)
     return _cifar(key, root, download, timeout, normalization)
-
-
-def augmentation_for(name: str) -> dict:
-    """The augmentation each data set gets: ``{"pad": ..., "flip": ...}``.
-
-    CIFAR: pad 4, flip (official RevNet). STL-10: pad 12, flip (Chang et al.).
-    Digits: pad 1, no flip (a mirrored digit is a different symbol).
-    """
-    key = name.lower().replace("-", "").replace("_", "")
-    return {"cifar10": dict(pad=4, flip=True), "cifar100": dict(pad=4, flip=True),
-            "stl10": dict(pad=12, flip=True), "digits": dict(pad=1, flip=False)}[key]
 
 
 # ----------------------------------------------------------------------- subsets
@@ -383,110 +379,3 @@ def balanced_subset(targets: Tensor | Sequence[int] | ImageData, fraction: float
                              f"that fraction {fraction} asks for")
         chosen.append(members[torch.randperm(len(members), generator=g)[:k]])
     return torch.cat(chosen).sort().values
-
-
-# ---------------------------------------------------------------- augmentation
-
-
-def _pad_crop_flip(x: Tensor, pad: int, oy: Tensor, ox: Tensor, flip: Tensor | None) -> Tensor:
-    """Zero-pad a (B, C, H, W) batch by ``pad``, crop each image at (oy, ox), flip where ``flip``."""
-    b, c, h, w = x.shape
-    if pad > 0:
-        dev = x.device
-        xp = F.pad(x, (pad, pad, pad, pad))
-        rows = oy.to(dev).view(b, 1, 1) + torch.arange(h, device=dev).view(1, h, 1)  # (B, H, 1)
-        cols = ox.to(dev).view(b, 1, 1) + torch.arange(w, device=dev).view(1, 1, w)  # (B, 1, W)
-        idx = (rows * (w + 2 * pad) + cols).view(b, 1, h * w).expand(b, c, h * w)
-        x = xp.reshape(b, c, -1).gather(2, idx).view(b, c, h, w)
-    if flip is not None:
-        x = torch.where(flip.to(x.device).view(b, 1, 1, 1), x.flip(-1), x)
-    return x
-
-
-class RandomCropFlip:
-    """Per-image augmentation for a plain ``DataLoader``: zero-pad, random crop, optional flip.
-
-    Draws from the global torch RNG (or ``generator``). :class:`TensorLoader`
-    does the same on whole batches.
-    """
-
-    def __init__(self, pad: int, flip: bool, generator: torch.Generator | None = None) -> None:
-        self.pad, self.flip, self.generator = pad, flip, generator
-
-    def __call__(self, x: Tensor) -> Tensor:
-        o = torch.randint(0, 2 * self.pad + 1, (2,), generator=self.generator)
-        f = (torch.rand(1, generator=self.generator) < 0.5) if self.flip else None
-        return _pad_crop_flip(x.unsqueeze(0), self.pad, o[:1], o[1:], f)[0]
-
-    def __repr__(self) -> str:
-        return f"RandomCropFlip(pad={self.pad}, flip={self.flip})"
-
-
-# ------------------------------------------------------------------------ loader
-
-
-class TensorLoader:
-    """Batches of an :class:`ImageData`, shuffled, augmented and normalised on ``device``.
-
-    Args:
-        data: the images and labels.
-        batch_size: images per batch.
-        shuffle: draw a new permutation every epoch.
-        augment: pad by ``pad`` pixels, crop at a random offset, flip with
-            probability 1/2 if ``flip``; ``pad``/``flip`` default to
-            :func:`augmentation_for` the data set.
-        drop_last: drop the last, smaller batch of an epoch.
-        device: where the images live and the batches are made (the whole data
-            set is copied there once, as ``uint8``: CIFAR-10 takes 150 MB).
-        seed: seed of the loader's own ``torch.Generator`` (on the CPU), the only
-            source of its randomness: the batches do not depend on the device or
-            on the global RNG, and saving ``loader.generator.get_state()`` at the
-            start of an epoch is enough to replay that epoch exactly.
-
-    Iterating yields ``(x, y)``: ``x`` float32 (B, C, H, W), ``y`` int64 (B,).
-    """
-
-    def __init__(self, data: ImageData, batch_size: int = 100, *, shuffle: bool = True, augment: bool = True,
-                 pad: int | None = None, flip: bool | None = None, drop_last: bool = False,
-                 device: torch.device | str | None = None, seed: int = 0) -> None:
-        self.data = data
-        self.batch_size = int(batch_size)
-        self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
-        defaults = augmentation_for(data.name) if data.name in DATASETS else dict(pad=0, flip=False)
-        self.pad = defaults["pad"] if pad is None else int(pad)
-        self.flip = defaults["flip"] if flip is None else bool(flip)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.generator = torch.Generator().manual_seed(seed)
-        self._images = data.images.to(self.device)
-        self._targets = data.targets.to(self.device)
-        self._mean = data.mean.to(self.device)
-        self._std = data.std.to(self.device)
-
-    def __len__(self) -> int:
-        n = len(self.data)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def to(self, device: torch.device | str) -> "TensorLoader":
-        """Move the stored images to ``device`` (the generator state is kept)."""
-        self.device = torch.device(device)
-        self._images, self._targets = self._images.to(self.device), self._targets.to(self.device)
-        self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
-        return self
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.data)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            b = len(idx)
-            dev_idx = idx.to(self.device)
-            x = (self._images[dev_idx].float() * self.data.scale - self._mean) / self._std
-            if self.augment and (self.pad > 0 or self.flip):
-                o = torch.randint(0, 2 * self.pad + 1, (2, b), generator=self.generator)
-                f = torch.rand(b, generator=self.generator) < 0.5 if self.flip else None
-                x = _pad_crop_flip(x, self.pad, o[0], o[1], f)
-            yield x, self._targets[dev_idx]
-
-    def __repr__(self) -> str:
-        return (f"TensorLoader({self.data.name}/{self.data.split}: {len(self.data)} images, batch {self.batch_size}, "
-                f"shuffle={self.shuffle}, augment={self.augment} (pad {self.pad}, flip {self.flip}), device={self.device})")

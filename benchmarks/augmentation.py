@@ -1,0 +1,108 @@
+"""Time the CIFAR augmentation (pad 4, random 32x32 crop, flip) two ways, on the CPU by default.
+
+* ``batched``: :class:`revlib.harness.data.TensorLoader`, which normalises and
+  crops and flips a whole batch with one gather (``pad_crop_flip``);
+* ``per_image``: a ``torch.utils.data.DataLoader`` over the same
+  :class:`~revlib.harness.data.ImageData` with
+  :class:`~revlib.harness.data.RandomCropFlip` (torchvision ``transforms.v2``,
+  image by image) as its transform, in the main process.
+
+Both produce the same kind of batches (normalised float32, 100 images of
+3x32x32 by default) from random CIFAR-sized uint8 images; one epoch of each is
+timed, interleaved ``--repeats`` times, and the medians and their ratio are
+reported.
+
+    python benchmarks/augmentation.py                 # CPU, 5,000 images, batch 100
+    python benchmarks/augmentation.py --device cuda   # the batched path on the GPU (the per-image one stays on the CPU)
+
+Writes benchmarks/results/augmentation_<device>.json (``--out`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import revlib
+from common import run_metadata, sync, write_result
+from revlib.harness.data import ImageData, RandomCropFlip, TensorLoader
+
+
+def cifar_like(n: int, seed: int) -> ImageData:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    targets = torch.randint(0, 10, (n,), generator=g)
+    mean = (images.double() / 255).mean(0).float()
+    return ImageData(images, targets, 10, 1 / 255, mean, torch.ones(3, 1, 1), "cifar10", "train")
+
+
+def one_epoch(batches, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for x, _ in batches:
+        pass
+    sync(device)
+    return time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device) if args.device else torch.device("cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = cifar_like(args.images, args.seed)
+    batched = TensorLoader(data, args.batch, device=device, seed=args.seed)
+    per_image_data = data.subset(range(len(data)))
+    per_image_data.transform = RandomCropFlip(pad=4, flip=True)
+    per_image = torch.utils.data.DataLoader(per_image_data, batch_size=args.batch, shuffle=True)
+    loaders = {"batched": batched, "per_image": per_image}
+    for loader in loaders.values():  # warm-up: torchvision's first call, allocator
+        one_epoch(loader, device)
+    seconds: dict[str, list[float]] = {name: [] for name in loaders}
+    for _ in range(args.repeats):
+        for name, loader in loaders.items():
+            seconds[name].append(one_epoch(loader, device))
+    median = {name: statistics.median(t) for name, t in seconds.items()}
+    return {
+        "benchmark": "augmentation",
+        "what": f"one epoch of {args.images} random CIFAR-sized uint8 images in batches of {args.batch}: "
+        "normalise, zero-pad 4, random 32x32 crop, horizontal flip with probability 1/2",
+        **run_metadata(device),
+        "images": args.images,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "median_seconds": median,
+        "images_per_second": {name: args.images / t for name, t in median.items()},
+        "all_seconds": seconds,
+        "speedup_batched_over_per_image": median["per_image"] / median["batched"],
+        "note": "medians of interleaved repeats after one warm-up epoch each; the per-image path runs in the "
+        "main process (num_workers=0) on the CPU. " + (args.note or ""),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=5000, help="images per epoch (default 5000)")
+    parser.add_argument("--batch", type=int, default=100, help="batch size (default 100, the RevNet recipe's)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per path (default 5)")
+    parser.add_argument("--device", default=None, help="device of the batched path (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/augmentation_<device>.json)")
+    args = parser.parse_args(argv)
+    result = run(args)
+    print(f"{result['device']}, torch {result['torch']}, revlib {revlib.__version__}, {result['threads']} threads")
+    for name, t in result["median_seconds"].items():
+        print(f"{name:10s} {1000 * t:9.1f} ms/epoch {result['images_per_second'][name]:10.0f} images/s")
+    print(f"batched is {result['speedup_batched_over_per_image']:.1f}x faster than per-image")
+    print(f"wrote {write_result(result, args.out, 'augmentation')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
