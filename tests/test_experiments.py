@@ -69,5 +69,11 @@ def test_missing_cifar_is_a_clear_exit(tmp_path):
 
 def test_defaults():
     assert experiments.default_recipe("hamiltonian74") == "chang" and experiments.default_recipe("revnet38") == "revnet"
-    with pytest.raises(SystemExit, match="unknown model"):
+    with pytest.raises(experiments.UnknownModelError, match="unknown model 'resnet9000'.*revnet38"):
         experiments.build_model("resnet9000", 10, 3)
+
+
+def test_unknown_model_is_a_clear_exit_on_the_command_line(tmp_path):
+    with pytest.raises(SystemExit, match="unknown model 'resnet9000'"):
+        experiments.main(["--model", "resnet9000", "--dataset", "digits", "--fast", "--no-progress",
+                          "--out", str(tmp_path / "x.json")])

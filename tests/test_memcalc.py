@@ -86,14 +86,14 @@ def test_rows_add_up_to_the_meter_on_revnet38(mode):
     assert t.params == sum(p.numel() for p in model.parameters())
 
 
-def test_units_make_one_row():
+def test_row_types_make_one_row():
     model = nn.Sequential(nn.Linear(4, 6), nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6)), nn.Linear(6, 2))
-    t = memory_table(model, torch.randn(3, 4), units=(nn.Sequential,))
+    t = memory_table(model, torch.randn(3, 4), row_types=(nn.Sequential,))
     # the whole model is an nn.Sequential too, but only the outermost row-unit below it is used
     assert len(t.rows) == 1 and t.rows[0].kept == 2
     inner = type("Block", (nn.Sequential,), {})
     model = nn.Sequential(nn.Linear(4, 6), inner(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6)), nn.Linear(6, 2))
-    t = memory_table(model, torch.randn(3, 4), units=(inner,))
+    t = memory_table(model, torch.randn(3, 4), row_types=(inner,))
     assert [r.kept for r in t.rows] == [6, 6, 2]
     assert t.measured_bytes == saved_tensor_bytes(model, torch.randn(3, 4))
 
@@ -103,3 +103,12 @@ def test_memory_flat_in_depth_for_revnets():
     cfg = dict(block="basic", channels=(16, 16, 32, 32), strides=(1, 2, 2), reversible=True)
     kept = [memory_table(PreActNet(units=(n, n, n), **cfg), x).measured_bytes for n in (1, 3)]
     assert kept[0] == kept[1]
+
+
+def test_units_is_the_former_name_of_row_types():
+    """Chapter 4 passes ``units=``; it must list the same rows as ``row_types=``."""
+    inner = type("Block", (nn.Sequential,), {})
+    model = nn.Sequential(nn.Linear(4, 6), inner(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6)), nn.Linear(6, 2))
+    x = torch.randn(3, 4)
+    assert memory_table(model, x, units=(inner,)).rows == memory_table(model, x, row_types=(inner,)).rows
+    assert len(memory_table(model, x).rows) != len(memory_table(model, x, units=(inner,)).rows)

@@ -2,18 +2,20 @@
 
 :func:`memory_table` runs one forward pass of a model on an example batch,
 with hooks on its layers, and returns a :class:`MemoryTable` with one row per
-layer, in the shape of seed 003's tables: the layer, its output shape, its
-parameters and the activations it keeps, per image. Two counts of the kept
+layer, in the shape of the per-layer tables of Saha and Priyanka's Rev-VGG
+slides ("Reversible Nets", EECE 7398, Northeastern University): the layer, its
+output shape, its parameters and the activations it keeps, per image. Two counts of the kept
 activations stand side by side:
 
-* ``kept``, the **layer-output count** of seed 003: every layer keeps its
+* ``kept``, the **layer-output count** of those tables: every layer keeps its
   output, one float32 tensor, except element-wise activations, dropout,
-  flatten and identity (the seed lists none of them); a reversible unit keeps
+  flatten and identity (the tables list none of them); a reversible unit keeps
   nothing (its activations are rebuilt in the backward pass);
 * ``saved_bytes``, the **measured** bytes that autograd saved during that
   layer's forward, found with :func:`torch.autograd.graph.saved_tensors_hooks`
-  exactly as :class:`revlib.core.memory.SavedTensorMeter` does (each storage once,
-  parameters and buffers left out). Their sum is the meter's total.
+  counted as :class:`revlib.core.memory.SavedTensorMeter` counts them (each
+  storage once, parameters and buffers left out). Their sum is the meter's
+  total (a test checks).
 
 The two differ, layer type by layer type, in ways the rows show: a
 convolution saves its *input*, not its output; BatchNorm saves its input plus
@@ -31,8 +33,8 @@ listed) when it is
 * a module with a ``kept_activations(x, y)`` method that returns a number
   (per image) rather than ``None`` (e.g. a checkpointed RevNet transition, 0,
   or a Rev-VGG block);
-* an instance of one of the ``units`` types the caller names (kept: its
-  output, like a layer; seed 003's "Linear block" row is two layers).
+* an instance of one of the ``row_types`` the caller names (kept: its
+  output, like a layer; the slides' "Linear block" row is two layers).
 
 Saved tensors created outside every row (the ``+`` of a residual unit, a
 ``torch.cat``) are charged to the innermost module that ran them, as a row of
@@ -48,7 +50,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .memory import MiB, _storage_key
+from .memory import MiB
 from .sequence import ReversibleSequence
 
 __all__ = ["LayerRow", "MemoryTable", "memory_table", "SKIP_TYPES"]
@@ -68,7 +70,7 @@ SKIP_TYPES: tuple[type, ...] = (
     nn.Flatten,
     nn.Identity,
 )
-"""Layers that the layer-output count folds into the layer before (seed 003 lists none)."""
+"""Layers that the layer-output count folds into the layer before (the tables list none)."""
 
 
 @dataclass
@@ -175,42 +177,156 @@ class MemoryTable:
         return "\n".join(lines)
 
 
-def _own_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _numel_per_image(t: Any) -> tuple[tuple[int, ...], int]:
+def _per_image(t: Any) -> tuple[tuple[int, ...], int]:
+    """(shape, number of entries) of one image of a layer's output (the first tensor of a tuple)."""
     if isinstance(t, Tensor):
         shape = tuple(t.shape[1:])
         return shape, math.prod(shape)
     if isinstance(t, (tuple, list)) and t and isinstance(t[0], Tensor):
-        return _numel_per_image(t[0])
+        return _per_image(t[0])
     return (), 0
 
 
-def _unit_kept(module: nn.Module, x: Tensor, y: Tensor, units: tuple[type, ...]) -> int | None:
-    """Per-image kept count if ``module`` is one row, else None."""
+def _is_leaf(module: nn.Module) -> bool:
+    return next(module.children(), None) is None
+
+
+def _backward_mode(module: nn.Module) -> str | None:
+    """The mode of a module that reports ``kept_activations``: its own, or that of its ``blocks`` sequence."""
+    mode = getattr(module, "mode", None)
+    if mode is None and isinstance(getattr(module, "blocks", None), ReversibleSequence):
+        mode = module.blocks.mode
+    return mode
+
+
+def _is_one_row(module: nn.Module, row_types: tuple[type, ...]) -> bool:
+    """Whether ``module`` is listed as one row, its inside not listed (decided when its forward starts)."""
+    if isinstance(module, ReversibleSequence):
+        return module.mode != "autograd"
+    if callable(getattr(module, "kept_activations", None)):
+        return _backward_mode(module) != "autograd"
+    return bool(row_types) and isinstance(module, row_types)
+
+
+def _kept_by_row(module: nn.Module, x: Tensor | None, y: Any, row_types: tuple[type, ...]) -> int | None:
+    """Per-image kept count if ``module`` is one row, else None (a leaf's count is its output)."""
     if isinstance(module, ReversibleSequence):
         if module.mode == "reversible":
             return 0
-        if module.mode == "checkpoint":
-            return max(len(module.blocks) - 1, 0) * _numel_per_image(y)[1]
+        if module.mode == "checkpoint":  # the inputs of its blocks after the first
+            return max(len(module.blocks) - 1, 0) * _per_image(y)[1]
         return None
     method = getattr(module, "kept_activations", None)
     if callable(method):
         value = method(x, y)
         if value is not None:
             return int(value)
-    if units and isinstance(module, units):
-        return _numel_per_image(y)[1]
+    if row_types and isinstance(module, row_types):
+        return _per_image(y)[1]
     return None
+
+
+class _LayerTracer:
+    """Module hooks that keep the stack of running modules, and a saved-tensor hook that charges each
+    new storage to the row whose forward is running.
+
+    The counting rule is :class:`~revlib.core.memory.SavedTensorMeter`'s: each storage once,
+    ``nn.Parameter`` objects and the model's parameters and buffers not at all. The meter has no
+    per-tensor callback, so the same rule is applied here through the public
+    :func:`torch.autograd.graph.saved_tensors_hooks`.
+    """
+
+    def __init__(self, model: nn.Module, row_types: tuple[type, ...], skip: tuple[type, ...]) -> None:
+        self.model, self.row_types, self.skip = model, row_types, skip
+        self.names = {m: n or "(model)" for n, m in model.named_modules()}
+        self.owned = {self._storage(t) for t in [*model.parameters(), *model.buffers()]}
+        self.seen: dict[tuple, Any] = {}  # storage id -> storage, held so that its address is not reused
+        self.stack: list[nn.Module] = []
+        self.one_row: dict[nn.Module, bool] = {}
+        self.rows: dict[nn.Module, LayerRow] = {}  # in the order the modules finish
+        self.saved: dict[nn.Module, list[tuple[int, tuple[int, ...], str]]] = {}
+        self.functional: dict[nn.Module, LayerRow] = {}
+        self.fixed = 0
+
+    @staticmethod
+    def _storage(t: Tensor) -> tuple:
+        return (t.device.type, t.device.index, t.untyped_storage().data_ptr())
+
+    # -------------------------------------------------------------- module hooks
+    def enter(self, module: nn.Module, args: tuple) -> None:
+        self.one_row[module] = _is_one_row(module, self.row_types)
+        self.stack.append(module)
+
+    def leave(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self.stack.pop()
+        if any(self.one_row.get(m) for m in self.stack):
+            return  # inside a module that is one row
+        kept = _kept_by_row(module, args[0] if args else None, output, self.row_types)
+        if kept is None and not _is_leaf(module):
+            return  # a container: its layers are the rows
+        shape, numel = _per_image(output)
+        if kept is None:
+            kept = 0 if isinstance(module, self.skip) else numel
+        row = self.rows.get(module)
+        if row is None:  # a module called twice gets one row, its counts added
+            params = sum(p.numel() for p in module.parameters())
+            row = self.rows[module] = LayerRow(self.names.get(module, "?"), type(module).__name__, shape, params, 0)
+        row.kept += kept
+
+    # --------------------------------------------------------- saved-tensor hook
+    def _charged_to(self) -> nn.Module | None:
+        """The outermost running module that is one row, else the running leaf; None for a container's own ops."""
+        target = next((m for m in self.stack if self.one_row.get(m)), None)
+        if target is None and self.stack and _is_leaf(self.stack[-1]):
+            target = self.stack[-1]
+        return target
+
+    def charge(self, t: Tensor) -> Tensor:
+        if isinstance(t, nn.Parameter):
+            return t
+        key = self._storage(t)
+        if key in self.owned or key in self.seen:
+            return t
+        storage = self.seen[key] = t.untyped_storage()
+        item = (storage.nbytes(), tuple(t.shape), str(t.dtype).replace("torch.", ""))
+        target = self._charged_to()
+        if target is None:  # the + of a residual unit, a torch.cat: a "(functional)" row of the running container
+            owner = self.stack[-1] if self.stack else self.model
+            row = self.functional.get(owner)
+            if row is None:
+                row = self.functional[owner] = LayerRow(self.names.get(owner, "?") + " (ops)", "(functional)", (), 0, 0)
+            row.saved_bytes += item[0]
+            row.saved.append(item[1:])
+            return t
+        self.saved.setdefault(target, []).append(item)
+        if t.dim() == 1 and isinstance(target, nn.modules.batchnorm._BatchNorm):
+            self.fixed += item[0]  # BatchNorm's batch statistics: C floats, whatever the batch
+        return t
+
+    # -------------------------------------------------------------------- result
+    def table(self, batch: int) -> MemoryTable:
+        for module, items in self.saved.items():
+            row = self.rows.get(module)
+            if row is None:  # saved inside a module that produced no row (should not happen)
+                row = self.rows[module] = LayerRow(self.names.get(module, "?"), type(module).__name__, (), 0, 0)
+            for nbytes, shape, dtype in items:
+                row.saved_bytes += nbytes
+                row.saved.append((shape, dtype))
+        ordered = [*self.rows.values(), *self.functional.values()]
+        return MemoryTable(ordered, batch, sum(r.saved_bytes for r in ordered), self.fixed)
+
+
+def _unpack(t: Tensor) -> Tensor:
+    return t
 
 
 def memory_table(
     model: nn.Module,
     example: Tensor,
-    units: Iterable[type] = (),
+    row_types: Iterable[type] = (),
     skip: Sequence[type] = SKIP_TYPES,
+    *,
+    units: Iterable[type] | None = None,
 ) -> MemoryTable:
     """Run ``model(example)`` once with gradients on and tabulate, per layer, what it keeps.
 
@@ -218,125 +334,25 @@ def memory_table(
         model: the network, in the train/eval mode and backward mode to measure.
         example: an input batch; its batch size scales the measured bytes
             (``MemoryTable.measured_at`` extrapolates to other batch sizes).
-        units: module types to list as one row each (kept: their output).
+        row_types: module types to list as one row each (kept: their output).
         skip: layer types whose output the layer-output count does not keep.
+        units: the former name of ``row_types`` (still accepted).
 
     The graph is discarded after the forward. BatchNorm running statistics are
     updated as in any training forward; pass a copy of the model if that matters.
     """
-    units = tuple(units)
-    skip = tuple(skip)
-    owned = {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
-    names = {m: n or "(model)" for n, m in model.named_modules()}
-
-    rows: dict[nn.Module, LayerRow] = {}
-    order: list[nn.Module] = []
-    functional: dict[nn.Module, LayerRow] = {}
-    stack: list[nn.Module] = []
-    collapsed_depth = 0  # > 0 while inside a module that is one row
-    is_row: dict[nn.Module, bool] = {}
-    seen: set = set()
-    fixed = 0
+    if units is not None:
+        row_types = units
+    tracer = _LayerTracer(model, tuple(row_types), tuple(skip))
     handles = []
-
-    def pre(module, args):
-        nonlocal collapsed_depth
-        stack.append(module)
-        if collapsed_depth:
-            collapsed_depth += 1
-
-    def post(module, args, output):
-        nonlocal collapsed_depth
-        x = args[0] if args else None
-        inside = collapsed_depth > 1  # within a module already listed as one row
-        if collapsed_depth:
-            collapsed_depth -= 1
-        stack.pop()
-        if inside:
-            return
-        kept = _unit_kept(module, x, output, units)
-        leaf = len(list(module.children())) == 0
-        if kept is None and not leaf:
-            return
-        shape, numel = _numel_per_image(output)
-        if kept is None:
-            kept = 0 if isinstance(module, skip) else numel
-        row = rows.get(module)
-        if row is None:  # a module called twice gets one row, its counts added
-            row = rows[module] = LayerRow(names.get(module, "?"), type(module).__name__, shape, _own_params(module), 0)
-            order.append(module)
-        row.kept += kept
-
-    def pre_unit(module, args):
-        # Called after ``pre``: a module that will be one row swallows its children.
-        nonlocal collapsed_depth
-        if collapsed_depth == 0 and is_row.get(module):
-            collapsed_depth = 1
-
-    def charge(t: Tensor) -> Tensor:
-        nonlocal fixed
-        if isinstance(t, nn.Parameter):
-            return t
-        key = _storage_key(t)
-        if key in owned or key in seen:
-            return t
-        seen.add(key)
-        nbytes = t.untyped_storage().nbytes()
-        # The outermost module listed as one row gets it, else the leaf running it.
-        target = next((m for m in stack if is_row.get(m)), None)
-        if target is None and stack and len(list(stack[-1].children())) == 0:
-            target = stack[-1]
-        if target is None:
-            owner = stack[-1] if stack else model
-            row = functional.get(owner)
-            if row is None:
-                row = functional[owner] = LayerRow(names.get(owner, "?") + " (ops)", "(functional)", (), 0, 0)
-            row.saved_bytes += nbytes
-            row.saved.append((tuple(t.shape), str(t.dtype).replace("torch.", "")))
-            return t
-        pending.setdefault(target, []).append((nbytes, tuple(t.shape), str(t.dtype).replace("torch.", "")))
-        if t.dim() == 1 and isinstance(target, nn.modules.batchnorm._BatchNorm):
-            fixed += nbytes
-        return t
-
-    pending: dict[nn.Module, list] = {}
-
-    # Which non-leaf modules are one row is decided when their forward starts.
-    def mark(module, args):
-        if isinstance(module, ReversibleSequence):
-            is_row[module] = module.mode != "autograd"
-        elif callable(getattr(module, "kept_activations", None)):
-            mode = getattr(module, "mode", None)
-            if mode is None and hasattr(module, "blocks") and isinstance(module.blocks, ReversibleSequence):
-                mode = module.blocks.mode
-            is_row[module] = mode != "autograd"
-        elif units and isinstance(module, units):
-            is_row[module] = True
-        else:
-            is_row[module] = False
-
     for m in model.modules():
-        handles.append(m.register_forward_pre_hook(mark))
-        handles.append(m.register_forward_pre_hook(pre))
-        handles.append(m.register_forward_pre_hook(pre_unit))
-        handles.append(m.register_forward_hook(post))
+        handles.append(m.register_forward_pre_hook(tracer.enter))
+        handles.append(m.register_forward_hook(tracer.leave))
     try:
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(charge, lambda t: t):
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(tracer.charge, _unpack):
             out = model(example)
         del out
     finally:
         for h in handles:
             h.remove()
-
-    for module, items in pending.items():
-        row = rows.get(module)
-        if row is None:  # saved inside a module that produced no row (should not happen)
-            row = rows[module] = LayerRow(names.get(module, "?"), type(module).__name__, (), 0, 0)
-            order.append(module)
-        for nbytes, shape, dtype in items:
-            row.saved_bytes += nbytes
-            row.saved.append((shape, dtype))
-
-    ordered = [rows[m] for m in order] + list(functional.values())
-    measured = sum(r.saved_bytes for r in ordered)
-    return MemoryTable(ordered, int(example.shape[0]), measured, fixed)
+    return tracer.table(int(example.shape[0]))

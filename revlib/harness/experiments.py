@@ -39,9 +39,11 @@ import torch
 
 from .. import __version__
 from ..core.device import default_device, hardware
+from ..models.common import count_parameters
 from . import data, train
 
-__all__ = ["run", "main", "hardware", "build_model", "default_recipe", "FAST_ITERATIONS", "MODEL_NAMES"]
+__all__ = ["run", "main", "hardware", "build_model", "UnknownModelError", "default_recipe", "FAST_ITERATIONS",
+           "MODEL_NAMES"]
 
 FAST_ITERATIONS = 60
 FAST_TEST_IMAGES = 2000
@@ -56,19 +58,22 @@ def default_recipe(model: str) -> str:
     return "chang" if model.startswith(("hamiltonian", "midpoint", "leapfrog")) else "revnet"
 
 
+class UnknownModelError(ValueError):
+    """:func:`build_model` was given a name that :mod:`revlib.models` does not have."""
+
+
 def build_model(name: str, num_classes: int, in_channels: int) -> torch.nn.Module:
-    """A model of :mod:`revlib.models` by name, for the data set's classes and channels."""
+    """A model of :mod:`revlib.models` by name, for the data set's classes and channels.
+
+    Raises :class:`UnknownModelError` (a ``ValueError``) naming the models there are.
+    """
     from .. import models
 
     fn = getattr(models, name, None)
     if fn is None or not callable(fn):
         available = [n for n in MODEL_NAMES if hasattr(models, n)]
-        raise SystemExit(f"unknown model {name!r}; this revlib has: {', '.join(available) or 'none yet'}")
+        raise UnknownModelError(f"unknown model {name!r}; this revlib has: {', '.join(available) or 'none yet'}")
     return fn(num_classes=num_classes, in_channels=in_channels)
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def _default_out(args: argparse.Namespace) -> Path:
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace) -> dict:
         "accuracy": final["acc"],
         "error": 1.0 - final["acc"],
         "test_loss": final["loss"],
-        "params": _count(model),
+        "params": count_parameters(model),
         "iterations": trainer.step,
         "epochs": trainer.epoch,
         "steps_per_epoch": len(train_loader),
@@ -211,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit("--fraction must be in (0, 1]")
     try:
         result = run(args)
-    except data.DataUnavailableError as exc:
+    except (data.DataUnavailableError, UnknownModelError) as exc:  # the command line's errors: a message, no traceback
         raise SystemExit(f"error: {exc}") from None
     print(f"{result['model']} on {result['dataset']}: test accuracy {result['accuracy']:.4f} "
           f"after {result['iterations']} iterations, {result['wall_time_s']:.1f} s on {result['hardware']['name']}"
