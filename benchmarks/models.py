@@ -32,7 +32,7 @@ import revlib
 from common import run_metadata, sync, write_result
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 from revlib.models import revnet as R
-from revlib.models import rev_vgg, set_mode, vgg19
+from revlib.models import count_parameters, rev_vgg, set_mode, vgg19
 
 
 BUILDERS = {
@@ -85,7 +85,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         peak = {mode: cuda_peak_bytes(lambda m=mode: step(m), device) for mode in modes}
     medians = {mode: statistics.median(t) for mode, t in times.items()}
     row = {
-        "parameters": sum(p.numel() for p in base.parameters()),
+        "parameters": count_parameters(base),
         "modes": modes,
         "median_seconds": medians,
         "all_seconds": times,

@@ -193,3 +193,14 @@ def test_mode_errors():
     m = R.revnet38(mode="checkpoint")
     assert all(s.mode == "checkpoint" for s in m.modules() if isinstance(s, (ReversibleSequence, RevTransition)))
     assert R.resnet32().mode == "autograd"
+
+
+def test_a_bad_mode_is_refused_when_the_model_is_built():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        R.revnet38(mode="fast")
+
+
+def test_count_parameters_counts_a_shared_parameter_once():
+    shared = nn.Linear(3, 3)
+    assert count_parameters(nn.Sequential(shared, nn.ReLU(), shared)) == 12
+    assert count_parameters(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))) == 24  # control: two layers

@@ -183,3 +183,8 @@ def test_smoothness_on_other_blocks_uses_their_weight_matrices():
     ws = [[b.F.weight, b.G.weight] for b in seq.blocks]
     manual = sum((ws[j][i] - ws[j + 1][i]).pow(2).sum() for j in range(2) for i in range(2))
     assert weight_smoothness(seq, rate=1.0).item() == pytest.approx(manual.item(), rel=1e-6)
+
+
+def test_a_bad_mode_is_refused_when_the_model_is_built():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        small("hamiltonian", mode="fast")

@@ -19,9 +19,10 @@ Chang et al.'s TensorFlow code applies ``tf.nn.l2_loss``, which is
 formula above.
 
 This is not a penalty on one optimizer step's change of the weights,
-:math:`\lVert W_t - W_{t-1}\rVert^2` (seed 004's reading): that compares a
-block with itself across training time, not with its neighbour in depth
-(the book's chapter on Hamiltonian networks works through the difference).
+:math:`\lVert W_t - W_{t-1}\rVert^2`, as Masin and Rothschild's course report on
+Chang et al. reads it: that compares a block with itself across training
+time, not with its neighbour in depth (the book's chapter on Hamiltonian
+networks works through the difference).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 __all__ = ["BN_MOMENTUM", "BN_EPS", "batch_norm", "conv2d", "pool_pad", "init_official", "count_parameters"]
@@ -41,14 +40,14 @@ def pool_pad(x: Tensor, stride: int, out_channels: int) -> Tensor:
     and not negative.
     """
     if stride > 1:
-        x = nnf.avg_pool2d(x, stride, stride, ceil_mode=True)
+        x = nn.functional.avg_pool2d(x, stride, stride, ceil_mode=True)
     extra = out_channels - x.shape[1]
     if extra < 0 or extra % 2:
         raise ValueError(
             f"pool_pad: cannot pad {x.shape[1]} channels symmetrically to {out_channels}"
         )
     if extra:
-        x = nnf.pad(x, (0, 0, 0, 0, extra // 2, extra // 2))
+        x = nn.functional.pad(x, (0, 0, 0, 0, extra // 2, extra // 2))
     return x
 
 
@@ -73,5 +72,5 @@ def init_official(model: nn.Module) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """The number of parameter entries (each shared parameter once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """The number of parameter entries (each shared parameter once, as ``parameters()`` yields it)."""
+    return sum(p.numel() for p in model.parameters())

@@ -46,7 +46,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..core.modes import Mode, ModelMode, validate_mode
+from ..core.modes import Mode, ModelMode
 from ..core.ode import EndPair, HamiltonianBlock, LeapfrogBlock, MidpointBlock, StartPair
 from ..core.sequence import ReversibleSequence
 from .common import batch_norm, conv2d, init_official, pool_pad
@@ -130,7 +130,6 @@ class ODENet(ModelMode, nn.Module):
             raise ValueError(f"ODENet: need one width per stage and at least one block per stage, got {units}, {widths}")
         if transition not in ("in_first_block", "between_stages"):
             raise ValueError(f"ODENet: transition must be 'in_first_block' or 'between_stages', got {transition!r}")
-        validate_mode("ODENet", mode)
         self.scheme, self.units, self.widths, self.transition = scheme, tuple(units), tuple(widths), transition
         two_step = scheme != "hamiltonian"
         block = _BLOCKS[scheme]
@@ -147,8 +146,9 @@ class ODENet(ModelMode, nn.Module):
                 self._stage_of[s].append((seq, len(per_seq[seq])))
                 per_seq[seq].append(block(widths[seq], 3, h=h, activation=activation))
         self.sequences = nn.ModuleList(ReversibleSequence(b, mode=mode, ndim=4) for b in per_seq)
-        half = (lambda w: w) if two_step else (lambda w: w // 2)
-        self.transitions = nn.ModuleList(HalfPoolPad(half(w)) for w in widths[1:])
+        # a two-step state is the pair (Y_{j-1}, Y_j), each of the stage's width; a Hamiltonian one is Y, Z halves
+        halves = 1 if two_step else 2
+        self.transitions = nn.ModuleList(HalfPoolPad(w // halves) for w in widths[1:])
 
         self.end = EndPair() if two_step else nn.Identity()
         self.head = nn.Sequential(

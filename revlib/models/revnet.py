@@ -64,7 +64,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.couplings import AdditiveCoupling
-from ..core.modes import CheckpointedModule, Mode, ModelMode, validate_mode
+from ..core.modes import CheckpointedModule, Mode, ModelMode
 from ..core.sequence import ReversibleSequence
 from .common import batch_norm, conv2d, init_official, pool_pad
 
@@ -243,7 +243,6 @@ class PreActNet(ModelMode, nn.Module):
             raise ValueError("PreActNet: need len(channels) == len(units) + 1 == len(strides) + 1")
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"PreActNet: block must be 'basic' or 'bottleneck', got {block!r}")
-        validate_mode("PreActNet", mode)
         self.block = block
         self.reversible = reversible
         self.units = tuple(units)

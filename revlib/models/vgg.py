@@ -1,15 +1,18 @@
-"""VGG-19 for CIFAR and its reversible variant Rev-VGG (seed 003's tables).
+"""VGG-19 for CIFAR and its reversible variant Rev-VGG, after Saha and Priyanka's tables.
 
-**VGG-19** is the CIFAR variant of seed 003: sixteen 3x3 convolutions with
+Saha and Priyanka ("Reversible Nets", course slides, EECE 7398, Northeastern
+University) tabulate both networks layer by layer.
+
+**VGG-19** is their CIFAR variant: sixteen 3x3 convolutions with
 bias, each followed by BatchNorm and ReLU, in five stages of widths 64, 128,
 256, 512, 512 (2, 2, 4, 4, 4 convolutions), each closed by 2x2 max pooling, so
 a 32x32 image ends at 512x1x1; then three fully connected layers 512-512-512-10
-with ReLU between them. 20,565,834 parameters, as the seed's table says.
+with ReLU between them. 20,565,834 parameters, as their table says.
 
-**Rev-VGG** follows the seed's second table row by row: a 3x3 convolution
+**Rev-VGG** follows their second table row by row: a 3x3 convolution
 3->64 (with bias, no BatchNorm, then ReLU), max pooling, then four RevBlocks
 (64->128, 128->256, 256->512, 512->512), each followed by max pooling, a
-"linear block" of two 512->512 layers, and the 512->10 classifier. The seed
+"linear block" of two 512->512 layers, and the 512->10 classifier. The table
 gives each RevBlock's parameter count but not its inside. Ours
 (:class:`RevVGGBlock`) has exactly those counts and is genuinely reversible
 where it can be:
@@ -18,7 +21,7 @@ where it can be:
   BatchNorm and ReLU (in->out channels). A change of width is not invertible,
   so the entry keeps its input for the backward (it runs under checkpointing,
   :class:`~revlib.core.modes.CheckpointedModule`); that input is the max-pool
-  output the seed's table already counts;
+  output the table already counts;
 * three **additive couplings** at the new width C in a
   :class:`~revlib.ReversibleSequence`, F and G each
   conv3x3(C/2->C/2, no bias)-BN-ReLU-conv3x3(C/2->C/2, with bias). VGG's
@@ -27,8 +30,8 @@ where it can be:
   6 x (2 x 9(C/2)^2 + 2(C/2) + C/2) = 27C^2 + 9C as well.
 
 The per-block counts 517,632 / 2,067,456 / 8,263,680 / 9,443,328 and the total
-20,824,330 are the seed's exactly (checked in ``tests/test_vgg.py``).
-Seed 003's RevBlock_1 has four convolutions (64->128 and three 128->128) where
+20,824,330 are the table's exactly (checked in ``tests/test_vgg.py``).
+The table's RevBlock_1 has four convolutions (64->128 and three 128->128) where
 VGG-19's second stage has two; its RevBlock_4 (512->512) makes VGG-19's fifth
 stage of four convolutions reversible too, and the 64->64 second convolution
 of VGG-19's first stage is gone.
@@ -61,7 +64,7 @@ VGG19_CONFIG: tuple = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512,
 
 
 class LinearBlock(nn.Sequential):
-    """Linear-ReLU pairs (seed 003's "Linear block": one table row for two layers)."""
+    """Linear-ReLU pairs (the tables' "Linear block": one row for two layers)."""
 
     def __init__(self, features: Sequence[int], dropout: float = 0.0) -> None:
         layers: list[nn.Module] = []
@@ -80,10 +83,10 @@ class VGG(nn.Module):
         num_classes, in_channels: output and input sizes.
         hidden: width of the two hidden fully connected layers (512).
         dropout: dropout after each hidden FC layer's ReLU (0, the default:
-            none; the seed lists no dropout).
+            none; the tables list no dropout).
 
     Five max poolings take a 32x32 image to 512x1x1, which the classifier
-    reads directly (no global pooling, as in the seed): inputs must be 32x32.
+    reads directly (no global pooling, as in the tables): inputs must be 32x32.
     """
 
     def __init__(
@@ -113,7 +116,7 @@ class VGG(nn.Module):
 
 
 def vgg19(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> VGG:
-    """VGG-19 with BatchNorm, CIFAR variant of seed 003: 20,565,834 parameters at 10 classes."""
+    """VGG-19 with BatchNorm, Saha and Priyanka's CIFAR variant: 20,565,834 parameters at 10 classes."""
     return VGG(VGG19_CONFIG, num_classes=num_classes, in_channels=in_channels, dropout=dropout)
 
 
@@ -156,7 +159,7 @@ class RevVGGBlock(nn.Module):
         return self.blocks(self.entry(x))
 
     def kept_activations(self, x: Tensor, y: Tensor) -> int | None:
-        """For :mod:`revlib.core.memcalc`, per sample: 0 in mode reversible (the seed's RevBlock rows).
+        """For :mod:`revlib.core.memcalc`, per sample: 0 in mode reversible (the tables' RevBlock rows).
 
         Mode ``"checkpoint"``: the input of each coupling (``couplings`` tensors
         of the output's size); mode ``"autograd"``: ``None``, list the layers.
@@ -170,7 +173,7 @@ class RevVGGBlock(nn.Module):
 
 
 class RevVGG(ModelMode, nn.Module):
-    """Rev-VGG of seed 003 (see the module docstring); ``mode`` as in :class:`~revlib.ReversibleSequence`.
+    """Saha and Priyanka's Rev-VGG (see the module docstring); ``mode`` as in :class:`~revlib.ReversibleSequence`.
 
     Inputs must be 32x32 (five max poolings to 512x1x1, read by the classifier).
     """
@@ -199,5 +202,5 @@ class RevVGG(ModelMode, nn.Module):
 
 
 def rev_vgg(num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", dropout: float = 0.0) -> RevVGG:
-    """Rev-VGG of seed 003: 20,824,330 parameters at 10 classes."""
+    """Saha and Priyanka's Rev-VGG: 20,824,330 parameters at 10 classes."""
     return RevVGG(num_classes=num_classes, in_channels=in_channels, mode=mode, dropout=dropout)
