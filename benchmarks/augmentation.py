@@ -24,12 +24,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import revlib
-from common import run_metadata, sync, write_result
+from common import add_run_options, run_metadata, sync, write_result
 from revlib.harness.data import ImageData, RandomCropFlip, TensorLoader
 
 
@@ -89,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=5000, help="images per epoch (default 5000)")
     parser.add_argument("--batch", type=int, default=100, help="batch size (default 100, the RevNet recipe's)")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per path (default 5)")
-    parser.add_argument("--device", default=None, help="device of the batched path (default cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/augmentation_<device>.json)")
+    add_run_options(parser, "augmentation", device_default="cpu; the per-image path always runs on the CPU")
     args = parser.parse_args(argv)
     result = run(args)
     print(f"{result['device']}, torch {result['torch']}, revlib {revlib.__version__}, {result['threads']} threads")

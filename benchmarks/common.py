@@ -1,7 +1,8 @@
-"""What the benchmark scripts share: device synchronisation, the run's metadata, the JSON file."""
+"""What the benchmark scripts share: their common options, device synchronisation, the run's metadata, the JSON file."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 from datetime import datetime, timezone
@@ -13,6 +14,15 @@ import revlib
 from revlib.core.device import hardware
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_run_options(parser: argparse.ArgumentParser, name: str, device_default: str = "revlib.default_device()") -> None:
+    """The options every benchmark has: --device, --threads, --seed, --note and --out."""
+    parser.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1, ... (default: {device_default})")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON path (default results/{name}_<device>.json)")
 
 
 def sync(device: torch.device) -> None:

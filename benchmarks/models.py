@@ -23,13 +23,12 @@ import copy
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 import revlib
-from common import run_metadata, sync, write_result
+from common import add_run_options, run_metadata, sync, write_result
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 from revlib.models import revnet as R
 from revlib.models import count_parameters, rev_vgg, set_mode, vgg19
@@ -154,11 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per mode (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per mode first (default 1)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: revlib.default_device())")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/models_<device>.json)")
+    add_run_options(parser, "models")
     args = parser.parse_args(argv)
 
     result = run(args)

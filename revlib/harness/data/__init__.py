@@ -12,30 +12,8 @@ The package has two modules, and re-exports their public names:
   transforms, for a plain ``DataLoader``).
 """
 
-from .datasets import (
-    DATASETS,
-    DataUnavailableError,
-    ImageData,
-    augmentation_for,
-    balanced_subset,
-    default_root,
-    load,
-    load_digits,
-    normalize,
-)
-from .loader import RandomCropFlip, TensorLoader, pad_crop_flip
+from . import datasets, loader
+from .datasets import *  # noqa: F401,F403
+from .loader import *  # noqa: F401,F403
 
-__all__ = [
-    "DATASETS",
-    "DataUnavailableError",
-    "ImageData",
-    "TensorLoader",
-    "RandomCropFlip",
-    "load",
-    "load_digits",
-    "balanced_subset",
-    "default_root",
-    "augmentation_for",
-    "normalize",
-    "pad_crop_flip",
-]
+__all__ = [*datasets.__all__, *loader.__all__]

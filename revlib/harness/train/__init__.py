@@ -21,33 +21,10 @@ The package has one module per job, and re-exports their public names:
 * :mod:`~revlib.harness.train.plots`: :func:`plot_history`.
 """
 
-from .checkpoints import atomic_save, atomic_write_text, seed_everything, write_metrics
-from .plots import plot_history
-from .recipes import (
-    RECIPES,
-    Recipe,
-    decayed_parameter_names,
-    parameter_groups,
-    recipe,
-    set_bn_momentum,
-    smoothness_hook,
-)
-from .trainer import EpochState, Trainer, evaluate
+from . import checkpoints, plots, recipes, trainer
+from .checkpoints import *  # noqa: F401,F403
+from .plots import *  # noqa: F401,F403
+from .recipes import *  # noqa: F401,F403
+from .trainer import *  # noqa: F401,F403
 
-__all__ = [
-    "Recipe",
-    "RECIPES",
-    "recipe",
-    "parameter_groups",
-    "decayed_parameter_names",
-    "Trainer",
-    "EpochState",
-    "evaluate",
-    "seed_everything",
-    "atomic_save",
-    "atomic_write_text",
-    "write_metrics",
-    "plot_history",
-    "smoothness_hook",
-    "set_bn_momentum",
-]
+__all__ = [*recipes.__all__, *checkpoints.__all__, *trainer.__all__, *plots.__all__]
