@@ -112,3 +112,12 @@ def test_units_is_the_former_name_of_row_types():
     x = torch.randn(3, 4)
     assert memory_table(model, x, units=(inner,)).rows == memory_table(model, x, row_types=(inner,)).rows
     assert len(memory_table(model, x).rows) != len(memory_table(model, x, units=(inner,)).rows)
+
+
+def test_explain_sets_the_count_against_the_measurement_per_layer_type():
+    """The tiny model of the hand-worked test: a conv saves its input (320 bytes), not its output (640)."""
+    model, x = tiny(), torch.randn(5, 1, 4, 4)
+    rows = {kind: rest for kind, *rest in memory_table(model, x).explain()}
+    assert rows["Conv2d"] == [640, 320, -320]
+    assert rows["ReLU"] == [0, 640, 640]  # not counted, but autograd keeps its output
+    assert rows["MaxPool2d"] == [160, 320, 160]  # 8 floats counted; 8 int64 indices saved

@@ -263,3 +263,13 @@ def test_resume_needs_the_same_kind_of_loader(digits, tmp_path):
     t.resume(tmp_path / "c.pt")
     with pytest.raises(RuntimeError, match="generators"):
         t.fit(loaders(digits, "dataloader")[0])
+
+
+def test_epoch_state_round_trips_through_a_checkpoint_exactly():
+    e = train.EpochState.start([], torch.device("cpu"))
+    for loss, correct, n in [(0.1, 3, 4), (1 / 3, 2, 4), (2.5, 0, 1)]:
+        e.add(torch.tensor(loss, dtype=torch.float32), torch.tensor(correct), n)
+    again = train.EpochState.from_checkpoint(e.to_checkpoint(), torch.device("cpu"))
+    assert (again.batches, again.seen, again.start_rng.keys()) == (3, 9, e.start_rng.keys())
+    assert again.loss_sum.dtype == torch.float64 and again.loss_sum.item() == e.loss_sum.item()
+    assert int(again.correct) == 5 and again.metrics()["train_acc"] == 5 / 9
