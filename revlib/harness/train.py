@@ -1,5 +1,7 @@
 """A training loop for notebooks: the papers' SGD recipes, mixed precision, exact resume.
 
+Example::
+
     from revlib import models
     from revlib.harness import data, train
     tr, te = data.load("cifar10")
