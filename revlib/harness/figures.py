@@ -71,6 +71,7 @@ def plot_series(
     ylabel: str,
     title: str | None = None,
     logy: bool = False,
+    logx: bool = False,
     ax: Axes | None = None,
     figsize: tuple[float, float] = (6.0, 3.8),
 ) -> Figure:
@@ -85,10 +86,12 @@ def plot_series(
     ax.set_ylabel(ylabel)
     if logy:
         ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log", base=2)
     if title:
         ax.set_title(title)
     ax.legend()
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both" if (logx or logy) else "major")
     return fig
 
 
