@@ -279,7 +279,7 @@ def draw_revnet_stages(units: Sequence[int] = (3, 3, 3), channels: Sequence[int]
 
 
 def plot_stability_regions(points: Mapping[str, np.ndarray] | None = None, ax: Axes | None = None,
-                           extent: float = 2.6) -> Figure:
+                           extent: float = 2.6, xlim: tuple[float, float] | None = None) -> Figure:
     """Stability regions in the plane of :math:`z = h\\lambda`, with optional points on top.
 
     * forward Euler, :math:`y_{j+1} = (1 + z) y_j`: the disk :math:`|1 + z| \\le 1`;
@@ -290,7 +290,8 @@ def plot_stability_regions(points: Mapping[str, np.ndarray] | None = None, ax: A
       the segment :math:`z \\in i(-2, 2)`.
 
     ``points[label]`` are complex values :math:`h\\lambda` (e.g. a block's Jacobian
-    eigenvalues times its step size).
+    eigenvalues times its step size). The window is ``extent`` up and down and,
+    unless ``xlim`` is given, from ``-extent`` to ``0.6 extent`` left to right.
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(5.4, 5.0), dpi=DPI)
@@ -298,16 +299,16 @@ def plot_stability_regions(points: Mapping[str, np.ndarray] | None = None, ax: A
         fig = ax.figure
     ax.add_patch(Circle((-1, 0), 1, facecolor="#cfe2f3", edgecolor="#3d85c6", lw=1.2, alpha=0.8,
                         label="forward Euler: $|1+h\\lambda| \\leq 1$"))
-    ax.plot([0, 0], [-2, 2], color="#e69138", lw=7, alpha=0.55, solid_capstyle="butt",
+    ax.plot([0, 0], [-2, 2], color="#e69138", lw=5, alpha=0.4, solid_capstyle="butt",
             label="Verlet: $h\\lambda \\in i(-2, 2)$")
-    ax.plot([0, 0], [-1, 1], color="#990000", lw=2.5, solid_capstyle="butt",
+    ax.plot([0, 0], [-1, 1], color="#990000", lw=1.5, solid_capstyle="butt",
             label="Midpoint: $h\\lambda \\in i(-1, 1)$")
     for (label, z), marker in zip((points or {}).items(), "ox^sD"):
         z = np.asarray(z, dtype=complex)
-        ax.plot(z.real, z.imag, marker, ms=5, mfc="none", label=label)
+        ax.plot(z.real, z.imag, marker, ms=4, mfc="none", alpha=0.8, label=label)
     ax.axhline(0, color="gray", lw=0.6)
     ax.axvline(0, color="gray", lw=0.6)
-    ax.set_xlim(-extent, extent * 0.6)
+    ax.set_xlim(*(xlim or (-extent, extent * 0.6)))
     ax.set_ylim(-extent, extent)
     ax.set_aspect("equal")
     ax.set_xlabel("Re $h\\lambda$")
