@@ -21,7 +21,6 @@ from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import HTML, display
 from revlib.harness.notebook import glue
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -110,7 +109,7 @@ _ = torch.manual_seed(0)
 # wrong order (row-vector notation needs
 # $\frac{\partial G}{\partial y_{n,1}}\frac{\partial F}{\partial y_{n-1,2}}$),
 # and F's Jacobian is taken at $y_{n,2}$ where F's argument is the block's input
-# half $y_{n-1,2}$. Its gradient of $\theta_F$ has the same two slips. The
+# half $y_{n-1,2}$. Its gradient of $\theta_F$ has the same order slip. The
 # derivation above, and the float64 check below, are the reference.
 
 # %% tags=["remove-output"]
@@ -647,17 +646,13 @@ cost_model = {
     # evaluations of F and G per step (counted), plus 2 units for the backward pass
     name: evaluations_per_step(model, x) for name, model in variants_of(revnet_stack(4, channels=32)).items()
 }
-header = ["backward", "evaluations of F and G per step (counted)", "units (evaluations + 2 for backprop)", "cost / autograd"]
 rows, theory = [], {}
 for name, evals in cost_model.items():
     units = Fraction(evals) + 2
     theory[name] = units / 3
     rows.append([name, f"{evals:g}", str(units), str(theory[name])])
-display(HTML(
-    "<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead><tbody>"
-    + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    + "</tbody></table>"
-))
+show_table(["backward", "evaluations of F and G per step (counted)", "units (evaluations + 2 for backprop)",
+            "cost / autograd"], rows)
 assert theory["autograd"] == 1
 assert theory["reversible"] == Fraction(4, 3) and theory["checkpoint"] == Fraction(4, 3)
 assert theory["reversible, generic step"] == Fraction(5, 3)

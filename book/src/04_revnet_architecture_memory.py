@@ -235,14 +235,12 @@ for name in CIFAR:
         mem[name, mode] = t.measured_at(128)
         counted[name, mode] = t.kept_bytes(128)
 
-rows = ["| model | parameters | mode | measured (MiB) | vs autograd | layer-output count (MiB) |",
-        "|---|---:|---|---:|---:|---:|"]
-for name in CIFAR:
-    for mode in MODES:
-        if (name, mode) in mem:
-            rows.append(f"| {LABEL[name]} | {OFFICIAL[name][0]:,} | {mode} | {mem[name, mode] / MiB:.2f} | "
-                        f"{mem[name, mode] / mem[name, 'autograd']:.3f} | {counted[name, mode] / MiB:.2f} |")
-display(Markdown("\n".join(rows)))
+show_table(
+    ["model", "parameters", "mode", "measured (MiB)", "vs autograd", "layer-output count (MiB)"],
+    [[LABEL[name], f"{OFFICIAL[name][0]:,}", mode, f"{mem[name, mode] / MiB:.2f}",
+      f"{mem[name, mode] / mem[name, 'autograd']:.3f}", f"{counted[name, mode] / MiB:.2f}"]
+     for name in CIFAR for mode in MODES if (name, mode) in mem],
+)
 
 for rev, res in (("revnet38", "resnet32"), ("revnet110", "resnet110"), ("revnet164", "resnet164")):
     assert mem[rev, "reversible"] < mem[rev, "checkpoint"] < mem[rev, "autograd"]
@@ -287,14 +285,13 @@ glue("ratio_110", mem["resnet110", "autograd"] / mem["revnet110", "reversible"],
 # %%
 MEMCNN = {"resnet32": 238.6, "revnet38": 85.6, "resnet110": 810.7, "revnet110": 85.7,
           "resnet164": 2452.8, "revnet164": 432.7}  # MemCNN README, "Activations (MB)"
-rows = ["| model | MemCNN README (MB) | ours, batch 128 (MiB) | MemCNN / ours | "
-        "MemCNN, vs ResNet-32 | ours, vs ResNet-32 |", "|---|---:|---:|---:|---:|---:|"]
-for name in CIFAR:
-    mode = "reversible" if name.startswith("rev") else "autograd"
-    ours_mib = mem[name, mode] / MiB
-    rows.append(f"| {LABEL[name]} | {MEMCNN[name]:.1f} | {ours_mib:.1f} | {MEMCNN[name] / ours_mib:.2f} | "
-                f"{MEMCNN[name] / MEMCNN['resnet32']:.2f} | {ours_mib / (mem['resnet32', 'autograd'] / MiB):.2f} |")
-display(Markdown("\n".join(rows)))
+ours_mib = {name: mem[name, "reversible" if name.startswith("rev") else "autograd"] / MiB for name in CIFAR}
+show_table(
+    ["model", "MemCNN README (MB, quoted)", "ours, batch 128 (MiB)", "MemCNN / ours", "MemCNN, vs ResNet-32",
+     "ours, vs ResNet-32"],
+    [[LABEL[name], f"{MEMCNN[name]:.1f}", f"{ours_mib[name]:.1f}", f"{MEMCNN[name] / ours_mib[name]:.2f}",
+      f"{MEMCNN[name] / MEMCNN['resnet32']:.2f}", f"{ours_mib[name] / ours_mib['resnet32']:.2f}"] for name in CIFAR],
+)
 growth_ours = mem["resnet110", "autograd"] / mem["resnet32", "autograd"]
 growth_memcnn = MEMCNN["resnet110"] / MEMCNN["resnet32"]
 assert abs(growth_ours / growth_memcnn - 1) < 0.05  # ResNet growth with depth: same within 5%

@@ -35,7 +35,7 @@ from revlib.core.memory import saved_tensor_bytes
 from revlib.models import ode as chang
 from revlib.models import count_parameters
 from revlib.core.smoothness import weight_smoothness
-from revlib.harness.figures import draw_two_step_coupling
+from revlib.harness.figures import draw_two_step_coupling, show_table
 
 torch.set_num_threads(1)  # float64 results identical from run to run
 _ = torch.manual_seed(0)
@@ -99,7 +99,7 @@ _ = torch.manual_seed(0)
 # network is stable for $h\lambda \in i(-1, 1)$ only, a segment of the imaginary
 # axis. Leapfrog linearised on a mode with $K^\top D K v = \omega^2 v$ is
 # $y_{j+1} = (2 - h^2\omega^2) y_j - y_{j-1}$, the characteristic equation of
-# {eq}`eq-verlet-mode`: stable for $0 \le h\omega < 2$, Verlet's interval.
+# {eq}`eq-verlet-mode`: stable for $0 < h\omega < 2$, Verlet's interval.
 # {numref}`fig-stability-regions` draws both beside forward Euler's disk.
 #
 # **The pair, and the first step.** A two-step scheme needs two states. The block
@@ -366,14 +366,12 @@ for name in chang.CHANG_CONFIGS:
     paper10, paper100 = chang.CHANG_PARAMS_M[name]
     chang_rows.append((name, ours, ours100, between, paper10, paper100))
 
-table = ["| network | units | widths | ours, C-10 | ours, C-100 | Chang et al. (M) | ours, blocks at stage width |",
-         "|---|---|---|---|---|---|---|"]
-for name, ours, ours100, between, paper10, paper100 in chang_rows:
-    cfg = chang.CHANG_CONFIGS[name]
-    paper = f"{paper10:.2f} / {paper100:.2f}" if paper100 else f"{paper10:.2f}"
-    table.append(f"| {name} | {'-'.join(map(str, cfg['units']))} | {'-'.join(map(str, cfg['widths']))} "
-                 f"| {ours:,} | {ours100:,} | {paper} | {between:,} |")
-display(Markdown("\n".join(table)))
+show_table(
+    ["network", "units", "widths", "ours, C-10", "ours, C-100", "Chang et al. (M)", "ours, blocks at stage width"],
+    [[name, "-".join(map(str, chang.CHANG_CONFIGS[name]["units"])), "-".join(map(str, chang.CHANG_CONFIGS[name]["widths"])),
+      f"{ours:,}", f"{ours100:,}", f"{paper10:.2f} / {paper100:.2f}" if paper100 else f"{paper10:.2f}", f"{between:,}"]
+     for name, ours, ours100, between, paper10, paper100 in chang_rows],
+)
 counts = {name: (ours, ours100, between) for name, ours, ours100, between, _, _ in chang_rows}
 assert round(counts["hamiltonian74"][0] / 1e6, 2) == 0.43 and round(counts["hamiltonian74"][1] / 1e6, 2) == 0.44
 assert round(counts["hamiltonian218"][0] / 1e6, 2) == 1.68 and round(counts["hamiltonian218"][1] / 1e6, 2) == 1.69
