@@ -1,4 +1,5 @@
 # %% [markdown]
+# (ch-introduction)=
 # # Introduction: the memory that backpropagation keeps
 #
 # Training a network with backpropagation needs, for every layer, the input the
@@ -7,7 +8,7 @@
 # This chapter shows why backpropagation must keep them, measures how many bytes
 # a plain residual network keeps as it gets deeper, and gives a first look at the
 # way out that the rest of the book develops: reversible blocks, whose inputs can
-# be recomputed from their outputs.
+# be recomputed from their outputs {cite:p}`gomez2017revnet`.
 
 # %%
 import matplotlib.pyplot as plt
@@ -17,6 +18,7 @@ from torch import nn
 
 import revlib
 from revlib.core.memory import MiB, SavedTensorMeter, saved_tensor_bytes
+from revlib.harness.figures import plot_series
 
 _ = torch.manual_seed(0)
 
@@ -32,20 +34,20 @@ _ = torch.manual_seed(0)
 # \bar a_l = \left(\frac{\partial f_l}{\partial a_l}\right)^{\!\top} \bar a_{l+1},
 # \qquad
 # \bar W_l = \left(\frac{\partial f_l}{\partial W_l}\right)^{\!\top} \bar a_{l+1}.
-# $$
+# $$ (eq-backward-recursion)
 #
-# Both Jacobians are evaluated *at the forward's point* $(a_l, W_l)$. For a
+# Both Jacobians in {eq}`eq-backward-recursion` are evaluated *at the forward's point* $(a_l, W_l)$. For a
 # linear layer $a_{l+1} = W_l a_l + b_l$ the weight gradient is the outer product
 #
 # $$
 # \bar W_l = \bar a_{l+1}\, a_l^{\top},
-# $$
+# $$ (eq-linear-weight-grad)
 #
 # so it cannot be formed without the layer's input $a_l$. A nonlinearity has the
 # same need: for $a_{l+1} = \mathrm{ReLU}(a_l)$ the Jacobian is
 # $\mathrm{diag}(\mathbb{1}[a_l > 0])$, which depends on $a_l$. Autograd therefore
-# saves, during the forward, every tensor that some Jacobian-vector product of
-# the backward will read. These are kept until the backward has passed the
+# saves, during the forward, every tensor that some vector-Jacobian product of
+# the backward (a product $v^\top J$ as in {eq}`eq-backward-recursion`) will read. These are kept until the backward has passed the
 # layer, so at the end of the forward *all* of them are in memory at once: a
 # network twice as deep keeps twice as many.
 #
@@ -65,7 +67,7 @@ assert meter.bytes == input_bytes and meter.count == 1
 
 # %% [markdown]
 # And the weight gradient that autograd computes from it is the outer product
-# $\bar W = \bar a_{\text{out}}\, a^\top$ (summed over the batch), as derived:
+# {eq}`eq-linear-weight-grad`, $\bar W = \bar a_{\text{out}}\, a^\top$ (summed over the batch):
 
 # %% tags=["nbval-ignore-output"]
 grad_out = torch.randn(16, 32)
@@ -78,7 +80,7 @@ assert weight_grad_error < 1e-5
 # %% [markdown]
 # ## A plain residual network, measured
 #
-# Now a residual network of the kind RevNet starts from: blocks of
+# Now a residual network {cite:p}`he2016resnet` of the kind RevNet starts from: blocks of
 # convolution, batch normalisation and ReLU with an identity shortcut,
 # $a_{l+1} = \mathrm{ReLU}(a_l + \mathrm{BN}(\mathrm{conv}(\mathrm{ReLU}(\mathrm{BN}(\mathrm{conv}(a_l))))))$,
 # written as an ordinary PyTorch module. All blocks keep the shape of their input
@@ -122,7 +124,8 @@ for depth in depths:
 # reads, so it is stored once. Each BatchNorm also keeps its batch mean and inverse
 # standard deviation, 2 x 16 floats. The block's final ReLU output is the next
 # block's input, so it is counted once too; the deepest block's output adds one
-# more tensor $A$ at the top of the stack.
+# more tensor $A$ at the top of the stack. (BatchNorm {cite:p}`ioffe2015batchnorm`
+# normalises each channel with its batch statistics, so its backward needs them.)
 
 # %%
 increments = [
@@ -137,6 +140,11 @@ glue("intro_A_bytes", activation_bytes, display=False)
 glue("intro_per_block", int(per_block), display=False)
 glue("intro_bn_stats_bytes", bn_stats_bytes, display=False)
 glue("intro_depth32_mib", plain_bytes[32] / MiB, display=False)
+stack32 = nn.Sequential(*[ResidualBlock(CHANNELS) for _ in range(32)])
+weight_bytes32 = sum(p.numel() * p.element_size() for p in stack32.parameters())
+assert plain_bytes[32] > 5 * weight_bytes32  # measured: activations outweigh the weights
+glue("intro_weights32_kib", weight_bytes32 / 1024, display=False)
+glue("intro_act_to_weights32", plain_bytes[32] / weight_bytes32, display=False)
 print(f"A = {activation_bytes:,d} bytes; each block adds {int(per_block):,d} bytes = 4 A + {bn_stats_bytes} bytes")
 print(f"saved bytes = A + depth x {int(per_block):,d}, exactly, at every depth measured")
 
@@ -145,37 +153,39 @@ print(f"saved bytes = A + depth x {int(per_block):,d}, exactly, at every depth m
 # residual block adds {glue:text}`intro_per_block:,` bytes: $4A$ plus
 # {glue:text}`intro_bn_stats_bytes` bytes of BatchNorm statistics. At 32 blocks the stack keeps
 # {glue:text}`intro_depth32_mib:.1f` MiB of activations for a batch of only eight
-# 16 x 16 images. Real networks keep far more, as the next cell's quoted numbers show.
+# 16 x 16 images, {glue:text}`intro_act_to_weights32:.0f` times the
+# {glue:text}`intro_weights32_kib:.0f` KiB of its float32 weights. Real networks
+# keep far more, as the next cell's quoted numbers show.
 
 # %%
 # Quoted, not measured here: MemCNN's README (a third-party PyTorch re-implementation)
-# reports the activation memory of a ResNet-110 on CIFAR-10; its parameter count is
-# counted from the official RevNet code's variable shapes.
-RESNET110_ACTIVATIONS_MB = 810.7  # MemCNN README
-RESNET110_PARAMETERS = 1_727_962  # official code, CIFAR-10
+# reports the activation memory of a ResNet-110 on CIFAR-10. The parameter count is
+# that of the official RevNet code, which chapter 4 rebuilds and counts.
+RESNET110_ACTIVATIONS_MB = 810.7  # MemCNN README (quoted)
+RESNET110_PARAMETERS = 1_727_962  # official code, CIFAR-10 (quoted)
 resnet110_weights_mb = RESNET110_PARAMETERS * 4 / 1e6  # float32
 print(f"ResNet-110 (quoted): activations {RESNET110_ACTIVATIONS_MB} MB, weights {resnet110_weights_mb:.1f} MB")
-assert RESNET110_ACTIVATIONS_MB > 100 * resnet110_weights_mb
 glue("resnet110_act_mb", RESNET110_ACTIVATIONS_MB, display=False)
 glue("resnet110_weights_mb", resnet110_weights_mb, display=False)
 glue("resnet110_act_to_weights", RESNET110_ACTIVATIONS_MB / resnet110_weights_mb, display=False)
 
 # %% [markdown]
-# For a ResNet-110 on CIFAR-10, MemCNN's README reports
+# For a ResNet-110 on CIFAR-10, the README of MemCNN {cite:p}`leemput2019memcnn` reports
 # {glue:text}`resnet110_act_mb` MB of activations at its training batch size (a third-party measurement,
 # quoted), while its float32 weights take {glue:text}`resnet110_weights_mb:.1f` MB:
-# the activations are about {glue:text}`resnet110_act_to_weights:.0f` times the
-# weights. The memory of training is, to first order,
+# by this arithmetic on quoted numbers, the activations are about
+# {glue:text}`resnet110_act_to_weights:.0f` times the weights
+# ({ref}`ch-architectures` measures the same network's activations itself). The memory of training is, to first order,
 # *depth x batch x activation size*.
 #
 # ## The way out, in one plot
 #
 # A *reversible* block computes its output so that its input can be recomputed
-# from it exactly. RevNet's block (Gomez et al. 2017) splits the channels into two
+# from it exactly. RevNet's block {cite:p}`gomez2017revnet` splits the channels into two
 # halves and computes $y_1 = x_1 + F(x_2)$, $y_2 = x_2 + G(y_1)$; given $y$, the
 # input is $x_2 = y_2 - G(y_1)$, $x_1 = y_1 - F(x_2)$. A chain of such blocks need
 # not store any block's activations: the backward pass rebuilds each block's input
-# from its output, one block at a time (chapter 3). `revlib.ReversibleSequence`
+# from its output, one block at a time ({ref}`ch-backprop`). `revlib.ReversibleSequence`
 # does this. Below, the same width (two halves of 8 channels, F and G each
 # BN-ReLU-conv), counted in its default mode `"reversible"` and in mode
 # `"autograd"`, which runs the same blocks with ordinary autograd.
@@ -201,42 +211,59 @@ assert all(autograd_bytes[b] > autograd_bytes[a] for a, b in zip(depths, depths[
 glue("intro_rev_bytes", rev_bytes[32], display=False)
 glue("intro_autograd32_bytes", autograd_bytes[32], display=False)
 
-# %%
-fig, ax = plt.subplots(figsize=(6, 3.8))
-ax.plot(depths, [plain_bytes[d] / MiB for d in depths], "o-", label="plain residual stack (autograd)")
-ax.plot(depths, [autograd_bytes[d] / MiB for d in depths], "s-", label="RevNet blocks, mode 'autograd'")
-ax.plot(depths, [rev_bytes[d] / MiB for d in depths], "^-", label="RevNet blocks, mode 'reversible'")
-ax.set_xlabel("number of blocks")
-ax.set_ylabel("saved for backward (MiB)")
-ax.set_title("Activation memory vs depth (batch 8, 16 channels, 16 x 16, float32)")
-ax.legend()
-ax.grid(alpha=0.3)
+# %% tags=["remove-output"]
+fig = plot_series(
+    depths,
+    {
+        "plain residual stack (autograd)": [plain_bytes[d] / MiB for d in depths],
+        "RevNet blocks, mode 'autograd'": [autograd_bytes[d] / MiB for d in depths],
+        "RevNet blocks, mode 'reversible'": [rev_bytes[d] / MiB for d in depths],
+    },
+    xlabel="number of blocks",
+    ylabel="saved for backward (MiB)",
+    title="Activation memory vs depth (batch 8, 16 channels, 16 x 16, float32)",
+)
+glue("fig_memory_depth", fig, display=False)
 plt.show()
 
 # %% [markdown]
+# ```{glue:figure} fig_memory_depth
+# :name: fig-memory-depth
+#
+# Bytes that autograd saves for the backward pass, against the number of blocks.
+# A plain residual stack and RevNet blocks run with ordinary autograd grow
+# linearly; the same RevNet blocks with the reversible backward keep one
+# activation tensor at every depth. Later chapters refer to this figure rather
+# than redraw it.
+# ```
+#
 # The reversible chain keeps {glue:text}`intro_rev_bytes:,` bytes at every depth,
 # exactly one activation tensor (its output), where the same 32 blocks under ordinary
-# autograd keep {glue:text}`intro_autograd32_bytes:,` bytes. The price is compute:
-# the backward pass evaluates F and G a second time. Chapter 3 derives the
+# autograd keep {glue:text}`intro_autograd32_bytes:,` bytes ({numref}`fig-memory-depth`).
+# The price is compute: the backward pass evaluates F and G a second time.
+# {ref}`ch-backprop` derives the
 # backward, checks that its gradients equal autograd's, and measures the extra time
 # (at least a third of a normal training step, for reasons explained there).
 #
 # ## What this book covers
 #
 # 1. **Introduction** (this chapter): why backprop stores activations, and how much.
-# 2. **Coupling math**: the NICE, RevNet (additive) and Real NVP (affine) couplings;
-#    their inverses and Jacobian determinants, derived and checked numerically;
-#    what limits exact inversion in floating point.
-# 3. **Reversible backprop**: Algorithm 1 of Gomez et al. (2017) derived step by step,
-#    the implementation, gradient checks against autograd (BatchNorm and dropout
-#    included), memory and time of the reversible, autograd and checkpoint modes.
-# 4. **RevNet architecture and memory**: RevNet, ResNet, Rev-VGG and VGG-19 built
-#    in full, parameters counted and activation memory measured.
-# 5. **ResNets as ODEs, and stability**: a residual block as a forward-Euler step;
-#    Jacobian eigenvalues, and how perturbations grow or shrink with depth.
-# 6. **Hamiltonian, Midpoint and Leapfrog networks**: reversible discretisations of
-#    ODEs (Chang et al. 2018) that can be made arbitrarily deep.
-# 7. **Training and the accuracy tables**: the papers' reported accuracies, labelled
+# 2. {ref}`ch-coupling`: the NICE {cite:p}`dinh2015nice`, RevNet (additive) and
+#    Real NVP {cite:p}`dinh2017realnvp` (affine) couplings; their inverses and
+#    Jacobian determinants, derived and checked numerically; what limits exact
+#    inversion in floating point.
+# 3. {ref}`ch-backprop`: Algorithm 1 of {cite:t}`gomez2017revnet` derived step by
+#    step, the implementation, gradient checks against autograd (BatchNorm and
+#    dropout included), memory and time of the reversible, autograd and
+#    checkpoint modes, beside gradient checkpointing {cite:p}`chen2016checkpoint`.
+# 4. {ref}`ch-architectures`: RevNet, ResNet, Rev-VGG and VGG-19 built in full,
+#    parameters counted and activation memory measured.
+# 5. {ref}`ch-ode`: a residual block as a forward-Euler step
+#    {cite:p}`haber2017stable`; Jacobian eigenvalues, and how perturbations grow
+#    or shrink with depth.
+# 6. {ref}`ch-hamiltonian`: reversible discretisations of ODEs
+#    {cite:p}`chang2018reversible` that can be made arbitrarily deep.
+# 7. {doc}`07_training_accuracy_tables`: the papers' reported accuracies, labelled
 #    as theirs, beside runs of this repository's code.
 #
 # ## What we learned
@@ -245,5 +272,32 @@ plt.show()
 #   autograd keeps the inputs of the layers until the backward reaches them.
 # - For a plain residual stack the kept bytes grow exactly linearly with depth,
 #   here four activation tensors (plus BatchNorm's statistics) per block.
-# - A chain of reversible blocks keeps only its output: its memory does not grow
-#   with depth at all.
+# - A chain of reversible blocks keeps only its output: its *activation* memory
+#   does not grow with depth at all. Its parameters, their gradients and the
+#   optimizer's state still grow with depth, as in any network; what goes away
+#   is the term proportional to depth x batch x activation size.
+#
+# ## Exercises
+#
+# 1. **Derivation.** For $a_{l+1} = \tanh(W_l a_l)$, write out $\bar a_l$ and
+#    $\bar W_l$ from {eq}`eq-backward-recursion`. Which tensor must autograd
+#    save: the input $a_l$, the output $a_{l+1}$, or both? (Answer: both. The
+#    nonlinearity needs only its output, since $\tanh' = 1 - \tanh^2$, but the
+#    weight gradient $\bar W_l = (\bar a_{l+1} \odot (1 - a_{l+1}^2))\, a_l^\top$
+#    needs the input.)
+# 2. **Counting.** The plain residual block above keeps four activation-sized
+#    tensors. Replace `nn.ReLU()` by `nn.ReLU(inplace=True)` inside the block and
+#    measure again with `saved_tensor_bytes`. Does the count change? Explain
+#    from what each layer saves (BatchNorm saves its input, ReLU its output).
+# 3. **Experiment.** Double the batch, then the image side, and measure the
+#    per-block increment each time. Check that it scales like
+#    batch x height x width, and explain the part that does not (the
+#    BatchNorm statistics).
+# 4. **Memory budget.** With the per-block bytes measured above, how many
+#    blocks fit in 16 GiB for a batch of 128 images of 32 x 32 with 16
+#    channels? How many for the reversible chain, if parameters, gradients and
+#    momentum (three float32 copies of the weights) are all that grows?
+# 5. **Code change.** `SavedTensorMeter` excludes parameters. Construct a layer
+#    for which the meter counts a tensor that is not an activation (hint: a
+#    buffer, or a weight transformed in the forward such as `W.t()`), and
+#    decide whether it belongs in the count.

@@ -1,4 +1,5 @@
 # %% [markdown]
+# (ch-coupling)=
 # # Coupling math: NICE, additive and affine couplings
 #
 # A reversible block is a function whose input can be recovered from its output.
@@ -15,6 +16,7 @@
 # are arbitrary networks that map a half to something of the same shape.
 
 # %%
+import copy
 import math
 
 import matplotlib.pyplot as plt
@@ -24,13 +26,14 @@ from torch import nn
 
 import revlib
 from revlib import AdditiveCoupling, AffineCoupling, NICECoupling, check_inverse
+from revlib.harness.figures import DPI, draw_additive_coupling, plot_series
 
 _ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## Three couplings and their inverses
 #
-# **NICE** (Dinh, Krueger and Bengio 2015), the additive coupling:
+# **NICE** {cite:p}`dinh2015nice`, the additive coupling:
 #
 # $$
 # y_1 = x_1, \qquad y_2 = x_2 + m(x_1).
@@ -42,20 +45,37 @@ _ = torch.manual_seed(0)
 # x_1 = y_1, \qquad x_2 = y_2 - m(y_1).
 # $$
 #
-# **RevNet** (Gomez et al. 2017) changes both halves, one after the other:
+# **RevNet** {cite:p}`gomez2017revnet` changes both halves, one after the other:
 #
 # $$
 # y_1 = x_1 + F(x_2), \qquad y_2 = x_2 + G(y_1).
-# $$
+# $$ (eq-revnet-forward)
 #
 # Undo the second update first: $y_1$ is known, so $x_2 = y_2 - G(y_1)$; with $x_2$
 # known, $x_1 = y_1 - F(x_2)$:
 #
 # $$
 # x_2 = y_2 - G(y_1), \qquad x_1 = y_1 - F(x_2).
-# $$
+# $$ (eq-revnet-inverse)
 #
-# **Real NVP** (Dinh, Sohl-Dickstein and Bengio 2017), the affine coupling, also
+# {numref}`fig-additive-coupling` draws both directions. The inverse runs the
+# same two networks, in the opposite order, with subtraction in place of
+# addition.
+
+# %% tags=["remove-output"]
+fig = draw_additive_coupling()
+glue("fig_additive_coupling", fig, display=False)
+plt.show()
+
+# %% [markdown]
+# ```{glue:figure} fig_additive_coupling
+# :name: fig-additive-coupling
+#
+# RevNet's additive coupling {eq}`eq-revnet-forward` (left) and its inverse
+# {eq}`eq-revnet-inverse` (right). F and G are only ever evaluated forwards.
+# ```
+#
+# **Real NVP** {cite:p}`dinh2017realnvp`, the affine coupling, also
 # scales:
 #
 # $$
@@ -151,7 +171,7 @@ glue("coupling_max_err32", max(e32 for e32, _ in inverse_errors.values()), displ
 # J_h = \begin{pmatrix} I & \dfrac{\partial F}{\partial x_2} \\ 0 & I \end{pmatrix}, \qquad
 # J_g = \begin{pmatrix} I & 0 \\ \dfrac{\partial G}{\partial z_1} & I \end{pmatrix}, \qquad
 # J_{\text{RevNet}} = J_g\, J_h, \qquad \det J_{\text{RevNet}} = 1 \cdot 1 = 1 .
-# $$
+# $$ (eq-revnet-jacobian)
 #
 # Each factor is a NICE coupling (the first one with the roles of the halves
 # exchanged), so a RevNet block is two NICE couplings in a row and preserves
@@ -230,15 +250,15 @@ glue("affine_logdet_formula", log_det_formula, display=False)
 # diagonal that the affine coupling scales away from 1.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), dpi=DPI)
 for ax, (name, J) in zip(axes, jacobians.items()):
-    ax.imshow(J.abs().numpy(), cmap="magma", vmin=0, vmax=1.5)
+    image = ax.imshow(J.abs().numpy(), cmap="magma", vmin=0, vmax=1.5)
     ax.axhline(n1 - 0.5, color="cyan", lw=0.8)
     ax.axvline(n1 - 0.5, color="cyan", lw=0.8)
     ax.set_title(f"|J|, {name}")
     ax.set_xticks([n1 // 2, n1 + n1 // 2], ["x1", "x2"])
     ax.set_yticks([n1 // 2, n1 + n1 // 2], ["y1", "y2"])
-fig.tight_layout()
+fig.colorbar(image, ax=axes, shrink=0.85, label="|Jacobian entry| (clipped at 1.5)")
 plt.show()
 
 # %% [markdown]
@@ -288,7 +308,7 @@ assert results[2.0][0] is True and results[2.0][1] < 1e-5
 # $x_2 = y_2 - G(y_1)$ recovers $x_2$ only up to the rounding of the forward's sum
 # and of the recomputed $G(y_1)$, and in a chain the error of one block's
 # reconstruction becomes an input of the next block's. So the reconstruction error
-# grows with depth. This matters for reversible backprop (chapter 3), which
+# grows with depth. This matters for reversible backprop ({ref}`ch-backprop`), which
 # recomputes every block's input from the block's output instead of storing it.
 # We measure $\max|f^{-1}(f(x)) - x|$ for chains of RevNet blocks with the same
 # weights in float32 and in float64.
@@ -315,25 +335,69 @@ glue("chain_err64_deep", e64[-1], display=False)
 glue("chain_depth_max", depths[-1], display=False)
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 3.8))
-ax.loglog(depths, e32, "o-", label="float32")
-ax.loglog(depths, e64, "s-", label="float64")
-ax.set_xlabel("number of RevNet blocks")
-ax.set_ylabel("max |inverse(forward(x)) - x|")
-ax.set_title("Reconstruction error of a chain of additive couplings")
-ax.legend()
-ax.grid(alpha=0.3, which="both")
+plot_series(depths, {"float32": e32, "float64": e64}, xlabel="number of RevNet blocks",
+            ylabel="max |inverse(forward(x)) - x|", logx=True, logy=True,
+            title="Reconstruction error of a chain of additive couplings")
 plt.show()
 
 # %% [markdown]
 # In float32 the error grows from {glue:text}`chain_err32_one:.1e` for one block to
 # {glue:text}`chain_err32_deep:.1e` for {glue:text}`chain_depth_max` blocks (exact
 # values vary with the machine; the cell checks at least a tenfold growth); in
-# float64 it stays near {glue:text}`chain_err64_deep:.0e`. The float32 error at this
-# depth is still far below what matters for a gradient, which is why RevNets
-# train in float32; chapter 3 checks the gradients themselves against autograd. How
-# fast the error grows depends on how much each block amplifies perturbations,
-# the subject of chapter 5.
+# float64 it stays near {glue:text}`chain_err64_deep:.0e`. Gomez et al. train
+# RevNets in float32, and these errors are small next to the activations. Small
+# is not harmless, though: a reconstructed activation that lands on the other
+# side of a ReLU's kink changes the gradient by far more than the rounding
+# itself, and {ref}`sec-relu-kink` in {ref}`ch-backprop` measures such a case.
+# That chapter checks the gradients themselves against autograd. How fast the
+# error grows depends on how much each block amplifies perturbations, the
+# subject of {ref}`ch-ode`.
+#
+# ### Half precision: bfloat16 and float16
+#
+# Training often runs in mixed precision: `torch.autocast` evaluates
+# convolutions in bfloat16 or float16 and keeps other operations in float32.
+# Where does the reconstruction lose accuracy then? Below, each coupling runs
+# its forward and its inverse (i) under CPU autocast, with float32 inputs and
+# weights, and (ii) entirely in the low precision (weights and data converted).
+# The errors are compared with the unit roundoff $u$ of the format
+# ($2^{-8}$ for bfloat16, $2^{-11}$ for float16) times $\max|x|$.
+
+# %% tags=["nbval-ignore-output"]
+x_half = torch.randn(4, 2 * HALF, 6, 6)
+low_precision = {}
+for name, block in couplings.items():
+    block.float()
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+            autocast_error = (block.inverse(block(x_half)).float() - x_half).abs().max().item()
+        pure_error = check_inverse(copy.deepcopy(block).to(dtype), x_half.to(dtype))
+        scale = torch.finfo(dtype).eps / 2 * x_half.abs().max().item()  # unit roundoff u times max|x|
+        low_precision[name, dtype] = (autocast_error, pure_error, scale)
+        print(f"{name:18s} {str(dtype)[6:]:9s} autocast: {autocast_error:.1e} ({autocast_error / scale:5.2f} u max|x|)"
+              f"   all in {str(dtype)[6:]}: {pure_error:.1e} ({pure_error / scale:5.2f} u max|x|)")
+for (name, dtype), (autocast_error, pure_error, scale) in low_precision.items():
+    assert pure_error > 0.1 * scale and pure_error <= 4 * scale  # rounding of the low-precision sums
+    if name == "affine (Real NVP)":
+        assert autocast_error > 0.1 * scale  # exp(-s) is not the exact reciprocal of exp(s) in low precision
+    else:
+        assert autocast_error < 1e-6  # additive: float32 sums, identical recomputed F, G, m
+glue("half_affine_bf16_u", low_precision["affine (Real NVP)", torch.bfloat16][0]
+     / low_precision["affine (Real NVP)", torch.bfloat16][2], display=False)
+
+# %% [markdown]
+# Under autocast the additive couplings (NICE, RevNet) still reconstruct to
+# float32 rounding: the networks run in low precision, but the inverse
+# recomputes *the same* low-precision values $F(x_2)$, $G(y_1)$ from the same
+# inputs, and the additions and subtractions are in float32, so the low
+# precision cancels out. The affine coupling does not: its inverse multiplies by
+# $\exp(-s)$, which in low precision is not the exact reciprocal of the
+# forward's $\exp(s)$, and the error is of the order of the format's roundoff
+# (here {glue:text}`half_affine_bf16_u:.1f` $u \max|x|$ for bfloat16).
+# Entirely in low precision, every coupling loses about one roundoff of the
+# largest value in its sums. Whether the recomputation sees the same autocast
+# state as the forward is therefore part of exact reversibility;
+# {ref}`ch-backprop` shows how `revlib` replays it.
 #
 # ## What we learned
 #
@@ -348,3 +412,29 @@ plt.show()
 #   bound keeps it finite.
 # - Reconstruction is exact only up to rounding, and the rounding error grows with
 #   depth: many orders of magnitude larger in float32 than in float64.
+# - Under autocast, additive couplings still reconstruct to float32 rounding
+#   because the recomputed networks give identical low-precision values; the
+#   affine coupling loses the low format's roundoff.
+#
+# ## Exercises
+#
+# 1. **Derivation.** Derive the inverse and $\log|\det J|$ of the affine
+#    coupling with a *sigmoid* scale, $y_2 = x_2 \odot \sigma(s(x_1)) + t(x_1)$.
+#    Why can this coupling only shrink, never expand, the $x_2$ directions?
+#    (Hint: $0 < \sigma < 1$; the log-determinant is $\sum_i \log \sigma(s_i)$.)
+# 2. **Derivation.** Show that a RevNet block with $G = 0$ is a NICE coupling
+#    with the halves exchanged, and compute $J_{\text{RevNet}}$ in
+#    {eq}`eq-revnet-jacobian` explicitly as a block matrix. Which block makes it
+#    non-triangular?
+# 3. **Code change.** Write a three-way coupling on $(x_1, x_2, x_3)$:
+#    $y_1 = x_1 + F(x_2, x_3)$, $y_2 = x_2 + G(y_1, x_3)$, $y_3 = x_3 + H(y_1, y_2)$.
+#    Implement `forward` and `inverse` as a `revlib.ReversibleBlock` and check it
+#    with `check_inverse`.
+# 4. **Experiment.** Repeat the chain experiment with the `Tanh` of `small_net`
+#    replaced by `nn.ReLU()` and the weights multiplied by 3. How does the
+#    float32 error at 128 blocks change, and why? (Come back to this after
+#    {ref}`ch-ode`.)
+# 5. **Experiment.** Build a float64 flow of four affine couplings on 2-D points
+#    (alternate which coordinate is $x_1$ with `revlib.HalfSwap`), and check the
+#    change-of-variables formula numerically: integrate $p_X$ over a grid and
+#    compare with 1.

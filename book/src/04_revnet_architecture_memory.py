@@ -1,20 +1,22 @@
 # %% [markdown]
+# (ch-architectures)=
 # # RevNet architecture and memory
 #
-# Chapter 3 built a reversible chain that keeps no block activations. A real
+# {ref}`ch-backprop` built a reversible chain that keeps no block activations. A real
 # network is more than a chain: it has a stem, stages of different widths and
 # resolutions, and transitions between them that cannot be inverted. This
-# chapter builds the networks of Gomez, Ren, Urtasun and Grosse (2017), the
-# RevNets and the ResNets they were compared with at equal parameter count,
-# exactly as the official code does (the parameter counts match to the last
-# digit), and then measures what they keep for the backward pass, model by
-# model and layer by layer. It does the same for the reversible VGG-19 of seed
-# 003 (a student project), and puts every measured number beside the published
+# chapter builds the networks of {cite:t}`gomez2017revnet`, the
+# RevNets and the ResNets {cite:p}`he2016resnet` they were compared with at equal
+# parameter count, exactly as the official code {cite:p}`revnetcode` does (the
+# parameter counts match to the last digit), and then measures what they keep
+# for the backward pass, model by model and layer by layer. It does the same for
+# the reversible VGG-19 {cite:p}`simonyan2015vgg` of the Rev-VGG course project
+# of {cite:t}`saha_revvgg`, and puts every measured number beside the published
 # ones, saying which is which and why they differ.
 #
 # Two ways of counting activation memory appear side by side:
 #
-# * the **layer-output count**, seed 003's way: each layer keeps its output, one
+# * the **layer-output count**, the Rev-VGG project's way: each layer keeps its output, one
 #   float32 tensor, and a reversible block keeps nothing;
 # * the **measured bytes**: what autograd actually saves, found by
 #   `revlib.core.memory` with `torch.autograd.graph.saved_tensors_hooks` (each
@@ -36,6 +38,7 @@ from torch import nn
 import revlib
 from revlib.core.memcalc import memory_table
 from revlib.core.memory import MiB, cuda_peak_bytes, saved_tensor_bytes
+from revlib.harness.figures import draw_revnet_stages, show_table
 from revlib.models import revnet as R
 from revlib.models import count_parameters, rev_vgg, set_mode, vgg19
 from revlib.models.vgg import LinearBlock
@@ -52,12 +55,12 @@ _ = torch.manual_seed(0)
 # %% [markdown]
 # ## The networks of the official code
 #
-# The official TensorFlow code (`renmengye/revnet-public`) fixes every detail
+# The official TensorFlow code (`renmengye/revnet-public`, {cite:p}`revnetcode`) fixes every detail
 # that a parameter count depends on; `revlib.models.revnet` follows it.
 #
 # * **Stem**: a 3x3 convolution (on ImageNet 7x7 with stride 2, then 3x3 max
 #   pooling with stride 2), BatchNorm, ReLU.
-# * **Pre-activation units** (He et al. 2016). A *basic* branch is BN-ReLU-conv3x3,
+# * **Pre-activation units** {cite:p}`he2016identity`. A *basic* branch is BN-ReLU-conv3x3,
 #   BN-ReLU-conv3x3; a *bottleneck* branch is BN-ReLU-conv1x1, BN-ReLU-conv3x3,
 #   BN-ReLU-conv1x1, the inner width a quarter of the output width. The first unit
 #   of the network skips its leading BN-ReLU, since the stem has just applied one.
@@ -74,17 +77,37 @@ _ = torch.manual_seed(0)
 #   and recomputes its inside in the backward pass (it runs under checkpointing).
 # * **Head**: BN, ReLU, global average pooling, a fully connected layer with bias.
 #
+# {numref}`fig-revnet-stages` shows the layout of RevNet-38: only the units
+# inside the stages are reversible.
+
+# %% tags=["remove-output"]
+fig = draw_revnet_stages(units=(3, 3, 3), channels=(32, 64, 112))
+glue("fig_revnet_stages", fig, display=False)
+plt.show()
+
+# %% [markdown]
+# ```{glue:figure} fig_revnet_stages
+# :name: fig-revnet-stages
+#
+# RevNet-38 for CIFAR: a stem convolution, three stages of three reversible
+# units (32, 64 and 112 channels), two stride-2 transitions that widen the
+# channels, and the head. Orange boxes are not invertible and keep their input
+# for the backward; blue units are rebuilt from their outputs. (Each transition
+# is drawn apart from the stage's units; in the official code it is the first,
+# non-reversible unit of stages 2 and 3.)
+# ```
+#
 # The widths and units per stage come from the official configurations. A
 # RevNet unit has four 3x3 convolutions where a basic ResNet unit has two, so
 # RevNet-38 has 3 units per stage where ResNet-32 has 5, and it is wider to have
 # the same number of parameters. The counts below are of conv weights (no conv
 # bias), BN scales and shifts, and the classifier's weight and bias; the
 # reference values were counted from the official code's variable shapes
-# (the book's reference sheet labels them *code*). The last column is the rounded
-# count that Chang et al. (2018) print for the same models (read in the paper).
+# {cite:p}`revnetcode`. The last column is the rounded count that
+# {cite:t}`chang2018reversible` print for the same models (read in the paper).
 
 # %%
-OFFICIAL = {  # official code's counts at 10 and 100 classes (reference sheet, label "code")
+OFFICIAL = {  # counted from the official code's variable shapes, at 10 and 100 classes
     "resnet32": (464_154, 470_004),
     "revnet38": (464_890, 475_060),
     "resnet110": (1_727_962, 1_733_812),
@@ -212,14 +235,12 @@ for name in CIFAR:
         mem[name, mode] = t.measured_at(128)
         counted[name, mode] = t.kept_bytes(128)
 
-rows = ["| model | parameters | mode | measured (MiB) | vs autograd | layer-output count (MiB) |",
-        "|---|---:|---|---:|---:|---:|"]
-for name in CIFAR:
-    for mode in MODES:
-        if (name, mode) in mem:
-            rows.append(f"| {LABEL[name]} | {OFFICIAL[name][0]:,} | {mode} | {mem[name, mode] / MiB:.2f} | "
-                        f"{mem[name, mode] / mem[name, 'autograd']:.3f} | {counted[name, mode] / MiB:.2f} |")
-display(Markdown("\n".join(rows)))
+show_table(
+    ["model", "parameters", "mode", "measured (MiB)", "vs autograd", "layer-output count (MiB)"],
+    [[LABEL[name], f"{OFFICIAL[name][0]:,}", mode, f"{mem[name, mode] / MiB:.2f}",
+      f"{mem[name, mode] / mem[name, 'autograd']:.3f}", f"{counted[name, mode] / MiB:.2f}"]
+     for name in CIFAR for mode in MODES if (name, mode) in mem],
+)
 
 for rev, res in (("revnet38", "resnet32"), ("revnet110", "resnet110"), ("revnet164", "resnet164")):
     assert mem[rev, "reversible"] < mem[rev, "checkpoint"] < mem[rev, "autograd"]
@@ -255,27 +276,27 @@ glue("ratio_110", mem["resnet110", "autograd"] / mem["revnet110", "reversible"],
 #
 # ## Beside MemCNN's published measurements
 #
-# MemCNN (a PyTorch library for reversible networks) publishes activation memory
-# for the same six networks trained on CIFAR-10 in its README. Its table gives
-# megabytes; our reference sheet does not record its batch size or how the bytes
-# were counted, so the absolute values are not directly comparable. The ratios
-# are.
+# MemCNN {cite:p}`leemput2019memcnn`, a PyTorch library for reversible networks,
+# publishes activation memory for the same six networks trained on CIFAR-10 in
+# its README. Its table gives megabytes; the table does not say at which batch
+# size or how the bytes were counted, so the absolute values are not directly
+# comparable. The ratios are.
 
 # %%
 MEMCNN = {"resnet32": 238.6, "revnet38": 85.6, "resnet110": 810.7, "revnet110": 85.7,
           "resnet164": 2452.8, "revnet164": 432.7}  # MemCNN README, "Activations (MB)"
-rows = ["| model | MemCNN README (MB) | ours, batch 128 (MiB) | MemCNN / ours | "
-        "MemCNN, vs ResNet-32 | ours, vs ResNet-32 |", "|---|---:|---:|---:|---:|---:|"]
-for name in CIFAR:
-    mode = "reversible" if name.startswith("rev") else "autograd"
-    ours_mib = mem[name, mode] / MiB
-    rows.append(f"| {LABEL[name]} | {MEMCNN[name]:.1f} | {ours_mib:.1f} | {MEMCNN[name] / ours_mib:.2f} | "
-                f"{MEMCNN[name] / MEMCNN['resnet32']:.2f} | {ours_mib / (mem['resnet32', 'autograd'] / MiB):.2f} |")
-display(Markdown("\n".join(rows)))
+ours_mib = {name: mem[name, "reversible" if name.startswith("rev") else "autograd"] / MiB for name in CIFAR}
+show_table(
+    ["model", "MemCNN README (MB, quoted)", "ours, batch 128 (MiB)", "MemCNN / ours", "MemCNN, vs ResNet-32",
+     "ours, vs ResNet-32"],
+    [[LABEL[name], f"{MEMCNN[name]:.1f}", f"{ours_mib[name]:.1f}", f"{MEMCNN[name] / ours_mib[name]:.2f}",
+      f"{MEMCNN[name] / MEMCNN['resnet32']:.2f}", f"{ours_mib[name] / ours_mib['resnet32']:.2f}"] for name in CIFAR],
+)
 growth_ours = mem["resnet110", "autograd"] / mem["resnet32", "autograd"]
 growth_memcnn = MEMCNN["resnet110"] / MEMCNN["resnet32"]
 assert abs(growth_ours / growth_memcnn - 1) < 0.05  # ResNet growth with depth: same within 5%
-assert abs(MEMCNN["revnet110"] / MEMCNN["revnet38"] - 1) < 0.01  # flat for them as for us
+glue("memcnn_rev164_to_110", MEMCNN["revnet164"] / MEMCNN["revnet110"], display=False)  # quoted numbers
+glue("ours_rev164_to_110", mem["revnet164", "reversible"] / mem["revnet110", "reversible"], display=False)
 glue("growth_ours", growth_ours, display=False)
 glue("growth_memcnn", growth_memcnn, display=False)
 glue("memcnn_scale", MEMCNN["resnet32"] / (mem["resnet32", "autograd"] / MiB), display=False)
@@ -287,13 +308,14 @@ glue("memcnn_scale", MEMCNN["resnet32"] / (mem["resnet32", "autograd"] / MiB), d
 # ResNet-110 MemCNN's memory grows {glue:text}`growth_memcnn:.2f` times and ours
 # {glue:text}`growth_ours:.2f` times. For the RevNets both show memory flat from
 # depth 38 to 110. MemCNN's RevNets keep more than ours relative to the ResNets
-# (RevNet-164: 5 times its RevNet-110, ours 2.5 times). We do not know how
+# (RevNet-164: {glue:text}`memcnn_rev164_to_110:.1f` times its RevNet-110 in
+# MemCNN's table, {glue:text}`ours_rev164_to_110:.1f` times in ours). We do not know how
 # MemCNN's measurement treats the transitions and the stem; the official code
 # and ours keep a transition's input only.
 #
-# ## Rev-VGG and VGG-19 (seed 003)
+# ## Rev-VGG and VGG-19
 #
-# Seed 003 makes VGG-19 reversible and tabulates, layer by layer, the output
+# The Rev-VGG course project {cite:p}`saha_revvgg` makes VGG-19 reversible and tabulates, layer by layer, the output
 # shape, the parameters and the activations kept, with totals at batch 128:
 # VGG-19 has 20,565,834 parameters and keeps 638,474 activations per image,
 # 311.75 MB; Rev-VGG has 20,824,330 parameters and keeps 105,482, 51.50 MB, a
@@ -301,18 +323,21 @@ glue("memcnn_scale", MEMCNN["resnet32"] / (mem["resnet32", "autograd"] / MiB), d
 # tensor per layer output, ReLU not listed, a RevBlock 0), and its "MB" are MiB
 # ($638{,}474 \times 4 \times 128 / 2^{20} = 311.75$).
 #
-# `revlib.models.vgg19` is the seed's VGG-19 (16 convolutions with bias, each
+# `revlib.models.vgg19` is the project's VGG-19 (16 convolutions with bias, each
 # with BatchNorm and ReLU, five 2x2 max poolings, three fully connected layers).
-# The seed gives each RevBlock's parameter count but not its inside;
-# `revlib.models.rev_vgg` has exactly those counts with a genuinely reversible
-# inside: each RevBlock starts with VGG's own first convolution of the stage
+# The project gives each RevBlock's parameter count but not its inside, so
+# `revlib.models.rev_vgg`'s inside is *our reconstruction* from those counts,
+# one design that has exactly those counts and is genuinely reversible, not the
+# project's code: each RevBlock starts with VGG's own first convolution of the stage
 # (with BatchNorm and ReLU), which changes the width and so is not invertible:
-# it keeps its input, the max-pool output that the seed's table already counts;
+# it keeps its input, the max-pool output that the project's table already counts;
 # then three additive couplings hold the weights of the stage's other three
-# convolutions, F and G each conv3x3-BN-ReLU-conv3x3 on half the channels (three
-# C-to-C convolutions have $27C^2 + 9C$ parameters with bias and BN, and so do six
-# such F and G). We list the seed's "Linear block" (two 512-512 layers) as one
-# row, as the seed does.
+# convolutions, F and G each conv3x3-BN-ReLU-conv3x3 on half the channels, the
+# *first convolution without bias* and the second with. Three C-to-C convolutions
+# with bias and BN have $3(9C^2 + C + 2C) = 27C^2 + 9C$ parameters; six such F
+# and G have $6\,(2 \cdot 9 (C/2)^2 + C/2 + 2 \cdot C/2) = 27C^2 + 9C$ as well
+# (with a bias in both convolutions they would have $27C^2 + 12C$). We list the
+# project's "Linear block" (two 512-512 layers) as one row, as the project does.
 
 # %%
 x1 = torch.randn(1, 3, 32, 32)
@@ -320,24 +345,24 @@ vgg, rvgg = vgg19(), rev_vgg()
 t_vgg = memory_table(vgg, x2)
 t_rvgg = memory_table(rvgg, x2, units=(LinearBlock,))
 display(Markdown(t_rvgg.to_markdown(batch=128)))
-SEED = {"vgg_params": 20_565_834, "vgg_kept": 638_474, "vgg_mb": 311.75,
-        "rev_params": 20_824_330, "rev_kept": 105_482, "rev_mb": 51.50, "reduction": 83.4}
-assert count_parameters(vgg) == SEED["vgg_params"] and count_parameters(rvgg) == SEED["rev_params"]
-assert t_vgg.kept == SEED["vgg_kept"] and round(t_vgg.kept_bytes(128) / MiB, 2) == SEED["vgg_mb"]
-# The seed's row "(128,16,16) Maxpool2d -> (128,8,8)" lists 16,384 activations; (128,8,8) is 8,192.
+PROJECT = {"vgg_params": 20_565_834, "vgg_kept": 638_474, "vgg_mb": 311.75,  # the Rev-VGG project's tables
+           "rev_params": 20_824_330, "rev_kept": 105_482, "rev_mb": 51.50, "reduction": 83.4}
+assert count_parameters(vgg) == PROJECT["vgg_params"] and count_parameters(rvgg) == PROJECT["rev_params"]
+assert t_vgg.kept == PROJECT["vgg_kept"] and round(t_vgg.kept_bytes(128) / MiB, 2) == PROJECT["vgg_mb"]
+# The project's row "(128,16,16) Maxpool2d -> (128,8,8)" lists 16,384 activations; (128,8,8) is 8,192.
 maxpool_2 = [r for r in t_rvgg.rows if r.kind == "MaxPool2d"][1]
 assert maxpool_2.output_shape == (128, 8, 8) and maxpool_2.kept == 8_192
-assert t_rvgg.kept == SEED["rev_kept"] - 8_192
+assert t_rvgg.kept == PROJECT["rev_kept"] - 8_192
 glue("rvgg_kept", t_rvgg.kept, display=False)
 glue("rvgg_count_mib", t_rvgg.kept_bytes(128) / MiB, display=False)
 
 # %% [markdown]
-# The layer-output count of our VGG-19 is the seed's, 638,474 activations per
+# The layer-output count of our VGG-19 is the project's, 638,474 activations per
 # image and 311.75 MiB at batch 128, row for row. For Rev-VGG we count
 # {glue:text}`rvgg_kept:,` activations ({glue:text}`rvgg_count_mib:.2f` MiB), 8,192
-# fewer than the seed: its row for the second max pooling, output (128, 8, 8),
+# fewer than the project: its row for the second max pooling, output (128, 8, 8),
 # lists 16,384 activations where the tensor has 8,192 elements. With that row
-# corrected the seed's own total is ours.
+# corrected the project's own total is ours.
 #
 # Now the measured bytes, and where they differ from the count.
 
@@ -348,19 +373,18 @@ for mode in MODES:
     rvgg.mode = mode
     rvgg_mem[mode] = memory_table(rvgg, x2, units=(LinearBlock,)).measured_at(128)
 rvgg.mode = "reversible"
-rows = ["| | parameters | seed 003 (layer-output count, MB = MiB) | our layer-output count (MiB) | measured (MiB) |",
+rows = ["| | parameters | Rev-VGG project (layer-output count, MB = MiB) | our layer-output count (MiB) | measured (MiB) |",
         "|---|---:|---:|---:|---:|",
-        f"| VGG-19 | {count_parameters(vgg):,} | {SEED['vgg_mb']:.2f} | {t_vgg.kept_bytes(128) / MiB:.2f} | {vgg_mem / MiB:.2f} |"]
+        f"| VGG-19 | {count_parameters(vgg):,} | {PROJECT['vgg_mb']:.2f} | {t_vgg.kept_bytes(128) / MiB:.2f} | {vgg_mem / MiB:.2f} |"]
 for mode in MODES:
-    seed = f"{SEED['rev_mb']:.2f}" if mode == "reversible" else ""
+    quoted = f"{PROJECT['rev_mb']:.2f}" if mode == "reversible" else ""
     count = f"{t_rvgg.kept_bytes(128) / MiB:.2f}" if mode == "reversible" else ""
-    rows.append(f"| Rev-VGG, mode {mode} | {count_parameters(rvgg):,} | {seed} | {count} | {rvgg_mem[mode] / MiB:.2f} |")
-reduction_seed = 100 * (1 - SEED["rev_mb"] / SEED["vgg_mb"])
+    rows.append(f"| Rev-VGG, mode {mode} | {count_parameters(rvgg):,} | {quoted} | {count} | {rvgg_mem[mode] / MiB:.2f} |")
+reduction_project = 100 * (1 - PROJECT["rev_mb"] / PROJECT["vgg_mb"])  # the project's own numbers
 reduction_count = 100 * (1 - t_rvgg.kept / t_vgg.kept)
 reduction_measured = 100 * (1 - rvgg_mem["reversible"] / vgg_mem)
-rows.append(f"| reduction | | {reduction_seed:.2f}% | {reduction_count:.2f}% | {reduction_measured:.2f}% |")
+rows.append(f"| reduction | | {reduction_project:.2f}% | {reduction_count:.2f}% | {reduction_measured:.2f}% |")
 display(Markdown("\n".join(rows)))
-assert int(reduction_seed * 10) / 10 == SEED["reduction"]  # 83.48%, which the seed truncates to 83.4%
 assert rvgg_mem["reversible"] < rvgg_mem["checkpoint"] < rvgg_mem["autograd"]
 assert 50 < reduction_measured < reduction_count
 glue("vgg_measured", vgg_mem / MiB, display=False)
@@ -372,7 +396,7 @@ glue("reduction_count", reduction_count, display=False)
 # Measured, VGG-19 keeps {glue:text}`vgg_measured:.2f` MiB at batch 128 and Rev-VGG
 # {glue:text}`rvgg_measured:.2f` MiB: the reversible version cuts the memory by
 # {glue:text}`reduction_measured:.1f`%, not by the
-# {glue:text}`reduction_count:.1f`% the count promises (the seed's 83.4%, with its
+# {glue:text}`reduction_count:.1f`% the count promises (the project's 83.4%, with its
 # miscounted row). The next section accounts for every byte of the difference.
 #
 # ## Every difference, accounted for
@@ -395,7 +419,7 @@ glue("reduction_count", reduction_count, display=False)
 #
 # So per image, measured = count + image + max-pool indices + BatchNorm
 # statistics − logits, plus, for Rev-VGG, the RevBlock outputs and the second
-# ReLU output of the linear block (the seed's row for two layers counts one
+# ReLU output of the linear block (the project's row for two layers counts one
 # output). The cell checks this to the byte.
 
 # %%
@@ -437,9 +461,10 @@ glue("rvgg_out_share", 100 * rvgg_terms["+ RevBlock outputs (start of the recons
 # ({glue:text}`rvgg_index_share:.0f`% of what it keeps) and the RevBlock outputs
 # ({glue:text}`rvgg_out_share:.0f`%): a reversible block keeps nothing *inside*,
 # but its output must exist when the backward pass reaches it, and the max pooling
-# after it needs that same tensor anyway. Seed 003's future-work slide names the
-# fix for the first: downsampling that loses no information (i-RevNet's
-# invertible space-to-depth) would make the pooling layers reversible too.
+# after it needs that same tensor anyway. The Rev-VGG project's future-work slide
+# names the fix for the first: downsampling that loses no information, the
+# invertible space-to-depth of i-RevNet {cite:p}`jacobsen2018irevnet`, would make
+# the pooling layers reversible too.
 #
 # The same accounting explains the RevNet rows: a ResNet's count and measurement
 # are close because per conv-BN-ReLU the count's {conv output, BN output} and
@@ -449,7 +474,7 @@ glue("rvgg_out_share", 100 * rvgg_terms["+ RevBlock outputs (start of the recons
 # In float32 one more effect is visible in gradients rather than bytes: a
 # reconstructed activation equals the stored one only to rounding, and where a
 # value lies within rounding of 0 a ReLU can switch the other way in the
-# recomputation. That changes one element's gradient; the test suite therefore
+# recomputation ({ref}`sec-relu-kink`). That changes one element's gradient; the test suite therefore
 # compares the modes exactly in float64 and, in float32, bounds the few parameters
 # such a flip touches.
 #
@@ -475,18 +500,13 @@ for n in rev_units:
         rev.mode = mode
         depth_mem[f"RevNet, {mode}"].append(memory_table(rev, x2).measured_at(128))
 
-fig, ax = plt.subplots(figsize=(6.5, 4))
-ax.plot(res_depth, [b / MiB for b in depth_mem["ResNet (autograd)"]], "o-", label="ResNet (16-32-64), autograd")
-for mode, marker in zip(MODES, "^sd"):
-    ax.plot(rev_depth, [b / MiB for b in depth_mem[f"RevNet, {mode}"]], marker + "-",
-            label=f"RevNet (32-64-112), {mode}")
-ax.set_xlabel("depth (layers)")
-ax.set_ylabel("saved for backward at batch 128 (MiB)")
-ax.set_title("Activation memory vs depth (CIFAR 32x32, float32, measured)")
-ax.legend()
-ax.grid(alpha=0.3)
-plt.show()
-
+shown = [0, 2, 5, 8]  # RevNets with 1, 3, 6, 9 units per stage, ResNets of about the same depth
+show_table(
+    ["depth (ResNet / RevNet)", "ResNet, autograd (MiB)", *[f"RevNet, {mode} (MiB)" for mode in MODES]],
+    [[f"{res_depth[2 * i + 1]} / {rev_depth[i]}", f"{depth_mem['ResNet (autograd)'][2 * i + 1] / MiB:.1f}",
+      *[f"{depth_mem[f'RevNet, {mode}'][i] / MiB:.2f}" for mode in MODES]] for i in shown],
+    caption="Saved for backward at batch 128 (CIFAR 32x32, float32, measured)",
+)
 assert len(set(depth_mem["RevNet, reversible"])) == 1  # exactly flat
 steps = [b - a for a, b in zip(depth_mem["ResNet (autograd)"], depth_mem["ResNet (autograd)"][1:])]
 assert len(set(steps)) == 1 and steps[0] > 0  # exactly linear in depth
@@ -499,16 +519,19 @@ glue("res_step", steps[0] / MiB, display=False)
 # The RevNet in mode `"reversible"` keeps {glue:text}`flat_rev:.2f` MiB at every
 # depth, to the byte; the ResNet adds {glue:text}`res_step:.1f` MiB with every unit
 # per stage; mode `"checkpoint"` adds one block input per block, and mode
-# `"autograd"` everything. The price of the flat line is compute, measured next.
+# `"autograd"` everything: the same three behaviours as in
+# {numref}`fig-memory-depth`, now for whole CIFAR networks. The price of the flat
+# line is compute, measured next.
 #
 # ## Time per training step
 #
 # `benchmarks/models.py` times a training step (forward, cross-entropy, backward,
-# SGD update) of every model in every mode. Here are the results it saved on the
-# machine that built this book (the JSON file records device, threads, batch and
-# the machine's load; on a shared CPU the absolute times are unreliable, the
-# ratios less so). On Colab, run `python benchmarks/models.py --device cuda
-# --batch 128` from a clone of the repository.
+# SGD update) of every model in every mode. The table below is *not* measured by
+# this notebook: the cell reads the JSON file that the benchmark script saved
+# when it was last run, and prints the date, device, threads and batch it
+# recorded. On a shared CPU the absolute times are unreliable, the ratios less
+# so. On Colab, run `python benchmarks/models.py --device cuda --batch 128` from
+# a clone of the repository to measure your own.
 
 # %% tags=["nbval-ignore-output"]
 bench_file = Path("..") / "benchmarks" / "results" / "models_cpu.json"
@@ -523,21 +546,28 @@ if bench_file.exists():
             rows.append(f"| {name} | {r['time_ratio_reversible_to_autograd']:.2f} | "
                         f"{r['time_ratio_checkpoint_to_autograd']:.2f} | {r['saved_ratio_reversible_to_autograd']:.3f} | "
                         f"{r['saved_ratio_checkpoint_to_autograd']:.3f} |")
-    display(Markdown("\n".join(rows)))
+    display(Markdown(f"**Measured by `benchmarks/models.py` on {bench['date_utc']} ({bench['device']}), "
+                     "read from its JSON file**\n\n" + "\n".join(rows)))
 else:
     print(f"{bench_file} not found: run python benchmarks/models.py")
 
 # %% [markdown]
 # Counted in arithmetic, a reversible step costs about 4/3 of an ordinary one:
 # F and G are evaluated a second time in the backward pass, which itself costs
-# about twice a forward (chapter 3). Measured times also depend on memory traffic
-# and on the machine; the paper reports 1.5 to 2 times, depending on the
-# implementation, and the ratios above come from a few steps on a shared CPU.
+# about twice a forward ({ref}`ch-backprop`). Measured times also depend on memory
+# traffic and on the machine; {cite:t}`gomez2017revnet` expect an overhead
+# closer to 50% where a backward costs about as much as a forward, and the
+# ratios above come from a few steps on a shared CPU.
 #
 # ## CUDA peak memory
 #
-# The saved bytes above are exact and the same on every device. What a GPU
-# actually allocates during a step is more: the parameters, their gradients and
+# The saved bytes above are exact on the CPU that ran this notebook, and they
+# depend only on shapes and on what each CPU kernel saves. They were not
+# measured on a GPU here, and a GPU can save different tensors: cuDNN's
+# BatchNorm saves its own statistics and workspace, and under autocast a
+# convolution saves half-precision copies of its inputs, so the same model can
+# keep a different number of bytes there. What a GPU actually allocates during
+# a step is more still: the parameters, their gradients and
 # the optimizer's momentum, the workspace of convolution algorithms, and
 # temporaries. With `FULL_RUN = True` on a GPU this cell measures the allocator's
 # peak during one training step at batch 128 for each model and mode.
@@ -578,10 +608,33 @@ else:
 #   {glue:text}`mem_rev110:.1f` MiB for RevNet-110, against
 #   {glue:text}`mem_res32:.0f` and {glue:text}`mem_res110:.0f` MiB for the ResNets of
 #   the same size; flat in depth, to the byte.
-# * Seed 003's layer-output count is reproduced exactly for VGG-19 (311.75 MiB)
+# * The Rev-VGG project's layer-output count is reproduced exactly for VGG-19 (311.75 MiB)
 #   and, with one miscounted row corrected, for Rev-VGG; measured, Rev-VGG saves
 #   {glue:text}`reduction_measured:.0f`% rather than 83%, and every byte of the
 #   difference is accounted for (pool indices, the RevBlock outputs, BatchNorm
 #   statistics, the image).
 # * MemCNN's published measurements grow with depth as ours do, by a constant
 #   factor apart.
+#
+# ## Exercises
+#
+# 1. **Counting.** Derive the parameter count of a basic RevNet unit at width
+#    $C$ (F and G each BN-ReLU-conv3x3-BN-ReLU-conv3x3 on $C/2$ channels, no
+#    conv bias) and of a basic ResNet unit at width $C$. Use it to explain why
+#    RevNet-38 needs 3 units per stage and wider stages to match ResNet-32.
+#    (Hint: a RevNet unit has $4 \cdot 9 (C/2)^2 = 9C^2$ convolution weights, half
+#    those of a ResNet unit at the same width.)
+# 2. **Code change.** Give the Rev-VGG couplings a bias in *both* convolutions of
+#    F and G and count the parameters with `count_parameters`. Check the
+#    difference against $27C^2 + 12C - (27C^2 + 9C)$ summed over the four blocks.
+# 3. **Experiment.** Replace the stride-2 transitions of a small RevNet by an
+#    invertible space-to-depth (pixel unshuffle, `nn.PixelUnshuffle(2)`) followed
+#    by a reversible unit, and measure with `memory_table` what it keeps in mode
+#    `"reversible"`. What still has to be stored?
+# 4. **Experiment.** `memory_table` predicts the bytes at batch 128 from a
+#    batch of 2 through $aN + b$. Which layers contribute to $b$? Switch all
+#    BatchNorm layers to `eval()` and verify that $b$ becomes 0.
+# 5. **Reading.** Relative to its RevNet-110, MemCNN's RevNet-164 keeps a
+#    larger factor than ours does (the MemCNN table above). List the tensors a
+#    RevNet-164 keeps in mode `"reversible"` and propose what MemCNN's
+#    measurement may count in addition.

@@ -1,4 +1,5 @@
 # %% [markdown]
+# (ch-ode)=
 # # ResNets as ODEs, and stability
 #
 # A residual block adds a correction to its input: $Y_{j+1} = Y_j + F(Y_j, \theta_j)$.
@@ -9,11 +10,11 @@
 # Y_{j+1} = Y_j + h\, f(Y_j, \theta_j)
 # \quad\longleftrightarrow\quad
 # \dot Y(t) = f(Y(t), \theta(t)), \qquad Y(0) = Y_0 ,
-# $$
+# $$ (eq-euler-ode)
 #
 # with layer $j$ at time $t_j = jh$ and depth $N$ covering the time interval
-# $[0, T]$, $T = Nh$. Haber and Ruthotto (2017) and Chang et al. (2018) use this
-# reading to ask a question that depth alone does not answer: **is the forward
+# $[0, T]$, $T = Nh$. {cite:t}`haber2017stable` and {cite:t}`chang2018reversible`
+# use this reading (see also {cite:t}`e2017proposal`) to ask a question that depth alone does not answer: **is the forward
 # propagation stable?** A small change of the input (noise, a different image of
 # the same class) should cause a small change of the output, not one that grows
 # without bound as the network gets deeper; nor should every input be squeezed
@@ -25,19 +26,20 @@
 # antisymmetric layer and a Hamiltonian block), prove that the Hamiltonian block's
 # eigenvalues lie on the imaginary axis, and measure how a perturbation grows
 # with depth. The tools are in `revlib.core.stability`; the blocks in `revlib.core.ode`
-# (chapter 6 builds networks from them).
+# ({ref}`ch-hamiltonian` builds networks from them). The numerical analysis is
+# standard {cite:p}`ascher1998computer,hairer2006geometric`.
 
 # %%
 import math
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import Markdown, display
 from revlib.harness.notebook import glue
 from torch import nn
 
 from revlib import stability
 from revlib.core.ode import AntisymmetricSigma, HamiltonianBlock
+from revlib.harness.figures import plot_series, plot_stability_regions, show_table
 
 torch.set_num_threads(1)  # float64 results identical from run to run
 _ = torch.manual_seed(0)
@@ -115,7 +117,7 @@ glue("euler_ratio_max", max(ratios), display=False)
 #
 # $$
 # \max_i \operatorname{Re} \lambda_i\big(J(t)\big) \le 0 \quad \text{for all } t ,
-# $$
+# $$ (eq-stability-criterion)
 #
 # with real parts close to 0 for well-posed learning: positive real parts make
 # perturbations explode (an unstable network), strongly negative ones make them
@@ -171,18 +173,26 @@ for name, K in toy_K.items():
     ]
     toy_rows.append((name, eig, ys[-1].norm(dim=1) / points.norm(dim=1), spread, lyap))
 
-table = ["| K | eigenvalues of K | norm ratio of y1, y2, y3 after 10 layers | spread ratio | Lyapunov exponents at y1, y2, y3 |",
-         "|---|---|---|---|---|"]
-for name, eig, norm_ratio, spread, lyap in toy_rows:
-    eig_text = ", ".join(f"{z.real:+.0f}{z.imag:+.0f}i" for z in eig)
-    table.append(f"| {name} | {eig_text} | {', '.join(f'{r:.3f}' for r in norm_ratio)} | {spread:.3f} "
-                 f"| {', '.join(f'{v:+.3f}' for v in lyap)} |")
-display(Markdown("\n".join(table)))
+show_table(
+    ["K", "eigenvalues of K", "norm ratio of y1, y2, y3 after 10 layers", "spread ratio",
+     "Lyapunov exponents at y1, y2, y3"],
+    [[name, ", ".join(f"{z.real:+.0f}{z.imag:+.0f}i" for z in eig), ", ".join(f"{r:.3f}" for r in norm_ratio),
+      f"{spread:.3f}", ", ".join(f"{v:+.3f}" for v in lyap)] for name, eig, norm_ratio, spread, lyap in toy_rows],
+)
 
 (_, _, norm_p, spread_p, lyap_p), (_, _, norm_m, spread_m, lyap_m), (_, _, norm_0, spread_0, lyap_0) = toy_rows
 assert spread_p > 3 and min(lyap_p) > 0.1               # K+: the points fly apart
 assert spread_m < 0.2 and max(lyap_m) < -1.0            # K-: they collapse onto the origin
 assert abs(spread_0 - 1) < 0.06 and all(0 < v < 0.1 for v in lyap_0)  # K0: rotation, sizes kept
+# Euler on a rotation: |1 + h i| = sqrt(1 + h^2) per step, exponent log(1 + h^2) / (2h).
+lyap_predicted = math.log(1 + h_toy**2) / (2 * h_toy)
+lyap_at_rest = stability.lyapunov_exponent(toy_layer(toy_K["K0"]), 1e-8 * points[:1], depth=layers_toy, h=h_toy,
+                                           direction=torch.tensor([[1.0, 0.0]], **f64))
+assert abs(lyap_at_rest - lyap_predicted) < 1e-9  # at rest the step is a scaled rotation: exact
+assert all(v > lyap_predicted for v in lyap_0)    # away from rest: more, through non-normal steps
+glue("toy_lyap_predicted", lyap_predicted, display=False)
+glue("toy_lyap_at_rest", round(lyap_at_rest, 6), display=False)  # rounded: the last digits vary by CPU
+glue("toy_lyap_zero_min", min(lyap_0), display=False)
 glue("toy_spread_plus", float(spread_p), display=False)
 glue("toy_spread_minus", float(spread_m), display=False)
 glue("toy_spread_zero", float(spread_0), display=False)
@@ -217,10 +227,21 @@ plt.show()
 # exponent is positive. With $K_-$ they collapse towards the origin (factor
 # {glue:text}`toy_spread_minus:.3f`): the output no longer tells the inputs
 # apart. With $K_0$ the points rotate and their spread is kept (factor
-# {glue:text}`toy_spread_zero:.3f`). Its Lyapunov exponents are slightly above 0
-# (at most {glue:text}`toy_lyap_zero_max:.3f`): forward Euler applied to a
-# rotation multiplies lengths by $\sqrt{1 + h^2}$ per step, an artefact of the
-# discretisation that the next sections meet again.
+# {glue:text}`toy_spread_zero:.3f`). Its Lyapunov exponents are slightly above 0,
+# an artefact of the discretisation that the next sections meet again: forward
+# Euler applied to the rotation $\dot y = K_0 y$ multiplies lengths by
+# $\lvert 1 + ih \rvert = \sqrt{1 + h^2}$ per step, which predicts the exponent
+# $\log(1 + h^2)/(2h) =$ {glue:text}`toy_lyap_predicted:.4f`. Started at rest
+# (the points scaled by $10^{-8}$) the measured exponent is
+# {glue:text}`toy_lyap_at_rest:.4f`, the prediction. At the three points it is
+# larger, from {glue:text}`toy_lyap_zero_min:.4f` to
+# {glue:text}`toy_lyap_zero_max:.4f`. There the Jacobian is
+# $\operatorname{diag}(\tanh')K_0$ with unequal diagonal entries: it is no longer
+# a normal matrix, nor is the step $I + h\operatorname{diag}(\tanh')K_0$, and a
+# product of non-normal steps can stretch a given direction by more than its
+# eigenvalues say (here although those eigenvalues are even smaller,
+# $\lvert 1 + h\lambda\rvert^2 = 1 + h^2 \tanh'_1 \tanh'_2$). Over ten steps this
+# transient growth dominates.
 #
 # ## Eigenvalues of three layers
 #
@@ -230,10 +251,10 @@ plt.show()
 #
 # * a **plain residual layer**, $f(Y) = \sigma(KY + b)$ with a random 3 x 3
 #   convolution $K$;
-# * Haber and Ruthotto's **antisymmetric layer**, $f(Y) = \sigma((K - K^\top)Y + b)$,
+# * {cite:t}`haber2017stable`'s **antisymmetric layer**, $f(Y) = \sigma((K - K^\top)Y + b)$,
 #   where $K^\top$ is the transposed convolution with the same weights
 #   (`revlib.core.ode.AntisymmetricSigma`);
-# * Chang et al.'s **two-layer Hamiltonian block** on the channel halves
+# * {cite:t}`chang2018reversible`'s **two-layer Hamiltonian block** on the channel halves
 #   $Y$ and $Z$: $f(Y, Z) = \big(K_1^\top \sigma(K_1 Z + b_1),\; -K_2^\top \sigma(K_2 Y + b_2)\big)$
 #   (`revlib.core.ode.HamiltonianBlock.rhs`).
 #
@@ -310,7 +331,7 @@ plt.show()
 # $$
 # J = \begin{pmatrix} 0 & A \\ -B & 0 \end{pmatrix},
 # \qquad A = K_1^\top D_1 K_1, \qquad B = K_2^\top D_2 K_2 ,
-# $$
+# $$ (eq-hamiltonian-jacobian)
 #
 # (the first block row does not depend on $Y$, the second not on $Z$).
 # $A$ and $B$ are **symmetric positive semidefinite**: $x^\top A x = (K_1 x)^\top D_1
@@ -339,8 +360,8 @@ plt.show()
 # The proof does not need $D_1, D_2$ to be invertible, and holds for ReLU, the
 # activation Chang et al. use. There one numerical subtlety appears: ReLU sets
 # some entries of $D$ to 0, $A$ and $B$ become singular, and the eigenvalue 0 of
-# $J$ can be *defective* (a Jordan block, e.g. $J[0; z] = [Az; 0]$ and
-# $J[Az; 0] = [0; -BAz] = 0$). An eigensolver resolves a $2 \times 2$ Jordan
+# $J$ can be *defective*: a Jordan block, e.g. for a $z$ with $Az \ne 0$ but
+# $BAz = 0$, $J[0; z] = [Az; 0] \ne 0$ while $J[Az; 0] = [0; -BAz] = 0$. An eigensolver resolves a $2 \times 2$ Jordan
 # block only to about $\sqrt{\varepsilon}\,\lVert J\rVert \approx 10^{-8}\lVert J \rVert$,
 # so the computed zero eigenvalues get spurious real parts of that size, while
 # the eigenvalues away from 0 stay on the axis to round-off:
@@ -385,6 +406,27 @@ glue("relu_max_re_away", relu_max_re_away, display=False)
 # * the Hamiltonian block is stepped with Verlet, which is what the block *is*.
 #   Its step matrix is symplectic, and for $h\,\omega < 2$ all its eigenvalues lie
 #   on the unit circle: perturbations neither grow nor shrink on average.
+#
+# Why $h\omega < 2$: linearise the block at rest, $\dot Y = A Z$, $\dot Z = -B Y$
+# with $A$, $B$ as in {eq}`eq-hamiltonian-jacobian`. One Verlet step is
+# $Y' = Y + hAZ$, $Z' = Z - hBY'$. Take an eigenvector $v$ of $BA$ with
+# eigenvalue $\omega^2$ (real and $\ge 0$ by fact 1 above) and restrict to states
+# $Y = \alpha\, Av$, $Z = \beta\, v$ (assuming $Av \neq 0$). Since
+# $BAv = \omega^2 v$, the step maps $(\alpha, \beta)$ by the $2 \times 2$ matrix
+#
+# $$
+# M_\omega = \begin{pmatrix} 1 & h \\ -h\omega^2 & 1 - h^2\omega^2 \end{pmatrix},
+# \qquad \det M_\omega = 1, \qquad \operatorname{tr} M_\omega = 2 - h^2\omega^2 .
+# $$ (eq-verlet-mode)
+#
+# Its eigenvalues solve $\mu^2 - (2 - h^2\omega^2)\mu + 1 = 0$ and multiply to 1.
+# If $\lvert 2 - h^2\omega^2\rvert < 2$, that is $0 < h\omega < 2$, they are
+# complex conjugates with $\lvert\mu\rvert^2 = \mu\bar\mu = 1$: on the unit circle.
+# If $h\omega > 2$, the trace is below $-2$, both roots are real and negative,
+# and one has $\lvert\mu\rvert > 1$: the step amplifies. Forward Euler has no such
+# interval: its step $1 + h\lambda$ stays in the unit disk only for $h\lambda$ in
+# the disk $\lvert 1 + h\lambda \rvert \le 1$, which touches the imaginary axis
+# only at 0.
 
 # %% tags=["nbval-ignore-output"]
 steps, h_layer = 300, 0.1
@@ -431,14 +473,8 @@ glue("pred_anti", predicted[anti_key], display=False)
 glue("ham_step_radius_error", abs(step_radius[ham_key] - 1), display=False)
 
 # %%
-fig, ax = plt.subplots(figsize=(6.5, 3.8))
-for (name, g), style in zip(growth.items(), ["-", "--", "-"]):
-    ax.semilogy(range(steps + 1), g, style, label=name)
-ax.set_xlabel("layer j (time t = 0.1 j)")
-ax.set_ylabel("|dY_j| / |dY_0|")
-ax.set_title("Growth of a perturbation of the rest state with depth")
-ax.legend()
-ax.grid(alpha=0.3)
+plot_series(range(steps + 1), {name: g for name, g in growth.items()}, xlabel="layer j (time t = 0.1 j)",
+            ylabel="|dY_j| / |dY_0|", logy=True, title="Growth of a perturbation of the rest state with depth")
 plt.show()
 
 # %% [markdown]
@@ -453,47 +489,44 @@ plt.show()
 # {glue:text}`growth_ham_max:.2f`, and the spectral radius of its step's Jacobian
 # is 1 to within {glue:text}`ham_step_radius_error:.0e`. (Haber and Ruthotto
 # therefore pair the antisymmetric layer with a small damping $-\gamma I$, or a
-# stable integrator; Chang et al.'s Midpoint and Leapfrog networks in chapter 6
-# are such integrators.)
+# stable integrator; {cite:t}`chang2018reversible`'s Midpoint and Leapfrog
+# networks in {ref}`ch-hamiltonian` are such integrators.)
 #
-# ### Away from rest
+# (sec-stability-regions)=
+# ### Stability regions
 #
-# At a generic state the Jacobian changes from layer to layer, and a frozen
-# Jacobian with imaginary eigenvalues no longer guarantees bounded growth: the
-# linearised system is time-varying. Here are the same three layers with random
-# biases, started from a random state, each layer with its own random weights
-# (as in a trained network), over 100 layers.
+# All of this fits in one picture. For the linear test equation
+# $\dot y = \lambda y$ a one-step method multiplies $y$ by a factor $R(h\lambda)$
+# per step, and the method is stable where $\lvert R(h\lambda) \rvert \le 1$.
+# Forward Euler has $R(z) = 1 + z$: its region is the disk of radius 1 around
+# $-1$. Verlet on an oscillation $\lambda = \pm i\omega$ is stable for
+# $h\omega < 2$ by {eq}`eq-verlet-mode`, the segment $i(-2, 2)$; the Midpoint
+# rule of {ref}`ch-hamiltonian` is stable on the shorter segment $i(-1, 1)$ (derived
+# there). {numref}`fig-stability-regions` draws the three regions with $h\lambda$
+# for the three layers' Jacobians at rest and $h = 0.1$: every eigenvalue of the
+# plain layer with positive real part lies outside all of them, the
+# antisymmetric layer's lie on the imaginary axis, outside Euler's disk but inside
+# Verlet's segment, and the Hamiltonian block's spectrum is what Verlet is
+# stable for.
 
-# %% tags=["nbval-ignore-output"]
-def fresh_layers(kind: str, n: int):
-    out = []
-    for _ in range(n):
-        if kind == "plain":
-            conv = random_biases(nn.Conv2d(C, C, 3, padding=1).double())
-            nn.init.normal_(conv.weight, std=math.sqrt(2 / (9 * C)))
-            out.append(lambda y, conv=conv: y + h_layer * torch.tanh(conv(y)))
-        elif kind == "antisymmetric":
-            anti = random_biases(AntisymmetricSigma(C, activation="tanh").double())
-            out.append(lambda y, anti=anti: y + h_layer * anti(y))
-        else:
-            out.append(random_biases(HamiltonianBlock(C, h=h_layer, activation="tanh").double()))
-    return out
-
-
-generic_state = torch.randn(1, C, 4, 4, **f64)
-generic = {}
-for kind in ("plain", "antisymmetric", "Hamiltonian"):
-    g = stability.perturbation_growth(fresh_layers(kind, 100), generic_state, direction=direction)
-    generic[kind] = (g[-1].item(), math.log(g[-1].item()) / (100 * h_layer))
-    print(f"{kind:14s} growth after 100 layers {generic[kind][0]:.3f}, empirical exponent {generic[kind][1]:+.3f}")
-assert all(math.isfinite(v[0]) and v[0] > 0 for v in generic.values())
+# %% tags=["remove-output", "nbval-ignore-output"]
+h_lambda = {name: h_layer * stability.eigenvalues(layer_rhs[name], at_rest).numpy() for name in layer_rhs}
+assert max(abs(z) for z in h_lambda[ham_key]) < 2  # every mode of the block inside Verlet's segment
+assert all(abs(1 + z) > 1 for z in h_lambda[anti_key] if abs(z) > 1e-6)  # outside Euler's disk
+fig = plot_stability_regions(h_lambda, extent=0.3, xlim=(-0.45, 0.2))
+glue("fig_stability_regions", fig, display=False)
+plt.show()
 
 # %% [markdown]
-# With weights that change from layer to layer and a state that saturates the
-# activations, all three stay within a modest factor here; the eigenvalue
-# criterion is a statement about each layer, and it is what the architecture can
-# guarantee by construction. The Hamiltonian block guarantees it for *any*
-# weights; the plain layer would need its weights constrained or regularised.
+# ```{glue:figure} fig_stability_regions
+# :name: fig-stability-regions
+#
+# Stability regions in the plane of $h\lambda$: forward Euler's disk
+# $\lvert 1 + h\lambda \rvert \le 1$, Verlet's segment $h\lambda \in i(-2, 2)$
+# (for oscillations $\lambda = \pm i\omega$) and the explicit Midpoint rule's
+# segment $i(-1, 1)$, with $h\lambda$ ($h = 0.1$) of the three layers' Jacobians at
+# rest. The segments are drawn only where they fit in the window.
+# ```
 #
 # ## What we learned
 #
@@ -507,5 +540,31 @@ assert all(math.isfinite(v[0]) and v[0] > 0 for v in generic.values())
 #   Hamiltonian block and checked it to float64 round-off.
 # * The integrator matters as much as the ODE: forward Euler amplifies
 #   perturbations of a purely oscillatory system, Verlet (the Hamiltonian block)
-#   does not. Chapter 6 builds reversible networks from Verlet, Midpoint and
-#   Leapfrog steps.
+#   does not ({numref}`fig-stability-regions`). {ref}`ch-hamiltonian` builds
+#   reversible networks from Verlet, Midpoint and Leapfrog steps.
+# * The eigenvalue criterion is about a frozen Jacobian. Along a trajectory whose
+#   Jacobian changes from layer to layer, or is non-normal, finite-time growth can
+#   exceed what the eigenvalues predict, as the $K_0$ toy already shows.
+#
+# ## Exercises
+#
+# 1. **Derivation.** Show that forward Euler applied to $\dot y = \lambda y$ with
+#    $\lambda = -\gamma + i\omega$ is stable if and only if
+#    $h \le 2\gamma/(\gamma^2 + \omega^2)$. What does this say about adding the
+#    damping $-\gamma I$ to an antisymmetric layer?
+# 2. **Derivation.** Repeat the $2 \times 2$ analysis {eq}`eq-verlet-mode` for the
+#    *symplectic Euler* step $Z' = Z - hBY$, $Y' = Y + hAZ'$. Is its stability
+#    interval different from Verlet's?
+#    (Hint: the matrix is $\begin{pmatrix} 1 - h^2\omega^2 & h \\ -h\omega^2 & 1 \end{pmatrix}$
+#    in suitable coordinates, with the same determinant and trace.)
+# 3. **Experiment.** Rerun the perturbation experiment with $h = 0.25$ and then
+#    with the Hamiltonian block's weights scaled by 10. Find the step size at
+#    which its growth stops being bounded and compare with $2/\omega_{\max}$,
+#    where $\omega_{\max}$ is the largest $\lvert\lambda\rvert$ of its Jacobian.
+# 4. **Experiment.** Away from rest, each layer with its own random weights and
+#    biases, measure the growth of a perturbation through 100 layers of each
+#    kind. Design the comparison so that it could show a difference between the
+#    three layers (what should be held fixed?), and report whether it does.
+# 5. **Code change.** Add the damping $-\gamma Y$ to the antisymmetric layer
+#    stepped with Euler and find the smallest $\gamma$ that keeps its growth
+#    bounded at $h = 0.1$; compare with exercise 1.

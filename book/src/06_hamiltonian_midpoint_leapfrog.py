@@ -1,9 +1,10 @@
 # %% [markdown]
+# (ch-hamiltonian)=
 # # Hamiltonian, Midpoint and Leapfrog networks
 #
-# Chapter 5 read a residual network as an ODE and asked which ODEs, and which
-# integrators, keep the forward propagation stable. Chang, Meng, Haber, Ruthotto,
-# Begert and Holtham (2018) add a second requirement: the integrator should be
+# {ref}`ch-ode` read a residual network as an ODE and asked which ODEs, and which
+# integrators, keep the forward propagation stable. {cite:t}`chang2018reversible`
+# add a second requirement: the integrator should be
 # **reversible**, so that, as in a RevNet, every block's input can be recomputed
 # from its output and the backward pass stores no activations. Three
 # discretisations have both properties, and this chapter builds them in
@@ -34,6 +35,7 @@ from revlib.core.memory import saved_tensor_bytes
 from revlib.models import ode as chang
 from revlib.models import count_parameters
 from revlib.core.smoothness import weight_smoothness
+from revlib.harness.figures import draw_two_step_coupling, show_table
 
 torch.set_num_threads(1)  # float64 results identical from run to run
 _ = torch.manual_seed(0)
@@ -54,7 +56,7 @@ _ = torch.manual_seed(0)
 # Undoing the two updates in reverse order gives the inverse,
 # $Z_j = Z_{j+1} + h K_{j,2}^\top \sigma(K_{j,2} Y_{j+1} + b_{j,2})$, then
 # $Y_j = Y_{j+1} - h K_{j,1}^\top \sigma(K_{j,1} Z_j + b_{j,1})$. This *is* a RevNet
-# coupling (chapter 2) with $F = h K_1^\top\sigma(K_1 \cdot + b_1)$ and
+# coupling {eq}`eq-revnet-forward` with $F = h K_1^\top\sigma(K_1 \cdot + b_1)$ and
 # $G = -h K_2^\top\sigma(K_2\cdot + b_2)$, so `HamiltonianBlock` is an
 # `AdditiveCoupling` and inherits its one-evaluation backward step. $K$ and
 # $K^\top$ share one weight: a convolution and a transposed convolution with the
@@ -62,13 +64,18 @@ _ = torch.manual_seed(0)
 # in Chang et al.'s formula and their published parameter counts, each sub-function
 # has one bias and no BatchNorm (a BatchNorm inside, with its batch statistics and
 # learned scales, would in general break the structure $A = K^\top D K$ that
-# chapter 5's proof relies on).
+# the proof in {ref}`ch-ode` relies on).
 #
 # **Midpoint network.** The midpoint rule for $\dot Y = F(Y)$ is a *two-step*
 # scheme, $Y_{j+1} = Y_{j-1} + 2h\, F(Y_j)$, inverted by
 # $Y_{j-1} = Y_{j+1} - 2h\, F(Y_j)$. It is stable only when the Jacobian's
-# eigenvalues are (close to) imaginary, so the default $F$ is Haber and Ruthotto's
-# antisymmetric layer $\sigma((K - K^\top) Y + b)$ of chapter 5.
+# eigenvalues are (close to) imaginary (below), so for $F$ we choose
+# {cite:t}`haber2017stable`'s antisymmetric layer $\sigma((K - K^\top) Y + b)$ of
+# {ref}`ch-ode`, with $\sigma$ = ReLU as in the rest of the chapter. This choice is
+# ours: {cite:t}`chang2018reversible` give the Midpoint scheme but not its $F$.
+# It has a cost, measured in {ref}`sec-recon-precision`: a ReLU output is never
+# negative, so every step adds to every feature, and the state grows by a factor
+# {glue:text}`midpoint_relu_growth:.0f` over 100 blocks.
 #
 # **Leapfrog network.** For the second-order ODE $\ddot Y = -K^\top \sigma(KY + b)$,
 #
@@ -81,16 +88,56 @@ _ = torch.manual_seed(0)
 # the same formula run backwards (the scheme is time-symmetric). Its first-order
 # form $\dot Y = V$, $\dot V = -K^\top\sigma(KY+b)$ has the Jacobian
 # $\begin{pmatrix} 0 & I \\ -K^\top D K & 0\end{pmatrix}$, purely imaginary by the
-# proof of chapter 5 with $A = I$.
+# proof of {ref}`ch-ode` with $A = I$.
+#
+# **Stability intervals.** For the test equation $\dot y = \lambda y$ the
+# Midpoint rule is $y_{j+1} = y_{j-1} + 2h\lambda\, y_j$, whose characteristic
+# equation $\mu^2 - 2h\lambda\mu - 1 = 0$ has roots with product $-1$. Both lie on
+# the unit circle, and are distinct, exactly when $h\lambda = i\theta$ with
+# $\lvert\theta\rvert < 1$ ($\mu = i\theta \pm \sqrt{1 - \theta^2}$); any real
+# part of $h\lambda$, of either sign, puts one root outside. So the Midpoint
+# network is stable for $h\lambda \in i(-1, 1)$ only, a segment of the imaginary
+# axis. Leapfrog linearised on a mode with $K^\top D K v = \omega^2 v$ is
+# $y_{j+1} = (2 - h^2\omega^2) y_j - y_{j-1}$, the characteristic equation of
+# {eq}`eq-verlet-mode`: stable for $0 < h\omega < 2$, Verlet's interval.
+# {numref}`fig-stability-regions` draws both beside forward Euler's disk.
 #
 # **The pair, and the first step.** A two-step scheme needs two states. The block
 # carries the pair $(Y_{j-1}, Y_j)$ as the two channel halves of one tensor and maps
 # it to $(Y_j, Y_{j+1})$; its inverse maps $(Y_j, Y_{j+1})$ back to
-# $(Y_{j-1}, Y_j)$. The first pair is formed by **$Y_{-1} = Y_0$** (Meganet's rule:
-# `ode.start_pair` duplicates the channels), so the first Midpoint step is a forward
-# Euler step of size $2h$ and the first Leapfrog step starts from zero velocity. At
-# the end, `ode.end_pair` keeps the newest state $Y_N$. Between the stages of a
-# network the pair is kept, both states pooled and padded alike.
+# $(Y_{j-1}, Y_j)$. The first pair is formed by **$Y_{-1} = Y_0$** (the rule of
+# the Meganet code of Haber, Ruthotto and co-authors: `ode.start_pair` duplicates
+# the channels), so the first Midpoint step is a forward Euler step of size $2h$
+# and the first Leapfrog step starts from zero velocity,
+# $Y_1 = Y_0 - h^2 K_0^\top\sigma(K_0 Y_0 + b_0)$. At the end, `ode.end_pair` keeps
+# the newest state $Y_N$. Between the stages of a network the pair is kept, both
+# states pooled and padded alike. {numref}`fig-two-step-coupling` shows why the
+# pair makes a two-step scheme reversible: the step is an additive coupling
+# followed by a swap of the halves.
+#
+# A course report on Chang et al.'s paper {cite:p}`masin_reversible` writes the
+# first Leapfrog step differently, as $Y_{j+1} = 2Y_j - h^2 K_j^\top\sigma(K_j Y_j + b_j)$
+# "for $j = 1$" (with the general step "for $j > 0$", so both cases claim
+# $j = 1$; the first step is meant). That is the general step with
+# $Y_{-1} = 0$, which doubles the state and starts the ODE
+# $\ddot Y = -K^\top\sigma(KY + b)$ with the velocity $(Y_0 - Y_{-1})/h = Y_0/h$
+# instead of 0. We keep $Y_{-1} = Y_0$.
+
+# %% tags=["remove-output"]
+fig = draw_two_step_coupling()
+glue("fig_two_step_coupling", fig, display=False)
+plt.show()
+
+# %% [markdown]
+# ```{glue:figure} fig_two_step_coupling
+# :name: fig-two-step-coupling
+#
+# The Midpoint step on the pair $(Y_{j-1}, Y_j)$: an additive coupling that adds
+# $2hF(Y_j)$ to $Y_{j-1}$, then a swap, giving $(Y_j, Y_{j+1})$. Its inverse
+# swaps back and subtracts $2hF(Y_j)$. Leapfrog is the same picture with
+# $2Y_j - Y_{j-1} - h^2 K^\top\sigma(KY_j + b)$ in place of the sum.
+# ```
+#
 #
 # **The step size** $h$ is a constructor argument, fixed by default (a
 # hyperparameter, like the kernel size); `learn_h=True` makes it a trainable
@@ -166,6 +213,7 @@ for kind in KINDS:
 assert all(inv < 1e-13 and grad < 1e-12 for _, inv, grad in check_rows)
 
 # %% [markdown]
+# (sec-recon-precision)=
 # ## Reconstruction error vs depth and precision
 #
 # Exact invertibility is a statement about real numbers. In floating point each
@@ -287,26 +335,15 @@ for kind in KINDS:
 glue("mem_flat_bytes", memory["Hamiltonian", "reversible"][0], display=False)
 glue("mem_ham_autograd_64", memory["Hamiltonian", "autograd"][-1], display=False)
 
-# %%
-fig, ax = plt.subplots(figsize=(6.5, 3.8))
-for kind, marker in zip(KINDS, "osv"):
-    ax.plot(mem_depths, [b / 2**20 for b in memory[kind, "autograd"]], marker + "-", label=f"{kind}, autograd")
-    ax.plot(mem_depths, [b / 2**20 for b in memory[kind, "reversible"]], marker + "--", label=f"{kind}, reversible")
-ax.set_xlabel("number of blocks")
-ax.set_ylabel("saved for backward (MiB)")
-ax.set_title("Activation memory vs depth (batch 8, 8 x 16 x 16, float32)")
-ax.legend(fontsize=8)
-ax.grid(alpha=0.3)
-plt.show()
-
 # %% [markdown]
 # In mode `"reversible"` all three save {glue:text}`mem_flat_bytes:,` bytes at
 # every depth (the chain's output, one activation tensor); in mode `"autograd"` the
-# Hamiltonian stack saves {glue:text}`mem_ham_autograd_64:,` bytes at 64 blocks.
+# Hamiltonian stack saves {glue:text}`mem_ham_autograd_64:,` bytes at 64 blocks:
+# the picture of {numref}`fig-memory-depth` again.
 #
 # ## Chang et al.'s networks
 #
-# `revlib.models` builds the seven networks of Chang et al.'s table: a stem
+# `revlib.models` builds the seven networks of the table of {cite:t}`chang2018reversible`: a stem
 # (3 x 3 convolution, BN, ReLU), three stages of blocks joined by stride-2 average
 # pooling and symmetric zero-padding of the channels, then BN, ReLU, global average
 # pooling and a fully connected layer. For the Hamiltonian networks the stage
@@ -329,14 +366,12 @@ for name in chang.CHANG_CONFIGS:
     paper10, paper100 = chang.CHANG_PARAMS_M[name]
     chang_rows.append((name, ours, ours100, between, paper10, paper100))
 
-table = ["| network | units | widths | ours, C-10 | ours, C-100 | Chang et al. (M) | ours, blocks at stage width |",
-         "|---|---|---|---|---|---|---|"]
-for name, ours, ours100, between, paper10, paper100 in chang_rows:
-    cfg = chang.CHANG_CONFIGS[name]
-    paper = f"{paper10:.2f} / {paper100:.2f}" if paper100 else f"{paper10:.2f}"
-    table.append(f"| {name} | {'-'.join(map(str, cfg['units']))} | {'-'.join(map(str, cfg['widths']))} "
-                 f"| {ours:,} | {ours100:,} | {paper} | {between:,} |")
-display(Markdown("\n".join(table)))
+show_table(
+    ["network", "units", "widths", "ours, C-10", "ours, C-100", "Chang et al. (M)", "ours, blocks at stage width"],
+    [[name, "-".join(map(str, chang.CHANG_CONFIGS[name]["units"])), "-".join(map(str, chang.CHANG_CONFIGS[name]["widths"])),
+      f"{ours:,}", f"{ours100:,}", f"{paper10:.2f} / {paper100:.2f}" if paper100 else f"{paper10:.2f}", f"{between:,}"]
+     for name, ours, ours100, between, paper10, paper100 in chang_rows],
+)
 counts = {name: (ours, ours100, between) for name, ours, ours100, between, _, _ in chang_rows}
 assert round(counts["hamiltonian74"][0] / 1e6, 2) == 0.43 and round(counts["hamiltonian74"][1] / 1e6, 2) == 0.44
 assert round(counts["hamiltonian218"][0] / 1e6, 2) == 1.68 and round(counts["hamiltonian218"][1] / 1e6, 2) == 1.69
@@ -387,7 +422,7 @@ glue("params_midpoint26_between", counts["midpoint26"][2], display=False)
 # Meng (`LiliMeng/hamiltonian-revnet`) multiplies by 0.1. With the code's
 # initialisation (truncated normal, $\sigma = \sqrt{2/(9\,C_{out})}$) the
 # operator $K^\top K$ of a 3 x 3 kernel has a norm of several units, and the
-# frequencies $\omega$ of the linearised Hamiltonian system (chapter 5:
+# frequencies $\omega$ of the linearised Hamiltonian system ({ref}`ch-ode`:
 # $\omega^2$ an eigenvalue of $AB$, $\lVert A\rVert, \lVert B\rVert \le \lVert K^\top K\rVert$)
 # can reach it. Verlet is stable only for $h\,\omega < 2$. We estimate
 # $\lVert K^\top K\rVert$ by power iteration for the first kernel of each width, then
@@ -465,7 +500,7 @@ glue("net_mem_auto_1202", net_memory["hamiltonian1202", "autograd"], display=Fal
 #
 # A small experiment on the CPU: two interleaved spirals in the plane (600 training
 # and 600 test points, drawn from a fixed seed; this is a synthetic toy data set,
-# the usual 2-D demonstration in Haber and Ruthotto's paper). Both networks lift
+# the usual 2-D demonstration of {cite:t}`haber2017stable`). Both networks lift
 # the point to 6 features with a linear layer, apply 12 blocks with $h = 0.3$ and
 # $\sigma = \tanh$, and classify with a linear layer:
 #
@@ -566,14 +601,14 @@ plt.show()
 # for the ResNet, {glue:text}`spiral_acc_ham:.3f` for the Hamiltonian network), and
 # the Hamiltonian network did so with a backward pass that stored none of its
 # blocks' activations. One seed on a toy problem says nothing about which is
-# better; chapter 7 compares them on real images over several seeds.
+# better; {doc}`07_training_accuracy_tables` compares them on real images over several seeds.
 #
 # ## Weight smoothness decay
 #
 # Chang et al. regularise the kernels of consecutive blocks of a stage towards
 # each other. In the ODE reading, block $j$ holds $K(t_j)$, and a network whose
 # kernels jump from block to block is a rough function of time. The penalty,
-# from Haber and Ruthotto, is
+# from {cite:t}`haber2017stable`, is
 #
 # $$
 # R = \text{rate} \sum_{\text{stages}} \sum_j \lVert K_j - K_{j+1}\rVert_F^2
@@ -610,15 +645,23 @@ assert R.item() == by_hand and torch.equal(K1[1].grad, laplacian)
 # %% [markdown]
 # Chang et al.'s code computes each term with `tf.nn.l2_loss`, which is
 # $\tfrac12\lVert\cdot\rVert^2$, so their rate 2e-4 is rate 1e-4 in the formula
-# above. (As we read that file, `hamiltonian_model.py` in `changebo/revnet-public`,
-# it looks the blocks up as `unit_{k}_{j}` with $k$ counted from 0 while the
-# blocks are named from stage 1, and compares shapes with `==` on two freshly
-# sliced TensorFlow 1 tensors, which compares identities; either would leave the
-# penalty at 0. We did not run TensorFlow to confirm.)
+# above. That code, as published, does not apply the penalty. In
+# `resnet/models/hamiltonian_model.py` of `changebo/revnet-public` at commit
+# `689054c` (branch `ham1122`), `_weight_smoothness` looks each kernel up by the
+# name `unit_{k}_{j}` with the stage index `k` in `range(num_units)`, counted from 0
+# (lines 85 and 90-93), while the blocks are created in scopes
+# `unit_{ss + 1}_{ii}`, counted from 1 (line 528); and it keeps a pair only if
+# `var_K1[2]==var_K1_plus[2]` (lines 94 and 99), where `==` between two
+# TensorFlow 1 tensors compares object identity and is false for two fresh
+# slices. No term is ever appended, and the function returns the number 0
+# (lines 102-104). `resnet/models/resnet_model.py` at the same commit confirms it
+# indirectly: line 96 prints the penalty with `'%f' %`, which raises a
+# `TypeError` for a TensorFlow tensor, so a model that builds at all has a
+# penalty of 0. (We read the code; we did not run TensorFlow.)
 #
 # ### Not a penalty on one optimizer step
 #
-# The report in seed 004 describes weight smoothness as "penalizing the difference
+# The course report of {cite:t}`masin_reversible` describes weight smoothness as "penalizing the difference
 # between the current weights and the weights before the optimizer step",
 # $\text{rate}\,\lVert W_t - W_{t-1}\rVert^2$, with a cache of the previous weights.
 # That is a different regulariser: it compares each block with **itself one
@@ -705,3 +748,29 @@ glue("change_by_depth", change_by_depth, display=False)
 # * Weight smoothness decay couples neighbouring blocks in depth; a penalty on one
 #   optimizer step's change of the weights is a different, and practically inert,
 #   regulariser.
+# * The Midpoint rule is stable only for $h\lambda \in i(-1, 1)$ and Leapfrog for
+#   $h\omega < 2$ ({numref}`fig-stability-regions`): both need a right-hand side
+#   with (nearly) imaginary eigenvalues, which the antisymmetric and
+#   $K^\top\sigma(K\cdot)$ forms provide.
+#
+# ## Exercises
+#
+# 1. **Derivation.** Show that the Midpoint rule applied to $\dot y = -\gamma y$,
+#    $\gamma > 0$, has a root $\mu$ with $\lvert\mu\rvert > 1$ for every $h > 0$
+#    (the "parasitic" root). What does this mean for a Midpoint network whose
+#    $F$ has eigenvalues with negative real part? (Hint: $\mu = -h\gamma \pm
+#    \sqrt{1 + h^2\gamma^2}$.)
+# 2. **Derivation.** Write the Leapfrog step on the pair $(Y_{j-1}, Y_j)$ as a
+#    coupling followed by a swap, as in {numref}`fig-two-step-coupling`, and
+#    derive its backward step from {eq}`eq-alg1-dz1`--{eq}`eq-alg1-dW`. Check it
+#    against the $\alpha, \beta, \gamma$ form above.
+# 3. **Code change.** Replace the Midpoint network's $F$ by the antisymmetric
+#    layer with $\tanh$, or by $K^\top\tanh(K\cdot + b)$ with a minus sign, and
+#    rerun the reconstruction experiment. Which choice keeps the state bounded
+#    over 100 blocks, and why?
+# 4. **Experiment.** Start the Leapfrog stack with $Y_{-1} = 0$ (the course
+#    report's first step) instead of $Y_{-1} = Y_0$ and compare the largest
+#    feature after 100 blocks, and the float32 reconstruction error.
+# 5. **Experiment.** Train the two-spiral Hamiltonian network with weight
+#    smoothness decay at rates 0, 1e-3 and 1e-2 and plot its kernels against
+#    depth. Does the penalty change the accuracy, the smoothness, or both?

@@ -1,5 +1,7 @@
 """Training for notebooks: the papers' SGD recipes, mixed precision, exact resume, curves.
 
+Example::
+
     from revlib import models
     from revlib.harness import data, train
     tr, te = data.load("cifar10")

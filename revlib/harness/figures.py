@@ -1,0 +1,318 @@
+"""Plots, schematics and tables shared by the book's chapters.
+
+The chapters call these so that a cell shows the idea, not the matplotlib
+calls. Only matplotlib, numpy and IPython are used (the ``revlib[train]`` extra).
+
+* :func:`markdown_table` renders a list of rows as a Markdown table.
+* :func:`plot_series` draws one or more curves against a shared x axis
+  (memory against depth, error against depth, ...).
+* :func:`draw_additive_coupling`, :func:`draw_reversible_backward`,
+  :func:`draw_two_step_coupling` and :func:`draw_revnet_stages` draw the book's
+  schematics with patches and arrows.
+* :func:`plot_stability_regions` draws the stability regions of forward Euler,
+  the explicit Midpoint rule and Leapfrog/Verlet in the plane of :math:`h\\lambda`,
+  with a block's :math:`h\\lambda` on top.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
+
+__all__ = [
+    "DPI",
+    "markdown_table",
+    "show_table",
+    "plot_series",
+    "draw_additive_coupling",
+    "draw_reversible_backward",
+    "draw_two_step_coupling",
+    "draw_revnet_stages",
+    "plot_stability_regions",
+]
+
+DPI = 80
+"""Dots per inch of the book's figures (modest, so that the notebooks stay small)."""
+
+_STORED = "#f4c7a1"  # kept in memory for the backward
+_RECOMPUTED = "#a9d4f5"  # rebuilt in the backward
+_FUNCTION = "#d9ead3"  # a learned function (F, G, a convolution)
+_PLAIN = "#eeeeee"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table with the given header and rows (cells formatted with ``str``)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(c) for c in row]
+        if len(cells) != len(header):
+            raise ValueError(f"markdown_table: a row has {len(cells)} cells, the header {len(header)}: {cells}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def show_table(header: Sequence[str], rows: Iterable[Sequence[object]], caption: str | None = None) -> None:
+    """Display :func:`markdown_table` (with an optional bold caption above it) in the notebook."""
+    from IPython.display import Markdown, display
+
+    text = markdown_table(header, rows)
+    display(Markdown(f"**{caption}**\n\n{text}" if caption else text))
+
+
+def plot_series(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    logy: bool = False,
+    logx: bool = False,
+    ax: Axes | None = None,
+    figsize: tuple[float, float] = (6.0, 3.8),
+) -> Figure:
+    """Curves ``series[label]`` against ``x`` with markers, a grid and a legend; returns the figure."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, dpi=DPI)
+    else:
+        fig = ax.figure
+    for (label, ys), marker in zip(series.items(), "o^sDvP*X" * 4):
+        ax.plot(x, ys, marker + "-", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log", base=2)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3, which="both" if (logx or logy) else "major")
+    return fig
+
+
+# --- schematics -------------------------------------------------------------------------
+
+
+def _box(ax: Axes, x: float, y: float, text: str, color: str = _PLAIN, w: float = 1.0, h: float = 0.6,
+         fontsize: int = 11) -> tuple[float, float]:
+    """A rounded box centred at (x, y); returns its centre."""
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05",
+                                facecolor=color, edgecolor="black", lw=1.0))
+    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize)
+    return x, y
+
+
+def _plus(ax: Axes, x: float, y: float, sign: str = "+") -> None:
+    ax.add_patch(Circle((x, y), 0.18, facecolor="white", edgecolor="black", lw=1.0))
+    ax.text(x, y, sign, ha="center", va="center", fontsize=12)
+
+
+def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], color: str = "black",
+           style: str = "-|>", ls: str = "-", rad: float = 0.0) -> None:
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=12, color=color, lw=1.2,
+                                 linestyle=ls, connectionstyle=f"arc3,rad={rad}", shrinkA=2, shrinkB=2))
+
+
+def _canvas(width: float, height: float, xlim: tuple[float, float], ylim: tuple[float, float]) -> tuple[Figure, Axes]:
+    fig, ax = plt.subplots(figsize=(width, height), dpi=DPI)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    return fig, ax
+
+
+def draw_additive_coupling() -> Figure:
+    """RevNet's additive coupling: forward (left) and its inverse (right).
+
+    Forward: :math:`y_1 = x_1 + F(x_2)`, :math:`y_2 = x_2 + G(y_1)`.
+    Inverse: :math:`x_2 = y_2 - G(y_1)`, :math:`x_1 = y_1 - F(x_2)`.
+    """
+    fig, ax = _canvas(10, 3.2, (-0.6, 13.2), (-0.4, 3.6))
+    for x0, inverse in ((0.0, False), (7.0, True)):
+        top, bottom = 2.8, 0.4
+        left, right = x0, x0 + 5.2
+        names_in = ("x_1", "x_2") if not inverse else ("y_1", "y_2")
+        names_out = ("y_1", "y_2") if not inverse else ("x_1", "x_2")
+        if not inverse:
+            ax.text(left - 0.1, top, f"${names_in[0]}$", ha="right", va="center", fontsize=13)
+            ax.text(left - 0.1, bottom, f"${names_in[1]}$", ha="right", va="center", fontsize=13)
+            # x2 -> F -> (+) on the top rail; y1 -> G -> (+) on the bottom rail
+            _box(ax, left + 1.4, 1.6, "F", _FUNCTION, w=0.8)
+            _plus(ax, left + 2.2, top)
+            _box(ax, left + 3.4, 1.6, "G", _FUNCTION, w=0.8)
+            _plus(ax, left + 4.2, bottom)
+            _arrow(ax, (left, top), (left + 2.02, top))
+            _arrow(ax, (left + 2.38, top), (right, top))
+            _arrow(ax, (left, bottom), (left + 4.02, bottom))
+            _arrow(ax, (left + 4.38, bottom), (right, bottom))
+            _arrow(ax, (left + 0.6, bottom), (left + 1.4, 1.28))
+            _arrow(ax, (left + 1.4, 1.92), (left + 2.2, top - 0.18))
+            _arrow(ax, (left + 2.7, top), (left + 3.4, 1.92))
+            _arrow(ax, (left + 3.4, 1.28), (left + 4.2, bottom + 0.18))
+            ax.set_title("")
+            ax.text((left + right) / 2, 3.35, "forward", ha="center", fontsize=12, weight="bold")
+        else:
+            ax.text(left - 0.1, top, f"${names_in[0]}$", ha="right", va="center", fontsize=13)
+            ax.text(left - 0.1, bottom, f"${names_in[1]}$", ha="right", va="center", fontsize=13)
+            # undo G first: x2 = y2 - G(y1); then x1 = y1 - F(x2)
+            _box(ax, left + 1.4, 1.6, "G", _FUNCTION, w=0.8)
+            _plus(ax, left + 2.2, bottom, "−")
+            _box(ax, left + 3.4, 1.6, "F", _FUNCTION, w=0.8)
+            _plus(ax, left + 4.2, top, "−")
+            _arrow(ax, (left, top), (left + 4.02, top))
+            _arrow(ax, (left + 4.38, top), (right, top))
+            _arrow(ax, (left, bottom), (left + 2.02, bottom))
+            _arrow(ax, (left + 2.38, bottom), (right, bottom))
+            _arrow(ax, (left + 0.6, top), (left + 1.4, 1.92))
+            _arrow(ax, (left + 1.4, 1.28), (left + 2.2, bottom + 0.18))
+            _arrow(ax, (left + 2.7, bottom), (left + 3.4, 1.28))
+            _arrow(ax, (left + 3.4, 1.92), (left + 4.2, top - 0.18))
+            ax.text((left + right) / 2, 3.35, "inverse", ha="center", fontsize=12, weight="bold")
+        ax.text(right + 0.1, top, f"${names_out[0]}$", ha="left", va="center", fontsize=13)
+        ax.text(right + 0.1, bottom, f"${names_out[1]}$", ha="left", va="center", fontsize=13)
+    return fig
+
+
+def draw_reversible_backward(blocks: int = 4) -> Figure:
+    """Algorithm 1 of Gomez et al. (2017) as a dataflow over a chain of ``blocks`` couplings.
+
+    Top row: the forward, which keeps only the chain's output. Bottom row: the
+    backward, which walks the chain from the top, rebuilding each block's input
+    from its output (recomputing G then F), then taking the vector-Jacobian
+    products of that block; the rebuilt input is the next step's output.
+    """
+    fig, ax = _canvas(10, 3.6, (-0.8, 2.2 * blocks + 1.4), (-2.3, 1.9))
+    xs = [2.2 * i for i in range(blocks + 1)]
+    for i, x in enumerate(xs):
+        color = _STORED if i == blocks else _PLAIN
+        _box(ax, x, 1.0, f"$x^{{({i})}}$", color, w=0.8, h=0.55)
+        _box(ax, x, -1.4, f"$x^{{({i})}}$" if i < blocks else f"$x^{{({i})}}$", _RECOMPUTED if i < blocks else _STORED,
+             w=0.8, h=0.55)
+        if i < blocks:
+            _box(ax, x + 1.1, 1.0, f"block {i + 1}", _FUNCTION, w=1.0, h=0.5, fontsize=9)
+            _arrow(ax, (x + 0.4, 1.0), (x + 0.6, 1.0))
+            _arrow(ax, (x + 1.6, 1.0), (x + 1.8, 1.0))
+            _box(ax, x + 1.1, -1.4, "recompute\nG, F; VJPs", _FUNCTION, w=1.2, h=0.8, fontsize=8)
+            _arrow(ax, (x + 1.8, -1.4), (x + 1.7, -1.4))
+            _arrow(ax, (x + 0.5, -1.4), (x + 0.4, -1.4))
+    _arrow(ax, (xs[-1], 0.7), (xs[-1], -1.1), ls="--")
+    ax.text(xs[-1] + 0.15, -0.2, "output\nkept", fontsize=9, va="center")
+    ax.text(-0.7, 1.55, "forward: nothing inside the chain is kept", fontsize=10, ha="left")
+    ax.text(-0.7, -2.2, "backward (right to left): each block's input is rebuilt from its output,"
+            " with the gradient $\\bar x$", fontsize=10, ha="left")
+    handles = [Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="black") for c in (_STORED, _RECOMPUTED)]
+    ax.legend(handles, ["stored", "recomputed in the backward"], loc="upper right", fontsize=9, frameon=False,
+              bbox_to_anchor=(1.0, 1.12))
+    return fig
+
+
+def draw_two_step_coupling() -> Figure:
+    """A two-step scheme as a coupling on the pair :math:`(Y_{j-1}, Y_j)`.
+
+    :math:`(Y_{j-1}, Y_j) \\mapsto (Y_j, Y_{j+1})` with
+    :math:`Y_{j+1} = Y_{j-1} + 2h F(Y_j)` (Midpoint): an additive coupling
+    followed by a swap, inverted by :math:`Y_{j-1} = Y_{j+1} - 2h F(Y_j)`.
+    """
+    fig, ax = _canvas(8, 2.8, (-1.0, 8.2), (-0.5, 3.0))
+    top, bottom = 2.3, 0.3
+    ax.text(-0.1, top, "$Y_{j}$", ha="right", va="center", fontsize=13)
+    ax.text(-0.1, bottom, "$Y_{j-1}$", ha="right", va="center", fontsize=13)
+    _box(ax, 1.8, 1.3, "$2hF$", _FUNCTION, w=1.0)
+    _plus(ax, 2.8, bottom)
+    _arrow(ax, (0.0, top), (4.0, top))
+    _arrow(ax, (0.0, bottom), (2.62, bottom))
+    _arrow(ax, (2.98, bottom), (4.0, bottom))
+    _arrow(ax, (0.8, top), (1.8, 1.6))
+    _arrow(ax, (1.8, 1.0), (2.8, bottom + 0.18))
+    # the swap
+    _arrow(ax, (4.0, top), (6.0, bottom), rad=0.0)
+    _arrow(ax, (4.0, bottom), (6.0, top), rad=0.0)
+    ax.text(5.0, 1.3, "swap", ha="center", va="center", fontsize=10,
+            bbox=dict(facecolor="white", edgecolor="none"))
+    ax.text(6.1, top, "$Y_{j+1}$", ha="left", va="center", fontsize=13)
+    ax.text(6.1, bottom, "$Y_{j}$", ha="left", va="center", fontsize=13)
+    ax.text(3.4, 2.85, "$Y_{j+1} = Y_{j-1} + 2h\\,F(Y_j)$: an additive coupling, then a swap", ha="center",
+            fontsize=11)
+    return fig
+
+
+def draw_revnet_stages(units: Sequence[int] = (3, 3, 3), channels: Sequence[int] = (32, 64, 112)) -> Figure:
+    """A CIFAR RevNet's layout: stem, reversible stages, non-reversible transitions, head.
+
+    Boxes whose input is stored for the backward are orange; reversible units,
+    whose activations are rebuilt, are blue.
+    """
+    n = len(units)
+    width = 1.6 + sum(min(u, 3) * 0.75 + 1.0 for u in units) + 1.6
+    fig, ax = _canvas(11, 2.6, (-0.3, width + 0.2), (-0.9, 1.5))
+    x = 0.5
+    _box(ax, x, 0.3, f"conv 3x3\n{channels[0]} ch", _STORED, w=1.0, h=0.8, fontsize=8)
+    x += 0.5
+    for s, (u, c) in enumerate(zip(units, channels)):
+        if s > 0:
+            _arrow(ax, (x, 0.3), (x + 0.2, 0.3))
+            _box(ax, x + 0.6, 0.3, "stride 2\n+ pad", _STORED, w=0.75, h=0.8, fontsize=8)
+            x += 1.0
+        _arrow(ax, (x, 0.3), (x + 0.2, 0.3))
+        x += 0.2
+        shown = min(u, 3)
+        for k in range(shown):
+            label = "..." if (u > 3 and k == 1) else "rev"
+            _box(ax, x + 0.3, 0.3, label, _RECOMPUTED, w=0.55, h=0.8, fontsize=8)
+            x += 0.75
+        ax.text(x - 0.75 * shown / 2 - 0.1, -0.55, f"stage {s + 1}: {u} units, {c} ch", ha="center", fontsize=8)
+    _arrow(ax, (x, 0.3), (x + 0.2, 0.3))
+    _box(ax, x + 0.8, 0.3, "BN-ReLU\npool, FC", _STORED, w=1.1, h=0.8, fontsize=8)
+    handles = [Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="black") for c in (_STORED, _RECOMPUTED)]
+    ax.legend(handles, ["not reversible: input stored", "reversible unit: rebuilt in the backward"],
+              loc="upper center", ncol=2, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 1.18))
+    return fig
+
+
+# --- stability -------------------------------------------------------------------------
+
+
+def plot_stability_regions(points: Mapping[str, np.ndarray] | None = None, ax: Axes | None = None,
+                           extent: float = 2.6, xlim: tuple[float, float] | None = None) -> Figure:
+    """Stability regions in the plane of :math:`z = h\\lambda`, with optional points on top.
+
+    * forward Euler, :math:`y_{j+1} = (1 + z) y_j`: the disk :math:`|1 + z| \\le 1`;
+    * the explicit Midpoint (leapfrog two-step) rule, :math:`y_{j+1} = y_{j-1} + 2z y_j`:
+      the segment :math:`z \\in i(-1, 1)` of the imaginary axis;
+    * Verlet (Störmer-Verlet, leapfrog) for a Hamiltonian system whose
+      linearisation has eigenvalues :math:`\\pm i\\omega`: :math:`h\\omega < 2`,
+      the segment :math:`z \\in i(-2, 2)`.
+
+    ``points[label]`` are complex values :math:`h\\lambda` (e.g. a block's Jacobian
+    eigenvalues times its step size). The window is ``extent`` up and down and,
+    unless ``xlim`` is given, from ``-extent`` to ``0.6 extent`` left to right.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.4, 5.0), dpi=DPI)
+    else:
+        fig = ax.figure
+    ax.add_patch(Circle((-1, 0), 1, facecolor="#cfe2f3", edgecolor="#3d85c6", lw=1.2, alpha=0.8,
+                        label="forward Euler: $|1+h\\lambda| \\leq 1$"))
+    ax.plot([0, 0], [-2, 2], color="#e69138", lw=5, alpha=0.4, solid_capstyle="butt",
+            label="Verlet: $h\\lambda \\in i(-2, 2)$")
+    ax.plot([0, 0], [-1, 1], color="#990000", lw=1.5, solid_capstyle="butt",
+            label="Midpoint: $h\\lambda \\in i(-1, 1)$")
+    for (label, z), marker in zip((points or {}).items(), "ox^sD"):
+        z = np.asarray(z, dtype=complex)
+        ax.plot(z.real, z.imag, marker, ms=4, mfc="none", alpha=0.8, label=label)
+    ax.axhline(0, color="gray", lw=0.6)
+    ax.axvline(0, color="gray", lw=0.6)
+    ax.set_xlim(*(xlim or (-extent, extent * 0.6)))
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Re $h\\lambda$")
+    ax.set_ylabel("Im $h\\lambda$")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
