@@ -114,8 +114,8 @@ print("blocks:", " -> ".join(type(b).__name__ for b in irev.sequence.blocks))
 features = irev.features(x_rgb)
 print("features:", tuple(features.shape), "entries", features[0].numel(), "= input entries", x_rgb[0].numel())
 err_irev = revlib.check_inverse(irev.sequence, x_rgb)
-print(f"reconstruction error of the whole invertible part (float64): {err_irev:.1e}")
 assert features[0].numel() == x_rgb[0].numel() and err_irev < 1e-10
+print("reconstruction error of the whole invertible part (float64): below 1e-10")
 try:
     IRevNet(units=(1,), in_channels=3, stem_factor=1)
 except ValueError as err:
@@ -208,8 +208,8 @@ plt.show()
 ln = nn.LayerNorm(8, elementwise_affine=False, eps=0.0).double()
 token = torch.randn(1, 8, dtype=torch.float64)
 gap = (ln(token) - ln(3.0 * token + 5.0)).abs().max().item()
-print(f"max |LN(t) - LN(3t + 5)| = {gap:.1e}: two different tokens, one output")
 assert gap < 1e-12
+print("max |LN(t) - LN(3t + 5)| < 1e-12 (float64): two different tokens, one output")
 
 # %% [markdown]
 # `revlib.ReversibleTransformerBlock(width, heads, mlp_ratio, dropout, attn_dropout)`
@@ -227,8 +227,8 @@ tokens = torch.randn(2, 10, 32, dtype=torch.float64)
 y = block(tokens)
 assert torch.equal(y[..., :16], tokens[..., :16] + block.F(tokens[..., 16:]))
 err_block = revlib.check_inverse(block, tokens)
-print(f"one block: reconstruction error {err_block:.1e} (float64)")
 assert err_block < 1e-13
+print("one block: reconstruction error below 1e-13 (float64)")
 
 
 def transformer_stack(mode: str, dropout: float = 0.1) -> revlib.ReversibleSequence:
@@ -247,8 +247,8 @@ def gradients(model: nn.Module, x: torch.Tensor, seed: int = 0) -> list[torch.Te
 ref_grads = gradients(transformer_stack("autograd").double(), tokens)
 for mode in ("reversible", "checkpoint"):
     diff = max((a - b).abs().max().item() for a, b in zip(gradients(transformer_stack(mode).double(), tokens), ref_grads))
-    print(f"mode {mode!r}: largest gradient difference from autograd, float64, dropout 0.1: {diff:.0e}")
     assert diff < 1e-10
+    print(f"mode {mode!r}: gradients equal autograd's to 1e-10 (float64, dropout 0.1 replayed)")
 
 # %% [markdown]
 # Under bfloat16 autocast each recomputation runs in the forward's autocast state,
@@ -326,12 +326,16 @@ plt.show()
 # validation split, on which we pick each run's best epoch, and the 450 test images
 # give the reported accuracy. Three seeds each.
 
-# %% tags=["nbval-ignore-output"]
+# %%
 train_set, test_set = load_digits()
 split = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
 x_all, y_all = train_set.normalize(train_set.images), train_set.targets
 x_val, y_val, x_train, y_train = x_all[split[:300]], y_all[split[:300]], x_all[split[300:]], y_all[split[300:]]
 x_test, y_test = test_set.normalize(test_set.images), test_set.targets
+print(f"training {len(x_train)}, validation {len(x_val)}, test {len(x_test)} images of shape {tuple(x_train.shape[1:])}")
+assert len(x_train) + len(x_val) + len(x_test) == 1797
+
+# %% tags=["nbval-ignore-output"]
 digits_kw = dict(image_size=8, patch=4, in_channels=1, num_classes=10, width=32, depth=2, heads=4,
                  mlp_ratio=2.0, dropout=0.1)
 EPOCHS, BATCH = 24, 128
@@ -396,8 +400,9 @@ ax.legend(fontsize=7, ncol=2)
 plt.show()
 
 # %% [markdown]
-# Both reach the same accuracy within the spread over seeds, and both have stopped
-# improving well before the last epoch. The reversible ViT is a different network
+# Both reach the same test accuracy to within 3 percentage points (the cell checks
+# it), and neither improves its validation accuracy by 2 points in the last third of
+# the epochs. The reversible ViT is a different network
 # from its twin (two streams, each block's MLP reads the attention's updated stream
 # $y_1$), not a cheaper way to compute the same one; on this task the difference does
 # not show.
@@ -482,8 +487,10 @@ for g in gammas:
           f"(1/gamma = {1 / g:.2f})")
 for g in gammas:
     assert 0.5 / g < growth[g] < 2 / g
-assert mom_errors[0.9][-1] < 1e-3 and mom_errors[0.1][-1] > 1
-print(f"float64, gamma 0.1, depth 24: error {momentum_error(0.1, 24, torch.float64):.1e}")
+assert mom_errors[0.9][-1] < 1e-3 and mom_errors[0.1][mom_depths.index(8)] > 1
+err64 = momentum_error(0.1, 24, torch.float64)
+print(f"float64, gamma 0.1, depth 24: error {err64:.1e}")
+assert err64 > 1
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -512,8 +519,8 @@ mnet.zero_grad()
 mnet.mode = "reversible"
 g_rev = gradients(mnet, x_m)
 diff_m = max((a - b).abs().max().item() for a, b in zip(g_rev, g_auto))
-print(f"momentum network, gamma 0.8, 6 blocks: largest gradient difference from autograd {diff_m:.0e} (float64)")
 assert diff_m < 1e-10
+print("momentum network, gamma 0.8, 6 blocks: gradients equal autograd's to 1e-10 (float64)")
 x_big = torch.randn(4, 16, 8, requires_grad=True)
 flat = [saved_tensor_bytes(revlib.MomentumNet([nn.Linear(8, 8) for _ in range(d)], 0.8, dim=-1), x_big) for d in (2, 16)]
 print("saved bytes with 2 and 16 blocks:", flat)
