@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -118,16 +119,20 @@ def main(argv: list[str] | None = None) -> int:
         "checkpointed per block, reversible (RevViT)",
         **run_metadata(device),
         **{k: getattr(args, k) for k in ("patch", "width", "depth", "heads", "batch", "repeats", "warmup", "seed")},
-        "lengths": [one_length(t, args, device) for t in args.tokens],
+        "load_average_1min": {"start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "note": "medians of interleaved repeats after warm-up; CPU timings depend on the machine's load",
     }
+    result["lengths"] = [one_length(t, args, device) for t in args.tokens]
+    if hasattr(os, "getloadavg"):
+        result["load_average_1min"]["end"] = os.getloadavg()[0]
     print(f"{result['device']}, torch {result['torch']}, {result['threads']} threads; depth {args.depth}, "
           f"width {args.width}, batch {args.batch}; median of {args.repeats} after {args.warmup} warm-up")
-    print(f"{'tokens':>6s} {'model':12s} {'median ms':>10s} {'time ratio':>10s} {'saved MiB':>10s} {'saved ratio':>11s}")
+    print(f"{'tokens':>6s} {'model':12s} {'median ms':>10s} {'time ratio':>10s} {'paired':>7s} {'saved MiB':>10s} {'saved ratio':>11s}")
     for r in result["lengths"]:
         for k in KINDS:
             print(f"{r['tokens']:6d} {k:12s} {1000 * r['median_seconds'][k]:10.1f} "
-                  f"{r['step_time_ratio_to_standard'][k]:10.2f} {r['saved_bytes'][k] / 2**20:10.2f} "
+                  f"{r['step_time_ratio_to_standard'][k]:10.2f} {r['paired_ratio_to_standard'][k]:7.2f} "
+                  f"{r['saved_bytes'][k] / 2**20:10.2f} "
                   f"{r['saved_ratio_to_standard'][k]:11.3f}")
     print(f"wrote {write_result(result, args.out, 'transformer')}")
     return 0

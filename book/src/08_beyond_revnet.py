@@ -28,8 +28,6 @@
 # `revlib.models.IRevNet`, `ReversibleViT` and `ViT`.
 
 # %%
-import copy
-import math
 import statistics
 import time
 

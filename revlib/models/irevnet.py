@@ -25,6 +25,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from ..core.blocks import ReversibleBlock
 from ..core.couplings import AdditiveCoupling
 from ..core.downsampling import InjectivePad, SpaceToDepth
 from ..core.modes import Mode, ModelMode, validate_mode
@@ -60,7 +61,7 @@ class IRevNet(ModelMode, nn.Module):
     ) -> None:
         super().__init__()
         validate_mode("IRevNet", mode)
-        blocks: list = []
+        blocks: list[ReversibleBlock] = []
         c = in_channels
         if stem_factor > 1:
             blocks.append(SpaceToDepth(stem_factor))
