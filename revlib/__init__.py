@@ -37,3 +37,18 @@ __all__ = [
     "default_device",
     "__version__",
 ]
+
+# Beyond RevNet (chapter 8): invertible downsampling, reversible transformers, momentum networks.
+from .core.downsampling import InjectivePad, SpaceToDepth  # noqa: E402
+from .core.momentum import MomentumBlock, MomentumNet  # noqa: E402
+from .core.transformer import ReversibleTransformerBlock, TransformerBlock  # noqa: E402
+from .core import downsampling, momentum, transformer  # noqa: E402
+
+__all__ += [
+    "SpaceToDepth",
+    "InjectivePad",
+    "ReversibleTransformerBlock",
+    "TransformerBlock",
+    "MomentumBlock",
+    "MomentumNet",
+]

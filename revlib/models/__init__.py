@@ -18,3 +18,10 @@ from .revnet import *  # noqa: F401,F403
 from .vgg import *  # noqa: F401,F403
 
 __all__ = [*common.__all__, *revnet.__all__, *vgg.__all__, *ode.__all__, "set_mode", "get_mode"]
+
+# Beyond RevNet (chapter 8): the fully invertible i-RevNet and the vision transformers.
+from . import irevnet, vit  # noqa: E402
+from .irevnet import *  # noqa: F401,F403,E402
+from .vit import *  # noqa: F401,F403,E402
+
+__all__ += [*irevnet.__all__, *vit.__all__]

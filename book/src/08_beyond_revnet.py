@@ -1,0 +1,565 @@
+# %% [markdown]
+# # Beyond RevNet: fully invertible networks, reversible transformers, momentum networks
+#
+# Chapter 4 measured where a RevNet still spends memory: not in its blocks, whose
+# inputs are rebuilt during the backward pass, but in the few layers that are not
+# invertible. Every stage transition pools and changes the width, so its input is
+# stored; a RevNet-110 and a RevNet-38 store almost the same bytes, and the bytes
+# grow with the number of stages instead. This chapter removes that last cost and
+# carries the coupling to two more families:
+#
+# 1. **Invertible downsampling.** The i-RevNet {cite}`jacobsen2018irevnet` replaces
+#    pooling by a reshuffle of pixels into channels, $\psi$, which is a bijection. The
+#    network is then reversible from its first layer to its head, and its saved
+#    bytes depend neither on the depth nor on the number of stages.
+# 2. **Reversible transformers.** RevViT {cite}`mangalam2022revvit` and the Reformer
+#    {cite}`kitaev2020reformer` make the two halves of a pre-LayerNorm transformer
+#    block {cite}`vaswani2017attention` (attention, then the MLP) the $F$ and $G$ of a
+#    RevNet coupling {cite}`gomez2017revnet`, split on the feature dimension. We build
+#    a small reversible ViT {cite}`dosovitskiy2021vit`, check its gradients, measure
+#    its memory against the standard ViT and the per-block checkpointed one
+#    {cite}`chen2016checkpoint`, and train both on handwritten digits.
+# 3. **Momentum residual networks** {cite}`sander2021momentum`: a ResNet
+#    {cite}`he2016resnet` with a velocity is invertible for any residual function,
+#    but its inverse divides by the momentum, and we measure what that costs.
+#
+# All pieces are in revlib: `SpaceToDepth`, `InjectivePad`,
+# `ReversibleTransformerBlock`, `MomentumBlock` and `MomentumNet`, and the models
+# `revlib.models.IRevNet`, `ReversibleViT` and `ViT`.
+
+# %%
+import statistics
+import time
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+
+import revlib
+from revlib.core.memory import MiB, saved_tensor_bytes
+from revlib.harness.data import load_digits
+from revlib.models import IRevNet, ReversibleViT, ViT, matching_revnet
+
+torch.set_num_threads(1)  # float64 results identical from run to run
+_ = torch.manual_seed(0)
+
+# %% [markdown]
+# ## Invertible downsampling
+#
+# Take an image $x$ with $C$ channels of size $H \times W$ and a factor $f$ that
+# divides $H$ and $W$. The space-to-depth map $\psi$ cuts the image into
+# $f \times f$ patches and stacks each patch's pixels as channels:
+#
+# $$
+# \psi(x)_{c f^2 + i f + j,\; h,\; w} = x_{c,\; f h + i,\; f w + j},
+# \qquad 0 \le i, j < f, \qquad (C, H, W) \mapsto (C f^2,\; H/f,\; W/f).
+# $$ (eq-psi)
+#
+# **Why it is a bijection.** Equation {eq}`eq-psi` moves entries and does nothing
+# else. Division with remainder writes every row index uniquely as $f h + i$ with
+# $0 \le i < f$ (and every column as $f w + j$), and every output channel uniquely as
+# $c f^2 + i f + j$, so each input entry lands on exactly one output entry and each
+# output entry comes from exactly one input entry. $\psi$ is a permutation of the
+# $C H W$ coordinates: a linear map with a permutation matrix, orthogonal, with
+# Jacobian determinant $\pm 1$, and its inverse (depth-to-space) is its transpose.
+# It has no parameters and, reading entries only, stores nothing for the backward.
+#
+# `revlib.SpaceToDepth` is $\psi$ (PyTorch's `pixel_unshuffle`, with `pixel_shuffle`
+# as the inverse). On a $4\times 4$ image with entries $0, \dots, 15$ each output
+# channel gathers one position of every $2 \times 2$ patch:
+
+# %%
+psi = revlib.SpaceToDepth(2)
+image = torch.arange(16.0).view(1, 1, 4, 4)
+shuffled = psi(image)
+print("input (1 channel, 4x4):\n", image[0, 0].int())
+for k in range(4):
+    print(f"output channel {k} (i={k // 2}, j={k % 2}):", shuffled[0, k].int().tolist())
+x_img = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+assert torch.equal(psi.inverse(psi(x_img)), x_img)  # exact: no arithmetic at all
+assert torch.equal(psi(x_img).flatten(1).sort(dim=1).values, x_img.flatten(1).sort(dim=1).values)  # a permutation
+assert shuffled[0, 3, 1, 0].item() == image[0, 0, 2 * 1 + 1, 2 * 0 + 1].item()  # eq-psi, c=0, i=j=1, h=1, w=0
+print("reconstruction error of psi:", revlib.check_inverse(psi, x_img))
+
+# %% [markdown]
+# ### An i-RevNet, one reversible sequence from stem to head
+#
+# `revlib.models.IRevNet` follows the i-RevNet's plan with the simpler basic branches
+# of chapter 4:
+#
+# * the **stem** is a $\psi$ of factor 2: an RGB image ($3$ channels, odd) becomes
+#   $12$ channels at half the resolution, so the couplings can split it. With
+#   `stem_factor=1` an odd channel count is refused with a message that points to
+#   `pad=1`, an `InjectivePad` that appends zero channels, $x \mapsto (x, 0)$. It is
+#   injective, not onto, and its left inverse drops the zeros: the i-RevNet's
+#   *injective* variant pads the input this way;
+# * each **stage** after the first starts with a $\psi$ (stride 2, channels $\times 4$)
+#   followed by `AdditiveCoupling`s whose $F$ and $G$ are BN-ReLU-conv-BN-ReLU-conv
+#   on half the channels;
+# * the **head** (BN-ReLU, average pooling, linear) is the only non-invertible part.
+#
+# Everything from the stem's $\psi$ to the last coupling is a single
+# `ReversibleSequence`. A chain whose blocks change shape needs nothing new from the
+# engine: each block's backward step receives its output and that output's gradient
+# and returns its input and the input's gradient, whatever their shapes.
+
+# %%
+torch.manual_seed(0)
+irev = IRevNet(units=(2, 2, 2), in_channels=3).double()
+x_rgb = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+print("stage widths:", irev.widths)
+print("blocks:", " -> ".join(type(b).__name__ for b in irev.sequence.blocks))
+features = irev.features(x_rgb)
+print("features:", tuple(features.shape), "entries", features[0].numel(), "= input entries", x_rgb[0].numel())
+err_irev = revlib.check_inverse(irev.sequence, x_rgb)
+assert features[0].numel() == x_rgb[0].numel() and err_irev < 1e-10
+print("reconstruction error of the whole invertible part (float64): below 1e-10")
+try:
+    IRevNet(units=(1,), in_channels=3, stem_factor=1)
+except ValueError as err:
+    print("ValueError:", err)
+
+# %% [markdown]
+# Since $\psi$ preserves the number of entries $C H W$, so does the whole invertible
+# part, whatever the number of stages. In mode `"reversible"` the sequence stores
+# only its output, so its saved bytes are the input's bytes, independent of depth
+# and of the number of stages. The comparison is a RevNet with the same widths and
+# resolutions (`matching_revnet`: a 3x3 convolution stem, then a pooling transition
+# where the i-RevNet has a $\psi$). Both count bytes with `revlib.memory`, for a batch
+# of 8 RGB images of $32\times 32$, with 1, 2 or 4 units per stage and 2 or 3 stages.
+
+# %%
+x_mem = torch.randn(8, 3, 32, 32, requires_grad=True)
+units_per_stage = [1, 2, 4]
+saved = {}
+for stages in (2, 3):
+    for n in units_per_stage:
+        units = (n,) * stages
+        torch.manual_seed(0)
+        inet = IRevNet(units, in_channels=3)
+        saved["i-RevNet", "sequence", stages, n] = saved_tensor_bytes(inet.sequence, x_mem)
+        saved["i-RevNet", "whole", stages, n] = saved_tensor_bytes(inet, x_mem)
+        saved["RevNet", "whole", stages, n] = saved_tensor_bytes(matching_revnet(units, in_channels=3), x_mem)
+print(f"{'model':24s} {'stages':>6s} " + " ".join(f"{n:>2d} unit(s)" for n in units_per_stage) + "   (KiB saved)")
+for model, part in [("i-RevNet", "sequence"), ("i-RevNet", "whole"), ("RevNet", "whole")]:
+    for stages in (2, 3):
+        row = " ".join(f"{saved[model, part, stages, n] / 1024:10.1f}" for n in units_per_stage)
+        print(f"{model + ' (' + part + ')':24s} {stages:6d} {row}")
+input_bytes = x_mem.numel() * 4
+assert {saved["i-RevNet", "sequence", s, n] for s in (2, 3) for n in units_per_stage} == {input_bytes}
+for s in (2, 3):  # the head adds a pooled vector whose width grows x4 per stage, nothing else
+    assert len({saved["i-RevNet", "whole", s, n] for n in units_per_stage}) == 1
+    assert len({saved["RevNet", "whole", s, n] for n in units_per_stage}) == 1  # flat in depth too
+ratio_2 = saved["RevNet", "whole", 2, 1] / saved["i-RevNet", "whole", 2, 1]
+ratio_3 = saved["RevNet", "whole", 3, 1] / saved["i-RevNet", "whole", 3, 1]
+print(f"RevNet / i-RevNet saved bytes: {ratio_2:.2f} with 2 stages, {ratio_3:.2f} with 3 stages")
+assert ratio_3 > ratio_2 > 3
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for (model, part), marker in [(("RevNet", "whole"), "o"), (("i-RevNet", "whole"), "s"), (("i-RevNet", "sequence"), "^")]:
+    for stages, style in [(2, "-"), (3, "--")]:
+        ax.plot(units_per_stage, [saved[model, part, stages, n] / MiB for n in units_per_stage], marker + style,
+                label=f"{model} ({part}), {stages} stages")
+ax.set_xlabel("units per stage")
+ax.set_ylabel("saved for backward (MiB)")
+ax.set_title("Batch of 8 RGB 32x32 images, mode 'reversible'")
+ax.set_ylim(bottom=0)
+ax.legend(fontsize=7)
+plt.show()
+
+# %% [markdown]
+# Both networks are flat in depth; the RevNet pays for every stage transition (its
+# input, stored, and the inside of the transition's branch recomputed from it) and
+# for its full-resolution stem, while the i-RevNet's invertible part stores exactly
+# one tensor the size of its input. What remains for the i-RevNet is the head.
+#
+# ## Reversible transformers
+#
+# A pre-LayerNorm transformer block on tokens $x \in \mathbb{R}^{B \times T \times D}$
+# is two residual updates, $x \leftarrow x + \mathrm{Attn}(\mathrm{LN}(x))$ and
+# $x \leftarrow x + \mathrm{MLP}(\mathrm{LN}(x))$. RevViT keeps two streams
+# $(x_1, x_2)$ of width $D$ each, a tensor of shape $(B, T, 2D)$, and writes the two
+# updates as a RevNet coupling:
+#
+# $$
+# y_1 = x_1 + F(x_2), \qquad y_2 = x_2 + G(y_1), \qquad
+# F = \mathrm{Attn} \circ \mathrm{LN}, \quad G = \mathrm{MLP} \circ \mathrm{LN},
+# $$ (eq-revvit)
+#
+# with the inverse $x_2 = y_2 - G(y_1)$, $x_1 = y_1 - F(x_2)$.
+#
+# **Why the split works.** The inverse of {eq}`eq-revvit` never inverts $F$ or $G$; it
+# only needs $F$ to depend on $x_2$ alone and $G$ on $y_1$ alone. Attention mixes
+# tokens, but inside one stream: $F(x_2)$ reads every token of $x_2$ and none of
+# $x_1$. So the split is along the **features** (`dim=-1`), and every token is
+# present in both streams. Splitting along the tokens instead would let attention
+# see only half of the sequence, which is a different model.
+#
+# **Where LayerNorm sits.** Inside $F$ and $G$, as in a pre-LN block; there any
+# function is allowed. A post-LN block, $x \leftarrow \mathrm{LN}(x + F(x))$,
+# normalises the stream itself, and LayerNorm is not injective: it forgets each
+# token's mean and scale, so $\mathrm{LN}(x) = \mathrm{LN}(a x + b)$ for any $a > 0$
+# and $b$ (up to its $\epsilon$), and nothing can recover them.
+
+# %%
+ln = nn.LayerNorm(8, elementwise_affine=False, eps=0.0).double()
+token = torch.randn(1, 8, dtype=torch.float64)
+gap = (ln(token) - ln(3.0 * token + 5.0)).abs().max().item()
+assert gap < 1e-12
+print("max |LN(t) - LN(3t + 5)| < 1e-12 (float64): two different tokens, one output")
+
+# %% [markdown]
+# `revlib.ReversibleTransformerBlock(width, heads, mlp_ratio, dropout, attn_dropout)`
+# is an `AdditiveCoupling(F=SelfAttention, G=FeedForward, dim=-1)`, so it inherits the
+# fused backward step of chapter 3: one evaluation of $F$ and of $G$ per block. Its
+# attention dropout acts on the attention probabilities through an `nn.Dropout`
+# module, so that `ReversibleSequence` records and replays the mask; the models pass
+# `preserve_rng_state=True` anyway. The checks: the update of eq. {eq}`eq-revvit`,
+# the inverse, and a stack's gradients in float64 against autograd, with dropout on.
+
+# %%
+torch.manual_seed(0)
+block = revlib.ReversibleTransformerBlock(16, heads=4, mlp_ratio=2.0).double()
+tokens = torch.randn(2, 10, 32, dtype=torch.float64)
+y = block(tokens)
+assert torch.equal(y[..., :16], tokens[..., :16] + block.F(tokens[..., 16:]))
+err_block = revlib.check_inverse(block, tokens)
+assert err_block < 1e-13
+print("one block: reconstruction error below 1e-13 (float64)")
+
+
+def transformer_stack(mode: str, dropout: float = 0.1) -> revlib.ReversibleSequence:
+    torch.manual_seed(1)
+    blocks = [revlib.ReversibleTransformerBlock(16, 4, 2.0, dropout, dropout) for _ in range(4)]
+    return revlib.ReversibleSequence(blocks, mode=mode, preserve_rng_state=True)
+
+
+def gradients(model: nn.Module, x: torch.Tensor, seed: int = 0) -> list[torch.Tensor]:
+    torch.manual_seed(seed)
+    x = x.detach().clone().requires_grad_(True)
+    model(x).square().sum().backward()
+    return [x.grad, *(p.grad for p in model.parameters())]
+
+
+ref_grads = gradients(transformer_stack("autograd").double(), tokens)
+for mode in ("reversible", "checkpoint"):
+    diff = max((a - b).abs().max().item() for a, b in zip(gradients(transformer_stack(mode).double(), tokens), ref_grads))
+    assert diff < 1e-10
+    print(f"mode {mode!r}: gradients equal autograd's to 1e-10 (float64, dropout 0.1 replayed)")
+
+# %% [markdown]
+# Under bfloat16 autocast each recomputation runs in the forward's autocast state,
+# so $F$ and $G$ give the same bfloat16 results in both passes and the subtraction
+# undoes the addition up to float32 rounding of the streams. The gradients agree with
+# autograd's to bfloat16 accuracy:
+
+# %% tags=["nbval-ignore-output"]
+x32 = tokens.float()
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    bf_ref = gradients(transformer_stack("autograd").float(), x32)
+    bf_rev = gradients(transformer_stack("reversible").float(), x32)
+rel = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(bf_rev, bf_ref))
+print(f"bf16 autocast: largest gradient difference relative to the tensor's largest entry: {rel:.1e}")
+assert rel < 0.05
+
+# %% [markdown]
+# ### A reversible ViT, and its memory against depth
+#
+# `ReversibleViT` embeds non-overlapping patches (a strided convolution plus learned
+# positions), duplicates the tokens into the two streams $(x, x)$, runs the
+# reversible blocks in one `ReversibleSequence`, averages the two output streams (as
+# RevViT does) and ends with LayerNorm, a mean over the tokens and a linear head. Its
+# standard twin `ViT` has the same blocks on one stream of width $D$: same
+# attention, same MLP, same parameter count per block. `ViT(checkpoint_blocks=True)`
+# wraps each block in `torch.utils.checkpoint`, which keeps each block's input.
+#
+# Saved bytes for a batch of 8 images of $16 \times 16$ pixels in $2 \times 2$ patches
+# (64 tokens), width 32:
+
+# %%
+vit_kw = dict(image_size=16, patch=2, in_channels=1, width=32, heads=4, mlp_ratio=2.0)
+x_vit = torch.randn(8, 1, 16, 16)
+depths = [1, 2, 4, 8, 16]
+vit_bytes = {"standard": [], "checkpointed per block": [], "reversible": []}
+for d in depths:
+    torch.manual_seed(0)
+    vit_bytes["standard"].append(saved_tensor_bytes(ViT(depth=d, **vit_kw), x_vit))
+    vit_bytes["checkpointed per block"].append(saved_tensor_bytes(ViT(depth=d, checkpoint_blocks=True, **vit_kw), x_vit))
+    vit_bytes["reversible"].append(saved_tensor_bytes(ReversibleViT(depth=d, **vit_kw), x_vit))
+print(f"{'depth':>5s} " + " ".join(f"{k:>24s}" for k in vit_bytes) + "   (KiB saved)")
+for i, d in enumerate(depths):
+    print(f"{d:5d} " + " ".join(f"{vit_bytes[k][i] / 1024:24.1f}" for k in vit_bytes))
+per_block_std = (vit_bytes["standard"][-1] - vit_bytes["standard"][0]) / (depths[-1] - depths[0])
+per_block_ckpt = (vit_bytes["checkpointed per block"][-1] - vit_bytes["checkpointed per block"][0]) / (depths[-1] - depths[0])
+print(f"bytes per extra block: standard {per_block_std / 1024:.1f} KiB, checkpointed {per_block_ckpt / 1024:.1f} KiB, "
+      f"reversible {(vit_bytes['reversible'][-1] - vit_bytes['reversible'][0]) / 1024:.1f} KiB")
+assert len(set(vit_bytes["reversible"])) == 1  # flat in depth
+assert per_block_std > 5 * per_block_ckpt > 0  # checkpointing keeps one block input per block
+assert vit_bytes["reversible"][-1] < vit_bytes["checkpointed per block"][-1] < vit_bytes["standard"][-1]
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for (name, values), marker in zip(vit_bytes.items(), "os^"):
+    ax.plot(depths, [v / MiB for v in values], marker + "-", label=name)
+ax.set_xlabel("transformer blocks")
+ax.set_ylabel("saved for backward (MiB)")
+ax.set_title("ViT, batch 8, 64 tokens, width 32")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# The standard ViT grows by every block's activations (LayerNorm inputs, the query,
+# key and value projections, the MLP's hidden layer), the checkpointed one by one
+# block input per block, and the reversible one not at all: it keeps the stack's
+# output, the patch embedding and the head. `benchmarks/transformer.py` repeats the
+# comparison at two sequence lengths with step times.
+#
+# ### Training on handwritten digits
+#
+# scikit-learn's digits are $8 \times 8$ images; in $4 \times 4$ patches each is a
+# sequence of 4 tokens of 16 pixels. The reversible ViT and its standard twin
+# (width 32, 2 blocks, 4 heads, dropout 0.1) train with AdamW and a cosine schedule
+# for 24 epochs on 1,047 training images; 300 held-out training images are the
+# validation split, on which we pick each run's best epoch, and the 450 test images
+# give the reported accuracy. Three seeds each.
+
+# %%
+train_set, test_set = load_digits()
+split = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
+x_all, y_all = train_set.normalize(train_set.images), train_set.targets
+x_val, y_val, x_train, y_train = x_all[split[:300]], y_all[split[:300]], x_all[split[300:]], y_all[split[300:]]
+x_test, y_test = test_set.normalize(test_set.images), test_set.targets
+print(f"training {len(x_train)}, validation {len(x_val)}, test {len(x_test)} images of shape {tuple(x_train.shape[1:])}")
+assert len(x_train) + len(x_val) + len(x_test) == 1797
+
+# %% tags=["nbval-ignore-output"]
+digits_kw = dict(image_size=8, patch=4, in_channels=1, num_classes=10, width=32, depth=2, heads=4,
+                 mlp_ratio=2.0, dropout=0.1)
+EPOCHS, BATCH = 24, 128
+
+
+def make_vit(kind: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return ReversibleViT(**digits_kw) if kind == "reversible" else ViT(**digits_kw)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return (model(x).argmax(dim=1) == y).float().mean().item()
+
+
+def train(kind: str, seed: int) -> dict:
+    model = make_vit(kind, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, EPOCHS)
+    order = torch.Generator().manual_seed(seed)
+    val, test = [], []
+    for _ in range(EPOCHS):
+        model.train()
+        perm = torch.randperm(len(x_train), generator=order)
+        for i in range(0, len(perm), BATCH):
+            b = perm[i : i + BATCH]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x_train[b]), y_train[b]).backward()
+            opt.step()
+        schedule.step()
+        val.append(accuracy(model, x_val, y_val))
+        test.append(accuracy(model, x_test, y_test))
+    best = max(range(EPOCHS), key=lambda e: (val[e], e))
+    return {"val": val, "test": test, "best_epoch": best, "test_at_best": test[best]}
+
+
+seeds = [0, 1, 2]
+runs = {kind: [train(kind, s) for s in seeds] for kind in ("reversible", "standard")}
+summary = {}
+for kind, rs in runs.items():
+    accs = [r["test_at_best"] for r in rs]
+    summary[kind] = (statistics.mean(accs), statistics.stdev(accs))
+    print(f"{kind:10s} test accuracy at the best validation epoch: {100 * summary[kind][0]:.1f} "
+          f"± {100 * summary[kind][1]:.1f} % (seeds {seeds}; best epochs {[r['best_epoch'] + 1 for r in rs]})")
+assert min(m for m, _ in summary.values()) > 0.9
+assert abs(summary["reversible"][0] - summary["standard"][0]) < 0.03
+for rs in runs.values():  # both stop improving: the last third of the epochs adds little
+    for r in rs:
+        assert max(r["val"][-EPOCHS // 3 :]) - max(r["val"][: 2 * EPOCHS // 3]) < 0.02
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for kind, style in [("reversible", "-"), ("standard", "--")]:
+    for i, r in enumerate(runs[kind]):
+        ax.plot(range(1, EPOCHS + 1), [100 * v for v in r["val"]], style, color=f"C{i}",
+                label=f"{kind}, seed {seeds[i]}")
+ax.set_xlabel("epoch")
+ax.set_ylabel("validation accuracy (%)")
+ax.set_ylim(50, 100)
+ax.legend(fontsize=7, ncol=2)
+plt.show()
+
+# %% [markdown]
+# Both reach the same test accuracy to within 3 percentage points (the cell checks
+# it), and neither improves its validation accuracy by 2 points in the last third of
+# the epochs. The reversible ViT is a different network
+# from its twin (two streams, each block's MLP reads the attention's updated stream
+# $y_1$), not a cheaper way to compute the same one; on this task the difference does
+# not show.
+#
+# The price is time. One training step of each model on a batch of 128, timed
+# interleaved in one cell (the ratios depend on the machine and its load):
+
+# %% tags=["nbval-ignore-output"]
+timed = {"standard": make_vit("standard", 0), "reversible": make_vit("reversible", 0)}
+timed["checkpointed per block"] = ViT(**digits_kw, checkpoint_blocks=True)
+timed["checkpointed per block"].load_state_dict(timed["standard"].state_dict())
+optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-3) for k, m in timed.items()}
+xb, yb = x_train[:BATCH], y_train[:BATCH]
+times = {k: [] for k in timed}
+for rep in range(12):
+    for k, m in timed.items():
+        m.train()
+        start = time.perf_counter()
+        optimizers[k].zero_grad()
+        nn.functional.cross_entropy(m(xb), yb).backward()
+        optimizers[k].step()
+        if rep >= 2:  # two warm-up rounds
+            times[k].append(time.perf_counter() - start)
+ratios = {k: statistics.median(a / b for a, b in zip(times[k], times["standard"])) for k in timed}
+for k in timed:
+    print(f"{k:24s} median step {1000 * statistics.median(times[k]):7.1f} ms, ratio to standard {ratios[k]:.2f}")
+assert 0.8 < ratios["checkpointed per block"] < 4 and 0.8 < ratios["reversible"] < 6
+
+# %% [markdown]
+# A reversible block evaluates $F$ and $G$ once more in the backward, like
+# checkpointing; for such small blocks the Python work of the reconstruction weighs
+# as much as the arithmetic, so the ratio is larger here than for big models (see
+# `benchmarks/transformer.py`).
+#
+# ## Momentum residual networks
+#
+# Sander, Ablin, Blondel and Peyré give a ResNet a velocity $v$, started at $v_0 = 0$,
+# with a momentum $\gamma \in (0, 1]$:
+#
+# $$
+# v_{n+1} = \gamma v_n + (1 - \gamma) f_n(x_n), \qquad x_{n+1} = x_n + v_{n+1}.
+# $$ (eq-momentum)
+#
+# Undoing the two updates in reverse order gives the inverse
+#
+# $$
+# x_n = x_{n+1} - v_{n+1}, \qquad v_n = \frac{v_{n+1} - (1 - \gamma) f_n(x_n)}{\gamma},
+# $$ (eq-momentum-inverse)
+#
+# which, like a coupling's, needs $f_n$ only forwards: any residual function works,
+# and $(x, v)$ are the two halves of one tensor. `revlib.MomentumBlock(f, gamma, dim)`
+# is eq. {eq}`eq-momentum`; `revlib.MomentumNet` starts from $(x, 0)$, runs the blocks
+# in a `ReversibleSequence` and returns $x_N$.
+#
+# **Conditioning.** Eq. {eq}`eq-momentum-inverse` divides by $\gamma$. A rounding error
+# $(\delta x_{n+1}, \delta v_{n+1})$ propagates through one inverse step by the matrix
+# $\begin{pmatrix} 1 & -1 \\ -\frac{1-\gamma}{\gamma} J_n & \frac{1}{\gamma} + \frac{1-\gamma}{\gamma} J_n \end{pmatrix}$,
+# with $J_n$ the Jacobian of $f_n$. For small $J_n$ its eigenvalues are close to $1$
+# and $1/\gamma$, so after $N$ blocks the error is of order
+# $\varepsilon\, \gamma^{-N}$ with $\varepsilon$ the unit round-off: as $\gamma \to 0$,
+# which is the plain ResNet, the inverse becomes useless, and the backward pass of
+# mode `"reversible"` would rebuild wrong activations. We measure the float32
+# reconstruction error against depth with $f_n = \tanh(W_n \cdot + b_n)$ on 16 features.
+
+# %% tags=["nbval-ignore-output"]
+def momentum_error(gamma: float, depth: int, dtype=torch.float32) -> float:
+    torch.manual_seed(0)
+    fs = [nn.Sequential(nn.Linear(16, 16), nn.Tanh()) for _ in range(depth)]
+    net = revlib.MomentumNet(fs, gamma=gamma, dim=-1).to(dtype)
+    x = torch.randn(64, 16, dtype=dtype)
+    return revlib.check_inverse(net.sequence, torch.cat([x, torch.zeros_like(x)], dim=-1))
+
+
+gammas = [0.9, 0.5, 0.2, 0.1]
+mom_depths = [1, 2, 4, 8, 12, 16, 24]
+mom_errors = {g: [momentum_error(g, d) for d in mom_depths] for g in gammas}
+growth = {}
+for g in gammas:
+    # growth per block between depth 8 and 24, where rounding has built up
+    growth[g] = (mom_errors[g][-1] / mom_errors[g][3]) ** (1 / (mom_depths[-1] - mom_depths[3]))
+    print(f"gamma {g}: error at depth 24 {mom_errors[g][-1]:.1e}; growth per block {growth[g]:.2f} "
+          f"(1/gamma = {1 / g:.2f})")
+for g in gammas:
+    assert 0.5 / g < growth[g] < 2 / g
+assert mom_errors[0.9][-1] < 1e-3 and mom_errors[0.1][mom_depths.index(8)] > 1
+err64 = momentum_error(0.1, 24, torch.float64)
+print(f"float64, gamma 0.1, depth 24: error {err64:.1e}")
+assert err64 > 1
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for g, marker in zip(gammas, "os^v"):
+    ax.semilogy(mom_depths, mom_errors[g], marker + "-", label=f"gamma = {g}")
+ax.set_xlabel("momentum blocks N")
+ax.set_ylabel("max |inverse(forward(x)) - x|, float32")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# The error grows by about $1/\gamma$ per block, as predicted: with $\gamma = 0.9$ a
+# float32 network of 24 blocks reconstructs to round-off, with $\gamma = 0.1$ the
+# "reconstruction" is noise after a handful of blocks, and float64 only postpones the
+# breakdown. Sander et al. make the same point: the momentum buys invertibility, and
+# it must stay away from 0 for the memory saving to be usable. The gradients are
+# exact where the inverse is well conditioned:
+
+# %%
+torch.manual_seed(0)
+mnet = revlib.MomentumNet([nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(6)], gamma=0.8, dim=-1).double()
+x_m = torch.randn(16, 8, dtype=torch.float64)
+mnet.mode = "autograd"
+g_auto = gradients(mnet, x_m)
+mnet.zero_grad()
+mnet.mode = "reversible"
+g_rev = gradients(mnet, x_m)
+diff_m = max((a - b).abs().max().item() for a, b in zip(g_rev, g_auto))
+assert diff_m < 1e-10
+print("momentum network, gamma 0.8, 6 blocks: gradients equal autograd's to 1e-10 (float64)")
+x_big = torch.randn(4, 16, 8, requires_grad=True)
+flat = [saved_tensor_bytes(revlib.MomentumNet([nn.Linear(8, 8) for _ in range(d)], 0.8, dim=-1), x_big) for d in (2, 16)]
+print("saved bytes with 2 and 16 blocks:", flat)
+assert flat[0] == flat[1]
+
+# %% [markdown]
+# ## What we learned
+#
+# * $\psi$ is a permutation of pixels into channels: exact, parameter-free and free
+#   in memory. With it an i-RevNet is one `ReversibleSequence` from its stem to its
+#   head, and the invertible part stores one input-sized tensor whatever the depth and
+#   the number of stages, while a RevNet of the same widths pays for every stage
+#   transition.
+# * A pre-LN transformer block is a RevNet coupling with $F$ = attention and $G$ = MLP,
+#   split on the features; LayerNorm must stay inside the branches, since LayerNorm
+#   itself is not injective. The reversible ViT's gradients equal autograd's (float64,
+#   with dropout replayed), it works under bfloat16 autocast, its saved bytes are flat
+#   in depth, and on digits it trains to its standard twin's accuracy, at a higher
+#   step time.
+# * A momentum residual network is invertible for any $f$, but its inverse amplifies
+#   rounding errors by $1/\gamma$ per block: the momentum must stay well away from 0.
+#
+# ## Exercises
+#
+# 1. Show that $\psi$ preserves the Euclidean norm, $\lVert\psi(x)\rVert = \lVert x\rVert$,
+#    and compute the log-determinant of its Jacobian. Check both with
+#    `torch.autograd.functional.jacobian` on a $1 \times 2 \times 4 \times 4$ input.
+#    *Hint:* the Jacobian is a permutation matrix.
+# 2. Build a post-LN block, $x \leftarrow \mathrm{LN}(x + F(x))$, and find two different
+#    inputs with the same output. Which line of the proof that eq. {eq}`eq-revvit` is
+#    invertible fails? *Hint:* start from the LayerNorm check above.
+# 3. RevViT averages the two output streams before the head. Replace the average by a
+#    concatenation (width $2D$) and compare the accuracy on digits. Is either fusion
+#    invertible, and does it matter for memory?
+# 4. With $\gamma = 0.5$, predict from $\varepsilon\,\gamma^{-N}$ the depth at which the
+#    float32 reconstruction error of a momentum network exceeds $10^{-3}$, then
+#    measure it with `momentum_error`. How does the answer change for a ReLU instead of
+#    a tanh?
+# 5. The Reformer applies the feed-forward $G$ to chunks of tokens, one chunk at a
+#    time. Explain why chunking keeps the block invertible, and measure with
+#    `revlib.core.memory` what it changes in the backward of a long sequence.
+# 6. `InjectivePad` has only a left inverse. What does `ReversibleSequence.inverse`
+#    return for an output whose padded channels are not zero, and why does the
+#    reversible backward pass never see such an output?

@@ -1,0 +1,94 @@
+r"""Momentum residual networks (Sander et al. 2021): a ResNet with a velocity, invertible for :math:`\gamma > 0`.
+
+A momentum block carries a position :math:`x` and a velocity :math:`v` of the
+same shape, the two halves of one tensor along ``dim``:
+
+.. math::
+    v' = \gamma v + (1 - \gamma) f(x), \qquad x' = x + v'.
+
+Its inverse undoes the two updates in reverse order:
+
+.. math::
+    x = x' - v', \qquad v = \bigl(v' - (1 - \gamma) f(x)\bigr) / \gamma.
+
+No inverse of :math:`f` is needed, so it is a coupling on :math:`(x, v)`; but the
+division by :math:`\gamma` multiplies the rounding error in :math:`v` by
+:math:`1/\gamma` per block, so over :math:`N` blocks the reconstruction error grows
+like :math:`\gamma^{-N}`: a small :math:`\gamma` (close to a plain ResNet,
+:math:`\gamma = 0`) costs exactness.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import ReversibleBlock, Run, check_same_shape, join_halves, split_halves
+from .modes import Mode, ModelMode
+from .sequence import ReversibleSequence
+
+__all__ = ["MomentumBlock", "MomentumNet"]
+
+
+class MomentumBlock(ReversibleBlock):
+    r"""One momentum residual step on :math:`(x, v)` (Sander et al. 2021).
+
+    Args:
+        f: the residual function, shape-preserving on one half.
+        gamma: the momentum :math:`\gamma \in (0, 1]`; the inverse divides by it.
+        dim: the dimension that holds ``(x, v)`` as two halves (1 for images,
+            -1 for tokens).
+    """
+
+    def __init__(self, f: nn.Module, gamma: float = 0.9, dim: int = 1) -> None:
+        super().__init__()
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(
+                f"MomentumBlock: gamma must be in (0, 1] for the block to be invertible, got {gamma}"
+            )
+        self.f = f
+        self.gamma = float(gamma)
+        self.dim = dim
+
+    def _forward(self, x: Tensor, run: Run) -> Tensor:
+        pos, vel = split_halves(self, x)
+        vel = self.gamma * vel + (1.0 - self.gamma) * check_same_shape(self, "f", run("f", self.f, pos), pos)
+        return join_halves(self, pos + vel, vel)
+
+    def _inverse(self, y: Tensor, run: Run) -> Tensor:
+        pos_new, vel_new = split_halves(self, y, "output")
+        pos = pos_new - vel_new
+        f = check_same_shape(self, "f", run("f", self.f, pos), pos)
+        return join_halves(self, pos, (vel_new - (1.0 - self.gamma) * f) / self.gamma)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, dim={self.dim}"
+
+
+class MomentumNet(ModelMode, nn.Module):
+    r"""A momentum ResNet: start at zero velocity, apply :class:`MomentumBlock`\ s, return the position.
+
+    ``forward(x)`` is :math:`x_N` after :math:`N` blocks from :math:`(x_0, v_0) = (x, 0)`.
+    ``sequence`` (a :class:`~revlib.core.sequence.ReversibleSequence`) maps the
+    pair :math:`(x, 0)` to the final pair and stores only that in mode
+    ``"reversible"``; ``sequence.inverse`` recovers :math:`(x, 0)` from it.
+    """
+
+    def __init__(
+        self,
+        functions: Iterable[nn.Module],
+        gamma: float = 0.9,
+        dim: int = 1,
+        mode: Mode = "reversible",
+        preserve_rng_state: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        blocks = [MomentumBlock(f, gamma, dim) for f in functions]
+        self.sequence = ReversibleSequence(blocks, mode=mode, preserve_rng_state=preserve_rng_state)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pair = torch.cat([x, torch.zeros_like(x)], dim=self.dim)
+        return split_halves(self, self.sequence(pair))[0]

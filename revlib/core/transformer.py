@@ -1,0 +1,146 @@
+r"""The reversible transformer block of RevViT (Mangalam et al. 2022) and its standard twin.
+
+A pre-LayerNorm transformer block is two residual updates on tokens
+:math:`x \in \mathbb{R}^{B \times T \times D}`:
+:math:`x \leftarrow x + \mathrm{Attn}(\mathrm{LN}(x))`, then
+:math:`x \leftarrow x + \mathrm{MLP}(\mathrm{LN}(x))` (Vaswani et al. 2017;
+Dosovitskiy et al. 2021). RevViT keeps two streams :math:`(x_1, x_2)`, each of
+width :math:`D`, and makes the two updates a RevNet coupling (Gomez et al. 2017):
+
+.. math::
+    y_1 = x_1 + F(x_2), \quad y_2 = x_2 + G(y_1), \qquad
+    F = \mathrm{Attn}\circ\mathrm{LN}, \quad G = \mathrm{MLP}\circ\mathrm{LN}.
+
+The LayerNorms sit *inside* F and G, so the coupling stays invertible whatever
+they compute; attention mixes tokens but never the two streams, so the split
+is along the feature dimension (``dim=-1``). The Reformer (Kitaev et al. 2020)
+uses the same coupling. :class:`ReversibleTransformerBlock` is an
+:class:`~revlib.core.couplings.AdditiveCoupling` and inherits its fused
+backward step (one evaluation of F and of G).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as Fn
+from torch import Tensor, nn
+
+from .couplings import AdditiveCoupling
+
+__all__ = ["SelfAttention", "FeedForward", "ReversibleTransformerBlock", "TransformerBlock"]
+
+
+def _check_tokens(owner: str, x: Tensor, width: int) -> None:
+    if x.dim() != 3 or x.shape[-1] != width:
+        raise ValueError(
+            f"{owner}: expected tokens of shape (batch, tokens, {width}), got shape {tuple(x.shape)}"
+        )
+
+
+class SelfAttention(nn.Module):
+    r"""Pre-LayerNorm multi-head self-attention: :math:`x \mapsto \mathrm{Drop}(W_o\,\mathrm{MHA}(\mathrm{LN}(x)))`.
+
+    Args:
+        width: token width :math:`D` (a multiple of ``heads``).
+        heads: number of attention heads.
+        dropout: dropout on the output projection.
+        attn_dropout: dropout on the attention probabilities.
+
+    Without attention dropout it calls :func:`torch.nn.functional.scaled_dot_product_attention`.
+    With it, the probabilities go through an ``nn.Dropout`` module, so that
+    :class:`~revlib.core.sequence.ReversibleSequence` sees a random layer and
+    replays its mask in the recomputation.
+    """
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.0, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"SelfAttention: width {width} is not a multiple of heads={heads}")
+        self.width = width
+        self.heads = heads
+        self.norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.attn_drop = nn.Dropout(attn_dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_tokens("SelfAttention", x, self.width)
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if self.attn_drop.training and self.attn_drop.p > 0:
+            scores = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
+            out = self.attn_drop(scores.softmax(dim=-1)) @ v
+        else:
+            out = Fn.scaled_dot_product_attention(q, k, v)
+        return self.drop(self.proj(out.transpose(1, 2).reshape(b, t, d)))
+
+
+class FeedForward(nn.Module):
+    r"""Pre-LayerNorm MLP: :math:`x \mapsto \mathrm{Drop}(W_2\,\mathrm{Drop}(\mathrm{GELU}(W_1 \mathrm{LN}(x))))`."""
+
+    def __init__(self, width: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.width = width
+        self.net = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Linear(width, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, width),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_tokens("FeedForward", x, self.width)
+        return self.net(x)
+
+
+class ReversibleTransformerBlock(AdditiveCoupling):
+    r"""RevViT's block: :math:`y_1 = x_1 + \mathrm{Attn}(\mathrm{LN}(x_2))`, :math:`y_2 = x_2 + \mathrm{MLP}(\mathrm{LN}(y_1))`.
+
+    Acts on (B, T, 2·width): two streams of ``width`` features each, split on
+    the last dimension. Inverse :math:`x_2 = y_2 - G(y_1)`, :math:`x_1 = y_1 - F(x_2)`.
+    Run a stack of them in a :class:`~revlib.core.sequence.ReversibleSequence`
+    (pass ``preserve_rng_state=True`` when there is dropout) and the backward
+    stores only the stack's output.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            SelfAttention(width, heads, dropout, attn_dropout),
+            FeedForward(width, int(mlp_ratio * width), dropout),
+            dim=-1,
+        )
+        self.width = width
+
+
+class TransformerBlock(nn.Module):
+    r"""The standard pre-LayerNorm block on one stream of ``width`` features.
+
+    :math:`x \leftarrow x + \mathrm{Attn}(\mathrm{LN}(x))`, :math:`x \leftarrow x + \mathrm{MLP}(\mathrm{LN}(x))`,
+    with the same sub-modules as :class:`ReversibleTransformerBlock` (the twin
+    that autograd backpropagates through, storing every activation).
+    """
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.F = SelfAttention(width, heads, dropout, attn_dropout)
+        self.G = FeedForward(width, int(mlp_ratio * width), dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.F(x)
+        return x + self.G(x)

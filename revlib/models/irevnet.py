@@ -1,0 +1,117 @@
+r"""An i-RevNet-style classifier (Jacobsen et al. 2018): reversible from the first layer to the head.
+
+Where a RevNet (Gomez et al. 2017) changes resolution with a pooling,
+non-invertible transition whose input is stored, the i-RevNet changes it with
+the space-to-depth bijection :math:`\psi` (:class:`~revlib.core.downsampling.SpaceToDepth`):
+
+* stem: :math:`\psi` with ``stem_factor`` (3 channels -> 12; 1 -> 4), then an
+  optional :class:`~revlib.core.downsampling.InjectivePad` of ``pad`` zero
+  channels (the i-RevNet's injective variant; also makes an odd count even);
+* stage ``s``: :math:`\psi` (stride 2, channels x4) except in the first stage,
+  then ``units[s]`` :class:`~revlib.core.couplings.AdditiveCoupling`\ s with
+  pre-activation basic branches on half the channels;
+* head (the only non-invertible part): BN-ReLU, global average pooling, linear.
+
+Everything from the stem to the last coupling is **one**
+:class:`~revlib.core.sequence.ReversibleSequence`, so mode ``"reversible"``
+stores only its output, and :math:`\psi` keeps the number of entries
+:math:`C H W`: the bytes saved do not depend on the depth nor on the number of stages.
+The convolutions are simpler than the paper's bottleneck branches.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from ..core.blocks import ReversibleBlock
+from ..core.couplings import AdditiveCoupling
+from ..core.downsampling import InjectivePad, SpaceToDepth
+from ..core.modes import Mode, ModelMode, validate_mode
+from ..core.sequence import ReversibleSequence
+from .common import batch_norm, init_official
+from .revnet import PreActNet, basic_branch
+
+__all__ = ["IRevNet", "matching_revnet"]
+
+
+class IRevNet(ModelMode, nn.Module):
+    """A fully invertible classifier: one ReversibleSequence from the stem's psi to the head.
+
+    Args:
+        units: couplings per stage, e.g. ``(2, 2, 2)``.
+        in_channels: channels of the input images.
+        num_classes: outputs of the head.
+        stem_factor: the stem's space-to-depth factor (1: no stem psi).
+        pad: zero channels appended after the stem (injective padding).
+        mode: backward mode of the sequence.
+
+    Attributes: ``sequence``, ``head`` and ``widths`` (channels per stage).
+    """
+
+    def __init__(
+        self,
+        units: Sequence[int] = (2, 2, 2),
+        in_channels: int = 3,
+        num_classes: int = 10,
+        stem_factor: int = 2,
+        pad: int = 0,
+        mode: Mode = "reversible",
+    ) -> None:
+        super().__init__()
+        validate_mode("IRevNet", mode)
+        blocks: list[ReversibleBlock] = []
+        c = in_channels
+        if stem_factor > 1:
+            blocks.append(SpaceToDepth(stem_factor))
+            c *= stem_factor**2
+        if pad:
+            blocks.append(InjectivePad(pad))
+            c += pad
+        if c % 2:
+            raise ValueError(
+                f"IRevNet: the stem gives {c} channels (in_channels={in_channels}, stem_factor="
+                f"{stem_factor}, pad={pad}); couplings need an even count: use pad=1 or stem_factor=2"
+            )
+        widths = []
+        for s, n in enumerate(units):
+            if s > 0:
+                blocks.append(SpaceToDepth(2))
+                c *= 4
+            widths.append(c)
+            half = c // 2
+            blocks += [AdditiveCoupling(basic_branch(half, half), basic_branch(half, half)) for _ in range(n)]
+        self.widths = tuple(widths)
+        self.units = tuple(units)
+        self.sequence = ReversibleSequence(blocks, mode=mode, ndim=4)
+        self.head = nn.Sequential(
+            batch_norm(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)
+        )
+        init_official(self)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The output of the invertible part (from which ``sequence.inverse`` recovers ``x``)."""
+        return self.sequence(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def matching_revnet(
+    units: Sequence[int] = (2, 2, 2), in_channels: int = 3, num_classes: int = 10, stem_factor: int = 2,
+    mode: Mode = "reversible",
+) -> PreActNet:
+    """A RevNet with the widths and resolutions of ``IRevNet(units, in_channels, stem_factor=...)``.
+
+    Its stem is a 3x3 convolution to the i-RevNet's first width; every stage
+    starts with a stride-2 pooling transition (the first one stands in for the
+    stem's psi) and quadruples the channels after the first, as psi does.
+    """
+    c0 = in_channels * stem_factor**2
+    channels = [c0] + [c0 * 4**s for s in range(len(units))]
+    strides = [stem_factor] + [2] * (len(units) - 1)
+    return PreActNet(
+        "basic", units, channels, strides, reversible=True, num_classes=num_classes,
+        in_channels=in_channels, mode=mode,
+    )
