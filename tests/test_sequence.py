@@ -245,7 +245,7 @@ def test_functional_call_is_rejected_clearly():
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
     params = {name: p.detach().clone().requires_grad_() for name, p in m.named_parameters()}
     y = torch.func.functional_call(m, params, (x,))
-    with pytest.raises(RuntimeError, match="parameters were replaced between forward and backward"):
+    with pytest.raises(RuntimeError, match="parameters or buffers were replaced between forward and backward"):
         (y ** 2).sum().backward()
     m.mode = "autograd"
     y = torch.func.functional_call(m, params, (x,))

@@ -359,7 +359,7 @@ class TwoStepBlock(ReversibleBlock):
         cur, new = (t.detach() for t in split_halves(self, y, "output"))
         dcur_out, dnew = dy.chunk(2, dim=1)
         cur = cur.requires_grad_(True)
-        update = tape.recall("F", self.F, cur)
+        update = tape.replay("F", self.F, cur)
         (dcur_from_f,), grads = grads_for([update], [dnew], [cur], trainable_parameters([self.F]))
         prev = self._previous(cur.detach(), new, update.detach())
         dprev = dnew if self.beta == 1 else -dnew
