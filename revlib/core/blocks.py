@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .recompute import Tape
+from .recompute import Tape, submodules
 
 __all__ = [
     "ReversibleBlock",
@@ -109,9 +109,10 @@ def trainable_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
     """The distinct parameters that require gradients, in a fixed order."""
     seen: dict[int, nn.Parameter] = {}
     for module in modules:
-        for p in module.parameters():
-            if p.requires_grad and id(p) not in seen:
-                seen[id(p)] = p
+        for m in submodules(module):
+            for p in m._parameters.values():
+                if p is not None and p.requires_grad and id(p) not in seen:
+                    seen[id(p)] = p
     return list(seen.values())
 
 
@@ -237,7 +238,7 @@ def detached_parameters(module: nn.Module, aliases: dict[int, Tensor]) -> Iterat
     returns the summed gradients for the real parameters.
     """
     swapped = []
-    for m in module.modules():
+    for m in submodules(module):
         for name, p in m._parameters.items():
             if p is not None and id(p) in aliases:
                 swapped.append((m, name, p))
