@@ -13,7 +13,7 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 from torch import nn
 
 import revlib
@@ -109,7 +109,7 @@ class FunctionalDropout(nn.Module):
         self.lin = nn.Linear(d, d)
 
     def forward(self, x):
-        return F.dropout(self.lin(x), 0.5, self.training)
+        return nnf.dropout(self.lin(x), 0.5, self.training)
 
 
 class Noisy(nn.Module):
