@@ -19,7 +19,8 @@ backward of mean(y^2) and an SGD update. The variants, side by side in one run:
 The variants are timed interleaved, in a rotating order, after warm-up steps
 (so a change in the machine's load hits all of them alike); the median of
 ``--repeats`` steps is reported, with each variant's ratio to autograd (ratio of
-medians, and the median of the per-round ratios), and the bytes each revlib mode
+medians, the median of the per-round ratios, and the ratio of the median CPU
+times of the process, which other processes' load disturbs less), and the bytes each revlib mode
 saves for the backward (revlib.core.memory.saved_tensor_bytes; on CUDA also the
 allocator's peak).
 
@@ -156,13 +157,15 @@ def run(args: argparse.Namespace) -> dict:
         for name in names:
             step(name)
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu_times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
             sync(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step(name)
             sync(device)
             times[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - start_cpu)
 
     revlib_names = [n for n in names if n != "memcnn"]
     saved = {n: saved_tensor_bytes(models[n], x) for n in revlib_names}
@@ -170,6 +173,9 @@ def run(args: argparse.Namespace) -> dict:
     medians = {n: statistics.median(t) for n, t in times.items()}
     ratio = {n: medians[n] / medians["autograd"] for n in names}
     paired = {n: statistics.median(a / b for a, b in zip(times[n], times["autograd"])) for n in names}
+    # CPU time of this process (all its threads): less sensitive than wall time to other processes' load
+    cpu_medians = {n: statistics.median(t) for n, t in cpu_times.items()}
+    cpu_ratio = {n: cpu_medians[n] / cpu_medians["autograd"] for n in names}
     small = torch.randn(2, args.width, 8, 8, device=device)
     return {
         "benchmark": "step_time",
@@ -182,6 +188,8 @@ def run(args: argparse.Namespace) -> dict:
         "median_seconds": medians,
         "ratio_to_autograd": ratio,
         "paired_ratio_to_autograd": paired,
+        "median_cpu_seconds": cpu_medians,
+        "cpu_time_ratio_to_autograd": cpu_ratio,
         "min_seconds": {n: min(t) for n, t in times.items()},
         "all_seconds": times,
         "float64_gradients_bit_equal_to_reversible": same_gradients(models, small),
@@ -212,12 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['device']}, torch {result['torch']}, {result['threads']} threads; depth {args.depth}, "
         f"width {args.width}, batch {args.batch}, {args.size}x{args.size}; median of {args.repeats} after {args.warmup} warm-up"
     )
-    print(f"{'variant':18s} {'median ms':>10s} {'ratio':>7s} {'paired':>7s} {'saved MiB':>10s}")
+    print(f"{'variant':18s} {'median ms':>10s} {'ratio':>7s} {'paired':>7s} {'CPU ratio':>9s} {'saved MiB':>10s}")
     for n in result["variants"]:
         saved = result["saved_bytes"].get(n)
         print(
             f"{n:18s} {1000 * result['median_seconds'][n]:10.1f} {result['ratio_to_autograd'][n]:7.2f} "
-            f"{result['paired_ratio_to_autograd'][n]:7.2f} {'' if saved is None else f'{saved / 2**20:10.2f}'}"
+            f"{result['paired_ratio_to_autograd'][n]:7.2f} {result['cpu_time_ratio_to_autograd'][n]:9.2f} "
+            f"{'' if saved is None else f'{saved / 2**20:10.2f}'}"
         )
     print("float64 gradients bit-equal to 'reversible':", result["float64_gradients_bit_equal_to_reversible"])
     print(f"wrote {write_result(result, args.out, 'step_time')}")

@@ -183,7 +183,8 @@ def test_control_without_the_forward_mode_an_eval_switch_gives_wrong_gradients(m
 # ---- case 4: autocast replayed in both directions ----------------------------------------------
 
 
-def test_autocast_off_in_forward_stays_off_in_recomputation():
+def autocast_island_error() -> float:
+    """Forward with autocast off inside a bfloat16 region, backward inside the region."""
     base = revnet_stack(depth=3, channels=8)
     x = torch.randn(4, 8, 6, 6)
 
@@ -196,8 +197,21 @@ def test_autocast_off_in_forward_stays_off_in_recomputation():
             (y.float() ** 2).sum().backward()  # backward inside the bf16 region
         return grads_of(m)
 
-    err = worst_rel_error(run("reversible"), run("autograd"))
-    assert err <= 1e-5  # float32 round-off; a bf16 recomputation is off by ~1e-2
+    return worst_rel_error(run("reversible"), run("autograd"))
+
+
+def test_autocast_off_in_forward_stays_off_in_recomputation():
+    assert autocast_island_error() <= 1e-5  # float32 round-off; a bf16 recomputation is off by ~1e-2
+
+
+def test_control_autocast_replayed_only_when_on_leaks_the_backward_region(monkeypatch):
+    original = recompute.AutocastState.context
+
+    def only_when_on(self):  # the old rule: a null context when autocast was off in the forward
+        return original(self) if any(on for _, on, _ in self.states) else contextlib.nullcontext()
+
+    monkeypatch.setattr(recompute.AutocastState, "context", only_when_on)
+    assert autocast_island_error() > 1e-3
 
 
 def test_autocast_state_is_captured_for_every_available_device_type():
@@ -318,6 +332,17 @@ def test_check_inverse_with_a_block_used_twice_and_dropout():
     assert revlib.check_inverse(tied, x) < 1e-12
     err, same = mode_error(tied, x)
     assert err <= ROUND_OFF and same
+
+
+def test_control_tapes_keyed_by_block_break_a_tied_block(monkeypatch):
+    def keyed_by_block(self, y, tapes):  # the old rule: one tape per block instance
+        by_block = dict(zip(map(id, self.blocks), tapes))
+        return sequence._each_block(self.blocks, y, lambda b, h: b.inverse_replayed(h, by_block[id(b)]), reverse=True)
+
+    monkeypatch.setattr(revlib.ReversibleSequence, "inverse_with_tapes", keyed_by_block)
+    block = revlib.AdditiveCoupling(conv_bn_relu(4, dropout=0.5), conv_bn_relu(4, dropout=0.5))
+    tied = revlib.ReversibleSequence([block, revlib.HalfSwap(), block]).double()
+    assert revlib.check_inverse(tied, torch.randn(2, 8, 4, 4, dtype=torch.float64)) > 1e-3
 
 
 # ---- lesser cases ---------------------------------------------------------------------------------
