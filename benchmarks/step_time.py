@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import os
 import statistics
 import subprocess
 import sys
@@ -142,6 +143,7 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device) if args.device else revlib.default_device()
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     models = build_variants(args, device)
     names = list(models)
     torch.manual_seed(args.seed + 1)
@@ -195,6 +197,8 @@ def run(args: argparse.Namespace) -> dict:
         "float64_gradients_bit_equal_to_reversible": same_gradients(models, small),
         "saved_bytes": saved,
         "cuda_peak_bytes": peak,
+        # the machine's 1-minute load average before and after: above the core count, wall times are unreliable
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "note": "medians of interleaved repeats (rotating order) after warm-up; CPU timings depend on the "
         "machine's load, so compare ratios within one run",
     }
@@ -229,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{'' if saved is None else f'{saved / 2**20:10.2f}'}"
         )
     print("float64 gradients bit-equal to 'reversible':", result["float64_gradients_bit_equal_to_reversible"])
+    load = result["load_average_1min"]
+    print(f"load average (1 min) before/after: {load['before']:.1f}/{load['after']:.1f} on {os.cpu_count()} cores")
     print(f"wrote {write_result(result, args.out, 'step_time')}")
     return 0
 
