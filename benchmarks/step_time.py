@@ -1,26 +1,46 @@
-"""Time one training step of a RevNet-like stack in each backward mode of revlib.ReversibleSequence.
+"""Time one training step of a RevNet-like stack: revlib's modes, its engine before the safety work, MemCNN.
 
-A stack of ``--depth`` AdditiveCoupling blocks on ``--width`` channels, F and G
-each BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the channels (the pre-activation
-basic block of the official RevNet code). One step is forward, backward of
-mean(y^2) and an SGD update. The modes are timed interleaved (so a change in
-the machine's load hits all of them alike), after warm-up steps, and the median
-of ``--repeats`` steps is reported, with the ratios reversible/autograd and
-checkpoint/autograd (of the medians, and the median of the ratios within a round) and the bytes each mode saves for the backward
-(revlib.core.memory.saved_tensor_bytes; on CUDA also the allocator's peak).
+A stack of ``--depth`` additive coupling blocks on ``--width`` channels, F and
+G each BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the channels (the
+pre-activation basic block of the official RevNet code). One step is forward,
+backward of mean(y^2) and an SGD update. The variants, side by side in one run:
 
-    python benchmarks/step_time.py                      # CPU defaults, well under a minute
-    python benchmarks/step_time.py --device cuda --batch 128 --size 32 --depth 18
+* ``autograd``: revlib, mode "autograd" (everything stored; the reference);
+* ``reversible``: revlib, mode "reversible", default (safe) settings;
+* ``reversible_no_rng``: the same with ``preserve_rng_state=False`` (the opt-out);
+* ``reversible_before``: the engine as it was before the "never a silently
+  wrong gradient" work (git revision ``--before``, loaded from git into a
+  temporary package; skipped when git or the revision is missing);
+* ``checkpoint``: revlib, mode "checkpoint" (torch.utils.checkpoint per block);
+* ``memcnn``: MemCNN 1.5.2's ``InvertibleModuleWrapper(AdditiveCoupling(F, G))``
+  per block, when installed (optional: ``pip install --no-deps memcnn==1.5.2``;
+  not a dependency of revlib).
 
-Writes benchmarks/results/step_time_<device>.json (``--out`` to change).
+The variants are timed interleaved, in a rotating order, after warm-up steps
+(so a change in the machine's load hits all of them alike); the median of
+``--repeats`` steps is reported, with each variant's ratio to autograd (ratio of
+medians, the median of the per-round ratios, and the ratio of the median CPU
+times of the process, which other processes' load disturbs less), and the bytes each revlib mode
+saves for the backward (revlib.core.memory.saved_tensor_bytes; on CUDA also the
+allocator's peak).
+
+    python benchmarks/step_time.py --threads 2          # the CPU setting of the results file
+    python benchmarks/step_time.py --device cuda --batch 128 --depth 18
+
+Writes benchmarks/results/step_time_<device>.json (``--out`` to change). CPU
+timings depend on the machine's load: compare ratios from one run only.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +51,8 @@ import revlib
 from common import run_metadata, sync, write_result
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 
+REPO = Path(__file__).resolve().parent.parent
+ENGINE_FILES = ("blocks", "recompute", "sequence", "couplings", "modes")
 
 
 def preact_half(channels: int) -> nn.Sequential:
@@ -41,90 +63,158 @@ def preact_half(channels: int) -> nn.Sequential:
     )
 
 
-def revnet_stack(depth: int, width: int) -> revlib.ReversibleSequence:
+def halves(depth: int, width: int) -> list[tuple[nn.Module, nn.Module]]:
     if width % 2:
         raise SystemExit(f"--width must be even (two halves), got {width}")
-    return revlib.ReversibleSequence(
-        [revlib.AdditiveCoupling(preact_half(width // 2), preact_half(width // 2)) for _ in range(depth)]
-    )
+    return [(preact_half(width // 2), preact_half(width // 2)) for _ in range(depth)]
+
+
+def engine_before(revision: str):
+    """revlib's engine modules at ``revision`` as a temporary package, or None if git cannot give them."""
+    target = Path(tempfile.mkdtemp(prefix="revlib_before_")) / "revlib_before_core"
+    target.mkdir()
+    (target / "__init__.py").write_text("")
+    try:
+        for name in ENGINE_FILES:
+            source = subprocess.run(
+                ["git", "-C", str(REPO), "show", f"{revision}:revlib/core/{name}.py"],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            (target / f"{name}.py").write_text(source)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    sys.path.insert(0, str(target.parent))
+    return importlib.import_module("revlib_before_core")
+
+
+def memcnn_stack(pairs):
+    """MemCNN's invertible wrapper around its additive coupling, per block; None if MemCNN is missing."""
+    try:
+        import memcnn
+    except ImportError:
+        return None
+    return nn.Sequential(*[
+        memcnn.InvertibleModuleWrapper(memcnn.AdditiveCoupling(Fm=f, Gm=g), keep_input=False, keep_input_inverse=False)
+        for f, g in pairs
+    ])
+
+
+def build_variants(args: argparse.Namespace, device: torch.device) -> dict[str, nn.Module]:
+    torch.manual_seed(args.seed)
+    pairs = halves(args.depth, args.width)
+    models: dict[str, nn.Module] = {}
+
+    def revlib_chain(mode: str, **kwargs) -> nn.Module:
+        blocks = [revlib.AdditiveCoupling(*copy.deepcopy(pair)) for pair in pairs]
+        return revlib.ReversibleSequence(blocks, mode=mode, **kwargs)
+
+    models["autograd"] = revlib_chain("autograd")
+    models["reversible"] = revlib_chain("reversible")
+    models["reversible_no_rng"] = revlib_chain("reversible", preserve_rng_state=False)
+    before = engine_before(args.before) if args.before else None
+    if before is not None:
+        from revlib_before_core.couplings import AdditiveCoupling as BeforeCoupling
+        from revlib_before_core.sequence import ReversibleSequence as BeforeSequence
+
+        models["reversible_before"] = BeforeSequence([BeforeCoupling(*copy.deepcopy(p)) for p in pairs])
+    models["checkpoint"] = revlib_chain("checkpoint")
+    memcnn_model = memcnn_stack([copy.deepcopy(p) for p in pairs])
+    if memcnn_model is not None:
+        models["memcnn"] = memcnn_model
+    return {name: m.to(device) for name, m in models.items()}
+
+
+def same_gradients(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, bool]:
+    """Whether each revlib variant's float64 parameter gradients equal the 'reversible' variant's bit for bit."""
+    out = {}
+    ref = None
+    for name in ("reversible", "reversible_no_rng", "reversible_before"):
+        if name not in models:
+            continue
+        m = copy.deepcopy(models[name]).double()
+        m(x.double()).square().mean().backward()
+        grads = [p.grad for p in m.parameters()]
+        ref = grads if ref is None else ref
+        out[name] = all(torch.equal(a, b) for a, b in zip(grads, ref))
+    return out
 
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device) if args.device else revlib.default_device()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    base = revnet_stack(args.depth, args.width).to(device)
+    load_before = os.getloadavg()
+    models = build_variants(args, device)
+    names = list(models)
+    torch.manual_seed(args.seed + 1)
     x = torch.randn(args.batch, args.width, args.size, args.size, device=device)
+    optimizers = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for n, m in models.items()}
 
-    models, optimizers = {}, {}
-    for mode in revlib.MODES:
-        models[mode] = copy.deepcopy(base)
-        models[mode].mode = mode
-        optimizers[mode] = torch.optim.SGD(models[mode].parameters(), lr=0.01, momentum=0.9)
-
-    def step(mode: str) -> None:
-        optimizers[mode].zero_grad(set_to_none=True)
-        models[mode](x).square().mean().backward()
-        optimizers[mode].step()
+    def step(name: str) -> None:
+        optimizers[name].zero_grad(set_to_none=True)
+        models[name](x.clone()).square().mean().backward()  # a fresh input: MemCNN frees its block inputs
+        optimizers[name].step()
 
     for _ in range(args.warmup):
-        for mode in revlib.MODES:
-            step(mode)
-    times: dict[str, list[float]] = {mode: [] for mode in revlib.MODES}
-    for _ in range(args.repeats):
-        for mode in revlib.MODES:
+        for name in names:
+            step(name)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    cpu_times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
             sync(device)
-            start = time.perf_counter()
-            step(mode)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step(name)
             sync(device)
-            times[mode].append(time.perf_counter() - start)
+            times[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - start_cpu)
 
-    saved = {mode: saved_tensor_bytes(models[mode], x) for mode in revlib.MODES}
-    peak = None
-    if device.type == "cuda":
-        peak = {mode: cuda_peak_bytes(lambda m=mode: step(m), device) for mode in revlib.MODES}
-
-    medians = {mode: statistics.median(t) for mode, t in times.items()}
-
-    def paired(mode: str) -> float:
-        return statistics.median(a / b for a, b in zip(times[mode], times["autograd"]))
-
+    revlib_names = [n for n in names if n != "memcnn"]
+    saved = {n: saved_tensor_bytes(models[n], x) for n in revlib_names}
+    peak = {n: cuda_peak_bytes(lambda n=n: step(n), device) for n in names} if device.type == "cuda" else None
+    medians = {n: statistics.median(t) for n, t in times.items()}
+    ratio = {n: medians[n] / medians["autograd"] for n in names}
+    paired = {n: statistics.median(a / b for a, b in zip(times[n], times["autograd"])) for n in names}
+    # CPU time of this process (all its threads): less sensitive than wall time to other processes' load
+    cpu_medians = {n: statistics.median(t) for n, t in cpu_times.items()}
+    cpu_ratio = {n: cpu_medians[n] / cpu_medians["autograd"] for n in names}
+    small = torch.randn(2, args.width, 8, 8, device=device)
     return {
         "benchmark": "step_time",
-        "what": "one training step (forward, backward of mean(y^2), SGD update) of a stack of "
-        "AdditiveCoupling blocks, F and G = BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the channels",
+        "what": "one training step (forward, backward of mean(y^2), SGD update) of a stack of additive "
+        "coupling blocks, F and G = BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the channels",
         **run_metadata(device),
-        "depth": args.depth,
-        "width": args.width,
-        "batch": args.batch,
-        "size": args.size,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
+        "depth": args.depth, "width": args.width, "batch": args.batch, "size": args.size,
+        "warmup": args.warmup, "repeats": args.repeats, "before_revision": args.before,
+        "variants": names,
         "median_seconds": medians,
-        "min_seconds": {mode: min(t) for mode, t in times.items()},
+        "ratio_to_autograd": ratio,
+        "paired_ratio_to_autograd": paired,
+        "median_cpu_seconds": cpu_medians,
+        "cpu_time_ratio_to_autograd": cpu_ratio,
+        "min_seconds": {n: min(t) for n, t in times.items()},
         "all_seconds": times,
-        "ratio_reversible_to_autograd": medians["reversible"] / medians["autograd"],
-        "ratio_checkpoint_to_autograd": medians["checkpoint"] / medians["autograd"],
-        # the ratio within each round (steps back to back), median over rounds: less sensitive to load drift
-        "paired_ratio_reversible_to_autograd": paired("reversible"),
-        "paired_ratio_checkpoint_to_autograd": paired("checkpoint"),
+        "float64_gradients_bit_equal_to_reversible": same_gradients(models, small),
         "saved_bytes": saved,
         "cuda_peak_bytes": peak,
-        "note": "medians of interleaved repeats after warm-up; CPU timings depend on the machine's load",
+        # the machine's 1-minute load average before and after: above the core count, wall times are unreliable
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "note": "medians of interleaved repeats (rotating order) after warm-up; CPU timings depend on the "
+        "machine's load, so compare ratios within one run",
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", type=int, default=8, help="number of reversible blocks (default 8)")
+    parser.add_argument("--depth", type=int, default=9, help="number of reversible blocks (default 9)")
     parser.add_argument("--width", type=int, default=32, help="channels, split into two halves (default 32)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    parser.add_argument("--size", type=int, default=16, help="height and width of the input (default 16)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps per mode (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per mode first (default 2)")
+    parser.add_argument("--size", type=int, default=32, help="height and width of the input (default 32)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed steps per variant (default 15)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default 2)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: revlib.default_device())")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--before", default="8abb1ff", help="git revision of the 'before' engine ('' to skip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/step_time_<device>.json)")
     args = parser.parse_args(argv)
@@ -134,20 +224,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['device']}, torch {result['torch']}, {result['threads']} threads; depth {args.depth}, "
         f"width {args.width}, batch {args.batch}, {args.size}x{args.size}; median of {args.repeats} after {args.warmup} warm-up"
     )
-    print(f"{'mode':12s} {'median ms':>10s} {'ratio':>7s} {'saved MiB':>10s}")
-    for mode in revlib.MODES:
-        med = result["median_seconds"][mode]
+    print(f"{'variant':18s} {'median ms':>10s} {'ratio':>7s} {'paired':>7s} {'CPU ratio':>9s} {'saved MiB':>10s}")
+    for n in result["variants"]:
+        saved = result["saved_bytes"].get(n)
         print(
-            f"{mode:12s} {1000 * med:10.1f} {med / result['median_seconds']['autograd']:7.2f} "
-            f"{result['saved_bytes'][mode] / 2**20:10.2f}"
+            f"{n:18s} {1000 * result['median_seconds'][n]:10.1f} {result['ratio_to_autograd'][n]:7.2f} "
+            f"{result['paired_ratio_to_autograd'][n]:7.2f} {result['cpu_time_ratio_to_autograd'][n]:9.2f} "
+            f"{'' if saved is None else f'{saved / 2**20:10.2f}'}"
         )
-    out = write_result(result, args.out, "step_time")
-    print(
-        f"ratios of medians: reversible/autograd {result['ratio_reversible_to_autograd']:.2f}, "
-        f"checkpoint/autograd {result['ratio_checkpoint_to_autograd']:.2f}; median paired ratios: "
-        f"{result['paired_ratio_reversible_to_autograd']:.2f}, {result['paired_ratio_checkpoint_to_autograd']:.2f}"
-    )
-    print(f"wrote {out}")
+    print("float64 gradients bit-equal to 'reversible':", result["float64_gradients_bit_equal_to_reversible"])
+    load = result["load_average_1min"]
+    print(f"load average (1 min) before/after: {load['before']:.1f}/{load['after']:.1f} on {os.cpu_count()} cores")
+    print(f"wrote {write_result(result, args.out, 'step_time')}")
     return 0
 
 

@@ -66,3 +66,28 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Every available device: the CPU always, CUDA when present (as MemCNN's tests do)."""
+    return torch.device(request.param)
+
+
+def grads_of(model: nn.Module) -> list[torch.Tensor | None]:
+    """The ``.grad`` of every parameter of ``model``, in order (cloned)."""
+    return [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+
+
+def worst_rel_error(grads: list, reference: list) -> float:
+    """The largest :func:`max_rel_error` over pairs of gradients (both ``None`` counts as equal)."""
+    worst = 0.0
+    for a, b in zip(grads, reference, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+            continue
+        worst = max(worst, max_rel_error(a, b))
+    return worst

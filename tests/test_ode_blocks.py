@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as Fn
+import torch.nn.functional as nnf
 
 import revlib
 from revlib.core.memory import saved_tensor_bytes
@@ -53,7 +53,7 @@ def test_k_transpose_is_the_adjoint_of_k():
     f = KTransposeSigmaK(4, hidden=6, kernel_size=3).double()
     x = torch.randn(2, 4, 5, 7, dtype=torch.float64)
     u = torch.randn(2, 6, 5, 7, dtype=torch.float64)
-    kx = Fn.conv2d(x, f.weight, padding=1)
+    kx = nnf.conv2d(x, f.weight, padding=1)
     assert torch.allclose((kx * u).sum(), (x * f.transpose(u)).sum(), rtol=1e-12)
 
 
@@ -71,8 +71,8 @@ def test_hamiltonian_block_is_the_verlet_step():
     y0, z0 = x.chunk(2, dim=1)
     K1, b1 = block.F.fn.weight, block.F.fn.bias
     K2, b2 = block.G.fn.weight, block.G.fn.bias
-    y1 = y0 + 0.3 * Fn.conv_transpose2d(torch.relu(Fn.conv2d(z0, K1, b1, padding=1)), K1, padding=1)
-    z1 = z0 - 0.3 * Fn.conv_transpose2d(torch.relu(Fn.conv2d(y1, K2, b2, padding=1)), K2, padding=1)
+    y1 = y0 + 0.3 * nnf.conv_transpose2d(torch.relu(nnf.conv2d(z0, K1, b1, padding=1)), K1, padding=1)
+    z1 = z0 - 0.3 * nnf.conv_transpose2d(torch.relu(nnf.conv2d(y1, K2, b2, padding=1)), K2, padding=1)
     assert torch.allclose(block(x), torch.cat([y1, z1], dim=1), atol=1e-13)
 
 

@@ -45,12 +45,12 @@ def test_gradcheck_float64():
         assert g[idx].item() == pytest.approx(((up - down) / (2 * eps)).item(), rel=1e-5, abs=1e-8)
 
 
-def test_float32_revnet_gradients_equal_autograd():
+def test_float32_revnet_gradients_equal_autograd(device):
     """Float32 reconstruction differs from the stored activations by a few ulps; a ReLU input
     that close to zero can change sides and move one gradient by ~1e-3 (chapter 3 shows this on
     a large batch). This small stack has no such flip, so the 1e-5 bound holds."""
-    base = revnet_stack(depth=6, channels=16)
-    x = torch.randn(4, 16, 8, 8, requires_grad=True)
+    base = revnet_stack(depth=6, channels=16).to(device)
+    x = torch.randn(4, 16, 8, 8, device=device, requires_grad=True)
     results = {mode: run_step(m, x) for mode, m in copies_by_mode(base).items()}
     y_ref, dx_ref, dp_ref = results["autograd"]
     for mode in ("reversible", "checkpoint"):
@@ -62,10 +62,10 @@ def test_float32_revnet_gradients_equal_autograd():
 
 
 @pytest.mark.parametrize("mode", ["reversible", "checkpoint"])
-def test_batchnorm_running_stats_updated_once(mode):
-    base = revnet_stack(depth=3)
+def test_batchnorm_running_stats_updated_once(mode, device):
+    base = revnet_stack(depth=3).to(device)
     models = copies_by_mode(base)
-    x = torch.randn(4, 8, 6, 6, requires_grad=True)
+    x = torch.randn(4, 8, 6, 6, device=device, requires_grad=True)
     for m in models.values():
         run_step(m, x)
     ours = dict(models[mode].named_buffers())
@@ -73,20 +73,21 @@ def test_batchnorm_running_stats_updated_once(mode):
     assert ref["blocks.0.F.0.num_batches_tracked"].item() == 1
     for name, value in ref.items():
         assert torch.equal(ours[name], value), name
-    assert not torch.equal(ref["blocks.0.F.0.running_mean"], torch.zeros(4))
+    assert not torch.equal(ref["blocks.0.F.0.running_mean"], torch.zeros(4, device=device))
 
 
 @pytest.mark.parametrize("mode", ["reversible", "checkpoint"])
-def test_dropout_masks_are_replayed(mode):
-    base = revnet_stack(depth=3, dropout=0.5)
+def test_dropout_masks_are_replayed(mode, device):
+    base = revnet_stack(depth=3, dropout=0.5).to(device)
     models = copies_by_mode(base)
-    x = torch.randn(4, 8, 6, 6, requires_grad=True)
+    x = torch.randn(4, 8, 6, 6, device=device, requires_grad=True)
     out = {}
     for name, m in models.items():
         torch.manual_seed(123)
         y = m(x)
         (y ** 2).sum().backward()
-        out[name] = (y.detach(), [p.grad.clone() for p in m.parameters()], torch.get_rng_state())
+        rng = torch.get_device_module(device.type).get_rng_state() if device.type != "cpu" else torch.get_rng_state()
+        out[name] = (y.detach(), [p.grad.clone() for p in m.parameters()], rng)
         x.grad = None
     y, grads, rng = out[mode]
     y_ref, grads_ref, rng_ref = out["autograd"]
@@ -245,7 +246,7 @@ def test_functional_call_is_rejected_clearly():
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
     params = {name: p.detach().clone().requires_grad_() for name, p in m.named_parameters()}
     y = torch.func.functional_call(m, params, (x,))
-    with pytest.raises(RuntimeError, match="parameters were replaced between forward and backward"):
+    with pytest.raises(RuntimeError, match="parameters or buffers were replaced between forward and backward"):
         (y ** 2).sum().backward()
     m.mode = "autograd"
     y = torch.func.functional_call(m, params, (x,))

@@ -3,8 +3,10 @@
 A block is a bijection ``y = forward(x)`` with ``x = inverse(y)``. Subclasses
 write the two directions once, as ``_forward(x, run)`` and ``_inverse(y, run)``,
 calling every learned sub-function through ``run(name, fn, tensor)``. The same
-code then serves a plain forward, a forward that records RNG states on a
-:class:`~revlib.core.recompute.Tape`, and a recomputation that replays them.
+code then serves a plain forward (:func:`plain_run`), a forward that records
+on a :class:`~revlib.core.recompute.Tape` (``tape.record``), and a
+recomputation that replays it (``tape.replay``). The rules an implementer must
+follow are in :class:`ReversibleBlock`'s docstring.
 
 :meth:`ReversibleBlock.backward_step` is the step of the paper's Algorithm 1:
 from the output ``y`` and its gradient ``dy`` it returns the input ``x``, its
@@ -15,12 +17,13 @@ couplings override it with a fused step that evaluates each sub-function once.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+import contextlib
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .recompute import Tape
+from .recompute import Tape, submodules
 
 __all__ = [
     "ReversibleBlock",
@@ -31,6 +34,8 @@ __all__ = [
     "split_halves",
     "join_halves",
     "check_same_shape",
+    "implements_contract",
+    "detached_parameters",
 ]
 
 Run = Callable[[str, nn.Module, Tensor], Tensor]
@@ -104,9 +109,10 @@ def trainable_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
     """The distinct parameters that require gradients, in a fixed order."""
     seen: dict[int, nn.Parameter] = {}
     for module in modules:
-        for p in module.parameters():
-            if p.requires_grad and id(p) not in seen:
-                seen[id(p)] = p
+        for m in submodules(module):
+            for p in m._parameters.values():
+                if p is not None and p.requires_grad and id(p) not in seen:
+                    seen[id(p)] = p
     return list(seen.values())
 
 
@@ -134,15 +140,50 @@ def grads_for(
 class ReversibleBlock(nn.Module):
     """A bijection ``y = forward(x)``, ``x = inverse(y)`` with a memory-free backward step.
 
-    Subclasses implement :meth:`_forward` and :meth:`_inverse`; they may
-    override :meth:`backward_step` with a cheaper fused version.
+    The contract, as rules an implementer follows (the engine relies on them
+    to give autograd's gradients or an error, never a silently wrong gradient):
+
+    1. Implement :meth:`_forward` ``(x, run)`` and :meth:`_inverse` ``(y, run)``,
+       not ``forward``/``inverse`` (those call the underscored methods with
+       :func:`plain_run`). The two must be exact inverses up to round-off.
+    2. Call every sub-function that has parameters, buffers, random draws or
+       autocast-sensitive ops through ``run(name, fn, h)``, which returns
+       ``fn(h)``. ``name`` is a string unique within the block (``"F"``,
+       ``"G"``); the inverse calls the same ``fn`` under the same name, on the
+       tensor the forward called it on (reconstructed). ``fn`` takes one
+       tensor and returns one tensor of the same shape unless the block
+       checks otherwise.
+    3. Everything outside ``run`` is deterministic and stateless: the
+       splitting, adding, scaling and concatenating of halves. It draws no
+       random numbers, updates no buffer and reads no global state.
+    4. Inside ``fn`` anything torch provides is allowed: random layers (the
+       engine records the generator states when the call draws), BatchNorm
+       (its running statistics are updated once per step), buffers updated
+       in place by the forward (spectral norm, moving averages: recorded and
+       replayed from their value before the call), autocast. Python-side state
+       (a counter in an attribute, a list that grows) is not recorded: keep
+       state in registered buffers.
+    5. Parameters are the module's own (``self.parameters()``); a block may
+       share a parameter with another block or appear twice in a sequence.
+    6. Optionally override :meth:`backward_step` with a fused version; it
+       calls sub-functions through ``tape.replay(name, fn, h)`` and returns the
+       parameter gradients as pairs with the tensors ``self.parameters()``
+       yields during the step (the engine swaps in detached aliases there, so
+       parameter hooks fire once, in the autograd engine).
     """
 
     def _forward(self, x: Tensor, run: Run) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}: a ReversibleBlock implements _forward(x, run) and "
+            "_inverse(y, run), calling each sub-function as run(name, fn, h); overriding "
+            "forward/inverse is not enough, since the engine records and replays through run"
+        )
 
     def _inverse(self, y: Tensor, run: Run) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}: a ReversibleBlock implements _inverse(y, run) (the exact "
+            "inverse of _forward), calling each sub-function as run(name, fn, h)"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """``y = f(x)``."""
@@ -154,11 +195,16 @@ class ReversibleBlock(nn.Module):
 
     def forward_recorded(self, x: Tensor, tape: Tape) -> Tensor:
         """The forward, recording on ``tape`` what a recomputation must replay."""
-        return self._forward(x, tape.call)
+        return self._forward(x, tape.record)
 
     def inverse_replayed(self, y: Tensor, tape: Tape) -> Tensor:
-        """The inverse of :meth:`forward_recorded`, replaying the tape (same dropout masks)."""
-        return self._inverse(y, tape.recall)
+        """The inverse of :meth:`forward_recorded`, replaying the tape (same random draws, same buffers)."""
+        return self._inverse(y, tape.replay)
+
+    def round_trip(self, x: Tensor, record_rng: bool = True) -> Tensor:
+        """``f^{-1}(f(x))`` recorded and replayed exactly as in a training step (for :func:`check_inverse`)."""
+        tape = Tape.start(x, record_rng)
+        return self.inverse_replayed(self.forward_recorded(x, tape), tape)
 
     def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor | None, ParamGrads]:
         """Reconstruct ``x`` from ``y`` and map ``dy`` to ``dx`` and the parameter gradients.
@@ -169,6 +215,36 @@ class ReversibleBlock(nn.Module):
         with torch.no_grad():
             x = self.inverse_replayed(y, tape)
         x = x.detach().requires_grad_(True)
-        y_again = self._forward(x, tape.recall)
+        y_again = self._forward(x, tape.replay)
         (dx,), param_grads = grads_for([y_again], [dy], [x], trainable_parameters([self]))
         return x.detach(), dx, param_grads
+
+
+def implements_contract(block: nn.Module) -> bool:
+    """True if ``block``'s class overrides both :meth:`ReversibleBlock._forward` and ``_inverse``."""
+    cls = type(block)
+    return cls._forward is not ReversibleBlock._forward and cls._inverse is not ReversibleBlock._inverse
+
+
+@contextlib.contextmanager
+def detached_parameters(module: nn.Module, aliases: dict[int, Tensor]) -> Iterator[None]:
+    """Run the body with each parameter of ``module`` listed in ``aliases`` swapped for its alias.
+
+    ``aliases`` maps ``id(parameter)`` to a detached leaf sharing its storage
+    (``p.detach().requires_grad_()``, no copy). Gradients taken inside the body
+    with respect to ``module.parameters()`` are then gradients with respect to
+    the aliases, so the hooks registered on the real parameters do not fire
+    there; the engine fires them once, when the chain's autograd function
+    returns the summed gradients for the real parameters.
+    """
+    swapped = []
+    for m in submodules(module):
+        for name, p in m._parameters.items():
+            if p is not None and id(p) in aliases:
+                swapped.append((m, name, p))
+                m._parameters[name] = aliases[id(p)]
+    try:
+        yield
+    finally:
+        for m, name, p in swapped:
+            m._parameters[name] = p

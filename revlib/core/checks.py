@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import ReversibleBlock
-from .recompute import RNGState, Tape, frozen_norm_stats
-from .sequence import ReversibleSequence
+from .recompute import RNGState
 
 __all__ = ["check_inverse"]
 
@@ -15,23 +13,31 @@ __all__ = ["check_inverse"]
 def check_inverse(module: nn.Module, x: Tensor) -> float:
     """The largest absolute error :math:`\\max |f^{-1}(f(x)) - x|`.
 
-    ``module`` is a :class:`ReversibleBlock`, a :class:`ReversibleSequence`, or
-    any module with an ``inverse`` method. It runs in its current train/eval
-    mode without building a graph; running statistics are not updated, random
-    layers draw the same numbers in both directions, and the global RNG state
-    is left as it was.
+    ``module`` is a :class:`~revlib.core.blocks.ReversibleBlock`, a
+    :class:`~revlib.core.sequence.ReversibleSequence` (anything with a
+    ``round_trip`` method), or any module with an ``inverse`` method. A block
+    or sequence runs its forward and inverse recorded and replayed exactly as
+    the reversible backward does (same random draws, same buffers, same
+    autocast), so a large error here means the reversible backward would
+    reconstruct wrong inputs. It runs in the current train/eval mode without
+    building a graph; the module's buffers and the global RNG state are left
+    as they were.
     """
     if not hasattr(module, "inverse"):
         raise TypeError(f"check_inverse: {type(module).__name__} has no inverse method")
-    with torch.no_grad(), frozen_norm_stats(module), RNGState.capture(x).replay():
-        if isinstance(module, ReversibleSequence):
-            y, tapes = module.forward_recorded(x)
-            x_again = module.inverse_replayed(y, tapes)
-        elif isinstance(module, ReversibleBlock):
-            tape = Tape.start(x, record_rng=True)
-            x_again = module.inverse_replayed(module.forward_recorded(x, tape), tape)
-        else:
-            x_again = module.inverse(module(x))
+    if x.numel() == 0:
+        raise ValueError(
+            f"check_inverse: the input is empty (shape {tuple(x.shape)}); pass at least one sample"
+        )
+    buffers = [(b, b.clone()) for b in module.buffers()]
+    try:
+        with torch.no_grad(), RNGState.capture(x).replay():
+            round_trip = getattr(module, "round_trip", None)
+            x_again = round_trip(x) if round_trip is not None else module.inverse(module(x))
+    finally:
+        with torch.no_grad():
+            for b, value in buffers:
+                b.copy_(value)
     if x_again.shape != x.shape:
         raise ValueError(
             f"check_inverse: {type(module).__name__} maps shape {tuple(x.shape)} back to "

@@ -21,6 +21,7 @@ from .blocks import (
     check_same_shape,
     grads_for,
     join_halves,
+    plain_run,
     split_halves,
     trainable_parameters,
 )
@@ -69,11 +70,11 @@ class AdditiveCoupling(ReversibleBlock):
         y1, y2 = (h.detach() for h in split_halves(self, y, "output"))
         dy1, dy2 = dy.chunk(2, dim=self.dim)
         z1 = y1.requires_grad_(True)
-        g = tape.recall("G", self.G, z1)
+        g = tape.replay("G", self.G, z1)
         (dz1_from_g,), g_grads = grads_for([g], [dy2], [z1], trainable_parameters([self.G]))
         x2 = (y2 - g.detach()).requires_grad_(True)
         dz1 = dy1 if dz1_from_g is None else dy1 + dz1_from_g
-        f = tape.recall("F", self.F, x2)
+        f = tape.replay("F", self.F, x2)
         (dx2_from_f,), f_grads = grads_for([f], [dz1], [x2], trainable_parameters([self.F]))
         x1 = y1.detach() - f.detach()
         dx2 = dy2 if dx2_from_f is None else dy2 + dx2_from_f
@@ -108,7 +109,7 @@ class NICECoupling(ReversibleBlock):
         y1, y2 = (h.detach() for h in split_halves(self, y, "output"))
         dy1, dy2 = dy.chunk(2, dim=self.dim)
         x1 = y1.requires_grad_(True)
-        m = tape.recall("m", self.m, x1)
+        m = tape.replay("m", self.m, x1)
         (dx1_from_m,), grads = grads_for([m], [dy2], [x1], trainable_parameters([self.m]))
         dx1 = dy1 if dx1_from_m is None else dy1 + dx1_from_m
         x = join_halves(self, y1.detach(), y2 - m.detach())
@@ -163,7 +164,7 @@ class AffineCoupling(ReversibleBlock):
     def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``y`` and :math:`\\log|\\det \\partial y/\\partial x| = \\sum s(x_1)` per sample."""
         x1, x2 = split_halves(self, x)
-        s, t = self._scale_shift(x1, lambda name, fn, v: fn(v))
+        s, t = self._scale_shift(x1, plain_run)
         y = join_halves(self, x1, x2 * torch.exp(s) + t)
         return y, s.flatten(1).sum(dim=1)
 
@@ -177,7 +178,7 @@ class AffineCoupling(ReversibleBlock):
         y1, y2 = (h.detach() for h in split_halves(self, y, "output"))
         dy1, dy2 = dy.chunk(2, dim=self.dim)
         x1 = y1.requires_grad_(True)
-        s, t = self._scale_shift(x1, tape.recall)
+        s, t = self._scale_shift(x1, tape.replay)
         x2 = ((y2 - t.detach()) * torch.exp(-s.detach()))
         y2_again = x2 * torch.exp(s) + t
         (dx1_from_st,), grads = grads_for([y2_again], [dy2], [x1], trainable_parameters([self.net]))
@@ -205,4 +206,4 @@ class HalfSwap(ReversibleBlock):
 
     def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor, ParamGrads]:
         dy1, dy2 = split_halves(self, dy, "gradient")
-        return self._inverse(y.detach(), tape.recall), join_halves(self, dy2, dy1), []
+        return self._inverse(y.detach(), tape.replay), join_halves(self, dy2, dy1), []

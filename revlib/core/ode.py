@@ -49,7 +49,7 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as Fn
+import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from .blocks import (
@@ -170,14 +170,14 @@ class KTransposeSigmaK(nn.Module):
     def inner(self, x: Tensor) -> Tensor:
         """:math:`K x + b`."""
         if self.kernel_size is None:
-            return Fn.linear(x, self.weight, self.bias)
-        return Fn.conv2d(x, self.weight, self.bias, padding=self.kernel_size // 2)
+            return nnf.linear(x, self.weight, self.bias)
+        return nnf.conv2d(x, self.weight, self.bias, padding=self.kernel_size // 2)
 
     def transpose(self, u: Tensor) -> Tensor:
         r""":math:`K^\top u` with the same weight."""
         if self.kernel_size is None:
-            return Fn.linear(u, self.weight.t())
-        return Fn.conv_transpose2d(u, self.weight, padding=self.kernel_size // 2)
+            return nnf.linear(u, self.weight.t())
+        return nnf.conv_transpose2d(u, self.weight, padding=self.kernel_size // 2)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.transpose(self.act(self.inner(x)))
@@ -212,9 +212,9 @@ class AntisymmetricSigma(nn.Module):
     def inner(self, x: Tensor) -> Tensor:
         r""":math:`(K - K^\top) x + b`."""
         if self.kernel_size is None:
-            return Fn.linear(x, self.weight - self.weight.t(), self.bias)
+            return nnf.linear(x, self.weight - self.weight.t(), self.bias)
         pad = self.kernel_size // 2
-        out = Fn.conv2d(x, self.weight, padding=pad) - Fn.conv_transpose2d(x, self.weight, padding=pad)
+        out = nnf.conv2d(x, self.weight, padding=pad) - nnf.conv_transpose2d(x, self.weight, padding=pad)
         return out if self.bias is None else out + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -359,7 +359,7 @@ class TwoStepBlock(ReversibleBlock):
         cur, new = (t.detach() for t in split_halves(self, y, "output"))
         dcur_out, dnew = dy.chunk(2, dim=1)
         cur = cur.requires_grad_(True)
-        update = tape.recall("F", self.F, cur)
+        update = tape.replay("F", self.F, cur)
         (dcur_from_f,), grads = grads_for([update], [dnew], [cur], trainable_parameters([self.F]))
         prev = self._previous(cur.detach(), new, update.detach())
         dprev = dnew if self.beta == 1 else -dnew

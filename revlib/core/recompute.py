@@ -1,35 +1,54 @@
 """What a recomputation must replay so that it sees exactly what the forward saw.
 
-A reversible backward pass runs F and G a second time. Three pieces of global
-state must then match the first run, or the reconstruction and the gradients
-are silently wrong (see the book's chapter on reversible backprop):
+A reversible backward pass runs every sub-function (F, G, ...) a second time.
+The second run must compute the very function the first run computed, or the
+reconstruction and the gradients are silently wrong (see the book's chapter on
+reversible backprop). A :class:`Tape` records, per sub-function call, what the
+second run needs:
 
-* the random number generators (dropout masks): recorded before each call in
-  the forward, replayed inside :func:`torch.random.fork_rng` so the global
-  RNG stream after the step is unchanged;
-* the autocast state (dtype and enabled flag) of the forward;
-* normalisation layers' running statistics, which must be updated once per
-  step, so a recomputation runs with their updates switched off.
+* **random numbers**: the generator states before the call (CPU and the
+  input's accelerator), kept only when the call drew from them (the state
+  moved), so any random layer (dropout, RReLU, attention dropout, a call of
+  ``torch.nn.functional.dropout``, ``torch.rand``) is replayed and a
+  deterministic call keeps nothing; the replay runs inside
+  :func:`torch.random.fork_rng`, so the global streams are left as they were;
+* **the autocast state** of the call's device type and of the CPU, entered
+  again in the replay whether it was on or off;
+* **state updated by the forward**: the running statistics of normalisation
+  layers in training mode are not touched by a replay (the forward updated
+  them once); any other buffer that the call changed (a spectral norm's power
+  iteration vectors, a user's moving average) is copied before the call, and
+  the replay runs on that copy, so it reads what the forward read and the
+  module keeps the forward's update.
+
+The tensors a tape keeps (generator states, buffer copies) are listed by
+:meth:`Tape.tensors` so that the chain saves them for backward, where
+:class:`~revlib.core.memory.SavedTensorMeter` counts them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator
 
 import torch
-from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.utils.checkpoint import checkpoint, get_device_states, set_device_states
 
 __all__ = [
     "RNGState",
     "AutocastState",
+    "BufferCopy",
     "Tape",
     "frozen_norm_stats",
+    "updating_norm_layers",
+    "updated_once_buffers",
     "checkpoint_updating_stats_once",
     "has_random_layers",
+    "ModuleState",
+    "submodules",
 ]
 
 _RANDOM_LAYERS = (
@@ -40,13 +59,14 @@ _RANDOM_LAYERS = (
     nn.AlphaDropout,
     nn.FeatureAlphaDropout,
 )
+_NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def has_random_layers(module: nn.Module) -> bool:
-    """True if ``module`` holds a dropout layer that draws random numbers now.
+    """True if ``module`` holds a ``torch.nn`` dropout layer that draws random numbers now.
 
-    Only the layers of ``torch.nn`` are recognised; a module that calls
-    ``torch.nn.functional.dropout`` itself needs ``preserve_rng_state=True``.
+    A hint only: the engine does not rely on it. It detects a random call by
+    its effect on the generator state (see :class:`Tape`).
     """
     return any(
         isinstance(m, _RANDOM_LAYERS) and m.training and m.p > 0 for m in module.modules()
@@ -55,19 +75,21 @@ def has_random_layers(module: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class RNGState:
-    """The CPU generator state and the accelerator generator states of some tensors."""
+    """The CPU generator state and the generator states of the accelerators some tensors live on."""
 
-    cpu: torch.Tensor
+    cpu: Tensor
     device_type: str | None
     devices: list[int]
-    device_states: list[torch.Tensor]
+    device_states: list[Tensor]
 
     @classmethod
-    def capture(cls, *tensors: torch.Tensor) -> "RNGState":
+    def capture(cls, *tensors: Tensor) -> "RNGState":
         """Record the states that a call on ``tensors`` would draw from.
 
-        Device generators are read at call time, never at construction time, so
-        a CUDA context created after the model was built is handled.
+        Device generators are read at call time (through
+        :func:`torch.get_device_module`), so a CUDA context created after the
+        model was built is handled. A call that draws on a device none of
+        ``tensors`` lives on is not covered (as in :mod:`torch.utils.checkpoint`).
         """
         device_types = {t.device.type for t in tensors if t.device.type not in ("cpu", "meta")}
         device_type = device_types.pop() if len(device_types) == 1 else None
@@ -76,6 +98,18 @@ class RNGState:
         else:
             devices, states = [], []
         return cls(torch.get_rng_state(), device_type, list(devices), list(states))
+
+    def is_current(self) -> bool:
+        """True if the generators are still in this state (nothing drew since the capture)."""
+        if not torch.equal(self.cpu, torch.get_rng_state()):
+            return False
+        if self.device_type is None:
+            return True
+        module = torch.get_device_module(self.device_type)
+        return all(
+            torch.equal(state, module.get_rng_state(device))
+            for device, state in zip(self.devices, self.device_states)
+        )
 
     @contextlib.contextmanager
     def replay(self) -> Iterator[None]:
@@ -89,65 +123,172 @@ class RNGState:
                 set_device_states(self.devices, self.device_states, device_type=self.device_type)
             yield
 
+    def tensors(self) -> list[Tensor]:
+        return [self.cpu, *self.device_states]
+
+    def with_tensors(self, tensors: Iterator[Tensor]) -> "RNGState":
+        cpu = next(tensors)
+        return replace(self, cpu=cpu, device_states=[next(tensors) for _ in self.device_states])
+
 
 @dataclass(frozen=True)
 class AutocastState:
-    """Whether autocast was on for a device type, and with which dtype."""
+    """The autocast state (enabled flag and dtype) of some device types, and the cache flag."""
 
-    device_type: str
-    enabled: bool
-    dtype: torch.dtype
+    states: tuple[tuple[str, bool, torch.dtype], ...]
     cache_enabled: bool
 
     @classmethod
     def capture(cls, device_type: str) -> "AutocastState":
-        """Read the autocast state of ``device_type`` in the current thread."""
-        if device_type not in ("cpu", "cuda", "xpu", "mps", "hpu", "xla"):
-            return cls(device_type, False, torch.float32, True)
+        """Read the autocast state of ``device_type`` and of the CPU in the current thread.
+
+        Device types without autocast (``torch.amp.is_autocast_available``) are skipped.
+        """
+        types = dict.fromkeys([device_type, "cpu"])
         return cls(
-            device_type,
-            torch.is_autocast_enabled(device_type),
-            torch.get_autocast_dtype(device_type),
+            tuple(
+                (t, torch.is_autocast_enabled(t), torch.get_autocast_dtype(t))
+                for t in types
+                if torch.amp.is_autocast_available(t)
+            ),
             torch.is_autocast_cache_enabled(),
         )
 
     def context(self) -> contextlib.AbstractContextManager:
-        """An autocast context equal to the captured state (a no-op when it was off)."""
-        if not self.enabled:
+        """Autocast contexts that set the captured state, on or off (nothing where it already holds)."""
+        if self == AutocastState.capture(self.states[0][0] if self.states else "cpu"):
             return contextlib.nullcontext()
-        return torch.autocast(
-            self.device_type, dtype=self.dtype, enabled=True, cache_enabled=self.cache_enabled
-        )
+        stack = contextlib.ExitStack()
+        for device_type, enabled, dtype in self.states:
+            stack.enter_context(
+                torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=self.cache_enabled)
+            )
+        return stack
+
+
+def submodules(module: nn.Module) -> list[nn.Module]:
+    """``list(module.modules())`` (pre-order, each module once), without the generator's per-step cost.
+
+    The engine walks the sub-functions' modules several times per step; this
+    plain loop over ``_modules`` is several times faster than ``named_modules``.
+    """
+    out: list[nn.Module] = []
+    seen: set[int] = set()
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        out.append(m)
+        stack.extend(reversed([c for c in m._modules.values() if c is not None]))
+    return out
+
+
+def _updating_norm(m: nn.Module) -> bool:
+    return isinstance(m, _NormBase) and m.training and m.track_running_stats
+
+
+def updating_norm_layers(module: nn.Module) -> list[_NormBase]:
+    """The normalisation layers of ``module`` that update running statistics in a forward now."""
+    return [m for m in submodules(module) if _updating_norm(m)]
 
 
 @contextlib.contextmanager
 def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
-    """Run the body with the running statistics of normalisation layers left unchanged.
+    """Run the body with the running statistics of normalisation layers left bit for bit unchanged.
 
     A BatchNorm layer in training mode normalises with the batch statistics
-    either way. Inside this context its momentum is 0, so the update
-    ``running = (1 - 0) * running + 0 * batch`` leaves ``running_mean`` and
-    ``running_var`` bit for bit as they were, and ``num_batches_tracked`` is
-    restored on exit. The layer saves the same tensors for backward as in the
-    first run, which non-reentrant checkpointing checks.
+    either way. Inside this context its momentum is 0, so it saves the same
+    tensors for backward as in the first run (which non-reentrant
+    checkpointing checks), and its running statistics and
+    ``num_batches_tracked`` are put back on exit (a non-finite batch, for
+    which ``0 * nan`` is not 0, leaves them clean too).
     """
-    layers = [
-        m
-        for m in module.modules()
-        if isinstance(m, _NormBase) and m.training and m.track_running_stats
+    layers = updating_norm_layers(module)
+    saved = [
+        (m, m.momentum, [(name, b, b.clone()) for name in _NORM_STATS if (b := getattr(m, name, None)) is not None])
+        for m in layers
     ]
-    saved = [(m, m.momentum, m.num_batches_tracked.clone()) for m in layers]
     for m in layers:
         m.momentum = 0.0
     try:
         yield
     finally:
-        for m, momentum, batches in saved:
+        for m, momentum, buffers in saved:
             m.momentum = momentum
-            m.num_batches_tracked.copy_(batches)
+            for _, b, value in buffers:
+                b.copy_(value)
 
 
-def checkpoint_updating_stats_once(module: nn.Module, fn, x: torch.Tensor) -> torch.Tensor:
+@contextlib.contextmanager
+def _norm_stats_not_updated(fn: nn.Module) -> Iterator[None]:
+    """The replay's version of :func:`frozen_norm_stats`: BatchNorm layers write nothing at all.
+
+    A ``_BatchNorm`` in training mode with ``track_running_stats=False``
+    normalises with the batch statistics, as in the forward, and passes no
+    running buffers to the kernel, so nothing is written (and nothing copied).
+    Other normalisation layers (InstanceNorm with running statistics) fall
+    back to :func:`frozen_norm_stats`.
+    """
+    batch_norms, others = [], False
+    for m in submodules(fn):
+        if _updating_norm(m):
+            if isinstance(m, _BatchNorm):
+                batch_norms.append(m)
+            else:
+                others = True
+    for m in batch_norms:
+        object.__setattr__(m, "track_running_stats", False)  # a plain attribute: skip Module.__setattr__
+    try:
+        if others:
+            with frozen_norm_stats(fn):
+                yield
+        else:
+            yield
+    finally:
+        for m in batch_norms:
+            object.__setattr__(m, "track_running_stats", True)
+
+
+def updated_once_buffers(module: nn.Module) -> list[tuple[nn.Module, str, Tensor]]:
+    """The buffers of ``module`` a forward may change and a recomputation must not change again.
+
+    All buffers except the running statistics of normalisation layers in
+    training mode, which :func:`frozen_norm_stats` handles without copies.
+    """
+    out = []
+    for m in submodules(module):
+        skip = _NORM_STATS if _updating_norm(m) else ()
+        for name, b in m._buffers.items():
+            if b is not None and name not in skip:
+                out.append((m, name, b))
+    return out
+
+
+@dataclass(frozen=True)
+class BufferCopy:
+    """A buffer as it was before the forward call that changed it."""
+
+    module: nn.Module
+    name: str
+    before: Tensor
+
+
+@contextlib.contextmanager
+def _buffers_as_before(copies: list[BufferCopy]) -> Iterator[None]:
+    """Run the body with each buffer set to (a copy of) its value before the forward, then put it back."""
+    current = [(c.module, c.name, c.module._buffers[c.name]) for c in copies]
+    for c in copies:
+        c.module._buffers[c.name] = c.before.clone()
+    try:
+        yield
+    finally:
+        for module, name, b in current:
+            module._buffers[name] = b
+
+
+def checkpoint_updating_stats_once(module: nn.Module, fn, x: Tensor) -> Tensor:
     """``fn(x)`` under non-reentrant :func:`torch.utils.checkpoint.checkpoint`, BatchNorm-safe.
 
     Plain checkpointing updates the running statistics of ``module``'s
@@ -156,7 +297,7 @@ def checkpoint_updating_stats_once(module: nn.Module, fn, x: torch.Tensor) -> to
     """
     calls = 0
 
-    def run(h: torch.Tensor) -> torch.Tensor:
+    def run(h: Tensor) -> Tensor:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -169,31 +310,139 @@ def checkpoint_updating_stats_once(module: nn.Module, fn, x: torch.Tensor) -> to
 
 @dataclass
 class Tape:
-    """Everything a block's forward records so that a later recomputation matches it.
+    """Everything one block's forward records so that a later recomputation matches it.
 
-    ``rng`` maps a name of a sub-function (``"F"``, ``"G"``) to the RNG state
-    it drew from; it stays empty when the block draws no random numbers, so a
-    deterministic chain keeps no per-block state at all.
+    ``rng`` maps the name of a sub-function call (``"F"``, ``"G"``) to the
+    generator states it drew from, and ``buffers`` to the buffers it changed
+    as they were before; both stay empty for a deterministic, stateless
+    block, so a plain RevNet chain keeps no per-block state at all.
+    ``record_rng=False`` skips the RNG bookkeeping (the user's opt-out).
     """
 
     autocast: AutocastState
     record_rng: bool
     rng: dict[str, RNGState] = field(default_factory=dict)
+    buffers: dict[str, list[BufferCopy]] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, x: torch.Tensor, record_rng: bool) -> "Tape":
+    def start(cls, x: Tensor, record_rng: bool = True) -> "Tape":
         """A tape for a forward pass on ``x`` in the current autocast state."""
         return cls(AutocastState.capture(x.device.type), record_rng)
 
-    def call(self, name: str, fn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """First run of ``fn(x)``: record the RNG state under ``name`` if needed."""
-        if self.record_rng:
-            self.rng[name] = RNGState.capture(x)
-        return fn(x)
+    def record(self, name: str, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """First run of ``fn(x)``: keep the RNG states if it draws, and the buffers it changes."""
+        rng = RNGState.capture(x) if self.record_rng else None
+        watched = updated_once_buffers(fn) if isinstance(fn, nn.Module) else []
+        before = [(m, n, b, b._version, b.clone()) for m, n, b in watched]
+        out = fn(x)
+        if rng is not None and not rng.is_current():
+            self.rng[name] = rng
+        changed = [
+            BufferCopy(m, n, copy) for m, n, b, version, copy in before
+            if m._buffers.get(n) is not b or b._version != version
+        ]
+        if changed:
+            self.buffers[name] = changed
+        return out
 
-    def recall(self, name: str, fn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Second run of ``fn(x)``: same RNG draws, same autocast, no running-stat update."""
+    def replay(self, name: str, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """Second run of ``fn(x)``: same random draws, same autocast, same buffers, no state update."""
         rng = self.rng.get(name)
-        replay = rng.replay() if rng is not None else contextlib.nullcontext()
-        with replay, self.autocast.context(), frozen_norm_stats(fn):
+        copies = self.buffers.get(name)
+        with contextlib.ExitStack() as stack:
+            if rng is not None:
+                stack.enter_context(rng.replay())
+            stack.enter_context(self.autocast.context())
+            if isinstance(fn, nn.Module):
+                stack.enter_context(_norm_stats_not_updated(fn))
+            if copies:
+                stack.enter_context(_buffers_as_before(copies))
             return fn(x)
+
+    def tensors(self) -> list[Tensor]:
+        """The tensors this tape keeps (generator states, buffer copies), in a fixed order."""
+        out = [t for state in self.rng.values() for t in state.tensors()]
+        return out + [c.before for copies in self.buffers.values() for c in copies]
+
+    def with_tensors(self, tensors: Iterator[Tensor]) -> "Tape":
+        """This tape with :meth:`tensors` replaced, in order, by ``tensors`` (as unpacked by autograd)."""
+        rng = {name: state.with_tensors(tensors) for name, state in self.rng.items()}
+        buffers = {
+            name: [replace(c, before=next(tensors)) for c in copies] for name, copies in self.buffers.items()
+        }
+        return replace(self, rng=rng, buffers=buffers)
+
+
+@dataclass
+class ModuleState:
+    """What a recomputation of ``module`` reads besides its input, as the forward left it.
+
+    The train/eval flag of every submodule, and every parameter and buffer
+    (frozen ones included) with its version counter. A buffer the
+    recomputation does not read from the module (the running statistics of a
+    BatchNorm in training mode, a buffer that a tape replays from its copy)
+    is checked for identity only.
+    """
+
+    modules: list[nn.Module]
+    training: list[bool]
+    tensors: list[tuple[int, str, Tensor, int | None]]
+
+    @classmethod
+    def capture(cls, module: nn.Module, tapes: list[Tape] = ()) -> "ModuleState":
+        replayed = {(id(c.module), c.name) for tape in tapes for copies in tape.buffers.values() for c in copies}
+        modules = submodules(module)
+        tensors = []
+        for i, m in enumerate(modules):
+            for name, p in m._parameters.items():
+                if p is not None:
+                    tensors.append((i, name, p, p._version))
+            stats = _NORM_STATS if _updating_norm(m) else ()
+            for name, b in m._buffers.items():
+                if b is not None:
+                    unread = name in stats or (id(m), name) in replayed
+                    tensors.append((i, name, b, None if unread else b._version))
+        return cls(modules, [m.training for m in modules], tensors)
+
+    def check(self, module: nn.Module, owner: str) -> None:
+        """Raise ``RuntimeError`` naming the tensor if a parameter or buffer was replaced or modified in place."""
+        modules = submodules(module)
+        if len(modules) != len(self.modules) or any(a is not b for a, b in zip(modules, self.modules)):
+            raise RuntimeError(f"{owner}: the blocks' submodules changed between forward and backward")
+        replaced, modified = [], []
+        for i, name, t, version in self.tensors:
+            m = modules[i]
+            now = m._parameters.get(name) if name in m._parameters else m._buffers.get(name)
+            if now is not t:
+                replaced.append((m, name))
+            elif version is not None and t._version != version:
+                modified.append((m, name))
+        if not replaced and not modified:
+            return
+        names = {id(m): n for n, m in module.named_modules()}
+        replaced, modified = ([f"{names[id(m)]}.{name}".lstrip(".") for m, name in found] for found in (replaced, modified))
+        if replaced:
+            raise RuntimeError(
+                f"{owner}: parameters or buffers were replaced between forward and backward "
+                f"({', '.join(replaced[:3])}{', ...' if len(replaced) > 3 else ''}; e.g. by torch.func.functional_call or a weight swap). The "
+                "reconstruction needs the forward's weights and buffers. Use mode='autograd' for functional calls."
+            )
+        if modified:
+            raise RuntimeError(
+                f"{owner}: parameters or buffers were modified in place between forward and backward "
+                f"({', '.join(modified[:3])}{', ...' if len(modified) > 3 else ''}; e.g. an optimizer step before backward). The "
+                "reconstruction would use the new values and give wrong gradients. Call backward first. "
+                "(A fused optimizer step, which moves no version counter, cannot be detected: PyTorch limitation.)"
+            )
+
+    @contextlib.contextmanager
+    def forward_training_flags(self) -> Iterator[None]:
+        """Run the body with every submodule in the train/eval mode it had in the forward."""
+        changed = [(m, m.training) for m, flag in zip(self.modules, self.training) if m.training != flag]
+        for m, now in changed:
+            m.training = not now
+        try:
+            yield
+        finally:
+            for m, now in changed:
+                m.training = now
