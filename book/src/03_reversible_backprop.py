@@ -181,11 +181,12 @@ assert max(step_errors.values()) < 1e-12
 #
 # `revlib` writes the same step as `AdditiveCoupling.backward_step`. The tensor
 # `tape` holds what the forward recorded so that the recomputation sees what the
-# forward saw: `tape.recall(name, fn, x)` evaluates `fn(x)` with the forward's
-# random-number state (for dropout), under the forward's autocast state, and with
-# BatchNorm's running statistics frozen (they were already updated once in the
-# forward). `grads_for` is one call of `torch.autograd.grad` that returns the input
-# gradient and the parameter gradients together.
+# forward saw: `tape.replay(name, fn, x)` evaluates `fn(x)` with the forward's
+# random-number state (for dropout), under the forward's autocast state and
+# train/eval modes, and without updating any buffer again (BatchNorm's running
+# statistics were already updated once in the forward). `grads_for` is one call of
+# `torch.autograd.grad` that returns the input gradient and the parameter
+# gradients together.
 
 # %% tags=["nbval-ignore-output"]
 print(inspect.getsource(AdditiveCoupling.backward_step))
@@ -412,9 +413,10 @@ print(f"batches counted by BatchNorm after one step through plain torch.utils.ch
 assert plain_checkpoint_batches == 2
 
 # %% [markdown]
-# `revlib` runs every recomputation with the running statistics frozen (momentum
-# 0 during the recomputation, the batch counter restored), in mode `"reversible"`
-# and in its own mode `"checkpoint"`. After the step above, the BatchNorm buffers
+# `revlib` runs every recomputation without a second update of the running
+# statistics: in mode `"reversible"` the replay writes no buffer at all, and in its
+# own mode `"checkpoint"` the recomputation runs with momentum 0 and the batch
+# counter restored. After the step above, the BatchNorm buffers
 # (running means, variances, batch counters) of the three models are compared bit
 # for bit:
 
