@@ -16,9 +16,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["glue", "RunSettings"]
+import torch
+
+__all__ = ["glue", "RunSettings", "peak_memory_bytes"]
 
 
 def glue(name: str, value: Any, display: bool = True) -> None:
@@ -96,3 +98,40 @@ class RunSettings:
             max_iterations=max_iterations,
             require_gpu=require_gpu if env_gpu is None else env_gpu,
         )
+
+    def device(self) -> torch.device:
+        """The device of the full run: CUDA if available; else the CPU, unless ``require_gpu``.
+
+        Raises ``RuntimeError`` (with the Colab fix) when ``require_gpu`` is set and
+        there is no GPU; tests set ``REVLIB_REQUIRE_GPU=0`` to run the full branch on the CPU.
+        """
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if self.require_gpu:
+            raise RuntimeError(
+                "RunSettings: full_run=True needs a GPU and this machine has none. On Colab choose "
+                "Runtime > Change runtime type > GPU; to run the full branch on the CPU anyway "
+                "(slowly), set REVLIB_REQUIRE_GPU=0."
+            )
+        return torch.device("cpu")
+
+    def iterations(self, full: int) -> int:
+        """``full`` iterations, or ``max_iterations`` if that is set and smaller."""
+        return full if self.max_iterations is None else min(full, self.max_iterations)
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str) -> int | None:
+    """Peak memory the allocator of ``device`` holds while ``fn()`` runs, above what it held before.
+
+    On CUDA: :func:`revlib.core.memory.cuda_peak_bytes` (``torch.cuda.synchronize``
+    around ``fn``, ``max_memory_allocated``). Other devices have no such counter
+    in PyTorch: ``fn()`` still runs, and the result is ``None`` ("not measured"),
+    which the caller prints as such rather than a number.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        from ..core.memory import cuda_peak_bytes
+
+        return cuda_peak_bytes(fn, device)
+    fn()
+    return None
