@@ -3,14 +3,17 @@
 1. A clean virtual environment (no system site-packages) gets only what a fresh
    Colab runtime provides and the notebooks may rely on (:data:`COLAB_PACKAGES`:
    torch, torchvision, numpy, matplotlib, scikit-learn, tqdm, ipykernel), at the
-   oldest torch/torchvision that pyproject.toml declares (tools/colab_constraints.txt).
+   torch/torchvision of tools/colab_constraints.txt (pyproject.toml's lower bounds).
    No myst-nb, nbval, jupyter-book or jupytext: the book's build tools.
-2. revlib is *not* installed. Each chapter, built from its source, runs in that
-   environment's kernel with ``google.colab`` present in ``sys.modules``, so its
-   setup cell takes the Colab branch and pip-installs ``revlib[train]``, the way
-   it does on Colab, except that ``$REVLIB_INSTALL`` points the install at a copy of
-   this checkout (pyproject.toml, README.md, revlib/) instead of the repository URL:
-   a regular install with its declared dependencies, not ``-e``.
+2. revlib is *not* installed there. nbval (from the book's venv) executes every
+   notebook in that environment's kernel, where an IPython startup file puts
+   ``google.colab`` into ``sys.modules``: each setup cell takes its Colab branch and
+   pip-installs ``revlib[train]`` as on Colab, except that ``$REVLIB_INSTALL`` points
+   it at a copy of this checkout (pyproject.toml, README.md, revlib/) instead of the
+   repository URL: a regular install with its declared dependencies, not ``-e``.
+   The kernel runs with PyTorch's generic CPU kernels on one thread
+   (:data:`PORTABLE_ENV`), and nbval compares every output with the committed one
+   (nbval_sanitize.cfg): this is also make test's second, portable nbval pass.
 3. The README's "Installing revlib in your own notebook" example runs as a script there.
 
 A chapter that imports a package Colab lacks, or a revlib module that does so at
@@ -19,7 +22,7 @@ tests/test_dependencies.py checks the same statically, in a second.
 
     python tools/colab_check.py                # reuse .colab-venv if it is complete
     python tools/colab_check.py --fresh        # build it from scratch (what CI on a fresh clone does)
-    python tools/colab_check.py book/src/01_introduction.py   # only some chapters
+    python tools/colab_check.py book/01_introduction.ipynb   # only some notebooks
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ COLAB_PACKAGES = {
     "ipykernel": "ipykernel",
 }
 CONSTRAINTS = ROOT / "tools" / "colab_constraints.txt"
+# What differs between machines, reproduced on one: PyTorch's generic CPU kernels (no AVX2/AVX-512), one thread.
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 DEFAULT_VENV = ROOT / ".colab-venv"
 
 
@@ -152,8 +157,8 @@ def kernel_spec(python: Path, where: Path) -> str:
     return "colab-check"
 
 
-# Runs before a chapter: what Colab has imported when a notebook starts.
-COLAB_PREAMBLE = (
+# An IPython startup file of the Colab-like kernel: what Colab has imported when a notebook starts.
+COLAB_STARTUP = (
     "import sys, types\n"
     "google = sys.modules.setdefault('google', types.ModuleType('google'))\n"
     "google.colab = sys.modules['google.colab'] = types.ModuleType('google.colab')  # simulated: this is not Colab\n"
@@ -170,66 +175,64 @@ def readme_snippet(readme: Path = ROOT / "README.md") -> str:
     return match.group(1)
 
 
-def check(sources: list[Path], venv: Path, fresh: bool, timeout: int) -> int:
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
+def check(notebook_paths: list[Path], venv: Path, fresh: bool, timeout: int) -> int:
+    """Build the environment, run nbval over the notebooks in its kernel, run the README example; 0 if all pass."""
     t0 = time.perf_counter()
     python = make_venv(venv, fresh)
     t_env = time.perf_counter() - t0
-    failures, times = [], {}
+    failures = []
     with tempfile.TemporaryDirectory(prefix="colab-check-") as tmp:
         tmp = Path(tmp)
         checkout = copy_of_checkout(tmp / "checkout")
-        os.environ.clear()
-        os.environ.update(clean_env())
-        os.environ["REVLIB_INSTALL"] = f"revlib[train] @ {checkout.as_uri()}"
-        os.environ["JUPYTER_PATH"] = str(tmp / "jupyter")
+        startup = tmp / "ipython" / "profile_default" / "startup"
+        startup.mkdir(parents=True)
+        (startup / "00-google-colab.py").write_text(COLAB_STARTUP)
+        env = {**clean_env(), **PORTABLE_ENV,
+               "REVLIB_INSTALL": f"revlib[train] @ {checkout.as_uri()}",  # the setup cell installs this copy
+               "JUPYTER_PATH": str(tmp / "jupyter"), "IPYTHONDIR": str(tmp / "ipython"),
+               "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
         kernel = kernel_spec(python, tmp / "jupyter")
-        workdir = tmp / "notebooks"
-        workdir.mkdir()
-        for src in sources:
-            nb = notebooks.notebook_from_source(src)
-            nb.cells.insert(0, nbformat.v4.new_code_cell(COLAB_PREAMBLE))
-            start = time.perf_counter()
-            try:
-                NotebookClient(nb, timeout=timeout, kernel_name=kernel,
-                               resources={"metadata": {"path": str(workdir)}}).execute()
-            except CellExecutionError as err:
-                failures.append(f"{src.name}: {str(err).strip().splitlines()[-1]}")
-                print(f"FAILED {src.name}:\n{err}", flush=True)
-            times[src.name] = time.perf_counter() - start
-            print(f"{src.name}: {times[src.name]:.1f} s", flush=True)
+        # nbval runs here (the book's venv); the notebooks run in the Colab-like kernel, with the
+        # portable CPU settings, so this is also the second, portable nbval pass (README, Testing).
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "--nbval-kernel-name", kernel,
+                               "--nbval-sanitize-with", str(ROOT / "nbval_sanitize.cfg"), "--nbval-cell-timeout",
+                               str(timeout), "-p", "no:cacheprovider", "-q", *map(str, notebook_paths)],
+                              cwd=ROOT, env=env)
+        t_nb = time.perf_counter() - start
+        if proc.returncode != 0:
+            failures.append("nbval in the Colab-like kernel (see above)")
         start = time.perf_counter()
         script = tmp / "readme_snippet.py"
         script.write_text(readme_snippet())
-        proc = subprocess.run([str(python), str(script)], cwd=tmp, capture_output=True, text=True, timeout=timeout)
-        times["README snippet"] = time.perf_counter() - start
+        proc = subprocess.run([str(python), str(script)], cwd=tmp, capture_output=True, text=True,
+                              timeout=timeout, env=clean_env())
+        t_readme = time.perf_counter() - start
         if proc.returncode != 0:
             failures.append(f"README.md snippet: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
             print(proc.stderr, flush=True)
     versions = subprocess.run([str(python), "-c", "import sys, torch, torchvision; "
                                "print(f'Python {sys.version.split()[0]}, torch {torch.__version__}, "
-                               "torchvision {torchvision.__version__}')"], capture_output=True, text=True).stdout.strip()
-    print(f"\ncolab-check ({versions}): environment {t_env:.0f} s, chapters and README "
-          f"{sum(times.values()):.0f} s, total {time.perf_counter() - t0:.0f} s")
+                               "torchvision {torchvision.__version__}')"], capture_output=True, text=True,
+                              env=clean_env()).stdout.strip()
+    print(f"\ncolab-check ({versions}): environment {t_env:.0f} s, notebooks {t_nb:.0f} s, README example "
+          f"{t_readme:.0f} s, total {time.perf_counter() - t0:.0f} s")
     if failures:
         print("FAILED:\n  " + "\n  ".join(failures))
         return 1
-    print(f"all {len(sources)} chapters and the README snippet ran in the Colab-like environment")
+    print(f"all {len(notebook_paths)} notebooks and the README example ran in the Colab-like environment")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sources", nargs="*", type=Path, help="chapter sources (default: all)")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="executed notebooks (default: book/*.ipynb)")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--fresh", action="store_true", help="rebuild the environment from scratch")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     args = parser.parse_args(argv)
-    sources = [s.resolve() for s in args.sources] or sorted(notebooks.SRC.glob("*.py"))
-    return check(sources, args.venv.resolve(), args.fresh, args.timeout)
+    paths = [p.resolve() for p in args.notebooks] or sorted(notebooks.BOOK.glob("*.ipynb"))
+    return check(paths, args.venv.resolve(), args.fresh, args.timeout)
 
 
 if __name__ == "__main__":

@@ -42,10 +42,11 @@ from revlib.models.vgg import LinearBlock
 
 # Set full_run=True on a GPU (e.g. Colab) to also measure CUDA peak memory at batch 128.
 RUN = RunSettings.from_env(full_run=False)
+DEVICE = RUN.device() if RUN.full_run else torch.device("cpu")
 
 # Everything below measures bytes, not time, on batches of a few images: one CPU
 # thread is as fast, and it keeps a busy machine from slowing down.
-if not RUN.full_run:
+if DEVICE.type == "cpu":
     torch.set_num_threads(1)
 _ = torch.manual_seed(0)
 
@@ -544,13 +545,13 @@ else:
 
 # %% tags=["nbval-ignore-output"]
 if RUN.full_run:
-    device = RUN.device()  # CUDA; the CPU only where REVLIB_REQUIRE_GPU=0 (tests), with a small batch
-    batch = 128 if device.type == "cuda" else 4
+    device = DEVICE  # CUDA; the CPU only where REVLIB_REQUIRE_GPU=0 (tests): a code-path check on two models
+    batch, models = (128, CIFAR) if device.type == "cuda" else (4, CIFAR[:2])
     xb = torch.randn(batch, 3, 32, 32, device=device)
     yb = torch.randint(0, 10, (batch,), device=device)
     rows = [f"| model | mode | {device.type} peak during a step at batch {batch} (MiB) | saved for backward at batch 128 (MiB) |",
             "|---|---|---:|---:|"]
-    for name in CIFAR:
+    for name in models:
         model = getattr(R, name)().to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         for mode in (MODES if model.reversible else ("autograd",)):
