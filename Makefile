@@ -41,7 +41,7 @@ unit: env
 
 # CIFAR-10/100 and STL-10 code paths on small stand-ins (listed one by one).
 standins: env
-	$(PY) -m pytest -v -p no:cacheprovider $(STANDIN_TESTS)
+	$(PY) -m pytest -rA -p no:cacheprovider $(STANDIN_TESTS)
 
 nbval: env
 	$(NBVAL) $(NOTEBOOKS)
