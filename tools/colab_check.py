@@ -20,7 +20,7 @@ A chapter that imports a package Colab lacks, or a revlib module that does so at
 import time (say ``import myst_nb``), fails here. The unit test
 tests/test_dependencies.py checks the same statically, in a second.
 
-    python tools/colab_check.py                # reuse .colab-venv if it is complete
+    python tools/colab_check.py                # reuse the environment in ~/.cache if it is complete
     python tools/colab_check.py --fresh        # build it from scratch (what CI on a fresh clone does)
     python tools/colab_check.py book/01_introduction.ipynb   # only some notebooks
 """
@@ -57,7 +57,16 @@ COLAB_PACKAGES = {
 CONSTRAINTS = ROOT / "tools" / "colab_constraints.txt"
 # What differs between machines, reproduced on one: PyTorch's generic CPU kernels (no AVX2/AVX-512), one thread.
 PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-DEFAULT_VENV = ROOT / ".colab-venv"
+
+
+def default_venv() -> Path:
+    """Where the environment lives: in the user's cache, keyed by what it holds, so that every clone on
+    this machine shares it (built once, in minutes: torch with its CUDA libraries is gigabytes)."""
+    import hashlib
+
+    key = hashlib.sha1((" ".join(sorted(set(COLAB_PACKAGES.values()))) + CONSTRAINTS.read_text()).encode()).hexdigest()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "revlib-colab-check" / f"venv-{key[:12]}"
 
 
 # ------------------------------------------------------------------ static checks
@@ -227,12 +236,12 @@ def check(notebook_paths: list[Path], venv: Path, fresh: bool, timeout: int) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path, help="executed notebooks (default: book/*.ipynb)")
-    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--venv", type=Path, default=None, help="default: a folder in ~/.cache keyed by its contents")
     parser.add_argument("--fresh", action="store_true", help="rebuild the environment from scratch")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     args = parser.parse_args(argv)
     paths = [p.resolve() for p in args.notebooks] or sorted(notebooks.BOOK.glob("*.ipynb"))
-    return check(paths, args.venv.resolve(), args.fresh, args.timeout)
+    return check(paths, (args.venv or default_venv()).resolve(), args.fresh, args.timeout)
 
 
 if __name__ == "__main__":
