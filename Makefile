@@ -1,5 +1,8 @@
-# make book: set up the environment if needed, execute the notebooks, build _build/html.
-# make test: the same set-up, then unit tests, nbval over every notebook, a strict book build.
+# make book: set up the environment if needed, build _build/html from the committed, executed notebooks.
+# make test: what CI runs (.ci/run): unit tests, the stand-in data tests, nbval with this machine's
+#            CPU kernels, the Colab-like check (nbval again, with generic kernels on one thread, in
+#            a Colab-like environment), the strict book build and the workflow schema check.
+#            See README.md, "Testing".
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,8 +11,13 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 # Notebook kernels must use the inline backend: a MPLBACKEND from the caller would change the outputs.
 NB_ENV := env -u MPLBACKEND
+NBVAL := $(NB_ENV) $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg -p no:cacheprovider
+# What differs between machines, reproduced on one: no AVX2/AVX-512 kernels, one thread
+# (make colab-check runs its nbval pass so; nbval-portable is the same pass in the book's venv).
+PORTABLE_ENV := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+STANDIN_TESTS := tests/test_standin_data.py tests/test_full_runs.py
 
-.PHONY: all env book test unit nbval book-strict benchmark clean
+.PHONY: all env book notebooks test unit standins nbval nbval-portable colab-check book-strict workflows benchmark clean
 
 all: book
 
@@ -24,16 +32,36 @@ env: $(STAMP)
 book: env
 	$(NB_ENV) $(VENV)/bin/jupyter-book build .
 
+# Re-execute every chapter from its source (book/src/*.py) and write book/*.ipynb.
+notebooks: env
+	$(NB_ENV) $(PY) tools/notebooks.py build --all
+
 unit: env
-	$(PY) -m pytest tests -p no:cacheprovider
+	$(PY) -m pytest tests -p no:cacheprovider $(addprefix --ignore=,$(STANDIN_TESTS))
+
+# CIFAR-10/100 and STL-10 code paths on small stand-ins (listed one by one).
+standins: env
+	$(PY) -m pytest -rA -p no:cacheprovider $(STANDIN_TESTS)
 
 nbval: env
-	$(NB_ENV) $(PY) -m pytest --nbval --nbval-current-env -p no:cacheprovider $(NOTEBOOKS)
+	$(NBVAL) $(NOTEBOOKS)
+
+nbval-portable: env
+	$(PORTABLE_ENV) $(NBVAL) $(NOTEBOOKS)
+
+colab-check: env
+	$(PY) tools/colab_check.py
 
 book-strict: env
 	$(NB_ENV) $(VENV)/bin/jupyter-book build . -W -n --keep-going
 
-test: unit nbval book-strict
+workflows: env
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+# The two nbval passes run side by side: the chapters compute on one thread, and a 2-core machine has two.
+test: unit standins
+	$(MAKE) --no-print-directory -j2 nbval colab-check
+	$(MAKE) --no-print-directory book-strict workflows
 
 benchmark: env
 	$(PY) benchmarks/step_time.py

@@ -91,3 +91,14 @@ def worst_rel_error(grads: list, reference: list) -> float:
             continue
         worst = max(worst, max_rel_error(a, b))
     return worst
+
+
+@pytest.fixture(scope="session")
+def standin_root(tmp_path_factory):
+    """A folder with small stand-ins of CIFAR-10, CIFAR-100 and STL-10 (tests/standin_data.py); yields (root, written)."""
+    import standin_data
+
+    root = tmp_path_factory.mktemp("standin-data")
+    written = standin_data.write_all(root)
+    standin_data.accept_standin_checksums()
+    return root, written

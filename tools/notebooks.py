@@ -1,27 +1,28 @@
 """Build the book's notebooks from their percent-format sources, and execute them.
 
-Each chapter is written as ``book/src/NAME.py`` in the percent format
+Each chapter is written as ``book/src/NAME.py`` in jupytext's percent format
 (``# %%`` starts a code cell, ``# %% [markdown]`` a Markdown cell whose lines
 start with ``# ``; ``# %% tags=["nbval-ignore-output"]`` tags a cell). This
-script turns it into ``book/NAME.ipynb`` with the standard setup cell first,
-then executes it in place, so the committed notebook is the executed one.
+script reads it with jupytext, puts the standard setup cell first, and writes
+``book/NAME.ipynb`` executed in place, so the committed notebook is the executed one.
 
     python tools/notebooks.py build book/src/01_introduction.py   # one chapter
     python tools/notebooks.py build --all                         # every chapter
     python tools/notebooks.py check                               # sources and notebooks agree
 
-The setup cell installs revlib from the repository named once in _config.yml.
+The setup cell installs revlib from the repository named once in _config.yml,
+at the version named once in revlib/__init__.py (see :func:`setup_cell_source`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
 from pathlib import Path
 
+import jupytext
 import nbformat
 from nbclient import NotebookClient
 
@@ -39,49 +40,72 @@ def repository_url() -> str:
     return match.group(1)
 
 
+def book_url() -> str:
+    """Where the rendered book is published: ``html.baseurl`` in _config.yml."""
+    text = (ROOT / "_config.yml").read_text()
+    match = re.search(r"^html:\s*\n(?:\s+.*\n)*?\s+baseurl:\s*(\S+)", text, flags=re.M)
+    if not match:
+        raise SystemExit("_config.yml has no html.baseurl")
+    return match.group(1)
+
+
+def revlib_version() -> str:
+    """``revlib.__version__``, read from revlib/__init__.py without importing it."""
+    match = re.search(r'^__version__\s*=\s*"([^"]+)"', (ROOT / "revlib" / "__init__.py").read_text(), flags=re.M)
+    if not match:
+        raise SystemExit("revlib/__init__.py has no __version__")
+    return match.group(1)
+
+
 def setup_cell_source() -> str:
+    """The first code cell of every chapter.
+
+    It makes ``import revlib`` give the version this notebook was built with.
+    If revlib already imports at that version (a local checkout, a fork's own
+    install, a second notebook in the same Colab runtime) it does nothing. On
+    Colab it pip-installs ``revlib[train]`` from the book's repository, or from
+    ``$REVLIB_INSTALL`` if set (a fork, or a local folder in tests). Elsewhere it
+    says how to install revlib instead of installing anything.
+    """
     url = repository_url()
     return (
-        "# Setup: on Colab, install revlib from this book's repository; elsewhere use the local install.\n"
-        "import subprocess, sys\n"
-        "if \"google.colab\" in sys.modules:\n"
-        f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"revlib[train] @ git+{url}\"], check=True)\n"
+        "# Setup: make `import revlib` give the version this notebook was written for. On Colab it is\n"
+        "# installed from the book's repository (or from $REVLIB_INSTALL, e.g. a fork); elsewhere it must be.\n"
+        "import importlib, os, subprocess, sys\n"
+        "\n"
+        f"REVLIB_VERSION = \"{revlib_version()}\"\n"
+        f"REVLIB_INSTALL = os.environ.get(\"REVLIB_INSTALL\") or \"revlib[train] @ git+{url}\"\n"
+        "\n"
+        "\n"
+        "def installed_revlib():\n"
+        "    try:\n"
+        "        return importlib.import_module(\"revlib\").__version__\n"
+        "    except (ImportError, AttributeError):  # absent, or PyPI's unrelated 'revlib'\n"
+        "        return None\n"
+        "\n"
+        "\n"
+        "if installed_revlib() != REVLIB_VERSION:\n"
+        "    if \"google.colab\" not in sys.modules:\n"
+        "        raise ImportError(f\"this notebook needs revlib {REVLIB_VERSION} (found {installed_revlib()}): in a \"\n"
+        "                          \"checkout of the book run  pip install -e '.[train]'  (see its README)\")\n"
+        "    for name in [m for m in sys.modules if m == \"revlib\" or m.startswith(\"revlib.\")]:\n"
+        "        del sys.modules[name]  # forget a stale import\n"
+        "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", REVLIB_INSTALL], check=True)\n"
+        "    importlib.invalidate_caches()\n"
         "import revlib\n"
+        "\n"
         "print(f\"revlib {revlib.__version__}, running on: {revlib.default_device()}\")"
     )
 
 
-_HEADER = re.compile(r"^# %%(?P<md> \[markdown\])?(?:\s+tags=(?P<tags>\[.*\]))?\s*$")
-
-
-def parse_source(text: str) -> list[nbformat.NotebookNode]:
-    """Cells of a percent-format script."""
-    cells: list[nbformat.NotebookNode] = []
-    kind, tags, lines = None, [], []
-
-    def flush() -> None:
-        if kind is None:
-            return
-        body = "\n".join(lines).strip("\n")
-        if kind == "markdown":
-            body = "\n".join(l[2:] if l.startswith("# ") else l.lstrip("#") for l in body.split("\n"))
-            cell = nbformat.v4.new_markdown_cell(body)
-        else:
-            cell = nbformat.v4.new_code_cell(body)
-        if tags:
-            cell.metadata["tags"] = tags
+def read_source(src: Path) -> list[nbformat.NotebookNode]:
+    """The cells of a percent-format chapter, read by jupytext; only their tags are kept as metadata."""
+    nb = jupytext.read(src, fmt="py:percent")
+    cells = []
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        cell.metadata = nbformat.NotebookNode({"tags": list(tags)} if tags else {})
         cells.append(cell)
-
-    for line in text.split("\n"):
-        m = _HEADER.match(line)
-        if m:
-            flush()
-            kind = "markdown" if m.group("md") else "code"
-            tags = json.loads(m.group("tags")) if m.group("tags") else []
-            lines = []
-        elif kind is not None:
-            lines.append(line)
-    flush()
     return cells
 
 
@@ -89,11 +113,13 @@ def notebook_from_source(src: Path) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
-    cells = parse_source(src.read_text())
+    cells = read_source(src)
     first_code = next(i for i, c in enumerate(cells) if c.cell_type == "code") if any(
         c.cell_type == "code" for c in cells
     ) else len(cells)
-    cells.insert(first_code, nbformat.v4.new_code_cell(setup_cell_source()))
+    setup = nbformat.v4.new_code_cell(setup_cell_source())
+    setup.metadata["tags"] = ["hide-input"]  # the rendered book folds it; Colab shows it
+    cells.insert(first_code, setup)
     nb.cells = cells
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i}"

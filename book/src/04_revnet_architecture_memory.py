@@ -32,23 +32,24 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
-from revlib.harness.notebook import glue
+from revlib.harness.notebook import RunSettings, glue, peak_memory_bytes
 from torch import nn
 
 import revlib
 from revlib.core.memcalc import memory_table
-from revlib.core.memory import MiB, cuda_peak_bytes, saved_tensor_bytes
+from revlib.core.memory import MiB, saved_tensor_bytes
 from revlib.harness.figures import draw_revnet_stages, show_table
 from revlib.models import revnet as R
 from revlib.models import count_parameters, rev_vgg, set_mode, vgg19
 from revlib.models.vgg import LinearBlock
 
-# Set FULL_RUN = True on a GPU (e.g. Colab) to also measure CUDA peak memory at batch 128.
-FULL_RUN = False
+# Set full_run=True on a GPU (e.g. Colab) to also measure CUDA peak memory at batch 128.
+RUN = RunSettings.from_env(full_run=False)
+DEVICE = RUN.device() if RUN.full_run else torch.device("cpu")
 
 # Everything below measures bytes, not time, on batches of a few images: one CPU
 # thread is as fast, and it keeps a busy machine from slowing down.
-if not FULL_RUN:
+if DEVICE.type == "cpu":
     torch.set_num_threads(1)
 _ = torch.manual_seed(0)
 
@@ -569,16 +570,18 @@ else:
 # keep a different number of bytes there. What a GPU actually allocates during
 # a step is more still: the parameters, their gradients and
 # the optimizer's momentum, the workspace of convolution algorithms, and
-# temporaries. With `FULL_RUN = True` on a GPU this cell measures the allocator's
+# temporaries. With `full_run=True` on a GPU this cell measures the allocator's
 # peak during one training step at batch 128 for each model and mode.
 
 # %% tags=["nbval-ignore-output"]
-if FULL_RUN and torch.cuda.is_available():
-    device = torch.device("cuda")
-    xb = torch.randn(128, 3, 32, 32, device=device)
-    yb = torch.randint(0, 10, (128,), device=device)
-    rows = ["| model | mode | CUDA peak during a step (MiB) | saved for backward (MiB) |", "|---|---|---:|---:|"]
-    for name in CIFAR:
+if RUN.full_run:
+    device = DEVICE  # CUDA; the CPU only where REVLIB_REQUIRE_GPU=0 (tests): a code-path check on two models
+    batch, models = (128, CIFAR) if device.type == "cuda" else (4, CIFAR[:2])
+    xb = torch.randn(batch, 3, 32, 32, device=device)
+    yb = torch.randint(0, 10, (batch,), device=device)
+    rows = [f"| model | mode | {device.type} peak during a step at batch {batch} (MiB) | saved for backward at batch 128 (MiB) |",
+            "|---|---|---:|---:|"]
+    for name in models:
         model = getattr(R, name)().to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         for mode in (MODES if model.reversible else ("autograd",)):
@@ -590,13 +593,15 @@ if FULL_RUN and torch.cuda.is_available():
                 opt.step()
 
             step()  # warm-up: optimizer state, cuDNN plans
-            peak = cuda_peak_bytes(step, device)
-            rows.append(f"| {LABEL[name]} | {mode} | {peak / MiB:.1f} | {mem[name, mode] / MiB:.1f} |")
+            peak = peak_memory_bytes(step, device)  # None on a CPU: PyTorch has no peak counter there
+            shown = "not measured" if peak is None else f"{peak / MiB:.1f}"
+            rows.append(f"| {LABEL[name]} | {mode} | {shown} | {mem[name, mode] / MiB:.1f} |")
         del model, opt
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     display(Markdown("\n".join(rows)))
 else:
-    print("CUDA peak memory: not measured (set FULL_RUN = True on a machine with a GPU).")
+    print("CUDA peak memory: not measured (set full_run=True in RunSettings on a machine with a GPU).")
 
 # %% [markdown]
 # ## What we learned

@@ -225,7 +225,7 @@ assert all(inv < 1e-13 and grad < 1e-12 for _, inv, grad in check_rows)
 # $\max\lvert x - f^{-1}(f(x))\rvert / \max\lvert x\rvert$. A fourth curve, Midpoint
 # with $\sigma = \tanh$, isolates an effect explained below.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 DEPTH = 100
 depth_marks = [1, 2, 5, 10, 20, 50, 100]
 precisions = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -511,7 +511,7 @@ glue("net_mem_auto_1202", net_memory["hamiltonian1202", "autograd"], display=Fal
 #
 # Both train with Adam (learning rate 0.02, 300 full-batch steps).
 
-# %%
+# %% tags=["nbval-ignore-output"]
 g = torch.Generator().manual_seed(0)
 
 
@@ -677,7 +677,7 @@ assert R.item() == by_hand and torch.equal(K1[1].grad, laplacian)
 #   roughness of the kernels in depth;
 # * the depth penalty $R$ is large on rough kernels, and its gradient smooths them.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 torch.manual_seed(0)
 rough = nn.Sequential(nn.Linear(2, 4), revlib.ReversibleSequence(
     [ode.HamiltonianBlock(4, kernel_size=None, activation="tanh") for _ in range(6)]), nn.Linear(4, 2))

@@ -1,8 +1,8 @@
 """Helpers for the book's notebooks that work with or without the book's build tools.
 
-:func:`glue` stores a value for the rendered book (``myst_nb.glue``) when
-myst-nb is installed, and otherwise shows it as a plain output, so that a
-chapter runs unchanged on Colab, where only ``revlib[train]`` is installed.
+:func:`glue` stores a value for the rendered book exactly as ``myst_nb.glue``
+does, without importing myst-nb, so that a chapter runs unchanged, with the
+same outputs, on Colab, where only ``revlib[train]`` is installed.
 
 :class:`RunSettings` is the one switch between a chapter's fast CPU run and
 its full GPU experiments. A chapter writes ``RUN = RunSettings.from_env(full_run=False)``
@@ -16,22 +16,33 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["glue", "RunSettings"]
+import torch
+
+__all__ = ["glue", "GLUE_PREFIX", "RunSettings", "peak_memory_bytes"]
+
+
+GLUE_PREFIX = "application/papermill.record/"
 
 
 def glue(name: str, value: Any, display: bool = True) -> None:
-    """``myst_nb.glue(name, value, display)`` if myst-nb is importable, else a plain display."""
-    try:
-        from myst_nb import glue as myst_glue
-    except ImportError:
-        if display:
-            from IPython.display import display as show
+    """Store ``value`` under ``name`` for the rendered book: the output ``myst_nb.glue`` writes, without myst-nb.
 
-            show(value)
-        return
-    myst_glue(name, value, display=display)
+    myst-nb's ``glue`` displays the value's MIME bundle, with each type prefixed by
+    ``application/papermill.record/`` when ``display=False`` (a front end shows
+    nothing for it), and metadata ``{"scrapbook": {"name": ..., "mime_prefix": ...}}``
+    from which the book build reads it. This writes the same display output, so a
+    notebook run on Colab, where myst-nb is not installed, has exactly the outputs of
+    one run by the book's tools (nbval compares them; a test checks against myst-nb).
+    """
+    from IPython.core.formatters import format_display_data
+    from IPython.display import display as show
+
+    bundle, metadata = format_display_data(value)
+    prefix = "" if display else GLUE_PREFIX
+    metadata["scrapbook"] = dict(name=name, mime_prefix=prefix)
+    show({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
 
 
 def _env_flag(name: str) -> bool | None:
@@ -96,3 +107,40 @@ class RunSettings:
             max_iterations=max_iterations,
             require_gpu=require_gpu if env_gpu is None else env_gpu,
         )
+
+    def device(self) -> torch.device:
+        """The device of the full run: CUDA if available; else the CPU, unless ``require_gpu``.
+
+        Raises ``RuntimeError`` (with the Colab fix) when ``require_gpu`` is set and
+        there is no GPU; tests set ``REVLIB_REQUIRE_GPU=0`` to run the full branch on the CPU.
+        """
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if self.require_gpu:
+            raise RuntimeError(
+                "RunSettings: full_run=True needs a GPU and this machine has none. On Colab choose "
+                "Runtime > Change runtime type > GPU; to run the full branch on the CPU anyway "
+                "(slowly), set REVLIB_REQUIRE_GPU=0."
+            )
+        return torch.device("cpu")
+
+    def iterations(self, full: int) -> int:
+        """``full`` iterations, or ``max_iterations`` if that is set and smaller."""
+        return full if self.max_iterations is None else min(full, self.max_iterations)
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str) -> int | None:
+    """Peak memory the allocator of ``device`` holds while ``fn()`` runs, above what it held before.
+
+    On CUDA: :func:`revlib.core.memory.cuda_peak_bytes` (``torch.cuda.synchronize``
+    around ``fn``, ``max_memory_allocated``). Other devices have no such counter
+    in PyTorch: ``fn()`` still runs, and the result is ``None`` ("not measured"),
+    which the caller prints as such rather than a number.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        from ..core.memory import cuda_peak_bytes
+
+        return cuda_peak_bytes(fn, device)
+    fn()
+    return None
