@@ -28,7 +28,8 @@ import time
 import torch
 
 import revlib
-from common import add_run_options, run_metadata, sync, write_result
+from common import add_run_options, run_metadata, write_result
+from revlib.core.device import synchronize
 from revlib.harness.data import ImageData, RandomCropFlip, TensorLoader
 
 
@@ -41,11 +42,11 @@ def cifar_like(n: int, seed: int) -> ImageData:
 
 
 def one_epoch(batches, device: torch.device) -> float:
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for x, _ in batches:
         pass
-    sync(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 

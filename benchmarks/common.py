@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: their common options, device synchronisation, the run's metadata, the JSON file."""
+"""What the benchmark scripts share: their common options, the run's metadata, the JSON file."""
 
 from __future__ import annotations
 
@@ -23,12 +23,6 @@ def add_run_options(parser: argparse.ArgumentParser, name: str, device_default: 
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
     parser.add_argument("--out", type=Path, default=None, help=f"JSON path (default results/{name}_<device>.json)")
-
-
-def sync(device: torch.device) -> None:
-    """Wait for work queued on an accelerator (CUDA, MPS, ...), so a timer measures it; the CPU has none."""
-    if device.type != "cpu":
-        torch.accelerator.synchronize(device)
 
 
 def run_metadata(device: torch.device) -> dict:

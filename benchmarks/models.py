@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 import revlib
-from common import add_run_options, run_metadata, sync, write_result
+from common import add_run_options, run_metadata, write_result
+from revlib.core.device import synchronize
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 from revlib.models import revnet as R
 from revlib.models import count_parameters, rev_vgg, set_mode, vgg19
@@ -73,10 +74,10 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(args.repeats):
         for mode in modes:
-            sync(device)
+            synchronize(device)
             start = time.perf_counter()
             step(mode)
-            sync(device)
+            synchronize(device)
             times[mode].append(time.perf_counter() - start)
     saved = {mode: saved_tensor_bytes(models[mode], x) for mode in modes}
     peak = None

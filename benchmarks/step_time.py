@@ -48,7 +48,8 @@ import torch
 from torch import nn
 
 import revlib
-from common import run_metadata, sync, write_result
+from common import run_metadata, write_result
+from revlib.core.device import synchronize
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,10 +163,10 @@ def run(args: argparse.Namespace) -> dict:
     cpu_times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            sync(device)
+            synchronize(device)
             start, start_cpu = time.perf_counter(), time.process_time()
             step(name)
-            sync(device)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
             cpu_times[name].append(time.process_time() - start_cpu)
 

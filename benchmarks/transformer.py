@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 import revlib
-from common import run_metadata, sync, write_result
+from common import run_metadata, write_result
+from revlib.core.device import synchronize
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 from revlib.models import ReversibleViT, ViT
 
@@ -69,10 +70,10 @@ def one_length(tokens: int, args: argparse.Namespace, device: torch.device) -> d
     times: dict[str, list[float]] = {k: [] for k in KINDS}
     for _ in range(args.repeats):
         for k in KINDS:
-            sync(device)
+            synchronize(device)
             start = time.perf_counter()
             step(k)
-            sync(device)
+            synchronize(device)
             times[k].append(time.perf_counter() - start)
     medians = {k: statistics.median(t) for k, t in times.items()}
     saved = {k: saved_tensor_bytes(m, x) for k, m in models.items()}

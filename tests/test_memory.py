@@ -45,6 +45,19 @@ def test_each_storage_is_counted_once_and_parameters_are_left_out():
     del y, z, v
 
 
+def test_on_save_is_called_once_per_counted_storage():
+    x = torch.randn(100, requires_grad=True)
+    w = nn.Parameter(torch.randn(100))
+    calls = []
+    with SavedTensorMeter(on_save=lambda t, nbytes: calls.append((tuple(t.shape), nbytes))) as meter:
+        y = x * w          # saves x (counted) and the parameter w (not)
+        z = (x * 2) * x    # saves x again (not) and x*2 (counted)
+        v = x[:50] * x[50:]  # views of x's storage (not)
+    assert calls == [((100,), 400), ((100,), 400)]
+    assert sum(nbytes for _, nbytes in calls) == meter.bytes
+    del y, z, v
+
+
 def test_excluded_tensors_are_not_counted():
     x = torch.randn(10, requires_grad=True)
     buf = torch.randn(10)

@@ -211,3 +211,15 @@ def test_inverse_of_a_stack_returns_the_duplicated_start(name):
     prev, cur = back.chunk(2, dim=1)
     assert (prev - cur).abs().max() < 1e-11  # Y_{-1} = Y_0 comes back
     assert (cur - y0).abs().max() < 1e-11
+
+
+def test_kernel_init_is_normal_truncated_at_two_std():
+    # Chang et al.'s initialisation: std sqrt(2 / (k*k*C_out)), draws cut at two standard deviations;
+    # a normal distribution truncated at +-2 sigma has standard deviation 0.8796 sigma.
+    torch.manual_seed(0)
+    weight = KTransposeSigmaK(32, hidden=64, kernel_size=3).weight.detach()
+    sigma = (2.0 / (64 * 9)) ** 0.5
+    assert weight.abs().max() <= 2 * sigma
+    assert abs(weight.std().item() / sigma - 0.8796) < 0.02
+    with torch.device("meta"):  # shapes only: no draws
+        assert KTransposeSigmaK(32, hidden=64).weight.is_meta

@@ -573,7 +573,10 @@ for name, (n, loss, acc_tr, acc_te) in results.items():
 display(Markdown("\n".join(table)))
 assert all(acc_te > 0.9 for (_, _, _, acc_te) in results.values())
 lifted = trained["Hamiltonian"][0](x_test).detach()
-assert revlib.check_inverse(trained["Hamiltonian"][1], lifted) < 1e-5
+with torch.no_grad():
+    largest_state = trained["Hamiltonian"][1](lifted).abs().max().item()
+# float32 round-off through 12 blocks grows with the states' size: bound the error relative to it
+assert revlib.check_inverse(trained["Hamiltonian"][1], lifted) / largest_state < 1e-5
 glue("spiral_acc_resnet", results["ResNet"][3], display=False)
 glue("spiral_acc_ham", results["Hamiltonian"][3], display=False)
 

@@ -1,4 +1,4 @@
-"""Pick the device a notebook or training run will use."""
+"""Pick the device a notebook or training run will use, describe it, and wait for it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-__all__ = ["default_device", "hardware"]
+__all__ = ["default_device", "hardware", "synchronize"]
 
 
 def default_device() -> torch.device:
@@ -17,6 +17,22 @@ def default_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on ``device``, so that a timer measures it; a no-op on the CPU.
+
+    Uses :func:`torch.accelerator.synchronize` (torch 2.6 and later), else the
+    device's own module (``torch.cuda.synchronize``, ``torch.mps.synchronize``).
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "synchronize"):
+        accelerator.synchronize(device)
+    else:
+        torch.get_device_module(device).synchronize()
 
 
 def _cpu_name() -> str:

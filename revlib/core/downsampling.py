@@ -22,7 +22,7 @@ network uses it to start from zero velocity.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as Fn
+import torch.nn.functional as nnf
 from torch import Tensor
 
 from .blocks import ReversibleBlock, Run
@@ -65,11 +65,11 @@ class SpaceToDepth(ReversibleBlock):
 
     def _forward(self, x: Tensor, run: Run) -> Tensor:
         self._check(x, "input", channels_divisible=False)
-        return Fn.pixel_unshuffle(x, self.factor)
+        return nnf.pixel_unshuffle(x, self.factor)
 
     def _inverse(self, y: Tensor, run: Run) -> Tensor:
         self._check(y, "output", channels_divisible=True)
-        return Fn.pixel_shuffle(y, self.factor)
+        return nnf.pixel_shuffle(y, self.factor)
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"

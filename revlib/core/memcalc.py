@@ -12,9 +12,9 @@ activations stand side by side:
   flatten and identity (the tables list none of them); a reversible unit keeps
   nothing (its activations are rebuilt in the backward pass);
 * ``saved_bytes``, the **measured** bytes that autograd saved during that
-  layer's forward, found with :func:`torch.autograd.graph.saved_tensors_hooks`
-  counted as :class:`revlib.core.memory.SavedTensorMeter` counts them (each
-  storage once, parameters and buffers left out). Their sum is the meter's
+  layer's forward, counted by :class:`revlib.core.memory.SavedTensorMeter`
+  (each storage once, parameters and buffers left out) and charged to the
+  layer through its ``on_save`` callback. Their sum is the meter's
   total (a test checks).
 
 The two differ, layer type by layer type, in ways the rows show: a
@@ -50,7 +50,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .memory import MiB
+from .memory import MiB, SavedTensorMeter
 from .sequence import ReversibleSequence
 
 __all__ = ["LayerRow", "MemoryTable", "memory_table", "SKIP_TYPES"]
@@ -227,30 +227,21 @@ def _kept_by_row(module: nn.Module, x: Tensor | None, y: Any, row_types: tuple[t
 
 
 class _LayerTracer:
-    """Module hooks that keep the stack of running modules, and a saved-tensor hook that charges each
-    new storage to the row whose forward is running.
-
-    The counting rule is :class:`~revlib.core.memory.SavedTensorMeter`'s: each storage once,
-    ``nn.Parameter`` objects and the model's parameters and buffers not at all. The meter has no
-    per-tensor callback, so the same rule is applied here through the public
-    :func:`torch.autograd.graph.saved_tensors_hooks`.
+    """Module hooks that keep the stack of running modules, and a callback of
+    :class:`~revlib.core.memory.SavedTensorMeter` that charges each storage it counts (each once,
+    ``nn.Parameter`` objects and the model's parameters and buffers not at all) to the row whose
+    forward is running.
     """
 
     def __init__(self, model: nn.Module, row_types: tuple[type, ...], skip: tuple[type, ...]) -> None:
         self.model, self.row_types, self.skip = model, row_types, skip
         self.names = {m: n or "(model)" for n, m in model.named_modules()}
-        self.owned = {self._storage(t) for t in [*model.parameters(), *model.buffers()]}
-        self.seen: dict[tuple, Any] = {}  # storage id -> storage, held so that its address is not reused
         self.stack: list[nn.Module] = []
         self.one_row: dict[nn.Module, bool] = {}
         self.rows: dict[nn.Module, LayerRow] = {}  # in the order the modules finish
         self.saved: dict[nn.Module, list[tuple[int, tuple[int, ...], str]]] = {}
         self.functional: dict[nn.Module, LayerRow] = {}
         self.fixed = 0
-
-    @staticmethod
-    def _storage(t: Tensor) -> tuple:
-        return (t.device.type, t.device.index, t.untyped_storage().data_ptr())
 
     # -------------------------------------------------------------- module hooks
     def enter(self, module: nn.Module, args: tuple) -> None:
@@ -273,7 +264,7 @@ class _LayerTracer:
             row = self.rows[module] = LayerRow(self.names.get(module, "?"), type(module).__name__, shape, params, 0)
         row.kept += kept
 
-    # --------------------------------------------------------- saved-tensor hook
+    # ------------------------------------------------------------ meter callback
     def _charged_to(self) -> nn.Module | None:
         """The outermost running module that is one row, else the running leaf; None for a container's own ops."""
         target = next((m for m in self.stack if self.one_row.get(m)), None)
@@ -281,14 +272,8 @@ class _LayerTracer:
             target = self.stack[-1]
         return target
 
-    def charge(self, t: Tensor) -> Tensor:
-        if isinstance(t, nn.Parameter):
-            return t
-        key = self._storage(t)
-        if key in self.owned or key in self.seen:
-            return t
-        storage = self.seen[key] = t.untyped_storage()
-        item = (storage.nbytes(), tuple(t.shape), str(t.dtype).replace("torch.", ""))
+    def charge(self, t: Tensor, nbytes: int) -> None:
+        item = (nbytes, tuple(t.shape), str(t.dtype).replace("torch.", ""))
         target = self._charged_to()
         if target is None:  # the + of a residual unit, a torch.cat: a "(functional)" row of the running container
             owner = self.stack[-1] if self.stack else self.model
@@ -297,11 +282,10 @@ class _LayerTracer:
                 row = self.functional[owner] = LayerRow(self.names.get(owner, "?") + " (ops)", "(functional)", (), 0, 0)
             row.saved_bytes += item[0]
             row.saved.append(item[1:])
-            return t
+            return
         self.saved.setdefault(target, []).append(item)
         if t.dim() == 1 and isinstance(target, nn.modules.batchnorm._BatchNorm):
             self.fixed += item[0]  # BatchNorm's batch statistics: C floats, whatever the batch
-        return t
 
     # -------------------------------------------------------------------- result
     def table(self, batch: int) -> MemoryTable:
@@ -314,10 +298,6 @@ class _LayerTracer:
                 row.saved.append((shape, dtype))
         ordered = [*self.rows.values(), *self.functional.values()]
         return MemoryTable(ordered, batch, sum(r.saved_bytes for r in ordered), self.fixed)
-
-
-def _unpack(t: Tensor) -> Tensor:
-    return t
 
 
 def memory_table(
@@ -349,7 +329,8 @@ def memory_table(
         handles.append(m.register_forward_pre_hook(tracer.enter))
         handles.append(m.register_forward_hook(tracer.leave))
     try:
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(tracer.charge, _unpack):
+        owned = [*model.parameters(), *model.buffers()]
+        with torch.enable_grad(), SavedTensorMeter(exclude=owned, on_save=tracer.charge):
             out = model(example)
         del out
     finally:

@@ -29,12 +29,16 @@ class SavedTensorMeter:
     Args:
         exclude: tensors (usually ``model.parameters()``) whose storages are not
             counted; every ``nn.Parameter`` is left out in any case.
+        on_save: called as ``on_save(tensor, nbytes)`` for each storage when it
+            is first counted, with the bytes it added (e.g. to charge them to
+            the layer that is running, as :mod:`revlib.core.memcalc` does).
 
     After the ``with`` block, ``bytes`` is the total, ``count`` the number of
     distinct storages and ``by_dtype`` the bytes per dtype.
     """
 
     exclude: Iterable[Tensor] = ()
+    on_save: Callable[[Tensor, int], None] | None = None
     bytes: int = 0
     count: int = 0
     by_dtype: dict[str, int] = field(default_factory=dict)
@@ -57,6 +61,8 @@ class SavedTensorMeter:
         self.count += 1
         name = str(t.dtype).replace("torch.", "")
         self.by_dtype[name] = self.by_dtype.get(name, 0) + nbytes
+        if self.on_save is not None:
+            self.on_save(t, nbytes)
         return t
 
     def __enter__(self) -> "SavedTensorMeter":

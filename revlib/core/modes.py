@@ -47,17 +47,34 @@ def validate_mode(owner: str, mode: object) -> Mode:
     return mode  # type: ignore[return-value]
 
 
-class HasMode(nn.Module):
-    """A module with a validated backward ``mode`` attribute (one of :data:`MODES`)."""
+class _ModeProperty:
+    """The one ``mode`` property: an assignment is validated once, then :meth:`_store_mode` applies it."""
 
     @property
     def mode(self) -> Mode:
         """The backward mode: ``"reversible"``, ``"autograd"`` or ``"checkpoint"``."""
-        return self._mode
+        return self._read_mode()
 
     @mode.setter
     def mode(self, value: Mode) -> None:
-        self._mode = validate_mode(type(self).__name__, value)
+        self._store_mode(validate_mode(type(self).__name__, value))
+
+    def _read_mode(self) -> Mode:
+        raise NotImplementedError
+
+    def _store_mode(self, mode: Mode) -> None:
+        """Apply ``mode``, already validated."""
+        raise NotImplementedError
+
+
+class HasMode(_ModeProperty, nn.Module):
+    """A module with a validated backward ``mode`` attribute (one of :data:`MODES`)."""
+
+    def _read_mode(self) -> Mode:
+        return self._mode
+
+    def _store_mode(self, mode: Mode) -> None:
+        self._mode = mode
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
@@ -105,10 +122,13 @@ def set_mode(model: nn.Module, mode: Mode) -> nn.Module:
     Works on any module (a RevNet, Rev-VGG, or a model of the reader's own);
     returns ``model``. Raises ``ValueError`` for an unknown mode.
     """
-    validate_mode("set_mode", mode)
-    for m in _switchable(model):
-        m.mode = mode
+    _store_everywhere(model, validate_mode("set_mode", mode))
     return model
+
+
+def _store_everywhere(model: nn.Module, mode: Mode) -> None:
+    for m in _switchable(model):
+        m._store_mode(mode)
 
 
 def get_mode(model: nn.Module) -> Mode:
@@ -123,22 +143,20 @@ def get_mode(model: nn.Module) -> Mode:
     return modes.pop() if modes else "autograd"
 
 
-class ModelMode:
+class ModelMode(_ModeProperty):
     """Mixin for a whole model: a ``mode`` property that reads and sets every reversible piece.
 
-    A subclass may override :meth:`_check_mode` to refuse a mode (a ResNet
-    has only ``"autograd"``).
+    Reading it is :func:`get_mode`, setting it :func:`set_mode`. A subclass
+    may override :meth:`_check_mode` to refuse a mode (a ResNet has only
+    ``"autograd"``).
     """
 
-    @property
-    def mode(self) -> Mode:
-        """The backward mode shared by the model's sequences and checkpointed layers."""
+    def _read_mode(self) -> Mode:
         return get_mode(self)  # type: ignore[arg-type]
 
-    @mode.setter
-    def mode(self, value: Mode) -> None:
-        self._check_mode(validate_mode(type(self).__name__, value))
-        set_mode(self, value)  # type: ignore[arg-type]
+    def _store_mode(self, mode: Mode) -> None:
+        self._check_mode(mode)
+        _store_everywhere(self, mode)  # type: ignore[arg-type]
 
     def _check_mode(self, mode: Mode) -> None:
         """Raise ``ValueError`` if this model cannot run in ``mode``."""

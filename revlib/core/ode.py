@@ -99,24 +99,13 @@ def _activation(activation: str | nn.Module) -> nn.Module:
 def _init_kernel(weight: Tensor, fan_out: int, std: float | None) -> None:
     """Chang et al.'s initialisation: truncated normal, std sqrt(2 / (k*k*C_out)), cut at 2 std.
 
-    Standard normal draws outside two standard deviations are redrawn
-    (TensorFlow's ``truncated_normal``), then scaled; much faster than
-    :func:`torch.nn.init.trunc_normal_` for the hundreds of kernels of a deep
-    network.
+    The normal distribution of that std restricted to two standard deviations
+    (TensorFlow's ``truncated_normal``), drawn by :func:`torch.nn.init.trunc_normal_`
+    as :func:`revlib.models.common.init_official` does.
     """
     if std is None:
         std = math.sqrt(2.0 / fan_out)
-    if weight.is_meta:  # shapes only (e.g. counting parameters)
-        return
-    with torch.no_grad():
-        weight.normal_()
-        while True:
-            outside = weight.abs() > 2
-            count = int(outside.sum())
-            if not count:
-                break
-            weight[outside] = torch.randn(count, dtype=weight.dtype, device=weight.device)
-        weight.mul_(std)
+    nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
 
 
 def _kernel(owner: str, rows: int, channels: int, kernel_size: int | None, std: float | None) -> nn.Parameter:

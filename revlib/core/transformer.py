@@ -21,7 +21,7 @@ backward step (one evaluation of F and of G).
 
 from __future__ import annotations
 
-import torch.nn.functional as Fn
+import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from .couplings import AdditiveCoupling
@@ -71,7 +71,7 @@ class SelfAttention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
             out = self.attn_drop(scores.softmax(dim=-1)) @ v
         else:
-            out = Fn.scaled_dot_product_attention(q, k, v)
+            out = nnf.scaled_dot_product_attention(q, k, v)
         return self.drop(self.proj(out.transpose(1, 2).reshape(b, t, d)))
 
 

@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator, Literal
 import torch
 from torch import Tensor, nn
 
-from ...core.device import default_device
+from ...core.device import default_device, synchronize
 from .checkpoints import atomic_save, restore_rng, rng_snapshot, write_metrics
 from .recipes import RECIPES, DecayFilter, Recipe, parameter_groups, smoothness_hook
 
@@ -60,12 +60,6 @@ def _to(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
     if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on an accelerator (nothing to wait for on the CPU), so a timer measures it."""
-    if device.type != "cpu":
-        torch.accelerator.synchronize(device)
 
 
 @torch.no_grad()
