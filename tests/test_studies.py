@@ -126,3 +126,12 @@ def test_load_results_names_the_command(tmp_path):
     bad.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not a revlib.harness.studies results file"):
         studies.load_results(bad)
+
+
+def test_load_results_falls_back_to_the_url(tmp_path):
+    stored = tmp_path / "elsewhere.json"
+    stored.write_text(json.dumps({"format": "revlib.harness.studies/1", "runs": []}))
+    got = studies.load_results(tmp_path / "missing.json", url=stored.as_uri())
+    assert got["runs"] == []
+    with pytest.raises(FileNotFoundError, match="and none at"):
+        studies.load_results(tmp_path / "missing.json", url=(tmp_path / "nowhere.json").as_uri())
