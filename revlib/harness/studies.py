@@ -422,7 +422,7 @@ class Grid:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     small_models: tuple[str, ...] = ("ResNet-8", "Hamiltonian-26")
     fractions: tuple[float, ...] = (0.05, 0.1, 0.2, 1.0)
-    small_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    small_seeds: tuple[int, ...] = tuple(range(10))
     compare: tuple[str, ...] = ("RevNet-22", "Hamiltonian-26")
     compare_steps: int = 220
 
@@ -538,9 +538,11 @@ def load_results(path: str | Path, url: str | None = None, timeout: float = 10.0
     return result
 
 
-def select(results: dict[str, Any], model: str, fraction: float = 1.0, key: str = "test_acc") -> dict[int, float]:
-    """Seed -> ``key`` of the converged runs of ``model`` at ``fraction`` in a results file."""
-    return {r["seed"]: r[key] for r in results["runs"] if r["model"] == model and r["fraction"] == fraction}
+def select(results: dict[str, Any], model: str, fraction: float = 1.0, key: str = "test_acc",
+           seeds: Sequence[int] | None = None) -> dict[int, float]:
+    """Seed -> ``key`` of the converged runs of ``model`` at ``fraction`` in a results file (only ``seeds`` if given)."""
+    return {r["seed"]: r[key] for r in sorted(results["runs"], key=lambda r: r["seed"])
+            if r["model"] == model and r["fraction"] == fraction and (seeds is None or r["seed"] in seeds)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
