@@ -135,3 +135,11 @@ def test_load_results_falls_back_to_the_url(tmp_path):
     assert got["runs"] == []
     with pytest.raises(FileNotFoundError, match="and none at"):
         studies.load_results(tmp_path / "missing.json", url=(tmp_path / "nowhere.json").as_uri())
+
+
+def test_load_results_finds_the_committed_file_from_any_folder(tmp_path):
+    """The chapter reads results/digits_study.json relative to book/; run elsewhere, it finds the checkout's copy."""
+    got = studies.load_results(tmp_path / "digits_study.json")
+    assert got["format"] == "revlib.harness.studies/1" and len(got["runs"]) > 0
+    with pytest.raises(FileNotFoundError):
+        studies.load_results(tmp_path / "other_name.json")

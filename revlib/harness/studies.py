@@ -510,15 +510,22 @@ RESULTS_URL = ("https://raw.githubusercontent.com/reversible-networks-executed/r
 """Where the committed results file can be read when the book's folder is not at hand (Colab)."""
 
 
+REPOSITORY_RESULTS = Path(__file__).resolve().parents[2] / "book" / "results" / "digits_study.json"
+"""The committed results file, when revlib is imported from a checkout of the book's repository."""
+
+
 def load_results(path: str | Path, url: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
-    """A results file written by :func:`main`, from ``path`` or, if it is missing there, from ``url``.
+    """A results file written by :func:`main`: from ``path``; if it is missing there, from the
+    checkout revlib was imported from (:data:`REPOSITORY_RESULTS`), else from ``url``.
 
     Raises ``FileNotFoundError`` naming the command that makes the file if
-    neither has it.
+    none of them has it.
     """
     path = Path(path)
     if path.exists():
         text = path.read_text()
+    elif path.name == REPOSITORY_RESULTS.name and REPOSITORY_RESULTS.exists():
+        text = REPOSITORY_RESULTS.read_text()
     else:
         text = None
         if url is not None:
