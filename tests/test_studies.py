@@ -128,18 +128,9 @@ def test_load_results_names_the_command(tmp_path):
         studies.load_results(bad)
 
 
-def test_load_results_falls_back_to_the_url(tmp_path):
-    stored = tmp_path / "elsewhere.json"
-    stored.write_text(json.dumps({"format": "revlib.harness.studies/1", "runs": []}))
-    got = studies.load_results(tmp_path / "missing.json", url=stored.as_uri())
-    assert got["runs"] == []
-    with pytest.raises(FileNotFoundError, match="and none at"):
-        studies.load_results(tmp_path / "missing.json", url=(tmp_path / "nowhere.json").as_uri())
-
-
-def test_load_results_finds_the_committed_file_from_any_folder(tmp_path):
-    """The chapter reads results/digits_study.json relative to book/; run elsewhere, it finds the checkout's copy."""
-    got = studies.load_results(tmp_path / "digits_study.json")
+def test_load_results_reads_the_file_shipped_with_revlib(tmp_path):
+    """Without a path the chapter's results come from the package, wherever revlib is installed."""
+    got = studies.load_results()
     assert got["format"] == "revlib.harness.studies/1" and len(got["runs"]) > 0
     with pytest.raises(FileNotFoundError):
-        studies.load_results(tmp_path / "other_name.json")
+        studies.load_results(tmp_path / "digits_study.json")

@@ -27,8 +27,8 @@
 # number labelled as the paper's.
 #
 # The full grid behind the tables takes about an hour of CPU time; it is run by
-# one command and its results are committed with the book
-# (`book/results/digits_study.json`). This notebook re-runs a seeded sample of
+# one command and its results are committed and shipped with revlib
+# (`revlib/harness/results/digits_study.json`). This notebook re-runs a seeded sample of
 # that grid every time it executes and checks that it agrees. The CIFAR and
 # STL-10 experiments are one switch away: set `full_run=True` in the next cell
 # on a GPU.
@@ -54,8 +54,8 @@ RUN = RunSettings.from_env(full_run=False)  # set full_run=True on a GPU (Colab)
 # Tiny tensors: one thread is as fast as two, and on a busy machine several spinning threads are much slower.
 torch.set_num_threads(1)
 HARDWARE = experiments.hardware("cpu")["name"]
-# the full grid (from the command above): the book's copy, or on Colab the repository's
-STUDY = studies.load_results(Path("results") / "digits_study.json", url=studies.RESULTS_URL)
+# the full grid (from the command above), as shipped with revlib
+STUDY = studies.load_results()
 print(f"results file: {len(STUDY['runs'])} runs to convergence and {len(STUDY['compare'])} mode comparisons, "
       f"made by `{STUDY['command']}`")
 
@@ -778,7 +778,7 @@ print("checked: RevNet vs ResNet within 1.1 points, Hamiltonian vs both within 1
 # `runs/studies/`, so a stopped grid continues where it stopped:
 #
 # ```bash
-# python -m revlib.harness.studies grid --workers 2 --out book/results/digits_study.json
+# python -m revlib.harness.studies grid --workers 2 --out revlib/harness/results/digits_study.json
 # ```
 #
 # A CIFAR row on a GPU, with checkpoints that survive a disconnect:

@@ -1,6 +1,6 @@
 """Chapter 7's digits studies: accuracy at convergence, reversible vs autograd training, small data.
 
-    python -m revlib.harness.studies grid --workers 2 --out book/results/digits_study.json
+    python -m revlib.harness.studies grid --workers 2 --out revlib/harness/results/digits_study.json
 
 runs the full grid on the CPU (one torch thread per worker process, each run
 cached as its own JSON under ``--cache``, so a stopped grid continues where it
@@ -74,7 +74,7 @@ __all__ = [
     "GRID",
     "run_grid",
     "load_results",
-    "RESULTS_URL",
+    "PACKAGED_RESULTS",
     "select",
     "main",
 ]
@@ -505,40 +505,28 @@ def collect(grid: Grid, cache: str | Path) -> dict[str, Any]:
     }
 
 
-RESULTS_URL = ("https://raw.githubusercontent.com/reversible-networks-executed/reversible-networks-executed/"
-               "main/book/results/digits_study.json")
-"""Where the committed results file can be read when the book's folder is not at hand (Colab)."""
+PACKAGED_RESULTS = "results/digits_study.json"
+"""The committed results file, shipped inside ``revlib.harness`` so that it is
+there wherever revlib is installed (a checkout, Colab), without a download."""
 
 
-REPOSITORY_RESULTS = Path(__file__).resolve().parents[2] / "book" / "results" / "digits_study.json"
-"""The committed results file, when revlib is imported from a checkout of the book's repository."""
+def load_results(path: str | Path | None = None) -> dict[str, Any]:
+    """A results file written by :func:`main`: ``path``, or the file shipped with revlib (``None``).
 
-
-def load_results(path: str | Path, url: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
-    """A results file written by :func:`main`: from ``path``; if it is missing there, from the
-    checkout revlib was imported from (:data:`REPOSITORY_RESULTS`), else from ``url``.
-
-    Raises ``FileNotFoundError`` naming the command that makes the file if
-    none of them has it.
+    Raises ``FileNotFoundError`` naming the command that makes the file when
+    ``path`` does not exist, and ``ValueError`` when it is not such a file.
     """
-    path = Path(path)
-    if path.exists():
-        text = path.read_text()
-    elif path.name == REPOSITORY_RESULTS.name and REPOSITORY_RESULTS.exists():
-        text = REPOSITORY_RESULTS.read_text()
-    else:
-        text = None
-        if url is not None:
-            import urllib.request
+    if path is None:
+        from importlib.resources import files
 
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    text = response.read().decode()
-            except OSError:
-                text = None
-        if text is None:
-            raise FileNotFoundError(f"studies: no results file {path}" + (f" and none at {url}" if url else "")
-                                    + f"; make it with `python -m revlib.harness.studies grid --out {path}`")
+        path = files("revlib.harness").joinpath(PACKAGED_RESULTS)
+        text = path.read_text()
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"studies: no results file {path}; make it with "
+                                    f"`python -m revlib.harness.studies grid --out {path}`")
+        text = path.read_text()
     result = json.loads(text)
     if result.get("format") != "revlib.harness.studies/1":
         raise ValueError(f"studies: {path} is not a revlib.harness.studies results file")
@@ -557,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("grid", help="run the full grid and write the results file")
-    g.add_argument("--out", default="book/results/digits_study.json")
+    g.add_argument("--out", default="revlib/harness/results/digits_study.json")
     g.add_argument("--cache", default="runs/studies", help="one JSON per finished run; a rerun skips them")
     g.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
     g.add_argument("--collect-only", action="store_true", help="write the results file from the cache, run nothing")
