@@ -263,8 +263,10 @@ plt.show()
 #    or shrink with depth.
 # 6. {ref}`ch-hamiltonian`: reversible discretisations of ODEs
 #    {cite:p}`chang2018reversible` that can be made arbitrarily deep.
-# 7. {doc}`07_training_accuracy_tables`: the papers' reported accuracies, labelled
-#    as theirs, beside runs of this repository's code.
+# 7. {ref}`ch-training`: ResNet, RevNet and the ODE networks trained to
+#    convergence on real data at equal size, reversible against autograd
+#    training, and the papers' accuracies, labelled as theirs.
+# 8. {ref}`ch-beyond`: i-RevNet, reversible transformers and momentum networks.
 #
 # ## What we learned
 #

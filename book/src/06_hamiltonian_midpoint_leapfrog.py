@@ -604,7 +604,7 @@ plt.show()
 # for the ResNet, {glue:text}`spiral_acc_ham:.3f` for the Hamiltonian network), and
 # the Hamiltonian network did so with a backward pass that stored none of its
 # blocks' activations. One seed on a toy problem says nothing about which is
-# better; {doc}`07_training_accuracy_tables` compares them on real images over several seeds.
+# better; {ref}`ch-training` compares them on real images over several seeds.
 #
 # ## Weight smoothness decay
 #

@@ -1,4 +1,5 @@
 # %% [markdown]
+# (ch-training)=
 # # Training to convergence, and the accuracy tables
 #
 # The earlier chapters showed that reversible networks save memory and what the

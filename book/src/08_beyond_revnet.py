@@ -1,4 +1,5 @@
 # %% [markdown]
+# (ch-beyond)=
 # # Beyond RevNet: fully invertible networks, reversible transformers, momentum networks
 #
 # Chapter 4 measured where a RevNet still spends memory: not in its blocks, whose
