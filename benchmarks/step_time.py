@@ -1,4 +1,4 @@
-"""Time one training step of a RevNet-like stack: revlib's modes, its engine before the safety work, MemCNN.
+"""Time one training step of a RevNet-like stack: revlib's modes, earlier versions of its engine, MemCNN.
 
 A stack of ``--depth`` additive coupling blocks on ``--width`` channels, F and
 G each BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the channels (the
@@ -6,11 +6,16 @@ pre-activation basic block of the official RevNet code). One step is forward,
 backward of mean(y^2) and an SGD update. The variants, side by side in one run:
 
 * ``autograd``: revlib, mode "autograd" (everything stored; the reference);
+* ``autograd_plus_forward``: an autograd step plus one forward of the chain
+  without a graph: what a reversible step costs if its engine adds nothing but
+  the recomputation (the floor of ``reversible``, "4/3" in units of F and G);
 * ``reversible``: revlib, mode "reversible", default (safe) settings;
 * ``reversible_no_rng``: the same with ``preserve_rng_state=False`` (the opt-out);
-* ``reversible_before``: the engine as it was before the "never a silently
-  wrong gradient" work (git revision ``--before``, loaded from git into a
-  temporary package; skipped when git or the revision is missing);
+* ``reversible@REV``: revlib's engine at git revision ``REV`` (each of
+  ``--before``, loaded from git into a temporary package; skipped when git or
+  the revision is missing). The default compares with 8abb1ff (before the
+  "never a silently wrong gradient" work) and 5ad9f31 (before the halves
+  travelled between coupling steps);
 * ``checkpoint``: revlib, mode "checkpoint" (torch.utils.checkpoint per block);
 * ``memcnn``: MemCNN 1.5.2's ``InvertibleModuleWrapper(AdditiveCoupling(F, G))``
   per block, when installed (optional: ``pip install --no-deps memcnn==1.5.2``;
@@ -19,8 +24,9 @@ backward of mean(y^2) and an SGD update. The variants, side by side in one run:
 The variants are timed interleaved, in a rotating order, after warm-up steps
 (so a change in the machine's load hits all of them alike); the median of
 ``--repeats`` steps is reported, with each variant's ratio to autograd (ratio of
-medians, the median of the per-round ratios, and the ratio of the median CPU
-times of the process, which other processes' load disturbs less), and the bytes each revlib mode
+medians, the median of the per-round ratios with a 95 % bootstrap interval, and
+the ratio of the median CPU times of the process, which other processes' load
+disturbs less), and the bytes each revlib mode
 saves for the backward (revlib.core.memory.saved_tensor_bytes; on CUDA also the
 allocator's peak).
 
@@ -37,6 +43,7 @@ import argparse
 import copy
 import importlib
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -72,7 +79,7 @@ def halves(depth: int, width: int) -> list[tuple[nn.Module, nn.Module]]:
 
 def engine_before(revision: str):
     """revlib's engine modules at ``revision`` as a temporary package, or None if git cannot give them."""
-    target = Path(tempfile.mkdtemp(prefix="revlib_before_")) / "revlib_before_core"
+    target = Path(tempfile.mkdtemp(prefix="revlib_before_")) / f"revlib_core_at_{revision}"
     target.mkdir()
     (target / "__init__.py").write_text("")
     try:
@@ -85,7 +92,20 @@ def engine_before(revision: str):
     except (OSError, subprocess.CalledProcessError):
         return None
     sys.path.insert(0, str(target.parent))
-    return importlib.import_module("revlib_before_core")
+    return importlib.import_module(target.name)
+
+
+class AutogradPlusForward(nn.Module):
+    """An autograd forward of ``chain`` preceded by a forward without a graph: the reversible step's floor."""
+
+    def __init__(self, chain: nn.Module) -> None:
+        super().__init__()
+        self.chain = chain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.chain(x)
+        return self.chain(x)
 
 
 def memcnn_stack(pairs):
@@ -110,14 +130,15 @@ def build_variants(args: argparse.Namespace, device: torch.device) -> dict[str, 
         return revlib.ReversibleSequence(blocks, mode=mode, **kwargs)
 
     models["autograd"] = revlib_chain("autograd")
+    models["autograd_plus_forward"] = AutogradPlusForward(revlib_chain("autograd"))
     models["reversible"] = revlib_chain("reversible")
     models["reversible_no_rng"] = revlib_chain("reversible", preserve_rng_state=False)
-    before = engine_before(args.before) if args.before else None
-    if before is not None:
-        from revlib_before_core.couplings import AdditiveCoupling as BeforeCoupling
-        from revlib_before_core.sequence import ReversibleSequence as BeforeSequence
-
-        models["reversible_before"] = BeforeSequence([BeforeCoupling(*copy.deepcopy(p)) for p in pairs])
+    for revision in args.before:
+        before = engine_before(revision)
+        if before is not None:
+            sequence = importlib.import_module(f"{before.__name__}.sequence")
+            coupling = importlib.import_module(f"{before.__name__}.couplings").AdditiveCoupling
+            models[f"reversible@{revision}"] = sequence.ReversibleSequence([coupling(*copy.deepcopy(p)) for p in pairs])
     models["checkpoint"] = revlib_chain("checkpoint")
     memcnn_model = memcnn_stack([copy.deepcopy(p) for p in pairs])
     if memcnn_model is not None:
@@ -129,15 +150,20 @@ def same_gradients(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, b
     """Whether each revlib variant's float64 parameter gradients equal the 'reversible' variant's bit for bit."""
     out = {}
     ref = None
-    for name in ("reversible", "reversible_no_rng", "reversible_before"):
-        if name not in models:
-            continue
+    for name in ["reversible", "reversible_no_rng", *(n for n in models if n.startswith("reversible@"))]:
         m = copy.deepcopy(models[name]).double()
         m(x.double()).square().mean().backward()
         grads = [p.grad for p in m.parameters()]
         ref = grads if ref is None else ref
         out[name] = all(torch.equal(a, b) for a, b in zip(grads, ref))
     return out
+
+
+def bootstrap_median(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 95 % percentile-bootstrap interval for the median of ``values``."""
+    gen = random.Random(seed)
+    medians = sorted(statistics.median(gen.choices(values, k=len(values))) for _ in range(rounds))
+    return medians[int(0.025 * rounds)], medians[int(0.975 * rounds) - 1]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -170,12 +196,14 @@ def run(args: argparse.Namespace) -> dict:
             times[name].append(time.perf_counter() - start)
             cpu_times[name].append(time.process_time() - start_cpu)
 
-    revlib_names = [n for n in names if n != "memcnn"]
+    revlib_names = [n for n in names if n not in ("memcnn", "autograd_plus_forward")]
     saved = {n: saved_tensor_bytes(models[n], x) for n in revlib_names}
     peak = {n: cuda_peak_bytes(lambda n=n: step(n), device) for n in names} if device.type == "cuda" else None
     medians = {n: statistics.median(t) for n, t in times.items()}
     ratio = {n: medians[n] / medians["autograd"] for n in names}
-    paired = {n: statistics.median(a / b for a, b in zip(times[n], times["autograd"])) for n in names}
+    per_round = {n: [a / b for a, b in zip(times[n], times["autograd"])] for n in names}
+    paired = {n: statistics.median(r) for n, r in per_round.items()}
+    paired_interval = {n: bootstrap_median(r) for n, r in per_round.items()}
     # CPU time of this process (all its threads): less sensitive than wall time to other processes' load
     cpu_medians = {n: statistics.median(t) for n, t in cpu_times.items()}
     cpu_ratio = {n: cpu_medians[n] / cpu_medians["autograd"] for n in names}
@@ -186,11 +214,12 @@ def run(args: argparse.Namespace) -> dict:
         "coupling blocks, F and G = BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the channels",
         **run_metadata(device),
         "depth": args.depth, "width": args.width, "batch": args.batch, "size": args.size,
-        "warmup": args.warmup, "repeats": args.repeats, "before_revision": args.before,
+        "warmup": args.warmup, "repeats": args.repeats, "before_revisions": args.before,
         "variants": names,
         "median_seconds": medians,
         "ratio_to_autograd": ratio,
         "paired_ratio_to_autograd": paired,
+        "paired_ratio_95_interval": paired_interval,
         "median_cpu_seconds": cpu_medians,
         "cpu_time_ratio_to_autograd": cpu_ratio,
         "min_seconds": {n: min(t) for n, t in times.items()},
@@ -211,11 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=32, help="channels, split into two halves (default 32)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--size", type=int, default=32, help="height and width of the input (default 32)")
-    parser.add_argument("--repeats", type=int, default=15, help="timed steps per variant (default 15)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default 2)")
+    parser.add_argument("--repeats", type=int, default=40, help="timed steps per variant (default 40)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default 3)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: revlib.default_device())")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--before", default="8abb1ff", help="git revision of the 'before' engine ('' to skip)")
+    parser.add_argument(
+        "--before", nargs="*", default=["8abb1ff", "5ad9f31"],
+        help="git revisions of earlier engines to time and compare bit for bit (none: --before)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/step_time_<device>.json)")
     args = parser.parse_args(argv)
@@ -225,13 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['device']}, torch {result['torch']}, {result['threads']} threads; depth {args.depth}, "
         f"width {args.width}, batch {args.batch}, {args.size}x{args.size}; median of {args.repeats} after {args.warmup} warm-up"
     )
-    print(f"{'variant':18s} {'median ms':>10s} {'ratio':>7s} {'paired':>7s} {'CPU ratio':>9s} {'saved MiB':>10s}")
+    print(f"{'variant':22s} {'median ms':>10s} {'ratio':>7s} {'paired (95 %)':>20s} {'CPU ratio':>9s} {'saved MiB':>10s}")
     for n in result["variants"]:
         saved = result["saved_bytes"].get(n)
+        low, high = result["paired_ratio_95_interval"][n]
         print(
-            f"{n:18s} {1000 * result['median_seconds'][n]:10.1f} {result['ratio_to_autograd'][n]:7.2f} "
-            f"{result['paired_ratio_to_autograd'][n]:7.2f} {result['cpu_time_ratio_to_autograd'][n]:9.2f} "
-            f"{'' if saved is None else f'{saved / 2**20:10.2f}'}"
+            f"{n:22s} {1000 * result['median_seconds'][n]:10.1f} {result['ratio_to_autograd'][n]:7.2f} "
+            f"{result['paired_ratio_to_autograd'][n]:7.2f} ({low:.2f}-{high:.2f}) "
+            f"{result['cpu_time_ratio_to_autograd'][n]:9.2f} {'' if saved is None else f'{saved / 2**20:10.2f}'}"
         )
     print("float64 gradients bit-equal to 'reversible':", result["float64_gradients_bit_equal_to_reversible"])
     load = result["load_average_1min"]

@@ -186,7 +186,13 @@ assert max(step_errors.values()) < 1e-12
 # train/eval modes, and without updating any buffer again (BatchNorm's running
 # statistics were already updated once in the forward). `grads_for` is one call of
 # `torch.autograd.grad` that returns the input gradient and the parameter
-# gradients together.
+# gradients together. The two lines before `return` do what `torch.cat` did in
+# `algorithm1_step` without copying: inside a chain, the step before this one
+# splits `x` again at once, so `x` travels as `Halves`, with $x_1$ written
+# straight into the first half of a full-size buffer (where a concatenation would
+# have put it: BatchNorm's reduction order depends on the strides it reads, so the
+# layout is kept to keep the gradients' bits), and the gradient's second half is
+# added straight into its place.
 
 # %% tags=["nbval-ignore-output"]
 print(inspect.getsource(AdditiveCoupling.backward_step))

@@ -18,7 +18,7 @@ couplings override it with a fused step that evaluates each sub-function once.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,7 @@ from .recompute import Tape, submodules
 
 __all__ = [
     "ReversibleBlock",
+    "Halves",
     "Run",
     "ParamGrads",
     "plain_run",
@@ -88,6 +89,103 @@ def split_halves(block: nn.Module, x: Tensor, what: str = "input") -> tuple[Tens
 def join_halves(block: nn.Module, first: Tensor, second: Tensor) -> Tensor:
     """Concatenate two halves along the block's split dimension (the inverse of :func:`split_halves`)."""
     return torch.cat([first, second], dim=split_dim(block))
+
+
+class Halves(NamedTuple):
+    """A block's input, carried as its two halves from one backward step of a chain to the next.
+
+    ``buffer`` is a full-size tensor whose first half along ``dim`` is
+    ``first``; its second half need not hold ``second`` (a tensor of its own).
+    A coupling's backward step writes its reconstructed first half straight
+    into such a buffer (:func:`halves_of_difference`), so the step before it
+    reads that half with the strides a concatenation would have given it, and
+    no concatenation is spent on a tensor the next step splits again.
+    :meth:`join` gives the full tensor, equal in value and layout to
+    ``torch.cat([first, second], dim)``, for a block that takes whole tensors.
+    """
+
+    first: Tensor
+    second: Tensor
+    buffer: Tensor
+    dim: int
+
+    @classmethod
+    def of(cls, block: nn.Module, y: "Tensor | Halves", what: str = "output") -> "Halves":
+        """``y`` as halves along the block's split dimension (views of ``y`` if it is a whole tensor)."""
+        if isinstance(y, Halves):
+            if y.dim % y.buffer.dim() == split_dim(block) % y.buffer.dim():
+                return y
+            y = y.join()
+        first, second = split_halves(block, y, what)
+        return cls(first, second, y, split_dim(block))
+
+    def join(self) -> Tensor:
+        """Write ``second`` into the buffer's second half (unless it is that half) and return the buffer."""
+        half = self.buffer.chunk(2, dim=self.dim)[1]
+        if not (half.data_ptr() == self.second.data_ptr() and half.stride() == self.second.stride()):
+            half.copy_(self.second)
+        return self.buffer
+
+
+def takes_halves(block: nn.Module) -> bool:
+    """True if ``block.backward_step`` takes and returns :class:`Halves`.
+
+    That is, the class that defines the ``backward_step`` in use also sets
+    ``backward_step_takes_halves = True``: a subclass that overrides the step
+    gets whole tensors unless it sets the flag itself.
+    """
+    for cls in type(block).__mro__:
+        if "backward_step" in vars(cls):
+            return vars(cls).get("backward_step_takes_halves", False) is True
+    return False
+
+
+def _same_dtype_contiguous(*tensors: Tensor | None) -> bool:
+    first = tensors[0]
+    return all(t is not None and t.is_contiguous() and t.dtype == first.dtype for t in tensors)
+
+
+def _empty_whole(block: nn.Module, half: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """An unwritten contiguous tensor made of two ``half``-shaped halves, and the two halves."""
+    dim = split_dim(block)
+    shape = list(half.shape)
+    shape[dim] *= 2
+    whole = torch.empty(shape, dtype=half.dtype, device=half.device)
+    first, second = whole.chunk(2, dim=dim)
+    return whole, first, second
+
+
+def halves_of_difference(block: nn.Module, y: Halves, f: Tensor, second: Tensor) -> Halves:
+    """``Halves(y.first - f, second)``, the difference written into the first half of a full-size buffer.
+
+    Bit for bit (values and strides) the halves of
+    ``join_halves(block, y.first - f, second)``: an elementwise result does not
+    depend on the layout it is written in. Falls back to that concatenation
+    unless the tensors are contiguous and of one dtype. For a backward step:
+    the result carries no graph.
+    """
+    if not (y.buffer.is_contiguous() and _same_dtype_contiguous(f, second) and y.first.dtype == f.dtype):
+        return Halves.of(block, join_halves(block, y.first - f, second))
+    buffer, first, _ = _empty_whole(block, f)
+    torch.sub(y.first.detach(), f.detach(), out=first)
+    return Halves(first, second, buffer, split_dim(block))
+
+
+def join_halves_with_sum(block: nn.Module, first: Tensor, whole: Tensor, addend: Tensor | None) -> Tensor:
+    """``join_halves(block, first, second + addend)`` with ``second`` the second half of ``whole``.
+
+    The sum is written straight into the result (no concatenation copies it);
+    bit for bit the concatenation. Falls back to it unless the tensors are
+    contiguous and of one dtype. ``addend=None`` adds nothing. For a
+    backward step: the result carries no graph.
+    """
+    second = whole.chunk(2, dim=split_dim(block))[1]
+    if addend is None or not _same_dtype_contiguous(whole, first, addend):
+        return join_halves(block, first, second if addend is None else second + addend)
+    out, out_first, out_second = _empty_whole(block, first)
+    out_first.copy_(first.detach())
+    torch.add(second.detach(), addend.detach(), out=out_second)
+    return out
 
 
 def check_same_shape(block: nn.Module, fn_name: str, out: Tensor, like: Tensor) -> Tensor:
@@ -169,7 +267,11 @@ class ReversibleBlock(nn.Module):
        calls sub-functions through ``tape.replay(name, fn, h)`` and returns the
        parameter gradients as pairs with the tensors ``self.parameters()``
        yields during the step (the engine swaps in detached aliases there, so
-       parameter hooks fire once, in the autograd engine).
+       parameter hooks fire once, in the autograd engine). A block whose class
+       sets ``backward_step_takes_halves = True`` receives ``y`` as
+       :class:`Halves` from the step after it and returns ``x`` as
+       :class:`Halves` when given them (as :class:`~revlib.core.couplings.AdditiveCoupling`
+       does); any other block receives whole tensors.
     """
 
     def _forward(self, x: Tensor, run: Run) -> Tensor:

@@ -15,12 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import (
+    Halves,
     ParamGrads,
     ReversibleBlock,
     Run,
     check_same_shape,
     grads_for,
+    halves_of_difference,
     join_halves,
+    join_halves_with_sum,
     plain_run,
     split_halves,
     trainable_parameters,
@@ -46,6 +49,8 @@ class AdditiveCoupling(ReversibleBlock):
         self.G = G
         self.dim = dim
 
+    backward_step_takes_halves = True
+
     def _forward(self, x: Tensor, run: Run) -> Tensor:
         x1, x2 = split_halves(self, x)
         y1 = x1 + check_same_shape(self, "F", run("F", self.F, x2), x2)
@@ -58,7 +63,9 @@ class AdditiveCoupling(ReversibleBlock):
         x1 = y1 - check_same_shape(self, "F", run("F", self.F, x2), x2)
         return join_halves(self, x1, x2)
 
-    def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor, ParamGrads]:
+    def backward_step(
+        self, y: Tensor | Halves, dy: Tensor, tape: Tape
+    ) -> tuple[Tensor | Halves, Tensor, ParamGrads]:
         r"""One step of Algorithm 1.
 
         With :math:`z_1 = y_1`:
@@ -66,8 +73,15 @@ class AdditiveCoupling(ReversibleBlock):
         :math:`\bar x_2 = \bar y_2 + (\partial F/\partial x_2)^\top \bar z_1`,
         :math:`\bar x_1 = \bar z_1`, :math:`\bar w_G = (\partial G/\partial w_G)^\top \bar y_2`,
         :math:`\bar w_F = (\partial F/\partial w_F)^\top \bar z_1`.
+
+        ``y`` may be :class:`~revlib.core.blocks.Halves`; ``x`` is then
+        returned as ``Halves`` too, :math:`x_1` written into the first half
+        of a full-size buffer and :math:`x_2` beside it, so a chain spends no
+        concatenation on a tensor the next step splits again. The results are
+        bit for bit those of whole tensors.
         """
-        y1, y2 = (h.detach() for h in split_halves(self, y, "output"))
+        halves = Halves.of(self, y)
+        y1, y2 = halves.first.detach(), halves.second.detach()
         dy1, dy2 = dy.chunk(2, dim=self.dim)
         z1 = y1.requires_grad_(True)
         g = tape.replay("G", self.G, z1)
@@ -76,10 +90,9 @@ class AdditiveCoupling(ReversibleBlock):
         dz1 = dy1 if dz1_from_g is None else dy1 + dz1_from_g
         f = tape.replay("F", self.F, x2)
         (dx2_from_f,), f_grads = grads_for([f], [dz1], [x2], trainable_parameters([self.F]))
-        x1 = y1.detach() - f.detach()
-        dx2 = dy2 if dx2_from_f is None else dy2 + dx2_from_f
-        x = join_halves(self, x1, x2.detach())
-        return x, join_halves(self, dz1, dx2), f_grads + g_grads
+        x = halves_of_difference(self, halves, f.detach(), x2.detach())  # x1 = y1 - F(x2)
+        dx = join_halves_with_sum(self, dz1, dy, dx2_from_f)  # dx2 = dy2 + (dF/dx2)^T dz1
+        return (x if isinstance(y, Halves) else x.join()), dx, f_grads + g_grads
 
 
 class NICECoupling(ReversibleBlock):

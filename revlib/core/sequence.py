@@ -26,7 +26,14 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from .blocks import ReversibleBlock, detached_parameters, implements_contract, trainable_parameters
+from .blocks import (
+    Halves,
+    ReversibleBlock,
+    detached_parameters,
+    implements_contract,
+    takes_halves,
+    trainable_parameters,
+)
 from .modes import HasMode, Mode
 from .recompute import ModuleState, Tape, checkpoint_updating_stats_once
 
@@ -208,6 +215,11 @@ class _ReversibleChain(torch.autograd.Function):
         grads: list[Tensor | None] = [None] * len(ctx.params)
         with torch.enable_grad(), ctx.state.forward_training_flags():
             for block, tape in reversed(list(zip(ctx.seq.blocks, tapes))):
+                # couplings pass their reconstructed inputs on as halves (no concatenation in between)
+                if takes_halves(block):
+                    y = Halves.of(block, y)
+                elif isinstance(y, Halves):
+                    y = y.join()
                 with detached_parameters(block, aliases):
                     y, dy, param_grads = block.backward_step(y, dy, tape)
                 for p, g in param_grads:
