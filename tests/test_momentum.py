@@ -69,3 +69,37 @@ def test_momentum_net_memory_is_flat_in_depth():
 
     assert saved_tensor_bytes(net(2, "reversible"), x) == saved_tensor_bytes(net(8, "reversible"), x)
     assert saved_tensor_bytes(net(8, "autograd"), x) > 3 * saved_tensor_bytes(net(2, "autograd"), x)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.6])
+def test_fused_step_evaluates_f_once_and_equals_autograd(gamma, monkeypatch):
+    """One evaluation of f per block in the backward (the generic step, the control, needs two)."""
+    torch.manual_seed(1)
+    ref = revlib.MomentumNet([tanh_layer(6) for _ in range(3)], gamma=gamma, dim=-1, mode="autograd").double()
+    net = revlib.MomentumNet([tanh_layer(6) for _ in range(3)], gamma=gamma, dim=-1).double()
+    net.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+
+    def calls_in_backward() -> int:
+        calls = 0
+
+        def count(module, args):
+            nonlocal calls
+            calls += 1
+
+        y = net(x)
+        handles = [block.f.register_forward_pre_hook(count) for block in net.sequence.blocks]
+        y.square().sum().backward()
+        for h in handles:
+            h.remove()
+        return calls
+
+    assert calls_in_backward() == 3
+    net.zero_grad(set_to_none=True)
+    _, dx0, g0 = run_step(ref, x)
+    _, dx1, g1 = run_step(net, x)
+    torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-12)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    monkeypatch.setattr(revlib.MomentumBlock, "backward_step", revlib.ReversibleBlock.backward_step)
+    assert calls_in_backward() == 6

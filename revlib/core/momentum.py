@@ -25,8 +25,18 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from .blocks import ReversibleBlock, Run, check_same_shape, join_halves, split_halves
+from .blocks import (
+    ParamGrads,
+    ReversibleBlock,
+    Run,
+    check_same_shape,
+    grads_for,
+    join_halves,
+    split_halves,
+    trainable_parameters,
+)
 from .modes import Mode, ModelMode
+from .recompute import Tape
 from .sequence import ReversibleSequence
 
 __all__ = ["MomentumBlock", "MomentumNet"]
@@ -62,6 +72,29 @@ class MomentumBlock(ReversibleBlock):
         pos = pos_new - vel_new
         f = check_same_shape(self, "f", run("f", self.f, pos), pos)
         return join_halves(self, pos, (vel_new - (1.0 - self.gamma) * f) / self.gamma)
+
+    def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor, ParamGrads]:
+        r"""Reconstruct :math:`(x, v)` and map the gradients back with one evaluation of :math:`f`.
+
+        The velocity reaches the loss directly and through :math:`x' = x + v'`,
+        so its total gradient is :math:`\bar s = \bar v' + \bar x'`; then
+        :math:`\bar x = \bar x' + (1 - \gamma)(\partial f/\partial x)^\top \bar s`,
+        :math:`\bar v = \gamma \bar s` and
+        :math:`\bar w = (1 - \gamma)(\partial f/\partial w)^\top \bar s`, where
+        :math:`x = x' - v'` needs no :math:`f` and :math:`f(x)` serves both the
+        reconstruction of :math:`v` and the vector-Jacobian product.
+        """
+        pos_new, vel_new = (h.detach() for h in split_halves(self, y, "output"))
+        dpos_new, dvel_new = dy.chunk(2, dim=self.dim)
+        pos = (pos_new - vel_new).requires_grad_(True)
+        f = check_same_shape(self, "f", tape.replay("f", self.f, pos), pos)
+        dvel_total = dvel_new + dpos_new
+        (dpos_from_f,), grads = grads_for(
+            [f], [(1.0 - self.gamma) * dvel_total], [pos], trainable_parameters([self.f])
+        )
+        vel = (vel_new - (1.0 - self.gamma) * f.detach()) / self.gamma
+        dpos = dpos_new if dpos_from_f is None else dpos_new + dpos_from_f
+        return join_halves(self, pos.detach(), vel), join_halves(self, dpos, self.gamma * dvel_total), grads
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, dim={self.dim}"

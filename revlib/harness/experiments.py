@@ -172,7 +172,7 @@ def _tv_version() -> str | None:
         import torchvision
 
         return torchvision.__version__
-    except ImportError:
+    except (ImportError, RuntimeError):  # missing, or built for another torch ("operator torchvision::nms does not exist")
         return None
 
 
