@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 import revlib
-from revlib.core.device import hardware
+from revlib.core.device import hardware, synchronize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,3 +48,29 @@ def write_result(result: dict, out: Path | None, default_name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def time_interleaved(
+    step: Callable[[str], None], names: list[str], device: torch.device, warmup: int, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and process-CPU seconds of ``step(name)`` for every name, interleaved.
+
+    ``warmup`` untimed rounds, then ``repeats`` timed rounds; a round runs
+    each variant once, in an order rotated by one from round to round, so a
+    change in the machine's load (or a cache left warm by the variant before)
+    hits all variants alike. The device is synchronised around every step.
+    """
+    for _ in range(warmup):
+        for name in names:
+            step(name)
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            synchronize(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step(name)
+            synchronize(device)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu

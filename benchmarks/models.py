@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 import revlib
-from common import add_run_options, run_metadata, write_result
-from revlib.core.device import synchronize
+from common import add_run_options, run_metadata, time_interleaved, write_result
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 from revlib.models import revnet as R
 from revlib.models import count_parameters, rev_vgg, set_mode, vgg19
@@ -68,17 +67,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         nn.functional.cross_entropy(models[mode](x), labels).backward()
         optimizers[mode].step()
 
-    for _ in range(args.warmup):
-        for mode in modes:
-            step(mode)
-    times: dict[str, list[float]] = {mode: [] for mode in modes}
-    for _ in range(args.repeats):
-        for mode in modes:
-            synchronize(device)
-            start = time.perf_counter()
-            step(mode)
-            synchronize(device)
-            times[mode].append(time.perf_counter() - start)
+    times, _ = time_interleaved(step, modes, device, args.warmup, args.repeats)
     saved = {mode: saved_tensor_bytes(models[mode], x) for mode in modes}
     peak = None
     if device.type == "cuda":

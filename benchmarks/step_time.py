@@ -48,15 +48,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import revlib
-from common import run_metadata, write_result
-from revlib.core.device import synchronize
+from common import add_run_options, run_metadata, time_interleaved, write_result
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -182,19 +180,7 @@ def run(args: argparse.Namespace) -> dict:
         models[name](x.clone()).square().mean().backward()  # a fresh input: MemCNN frees its block inputs
         optimizers[name].step()
 
-    for _ in range(args.warmup):
-        for name in names:
-            step(name)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    cpu_times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(args.repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            synchronize(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            step(name)
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-            cpu_times[name].append(time.process_time() - start_cpu)
+    times, cpu_times = time_interleaved(step, names, device, args.warmup, args.repeats)
 
     revlib_names = [n for n in names if n not in ("memcnn", "autograd_plus_forward")]
     saved = {n: saved_tensor_bytes(models[n], x) for n in revlib_names}
@@ -230,7 +216,7 @@ def run(args: argparse.Namespace) -> dict:
         # the machine's 1-minute load average before and after: above the core count, wall times are unreliable
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "note": "medians of interleaved repeats (rotating order) after warm-up; CPU timings depend on the "
-        "machine's load, so compare ratios within one run",
+        "machine's load, so compare ratios within one run. " + (args.note or ""),
     }
 
 
@@ -242,14 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=32, help="height and width of the input (default 32)")
     parser.add_argument("--repeats", type=int, default=40, help="timed steps per variant (default 40)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default 3)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: revlib.default_device())")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
         "--before", nargs="*", default=["8abb1ff", "5ad9f31"],
         help="git revisions of earlier engines to time and compare bit for bit (none: --before)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/step_time_<device>.json)")
+    add_run_options(parser, "step_time")
     args = parser.parse_args(argv)
 
     result = run(args)

@@ -25,15 +25,13 @@ import math
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import revlib
-from common import run_metadata, write_result
-from revlib.core.device import synchronize
+from common import run_metadata, time_interleaved, write_result
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 from revlib.models import ReversibleViT, ViT
 
@@ -64,17 +62,7 @@ def one_length(tokens: int, args: argparse.Namespace, device: torch.device) -> d
         nn.functional.cross_entropy(models[kind](x), target).backward()
         optimizers[kind].step()
 
-    for _ in range(args.warmup):
-        for k in KINDS:
-            step(k)
-    times: dict[str, list[float]] = {k: [] for k in KINDS}
-    for _ in range(args.repeats):
-        for k in KINDS:
-            synchronize(device)
-            start = time.perf_counter()
-            step(k)
-            synchronize(device)
-            times[k].append(time.perf_counter() - start)
+    times, _ = time_interleaved(step, list(KINDS), device, args.warmup, args.repeats)
     medians = {k: statistics.median(t) for k, t in times.items()}
     saved = {k: saved_tensor_bytes(m, x) for k, m in models.items()}
     peak = None
