@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import revlib
 from revlib.core.memory import saved_tensor_bytes
-from revlib.models import IRevNet, ReversibleViT, ViT, matching_revnet
+from revlib.models import IRevNet, ReversibleViT, ViT, irevnet_bottleneck_branch, matching_revnet
 
 from conftest import run_step
 
@@ -86,3 +87,57 @@ def test_vits_refuse_wrong_images():
     for m in (rev, std):
         with pytest.raises(ValueError, match=r"PatchEmbedding: expected images of shape \(N, 1, 8, 8\)"):
             m(torch.randn(2, 3, 8, 8))
+
+
+def test_irevnet_bottleneck_branch_is_the_official_three_convolutions():
+    branch = irevnet_bottleneck_branch(16)
+    convs = [m for m in branch if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(16, 4, (3, 3)), (4, 4, (3, 3)), (4, 16, (3, 3))]
+    with pytest.raises(ValueError, match="6 channels do not divide by mult=4"):
+        irevnet_bottleneck_branch(6)
+
+
+def test_irevnet_with_bottlenecks_inverts_and_matches_autograd_float64():
+    torch.manual_seed(0)
+    ref = IRevNet((1, 1), in_channels=2, branch="bottleneck", mode="autograd").double()
+    other = IRevNet((1, 1), in_channels=2, branch="bottleneck").double()
+    other.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    assert revlib.check_inverse(other.sequence, x) < 1e-12
+    _, dx0, g0 = run_step(ref, x.requires_grad_(True))
+    _, dx1, g1 = run_step(other, x)
+    torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-10)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_irevnet_bottleneck_needs_halves_divisible_by_four_and_says_how():
+    with pytest.raises(ValueError, match=r"stage 0 has 12 channels, halves of 6.*pad="):
+        IRevNet((1,), in_channels=3, branch="bottleneck")
+    with pytest.raises(ValueError, match="branch must be 'basic' or 'bottleneck'"):
+        IRevNet((1,), branch="wide")
+
+
+def test_irevnet_padding_puts_the_first_branch_on_relus_kink():
+    """Zero channels: BN maps them to its bias (0 at init), ReLU's kink; only that bias's gradient differs."""
+    torch.manual_seed(0)
+    ref = IRevNet((1, 1), in_channels=3, pad=4, mode="autograd").double()
+    other = IRevNet((1, 1), in_channels=3, pad=4).double()
+    other.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    _, dx0, g0 = run_step(ref, x)
+    _, dx1, g1 = run_step(other, x)
+    torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-10)
+    differ = {n for (n, _), a, b in zip(ref.named_parameters(), g1, g0) if not torch.allclose(a, b, rtol=0, atol=1e-10)}
+    assert differ == {"sequence.blocks.2.F.0.bias"}  # the first coupling's F, first BatchNorm
+    bias_ref = g0[[n for n, _ in ref.named_parameters()].index("sequence.blocks.2.F.0.bias")]
+    assert torch.equal(bias_ref[4:], torch.zeros(4, dtype=torch.float64))  # the padded channels: slope 0 at the kink
+    with torch.no_grad():  # control: a bias off 0 takes the zero channels off the kink, and the gradients agree
+        for net in (ref, other):
+            net.sequence.blocks[2].F[0].bias.fill_(0.1)
+    ref.zero_grad(set_to_none=True)
+    other.zero_grad(set_to_none=True)
+    _, _, g0 = run_step(ref, x)
+    _, _, g1 = run_step(other, x)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)

@@ -85,15 +85,21 @@ print("reconstruction error of psi:", revlib.check_inverse(psi, x_img))
 # %% [markdown]
 # ### An i-RevNet, one reversible sequence from stem to head
 #
-# `revlib.models.IRevNet` follows the i-RevNet's plan with the simpler basic branches
-# of chapter 4:
+# `revlib.models.IRevNet` follows the i-RevNet's plan with the basic branches of
+# chapter 4 (or, with `branch="bottleneck"`, the i-RevNet's own branches of three
+# 3x3 convolutions):
 #
 # * the **stem** is a $\psi$ of factor 2: an RGB image ($3$ channels, odd) becomes
 #   $12$ channels at half the resolution, so the couplings can split it. With
 #   `stem_factor=1` an odd channel count is refused with a message that points to
 #   `pad=1`, an `InjectivePad` that appends zero channels, $x \mapsto (x, 0)$. It is
 #   injective, not onto, and its left inverse drops the zeros: the i-RevNet's
-#   *injective* variant pads the input this way;
+#   *injective* variant pads the input this way. One caution: a zero channel has zero
+#   variance, so the BatchNorm of the next coupling's branch maps it to its bias,
+#   which starts at 0, right on the kink of the ReLU after it
+#   ({ref}`sec-relu-kink`); the reconstructed zeros are only zero to rounding, so
+#   in mode `"reversible"` the gradient of that bias differs from autograd's, which
+#   takes ReLU's slope at 0 to be 0 (the test suite pins this case);
 # * each **stage** after the first starts with a $\psi$ (stride 2, channels $\times 4$)
 #   followed by `AdditiveCoupling`s whose $F$ and $G$ are BN-ReLU-conv-BN-ReLU-conv
 #   on half the channels;

@@ -9,19 +9,21 @@ the space-to-depth bijection :math:`\psi` (:class:`~revlib.core.downsampling.Spa
   channels (the i-RevNet's injective variant; also makes an odd count even);
 * stage ``s``: :math:`\psi` (stride 2, channels x4) except in the first stage,
   then ``units[s]`` :class:`~revlib.core.couplings.AdditiveCoupling`\ s with
-  pre-activation basic branches on half the channels;
+  pre-activation branches on half the channels: basic (two 3x3 convolutions)
+  or the i-RevNet's bottleneck (:func:`irevnet_bottleneck_branch`);
 * head (the only non-invertible part): BN-ReLU, global average pooling, linear.
 
 Everything from the stem to the last coupling is **one**
 :class:`~revlib.core.sequence.ReversibleSequence`, so mode ``"reversible"``
 stores only its output, and :math:`\psi` keeps the number of entries
 :math:`C H W`: the bytes saved do not depend on the depth nor on the number of stages.
-The convolutions are simpler than the paper's bottleneck branches.
+The paper's block is a coupling with one branch and a swap; here both halves
+get a branch (F and G), as in a RevNet.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 from torch import Tensor, nn
 
@@ -30,10 +32,31 @@ from ..core.couplings import AdditiveCoupling
 from ..core.downsampling import InjectivePad, SpaceToDepth
 from ..core.modes import Mode, ModelMode, validate_mode
 from ..core.sequence import ReversibleSequence
-from .common import batch_norm, init_official
+from .common import batch_norm, conv2d, init_official
 from .revnet import PreActNet, basic_branch
 
-__all__ = ["IRevNet", "matching_revnet"]
+__all__ = ["IRevNet", "matching_revnet", "irevnet_bottleneck_branch"]
+
+
+def irevnet_bottleneck_branch(channels: int, mult: int = 4) -> nn.Sequential:
+    """The i-RevNet's bottleneck branch (Jacobsen et al. 2018, official code), shape-preserving.
+
+    BN-ReLU-conv3x3 to ``channels // mult``, BN-ReLU-conv3x3, BN-ReLU-conv3x3
+    back to ``channels``: three 3x3 convolutions, unlike a ResNet bottleneck's
+    1x1-3x3-1x1. (The official first block omits the first BN-ReLU; every
+    branch here keeps it.)
+    """
+    if channels % mult:
+        raise ValueError(
+            f"irevnet_bottleneck_branch: {channels} channels do not divide by mult={mult}; the inner width is "
+            "channels // mult (pad the stem with IRevNet(pad=...) or use branch='basic')"
+        )
+    mid = channels // mult
+    return nn.Sequential(
+        batch_norm(channels), nn.ReLU(), conv2d(channels, mid, 3),
+        batch_norm(mid), nn.ReLU(), conv2d(mid, mid, 3),
+        batch_norm(mid), nn.ReLU(), conv2d(mid, channels, 3),
+    )
 
 
 class IRevNet(ModelMode, nn.Module):
@@ -44,7 +67,15 @@ class IRevNet(ModelMode, nn.Module):
         in_channels: channels of the input images.
         num_classes: outputs of the head.
         stem_factor: the stem's space-to-depth factor (1: no stem psi).
-        pad: zero channels appended after the stem (injective padding).
+        pad: zero channels appended after the stem (injective padding). A
+            caution: the next coupling's first BatchNorm maps a zero channel to
+            its bias, 0 at initialisation, on the kink of the ReLU after it; the
+            reversible backward reconstructs those zeros only to rounding, so the
+            gradient of that bias is not autograd's (which takes ReLU's slope at
+            0 as 0) until the bias moves off 0.
+        branch: ``"basic"`` (two 3x3 convolutions, the default) or
+            ``"bottleneck"`` (:func:`irevnet_bottleneck_branch`; half of every stage's
+            width must divide by 4).
         mode: backward mode of the sequence.
 
     Attributes: ``sequence``, ``head`` and ``widths`` (channels per stage).
@@ -57,10 +88,14 @@ class IRevNet(ModelMode, nn.Module):
         num_classes: int = 10,
         stem_factor: int = 2,
         pad: int = 0,
+        branch: Literal["basic", "bottleneck"] = "basic",
         mode: Mode = "reversible",
     ) -> None:
         super().__init__()
         validate_mode("IRevNet", mode)
+        branches = {"basic": lambda half: basic_branch(half, half), "bottleneck": irevnet_bottleneck_branch}
+        if branch not in branches:
+            raise ValueError(f"IRevNet: branch must be 'basic' or 'bottleneck', got {branch!r}")
         blocks: list[ReversibleBlock] = []
         c = in_channels
         if stem_factor > 1:
@@ -81,7 +116,13 @@ class IRevNet(ModelMode, nn.Module):
                 c *= 4
             widths.append(c)
             half = c // 2
-            blocks += [AdditiveCoupling(basic_branch(half, half), basic_branch(half, half)) for _ in range(n)]
+            if branch == "bottleneck" and half % 4:
+                raise ValueError(
+                    f"IRevNet: stage {s} has {c} channels, halves of {half}, which a bottleneck branch "
+                    "cannot divide by 4; add pad= channels after the stem or use branch='basic'"
+                )
+            make = branches[branch]
+            blocks += [AdditiveCoupling(make(half), make(half)) for _ in range(n)]
         self.widths = tuple(widths)
         self.units = tuple(units)
         self.sequence = ReversibleSequence(blocks, mode=mode, ndim=4)
