@@ -397,7 +397,8 @@ glue("large_error", large_error, display=False)
 # exceed $10^{-5}$ by orders of magnitude). This is not an error of the backward: the float64 `gradcheck` above passes, and float64
 # reconstruction errors are at least a million times smaller than float32 ones
 # ({ref}`ch-coupling`), so flips are then
-# vanishingly rare. It is the price of recomputing activations in float32 instead of storing
+# vanishingly rare, except for inputs that sit exactly on the kink, such as channels
+# that are zero by construction ({ref}`ch-beyond` meets them in the i-RevNet's padding). It is the price of recomputing activations in float32 instead of storing
 # them: gradients equal to autograd's up to rounding *and* up to the side of ReLU's
 # kink on which a handful of inputs, indistinguishable from zero at float32
 # precision, fall.
