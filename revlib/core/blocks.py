@@ -18,12 +18,13 @@ couplings override it with a fused step that evaluates each sub-function once.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .recompute import Tape, submodules
+from .recompute import Tape, keywords_for, submodules
 
 __all__ = [
     "ReversibleBlock",
@@ -31,6 +32,9 @@ __all__ = [
     "Run",
     "ParamGrads",
     "plain_run",
+    "PlainRun",
+    "run_with",
+    "fused_step_applies",
     "split_dim",
     "split_halves",
     "join_halves",
@@ -48,6 +52,41 @@ ParamGrads = list[tuple[nn.Parameter, "Tensor | None"]]
 def plain_run(name: str, fn: nn.Module, x: Tensor) -> Tensor:
     """Call ``fn(x)`` with nothing recorded or replayed."""
     return fn(x)
+
+
+class PlainRun:
+    """:func:`plain_run` that also passes the chain's extra arguments ``fn`` takes by name.
+
+    ``PlainRun({"cond": c})("F", F, h)`` is ``F(h, cond=c)`` if ``F.forward``
+    has a parameter ``cond`` (or ``**kwargs``), else ``F(h)``.
+    """
+
+    __slots__ = ("extras",)
+
+    def __init__(self, extras: dict[str, object]) -> None:
+        self.extras = extras
+
+    def __call__(self, name: str, fn: nn.Module, x: Tensor) -> Tensor:
+        return fn(x, **keywords_for(fn, self.extras))
+
+
+def run_with(extras: dict[str, object]) -> Run:
+    """The run function of a plain forward: :func:`plain_run`, or :class:`PlainRun` with extra arguments."""
+    return PlainRun(extras) if extras else plain_run
+
+
+class _EngineCall(threading.local):
+    """The block call the reversible engine is making now, handed to the block's ``forward``.
+
+    The engine calls each block as PyTorch calls a module (``block(h)``: hooks,
+    FSDP's unshard and reshard); the block's :meth:`ReversibleBlock.forward`
+    finds the engine's step here and runs it instead of a plain forward.
+    """
+
+    step = None
+
+
+ENGINE_CALL = _EngineCall()
 
 
 def split_dim(block: nn.Module) -> int:
@@ -127,17 +166,33 @@ class Halves(NamedTuple):
         return self.buffer
 
 
+def _step_owner(block: nn.Module) -> type:
+    return next(cls for cls in type(block).__mro__ if "backward_step" in vars(cls))
+
+
+def fused_step_applies(block: nn.Module) -> bool:
+    """True if the block's own ``backward_step`` may be used: it was written for this ``_forward``/``_inverse``.
+
+    The class that defines the ``backward_step`` in use must resolve
+    ``_forward`` and ``_inverse`` to the same methods as the block's class. A
+    subclass that changes the forward (a layer scale written the documented
+    way) but inherits a fused step would otherwise get that step's gradients
+    for another function; it gets the generic step instead.
+    """
+    owner = _step_owner(block)
+    cls = type(block)
+    return owner is ReversibleBlock or all(getattr(owner, name) is getattr(cls, name) for name in ("_forward", "_inverse"))
+
+
 def takes_halves(block: nn.Module) -> bool:
     """True if ``block.backward_step`` takes and returns :class:`Halves`.
 
     That is, the class that defines the ``backward_step`` in use also sets
-    ``backward_step_takes_halves = True``: a subclass that overrides the step
-    gets whole tensors unless it sets the flag itself.
+    ``backward_step_takes_halves = True`` (and the step applies,
+    :func:`fused_step_applies`): a subclass that overrides the step gets whole
+    tensors unless it sets the flag itself.
     """
-    for cls in type(block).__mro__:
-        if "backward_step" in vars(cls):
-            return vars(cls).get("backward_step_takes_halves", False) is True
-    return False
+    return vars(_step_owner(block)).get("backward_step_takes_halves", False) is True and fused_step_applies(block)
 
 
 def _same_dtype_contiguous(*tensors: Tensor | None) -> bool:
@@ -287,13 +342,23 @@ class ReversibleBlock(nn.Module):
             "inverse of _forward), calling each sub-function as run(name, fn, h)"
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``y = f(x)``."""
-        return self._forward(x, plain_run)
+    def forward(self, x: Tensor, **extras: object) -> Tensor:
+        """``y = f(x)``; ``extras`` (conditioning, masks) reach every sub-function that takes them by name.
 
-    def inverse(self, y: Tensor) -> Tensor:
-        """``x = f^{-1}(y)``."""
-        return self._inverse(y, plain_run)
+        Called by a :class:`~revlib.core.sequence.ReversibleSequence` in mode
+        ``"reversible"``, this runs the engine's recorded step instead (the
+        call still passes through ``nn.Module.__call__``, so the block's hooks
+        and FSDP's unshard/reshard run as in autograd mode).
+        """
+        step = ENGINE_CALL.step
+        if step is not None and step.block is self:
+            ENGINE_CALL.step = None
+            return step(x, extras)
+        return self._forward(x, run_with(extras))
+
+    def inverse(self, y: Tensor, **extras: object) -> Tensor:
+        """``x = f^{-1}(y)``, with the same extra arguments as the forward."""
+        return self._inverse(y, run_with(extras))
 
     def forward_recorded(self, x: Tensor, tape: Tape) -> Tensor:
         """The forward, recording on ``tape`` what a recomputation must replay."""
@@ -318,7 +383,7 @@ class ReversibleBlock(nn.Module):
             x = self.inverse_replayed(y, tape)
         x = x.detach().requires_grad_(True)
         y_again = self._forward(x, tape.replay)
-        (dx,), param_grads = grads_for([y_again], [dy], [x], trainable_parameters([self]))
+        (dx,), param_grads = grads_for([y_again], [dy], [x], tape.grad_targets(self))
         return x.detach(), dx, param_grads
 
 

@@ -23,21 +23,29 @@ def check_inverse(module: nn.Module, x: Tensor) -> float:
     building a graph; the module's buffers and the global RNG state are left
     as they were.
     """
-    if not hasattr(module, "inverse"):
-        raise TypeError(f"check_inverse: {type(module).__name__} has no inverse method")
+    if not isinstance(module, nn.Module) or not hasattr(module, "inverse"):
+        raise TypeError(f"check_inverse: {type(module).__name__} has no inverse method (pass a reversible block or sequence)")
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"check_inverse: expected the input as a Tensor, got {type(x).__name__}; "
+            "pass a batch such as torch.randn(2, C, H, W)"
+        )
     if x.numel() == 0:
         raise ValueError(
             f"check_inverse: the input is empty (shape {tuple(x.shape)}); pass at least one sample"
         )
-    buffers = [(b, b.clone()) for b in module.buffers()]
+    # every buffer is swapped for a copy during the check, so the module's own buffers keep their
+    # values and version counters (a pending backward that saved them is not disturbed)
+    buffers = [(m, name, b) for m in module.modules() for name, b in m._buffers.items() if b is not None]
+    for m, name, b in buffers:
+        m._buffers[name] = b.clone()
     try:
         with torch.no_grad(), RNGState.capture(x).replay():
             round_trip = getattr(module, "round_trip", None)
             x_again = round_trip(x) if round_trip is not None else module.inverse(module(x))
     finally:
-        with torch.no_grad():
-            for b, value in buffers:
-                b.copy_(value)
+        for m, name, b in buffers:
+            m._buffers[name] = b
     if x_again.shape != x.shape:
         raise ValueError(
             f"check_inverse: {type(module).__name__} maps shape {tuple(x.shape)} back to "

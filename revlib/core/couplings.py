@@ -85,11 +85,11 @@ class AdditiveCoupling(ReversibleBlock):
         dy1, dy2 = dy.chunk(2, dim=self.dim)
         z1 = y1.requires_grad_(True)
         g = tape.replay("G", self.G, z1)
-        (dz1_from_g,), g_grads = grads_for([g], [dy2], [z1], trainable_parameters([self.G]))
+        (dz1_from_g,), g_grads = grads_for([g], [dy2], [z1], tape.grad_targets(self.G))
         x2 = (y2 - g.detach()).requires_grad_(True)
         dz1 = dy1 if dz1_from_g is None else dy1 + dz1_from_g
         f = tape.replay("F", self.F, x2)
-        (dx2_from_f,), f_grads = grads_for([f], [dz1], [x2], trainable_parameters([self.F]))
+        (dx2_from_f,), f_grads = grads_for([f], [dz1], [x2], tape.grad_targets(self.F))
         x = halves_of_difference(self, halves, f.detach(), x2.detach())  # x1 = y1 - F(x2)
         dx = join_halves_with_sum(self, dz1, dy, dx2_from_f)  # dx2 = dy2 + (dF/dx2)^T dz1
         return (x if isinstance(y, Halves) else x.join()), dx, f_grads + g_grads
@@ -123,7 +123,7 @@ class NICECoupling(ReversibleBlock):
         dy1, dy2 = dy.chunk(2, dim=self.dim)
         x1 = y1.requires_grad_(True)
         m = tape.replay("m", self.m, x1)
-        (dx1_from_m,), grads = grads_for([m], [dy2], [x1], trainable_parameters([self.m]))
+        (dx1_from_m,), grads = grads_for([m], [dy2], [x1], tape.grad_targets(self.m))
         dx1 = dy1 if dx1_from_m is None else dy1 + dx1_from_m
         x = join_halves(self, y1.detach(), y2 - m.detach())
         return x, join_halves(self, dx1, dy2), grads
@@ -194,7 +194,7 @@ class AffineCoupling(ReversibleBlock):
         s, t = self._scale_shift(x1, tape.replay)
         x2 = ((y2 - t.detach()) * torch.exp(-s.detach()))
         y2_again = x2 * torch.exp(s) + t
-        (dx1_from_st,), grads = grads_for([y2_again], [dy2], [x1], trainable_parameters([self.net]))
+        (dx1_from_st,), grads = grads_for([y2_again], [dy2], [x1], tape.grad_targets(self.net))
         dx1 = dy1 if dx1_from_st is None else dy1 + dx1_from_st
         dx2 = dy2 * torch.exp(s.detach())
         return join_halves(self, y1.detach(), x2), join_halves(self, dx1, dx2), grads

@@ -23,6 +23,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from .engine import in_reversible_block
 from .recompute import checkpoint_updating_stats_once
 
 __all__ = [
@@ -99,7 +100,9 @@ class CheckpointedModule(HasMode):
         raise NotImplementedError(f"{type(self).__name__}: implement compute(x), the layer's forward")
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.mode != "autograd" and self.training and torch.is_grad_enabled():
+        # inside a reversible block the engine already recomputes: checkpointing again would only
+        # run outside its replay, so the layer runs plainly there
+        if self.mode != "autograd" and self.training and torch.is_grad_enabled() and not in_reversible_block():
             return checkpoint_updating_stats_once(self, self.compute, x)
         return self.compute(x)
 

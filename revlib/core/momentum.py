@@ -90,7 +90,7 @@ class MomentumBlock(ReversibleBlock):
         f = check_same_shape(self, "f", tape.replay("f", self.f, pos), pos)
         dvel_total = dvel_new + dpos_new
         (dpos_from_f,), grads = grads_for(
-            [f], [(1.0 - self.gamma) * dvel_total], [pos], trainable_parameters([self.f])
+            [f], [(1.0 - self.gamma) * dvel_total], [pos], tape.grad_targets(self.f)
         )
         vel = (vel_new - (1.0 - self.gamma) * f.detach()) / self.gamma
         dpos = dpos_new if dpos_from_f is None else dpos_new + dpos_from_f

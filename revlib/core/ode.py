@@ -349,7 +349,7 @@ class TwoStepBlock(ReversibleBlock):
         dcur_out, dnew = dy.chunk(2, dim=1)
         cur = cur.requires_grad_(True)
         update = tape.replay("F", self.F, cur)
-        (dcur_from_f,), grads = grads_for([update], [dnew], [cur], trainable_parameters([self.F]))
+        (dcur_from_f,), grads = grads_for([update], [dnew], [cur], tape.grad_targets(self.F))
         prev = self._previous(cur.detach(), new, update.detach())
         dprev = dnew if self.beta == 1 else -dnew
         dcur = dcur_out if self.alpha == 0 else dcur_out + self.alpha * dnew

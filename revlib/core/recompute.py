@@ -29,8 +29,10 @@ The tensors a tape keeps (generator states, buffer copies) are listed by
 from __future__ import annotations
 
 import contextlib
+import inspect
+import weakref
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -196,29 +198,30 @@ def updating_norm_layers(module: nn.Module) -> list[_NormBase]:
 
 @contextlib.contextmanager
 def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
-    """Run the body with the running statistics of normalisation layers left bit for bit unchanged.
+    """Run the body with the running statistics of normalisation layers left untouched, versions included.
 
     A BatchNorm layer in training mode normalises with the batch statistics
-    either way. Inside this context its momentum is 0, so it saves the same
-    tensors for backward as in the first run (which non-reentrant
-    checkpointing checks), and its running statistics and
-    ``num_batches_tracked`` are put back on exit (a non-finite batch, for
-    which ``0 * nan`` is not 0, leaves them clean too).
+    either way. Inside this context its running statistics and
+    ``num_batches_tracked`` are copies, which the body may update and which are
+    then dropped; the module gets its own tensors back, with their values and
+    their version counters as they were. So it saves the same tensors for
+    backward as in the first run (which non-reentrant checkpointing checks),
+    and another graph that saved the statistics (an ``inverse`` call, the
+    module used outside the sequence) still finds them unmodified.
     """
-    layers = updating_norm_layers(module)
     saved = [
-        (m, m.momentum, [(name, b, b.clone()) for name in _NORM_STATS if (b := getattr(m, name, None)) is not None])
-        for m in layers
+        (m, [(name, b) for name in _NORM_STATS if (b := m._buffers.get(name)) is not None])
+        for m in updating_norm_layers(module)
     ]
-    for m in layers:
-        m.momentum = 0.0
+    for m, buffers in saved:
+        for name, b in buffers:
+            m._buffers[name] = b.clone()
     try:
         yield
     finally:
-        for m, momentum, buffers in saved:
-            m.momentum = momentum
-            for _, b, value in buffers:
-                b.copy_(value)
+        for m, buffers in saved:
+            for name, b in buffers:
+                m._buffers[name] = b
 
 
 @contextlib.contextmanager
@@ -308,38 +311,97 @@ def checkpoint_updating_stats_once(module: nn.Module, fn, x: Tensor) -> Tensor:
     return checkpoint(run, x, use_reentrant=False, preserve_rng_state=True)
 
 
+def _accepted_keywords(fn: Callable) -> frozenset[str] | None:
+    """The keyword arguments ``fn`` accepts (``None``: any, it takes ``**kwargs``)."""
+    target = fn.forward if isinstance(fn, nn.Module) else fn
+    key = type(fn) if isinstance(fn, nn.Module) else target
+    cached = _KEYWORDS.get(key, False)
+    if cached is not False:
+        return cached
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        accepted = None
+    else:
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            accepted = None
+        else:
+            accepted = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    try:
+        _KEYWORDS[key] = accepted
+    except TypeError:
+        pass
+    return accepted
+
+
+_KEYWORDS: "weakref.WeakKeyDictionary[Any, frozenset[str] | None]" = weakref.WeakKeyDictionary()
+
+
+def keywords_for(fn: Callable, extras: dict[str, Any], used: set[str] | None = None) -> dict[str, Any]:
+    """The chain's extra arguments that ``fn`` takes by name (all of them if it takes ``**kwargs``)."""
+    if not extras:
+        return {}
+    accepted = _accepted_keywords(fn)
+    out = extras if accepted is None else {k: v for k, v in extras.items() if k in accepted}
+    if used is not None:
+        used.update(out)
+    return out
+
+
 @dataclass
 class Tape:
     """Everything one block's forward records so that a later recomputation matches it.
 
     ``rng`` maps the name of a sub-function call (``"F"``, ``"G"``) to the
-    generator states it drew from, and ``buffers`` to the buffers it changed
-    as they were before; both stay empty for a deterministic, stateless
-    block, so a plain RevNet chain keeps no per-block state at all.
+    generator states it drew from, ``buffers`` to the buffers it changed
+    as they were before, ``host`` to the host generators and Python
+    attributes it changed (:mod:`~revlib.core.sidestate`) and ``hooks`` to
+    which of its module hooks acted; all stay empty for a deterministic,
+    stateless block, so a plain RevNet chain keeps no per-block state at all.
     ``record_rng=False`` skips the RNG bookkeeping (the user's opt-out).
+    ``extras`` are the chain's extra arguments (conditioning, masks): every
+    sub-function receives those it takes by name, in the forward and in the
+    replay (where the engine swaps in detached leaves, to differentiate).
     """
 
     autocast: AutocastState
     record_rng: bool
     rng: dict[str, RNGState] = field(default_factory=dict)
     buffers: dict[str, list[BufferCopy]] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)
+    hooks: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    used_extras: set[str] = field(default_factory=set)
+    names: dict[int, str] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, x: Tensor, record_rng: bool = True) -> "Tape":
+    def start(cls, x: Tensor, record_rng: bool = True, extras: dict[str, Any] | None = None) -> "Tape":
         """A tape for a forward pass on ``x`` in the current autocast state."""
-        return cls(AutocastState.capture(x.device.type), record_rng)
+        return cls(AutocastState.capture(x.device.type), record_rng, extras=dict(extras or {}))
 
     def record(self, name: str, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        """First run of ``fn(x)``: keep the RNG states if it draws, and the buffers it changes."""
+        """First run of ``fn(x)``: keep the RNG states if it draws, the buffers and host state it changes."""
+        from .sidestate import HookLog, HostState, recording_hooks
+
         rng = RNGState.capture(x) if self.record_rng else None
+        host = HostState.capture(fn) if self.record_rng else None
         watched = updated_once_buffers(fn) if isinstance(fn, nn.Module) else []
         before = [(m, n, b, b._version, b.clone()) for m, n, b in watched]
-        out = fn(x)
+        log = HookLog()
+        with recording_hooks(fn, log, self.names):
+            out = fn(x, **keywords_for(fn, self.extras, self.used_extras))
+        if log.acting or log.kept:
+            self.hooks[name] = log
         if rng is not None and not rng.is_current():
             self.rng[name] = rng
+        changes = host.changes() if host is not None else None
+        if changes:
+            self.host[name] = changes
+        # a buffer counts as changed if it was replaced, its version moved, or (for kernels and
+        # .data writes that move no version counter) its value differs from the copy
         changed = [
             BufferCopy(m, n, copy) for m, n, b, version, copy in before
-            if m._buffers.get(n) is not b or b._version != version
+            if m._buffers.get(n) is not b or b._version != version or not _same_values(b, copy)
         ]
         if changed:
             self.buffers[name] = changed
@@ -347,17 +409,34 @@ class Tape:
 
     def replay(self, name: str, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         """Second run of ``fn(x)``: same random draws, same autocast, same buffers, no state update."""
+        from .sidestate import replaying_hooks
+
         rng = self.rng.get(name)
         copies = self.buffers.get(name)
+        host = self.host.get(name)
         with contextlib.ExitStack() as stack:
             if rng is not None:
                 stack.enter_context(rng.replay())
+            if host is not None:
+                stack.enter_context(host.replay())
             stack.enter_context(self.autocast.context())
             if isinstance(fn, nn.Module):
                 stack.enter_context(_norm_stats_not_updated(fn))
+                stack.enter_context(replaying_hooks(fn, self.hooks.get(name)))
             if copies:
                 stack.enter_context(_buffers_as_before(copies))
-            return fn(x)
+            return fn(x, **keywords_for(fn, self.extras))
+
+    def grad_targets(self, fn: nn.Module) -> list[Tensor]:
+        """What a backward step differentiates a call of ``fn`` with respect to, besides its input.
+
+        ``fn``'s trainable parameters and the extra arguments it takes that
+        require gradients (conditioning tensors).
+        """
+        params = [p for m in submodules(fn) for p in m._parameters.values() if p is not None and p.requires_grad]
+        params = list({id(p): p for p in params}.values())
+        extras = keywords_for(fn, self.extras)
+        return params + [v for v in extras.values() if isinstance(v, Tensor) and v.requires_grad]
 
     def tensors(self) -> list[Tensor]:
         """The tensors this tape keeps (generator states, buffer copies), in a fixed order."""
@@ -371,6 +450,14 @@ class Tape:
             name: [replace(c, before=next(tensors)) for c in copies] for name, copies in self.buffers.items()
         }
         return replace(self, rng=rng, buffers=buffers)
+
+
+def _same_values(a: Tensor, b: Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.equal(a, b) or torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()))
+    return bool(torch.equal(a, b))
 
 
 @dataclass
@@ -404,8 +491,11 @@ class ModuleState:
                     tensors.append((i, name, b, None if unread else b._version))
         return cls(modules, [m.training for m in modules], tensors)
 
-    def check(self, module: nn.Module, owner: str) -> None:
-        """Raise ``RuntimeError`` naming the tensor if a parameter or buffer was replaced or modified in place."""
+    def check(self, module: nn.Module, owner: str, prefix: str = "") -> None:
+        """Raise ``RuntimeError`` naming the tensor if a parameter or buffer was replaced or modified in place.
+
+        ``prefix`` is the module's name in the model the user sees (``"3."`` for block 3), put before each name.
+        """
         modules = submodules(module)
         if len(modules) != len(self.modules) or any(a is not b for a, b in zip(modules, self.modules)):
             raise RuntimeError(f"{owner}: the blocks' submodules changed between forward and backward")
@@ -420,7 +510,7 @@ class ModuleState:
         if not replaced and not modified:
             return
         names = {id(m): n for n, m in module.named_modules()}
-        replaced, modified = ([f"{names[id(m)]}.{name}".lstrip(".") for m, name in found] for found in (replaced, modified))
+        replaced, modified = ([prefix + f"{names[id(m)]}.{name}".lstrip(".") for m, name in found] for found in (replaced, modified))
         if replaced:
             raise RuntimeError(
                 f"{owner}: parameters or buffers were replaced between forward and backward "

@@ -20,22 +20,17 @@ gradient of each parameter is returned to the autograd engine once. So hooks
 
 from __future__ import annotations
 
-import itertools
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.utils import parametrize
 
-from .blocks import (
-    Halves,
-    ReversibleBlock,
-    detached_parameters,
-    implements_contract,
-    takes_halves,
-    trainable_parameters,
-)
+from .blocks import ReversibleBlock, implements_contract, trainable_parameters
 from .modes import HasMode, Mode
-from .recompute import ModuleState, Tape, checkpoint_updating_stats_once
+from .engine import Chain
+from .recompute import Tape, checkpoint_updating_stats_once, submodules
 
 __all__ = ["ReversibleSequence"]
 
@@ -115,30 +110,35 @@ class ReversibleSequence(HasMode):
     def _records_rng(self) -> bool:
         return self.preserve_rng_state is not False
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Apply the blocks in order."""
+    def forward(self, x: Tensor, **extras: Any) -> Tensor:
+        """Apply the blocks in order; ``extras`` (conditioning, masks) reach every F and G that takes them by name."""
         self._check_input(x)
         if len(self.blocks) == 0:
             return x
         if not torch.is_grad_enabled() or not self.training or self.mode == "autograd":
-            return _each_block(self.blocks, x, lambda block, h: block(h))
+            return _each_block(self.blocks, x, lambda block, h: block(h, **extras))
         if self.mode == "checkpoint":
-            return _each_block(self.blocks, x, lambda block, h: checkpoint_updating_stats_once(block, block, h))
+            return _each_block(
+                self.blocks, x,
+                lambda block, h: checkpoint_updating_stats_once(block, lambda t: block(t, **extras), h),
+            )
         params = trainable_parameters(self.blocks)
-        if not x.requires_grad and not params:
-            return _each_block(self.blocks, x, lambda block, h: block(h))
+        wants_grad = x.requires_grad or any(isinstance(v, Tensor) and v.requires_grad for v in extras.values())
+        if not wants_grad and not params:
+            return _each_block(self.blocks, x, lambda block, h: block(h, **extras))
         if torch._C._functorch.peek_interpreter_stack() is not None:
             raise RuntimeError(
                 f"{_OWNER} cannot run inside torch.func transforms (grad, vjp, vmap, jacrev): its "
                 "backward reconstructs activations outside the graph. Set mode='autograd' "
                 "(revlib.set_mode(model, 'autograd')) for functional transforms."
             )
-        return _ReversibleChain.apply(x, self, *params)
+        _check_reversible_blocks(self.blocks)
+        return Chain(self, extras, self._records_rng()).run(x)
 
-    def inverse(self, y: Tensor) -> Tensor:
-        """Apply the blocks' inverses in reverse order."""
+    def inverse(self, y: Tensor, **extras: Any) -> Tensor:
+        """Apply the blocks' inverses in reverse order (with the forward's extra arguments)."""
         self._check_input(y)
-        return _each_block(self.blocks, y, lambda block, h: block.inverse(h), reverse=True)
+        return _each_block(self.blocks, y, lambda block, h: block.inverse(h, **extras), reverse=True)
 
     def forward_with_tapes(self, x: Tensor) -> tuple[Tensor, list[Tape]]:
         """The forward as in a training step, with one tape per block call (see :meth:`inverse_with_tapes`)."""
@@ -171,61 +171,26 @@ def _each_block(blocks: nn.ModuleList, x: Tensor, step, reverse: bool = False) -
     return x
 
 
-class _ReversibleChain(torch.autograd.Function):
-    """Forward without a graph; backward by reconstruction, one block at a time."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, seq: ReversibleSequence, *params: nn.Parameter) -> Tensor:
-        with torch.no_grad():
-            y, tapes = seq.forward_with_tapes(x)
-        if y is x:
-            y = y.clone()
-        ctx.seq = seq
-        ctx.params = params
-        ctx.state = ModuleState.capture(seq.blocks, tapes)
-        # the tapes' tensors travel as saved tensors (counted by memory meters, seen by saved-tensor hooks)
-        ctx.save_for_backward(y, *(t for tape in tapes for t in tape.tensors()))
-        ctx.tapes = [tape.with_tensors(itertools.repeat(None)) for tape in tapes]
-        return y
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                f"{_OWNER} does not support double backward "
-                "(create_graph=True): its backward reconstructs activations outside the graph. "
-                "Use mode='autograd' or mode='checkpoint' for higher-order gradients."
+def _check_reversible_blocks(blocks: nn.ModuleList) -> None:
+    """Refuse, before anything runs, what the reversible engine cannot reproduce; each error names the fix."""
+    for i, block in enumerate(blocks):
+        owner = next(cls for cls in type(block).__mro__ if "forward" in vars(cls))
+        if owner is not ReversibleBlock:
+            raise TypeError(
+                f"{_OWNER}, block {i} ({type(block).__name__}): {owner.__name__} overrides forward(). In mode "
+                "'reversible' a block's function is its _forward(x, run) and its inverse _inverse(y, run), so the "
+                "override would be inverted wrongly. Move the change into _forward/_inverse, or use mode='autograd'."
             )
-        try:
-            y, *kept = ctx.saved_tensors
-        except RuntimeError as err:
-            if "inplace operation" not in str(err):
-                raise
-            raise RuntimeError(
-                f"{_OWNER}: the sequence's output was modified in place (e.g. relu_) before backward; "
-                "the backward reconstructs every activation from that output. Use the out-of-place op "
-                "(relu) or clone the output first."
-            ) from err
-        ctx.state.check(ctx.seq.blocks, _OWNER)
-        kept = iter(kept)
-        tapes = [tape.with_tensors(kept) for tape in ctx.tapes]
-        index = {id(p): i for i, p in enumerate(ctx.params)}
-        aliases = {id(p): p.detach().requires_grad_(True) for p in ctx.params}
-        index.update({id(a): index[key] for key, a in aliases.items()})
-        grads: list[Tensor | None] = [None] * len(ctx.params)
-        with torch.enable_grad(), ctx.state.forward_training_flags():
-            for block, tape in reversed(list(zip(ctx.seq.blocks, tapes))):
-                # couplings pass their reconstructed inputs on as halves (no concatenation in between)
-                if takes_halves(block):
-                    y = Halves.of(block, y)
-                elif isinstance(y, Halves):
-                    y = y.join()
-                with detached_parameters(block, aliases):
-                    y, dy, param_grads = block.backward_step(y, dy, tape)
-                for p, g in param_grads:
-                    if g is None:
-                        continue
-                    i = index[id(p)]
-                    grads[i] = g if grads[i] is None else grads[i] + g
-        dx = dy if ctx.needs_input_grad[0] else None
-        return (dx, None, *grads)
+    modules = submodules(blocks)
+    lazy = [m for m in modules if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()]
+    if lazy:
+        raise RuntimeError(
+            f"{_OWNER}: {type(lazy[0]).__name__} has uninitialized parameters (a lazy module). Run one forward "
+            "under torch.no_grad() (or in mode='autograd') to initialise them before training in mode 'reversible'."
+        )
+    if parametrize._cache_enabled and any(parametrize.is_parametrized(m) for m in modules):
+        raise RuntimeError(
+            f"{_OWNER}: torch.nn.utils.parametrize.cached() is active around a parametrized module in a block. "
+            "The cached weight would be computed once, in the forward that builds no graph, and its parameters "
+            "would get no gradient. Leave the forward and backward outside cached(), or use mode='autograd'."
+        )

@@ -21,6 +21,7 @@ backward step (one evaluation of F and of G).
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
@@ -63,16 +64,48 @@ class SelfAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
+        """Attend over the tokens of ``x`` (B, T, D).
+
+        ``attn_mask``: (T, T) or broadcastable to (B, heads, T, T); boolean
+        (``True``: may attend, as :func:`~torch.nn.functional.scaled_dot_product_attention`)
+        or float (added to the scores). ``key_padding_mask``: (B, T) boolean,
+        ``True`` for padding tokens that no query attends to (as
+        :class:`torch.nn.MultiheadAttention`). In a
+        :class:`~revlib.core.sequence.ReversibleSequence` pass them to the
+        sequence, ``seq(x, attn_mask=m)``: each block's attention receives them.
+        """
         _check_tokens("SelfAttention", x, self.width)
         b, t, d = x.shape
+        mask = _combined_mask(b, t, attn_mask, key_padding_mask, x)
         q, k, v = self.qkv(self.norm(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if self.attn_drop.training and self.attn_drop.p > 0:
             scores = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
             out = self.attn_drop(scores.softmax(dim=-1)) @ v
         else:
-            out = nnf.scaled_dot_product_attention(q, k, v)
+            out = nnf.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.drop(self.proj(out.transpose(1, 2).reshape(b, t, d)))
+
+
+def _combined_mask(b: int, t: int, attn_mask: Tensor | None, key_padding_mask: Tensor | None, x: Tensor) -> Tensor | None:
+    """One mask for scaled-dot-product attention: boolean ``True`` = attend, or float added to the scores."""
+    if key_padding_mask is not None:
+        if key_padding_mask.shape != (b, t) or key_padding_mask.dtype != torch.bool:
+            raise ValueError(
+                f"SelfAttention: key_padding_mask must be a boolean tensor of shape (batch, tokens) = {(b, t)}, "
+                f"got {key_padding_mask.dtype} of shape {tuple(key_padding_mask.shape)}"
+            )
+        keep = ~key_padding_mask[:, None, None, :]
+        if attn_mask is None:
+            return keep
+        if attn_mask.dtype == torch.bool:
+            return attn_mask & keep
+        return attn_mask.to(x.dtype).masked_fill(~keep, float("-inf"))
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        return attn_mask.to(x.dtype)
+    return attn_mask
 
 
 class FeedForward(nn.Module):
@@ -102,7 +135,8 @@ class ReversibleTransformerBlock(AdditiveCoupling):
     the last dimension. Inverse :math:`x_2 = y_2 - G(y_1)`, :math:`x_1 = y_1 - F(x_2)`.
     Run a stack of them in a :class:`~revlib.core.sequence.ReversibleSequence`
     (pass ``preserve_rng_state=True`` when there is dropout) and the backward
-    stores only the stack's output.
+    stores only the stack's output. Masks go through the sequence to every
+    block's attention: ``seq(x, attn_mask=m, key_padding_mask=pad)``.
     """
 
     def __init__(
@@ -141,6 +175,6 @@ class TransformerBlock(nn.Module):
         self.F = SelfAttention(width, heads, dropout, attn_dropout)
         self.G = FeedForward(width, int(mlp_ratio * width), dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.F(x)
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
+        x = x + self.F(x, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
         return x + self.G(x)

@@ -107,7 +107,11 @@ class IRevNet(ModelMode, nn.Module):
         if c % 2:
             raise ValueError(
                 f"IRevNet: the stem gives {c} channels (in_channels={in_channels}, stem_factor="
-                f"{stem_factor}, pad={pad}); couplings need an even count: use pad=1 or stem_factor=2"
+                f"{stem_factor}, pad={pad}); couplings need an even count: use stem_factor=2 (exact in every "
+                "mode), or pad=1. With pad=1 the padded channel is exactly zero, so the first coupling's "
+                "BatchNorm maps it to its bias (0 at initialisation) and the ReLU after it sits on its kink: "
+                "until that bias moves off 0, the reversible backward's rounding (1e-17) can pick another "
+                "subgradient than autograd, and that bias's gradient may differ by O(1) in mode 'reversible'"
             )
         widths = []
         for s, n in enumerate(units):

@@ -99,9 +99,11 @@ class ReversibleViT(ModelMode, nn.Module):
         self.sequence = ReversibleSequence(blocks, mode=mode, preserve_rng_state=True, ndim=3)
         self.head = _Head(width, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """Class scores of images ``x``; ``attn_mask`` (patches x patches, boolean ``True`` = attend) reaches every block."""
         tokens = self.embed(x)
-        y1, y2 = self.sequence(torch.cat([tokens, tokens], dim=-1)).chunk(2, dim=-1)
+        extras = {} if attn_mask is None else {"attn_mask": attn_mask}
+        y1, y2 = self.sequence(torch.cat([tokens, tokens], dim=-1), **extras).chunk(2, dim=-1)
         return self.head((y1 + y2) / 2)
 
 

@@ -1,0 +1,225 @@
+"""What a sub-function call changes besides torch's default generators and its registered buffers.
+
+A recomputation must see what the forward saw (:mod:`~revlib.core.recompute`).
+Code ported from elsewhere reaches state that torch's own bookkeeping does not
+cover; this module records it around a recorded call and replays it:
+
+* **host random generators**: Python's :mod:`random`, NumPy's global
+  generator, and ``torch.Generator`` objects held as module attributes (DropPath
+  implementations use all three). A call that drew from one is replayed from
+  the state before the call, and the generator is put back afterwards;
+* **Python attributes** of the sub-function's modules (a step counter, a
+  flag): an ``int``, ``float``, ``bool`` or ``str`` attribute that the call
+  changed is set back to its value before the call for the replay, then to
+  the forward's value again;
+* **module hooks** inside the sub-function: a forward hook or pre-hook runs
+  once per step, as in autograd mode. A hook that returned a value (it
+  changes the module's input or output, so it is part of the function) runs
+  again in the replay; a hook that returned ``None`` (it observes) does not.
+  An observing forward hook that keeps its module's output (to build an
+  auxiliary loss on it) would keep a tensor without a graph: the block
+  raises instead (:func:`check_no_kept_outputs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .recompute import submodules
+
+__all__ = ["HostState", "HostChanges", "HookLog", "recording_hooks", "replaying_hooks", "check_no_kept_outputs"]
+
+_SCALARS = (int, float, bool, str)
+
+
+def _numpy_random():
+    """NumPy's global generator module if NumPy is imported (the core does not import it)."""
+    np = sys.modules.get("numpy")
+    return getattr(np, "random", None) if np is not None else None
+
+
+def _generators(modules: list[nn.Module]) -> list[tuple[nn.Module, str, torch.Generator]]:
+    return [(m, k, v) for m in modules for k, v in vars(m).items() if isinstance(v, torch.Generator)]
+
+
+def _attributes(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
+    return {
+        (i, k): v for i, m in enumerate(modules) for k, v in vars(m).items()
+        if type(v) in _SCALARS and not k.startswith("_")
+    }
+
+
+@dataclass
+class HostState:
+    """The host generators' states and the modules' scalar attributes, before a call."""
+
+    modules: list[nn.Module]
+    python: Any
+    numpy: Any
+    generators: list[tuple[nn.Module, str, torch.Generator, Tensor]]
+    attributes: dict[tuple[int, str], Any]
+
+    @classmethod
+    def capture(cls, fn: Any) -> "HostState":
+        modules = submodules(fn) if isinstance(fn, nn.Module) else []
+        np_random = _numpy_random()
+        return cls(
+            modules,
+            random.getstate(),
+            np_random.get_state() if np_random is not None else None,
+            [(m, k, g, g.get_state()) for m, k, g in _generators(modules)],
+            _attributes(modules),
+        )
+
+    def changes(self) -> "HostChanges | None":
+        """What the call changed since :meth:`capture` (``None`` for nothing)."""
+        out = HostChanges()
+        if random.getstate() != self.python:
+            out.python = self.python
+        np_random = _numpy_random()
+        if self.numpy is not None and np_random is not None and not _same_numpy_state(np_random.get_state(), self.numpy):
+            out.numpy = self.numpy
+        out.generators = [(g, state) for _, _, g, state in self.generators if not torch.equal(g.get_state(), state)]
+        now = _attributes(self.modules)
+        out.attributes = [
+            (self.modules[i], k, before, now.get((i, k)))
+            for (i, k), before in self.attributes.items() if now.get((i, k), before) != before
+        ]
+        return out if out else None
+
+
+def _same_numpy_state(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] and a[2:] == b[2:] and (a[1] == b[1]).all()
+
+
+@dataclass
+class HostChanges:
+    """The states before a recorded call of the host generators and attributes that the call changed."""
+
+    python: Any = None
+    numpy: Any = None
+    generators: list[tuple[torch.Generator, Tensor]] = field(default_factory=list)
+    attributes: list[tuple[nn.Module, str, Any, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.python is not None or self.numpy is not None or bool(self.generators) or bool(self.attributes)
+
+    @contextlib.contextmanager
+    def replay(self) -> Iterator[None]:
+        """Run the body from the states before the call; put back the states of now afterwards."""
+        np_random = _numpy_random() if self.numpy is not None else None
+        now_python = random.getstate() if self.python is not None else None
+        now_numpy = np_random.get_state() if np_random is not None else None
+        now_generators = [(g, g.get_state()) for g, _ in self.generators]
+        now_attributes = [(m, k, getattr(m, k)) for m, k, _, _ in self.attributes]
+        if self.python is not None:
+            random.setstate(self.python)
+        if np_random is not None:
+            np_random.set_state(self.numpy)
+        for g, state in self.generators:
+            g.set_state(state)
+        for m, k, before, _ in self.attributes:
+            object.__setattr__(m, k, before)
+        try:
+            yield
+        finally:
+            if now_python is not None:
+                random.setstate(now_python)
+            if np_random is not None:
+                np_random.set_state(now_numpy)
+            for g, state in now_generators:
+                g.set_state(state)
+            for m, k, value in now_attributes:
+                object.__setattr__(m, k, value)
+
+
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
+
+
+@dataclass
+class HookLog:
+    """Which module hooks inside a sub-function acted (returned a value) in the recorded call."""
+
+    acting: set[tuple[int, str, int]] = field(default_factory=set)
+    kept: list[tuple[str, tuple[int, ...], "weakref.ref[Tensor]"]] = field(default_factory=list)
+
+
+def _hooked(fn: Any) -> list[nn.Module]:
+    if not isinstance(fn, nn.Module):
+        return []
+    return [m for m in submodules(fn) if m._forward_hooks or m._forward_pre_hooks]
+
+
+@contextlib.contextmanager
+def recording_hooks(fn: Any, log: HookLog, names: dict[int, str]) -> Iterator[None]:
+    """Run the body with the hooks inside ``fn`` wrapped, noting in ``log`` which acted and what observers saw."""
+    modules = _hooked(fn)
+    saved = []
+    for m in modules:
+        for which in _HOOK_DICTS:
+            hooks = getattr(m, which)
+            if hooks:
+                saved.append((m, which, hooks))
+                setattr(m, which, type(hooks)((k, _logged(m, which, k, h, log, names)) for k, h in hooks.items()))
+    try:
+        yield
+    finally:
+        for m, which, hooks in saved:
+            setattr(m, which, hooks)
+
+
+def _logged(m: nn.Module, which: str, key: int, hook, log: HookLog, names: dict[int, str]):
+    def call(*args, **kwargs):
+        result = hook(*args, **kwargs)
+        if result is not None:
+            log.acting.add((id(m), which, key))
+        elif which == "_forward_hooks":
+            out = args[2] if len(args) > 2 else kwargs.get("output", args[-1])
+            if isinstance(out, Tensor):
+                log.kept.append((names.get(id(m), type(m).__name__), tuple(out.shape), weakref.ref(out)))
+        return result
+    return call
+
+
+@contextlib.contextmanager
+def replaying_hooks(fn: Any, log: HookLog | None) -> Iterator[None]:
+    """Run the body with only the hooks that acted in the recorded call (observers ran once, then)."""
+    acting = log.acting if log is not None else set()
+    saved = []
+    for m in _hooked(fn):
+        for which in _HOOK_DICTS:
+            hooks = getattr(m, which)
+            if hooks:
+                saved.append((m, which, hooks))
+                setattr(m, which, type(hooks)((k, h) for k, h in hooks.items() if (id(m), which, k) in acting))
+    try:
+        yield
+    finally:
+        for m, which, hooks in saved:
+            setattr(m, which, hooks)
+
+
+def check_no_kept_outputs(log: HookLog, owner: str, keep: Tensor | None = None) -> None:
+    """Raise if an observing forward hook kept its module's output alive past the block's forward.
+
+    In mode ``"reversible"`` the forward builds no graph, so a loss built on
+    such a tensor would silently get no gradient.
+    """
+    for name, shape, ref in log.kept:
+        out = ref()
+        if out is not None and out is not keep:
+            raise RuntimeError(
+                f"{owner}: a forward hook on {name} kept its output (shape {shape}) after the block's forward. "
+                "In mode='reversible' the forward builds no graph, so a loss on that tensor would get no gradient. "
+                "Take the activation from the block's output instead, or run this model with mode='autograd' "
+                "(revlib.set_mode(model, 'autograd'))."
+            )
+    log.kept.clear()
