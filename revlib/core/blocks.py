@@ -297,8 +297,9 @@ class ReversibleBlock(nn.Module):
     to give autograd's gradients or an error, never a silently wrong gradient):
 
     1. Implement :meth:`_forward` ``(x, run)`` and :meth:`_inverse` ``(y, run)``,
-       not ``forward``/``inverse`` (those call the underscored methods with
-       :func:`plain_run`). The two must be exact inverses up to round-off.
+       not ``forward``/``inverse``. The two must be exact inverses up to
+       round-off. A class that overrides ``forward`` is refused in mode
+       ``"reversible"`` (the engine would invert another function).
     2. Call every sub-function that has parameters, buffers, random draws or
        autocast-sensitive ops through ``run(name, fn, h)``, which returns
        ``fn(h)``. ``name`` is a string unique within the block (``"F"``,
@@ -312,18 +313,43 @@ class ReversibleBlock(nn.Module):
     4. Inside ``fn`` anything torch provides is allowed: random layers (the
        engine records the generator states when the call draws), BatchNorm
        (its running statistics are updated once per step), buffers updated
-       in place by the forward (spectral norm, moving averages: recorded and
-       replayed from their value before the call), autocast. Python-side state
-       (a counter in an attribute, a list that grows) is not recorded: keep
+       in place by the forward (spectral norm, moving averages, and writes
+       that move no version counter: found by value, replayed from their
+       value before the call), autocast, Python's :mod:`random`, NumPy's
+       global generator and ``torch.Generator`` attributes, and ``int``,
+       ``float``, ``bool`` or ``str`` attributes the call changes (replayed
+       from their values before the call, left as the forward left them).
+       Other Python-side state (a list that grows) is not recorded: keep
        state in registered buffers.
     5. Parameters are the module's own (``self.parameters()``); a block may
        share a parameter with another block or appear twice in a sequence.
-    6. Optionally override :meth:`backward_step` with a fused version; it
+       Anything else F needs comes as an extra argument of the chain,
+       ``seq(x, cond=c, mask=m)``: every sub-function whose ``forward`` takes
+       that name (or ``**kwargs``) receives it, in the forward and in the
+       replay, and a tensor that requires grad gets its gradient. A tensor
+       that requires grad and reaches F any other way (an attribute, an
+       unregistered parameter, ``parametrize.cached()``) raises an error
+       naming its shape and the block.
+    6. Hooks run as in mode ``"autograd"``: the engine calls each block as
+       ``block(h, **extras)``, so the block's hooks (and FSDP2's unshard and
+       reshard) run once per forward; a hook on a module inside F runs once
+       per step, and again in the replay only if it returned a value (it
+       changed F). A hook on the block that changes its input or output, or a
+       hook inside F that keeps an activation (which has no graph in this
+       mode), raises. A global module hook
+       (``torch.nn.modules.module.register_module_forward_hook``) sees every
+       evaluation, the replay included: use it to count evaluations.
+    7. Optionally override :meth:`backward_step` with a fused version; it
        calls sub-functions through ``tape.replay(name, fn, h)`` and returns the
-       parameter gradients as pairs with the tensors ``self.parameters()``
-       yields during the step (the engine swaps in detached aliases there, so
-       parameter hooks fire once, in the autograd engine). A block whose class
-       sets ``backward_step_takes_halves = True`` receives ``y`` as
+       gradients as pairs with the tensors ``tape.grad_targets(fn)`` gives
+       (the parameters ``self.parameters()`` yields during the step, where the
+       engine swaps in detached aliases so that parameter hooks fire once, in
+       the autograd engine, and the extra arguments that require grad). The
+       fused step is used only if the class that defines it also resolves
+       ``_forward`` and ``_inverse`` to the methods in use
+       (:func:`fused_step_applies`); a subclass that changes the forward gets
+       the generic step. A block whose class sets
+       ``backward_step_takes_halves = True`` receives ``y`` as
        :class:`Halves` from the step after it and returns ``x`` as
        :class:`Halves` when given them (as :class:`~revlib.core.couplings.AdditiveCoupling`
        does); any other block receives whole tensors.

@@ -1,21 +1,26 @@
 """``ReversibleSequence``: a chain of reversible blocks whose backward stores no block activations.
 
-In mode ``"reversible"`` the forward runs every block without building a
-graph and keeps only the chain's output (and, per block, what a
-:class:`~revlib.core.recompute.Tape` must replay: generator states of the
-calls that drew random numbers, copies of buffers the forward changed). The
-backward walks the blocks in reverse; each block reconstructs its input from
-its output and turns the output gradient into the input and parameter
-gradients (Algorithm 1 of Gomez et al. 2017). Before it does, it checks that
-every parameter and buffer the recomputation reads is the forward's, and it
-puts every submodule back into the forward's train/eval mode.
+In mode ``"reversible"`` the forward calls every block as PyTorch calls a
+module (``block(h, **extras)``, so hooks and FSDP2 run), and each block runs
+without building a graph, keeping only what a
+:class:`~revlib.core.recompute.Tape` must replay (generator states of the
+calls that drew random numbers, copies of buffers the forward changed); the
+chain keeps its last output. The backward walks the blocks in reverse, one
+autograd node per block (:mod:`~revlib.core.engine`); each reconstructs its
+input from its output and turns the output gradient into the input and
+parameter gradients (Algorithm 1 of Gomez et al. 2017). Before it does, it
+checks that every parameter and buffer the recomputation reads is the
+forward's, and it puts every submodule back into the forward's train/eval
+mode.
 
-The parameters are inputs of the autograd function; inside the backward the
-gradients are taken with respect to detached aliases of them, and the summed
-gradient of each parameter is returned to the autograd engine once. So hooks
-(``register_hook``, DDP's reducer, ``register_post_accumulate_grad_hook``),
+The parameters are inputs of each block's autograd function; inside the
+backward the gradients are taken with respect to detached aliases of them,
+and the block's gradient of each parameter is returned to the autograd
+engine. So hooks (``register_hook``, DDP's reducer,
+``register_post_accumulate_grad_hook``, FSDP's reduce-scatter),
 ``torch.autograd.grad`` and gradient accumulation behave as in mode
-``"autograd"``.
+``"autograd"``. Extra arguments of the chain (``seq(x, cond=c, mask=m)``)
+reach every F and G that takes them by name, with their gradients.
 """
 
 from __future__ import annotations
