@@ -48,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -58,7 +59,6 @@ from common import add_run_options, run_metadata, time_interleaved, write_result
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 
 REPO = Path(__file__).resolve().parent.parent
-ENGINE_FILES = ("blocks", "recompute", "sequence", "couplings", "modes")
 
 
 def preact_half(channels: int) -> nn.Sequential:
@@ -81,12 +81,17 @@ def engine_before(revision: str):
     target.mkdir()
     (target / "__init__.py").write_text("")
     try:
-        for name in ENGINE_FILES:
+        names = subprocess.run(
+            ["git", "-C", str(REPO), "ls-tree", "--name-only", revision, "revlib/core/"],
+            check=True, capture_output=True, text=True,
+        ).stdout.split()
+        for path in names:
+            if not path.endswith(".py") or path.endswith("__init__.py"):
+                continue
             source = subprocess.run(
-                ["git", "-C", str(REPO), "show", f"{revision}:revlib/core/{name}.py"],
-                check=True, capture_output=True, text=True,
+                ["git", "-C", str(REPO), "show", f"{revision}:{path}"], check=True, capture_output=True, text=True,
             ).stdout
-            (target / f"{name}.py").write_text(source)
+            (target / Path(path).name).write_text(source)
     except (OSError, subprocess.CalledProcessError):
         return None
     sys.path.insert(0, str(target.parent))
@@ -118,8 +123,28 @@ def memcnn_stack(pairs):
     ])
 
 
+def revnet38_variants() -> dict[str, nn.Module]:
+    """RevNet-38 (CIFAR-10 shape) in each mode, with one initialisation, and its floor."""
+    from revlib.models import revnet38
+
+    base = revnet38(num_classes=10)
+    models = {}
+    for mode in ("autograd", "reversible", "checkpoint"):
+        models[mode] = copy.deepcopy(base)
+        models[mode].mode = mode
+    models["autograd_plus_forward"] = AutogradPlusForward(copy.deepcopy(models["autograd"]))
+    return {n: models[n] for n in ("autograd", "autograd_plus_forward", "reversible", "checkpoint")}
+
+
 def build_variants(args: argparse.Namespace, device: torch.device) -> dict[str, nn.Module]:
     torch.manual_seed(args.seed)
+    if args.model == "revnet38":
+        models = revnet38_variants()
+        args.before = []
+        if args.compile:
+            for name in ("autograd", "autograd_plus_forward", "reversible", "checkpoint"):
+                models[f"compiled_{name}"] = CompiledVariant(copy.deepcopy(models[name]))
+        return {name: m.to(device) for name, m in models.items()}
     pairs = halves(args.depth, args.width)
     models: dict[str, nn.Module] = {}
 
@@ -141,7 +166,24 @@ def build_variants(args: argparse.Namespace, device: torch.device) -> dict[str, 
     memcnn_model = memcnn_stack([copy.deepcopy(p) for p in pairs])
     if memcnn_model is not None:
         models["memcnn"] = memcnn_model
+    if args.compile:
+        # torch.compile(model) as users call it; the reversible engine stays eager and compiles F and G
+        for name in ("autograd", "autograd_plus_forward", "reversible", "checkpoint"):
+            eager = copy.deepcopy(models[name])
+            models[f"compiled_{name}"] = CompiledVariant(eager)
     return {name: m.to(device) for name, m in models.items()}
+
+
+class CompiledVariant(nn.Module):
+    """``torch.compile(model)``, keeping the eager module for its parameters, buffers and saved bytes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.compiled = torch.compile(model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compiled(x)
 
 
 def same_gradients(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, bool]:
@@ -172,7 +214,8 @@ def run(args: argparse.Namespace) -> dict:
     models = build_variants(args, device)
     names = list(models)
     torch.manual_seed(args.seed + 1)
-    x = torch.randn(args.batch, args.width, args.size, args.size, device=device)
+    channels = 3 if args.model == "revnet38" else args.width
+    x = torch.randn(args.batch, channels, args.size, args.size, device=device)
     optimizers = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for n, m in models.items()}
 
     def step(name: str) -> None:
@@ -180,9 +223,16 @@ def run(args: argparse.Namespace) -> dict:
         models[name](x.clone()).square().mean().backward()  # a fresh input: MemCNN frees its block inputs
         optimizers[name].step()
 
+    # the compiled variants' first two steps (forward and backward graphs are made on first use), timed apart
+    compile_seconds = {}
+    for name in (n for n in names if n.startswith("compiled_")):
+        start = time.perf_counter()
+        step(name)
+        step(name)
+        compile_seconds[name] = time.perf_counter() - start
     times, cpu_times = time_interleaved(step, names, device, args.warmup, args.repeats)
 
-    revlib_names = [n for n in names if n not in ("memcnn", "autograd_plus_forward")]
+    revlib_names = [n for n in names if n not in ("memcnn", "autograd_plus_forward", "compiled_autograd_plus_forward")]
     saved = {n: saved_tensor_bytes(models[n], x) for n in revlib_names}
     peak = {n: cuda_peak_bytes(lambda n=n: step(n), device) for n in names} if device.type == "cuda" else None
     medians = {n: statistics.median(t) for n, t in times.items()}
@@ -193,13 +243,22 @@ def run(args: argparse.Namespace) -> dict:
     # CPU time of this process (all its threads): less sensitive than wall time to other processes' load
     cpu_medians = {n: statistics.median(t) for n, t in cpu_times.items()}
     cpu_ratio = {n: cpu_medians[n] / cpu_medians["autograd"] for n in names}
-    small = torch.randn(2, args.width, 8, 8, device=device)
+    small = torch.randn(2, channels, 8, 8, device=device)
+    compiled_names = [n for n in names if n.startswith("compiled_")]
+    if compiled_names:
+        base = times["compiled_autograd"]
+        to_compiled = {n: medians[n] / medians["compiled_autograd"] for n in compiled_names}
+        compiled_rounds = {n: [a / b for a, b in zip(times[n], base)] for n in compiled_names}
+        compiled_paired = {n: statistics.median(r) for n, r in compiled_rounds.items()}
+        compiled_interval = {n: bootstrap_median(r) for n, r in compiled_rounds.items()}
+    else:
+        to_compiled, compiled_paired, compiled_interval = {}, {}, {}
     return {
         "benchmark": "step_time",
         "what": "one training step (forward, backward of mean(y^2), SGD update) of a stack of additive "
         "coupling blocks, F and G = BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the channels",
         **run_metadata(device),
-        "depth": args.depth, "width": args.width, "batch": args.batch, "size": args.size,
+        "model": args.model, "depth": args.depth, "width": args.width, "batch": args.batch, "size": args.size,
         "warmup": args.warmup, "repeats": args.repeats, "before_revisions": args.before,
         "variants": names,
         "median_seconds": medians,
@@ -208,6 +267,10 @@ def run(args: argparse.Namespace) -> dict:
         "paired_ratio_95_interval": paired_interval,
         "median_cpu_seconds": cpu_medians,
         "cpu_time_ratio_to_autograd": cpu_ratio,
+        "ratio_to_compiled_autograd": to_compiled,
+        "paired_ratio_to_compiled_autograd": compiled_paired,
+        "paired_ratio_to_compiled_autograd_95_interval": compiled_interval,
+        "compile_seconds_first_two_steps": compile_seconds,
         "min_seconds": {n: min(t) for n, t in times.items()},
         "all_seconds": times,
         "float64_gradients_bit_equal_to_reversible": same_gradients(models, small),
@@ -232,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         "--before", nargs="*", default=["8abb1ff", "5ad9f31"],
         help="git revisions of earlier engines to time and compare bit for bit (none: --before)",
     )
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time torch.compile(model) for autograd, the floor, reversible and checkpoint")
+    parser.add_argument("--model", choices=["stack", "revnet38"], default="stack",
+                        help="the coupling stack (default) or RevNet-38 (CIFAR shape, 10 classes)")
     add_run_options(parser, "step_time")
     args = parser.parse_args(argv)
 
@@ -249,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['paired_ratio_to_autograd'][n]:7.2f} ({low:.2f}-{high:.2f}) "
             f"{result['cpu_time_ratio_to_autograd'][n]:9.2f} {'' if saved is None else f'{saved / 2**20:10.2f}'}"
         )
+    for n, r in result["ratio_to_compiled_autograd"].items():
+        low, high = result["paired_ratio_to_compiled_autograd_95_interval"][n]
+        print(f"{n:30s} / compiled_autograd: {r:.2f}, paired {result['paired_ratio_to_compiled_autograd'][n]:.2f} "
+              f"({low:.2f}-{high:.2f}); first two steps {result['compile_seconds_first_two_steps'][n]:.1f} s")
     print("float64 gradients bit-equal to 'reversible':", result["float64_gradients_bit_equal_to_reversible"])
     load = result["load_average_1min"]
     print(f"load average (1 min) before/after: {load['before']:.1f}/{load['after']:.1f} on {os.cpu_count()} cores")

@@ -43,7 +43,7 @@ from .blocks import (
 from .recompute import ModuleState, Tape
 from .sidestate import check_no_kept_outputs
 
-__all__ = ["Chain", "SideInputGuard", "in_reversible_block"]
+__all__ = ["Chain", "SideInputGuard", "check_attribute_tensors", "in_reversible_block"]
 
 OWNER = "ReversibleSequence(mode='reversible')"
 
@@ -92,14 +92,7 @@ class SideInputGuard(TorchFunctionMode):
             if value.requires_grad and id(value) not in self.allowed and not (
                 value._is_view() and id(value._base) in self.allowed
             ):
-                raise RuntimeError(
-                    f"{self.owner}: a tensor of shape {tuple(value.shape)} that requires grad reaches the block "
-                    "without being an input of the chain or a registered parameter (e.g. a conditioning tensor "
-                    "set as an attribute of F, or an nn.Parameter kept in a plain list). The reversible forward "
-                    "builds no graph, so its gradient would be lost. Pass it through the chain "
-                    "(seq(x, cond=c): F and G receive it by keyword), register it as a parameter, "
-                    "or use mode='autograd'."
-                )
+                raise _side_input_error(self.owner, value)
         elif isinstance(value, (list, tuple)):
             for v in value:
                 if isinstance(v, Tensor):
@@ -112,6 +105,36 @@ class SideInputGuard(TorchFunctionMode):
         for a in kwargs.values():
             self._check(a)
         return func(*args, **kwargs)
+
+
+def _side_input_error(owner: str, t: Tensor) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: a tensor of shape {tuple(t.shape)} that requires grad reaches the block "
+        "without being an input of the chain or a registered parameter (e.g. a conditioning tensor "
+        "set as an attribute of F, or an nn.Parameter kept in a plain list). The reversible forward "
+        "builds no graph, so its gradient would be lost. Pass it through the chain "
+        "(seq(x, cond=c): F and G receive it by keyword), register it as a parameter, "
+        "or use mode='autograd'."
+    )
+
+
+def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> None:
+    """The static form of :class:`SideInputGuard`, used under ``torch.compile``: scan the modules' attributes.
+
+    A tensor that requires grad, held by a module of the block as a plain
+    attribute or inside a list, tuple or dict attribute (not as a registered
+    parameter), raises. Tensors reaching F through a closure or a global are
+    not seen here (the eager guard sees them).
+    """
+    registered = {id(p) for p in block.parameters()} | allowed
+    for m in block.modules():
+        for key, value in vars(m).items():
+            if key in ("_parameters", "_buffers", "_modules"):
+                continue
+            values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else (value,)
+            for v in values:
+                if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
+                    raise _side_input_error(owner, v)
 
 
 def _forward_error(err: RuntimeError, owner: str) -> RuntimeError | None:
@@ -164,6 +187,7 @@ class Chain:
     names: dict[int, str] = field(default_factory=dict)
     expected_input: tuple | None = None
     output: tuple | None = None
+    compiled: bool = False
 
     @property
     def count(self) -> int:
@@ -247,9 +271,16 @@ class _BlockStep(torch.autograd.Function):
         extras.update(zip(keys, extra_tensors))
         tape = Tape.start(x, chain.record_rng, extras)
         tape.names = chain.names
+        tape.compiled = chain.compiled
         allowed = {id(t) for t in (x, *tensors)} | {id(t._base) for t in (x, *tensors) if t._is_view()}
+        if chain.compiled:
+            # Dynamo runs under an active torch function mode too: a static scan of the attributes instead
+            check_attribute_tensors(block, allowed, owner)
+            guard = contextlib.nullcontext()
+        else:
+            guard = SideInputGuard(allowed, owner)
         try:
-            with torch.no_grad(), _inside(), SideInputGuard(allowed, owner):
+            with torch.no_grad(), _inside(), guard:
                 y = block.forward_recorded(x, tape)
         except RuntimeError as err:
             clear = _forward_error(err, owner)

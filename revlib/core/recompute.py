@@ -373,6 +373,15 @@ class Tape:
     extras: dict[str, Any] = field(default_factory=dict)
     used_extras: set[str] = field(default_factory=set)
     names: dict[int, str] = field(default_factory=dict)
+    compiled: bool = False
+
+    def _callable(self, fn: Callable) -> Callable:
+        """``fn``, or its compiled version when the sequence runs under ``torch.compile`` (:mod:`~revlib.core.compiled`)."""
+        if not self.compiled:
+            return fn
+        from .compiled import compiled_function
+
+        return compiled_function(fn)
 
     @classmethod
     def start(cls, x: Tensor, record_rng: bool = True, extras: dict[str, Any] | None = None) -> "Tape":
@@ -389,7 +398,7 @@ class Tape:
         before = [(m, n, b, b._version, b.clone()) for m, n, b in watched]
         log = HookLog()
         with recording_hooks(fn, log, self.names):
-            out = fn(x, **keywords_for(fn, self.extras, self.used_extras))
+            out = self._callable(fn)(x, **keywords_for(fn, self.extras, self.used_extras))
         if log.acting or log.kept:
             self.hooks[name] = log
         if rng is not None and not rng.is_current():
@@ -425,7 +434,7 @@ class Tape:
                 stack.enter_context(replaying_hooks(fn, self.hooks.get(name)))
             if copies:
                 stack.enter_context(_buffers_as_before(copies))
-            return fn(x, **keywords_for(fn, self.extras))
+            return self._callable(fn)(x, **keywords_for(fn, self.extras))
 
     def grad_targets(self, fn: nn.Module) -> list[Tensor]:
         """What a backward step differentiates a call of ``fn`` with respect to, besides its input.

@@ -34,6 +34,7 @@ from torch.nn.utils import parametrize
 
 from .blocks import ReversibleBlock, implements_contract, trainable_parameters
 from .modes import HasMode, Mode
+from .compiled import run_compiled
 from .engine import Chain
 from .recompute import Tape, checkpoint_updating_stats_once, submodules
 
@@ -127,6 +128,13 @@ class ReversibleSequence(HasMode):
                 self.blocks, x,
                 lambda block, h: checkpoint_updating_stats_once(block, lambda t: block(t, **extras), h),
             )
+        if torch.compiler.is_compiling():
+            # under torch.compile: the engine eager, its F and G compiled (revlib.core.compiled)
+            return run_compiled(self, x, extras)
+        return self._run_reversible(x, extras)
+
+    def _run_reversible(self, x: Tensor, extras: dict[str, Any], compiled: bool = False) -> Tensor:
+        """Mode ``"reversible"`` in training: the checks, then the engine (:class:`~revlib.core.engine.Chain`)."""
         params = trainable_parameters(self.blocks)
         wants_grad = x.requires_grad or any(isinstance(v, Tensor) and v.requires_grad for v in extras.values())
         if not wants_grad and not params:
@@ -138,7 +146,7 @@ class ReversibleSequence(HasMode):
                 "(revlib.set_mode(model, 'autograd')) for functional transforms."
             )
         _check_reversible_blocks(self.blocks)
-        return Chain(self, extras, self._records_rng()).run(x)
+        return Chain(self, extras, self._records_rng(), compiled=compiled).run(x)
 
     def inverse(self, y: Tensor, **extras: Any) -> Tensor:
         """Apply the blocks' inverses in reverse order (with the forward's extra arguments)."""

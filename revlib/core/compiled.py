@@ -1,0 +1,63 @@
+"""Reversible training under ``torch.compile``: the engine stays eager, F and G run compiled.
+
+``torch.compile(model)`` traces the model's forward. The engine cannot be
+traced: it records generator states, swaps buffers and parameters, wraps
+hooks and runs a custom autograd node per block, all of which would break
+the graph dozens of times per step and recompile per block. So when Dynamo
+reaches a :class:`~revlib.core.sequence.ReversibleSequence` in mode
+``"reversible"`` it calls :func:`run_compiled`, which Dynamo does not trace
+(``torch.compiler.disable``): one graph break per sequence. Inside, the engine
+runs as in eager mode, but each sub-function it calls through ``run`` (every
+F and G, in the forward, in the replay and in the backward step) is a
+``torch.compile`` of that module, made once and cached, so the work of a step
+is compiled while the engine's guarantees stay those of eager mode.
+
+Two choices keep the replay exact. The sub-functions are compiled with
+Inductor's ``fallback_random``, so a compiled dropout draws the numbers eager
+PyTorch would from the same generator state (the inference graph of the
+forward and the training graph of the replay would otherwise draw
+differently). A sub-function with module hooks inside runs eagerly (the
+engine swaps hook dictionaries, which would recompile it every call).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["compiled_function", "run_compiled", "COMPILE_OPTIONS"]
+
+COMPILE_OPTIONS: dict[str, Any] = {"fallback_random": True}
+"""Inductor options for the sub-functions: random draws as in eager mode, so the replay draws the same numbers."""
+
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, Callable]" = weakref.WeakKeyDictionary()
+
+
+def _has_hooks(fn: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in fn.modules())
+
+
+def compiled_function(fn: Callable) -> Callable:
+    """``torch.compile(fn)`` for a module ``fn`` (made once, cached), or ``fn`` itself if it cannot be."""
+    if not isinstance(fn, nn.Module) or _has_hooks(fn):
+        return fn
+    compiled = _CACHE.get(fn)
+    if compiled is None:
+        inner = torch.compile(fn, dynamic=True, options=COMPILE_OPTIONS)
+
+        def compiled(x: Tensor, **kwargs: Any) -> Tensor:
+            # one layout for every call (the forward passes views, the backward step fresh tensors),
+            # so the sub-functions of a network share a few graphs instead of one per stride pattern
+            return inner(x.contiguous(), **kwargs)
+
+        _CACHE[fn] = compiled
+    return compiled
+
+
+@torch.compiler.disable
+def run_compiled(seq: nn.Module, x: Tensor, extras: dict[str, Any]) -> Tensor:
+    """The reversible engine, eager, with every sub-function compiled (what ``torch.compile(model)`` runs)."""
+    return seq._run_reversible(x, extras, compiled=True)

@@ -1,0 +1,95 @@
+"""``torch.compile(model)`` in mode "reversible": F and G compiled, the engine eager, autograd's gradients.
+
+One model (BatchNorm, dropout, in float64) is compiled as users call it and
+trained 12 steps beside an eager autograd copy: gradients and buffers must
+agree to rounding, the step must not recompile after the first two steps
+(forward and backward graphs are made on first use), and the sub-functions
+must run compiled (the control, with the compiled path bypassed, makes no
+graph for them). Saved bytes stay flat in depth, compiled.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import revlib
+from revlib.core import compiled as compiled_module
+from revlib.core import recompute
+from revlib.core.memory import saved_tensor_bytes
+
+
+def half(channels: int = 4, dropout: float = 0.2) -> nn.Module:
+    return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
+                         nn.Dropout(dropout))
+
+
+def net(depth: int = 3, dropout: float = 0.2) -> revlib.ReversibleSequence:
+    torch.manual_seed(0)
+    return revlib.ReversibleSequence([revlib.AdditiveCoupling(half(dropout=dropout), half(dropout=dropout))
+                                      for _ in range(depth)]).double()
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled_module._CACHE.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def train(model, compiled, steps: int, x: torch.Tensor):
+    """``steps`` SGD steps of mean(y^2) on ``compiled`` (which runs ``model``); graphs made after each step."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    graphs, grads = [], []
+    for i in range(steps):
+        torch.manual_seed(100 + i)  # the same dropout masks for both runs
+        opt.zero_grad()
+        compiled(x).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        opt.step()
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    return graphs, grads
+
+
+X = torch.randn(4, 8, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+
+def test_compiled_reversible_equals_eager_autograd_and_does_not_recompile(caplog):
+    eager = net()
+    eager.mode = "autograd"
+    model = copy.deepcopy(eager)
+    model.mode = "reversible"
+    _, expected = train(eager, eager, 12, X)
+    with caplog.at_level(logging.WARNING):
+        graphs, got = train(model, torch.compile(model), 12, X)
+    assert not [r for r in caplog.records if "recompile" in r.getMessage()]
+    assert graphs[1] == graphs[-1]  # nothing compiled after the second step
+    assert graphs[-1] >= 3  # the sub-functions were compiled: forward, replay and backward graphs
+    worst = max((a - b).abs().max().item() for s, e in zip(got, expected) for a, b in zip(s, e))
+    assert worst < 1e-10
+    for a, b in zip(model.buffers(), eager.buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert len(compiled_module._CACHE) == 6  # F and G of three blocks, each compiled once
+
+
+def test_control_with_the_compiled_path_bypassed_no_subfunction_graph(monkeypatch):
+    monkeypatch.setattr(recompute.Tape, "_callable", lambda self, fn: fn)
+    model = net()
+    graphs, _ = train(model, torch.compile(model), 3, X)
+    assert graphs[-1] < 3 and len(compiled_module._CACHE) == 0
+
+
+def test_compiled_saved_bytes_are_flat_in_depth():
+    def saved(depth):
+        model = net(depth, dropout=0.0)
+        compiled = torch.compile(model)
+        compiled(X).sum().backward()  # compile first
+        return saved_tensor_bytes(compiled, X)
+
+    assert saved(2) == saved(5)
