@@ -70,7 +70,7 @@ def test_compiled_reversible_equals_eager_autograd_and_does_not_recompile(caplog
         graphs, got = train(model, torch.compile(model), 12, X)
     assert not [r for r in caplog.records if "recompile" in r.getMessage()]
     assert graphs[1] == graphs[-1]  # nothing compiled after the second step
-    assert graphs[-1] >= 3  # the sub-functions were compiled: forward, replay and backward graphs
+    assert graphs[-1] >= 2  # the sub-functions were compiled: a forward graph and a replay graph
     worst = max((a - b).abs().max().item() for s, e in zip(got, expected) for a, b in zip(s, e))
     assert worst < 1e-10
     for a, b in zip(model.buffers(), eager.buffers()):
@@ -82,7 +82,7 @@ def test_control_with_the_compiled_path_bypassed_no_subfunction_graph(monkeypatc
     monkeypatch.setattr(recompute.Tape, "_callable", lambda self, fn: fn)
     model = net()
     graphs, _ = train(model, torch.compile(model), 3, X)
-    assert graphs[-1] < 3 and len(compiled_module._CACHE) == 0
+    assert graphs[-1] < 2 and len(compiled_module._CACHE) == 0
 
 
 def test_compiled_saved_bytes_are_flat_in_depth():
