@@ -893,31 +893,6 @@ else:
 #
 # Each solution is folded; open it after trying the exercise. Where a solution
 # has a number, the folded code cell above it computes and checks it.
-#
-# ```{admonition} Solution 1 (the affine coupling's backward step)
-# :class: dropdown
-#
-# **Reconstruct.** $y_1 = x_1$ gives $x_1 = y_1$; evaluate $s = s(x_1)$ and
-# $t = t(x_1)$ once and set $x_2 = (y_2 - t) \odot e^{-s}$.
-#
-# **Gradients.** $x_2$ enters only $y_2$, elementwise with factor $e^{s}$:
-# $\bar x_2 = \bar y_2 \odot e^{s}$. $x_1$ enters $y_1$ with the identity and
-# $y_2$ through $s$ and $t$. Since $\partial y_2 / \partial s = x_2 \odot e^{s} = y_2 - t$
-# and $\partial y_2/\partial t = 1$,
-#
-# $$
-# \bar x_1 = \bar y_1 + \Big(\frac{\partial s}{\partial x_1}\Big)^{\!\top}\big(\bar y_2 \odot (y_2 - t)\big)
-#   + \Big(\frac{\partial t}{\partial x_1}\Big)^{\!\top} \bar y_2, \qquad
-# \bar W = \Big(\frac{\partial s}{\partial W}\Big)^{\!\top}\big(\bar y_2 \odot (y_2 - t)\big)
-#   + \Big(\frac{\partial t}{\partial W}\Big)^{\!\top} \bar y_2 .
-# $$
-#
-# Both are one vector-Jacobian product through the scale-and-shift network with
-# the pair of output gradients $(\bar y_2 \odot (y_2 - t), \bar y_2)$, so the step
-# needs **one** evaluation of it (which also gave $x_2$), and one backward pass.
-# The folded cell implements these formulas and compares them with autograd in
-# float64: they agree to rounding.
-# ```
 
 # %% tags=["hide-cell"]
 torch.manual_seed(0)
@@ -943,6 +918,31 @@ print(f"affine coupling, derived backward step vs autograd (float64): equal to r
 assert affine_err < 1e-12
 
 # %% [markdown]
+# ```{admonition} Solution 1 (the affine coupling's backward step)
+# :class: dropdown
+#
+# **Reconstruct.** $y_1 = x_1$ gives $x_1 = y_1$; evaluate $s = s(x_1)$ and
+# $t = t(x_1)$ once and set $x_2 = (y_2 - t) \odot e^{-s}$.
+#
+# **Gradients.** $x_2$ enters only $y_2$, elementwise with factor $e^{s}$:
+# $\bar x_2 = \bar y_2 \odot e^{s}$. $x_1$ enters $y_1$ with the identity and
+# $y_2$ through $s$ and $t$. Since $\partial y_2 / \partial s = x_2 \odot e^{s} = y_2 - t$
+# and $\partial y_2/\partial t = 1$,
+#
+# $$
+# \bar x_1 = \bar y_1 + \Big(\frac{\partial s}{\partial x_1}\Big)^{\!\top}\big(\bar y_2 \odot (y_2 - t)\big)
+#   + \Big(\frac{\partial t}{\partial x_1}\Big)^{\!\top} \bar y_2, \qquad
+# \bar W = \Big(\frac{\partial s}{\partial W}\Big)^{\!\top}\big(\bar y_2 \odot (y_2 - t)\big)
+#   + \Big(\frac{\partial t}{\partial W}\Big)^{\!\top} \bar y_2 .
+# $$
+#
+# Both are one vector-Jacobian product through the scale-and-shift network with
+# the pair of output gradients $(\bar y_2 \odot (y_2 - t), \bar y_2)$, so the step
+# needs **one** evaluation of it (which also gave $x_2$), and one backward pass.
+# The folded cell implements these formulas and compares them with autograd in
+# float64: they agree to rounding.
+# ```
+#
 # ```{admonition} Solution 2 (evaluating F before G)
 # :class: dropdown
 #
