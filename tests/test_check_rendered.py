@@ -57,6 +57,15 @@ def test_each_unresolved_role_fails():
         assert [f.pattern for f in findings] == ["unresolved role"], role
 
 
+def test_table_printed_as_text_fails():
+    printed = PAGE.format(body="<p>| model | bytes |\n|---|---:|\n| RevNet | 12 |</p>")
+    rendered = PAGE.format(body="<table><tr><th>model</th></tr><tr><td>RevNet</td></tr></table>")
+    smart_dashes = PAGE.format(body="<p>| model | bytes | |\u2014|\u2014| | RevNet | 12 |</p>")
+    assert [f.pattern for f in check_rendered.check_html(printed)] == ["unrendered table"]
+    assert [f.pattern for f in check_rendered.check_html(smart_dashes)] == ["unrendered table"]
+    assert check_rendered.check_html(rendered) == []
+
+
 def test_frac_outside_math_fails():
     findings = check_rendered.check_html(PAGE.format(body=r"<p>the ratio \frac{a}{b} in prose</p>"))
     assert [f.pattern for f in findings] == ["\\frac"]

@@ -8,7 +8,8 @@ math elements, code and scripts that contains
 
 - a ``$``, ``\\(`` or ``\\)`` (a formula that MyST did not turn into math),
 - ``\\frac``, ``\\partial``, ``\\bar`` (TeX commands in prose),
-- an unresolved role: ``{cite``, ``{eq}``, ``{ref}``, ``{numref}``, ``{glue``.
+- an unresolved role: ``{cite``, ``{eq}``, ``{ref}``, ``{numref}``, ``{glue``;
+- a Markdown table that was printed instead of rendered (``|---|``).
 
     python tools/check_rendered.py                    # _build/html/book/**/*.html
     python tools/check_rendered.py page.html ...      # given pages
@@ -33,7 +34,7 @@ DEFAULT_GLOB = "_build/html/book/**/*.html"
 # What may legitimately contain TeX or role syntax: rendered math (MathJax's input
 # elements, class "math", and its output, mjx-container), code, scripts, styles.
 SKIP_TAGS = ["script", "style", "pre", "code", "kbd", "samp", "textarea", "mjx-container", "svg"]
-SKIP_CLASSES = ["math", "highlight", "cell_output", "output"]
+SKIP_CLASSES = ["math", "highlight"]
 
 PATTERNS = {
     "$": re.compile(r"\$"),
@@ -42,6 +43,8 @@ PATTERNS = {
     "\\partial": re.compile(r"\\partial"),
     "\\bar": re.compile(r"\\bar"),
     "unresolved role": re.compile(r"\{(cite|eq|ref|numref|glue|doc|term)[:}]"),
+    # a table's rule row, as typed (|---|) or after smart dashes turned "---" into an em dash (|—|)
+    "unrendered table": re.compile(r"\|\s*:?(?:-{3,}|[\u2013\u2014]+-?):?\s*\|"),
 }
 
 
