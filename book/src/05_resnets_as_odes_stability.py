@@ -267,8 +267,8 @@ for label, i in starts.items():
     normality_rows.append((label, max(radius), max(sigma), math.prod(radius), torch.linalg.matrix_norm(product, ord=2).item()))
 rest_J = step_jacobian(toy_K["K0"], torch.zeros(2, **f64))
 rest_gap = torch.linalg.matrix_norm(rest_J, ord=2).item() - torch.linalg.eigvals(rest_J).abs().max().item()
-show_table(["start", "max over steps of |1 + h lambda|", "max over steps of sigma_max(I + h D K0)",
-            "product of |1 + h lambda| (10 steps)", "sigma_max of the product of the 10 steps"],
+show_table(["start", "max over steps of abs(1 + h lambda)", "max over steps of sigma_max(I + h D K0)",
+            "product of abs(1 + h lambda) over 10 steps", "sigma_max of the product of the 10 steps"],
            [[lab, f"{r:.5f}", f"{sg:.5f}", f"{pr:.5f}", f"{pn:.5f}"] for lab, r, sg, pr, pn in normality_rows])
 print(f"at rest (D = I, a normal step): sigma_max - |1 + h lambda| = {rest_gap:.1e}")
 assert abs(rest_gap) < 1e-12
@@ -607,8 +607,10 @@ plt.show()
 # scale $e^{ha}$):
 #
 # $$
-# Y_{j+1} = e^{ha} Y_j + h K_1^\top \tanh(K_1 Z_j + b_1), \qquad
-# Z_{j+1} = e^{ha} Z_j - h K_2^\top \tanh(K_2 Y_{j+1} + b_2),
+# \begin{aligned}
+# Y_{j+1} &= e^{ha} Y_j + h K_1^\top \tanh(K_1 Z_j + b_1), \\
+# Z_{j+1} &= e^{ha} Z_j - h K_2^\top \tanh(K_2 Y_{j+1} + b_2),
+# \end{aligned}
 # $$
 #
 # the step of $\dot Y = aY + K_1^\top\tanh(K_1 Z + b_1)$,
@@ -659,10 +661,9 @@ for a in (-0.5, 0.0, 0.5):
         out = torch.cat(damped_forward(x_rev[:, :half], x_rev[:, half:], a, n, rev_params), 1)
         moved = torch.cat(damped_forward((x_rev + delta)[:, :half], (x_rev + delta)[:, half:], a, n, rev_params), 1)
         fwd_growth[a].append(((moved - out).norm() / delta.norm()).item())
-    print(f"Re lambda = {a:+.1f}: reconstruction error (float32, relative) at depths {rev_depths}: "
-          + ", ".join(f"{e:.1e}" for e in recon_error[a])
-          + "\n                 forward amplification of a perturbation (float64): "
-          + ", ".join(f"{g:.1e}" for g in fwd_growth[a]))
+show_table(["Re lambda", "measured", *[f"{n} blocks" for n in rev_depths]],
+           [[f"{a:+.1f}", what, *[f"{v:.1e}" for v in values[a]]] for a in recon_error
+            for what, values in (("reconstruction error, float32", recon_error), ("forward amplification", fwd_growth))])
 assert recon_error[-0.5][-1] > 100 * recon_error[-0.5][0] and fwd_growth[-0.5][-1] < 1e-2  # contracts; the inverse amplifies
 assert recon_error[0.0][-1] < 1e-4 and max(fwd_growth[0.0]) < 10                          # neither
 assert recon_error[0.5][-1] < 1e-4 and fwd_growth[0.5][-1] > 1e3                           # the forward amplifies

@@ -1107,7 +1107,7 @@ ax.set_ylabel("K1[0, 0]")
 ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
-show_table(["rate", "test accuracy", "sum over blocks of |K1(j+1) - K1(j)|^2"],
+show_table(["rate", "test accuracy", "sum over blocks of the squared norm of K1(j+1) - K1(j)"],
            [[f"{r:g}", f"{a:.3f}", f"{s:.3g}"] for r, (a, s, _) in smooth_rows.items()])
 assert smooth_rows[1e-2][1] < smooth_rows[1e-3][1] < smooth_rows[0.0][1]
 assert abs(smooth_rows[1e-3][0] - smooth_rows[0.0][0]) < 0.03 and smooth_rows[1e-2][0] < smooth_rows[0.0][0] - 0.1
