@@ -1,7 +1,8 @@
 # make book: set up the environment if needed, build _build/html from the committed, executed notebooks.
 # make test: what CI runs (.ci/run): unit tests, the stand-in data tests, nbval with this machine's
 #            CPU kernels, the Colab-like check (nbval again, with generic kernels on one thread, in
-#            a Colab-like environment), the strict book build and the workflow schema check.
+#            a Colab-like environment), the strict book build, the check of its rendered pages
+#            and the workflow schema check.
 #            See README.md, "Testing".
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -17,7 +18,7 @@ NBVAL := $(NB_ENV) $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-
 PORTABLE_ENV := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 STANDIN_TESTS := tests/test_standin_data.py tests/test_full_runs.py
 
-.PHONY: all env book notebooks test unit standins nbval nbval-portable colab-check book-strict workflows benchmark clean
+.PHONY: all env book notebooks test unit standins nbval nbval-portable colab-check book-strict rendered workflows benchmark clean
 
 all: book
 
@@ -55,13 +56,17 @@ colab-check: env
 book-strict: env
 	$(NB_ENV) $(VENV)/bin/jupyter-book build . -W -n --keep-going
 
+# The built pages (make book or book-strict first): no raw TeX or unresolved role outside math and code.
+rendered: env
+	$(PY) tools/check_rendered.py
+
 workflows: env
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 # The two nbval passes run side by side: the chapters compute on one thread, and a 2-core machine has two.
 test: unit standins
 	$(MAKE) --no-print-directory -j2 nbval colab-check
-	$(MAKE) --no-print-directory book-strict workflows
+	$(MAKE) --no-print-directory book-strict rendered workflows
 
 benchmark: env
 	$(PY) benchmarks/step_time.py

@@ -22,7 +22,8 @@ def test_markdown_table_refuses_a_short_row():
 
 
 @pytest.mark.parametrize("draw", [figures.draw_additive_coupling, figures.draw_reversible_backward,
-                                  figures.draw_two_step_coupling, figures.draw_revnet_stages])
+                                  figures.draw_two_step_coupling, figures.draw_revnet_stages,
+                                  figures.draw_hamiltonian_block])
 def test_schematics_draw_patches_at_the_book_dpi(draw):
     fig = draw()
     try:

@@ -233,13 +233,16 @@ plt.show()
 # Bytes that autograd saves for the backward pass, against the number of blocks.
 # A plain residual stack and RevNet blocks run with ordinary autograd grow
 # linearly; the same RevNet blocks with the reversible backward keep one
-# activation tensor at every depth. Later chapters refer to this figure rather
-# than redraw it.
+# activation tensor at every depth.
 # ```
 #
 # The reversible chain keeps {glue:text}`intro_rev_bytes:,` bytes at every depth,
 # exactly one activation tensor (its output), where the same 32 blocks under ordinary
 # autograd keep {glue:text}`intro_autograd32_bytes:,` bytes ({numref}`fig-memory-depth`).
+# That is what is kept *between* the forward and the backward. During the
+# backward, the reversible chain still rebuilds one block's input and runs that
+# block again with ordinary autograd, so it holds one block's internals at a time
+# on top: a constant, the same at 2 blocks as at 2,000, but not zero.
 # The price is compute: the backward pass evaluates F and G a second time.
 # {ref}`ch-backprop` derives the
 # backward, checks that its gradients equal autograd's, and measures the extra time
@@ -303,3 +306,151 @@ plt.show()
 #    for which the meter counts a tensor that is not an activation (hint: a
 #    buffer, or a weight transformed in the forward such as `W.t()`), and
 #    decide whether it belongs in the count.
+#
+# ## Solutions
+#
+# Each solution is folded; open it after trying the exercise. Where a solution
+# has a number, the folded code cell above it computes and checks it.
+
+# %% tags=["hide-cell"]
+linear_tanh = nn.Sequential(nn.Linear(64, 64, bias=False), nn.Tanh())
+a_in = torch.randn(32, 64)
+saved_lt = saved_tensor_bytes(linear_tanh, a_in)
+one_activation = a_in.numel() * a_in.element_size()
+print(f"Linear + tanh: saved {saved_lt:,} bytes = {saved_lt / one_activation:g} activations (input and output)")
+assert saved_lt == 2 * one_activation
+
+# %% [markdown]
+# ```{admonition} Solution 1 (what tanh layers save)
+# :class: dropdown
+#
+# With $u_l = W_l a_l$ and $a_{l+1} = \tanh(u_l)$, the chain rule gives
+# $\bar u_l = \bar a_{l+1} \odot (1 - a_{l+1}^2)$, then
+# $\bar a_l = W_l^\top \bar u_l$ and $\bar W_l = \bar u_l\, a_l^\top$ (summed over
+# the batch). $\bar u_l$ needs the output $a_{l+1}$, $\bar W_l$ needs the input
+# $a_l$, and $\bar a_l$ needs only the weight. So autograd keeps both: the folded
+# cell counts exactly two activation tensors for one `Linear` + `Tanh` (the weight
+# is a parameter, not counted). In a deep stack the output of layer $l$ is the
+# input of layer $l + 1$, the same tensor, so it is kept once per layer, not
+# twice.
+# ```
+
+# %% tags=["hide-cell"]
+class ResidualBlockInplace(ResidualBlock):
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.body[2] = nn.ReLU(inplace=True)
+
+
+inplace_bytes = saved_tensor_bytes(nn.Sequential(*[ResidualBlockInplace(CHANNELS) for _ in range(4)]), x)
+print(f"4 blocks: {plain_bytes[4]:,} bytes with nn.ReLU(), {inplace_bytes:,} bytes with nn.ReLU(inplace=True)")
+assert inplace_bytes == plain_bytes[4]
+
+# %% [markdown]
+# ```{admonition} Solution 2 (an in-place ReLU)
+# :class: dropdown
+#
+# The count does not change (the folded cell measures 4 blocks both ways). The
+# BatchNorm before the ReLU saves its *input* (the first convolution's output),
+# not its output, so overwriting its output in place destroys nothing it needs.
+# The ReLU saves its output, which is also the second convolution's input, one
+# tensor either way. In-place activation saves the *temporary* memory of the
+# forward (one fewer live tensor at a time), not what autograd keeps for the
+# backward.
+# ```
+
+# %% tags=["hide-cell"]
+def per_block_bytes(batch: int, size: int) -> int:
+    xs = torch.randn(batch, CHANNELS, size, size)
+    one = saved_tensor_bytes(nn.Sequential(ResidualBlock(CHANNELS)), xs)
+    two = saved_tensor_bytes(nn.Sequential(ResidualBlock(CHANNELS), ResidualBlock(CHANNELS)), xs)
+    return two - one
+
+
+scaling_rows = []
+for batch, size in [(BATCH, SIZE), (2 * BATCH, SIZE), (2 * BATCH, 2 * SIZE)]:
+    inc = per_block_bytes(batch, size)
+    A_here = batch * CHANNELS * size * size * 4
+    scaling_rows.append((batch, size, inc, (inc - 4 * A_here)))
+    print(f"batch {batch:2d}, {size} x {size}: per block {inc:,} bytes = 4 A + {inc - 4 * A_here} bytes")
+assert all(rest == bn_stats_bytes for *_, rest in scaling_rows)  # the part that does not scale
+
+# %% [markdown]
+# ```{admonition} Solution 3 (what scales with the batch and the image)
+# :class: dropdown
+#
+# The per-block increment is $4A$ plus a constant: $A$ doubles with the batch and
+# quadruples when the image side doubles, while the remainder stays at
+# {glue:text}`intro_bn_stats_bytes` bytes in all three runs of the folded cell.
+# That remainder is BatchNorm's saved mean and inverse standard deviation, one
+# number per channel each, which depend on the number of channels only.
+# ```
+
+# %% tags=["hide-cell"]
+budget = 16 * 2**30
+A_128 = 128 * CHANNELS * 32 * 32 * 4
+per_block_128 = 4 * A_128 + bn_stats_bytes
+blocks_autograd = (budget - A_128) // per_block_128
+rev_block = revlib.AdditiveCoupling(half(CHANNELS // 2), half(CHANNELS // 2))
+params_per_rev_block = sum(p.numel() for p in rev_block.parameters())
+# kept by the reversible chain: its output, plus one block's internals during the backward
+rev_chain_one = revlib.ReversibleSequence([revlib.AdditiveCoupling(half(CHANNELS // 2), half(CHANNELS // 2))])
+rev_chain_one.mode = "autograd"
+x_128 = torch.randn(128, CHANNELS, 32, 32)
+fixed_rev = A_128 + saved_tensor_bytes(rev_chain_one, x_128)
+blocks_reversible = (budget - fixed_rev) // (3 * 4 * params_per_rev_block)
+print(f"plain residual blocks, autograd: A = {A_128 / MiB:.0f} MiB, {per_block_128:,} bytes per block "
+      f"-> {blocks_autograd} blocks in 16 GiB")
+print(f"reversible chain: {fixed_rev / MiB:.1f} MiB that do not grow, {params_per_rev_block:,} parameters x 3 copies "
+      f"x 4 bytes per block -> {blocks_reversible:,} blocks")
+assert 500 < blocks_autograd < 520 and blocks_reversible > 100_000
+glue("budget_autograd", int(blocks_autograd), display=False)
+glue("budget_reversible", int(blocks_reversible), display=False)
+glue("budget_params", params_per_rev_block, display=False)
+
+# %% [markdown]
+# ```{admonition} Solution 4 (a memory budget)
+# :class: dropdown
+#
+# At batch 128 and 32 x 32, $A = 128 \cdot 16 \cdot 32 \cdot 32 \cdot 4$ bytes
+# $= 8$ MiB and a plain block keeps $4A$ plus 256 bytes, so 16 GiB hold
+# {glue:text}`budget_autograd` blocks (after the one $A$ at the top). The
+# reversible chain keeps its output and, during the backward, one block's
+# internals; what grows is three float32 copies of each block's
+# {glue:text}`budget_params` parameters (weights, gradients, momentum), so
+# 16 GiB hold {glue:text}`budget_reversible:,` blocks. Long before that, time
+# is the limit: each block costs the same compute at any depth.
+# ```
+
+# %% tags=["hide-cell"]
+class ScaledLinear(nn.Module):
+    """A linear layer whose weight is transformed in the forward: x -> x (2W)^T."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d, d) / d**0.5)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return v @ (2 * self.weight).t()
+
+
+saved_scaled = saved_tensor_bytes(ScaledLinear(64), a_in.clone().requires_grad_(True))  # an input that needs a gradient
+weight_sized = 64 * 64 * 4
+print(f"ScaledLinear: saved {saved_scaled:,} bytes = input {one_activation:,} + transformed weight {weight_sized:,}")
+assert saved_scaled == one_activation + weight_sized
+
+# %% [markdown]
+# ```{admonition} Solution 5 (a saved tensor that is not an activation)
+# :class: dropdown
+#
+# `ScaledLinear` multiplies its weight by 2 in the forward. The product is a new
+# tensor, not a parameter, and the matrix product saves it to compute the input's
+# gradient, so the meter counts it beside the input (the folded cell; the input
+# must require a gradient, as any hidden layer's does, or autograd does not need
+# it). Does it
+# belong in the count? It is memory that autograd holds until the backward, so
+# for a budget yes; but it does not scale with the batch or the image, and a
+# reversible backward does not remove it: it grows with depth like the
+# parameters. The cleaner fix is in the layer: compute $2(xW^\top)$ instead, and
+# nothing weight-sized is saved.
+# ```

@@ -26,8 +26,8 @@
 # can be traced to the layer that causes it.
 
 # %%
-import json
-from pathlib import Path
+
+import copy
 
 import matplotlib.pyplot as plt
 import torch
@@ -256,6 +256,35 @@ for key, value in {"mem_res32": mem["resnet32", "autograd"], "mem_rev38": mem["r
     glue(key, value / MiB, display=False)
 glue("ratio_110", mem["resnet110", "autograd"] / mem["revnet110", "reversible"], display=False)
 
+# %% tags=["remove-output"]
+fig, ax = plt.subplots(figsize=(8, 3.6))
+mode_colors = {"autograd": "0.45", "checkpoint": "tab:orange", "reversible": "tab:blue"}
+for i, name in enumerate(CIFAR):
+    for j, mode in enumerate(MODES[::-1]):  # autograd, checkpoint, reversible
+        if (name, mode) in mem:
+            offset = 0.0 if name.startswith("res") else (j - 1) * 0.27
+            ax.bar(i + offset, mem[name, mode] / MiB, width=0.27, color=mode_colors[mode],
+                   label=mode if i == 1 else None)
+            ax.text(i + offset, mem[name, mode] / MiB, f"{mem[name, mode] / MiB:.0f}", ha="center",
+                    va="bottom", fontsize=7)
+ax.set_xticks(range(len(CIFAR)), [LABEL[n] for n in CIFAR])
+ax.set_yscale("log")
+ax.set_ylabel("saved for backward, batch 128 (MiB)")
+ax.set_title("Activation memory of the six CIFAR networks (measured, float32)")
+ax.legend(title="mode", fontsize=8)
+fig.tight_layout()
+glue("fig_memory_bars", fig, display=False)
+plt.show()
+
+# %% [markdown]
+# ```{glue:figure} fig_memory_bars
+# :name: fig-memory-bars
+#
+# The table above as bars (log scale): each ResNet in mode `"autograd"` beside the
+# RevNet of the same parameter count in its three modes. Bytes saved for the
+# backward at batch 128, measured.
+# ```
+
 # %% [markdown]
 # At batch 128, ResNet-32, -110 and -164 keep {glue:text}`mem_res32:.0f`,
 # {glue:text}`mem_res110:.0f` and {glue:text}`mem_res164:.0f` MiB; the RevNets of the
@@ -301,16 +330,25 @@ glue("ours_rev164_to_110", mem["revnet164", "reversible"] / mem["revnet110", "re
 glue("growth_ours", growth_ours, display=False)
 glue("growth_memcnn", growth_memcnn, display=False)
 glue("memcnn_scale", MEMCNN["resnet32"] / (mem["resnet32", "autograd"] / MiB), display=False)
+memcnn_over_ours = {name: MEMCNN[name] / ours_mib[name] for name in CIFAR}
+res_factors = [memcnn_over_ours[n] for n in CIFAR if n.startswith("res")]
+rev_factors = [memcnn_over_ours[n] for n in CIFAR if n.startswith("rev")]
+assert max(res_factors) / min(res_factors) < 1.05  # ResNets: one constant factor
+assert max(rev_factors) / min(rev_factors) > 1.5   # RevNets: not
+for name in ("revnet38", "revnet110", "revnet164"):
+    glue(f"memcnn_factor_{name}", memcnn_over_ours[name], display=False)
 
 # %% [markdown]
-# For the ResNets the two sets of measurements differ by a constant factor
-# (MemCNN's are about {glue:text}`memcnn_scale:.2f` of ours at batch 128, as a
-# different batch size or counting method would make them): from ResNet-32 to
-# ResNet-110 MemCNN's memory grows {glue:text}`growth_memcnn:.2f` times and ours
-# {glue:text}`growth_ours:.2f` times. For the RevNets both show memory flat from
-# depth 38 to 110. MemCNN's RevNets keep more than ours relative to the ResNets
-# (RevNet-164: {glue:text}`memcnn_rev164_to_110:.1f` times its RevNet-110 in
-# MemCNN's table, {glue:text}`ours_rev164_to_110:.1f` times in ours). We do not know how
+# For the ResNets, and only for them, the two sets of measurements differ by a
+# constant factor (MemCNN's are about {glue:text}`memcnn_scale:.2f` of ours at
+# batch 128, as a different batch size or counting method would make them): from
+# ResNet-32 to ResNet-110 MemCNN's memory grows {glue:text}`growth_memcnn:.2f`
+# times and ours {glue:text}`growth_ours:.2f` times. For the RevNets the factor is
+# not constant: MemCNN / ours is {glue:text}`memcnn_factor_revnet38:.2f`,
+# {glue:text}`memcnn_factor_revnet110:.2f` and {glue:text}`memcnn_factor_revnet164:.2f`
+# for RevNet-38, -110 and -164. Both show memory flat from depth 38 to 110, but
+# RevNet-164 keeps {glue:text}`memcnn_rev164_to_110:.1f` times its RevNet-110 in
+# MemCNN's table and {glue:text}`ours_rev164_to_110:.1f` times in ours. We do not know how
 # MemCNN's measurement treats the transitions and the stem; the official code
 # and ours keep a transition's input only.
 #
@@ -332,9 +370,15 @@ glue("memcnn_scale", MEMCNN["resnet32"] / (mem["resnet32", "autograd"] / MiB), d
 # project's code: each RevBlock starts with VGG's own first convolution of the stage
 # (with BatchNorm and ReLU), which changes the width and so is not invertible:
 # it keeps its input, the max-pool output that the project's table already counts;
-# then three additive couplings hold the weights of the stage's other three
-# convolutions, F and G each conv3x3-BN-ReLU-conv3x3 on half the channels, the
-# *first convolution without bias* and the second with. Three C-to-C convolutions
+# then three additive couplings at the new width $C$, F and G each
+# conv3x3-BN-ReLU-conv3x3 on half the channels, the *first convolution without
+# bias* and the second with, hold exactly the weights of three $C$-to-$C$
+# convolutions with bias and BatchNorm. For RevBlocks 2 to 4 these are the
+# stage's other three convolutions. RevBlock_1 stands for VGG-19's second stage,
+# which has only two convolutions (64 to 128 and 128 to 128), and VGG-19's
+# first stage loses its second convolution; so the design has the
+# weights of 17 convolutions (the stem's, then four per RevBlock) against
+# VGG-19's 16, which is why its parameter count is larger. Three C-to-C convolutions
 # with bias and BN have $3(9C^2 + C + 2C) = 27C^2 + 9C$ parameters; six such F
 # and G have $6\,(2 \cdot 9 (C/2)^2 + C/2 + 2 \cdot C/2) = 27C^2 + 9C$ as well
 # (with a bias in both convolutions they would have $27C^2 + 12C$). We list the
@@ -384,7 +428,8 @@ for mode in MODES:
 reduction_project = 100 * (1 - PROJECT["rev_mb"] / PROJECT["vgg_mb"])  # the project's own numbers
 reduction_count = 100 * (1 - t_rvgg.kept / t_vgg.kept)
 reduction_measured = 100 * (1 - rvgg_mem["reversible"] / vgg_mem)
-rows.append(f"| reduction | | {reduction_project:.2f}% | {reduction_count:.2f}% | {reduction_measured:.2f}% |")
+rows.append(f"| reduction | | {reduction_project:.2f}% (our arithmetic on these MB; the project prints "
+            f"{PROJECT['reduction']}%) | {reduction_count:.2f}% | {reduction_measured:.2f}% |")
 display(Markdown("\n".join(rows)))
 assert rvgg_mem["reversible"] < rvgg_mem["checkpoint"] < rvgg_mem["autograd"]
 assert 50 < reduction_measured < reduction_count
@@ -516,49 +561,51 @@ assert len(ckpt_steps) == 1  # one block input per added block
 glue("flat_rev", depth_mem["RevNet, reversible"][0] / MiB, display=False)
 glue("res_step", steps[0] / MiB, display=False)
 
+# %% tags=["remove-output"]
+fig, ax = plt.subplots(figsize=(6.5, 3.6))
+ax.plot(res_depth, [v / MiB for v in depth_mem["ResNet (autograd)"]], "o-", color="0.45", ms=3,
+        label="ResNet, widths 16-16-32-64 (autograd)")
+for mode, color in [("autograd", "0.75"), ("checkpoint", "tab:orange"), ("reversible", "tab:blue")]:
+    ax.plot(rev_depth, [v / MiB for v in depth_mem[f"RevNet, {mode}"]], "s-", color=color, ms=3,
+            label=f"RevNet, widths 32-32-64-112 ({mode})")
+ax.set_xlabel("depth (layers)")
+ax.set_ylabel("saved for backward, batch 128 (MiB)")
+ax.set_title("Saved bytes against depth, CIFAR 32 x 32 (measured)")
+ax.legend(fontsize=8)
+fig.tight_layout()
+glue("fig_bytes_depth", fig, display=False)
+plt.show()
+
+# %% [markdown]
+# ```{glue:figure} fig_bytes_depth
+# :name: fig-bytes-depth
+#
+# Bytes saved for the backward at batch 128 against depth: the ResNets grow
+# linearly, the RevNets in mode `"reversible"` stay flat to the byte, and
+# `"checkpoint"` grows by one block input per block.
+# ```
+
 # %% [markdown]
 # The RevNet in mode `"reversible"` keeps {glue:text}`flat_rev:.2f` MiB at every
 # depth, to the byte; the ResNet adds {glue:text}`res_step:.1f` MiB with every unit
 # per stage; mode `"checkpoint"` adds one block input per block, and mode
 # `"autograd"` everything: the same three behaviours as in
-# {numref}`fig-memory-depth`, now for whole CIFAR networks. The price of the flat
+# {numref}`fig-memory-depth`, now for whole CIFAR networks ({numref}`fig-bytes-depth`). The price of the flat
 # line is compute, measured next.
 #
 # ## Time per training step
 #
-# `benchmarks/models.py` times a training step (forward, cross-entropy, backward,
-# SGD update) of every model in every mode. The table below is *not* measured by
-# this notebook: the cell reads the JSON file that the benchmark script saved
-# when it was last run, and prints the date, device, threads and batch it
-# recorded. On a shared CPU the absolute times are unreliable, the ratios less
-# so. On Colab, run `python benchmarks/models.py --device cuda --batch 128` from
-# a clone of the repository to measure your own.
-
-# %% tags=["nbval-ignore-output"]
-bench_file = Path("..") / "benchmarks" / "results" / "models_cpu.json"
-if bench_file.exists():
-    bench = json.loads(bench_file.read_text())
-    print(f"{bench['device']}, torch {bench['torch']}, {bench['threads']} thread(s), batch {bench['batch']}, "
-          f"median of {bench['repeats']} steps, {bench['date_utc']}\nnote: {bench['note']}")
-    rows = ["| model | reversible / autograd (time) | checkpoint / autograd (time) | "
-            "reversible / autograd (saved bytes) | checkpoint / autograd (saved bytes) |", "|---|---:|---:|---:|---:|"]
-    for name, r in bench["models"].items():
-        if "time_ratio_reversible_to_autograd" in r:
-            rows.append(f"| {name} | {r['time_ratio_reversible_to_autograd']:.2f} | "
-                        f"{r['time_ratio_checkpoint_to_autograd']:.2f} | {r['saved_ratio_reversible_to_autograd']:.3f} | "
-                        f"{r['saved_ratio_checkpoint_to_autograd']:.3f} |")
-    display(Markdown(f"**Measured by `benchmarks/models.py` on {bench['date_utc']} ({bench['device']}), "
-                     "read from its JSON file**\n\n" + "\n".join(rows)))
-else:
-    print(f"{bench_file} not found: run python benchmarks/models.py")
-
-# %% [markdown]
 # Counted in arithmetic, a reversible step costs about 4/3 of an ordinary one:
 # F and G are evaluated a second time in the backward pass, which itself costs
 # about twice a forward ({ref}`ch-backprop`). Measured times also depend on memory
 # traffic and on the machine; {cite:t}`gomez2017revnet` expect an overhead
-# closer to 50% where a backward costs about as much as a forward, and the
-# ratios above come from a few steps on a shared CPU.
+# closer to 50% where a backward costs about as much as a forward.
+# {numref}`fig-step-time` in {ref}`ch-backprop` shows the measured ratios of the
+# step-time benchmark for a stack of RevNet blocks. For the whole networks of this
+# chapter, run `python benchmarks/models.py` from a clone of the repository (on
+# Colab: `--device cuda --batch 128`); this chapter prints no timing of its own,
+# because a results file recorded before the engine's latest changes would
+# describe a different program.
 #
 # ## CUDA peak memory
 #
@@ -618,8 +665,9 @@ else:
 #   {glue:text}`reduction_measured:.0f`% rather than 83%, and every byte of the
 #   difference is accounted for (pool indices, the RevBlock outputs, BatchNorm
 #   statistics, the image).
-# * MemCNN's published measurements grow with depth as ours do, by a constant
-#   factor apart.
+# * MemCNN's published measurements of the ResNets grow with depth as ours do, a
+#   constant factor apart; for the RevNets the factor is not constant (RevNet-164
+#   keeps relatively more in MemCNN's table).
 #
 # ## Exercises
 #
@@ -643,3 +691,155 @@ else:
 #    larger factor than ours does (the MemCNN table above). List the tensors a
 #    RevNet-164 keeps in mode `"reversible"` and propose what MemCNN's
 #    measurement may count in addition.
+#
+# ## Solutions
+#
+# Each solution is folded; open it after trying the exercise. Where a solution
+# has a number, the folded code cell above it computes and checks it.
+
+# %% tags=["hide-cell"]
+def preact_half_unit(c: int) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False))
+
+
+unit_rows = []
+for C in (16, 32, 64, 112, 128):
+    rev_unit = revlib.AdditiveCoupling(preact_half_unit(C // 2), preact_half_unit(C // 2))
+    res_unit = preact_half_unit(C)  # a ResNet unit: the same layers on all C channels
+    assert count_parameters(rev_unit) == 9 * C**2 + 4 * C and count_parameters(res_unit) == 18 * C**2 + 4 * C
+    unit_rows.append((C, count_parameters(res_unit), count_parameters(rev_unit)))
+show_table(["width C", "ResNet unit: 18C^2 + 4C", "RevNet unit: 9C^2 + 4C"],
+           [[C, f"{a:,}", f"{b:,}"] for C, a, b in unit_rows])
+stage_weights = {"ResNet-32, 5 units at 16-32-64": sum(5 * 18 * C**2 for C in (16, 32, 64)),
+                 "RevNet-38, 3 units at 32-64-112": sum(3 * 9 * C**2 for C in (32, 64, 112))}
+print(", ".join(f"{k}: {v:,} convolution weights" for k, v in stage_weights.items()))
+assert 0.9 < stage_weights["RevNet-38, 3 units at 32-64-112"] / stage_weights["ResNet-32, 5 units at 16-32-64"] < 1.3
+
+# %% [markdown]
+# ```{admonition} Solution 1 (parameters of a unit)
+# :class: dropdown
+#
+# A RevNet unit at width $C$ has F and G, each with two $3 \times 3$ convolutions
+# from $C/2$ to $C/2$ channels, $4 \cdot 9 (C/2)^2 = 9C^2$ weights, and four
+# BatchNorms of $C/2$ channels with a scale and a shift, $4C$: $9C^2 + 4C$. A
+# basic ResNet unit has two $C$-to-$C$ convolutions, $18C^2$, and two BatchNorms,
+# $4C$: twice the weights at the same width (the folded cell checks both formulas
+# with `count_parameters`). To have as many parameters, RevNet-38 widens its
+# stages (32-64-112 instead of 16-32-64, roughly $\sqrt 2$ to 2 times), which
+# more than compensates the halving, and then needs fewer units (3 instead of 5)
+# to land near ResNet-32's count: $3 \cdot 9 \cdot (32^2 + 64^2 + 112^2)$ against
+# $5 \cdot 18 \cdot (16^2 + 32^2 + 64^2)$ convolution weights.
+# ```
+
+# %% tags=["hide-cell"]
+def with_bias_everywhere(model: nn.Module) -> nn.Module:
+    """A copy of `model` in which every bias-free convolution inside a coupling gets a bias."""
+    model = copy.deepcopy(model)
+    for coupling in [m for m in model.modules() if isinstance(m, revlib.AdditiveCoupling)]:
+        for fn in (coupling.F, coupling.G):
+            for i, layer in enumerate(fn):
+                if isinstance(layer, nn.Conv2d) and layer.bias is None:
+                    fn[i] = nn.Conv2d(layer.in_channels, layer.out_channels, 3, padding=1, bias=True)
+    return model
+
+
+extra_bias = count_parameters(with_bias_everywhere(rev_vgg())) - count_parameters(rev_vgg())
+predicted_extra = sum((27 * C**2 + 12 * C) - (27 * C**2 + 9 * C) for C in (128, 256, 512, 512))
+print(f"biases added: {extra_bias:,}; 3C summed over the four RevBlocks: {predicted_extra:,}")
+assert extra_bias == predicted_extra
+
+# %% [markdown]
+# ```{admonition} Solution 2 (a bias in both convolutions)
+# :class: dropdown
+#
+# Each RevBlock has three couplings with two functions each, and each function
+# gains $C/2$ biases: $3 \cdot 2 \cdot C/2 = 3C$ per block, the difference
+# $27C^2 + 12C - (27C^2 + 9C)$. Over $C = 128, 256, 512, 512$ that is
+# $3 \cdot 1408 = 4{,}224$ parameters, which the folded cell counts. With them the
+# design no longer has the project's per-block counts, which is how the count
+# pins down where the biases are.
+# ```
+
+# %% tags=["hide-cell"]
+from revlib.core.downsampling import SpaceToDepth  # noqa: E402
+
+
+def s2d_chain(units: int = 2, width: int = 16) -> revlib.ReversibleSequence:
+    blocks, c = [], width
+    for stage in range(3):
+        blocks += [revlib.AdditiveCoupling(preact_half_unit(c // 2), preact_half_unit(c // 2)) for _ in range(units)]
+        if stage < 2:
+            blocks.append(SpaceToDepth(2))  # invertible: 4x the channels, half the side
+            c *= 4
+    return revlib.ReversibleSequence(blocks)
+
+
+stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False))
+head = nn.Sequential(nn.BatchNorm2d(256), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10))
+s2d_net = nn.Sequential(stem, s2d_chain(), head)
+x_s2d = torch.randn(2, 3, 32, 32)
+with torch.no_grad():
+    chain_out = s2d_net[1](stem(x_s2d))
+s2d_bytes = saved_tensor_bytes(s2d_net, x_s2d)
+stem_in, out_bytes = x_s2d.numel() * 4, chain_out.numel() * 4
+head_bytes = saved_tensor_bytes(head, chain_out.clone().requires_grad_(True))
+print(f"saved: {s2d_bytes:,} bytes = stem input {stem_in:,} + head {head_bytes:,}, of which {out_bytes:,} are the "
+      f"chain's output (the head's BatchNorm input, kept once)")
+assert s2d_bytes == stem_in + head_bytes
+
+# %% [markdown]
+# ```{admonition} Solution 3 (space-to-depth transitions)
+# :class: dropdown
+#
+# With `SpaceToDepth(2)` (a pixel unshuffle, which only moves numbers) as the
+# transition, the whole body from the stem to the head is one reversible chain:
+# no transition keeps its input any more. What still has to be stored is what is
+# not invertible: the stem's input (the image, for the stem's weight gradient),
+# the chain's output, and the head's own saved tensors (its BatchNorm, which
+# reads the chain's output, so that tensor is kept once for both, the pooling,
+# the classifier's input). The folded cell measures exactly that sum. The price is width: each transition multiplies
+# the channels by 4 where RevNet doubles them, which is the i-RevNet's design in
+# {ref}`ch-beyond`.
+# ```
+
+# %% tags=["hide-cell"]
+fixed = {}
+for state in ("train", "eval"):
+    model = R.revnet38()
+    model.mode = "autograd"
+    model.train(state == "train")
+    fixed[state] = memory_table(model, x2).fixed_bytes
+n_bn_channels = sum(m.num_features for m in R.revnet38().modules() if isinstance(m, nn.BatchNorm2d))
+print(f"b (fixed_bytes) of RevNet-38 in mode autograd: train {fixed['train']:,} bytes, eval {fixed['eval']:,} bytes; "
+      f"2 x 4 bytes x {n_bn_channels:,} BatchNorm channels = {8 * n_bn_channels:,}")
+assert fixed["train"] == 8 * n_bn_channels and fixed["eval"] == 0
+
+# %% [markdown]
+# ```{admonition} Solution 4 (what does not grow with the batch)
+# :class: dropdown
+#
+# The constant $b$ comes from BatchNorm only: in training mode each BatchNorm
+# saves its batch mean and inverse standard deviation, one float32 each per
+# channel, whatever the batch. The folded cell finds $b = 8$ bytes times the
+# number of BatchNorm channels of RevNet-38 (mode `"autograd"`, where every layer
+# saves). In `eval()` BatchNorm normalises with its running statistics, which are
+# buffers, not saved activations, and $b$ becomes 0.
+# ```
+#
+# ```{admonition} Solution 5 (what MemCNN may count)
+# :class: dropdown
+#
+# In mode `"reversible"` our RevNet-164 keeps: the image (the stem's input), the
+# stem's output, for each stage the input of its first, non-reversible unit
+# (which downsamples and widens) and the output of its reversible chain, and the
+# head's tensors. Its stages are bottleneck stages four times wider than listed
+# (128, 256, 512 channels), so these few tensors are large, which is why RevNet-164
+# keeps more than RevNet-110 at all. MemCNN's larger ratio
+# ({glue:text}`memcnn_rev164_to_110:.1f` against our
+# {glue:text}`ours_rev164_to_110:.1f`) would follow if its measurement also held
+# the internals of the downsampling units, which run with ordinary autograd
+# (a bottleneck unit saves several wide tensors), or a peak that includes one
+# unit's recomputation during the backward, or the allocator's cached blocks.
+# MemCNN's README does not say which; we cannot check it without its script.
+# ```

@@ -31,6 +31,7 @@
 
 # %%
 import math
+import statistics
 
 import matplotlib.pyplot as plt
 import torch
@@ -240,8 +241,49 @@ plt.show()
 # a normal matrix, nor is the step $I + h\operatorname{diag}(\tanh')K_0$, and a
 # product of non-normal steps can stretch a given direction by more than its
 # eigenvalues say (here although those eigenvalues are even smaller,
-# $\lvert 1 + h\lambda\rvert^2 = 1 + h^2 \tanh'_1 \tanh'_2$). Over ten steps this
-# transient growth dominates.
+# $\lvert 1 + h\lambda\rvert^2 = 1 + h^2 \tanh'_1 \tanh'_2$). The next cell shows
+# it: along each trajectory it compares the largest singular value
+# $\sigma_{\max}(I + hDK_0)$ of every step's Jacobian, the most that step can
+# stretch any direction, with its spectral radius $\max\lvert 1 + h\lambda\rvert$,
+# and the norm of the product of the ten steps with the product of their spectral
+# radii.
+
+# %% tags=["nbval-ignore-output"]
+def step_jacobian(K, y):
+    """Jacobian of y -> y + h tanh(K y) at y: I + h diag(tanh'(K y)) K."""
+    d = 1 - torch.tanh(K @ y) ** 2
+    return torch.eye(2, **f64) + h_toy * torch.diag(d) @ K
+
+
+normality_rows = []
+starts = {"y1": 0, "y2": 1, "y3": 2}
+for label, i in starts.items():
+    steps_J = [step_jacobian(toy_K["K0"], trajectories["K0"][j, i]) for j in range(layers_toy)]
+    sigma = [torch.linalg.matrix_norm(M, ord=2).item() for M in steps_J]
+    radius = [torch.linalg.eigvals(M).abs().max().item() for M in steps_J]
+    product = torch.eye(2, **f64)
+    for M in steps_J:
+        product = M @ product
+    normality_rows.append((label, max(radius), max(sigma), math.prod(radius), torch.linalg.matrix_norm(product, ord=2).item()))
+rest_J = step_jacobian(toy_K["K0"], torch.zeros(2, **f64))
+rest_gap = torch.linalg.matrix_norm(rest_J, ord=2).item() - torch.linalg.eigvals(rest_J).abs().max().item()
+show_table(["start", "max over steps of abs(1 + h lambda)", "max over steps of sigma_max(I + h D K0)",
+            "product of abs(1 + h lambda) over 10 steps", "sigma_max of the product of the 10 steps"],
+           [[lab, f"{r:.5f}", f"{sg:.5f}", f"{pr:.5f}", f"{pn:.5f}"] for lab, r, sg, pr, pn in normality_rows])
+print(f"at rest (D = I, a normal step): sigma_max - |1 + h lambda| = {rest_gap:.1e}")
+assert abs(rest_gap) < 1e-12
+assert all(sg > r + 1e-3 and pn > pr for _, r, sg, pr, pn in normality_rows)  # non-normal: stretches beyond |1 + h lambda|
+glue("nn_sigma_max", max(row[2] for row in normality_rows), display=False)
+glue("nn_radius_max", max(row[1] for row in normality_rows), display=False)
+
+# %% [markdown]
+# At rest $D = I$ and the step $I + hK_0$ is normal: its largest singular value
+# equals $\lvert 1 + ih \rvert$. Along the three trajectories every step stretches
+# some direction by more than its eigenvalues allow (the largest singular value
+# reaches {glue:text}`nn_sigma_max:.4f`, the largest $\lvert 1 + h\lambda\rvert$
+# only {glue:text}`nn_radius_max:.4f`), and the ten-step products stretch by more
+# than the products of the spectral radii. Over ten steps this transient growth
+# dominates.
 #
 # ## Eigenvalues of three layers
 #
@@ -338,9 +380,9 @@ plt.show()
 # (K_1 x) \ge 0$. Two facts finish the proof.
 #
 # 1. *The product of two symmetric positive semidefinite matrices has real,
-#    nonnegative eigenvalues.* The nonzero eigenvalues of $XY$ and $YX$ coincide
-#    (if $XYv = \mu v$ with $\mu \ne 0$, then $Yv \ne 0$ and $YX(Yv) = \mu\, Yv$).
-#    With $X = A^{1/2}$ and $Y = A^{1/2}B$, the nonzero eigenvalues of $AB$ are those
+#    nonnegative eigenvalues.* The nonzero eigenvalues of $PQ$ and $QP$ coincide
+#    (if $PQv = \mu v$ with $\mu \ne 0$, then $Qv \ne 0$ and $QP(Qv) = \mu\, Qv$).
+#    With $P = A^{1/2}$ and $Q = A^{1/2}B$, the nonzero eigenvalues of $AB$ are those
 #    of $A^{1/2} B A^{1/2}$, which is symmetric and positive semidefinite, so real
 #    and $\ge 0$.
 # 2. *Squaring $J$ separates the halves:*
@@ -403,12 +445,17 @@ glue("relu_max_re_away", relu_max_re_away, display=False)
 #   $\max_i \log\lvert 1 + h\lambda_i\rvert / h$. For imaginary
 #   $\lambda = i\omega$ that is $\log(1 + h^2\omega^2)/(2h) > 0$: **forward Euler is
 #   unstable on the imaginary axis**, however stable the ODE;
-# * the Hamiltonian block is stepped with Verlet, which is what the block *is*.
-#   Its step matrix is symplectic, and for $h\,\omega < 2$ all its eigenvalues lie
-#   on the unit circle: perturbations neither grow nor shrink on average.
+# * the Hamiltonian block is stepped with the integrator that the block *is*:
+#   $Y' = Y + hAZ$ with the old $Z$, then $Z' = Z - hBY'$ with the new $Y$. This is
+#   the **symplectic Euler** method; read with $Y$ and $Z$ on grids staggered by
+#   half a step it is the Störmer–Verlet (leapfrog) scheme
+#   {cite:p}`hairer2006geometric`, which is why {cite:t}`chang2018reversible`, and
+#   this book, call it "Verlet". Its step matrix is symplectic, and for
+#   $h\,\omega < 2$ all its eigenvalues lie on the unit circle: perturbations
+#   neither grow nor shrink on average.
 #
 # Why $h\omega < 2$: linearise the block at rest, $\dot Y = A Z$, $\dot Z = -B Y$
-# with $A$, $B$ as in {eq}`eq-hamiltonian-jacobian`. One Verlet step is
+# with $A$, $B$ as in {eq}`eq-hamiltonian-jacobian`. One (symplectic Euler, "Verlet") step is
 # $Y' = Y + hAZ$, $Z' = Z - hBY'$. Take an eigenvector $v$ of $BA$ with
 # eigenvalue $\omega^2$ (real and $\ge 0$ by fact 1 above) and restrict to states
 # $Y = \alpha\, Av$, $Z = \beta\, v$ (assuming $Av \neq 0$). Since
@@ -505,14 +552,18 @@ plt.show()
 # there). {numref}`fig-stability-regions` draws the three regions with $h\lambda$
 # for the three layers' Jacobians at rest and $h = 0.1$: every eigenvalue of the
 # plain layer with positive real part lies outside all of them, the
-# antisymmetric layer's lie on the imaginary axis, outside Euler's disk but inside
-# Verlet's segment, and the Hamiltonian block's spectrum is what Verlet is
-# stable for.
+# antisymmetric layer's lie on the imaginary axis, outside Euler's disk, and the
+# Hamiltonian block's spectrum is what Verlet is stable for. The antisymmetric
+# layer has no $Y$/$Z$ split, so Verlet's segment does not apply to it: the
+# reversible integrator it can be paired with is the Midpoint rule
+# ({ref}`ch-hamiltonian`), and its $h\lambda$ lie inside Midpoint's shorter
+# segment $i(-1, 1)$.
 
 # %% tags=["remove-output", "nbval-ignore-output"]
 h_lambda = {name: h_layer * stability.eigenvalues(layer_rhs[name], at_rest).numpy() for name in layer_rhs}
 assert max(abs(z) for z in h_lambda[ham_key]) < 2  # every mode of the block inside Verlet's segment
 assert all(abs(1 + z) > 1 for z in h_lambda[anti_key] if abs(z) > 1e-6)  # outside Euler's disk
+assert max(abs(z) for z in h_lambda[anti_key]) < 1  # inside Midpoint's segment i(-1, 1)
 fig = plot_stability_regions(h_lambda, extent=0.3, xlim=(-0.45, 0.2))
 glue("fig_stability_regions", fig, display=False)
 plt.show()
@@ -528,6 +579,127 @@ plt.show()
 # rest. The segments are drawn only where they fit in the window.
 # ```
 #
+# (sec-reversible-stability)=
+# ## A reversible network needs Re λ = 0
+#
+# So far stability was a property of the forward. A reversible network also runs
+# its blocks *backward*: the reconstruction of {ref}`ch-coupling` and
+# {ref}`ch-backprop` recovers each block's input from its output. Read as an ODE,
+# the inverse integrates the same equation backward in time, $s = T - t$:
+#
+# $$
+# \frac{dY}{ds} = -f(Y), \qquad \text{with Jacobian } -J ,
+# $$
+#
+# whose eigenvalues are $-\lambda_i$. A perturbation of the output, such as the
+# rounding of every float32 operation, therefore grows in the reconstruction like
+# $e^{-\operatorname{Re}\lambda\, T}$. The forward is stable when
+# $\operatorname{Re}\lambda \le 0$, the reconstruction when
+# $\operatorname{Re}\lambda \ge 0$: both hold only for
+# $\operatorname{Re}\lambda = 0$, which is why the reversible architectures of
+# {ref}`ch-hamiltonian` are built from right-hand sides with imaginary
+# eigenvalues. This also answers the question {ref}`ch-coupling` left open: how
+# fast a chain's reconstruction error grows with depth is set by how strongly its
+# blocks contract.
+#
+# To see it, give the Hamiltonian block a damping or an excitation $a$ on both
+# halves, keeping it exactly invertible (an affine coupling with the constant
+# scale $e^{ha}$):
+#
+# $$
+# \begin{aligned}
+# Y_{j+1} &= e^{ha} Y_j + h K_1^\top \tanh(K_1 Z_j + b_1), \\
+# Z_{j+1} &= e^{ha} Z_j - h K_2^\top \tanh(K_2 Y_{j+1} + b_2),
+# \end{aligned}
+# $$
+#
+# the step of $\dot Y = aY + K_1^\top\tanh(K_1 Z + b_1)$,
+# $\dot Z = aZ - K_2^\top\tanh(K_2 Y + b_2)$, whose Jacobian is $aI + J$ with $J$
+# as in {eq}`eq-hamiltonian-jacobian`: every eigenvalue has real part $a$. For
+# $a = -0.5$, $0$ and $0.5$ and $h = 0.1$ we run chains of 10 to 200 such blocks
+# (the same weights in every block, 8 + 8 features, random biases) forward and
+# back in float32 and measure the reconstruction error relative to the input,
+# and, in float64, how much the forward amplifies a small perturbation of the
+# input.
+
+# %% tags=["nbval-ignore-output"]
+torch.manual_seed(0)
+half, h_rev = 8, 0.1
+rev_params = {
+    "K1": torch.randn(half, half, **f64) / math.sqrt(half), "K2": torch.randn(half, half, **f64) / math.sqrt(half),
+    "b1": 0.5 * torch.randn(half, **f64), "b2": 0.5 * torch.randn(half, **f64),
+}
+
+
+def damped_forward(y, z, a, n, p):
+    scale = math.exp(h_rev * a)
+    for _ in range(n):
+        y = scale * y + h_rev * torch.tanh(z @ p["K1"].T + p["b1"]) @ p["K1"]
+        z = scale * z - h_rev * torch.tanh(y @ p["K2"].T + p["b2"]) @ p["K2"]
+    return y, z
+
+
+def damped_inverse(y, z, a, n, p):
+    scale = math.exp(-h_rev * a)
+    for _ in range(n):
+        z = (z + h_rev * torch.tanh(y @ p["K2"].T + p["b2"]) @ p["K2"]) * scale
+        y = (y - h_rev * torch.tanh(z @ p["K1"].T + p["b1"]) @ p["K1"]) * scale
+    return y, z
+
+
+params32 = {k: v.float() for k, v in rev_params.items()}
+x_rev = torch.randn(64, 2 * half, **f64)
+delta = 1e-7 * torch.randn(64, 2 * half, generator=torch.Generator().manual_seed(2), **f64)
+rev_depths = [10, 25, 50, 100, 200]
+recon_error, fwd_growth = {}, {}
+for a in (-0.5, 0.0, 0.5):
+    recon_error[a], fwd_growth[a] = [], []
+    for n in rev_depths:
+        x32 = x_rev.float()
+        back = torch.cat(damped_inverse(*damped_forward(x32[:, :half], x32[:, half:], a, n, params32), a, n, params32), 1)
+        recon_error[a].append(((back - x32).abs().max() / x32.abs().max()).item())
+        out = torch.cat(damped_forward(x_rev[:, :half], x_rev[:, half:], a, n, rev_params), 1)
+        moved = torch.cat(damped_forward((x_rev + delta)[:, :half], (x_rev + delta)[:, half:], a, n, rev_params), 1)
+        fwd_growth[a].append(((moved - out).norm() / delta.norm()).item())
+show_table(["Re lambda", "measured", *[f"{n} blocks" for n in rev_depths]],
+           [[f"{a:+.1f}", what, *[f"{v:.1e}" for v in values[a]]] for a in recon_error
+            for what, values in (("reconstruction error, float32", recon_error), ("forward amplification", fwd_growth))])
+assert recon_error[-0.5][-1] > 100 * recon_error[-0.5][0] and fwd_growth[-0.5][-1] < 1e-2  # contracts; the inverse amplifies
+assert recon_error[0.0][-1] < 1e-4 and max(fwd_growth[0.0]) < 10                          # neither
+assert recon_error[0.5][-1] < 1e-4 and fwd_growth[0.5][-1] > 1e3                           # the forward amplifies
+glue("rev_err_neg", recon_error[-0.5][-1], display=False)
+glue("rev_err_neg_first", recon_error[-0.5][0], display=False)
+glue("rev_err_zero", recon_error[0.0][-1], display=False)
+glue("rev_err_pos", recon_error[0.5][-1], display=False)
+glue("rev_growth_pos", fwd_growth[0.5][-1], display=False)
+glue("rev_growth_neg", fwd_growth[-0.5][-1], display=False)
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+for a, color in zip(recon_error, ["tab:blue", "0.3", "tab:red"]):
+    axes[0].plot(rev_depths, recon_error[a], "o-", color=color, label=f"Re λ = {a:+.1f}")
+    axes[1].plot(rev_depths, fwd_growth[a], "o-", color=color, label=f"Re λ = {a:+.1f}")
+axes[0].set_ylabel("reconstruction error / max |x| (float32)")
+axes[1].set_ylabel("|δ output| / |δ input| (float64)")
+for ax, title in zip(axes, ["the inverse: stable needs Re λ ≥ 0", "the forward: stable needs Re λ ≤ 0"]):
+    ax.set_yscale("log")
+    ax.set_xlabel("blocks (h = 0.1)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# With $\operatorname{Re}\lambda = -0.5$ the forward contracts a perturbation to
+# {glue:text}`rev_growth_neg:.0e` of its size after 200 blocks, and the inverse
+# pays for it: the reconstruction error grows from
+# {glue:text}`rev_err_neg_first:.0e` to {glue:text}`rev_err_neg:.0e`, as the
+# differences between inputs that the forward squeezed together must be blown up
+# again from float32 rounding. With $\operatorname{Re}\lambda = +0.5$ the
+# reconstruction stays at rounding level ({glue:text}`rev_err_pos:.0e`) but the
+# forward amplifies perturbations of the input by {glue:text}`rev_growth_pos:.0e`.
+# Only the Hamiltonian block itself, $\operatorname{Re}\lambda = 0$, keeps both at
+# bay (reconstruction error {glue:text}`rev_err_zero:.0e`).
+#
 # ## What we learned
 #
 # * A residual network is forward Euler for $\dot Y = f(Y, \theta(t))$; doubling
@@ -538,9 +710,13 @@ plt.show()
 # * The antisymmetric layer and the Hamiltonian block have purely imaginary
 #   Jacobian eigenvalues for every choice of weights; we proved it for the
 #   Hamiltonian block and checked it to float64 round-off.
+# * A reversible network runs its ODE in both directions; the inverse has the
+#   Jacobian $-J$, so forward and reconstruction are both stable only for
+#   $\operatorname{Re}\lambda = 0$: with damping the reconstruction error grows
+#   exponentially with depth, with excitation the forward does.
 # * The integrator matters as much as the ODE: forward Euler amplifies
-#   perturbations of a purely oscillatory system, Verlet (the Hamiltonian block)
-#   does not ({numref}`fig-stability-regions`). {ref}`ch-hamiltonian` builds
+#   perturbations of a purely oscillatory system, symplectic Euler ("Verlet", the
+#   Hamiltonian block) does not ({numref}`fig-stability-regions`). {ref}`ch-hamiltonian` builds
 #   reversible networks from Verlet, Midpoint and Leapfrog steps.
 # * The eigenvalue criterion is about a frozen Jacobian. Along a trajectory whose
 #   Jacobian changes from layer to layer, or is non-normal, finite-time growth can
@@ -553,8 +729,8 @@ plt.show()
 #    $h \le 2\gamma/(\gamma^2 + \omega^2)$. What does this say about adding the
 #    damping $-\gamma I$ to an antisymmetric layer?
 # 2. **Derivation.** Repeat the $2 \times 2$ analysis {eq}`eq-verlet-mode` for the
-#    *symplectic Euler* step $Z' = Z - hBY$, $Y' = Y + hAZ'$. Is its stability
-#    interval different from Verlet's?
+#    other symplectic Euler step, which updates $Z$ first: $Z' = Z - hBY$,
+#    $Y' = Y + hAZ'$. Is its stability interval different from the block's?
 #    (Hint: the matrix is $\begin{pmatrix} 1 - h^2\omega^2 & h \\ -h\omega^2 & 1 \end{pmatrix}$
 #    in suitable coordinates, with the same determinant and trace.)
 # 3. **Experiment.** Rerun the perturbation experiment with $h = 0.25$ and then
@@ -568,3 +744,178 @@ plt.show()
 # 5. **Code change.** Add the damping $-\gamma Y$ to the antisymmetric layer
 #    stepped with Euler and find the smallest $\gamma$ that keeps its growth
 #    bounded at $h = 0.1$; compare with exercise 1.
+#
+# ## Solutions
+#
+# Each solution is folded; open it after trying the exercise. Where a solution
+# has a number, the folded code cell above it computes and checks it.
+#
+# ```{admonition} Solution 1 (Euler's stability condition with damping)
+# :class: dropdown
+#
+# Euler multiplies $y$ by $1 + h\lambda = (1 - h\gamma) + ih\omega$ per step, and
+# $\lvert 1 + h\lambda\rvert^2 = 1 - 2h\gamma + h^2(\gamma^2 + \omega^2) \le 1$ if
+# and only if $h(\gamma^2 + \omega^2) \le 2\gamma$, that is
+# $h \le 2\gamma/(\gamma^2 + \omega^2)$. Without damping ($\gamma = 0$) no $h > 0$
+# qualifies. For a layer whose eigenvalues are $i\omega$, adding $-\gamma I$ moves
+# them to $-\gamma + i\omega$; read as a condition on $\gamma$ at fixed $h$,
+# $\gamma^2 - 2\gamma/h + \omega^2 \le 0$, so
+# $\gamma \ge \big(1 - \sqrt{1 - h^2\omega^2}\big)/h \approx h\omega^2/2$ for the
+# fastest $\omega$, and a solution exists only if $h\,\omega_{\max} \le 1$. The
+# damping needed is small, of order $h\omega^2$, but it is a contraction: it
+# makes the forward forget, and, by {ref}`sec-reversible-stability`, the
+# reconstruction unstable. Solution 5 checks the bound on the chapter's layer.
+# ```
+
+# %% tags=["hide-cell"]
+for h_omega in (1.9, 2.1):
+    M = torch.tensor([[1 - h_omega**2, 1.0], [-h_omega**2, 1.0]], **f64)  # Z first, in the coordinates of the hint
+    moduli = torch.linalg.eigvals(M).abs()
+    print(f"h omega = {h_omega}: det {torch.linalg.det(M).item():.3f}, trace {M.trace().item():.3f}, "
+          f"eigenvalue moduli {', '.join(f'{m:.3f}' for m in moduli)}")
+    assert (moduli.max() - 1 < 1e-12) == (h_omega < 2)
+
+# %% [markdown]
+# ```{admonition} Solution 2 (the other symplectic Euler step)
+# :class: dropdown
+#
+# On the same mode, $Y = \alpha\,Av$, $Z = \beta\,v$ with $BAv = \omega^2 v$, the
+# step $Z' = Z - hBY$ gives $\beta' = \beta - h\omega^2\alpha$, then
+# $Y' = Y + hAZ'$ gives $\alpha' = \alpha + h\beta'$ $= (1 - h^2\omega^2)\alpha + h\beta$.
+# Its matrix $\begin{pmatrix} 1 - h^2\omega^2 & h \\ -h\omega^2 & 1 \end{pmatrix}$
+# has determinant 1 and trace $2 - h^2\omega^2$, exactly those of $M_\omega$ in
+# {eq}`eq-verlet-mode`. The characteristic polynomial is the same, so is the
+# interval: stable for $0 < h\omega < 2$. The two variants are adjoint to each
+# other (one is the other run backward in time), and alternating them with half
+# steps gives Störmer–Verlet, with the same interval. The folded cell checks the
+# two sides of $h\omega = 2$.
+# ```
+
+# %% tags=["hide-cell", "nbval-ignore-output"]
+def hamiltonian_like(block: HamiltonianBlock, h: float, scale: float = 1.0) -> HamiltonianBlock:
+    """A copy of `block` with step size h and its kernels multiplied by `scale`."""
+    new = HamiltonianBlock(C, h=h, activation="tanh", bias=False).double()
+    with torch.no_grad():
+        for p_new, p_old in zip(new.parameters(), block.parameters()):
+            p_new.copy_(scale * p_old)
+    return new
+
+
+omega_max = {scale: stability.eigenvalues(hamiltonian_like(linear_ham, 0.1, scale).rhs, at_rest).abs().max().item()
+             for scale in (1.0, 10.0)}
+sweep_rows = []
+for scale in (1.0, 10.0):
+    h_limit = 2 / omega_max[scale]
+    for h_try in (0.25, 0.9 * h_limit, 1.1 * h_limit):
+        g = stability.perturbation_growth(hamiltonian_like(linear_ham, h_try, scale), at_rest, depth=300,
+                                          direction=direction)
+        sweep_rows.append((scale, h_try, h_limit, g.max().item()))
+show_table(["kernel scale", "h", "2 / omega_max", "largest growth over 300 layers"],
+           [[f"{sc:g}", f"{hh:.4g}", f"{hl:.4g}", f"{g:.2e}" if math.isfinite(g) else "overflow"]
+            for sc, hh, hl, g in sweep_rows])
+for scale, h_try, h_limit, g in sweep_rows:
+    assert (g < 100) == (h_try < h_limit)  # bounded exactly below 2 / omega_max
+glue("ex3_limit_1", 2 / omega_max[1.0], display=False)
+glue("ex3_limit_10", 2 / omega_max[10.0], display=False)
+
+# %% [markdown]
+# ```{admonition} Solution 3 (where the Hamiltonian block stops being stable)
+# :class: dropdown
+#
+# At rest the block is linear, so its growth is decided by {eq}`eq-verlet-mode`
+# mode by mode: bounded if and only if $h\,\omega_{\max} < 2$. With the chapter's
+# weights $2/\omega_{\max} = $ {glue:text}`ex3_limit_1:.2f`, so $h = 0.25$ is still
+# stable. Multiplying the kernels by 10 multiplies $A = K^\top D K$ and $B$ by
+# 100 and $\omega$ by 100, so the limit drops to
+# {glue:text}`ex3_limit_10:.4f`; $h = 0.25$ is then far beyond it. The folded cell
+# runs 300 layers at $0.9$ and $1.1$ times the limit for both scales: the growth
+# stays bounded just below it and explodes just above it (then one root of
+# $\mu^2 - (2 - h^2\omega^2)\mu + 1$ is real with $\lvert\mu\rvert > 1$).
+# ```
+
+# %% tags=["hide-cell", "nbval-ignore-output"]
+def random_layers(kind: str, depth: int, seed: int) -> list:
+    """`depth` layers of one kind, each with its own weights and biases (spectral norm of K fixed to 1)."""
+    torch.manual_seed(seed)
+    layers = []
+    for _ in range(depth):
+        if kind == "plain":
+            conv = random_biases(nn.Conv2d(C, C, 3, padding=1).double())
+            with torch.no_grad():
+                conv.weight /= torch.linalg.matrix_norm(conv.weight.flatten(1), ord=2)
+            layers.append(lambda y, conv=conv: y + h_layer * torch.tanh(conv(y)))
+        elif kind == "antisymmetric":
+            anti = random_biases(AntisymmetricSigma(C, activation="tanh").double())
+            with torch.no_grad():
+                anti.weight /= torch.linalg.matrix_norm(anti.weight.flatten(1), ord=2)
+            layers.append(lambda y, anti=anti: y + h_layer * anti(y))
+        else:
+            block = random_biases(HamiltonianBlock(C, h=h_layer, activation="tanh").double())
+            with torch.no_grad():
+                for name, p in block.named_parameters():
+                    if name.endswith("weight"):
+                        p /= torch.linalg.matrix_norm(p.flatten(1), ord=2)
+            layers.append(block)
+    return layers
+
+
+start_state = torch.randn(1, C, 4, 4, generator=torch.Generator().manual_seed(3), **f64)
+away_growth = {kind: [stability.perturbation_growth(random_layers(kind, 100, seed), start_state,
+                                                    direction=direction)[-1].item() for seed in range(5)]
+               for kind in ("plain", "antisymmetric", "Hamiltonian")}
+for kind, values in away_growth.items():
+    print(f"{kind:14s} growth through 100 random layers, 5 seeds: {', '.join(f'{v:.2f}' for v in values)}")
+assert all(math.isfinite(v) and v > 0 for values in away_growth.values() for v in values)
+glue("ex4_plain_median", statistics.median(away_growth["plain"]), display=False)
+glue("ex4_anti_median", statistics.median(away_growth["antisymmetric"]), display=False)
+glue("ex4_ham_median", statistics.median(away_growth["Hamiltonian"]), display=False)
+
+# %% [markdown]
+# ```{admonition} Solution 4 (away from rest, with random layers)
+# :class: dropdown
+#
+# What must be held fixed so that a difference means something: the starting
+# state, the direction of the perturbation, $h$, the activation, and above all
+# the *size* of the weights, since growth scales with $h\lVert K\rVert$. The
+# folded cell normalises every kernel to spectral norm 1 (as a matrix over its
+# input channels and taps), draws fresh weights and biases for each of 100
+# layers, and repeats with 5 seeds. The median growths are
+# {glue:text}`ex4_plain_median:.2f` (plain), {glue:text}`ex4_anti_median:.2f`
+# (antisymmetric, Euler) and {glue:text}`ex4_ham_median:.2f` (Hamiltonian). With
+# small, independent weights, $T = 10$ and states away from rest (where
+# $\tanh' < 1$ damps every layer), the three are far closer than at rest: the
+# frozen-Jacobian picture predicts an ordering, and averaging over layers that
+# change from one to the next blurs it. A fair comparison is one of the whole
+# distribution over seeds, not one draw.
+# ```
+
+# %% tags=["hide-cell"]
+omega_anti = stability.eigenvalues(linear_anti, at_rest).abs().max().item()
+gamma_bound = (1 - math.sqrt(1 - (h_layer * omega_anti) ** 2)) / h_layer
+
+
+def damped_anti_radius(gamma: float) -> float:
+    """Spectral radius of the Euler step of the antisymmetric layer with damping -gamma Y, at rest."""
+    return stability.eigenvalues(lambda y: y + h_layer * (linear_anti(y) - gamma * y), at_rest).abs().max().item()
+
+
+gammas = torch.linspace(0, 2 * gamma_bound, 201, dtype=torch.float64).tolist()
+gamma_found = next(g for g in gammas if damped_anti_radius(g) <= 1 + 1e-12)
+print(f"omega_max = {omega_anti:.4f}; smallest gamma on the grid with a step of spectral radius <= 1: "
+      f"{gamma_found:.5f}; exercise 1's bound (1 - sqrt(1 - h^2 omega^2)) / h = {gamma_bound:.5f}")
+assert abs(gamma_found - gamma_bound) <= 2 * gamma_bound / 200 + 1e-12
+glue("ex5_gamma", round(gamma_bound, 6), display=False)  # rounded: the last digits vary by CPU
+
+# %% [markdown]
+# ```{admonition} Solution 5 (the smallest damping)
+# :class: dropdown
+#
+# At rest the damped antisymmetric layer stepped with Euler is linear with
+# eigenvalues $1 + h(i\omega - \gamma)$; growth stays bounded when all of them lie
+# in the unit disk. The folded cell scans $\gamma$ on a fine grid and finds the
+# smallest value whose step has spectral radius at most 1: it matches exercise
+# 1's bound $\big(1 - \sqrt{1 - h^2\omega_{\max}^2}\big)/h = $
+# {glue:text}`ex5_gamma:.4f` to the grid's resolution. Any damping below it lets
+# the fastest mode grow; any damping at all makes the layer contract its slow
+# modes, which is what reversibility forbids.
+# ```

@@ -35,7 +35,7 @@ from revlib.core.memory import saved_tensor_bytes
 from revlib.models import ode as chang
 from revlib.models import count_parameters
 from revlib.core.smoothness import weight_smoothness
-from revlib.harness.figures import draw_two_step_coupling, show_table
+from revlib.harness.figures import draw_hamiltonian_block, draw_two_step_coupling, show_table
 
 torch.set_num_threads(1)  # float64 results identical from run to run
 _ = torch.manual_seed(0)
@@ -46,7 +46,10 @@ _ = torch.manual_seed(0)
 # **Two-layer Hamiltonian network.** Split the channels into halves $Y$ and $Z$ and
 # integrate the Hamiltonian-type system
 # $\dot Y = K_1^\top \sigma(K_1 Z + b_1)$, $\dot Z = -K_2^\top \sigma(K_2 Y + b_2)$
-# with the Verlet method:
+# with what Chang et al. call the Verlet method, and numerical analysts the
+# symplectic Euler method (update $Y$ with the old $Z$, then $Z$ with the new $Y$;
+# read on grids staggered by half a step it is Störmer–Verlet, see
+# {ref}`ch-ode`). We keep the name "Verlet" for it:
 #
 # $$
 # Y_{j+1} = Y_j + h\, K_{j,1}^\top \sigma(K_{j,1} Z_j + b_{j,1}), \qquad
@@ -60,20 +63,39 @@ _ = torch.manual_seed(0)
 # $G = -h K_2^\top\sigma(K_2\cdot + b_2)$, so `HamiltonianBlock` is an
 # `AdditiveCoupling` and inherits its one-evaluation backward step. $K$ and
 # $K^\top$ share one weight: a convolution and a transposed convolution with the
-# same kernel (`KTransposeSigmaK`), which is exactly the convolution's adjoint. As
-# in Chang et al.'s formula and their published parameter counts, each sub-function
-# has one bias and no BatchNorm (a BatchNorm inside, with its batch statistics and
-# learned scales, would in general break the structure $A = K^\top D K$ that
-# the proof in {ref}`ch-ode` relies on).
+# same kernel (`KTransposeSigmaK`), which is exactly the convolution's adjoint
+# ({numref}`fig-hamiltonian-block`). As in Chang et al.'s formula, each
+# sub-function has one bias and no BatchNorm (a BatchNorm inside, with its batch
+# statistics and learned scales, would in general break the structure
+# $A = K^\top D K$ that the proof in {ref}`ch-ode` relies on). Their code held
+# more than one version of this block; {ref}`sec-which-hamiltonian` compares
+# them with the published parameter counts.
+
+# %% tags=["remove-output"]
+fig = draw_hamiltonian_block()
+glue("fig_hamiltonian_block", fig, display=False)
+plt.show()
+
+# %% [markdown]
+# ```{glue:figure} fig_hamiltonian_block
+# :name: fig-hamiltonian-block
+#
+# The two-layer Hamiltonian block. F takes $Z_j$ through the kernel $K_1$, the
+# activation with bias $b_1$, the transposed kernel $K_1^\top$ (the same weights)
+# and the step $h$, and is added to $Y_j$; G does the same with $K_2$ on the
+# *new* $Y_{j+1}$ and is subtracted from $Z_j$. Undoing the two updates in reverse
+# order inverts the block.
+# ```
+#
 #
 # **Midpoint network.** The midpoint rule for $\dot Y = F(Y)$ is a *two-step*
 # scheme, $Y_{j+1} = Y_{j-1} + 2h\, F(Y_j)$, inverted by
 # $Y_{j-1} = Y_{j+1} - 2h\, F(Y_j)$. It is stable only when the Jacobian's
 # eigenvalues are (close to) imaginary (below), so for $F$ we choose
 # {cite:t}`haber2017stable`'s antisymmetric layer $\sigma((K - K^\top) Y + b)$ of
-# {ref}`ch-ode`, with $\sigma$ = ReLU as in the rest of the chapter. This choice is
-# ours: {cite:t}`chang2018reversible` give the Midpoint scheme but not its $F$.
-# It has a cost, measured in {ref}`sec-recon-precision`: a ReLU output is never
+# {ref}`ch-ode`, with $\sigma$ = ReLU as in the rest of the chapter: a right-hand
+# side with imaginary Jacobian eigenvalues that has no $Y$/$Z$ split, which is
+# what the Midpoint rule needs (below). This choice has a cost, measured in {ref}`sec-recon-precision`: a ReLU output is never
 # negative, so every step adds to every feature, and the state grows by a factor
 # {glue:text}`midpoint_relu_growth:.0f` over 100 blocks.
 #
@@ -115,13 +137,14 @@ _ = torch.manual_seed(0)
 # pair makes a two-step scheme reversible: the step is an additive coupling
 # followed by a swap of the halves.
 #
-# A course report on Chang et al.'s paper {cite:p}`masin_reversible` writes the
-# first Leapfrog step differently, as $Y_{j+1} = 2Y_j - h^2 K_j^\top\sigma(K_j Y_j + b_j)$
-# "for $j = 1$" (with the general step "for $j > 0$", so both cases claim
-# $j = 1$; the first step is meant). That is the general step with
-# $Y_{-1} = 0$, which doubles the state and starts the ODE
+# The first step can also be written
+# $Y_1 = 2Y_0 - h^2 K_0^\top\sigma(K_0 Y_0 + b_0)$, as a course report on Chang
+# et al.'s paper does {cite:p}`masin_reversible` (its cases "for $j = 1$" and
+# "for $j > 0$" overlap; the first step is meant). That is the general step with
+# $Y_{-1} = 0$: it doubles the state and starts the ODE
 # $\ddot Y = -K^\top\sigma(KY + b)$ with the velocity $(Y_0 - Y_{-1})/h = Y_0/h$
-# instead of 0. We keep $Y_{-1} = Y_0$.
+# instead of 0. We keep $Y_{-1} = Y_0$, the start at rest; exercise 4 compares
+# the two.
 
 # %% tags=["remove-output"]
 fig = draw_two_step_coupling()
@@ -416,10 +439,98 @@ glue("params_midpoint26_between", counts["midpoint26"][2], display=False)
 # ({glue:text}`params_midpoint26_between:,` for Midpoint-26). Neither layout
 # reproduces 0.50 M and 1.78 M, so the difference is reported, not explained.
 #
+# (sec-which-hamiltonian)=
+# ### Which Hamiltonian block? The official code's versions
+#
+# The history of `resnet/models/hamiltonian_model.py` in Chang et al.'s
+# repository holds three versions of the block's sub-function, all of the form
+# $h\,K^\top \mathrm{ReLU}(\cdot)\,K$ with one kernel (details in the note below):
+#
+# * **BN inside**: a BatchNorm on the input and one after $K$, no bias (scale and
+#   shift of $C/2$ channels each: $2C$ parameters per sub-function, $C$ for the
+#   network's very first F, which has no input BatchNorm);
+# * **two biases**: a bias added to the input and one after $K$, no BatchNorm
+#   ($C$ per sub-function, $C/2$ for the first F);
+# * **ours**: the paper's $K^\top\sigma(K\cdot + b)$, one bias after $K$ ($C/2$).
+#
+# The kernels are the same in all three, so the counts differ only by these
+# per-block terms. The next cell adds them up for the three networks, in the
+# code's layout (`transition="in_first_block"`), and rounds as the table does.
+
+# %%
+def version_count(name: str, per_function: float, first_f: float) -> int:
+    """Parameters of network `name` if each F and G of width C holds per_function * C non-kernel parameters."""
+    with torch.device("meta"):
+        net = getattr(chang, name)()
+    ours = count_parameters(net)
+    blocks = [b for seq in net.sequences for b in seq.blocks]
+    widths = [2 * b.F.fn.weight.shape[0] for b in blocks]  # the block's width C (each half is C/2)
+    extra = sum(2 * (per_function - 0.5) * c for c in widths) + (first_f - per_function) * widths[0]
+    return ours + int(extra)
+
+
+versions = {"ours (one bias)": (0.5, 0.5), "two biases": (1.0, 0.5), "BN inside": (2.0, 1.0)}
+version_rows, version_match = [], {}
+for name in ("hamiltonian74", "hamiltonian218", "hamiltonian1202"):
+    published = chang.CHANG_PARAMS_M[name][0]
+    row = [name, f"{published:.2f}"]
+    for label, (per_function, first_f) in versions.items():
+        count = version_count(name, per_function, first_f)
+        version_match[name, label] = round(count / 1e6, 2) == published
+        row.append(f"{count:,} ({count / 1e6:.2f} M){' = table' if version_match[name, label] else ''}")
+    version_rows.append(row)
+show_table(["network", "Chang et al. (M)", *versions], version_rows)
+assert version_count("hamiltonian74", 0.5, 0.5) == counts["hamiltonian74"][0]
+assert all(version_match[n, "ours (one bias)"] and version_match[n, "two biases"] for n in ("hamiltonian74", "hamiltonian218"))
+assert not version_match["hamiltonian218", "BN inside"] and version_match["hamiltonian1202", "BN inside"]
+assert not version_match["hamiltonian1202", "ours (one bias)"] and not version_match["hamiltonian1202", "two biases"]
+
+# %% [markdown]
+# Hamiltonian-74 and -218 match a block without BatchNorm: ours, or the code's
+# two-bias version (both round to 0.43 M and 1.68 M); with BatchNorm inside,
+# Hamiltonian-218 would have 1.69 M. Hamiltonian-1202's 9.70 M, which our block
+# reaches only with every block at the stage's width, is what the BatchNorm
+# version gives in the code's own layout, and the commit that adds the
+# Hamiltonian-1202 configuration uses that version. So the table's counts most
+# likely come from two versions of the block. This book follows the version
+# without BatchNorm, for two reasons: it is the paper's formula, on which the
+# stability analysis of {ref}`ch-ode` rests, and it matches two of the three
+# published counts; we read the third as a different block, not a different
+# layout.
+#
+# ```{note}
+# **The official code's history** (`changebo/revnet-public`, read with
+# `git log` and `git show`; we did not run TensorFlow). `_residual_inner` in
+# `resnet/models/hamiltonian_model.py`:
+#
+# * `a37fb3b` (2017-08-10): a RevNet-like block with two kernels, not yet $K^\top K$;
+# * `564d4c2` to `5e444dd` (2017-08-14 to 08-18, the tip of `master`): $K$ and
+#   $K^\top$ with BatchNorm `bn1` on the input and `bn2` after $K$, no bias, and
+#   no step size (the sub-function returns `x`, so $h = 1$);
+# * `881ddfd` "Remove BN" (2017-08-18): `bias1` on the input and `bias2` after
+#   $K$, no BatchNorm, and `return x * 0.1`;
+# * `02f05b1` "Refactor" (2017-09-06) and `ae9d788` "Add new networks"
+#   (2017-09-09, which adds the Hamiltonian-74 and -218 configurations): the same
+#   two biases, `return x * self.config.h`, with `self.h = 1.0` in
+#   `resnet/configs/cifar_configs.py`;
+# * `3d17027` "Quick fix - batch size = 32" (2017-09-11, parent `881ddfd`): BatchNorm
+#   back, biases commented out, `return x * 0.1`; it adds the Hamiltonian-1202
+#   configuration;
+# * `689054c` (2017-09-11, the merge that is the tip of branch `ham1122`):
+#   BatchNorm inside, no bias, `return x * self.config.h` with `self.h = 1.0`.
+#   Its `cifar_configs.py` still holds the merge's conflict markers
+#   (`<<<<<<< HEAD` around the Hamiltonian-1202 and -50w configurations), so that
+#   file does not import as committed.
+# ```
+#
 # ### The step size at initialisation
 #
-# Chang et al.'s published configuration sets $h = 1$; the earlier code by Lili
-# Meng (`LiliMeng/hamiltonian-revnet`) multiplies by 0.1. With the code's
+# The official code's configuration file sets $h = 1.0$ (since `02f05b1`), but
+# which block it multiplies changed with the history above: at $h = 1.0$ the
+# code ran the two-bias block (`02f05b1`, `ae9d788`) and later the BatchNorm
+# block (`689054c`), while `881ddfd` and `3d17027` hard-code 0.1, as does the
+# earlier code by Lili Meng (`LiliMeng/hamiltonian-revnet`). What follows is a
+# statement about the block this book uses, measured below for the others. With the code's
 # initialisation (truncated normal, $\sigma = \sqrt{2/(9\,C_{out})}$) the
 # operator $K^\top K$ of a 3 x 3 kernel has a norm of several units, and the
 # frequencies $\omega$ of the linearised Hamiltonian system ({ref}`ch-ode`:
@@ -465,12 +576,49 @@ for h in (1.0, 0.1):
 assert size_after[1.0] > 1e6 and size_after[0.1] < 10
 glue("h1_growth", size_after[1.0], display=False)
 
+
+def bn_version_growth(net: nn.Module, x: torch.Tensor, h: float) -> float:
+    """The same kernels in the code's BatchNorm block, h K^T ReLU(BN(K BN(.))), in training mode (batch statistics)."""
+    def sub(weight, v, first=False):
+        v = v if first else nn.functional.batch_norm(v, None, None, training=True)
+        u = nn.functional.batch_norm(nn.functional.conv2d(v, weight, padding=1), None, None, training=True)
+        return h * nn.functional.conv_transpose2d(torch.relu(u), weight, padding=1)
+
+    with torch.no_grad():
+        state = net.stem(x)
+        start = state.abs().max().item()
+        for k, seq in enumerate(net.sequences):
+            for j, block in enumerate(seq.blocks):
+                y, z = state.chunk(2, dim=1)
+                y = y + sub(block.F.fn.weight, z, first=(k == 0 and j == 0))
+                z = z - sub(block.G.fn.weight, y)
+                state = torch.cat([y, z], 1)
+            if k < len(net.transitions):
+                state = net.transitions[k](state)
+    return state.abs().max().item() / start
+
+
+torch.manual_seed(0)
+bn_growth = bn_version_growth(chang.hamiltonian218(h=1.0).eval(), x_img, h=1.0)
+print(f"the code's BatchNorm block, same kernels, h = 1, batch statistics: largest feature grows {bn_growth:.3g} times")
+assert bn_growth < 1e-3 * size_after[1.0]
+glue("h1_growth_bn", bn_growth, display=False)
+
 # %% [markdown]
 # $\lVert K^\top K\rVert$ lies between {glue:text}`ktk_min:.1f` and
 # {glue:text}`ktk_max:.1f`, so with $h = 1$ the fastest directions can violate
 # $h\,\omega < 2$, and the largest feature grows by a factor
-# {glue:text}`h1_growth:.1e` through the untrained Hamiltonian-218; with $h = 0.1$
-# it stays of the same order.
+# {glue:text}`h1_growth:.1e` through the untrained Hamiltonian-218 built from our
+# block; with $h = 0.1$ it stays of the same order. The code's two-bias block at
+# $h = 1.0$ computes the same function at initialisation (its biases start at
+# zero, and its kernels are drawn from the same distribution), so the blow-up
+# holds for that version too. The BatchNorm version does not blow up this way:
+# normalising the input of every $K$ by the batch's statistics keeps each update
+# of the order of $\lVert K^\top\rVert\,\lVert K\rVert$, and with the same
+# kernels and $h = 1$ the largest feature grows only
+# {glue:text}`h1_growth_bn:.3g` times. The blow-up is therefore a statement about
+# the block without normalisation, at initialisation; it says nothing about the
+# trained networks of the paper.
 #
 # The whole networks keep the flat memory of their blocks: in mode
 # `"reversible"` Hamiltonian-1202 saves exactly as many bytes as Hamiltonian-218
@@ -648,8 +796,11 @@ assert R.item() == by_hand and torch.equal(K1[1].grad, laplacian)
 # %% [markdown]
 # Chang et al.'s code computes each term with `tf.nn.l2_loss`, which is
 # $\tfrac12\lVert\cdot\rVert^2$, so their rate 2e-4 is rate 1e-4 in the formula
-# above. That code, as published, does not apply the penalty. In
-# `resnet/models/hamiltonian_model.py` of `changebo/revnet-public` at commit
+# above. That code, as published, does not apply the penalty (the note below
+# gives the lines).
+#
+# ```{note}
+# In `resnet/models/hamiltonian_model.py` of `changebo/revnet-public` at commit
 # `689054c` (branch `ham1122`), `_weight_smoothness` looks each kernel up by the
 # name `unit_{k}_{j}` with the stage index `k` in `range(num_units)`, counted from 0
 # (lines 85 and 90-93), while the blocks are created in scopes
@@ -661,6 +812,7 @@ assert R.item() == by_hand and torch.equal(K1[1].grad, laplacian)
 # indirectly: line 96 prints the penalty with `'%f' %`, which raises a
 # `TypeError` for a TensorFlow tensor, so a model that builds at all has a
 # penalty of 0. (We read the code; we did not run TensorFlow.)
+# ```
 #
 # ### Not a penalty on one optimizer step
 #
@@ -737,7 +889,7 @@ glue("change_by_depth", change_by_depth, display=False)
 # ## What we learned
 #
 # * The Hamiltonian block is a RevNet coupling with $F$ and $G$ of the form
-#   $\pm h K^\top\sigma(K\cdot + b)$; Midpoint and Leapfrog are two-step schemes that
+#   $\pm h K^\top\sigma(K\cdot + b)$, stepped by symplectic Euler ("Verlet"); Midpoint and Leapfrog are two-step schemes that
 #   become one-step reversible blocks on the pair $(Y_{j-1}, Y_j)$, started by
 #   $Y_{-1} = Y_0$. All three run in `ReversibleSequence` with flat activation
 #   memory and gradients equal to autograd's.
@@ -745,7 +897,8 @@ glue("change_by_depth", change_by_depth, display=False)
 #   float32 reconstruct to round-off, bfloat16 only to a few percent, and ReLU
 #   Midpoint stacks, whose states grow, reconstruct worst.
 # * Our Hamiltonian-74 and -218 have Chang et al.'s parameter counts;
-#   Hamiltonian-1202's published count corresponds to a different layout, and our
+#   Hamiltonian-1202's published count matches the official code's BatchNorm
+#   version of the block (or ours with a different layout), and our
 #   Midpoint and Leapfrog networks, built from the published formulas, are larger
 #   than the table.
 # * Weight smoothness decay couples neighbouring blocks in depth; a penalty on one
@@ -777,3 +930,206 @@ glue("change_by_depth", change_by_depth, display=False)
 # 5. **Experiment.** Train the two-spiral Hamiltonian network with weight
 #    smoothness decay at rates 0, 1e-3 and 1e-2 and plot its kernels against
 #    depth. Does the penalty change the accuracy, the smoothness, or both?
+#
+# ## Solutions
+#
+# Each solution is folded; open it after trying the exercise. Where a solution
+# has a number, the folded code cell above it computes and checks it.
+
+# %% tags=["hide-cell"]
+for h_gamma in (0.01, 0.1, 1.0):
+    mu = (-h_gamma - math.sqrt(1 + h_gamma**2), -h_gamma + math.sqrt(1 + h_gamma**2))
+    print(f"h gamma = {h_gamma}: roots {mu[0]:+.4f}, {mu[1]:+.4f}; the parasitic root's modulus {abs(mu[0]):.4f}")
+    assert abs(mu[0]) > 1 and abs(mu[0] * mu[1] + 1) < 1e-12
+
+# %% [markdown]
+# ```{admonition} Solution 1 (the parasitic root)
+# :class: dropdown
+#
+# With $\lambda = -\gamma$ the characteristic equation is
+# $\mu^2 + 2h\gamma\mu - 1 = 0$, so $\mu = -h\gamma \pm \sqrt{1 + h^2\gamma^2}$. The
+# product of the roots is $-1$; the root $-h\gamma - \sqrt{1 + h^2\gamma^2}$ has
+# modulus $h\gamma + \sqrt{1 + h^2\gamma^2} > 1$ for every $h\gamma > 0$ (the cell
+# prints it for three values). It is negative, so it makes the state alternate in
+# sign and grow from step to step: the midpoint rule *amplifies* a decaying mode.
+# A Midpoint network whose $F$ has eigenvalues with negative real part is unstable
+# however small $h$ is, which is why its $F$ must have (nearly) imaginary
+# eigenvalues: the antisymmetric layer, not $-K^\top\sigma(K\cdot)$.
+# ```
+
+# %% tags=["hide-cell"]
+torch.manual_seed(0)
+lf_K = nn.Linear(3, 3).double()
+h_lf = 0.3
+lf_F = lambda y: lf_K.weight.t() @ torch.tanh(lf_K(y))  # noqa: E731  K^T tanh(K y + b)
+y_prev, y_now = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64, requires_grad=True)
+y_prev.requires_grad_(True)
+y_next = 2 * y_now - y_prev - h_lf**2 * lf_F(y_now)
+g_next, g_now_out = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+(y_next @ g_next + y_now @ g_now_out).backward()
+jac_F = torch.autograd.functional.jacobian(lf_F, y_now.detach())
+by_formula_prev = -g_next                                              # beta = -1
+by_formula_now = g_now_out + 2 * g_next + (-h_lf**2 * jac_F).T @ g_next  # alpha = 2, gamma = -h^2
+lf_err = max((y_prev.grad - by_formula_prev).abs().max().item(), (y_now.grad - by_formula_now).abs().max().item())
+print(f"Leapfrog backward step from the alpha, beta, gamma form equals autograd (float64): {lf_err < 1e-14}")
+assert lf_err < 1e-14
+
+# %% [markdown]
+# ```{admonition} Solution 2 (Leapfrog as a coupling and a swap)
+# :class: dropdown
+#
+# On the pair $(u, v) = (Y_{j-1}, Y_j)$ the step is $u' = 2v - u - h^2 F(v)$,
+# $v' = v$, followed by a swap of the halves. The first part changes one half by
+# a function of the other and by a sign, so it is a coupling (with scale $-1$ on
+# $u$ instead of 1, which keeps it volume preserving and invertible:
+# $u = 2v - u' - h^2 F(v)$). With {eq}`eq-alg1-dz1`--{eq}`eq-alg1-dW` applied to
+# it: $\bar u = -\bar u'$ (the sign), and
+# $\bar v = \bar v' + 2\bar u' + (\partial(-h^2F)/\partial v)^\top \bar u'$, with
+# parameter gradients $(\partial(-h^2F)/\partial\theta)^\top \bar u'$. Renaming
+# $u' = Y_{j+1}$ and $v' = Y_j^{\text{out}}$ this is the $\alpha, \beta, \gamma$
+# form with $\alpha = 2$, $\beta = -1$, $\gamma = -h^2$. The folded cell checks it
+# against autograd in float64.
+# ```
+
+# %% tags=["hide-cell", "nbval-ignore-output"]
+def check_inverse_rel(stack: nn.Module, x: torch.Tensor) -> float:
+    """revlib.check_inverse relative to the largest input entry."""
+    return revlib.check_inverse(stack, x) / x.abs().max().item()
+
+
+def midpoint_stack(make_F, depth: int = 100, width: int = 8) -> revlib.ReversibleSequence:
+    return revlib.ReversibleSequence([ode.MidpointBlock(width, h=0.1, F=make_F(width)) for _ in range(depth)])
+
+
+class NegKTK(nn.Module):
+    """-K^T tanh(K x + b): symmetric negative semidefinite Jacobian."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.ktk = ode.KTransposeSigmaK(width, activation="tanh")
+
+    def forward(self, x):
+        return -self.ktk(x)
+
+
+midpoint_variants = {
+    "antisymmetric, ReLU (the chapter)": lambda w: ode.AntisymmetricSigma(w, activation="relu"),
+    "antisymmetric, tanh": lambda w: ode.AntisymmetricSigma(w, activation="tanh"),
+    "-K^T tanh(K . + b)": NegKTK,
+}
+y_start = ode.start_pair(torch.randn(1, 8, 8, 8))
+variant_rows = {}
+for name, make_F in midpoint_variants.items():
+    torch.manual_seed(0)
+    stack = midpoint_stack(make_F)
+    with torch.no_grad():
+        out = stack(y_start)
+    variant_rows[name] = (out.abs().max().item() / y_start.abs().max().item(), check_inverse_rel(stack, y_start))
+show_table(["Midpoint F", "largest feature after 100 blocks / at the start", "float32 reconstruction error (relative)"],
+           [[n, f"{g:.3g}", f"{e:.1e}"] for n, (g, e) in variant_rows.items()])
+growth_tanh = variant_rows["antisymmetric, tanh"][0]
+growth_neg = variant_rows["-K^T tanh(K . + b)"][0]
+assert growth_tanh < variant_rows["antisymmetric, ReLU (the chapter)"][0] and growth_tanh < growth_neg
+glue("ex3_growth_tanh", growth_tanh, display=False)
+glue("ex3_growth_neg", growth_neg, display=False)
+
+# %% [markdown]
+# ```{admonition} Solution 3 (the Midpoint network's F)
+# :class: dropdown
+#
+# The antisymmetric layer with $\tanh$ keeps the state bounded (the largest
+# feature changes by a factor {glue:text}`ex3_growth_tanh:.3g` over 100 blocks):
+# its Jacobian $D(K - K^\top)$ has imaginary eigenvalues, and $\tanh$, unlike
+# ReLU, is odd, so the updates have no sign bias that pumps every feature up.
+# $-K^\top\tanh(K\cdot + b)$ has a symmetric negative semidefinite Jacobian,
+# real eigenvalues $\le 0$, exactly the case of exercise 1: the parasitic root
+# makes the state oscillate and grow (factor {glue:text}`ex3_growth_neg:.3g`), and
+# the reconstruction error grows with it. The right choice for a Midpoint network
+# is an $F$ with imaginary eigenvalues and an odd activation.
+# ```
+
+# %% tags=["hide-cell", "nbval-ignore-output"]
+torch.manual_seed(0)
+leapfrog_stack = revlib.ReversibleSequence([ode.LeapfrogBlock(8, h=0.1) for _ in range(100)])
+y0 = torch.randn(1, 8, 8, 8)
+starts = {"Y_-1 = Y_0 (at rest)": ode.start_pair(y0), "Y_-1 = 0 (the report's first step)": torch.cat([torch.zeros_like(y0), y0], 1)}
+start_rows = {}
+for name, pair in starts.items():
+    with torch.no_grad():
+        out = leapfrog_stack(pair)
+    start_rows[name] = (ode.end_pair(out).abs().max().item() / y0.abs().max().item(), check_inverse_rel(leapfrog_stack, pair))
+show_table(["first step", "largest feature of Y_100 / of Y_0", "float32 reconstruction error (relative)"],
+           [[n, f"{g:.3g}", f"{e:.1e}"] for n, (g, e) in start_rows.items()])
+rest, zero = start_rows["Y_-1 = Y_0 (at rest)"], start_rows["Y_-1 = 0 (the report's first step)"]
+assert zero[0] > rest[0] and zero[1] > rest[1]
+glue("ex4_growth_rest", rest[0], display=False)
+glue("ex4_growth_zero", zero[0], display=False)
+glue("ex4_err_rest", rest[1], display=False)
+glue("ex4_err_zero", zero[1], display=False)
+
+# %% [markdown]
+# ```{admonition} Solution 4 (starting Leapfrog with Y₋₁ = 0)
+# :class: dropdown
+#
+# With $Y_{-1} = 0$ the first step is $Y_1 = 2Y_0 - h^2 K^\top\sigma(KY_0 + b)$: the
+# state doubles at once and then moves with the velocity $Y_0/h$, far from the
+# rest the ODE starts from. After 100 blocks the largest feature is
+# {glue:text}`ex4_growth_zero:.3g` times that of $Y_0$, against
+# {glue:text}`ex4_growth_rest:.3g` when starting at rest. The reconstruction still
+# works, since the block is invertible whatever the pair; its relative float32
+# error is {glue:text}`ex4_err_zero:.1e` against {glue:text}`ex4_err_rest:.1e`,
+# larger because the states it must subtract are larger. What changes most is the
+# trajectory that the network computes, which no longer discretises the ODE
+# started at rest from $Y_0$.
+# ```
+
+# %% tags=["hide-cell", "nbval-ignore-output"]
+smooth_rows = {}
+for rate_try in (0.0, 1e-3, 1e-2):
+    torch.manual_seed(0)
+    model = hamiltonian_net()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x_train), y_train) + weight_smoothness(model, rate=rate_try)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        acc_te = (model(x_test).argmax(1) == y_test).float().mean().item()
+        K1s = torch.stack([b.F.fn.weight.detach() for b in model[1].blocks])
+        roughness = (K1s[1:] - K1s[:-1]).pow(2).sum().item()
+    smooth_rows[rate_try] = (acc_te, roughness, K1s[:, 0, 0].tolist())
+fig, ax = plt.subplots(figsize=(5, 3))
+for rate_try, (_, _, entries) in smooth_rows.items():
+    ax.plot(range(1, BLOCKS + 1), entries, "o-", ms=3, label=f"rate {rate_try:g}")
+ax.set_xlabel("block")
+ax.set_ylabel("K1[0, 0]")
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+show_table(["rate", "test accuracy", "sum over blocks of the squared norm of K1(j+1) - K1(j)"],
+           [[f"{r:g}", f"{a:.3f}", f"{s:.3g}"] for r, (a, s, _) in smooth_rows.items()])
+assert smooth_rows[1e-2][1] < smooth_rows[1e-3][1] < smooth_rows[0.0][1]
+assert abs(smooth_rows[1e-3][0] - smooth_rows[0.0][0]) < 0.03 and smooth_rows[1e-2][0] < smooth_rows[0.0][0] - 0.1
+glue("ex5_rough_0", smooth_rows[0.0][1], display=False)
+glue("ex5_rough_2", smooth_rows[1e-2][1], display=False)
+glue("ex5_acc_0", smooth_rows[0.0][0], display=False)
+glue("ex5_acc_2", smooth_rows[1e-2][0], display=False)
+glue("ex5_rough_1", smooth_rows[1e-3][1], display=False)
+glue("ex5_acc_1", smooth_rows[1e-3][0], display=False)
+
+# %% [markdown]
+# ```{admonition} Solution 5 (weight smoothness on the spirals)
+# :class: dropdown
+#
+# The folded cell retrains the two-spiral Hamiltonian network with the depth
+# penalty at three rates and plots one entry of $K_1$ against the block index.
+# The penalty makes the kernels smoother in depth: the summed squared differences
+# between neighbours drop from {glue:text}`ex5_rough_0:.3g` at rate 0 to
+# {glue:text}`ex5_rough_1:.3g` at rate 1e-3 and {glue:text}`ex5_rough_2:.3g` at
+# rate 1e-2. At 1e-3 the test accuracy is unchanged within this single run's
+# noise ({glue:text}`ex5_acc_1:.3f` against {glue:text}`ex5_acc_0:.3f`); at 1e-2
+# the penalty dominates the loss, the kernels become nearly constant in depth, and
+# the test accuracy falls to {glue:text}`ex5_acc_2:.3f`. So the penalty changes
+# both, and only a small rate buys smoothness for free.
+# ```

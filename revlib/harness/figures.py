@@ -32,6 +32,7 @@ __all__ = [
     "draw_additive_coupling",
     "draw_reversible_backward",
     "draw_two_step_coupling",
+    "draw_hamiltonian_block",
     "draw_revnet_stages",
     "plot_stability_regions",
 ]
@@ -239,6 +240,44 @@ def draw_two_step_coupling() -> Figure:
     ax.text(6.1, bottom, "$Y_{j}$", ha="left", va="center", fontsize=13)
     ax.text(3.4, 2.85, "$Y_{j+1} = Y_{j-1} + 2h\\,F(Y_j)$: an additive coupling, then a swap", ha="center",
             fontsize=11)
+    return fig
+
+
+def draw_hamiltonian_block() -> Figure:
+    """Chang et al.'s two-layer Hamiltonian block as a dataflow.
+
+    :math:`Y_{j+1} = Y_j + h K_1^\\top \\sigma(K_1 Z_j + b_1)`, then
+    :math:`Z_{j+1} = Z_j - h K_2^\\top \\sigma(K_2 Y_{j+1} + b_2)`: an additive
+    coupling whose F and G apply a kernel, the activation, and the same kernel
+    transposed (one weight, drawn with a dashed link), scaled by the step h.
+    """
+    fig, ax = _canvas(10, 3.2, (-0.9, 12.6), (-0.4, 3.5))
+    top, bottom = 2.9, 0.2
+    ax.text(-0.15, top, "$Y_j$", ha="right", va="center", fontsize=13)
+    ax.text(-0.15, bottom, "$Z_j$", ha="right", va="center", fontsize=13)
+    for y_row, names, start, add_at, sign, rail_from in (
+        (1.95, ("$K_1$", "$\\sigma(\\cdot + b_1)$", "$K_1^\\top$", "$\\times h$"), 0.9, 5.6, "+", bottom),
+        (1.15, ("$K_2$", "$\\sigma(\\cdot + b_2)$", "$K_2^\\top$", "$\\times h$"), 6.3, 11.0, "−", top),
+    ):
+        xs = [start + 1.15 * k for k in range(4)]
+        for k, (x, name) in enumerate(zip(xs, names)):
+            _box(ax, x, y_row, name, _FUNCTION if k < 3 else _PLAIN, w=0.8 if k != 1 else 0.95, h=0.5, fontsize=9)
+            if k:
+                _arrow(ax, (xs[k - 1] + (0.48 if k == 2 else 0.4), y_row), (x - (0.48 if k == 1 else 0.4), y_row))
+        ax.add_patch(FancyArrowPatch((xs[0], y_row + 0.27), (xs[2], y_row + 0.27), arrowstyle="-", ls="--",
+                                     color="0.4", connectionstyle="arc3,rad=-0.45", lw=0.9))
+        _arrow(ax, (start - 0.55, rail_from), (xs[0] - 0.4, y_row))
+        rail_to = top if sign == "+" else bottom
+        _plus(ax, add_at, rail_to, sign)
+        _arrow(ax, (xs[3] + 0.4, y_row), (add_at, rail_to + (-0.18 if sign == "+" else 0.18)))
+    _arrow(ax, (0.0, top), (5.6 - 0.18, top))
+    _arrow(ax, (5.6 + 0.18, top), (11.9, top))
+    _arrow(ax, (0.0, bottom), (11.0 - 0.18, bottom))
+    _arrow(ax, (11.0 + 0.18, bottom), (11.9, bottom))
+    ax.text(12.0, top, "$Y_{j+1}$", ha="left", va="center", fontsize=13)
+    ax.text(12.0, bottom, "$Z_{j+1}$", ha="left", va="center", fontsize=13)
+    ax.text(2.6, 1.5, "F: one kernel $K_1$, used twice (dashed)", fontsize=8, ha="center", color="0.3")
+    ax.text(8.0, 0.6, "G: reads the new $Y_{j+1}$", fontsize=8, ha="center", color="0.3")
     return fig
 
 
