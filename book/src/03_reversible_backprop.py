@@ -208,15 +208,17 @@ assert max(step_errors.values()) < 1e-12
 print(inspect.getsource(AdditiveCoupling.backward_step))
 
 # %% [markdown]
-# The chain is a `torch.autograd.Function`. Its forward runs every block under
-# `torch.no_grad()` (no graph, so nothing is saved) and keeps only the output `y`.
-# Its backward walks the blocks from last to first, passing each block's
-# reconstructed input and input gradient to the block before it, and adds up each
-# parameter's gradient. (The parameters are inputs of the function, so their
-# gradients reach `.grad` through the autograd engine as usual.)
+# Each block of the chain is one `torch.autograd.Function` node. Its forward runs
+# the block under `torch.no_grad()` (no graph, so nothing is saved); only the last
+# block keeps its output `y`. Its backward takes the block's output, rebuilt by
+# the next block's backward (or, for the last block, the saved `y`), runs the step
+# above, and hands the rebuilt input to the block before it; the input gradient
+# flows to that block through autograd as usual. (The parameters are inputs of
+# each node, so their gradients reach `.grad` through the autograd engine; the
+# checks around the step are the subject of the appendix {ref}`app-engine`.)
 
 # %% tags=["nbval-ignore-output"]
-print(inspect.getsource(revlib.core.sequence._ReversibleChain.backward))
+print(inspect.getsource(revlib.core.engine._BlockStep.backward))
 
 # %% [markdown]
 # ## Gradient checks
@@ -301,16 +303,20 @@ def run_mode(base: ReversibleSequence, x: torch.Tensor, mode: str, seed: int = 0
     for name, value in options.items():
         setattr(model, name, value)
     relu_inputs = {}
+    relus = {id(m): n for n, m in model.named_modules() if isinstance(m, nn.ReLU)}
 
-    def remember(name):
-        return lambda module, args, out: relu_inputs.__setitem__(name, args[0].detach().clone())
+    def remember(module, args, out):
+        # a global hook: it sees every call, the recomputation's included (a hook on the ReLU would not)
+        if id(module) in relus:
+            relu_inputs[relus[id(module)]] = args[0].detach().clone()
 
-    handles = [m.register_forward_hook(remember(n)) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    handle = torch.nn.modules.module.register_module_forward_hook(remember)
     torch.manual_seed(seed)
     xg = x.clone().requires_grad_(True)
-    model(xg).square().mean().backward()
-    for h in handles:
-        h.remove()
+    try:
+        model(xg).square().mean().backward()
+    finally:
+        handle.remove()
     grads = {"input": xg.grad, **{n: p.grad for n, p in model.named_parameters()}}
     return SimpleNamespace(model=model, grads=grads, rng=torch.get_rng_state(), relu_inputs=relu_inputs)
 
@@ -637,8 +643,12 @@ glue("autograd_growth", growth_16_to_64["autograd"], display=False)
 # (one evaluation of F and G) and then runs it forward again with autograd (a
 # second one) costs $1 + 2 + 2 = 5$ units, or $5/3$.
 #
-# The evaluations are easy to count: a forward pre-hook on every F and G counts
-# how often each is called in one training step. `GenericAdditive` below is the
+# The evaluations are easy to count: a global forward pre-hook
+# (`torch.nn.modules.module.register_module_forward_pre_hook`), which sees every
+# call of every module, counts how often F and G are called in one training step.
+# (A hook registered on F itself would not do: in mode `"reversible"` it runs once
+# per step, as in mode `"autograd"`, and not again in the recomputation; see the
+# appendix {ref}`app-engine`.) `GenericAdditive` below is the
 # RevNet block with the generic backward step of `revlib.ReversibleBlock`
 # (invert, then re-run the forward with autograd) instead of the fused Algorithm 1.
 
@@ -663,15 +673,17 @@ def variants_of(base: ReversibleSequence) -> dict[str, ReversibleSequence]:
 
 def evaluations_per_step(model: ReversibleSequence, x: torch.Tensor) -> float:
     calls = 0
+    halves = {id(fn) for b in model.blocks for fn in (b.F, b.G)}
 
     def count(module, args):
         nonlocal calls
-        calls += 1
+        calls += id(module) in halves
 
-    handles = [fn.register_forward_pre_hook(count) for b in model.blocks for fn in (b.F, b.G)]
-    model(x.clone().requires_grad_(True)).square().mean().backward()
-    for h in handles:
-        h.remove()
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        model(x.clone().requires_grad_(True)).square().mean().backward()
+    finally:
+        handle.remove()
     return calls / (2 * len(model.blocks))
 
 
@@ -775,7 +787,7 @@ glue("time_ratio_generic", ratios["reversible, generic step"], display=False)
 step_file = Path("..") / "benchmarks" / "results" / "step_time_cpu.json"
 if step_file.exists():
     bench = json.loads(step_file.read_text())
-    shown = {
+    labels = {
         "autograd": "autograd",
         "autograd_plus_forward": "autograd + one\nextra forward (floor)",
         "reversible": "revlib\nreversible",
@@ -783,30 +795,48 @@ if step_file.exists():
         "checkpoint": "revlib\ncheckpoint",
         "memcnn": "MemCNN\n(InvertibleModule)",
     }
-    ratio = {k: bench["paired_ratio_to_autograd"][k] for k in shown}
-    low = [ratio[k] - bench["paired_ratio_95_interval"][k][0] for k in shown]
-    high = [bench["paired_ratio_95_interval"][k][1] - ratio[k] for k in shown]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    bars = ax.bar(range(len(shown)), list(ratio.values()), yerr=[low, high], capsize=4,
-                  color=["0.6", "0.8", "tab:blue", "tab:cyan", "tab:orange", "tab:red"])
-    ax.bar_label(bars, labels=[f"{v:.2f}" for v in ratio.values()], padding=8, fontsize=8)
-    ax.axhline(4 / 3, color="black", lw=0.8, ls="--", label="4/3, the evaluation count")
-    ax.set_xticks(range(len(shown)), list(shown.values()), fontsize=8)
-    ax.set_ylabel("step time / autograd's")
-    ax.set_ylim(0, 2.1)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"eager PyTorch {bench['torch']}, {bench['device']}\n"
+    shown = {k: v for k, v in labels.items() if k in bench["paired_ratio_to_autograd"]}
+    compiled = {f"compiled_{k}": labels[k] for k in ("autograd", "autograd_plus_forward", "reversible", "checkpoint")
+                if f"compiled_{k}" in bench.get("paired_ratio_to_compiled_autograd", {})}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), width_ratios=[len(shown), max(len(compiled), 1)], sharey=True)
+    panels = [(axes[0], shown, "paired_ratio_to_autograd", "paired_ratio_95_interval", "eager: / eager autograd")]
+    if compiled:
+        panels.append((axes[1], compiled, "paired_ratio_to_compiled_autograd",
+                       "paired_ratio_to_compiled_autograd_95_interval", "torch.compile(model): / compiled autograd"))
+    ratio = {}
+    for ax, names, key, interval, title in panels:
+        values = {k: bench[key][k] for k in names}
+        ratio.update(values)
+        low = [values[k] - bench[interval][k][0] for k in names]
+        high = [bench[interval][k][1] - values[k] for k in names]
+        colors = ["0.6", "0.8", "tab:blue", "tab:cyan", "tab:orange", "tab:red"]
+        bars = ax.bar(range(len(names)), list(values.values()), yerr=[low, high], capsize=4,
+                      color=[colors[list(labels).index(k.removeprefix("compiled_"))] for k in names])
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values.values()], padding=8, fontsize=8)
+        ax.axhline(4 / 3, color="black", lw=0.8, ls="--", label="4/3, the evaluation count")
+        ax.set_xticks(range(len(names)), list(names.values()), fontsize=7)
+        ax.set_title(title, fontsize=9)
+    axes[0].set_ylabel("step time / autograd's")
+    axes[0].set_ylim(0, 2.4)
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"PyTorch {bench['torch']}, {bench['device']}, {bench['threads']} thread(s); "
                  f"benchmarks/step_time.py, run of {bench['date_utc'][:10]}, median of {bench['repeats']} rounds",
                  fontsize=8)
     fig.tight_layout()
-    assert ratio["autograd"] == 1.0 and ratio["autograd_plus_forward"] > 4 / 3  # a CPU backward: under 2 forwards
-    assert all(abs(ratio[k] / ratio["autograd_plus_forward"] - 1) < 0.1 for k in ("reversible", "checkpoint"))
+    assert ratio["autograd"] == 1.0 and ratio["autograd_plus_forward"] > 1
+    assert 1 < ratio["reversible"] < 2 and 1 < ratio["checkpoint"] < 2
     glue("fig_step_time", fig, display=False)
     glue("bench_rev_ratio", ratio["reversible"], display=False)
     glue("bench_floor_ratio", ratio["autograd_plus_forward"], display=False)
     glue("bench_ckpt_ratio", ratio["checkpoint"], display=False)
-    glue("bench_memcnn_ratio", ratio["memcnn"], display=False)
+    glue("bench_memcnn_ratio", ratio.get("memcnn", float("nan")), display=False)
     glue("bench_date", bench["date_utc"][:10], display=False)
+    if compiled:
+        glue("bench_compiled_rev_ratio", ratio["compiled_reversible"], display=False)
+        glue("bench_compiled_ckpt_ratio", ratio["compiled_checkpoint"], display=False)
+        glue("bench_compiled_floor_ratio", ratio["compiled_autograd_plus_forward"], display=False)
+        speedup = bench["median_seconds"]["autograd"] / bench["median_seconds"]["compiled_autograd"]
+        glue("bench_compile_speedup", speedup, display=False)
     plt.show()
 else:
     print(f"{step_file} not found: run python benchmarks/step_time.py from a clone of the repository")

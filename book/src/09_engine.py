@@ -53,10 +53,34 @@ _ = torch.manual_seed(0)
 #   `backward`, `torch.func.functional_call`); a change is an error. A fused
 #   optimizer step changes weights without moving their version counters, which no
 #   mode can detect (a PyTorch limitation).
-# - **Hooks.** Inside the backward, parameter gradients are taken with respect to
-#   detached aliases of the parameters; each parameter's summed gradient is handed
-#   to the autograd engine once, so `register_hook` and DDP's reducer see one full
-#   gradient, as in mode `"autograd"`.
+# - **Parameter hooks.** Inside the backward, parameter gradients are taken with
+#   respect to detached aliases of the parameters; each block's gradient is handed
+#   to the autograd engine, so `register_hook` and DDP's reducer see what they see
+#   in mode `"autograd"`.
+# - **Module hooks.** The engine calls every block as PyTorch calls a module,
+#   `block(h)`, so the block's forward hooks run once per step and FSDP2's hooks
+#   unshard its parameters around its forward and its backward step. Inside the
+#   block the forward runs without a graph as one autograd node per block; a hook
+#   on a module inside F runs once per step too, and again in the replay only if
+#   it returned a value (then it changes F). A hook that changes a block's input
+#   or output, or keeps an activation from inside F (which has no graph here),
+#   is refused.
+# - **Inputs from outside.** A conditioning tensor or a mask goes through the
+#   chain, `seq(x, cond=c, mask=m)`, to every F and G that takes that keyword, and
+#   gets its gradient. A tensor that requires grad and reaches F any other way
+#   (an attribute, an unregistered parameter, `parametrize.cached()`) is refused,
+#   with its shape and the block named.
+# - **State torch does not track.** Buffers written without a version bump
+#   (`F.batch_norm` on one's own buffers, `.data` writes) are found by value;
+#   Python's `random`, NumPy's global generator, a `torch.Generator` held by a
+#   module, and scalar attributes a call changes (a step counter) are replayed
+#   from their values before the call.
+# - **`torch.compile`.** Dynamo reaches the sequence and calls the engine
+#   eagerly (one graph break); the engine calls a compiled version of each F and
+#   G in the forward, the replay and the backward step, so the guarantees above
+#   hold compiled.
+#
+# The appendix {ref}`app-tested-with` lists what each of these is checked with.
 #
 # One example with most of these at once: token sequences split along the feature
 # dimension, halves with a spectrally normalised linear map, RReLU and functional

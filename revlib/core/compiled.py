@@ -12,12 +12,16 @@ F and G, in the forward, in the replay and in the backward step) is a
 ``torch.compile`` of that module, made once and cached, so the work of a step
 is compiled while the engine's guarantees stay those of eager mode.
 
-Two choices keep the replay exact. The sub-functions are compiled with
+Three choices keep the replay exact and portable. The sub-functions are compiled with
 Inductor's ``fallback_random``, so a compiled dropout draws the numbers eager
 PyTorch would from the same generator state (the inference graph of the
 forward and the training graph of the replay would otherwise draw
 differently). A sub-function with module hooks inside runs eagerly (the
-engine swaps hook dictionaries, which would recompile it every call).
+engine swaps hook dictionaries, which would recompile it every call). And
+with PyTorch's generic CPU kernels (``ATEN_CPU_CAPABILITY=default``, how the
+book checks that its outputs do not depend on the machine's vector unit) the
+sub-functions are compiled to scalar C++, since Inductor's vectorised C++ does
+not compile there.
 """
 
 from __future__ import annotations
@@ -46,7 +50,12 @@ def compiled_function(fn: Callable) -> Callable:
         return fn
     compiled = _CACHE.get(fn)
     if compiled is None:
-        inner = torch.compile(fn, dynamic=True, options=COMPILE_OPTIONS)
+        options = dict(COMPILE_OPTIONS)
+        if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+            # with PyTorch's generic CPU kernels (ATEN_CPU_CAPABILITY=default) Inductor's vectorised C++
+            # does not compile (torch 2.14.1: "'at::vec' has not been declared"): ask for scalar code
+            options["cpp.simdlen"] = 1
+        inner = torch.compile(fn, dynamic=True, options=options)
 
         def compiled(x: Tensor, **kwargs: Any) -> Tensor:
             # one layout for every call (the forward passes views, the backward step fresh tensors),
