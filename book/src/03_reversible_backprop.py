@@ -845,10 +845,11 @@ else:
 # ```{glue:figure} fig_step_time
 # :name: fig-step-time
 #
-# One training step's time relative to autograd's, eager mode, on the CPU named in
-# the title (the run of {glue:text}`bench_date`; error bars: 95% intervals).
-# Not measured by this notebook: read from `benchmarks/results/step_time_cpu.json`.
-# A compiled (`torch.compile`) row will join these bars once the benchmark has one.
+# One training step's time relative to autograd's on the CPU named in the title
+# (the run of {glue:text}`bench_date`; error bars: 95% intervals of the median of
+# per-round ratios). Left: eager PyTorch, relative to eager autograd. Right:
+# `torch.compile(model)`, relative to compiled autograd. Not measured by this
+# notebook: read from `benchmarks/results/step_time_cpu.json`.
 # ```
 #
 # In that run a reversible step cost {glue:text}`bench_rev_ratio:.2f` times an
@@ -856,7 +857,19 @@ else:
 # reversible module {glue:text}`bench_memcnn_ratio:.2f`; the floor, autograd plus
 # one more forward, was {glue:text}`bench_floor_ratio:.2f`. Both recomputing
 # backwards of `revlib` sit close to that floor, above the 4/3 of the count
-# because on a CPU a backward costs less than twice a forward here.
+# because on a CPU a backward costs less than twice a forward here. (One run on
+# a shared machine: the intervals in the figure are the honest resolution.)
+#
+# Compiled, the picture changes. `torch.compile` made autograd's step
+# {glue:text}`bench_compile_speedup:.2f` times faster in that run, and the
+# reversible step then cost {glue:text}`bench_compiled_rev_ratio:.2f` times the
+# compiled autograd step, against a compiled floor of
+# {glue:text}`bench_compiled_floor_ratio:.2f` and compiled checkpointing's
+# {glue:text}`bench_compiled_ckpt_ratio:.2f`. `revlib` keeps its engine eager under
+# `torch.compile` and compiles each F and G (the appendix {ref}`app-engine` says
+# why), so the additions, splits and concatenations between them run eagerly and
+# no compiled graph spans two sub-functions. The distance to the compiled floor is
+# the price of that design; this run does not break it down further.
 #
 # ## What the recomputation must replay
 #

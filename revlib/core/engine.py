@@ -40,7 +40,7 @@ from .blocks import (
     takes_halves,
     trainable_parameters,
 )
-from .recompute import ModuleState, Tape
+from .recompute import ModuleState, Tape, cached_walks
 from .sidestate import check_no_kept_outputs
 
 __all__ = ["Chain", "SideInputGuard", "check_attribute_tensors", "in_reversible_block"]
@@ -171,6 +171,19 @@ def _backward_error(err: Exception, owner: str) -> Exception | None:
     return None
 
 
+class _ModuleNames(dict):
+    """``{id(module): its name in the chain}``, computed on first use (only error messages need it)."""
+
+    def __init__(self, root: nn.Module) -> None:
+        super().__init__()
+        self.root = root
+
+    def get(self, key, default=None):
+        if not self:
+            self.update({id(m): n or type(m).__name__ for n, m in self.root.named_modules()})
+        return super().get(key, default)
+
+
 @dataclass
 class Chain:
     """One forward of a sequence in mode ``"reversible"``: the calls of its blocks and what they hand back.
@@ -184,7 +197,7 @@ class Chain:
     record_rng: bool
     reconstructed: dict[int, Any] = field(default_factory=dict)
     used_extras: set[str] = field(default_factory=set)
-    names: dict[int, str] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)  # filled by run() with a _ModuleNames
     expected_input: tuple | None = None
     output: tuple | None = None
     compiled: bool = False
@@ -195,7 +208,7 @@ class Chain:
 
     def run(self, x: Tensor) -> Tensor:
         """Call each block through ``nn.Module.__call__``, checking that hooks did not change what flows."""
-        self.names = {id(m): n or type(m).__name__ for n, m in self.seq.blocks.named_modules()}
+        self.names = _ModuleNames(self.seq.blocks)
         self.expected_input = _signature(x)
         h = x
         for i, block in enumerate(self.seq.blocks):
@@ -280,7 +293,7 @@ class _BlockStep(torch.autograd.Function):
         else:
             guard = SideInputGuard(allowed, owner)
         try:
-            with torch.no_grad(), _inside(), guard:
+            with torch.no_grad(), _inside(), guard, cached_walks():
                 y = block.forward_recorded(x, tape)
         except RuntimeError as err:
             clear = _forward_error(err, owner)
@@ -354,7 +367,7 @@ class _BlockStep(torch.autograd.Function):
         index.update({id(p): k for k, p in enumerate(ctx.params)})
         extra_index = {id(a): k for k, a in enumerate(extra_aliases)}
         try:
-            with torch.enable_grad(), _inside(), ctx.state.forward_training_flags():
+            with torch.enable_grad(), _inside(), ctx.state.forward_training_flags(), cached_walks():
                 if takes_halves(block):
                     y = Halves.of(block, y)
                 elif isinstance(y, Halves):

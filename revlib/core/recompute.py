@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
 import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
@@ -51,6 +52,7 @@ __all__ = [
     "has_random_layers",
     "ModuleState",
     "submodules",
+    "cached_walks",
 ]
 
 _RANDOM_LAYERS = (
@@ -172,8 +174,14 @@ def submodules(module: nn.Module) -> list[nn.Module]:
     """``list(module.modules())`` (pre-order, each module once), without the generator's per-step cost.
 
     The engine walks the sub-functions' modules several times per step; this
-    plain loop over ``_modules`` is several times faster than ``named_modules``.
+    plain loop over ``_modules`` is several times faster than ``named_modules``,
+    and inside :func:`cached_walks` each module is walked once.
     """
+    cache = _WALKS.cache
+    if cache is not None:
+        hit = cache.get(id(module))
+        if hit is not None and hit[0] is module:
+            return hit[1]
     out: list[nn.Module] = []
     seen: set[int] = set()
     stack = [module]
@@ -184,7 +192,33 @@ def submodules(module: nn.Module) -> list[nn.Module]:
         seen.add(id(m))
         out.append(m)
         stack.extend(reversed([c for c in m._modules.values() if c is not None]))
+    if cache is not None:
+        cache[id(module)] = (module, out)
     return out
+
+
+class _Walks(threading.local):
+    cache: dict | None = None
+
+
+_WALKS = _Walks()
+
+
+@contextlib.contextmanager
+def cached_walks() -> Iterator[None]:
+    """Within the body, :func:`submodules` walks each module once (the engine's forward or backward step of a block).
+
+    The module tree must not change inside the body; the engine's own guard
+    (:class:`~revlib.core.module_state.ModuleState`) checks it between the forward and the backward.
+    """
+    if _WALKS.cache is not None:
+        yield
+        return
+    _WALKS.cache = {}
+    try:
+        yield
+    finally:
+        _WALKS.cache = None
 
 
 def _updating_norm(m: nn.Module) -> bool:

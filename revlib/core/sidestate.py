@@ -46,13 +46,19 @@ def _numpy_random():
     return getattr(np, "random", None) if np is not None else None
 
 
+def _own_state(m: nn.Module) -> bool:
+    """False for torch's own layers (``torch.nn.modules``), whose forward changes no attribute and draws no host RNG."""
+    return not type(m).__module__.startswith("torch.nn.modules.")
+
+
 def _generators(modules: list[nn.Module]) -> list[tuple[nn.Module, str, torch.Generator]]:
-    return [(m, k, v) for m in modules for k, v in vars(m).items() if isinstance(v, torch.Generator)]
+    # type() rather than isinstance: torch.Generator's metaclass makes isinstance slow, and this runs per call
+    return [(m, k, v) for m in modules if _own_state(m) for k, v in vars(m).items() if type(v) is torch.Generator]
 
 
 def _attributes(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
     return {
-        (i, k): v for i, m in enumerate(modules) for k, v in vars(m).items()
+        (i, k): v for i, m in enumerate(modules) if _own_state(m) for k, v in vars(m).items()
         if type(v) in _SCALARS and not k.startswith("_")
     }
 
