@@ -17,7 +17,10 @@ Inductor's ``fallback_random``, so a compiled dropout draws the numbers eager
 PyTorch would from the same generator state (the inference graph of the
 forward and the training graph of the replay would otherwise draw
 differently). A sub-function with module hooks inside runs eagerly (the
-engine swaps hook dictionaries, which would recompile it every call). And
+engine swaps hook dictionaries, which would recompile it every call), and so
+does one with a parametrization (spectral norm, weight norm: torch gives each
+parametrized module a class of its own, so each block would recompile the
+shared graph until Dynamo's recompile limit). And
 with PyTorch's generic CPU kernels (``ATEN_CPU_CAPABILITY=default``, how the
 book checks that its outputs do not depend on the machine's vector unit) the
 sub-functions are compiled to scalar C++, since Inductor's vectorised C++ does
@@ -31,6 +34,7 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 __all__ = ["compiled_function", "run_compiled", "COMPILE_OPTIONS"]
 
@@ -40,13 +44,15 @@ COMPILE_OPTIONS: dict[str, Any] = {"fallback_random": True}
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, Callable]" = weakref.WeakKeyDictionary()
 
 
-def _has_hooks(fn: nn.Module) -> bool:
-    return any(m._forward_hooks or m._forward_pre_hooks for m in fn.modules())
+def _runs_eagerly(fn: nn.Module) -> bool:
+    """Module hooks inside (the engine swaps their dictionaries per call) or a parametrization (each
+    parametrized module has a class of its own, so every instance would recompile the shared graph)."""
+    return any(m._forward_hooks or m._forward_pre_hooks or parametrize.is_parametrized(m) for m in fn.modules())
 
 
 def compiled_function(fn: Callable) -> Callable:
-    """``torch.compile(fn)`` for a module ``fn`` (made once, cached), or ``fn`` itself if it cannot be."""
-    if not isinstance(fn, nn.Module) or _has_hooks(fn):
+    """``torch.compile(fn)`` for a module ``fn`` (made once, cached), or ``fn`` itself if it should run eagerly."""
+    if not isinstance(fn, nn.Module) or _runs_eagerly(fn):
         return fn
     compiled = _CACHE.get(fn)
     if compiled is None:
