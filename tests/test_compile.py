@@ -124,3 +124,34 @@ def test_control_without_eager_random_draws_compiled_dropout_differs(monkeypatch
 def test_compiled_under_bfloat16_autocast_agrees_with_eager_autograd():
     # float32 weights under bf16 autocast: both runs compute in bfloat16; the tolerance is bfloat16's (2^-8)
     assert one_step_gap(autocast=True, dtype=torch.float32) < 2 ** -7
+
+
+def test_parametrized_subfunctions_run_eagerly_without_recompiles(caplog):
+    """Each parametrized module has a class of its own: compiled, every block would recompile the graph."""
+    def half_sn():
+        return nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 3, padding=1)), nn.Tanh())
+
+    def make():
+        torch.manual_seed(0)
+        return revlib.ReversibleSequence([revlib.AdditiveCoupling(half_sn(), half_sn()) for _ in range(9)]).double()
+
+    eager, model = make(), make()
+    eager.mode = "autograd"
+    with caplog.at_level(logging.WARNING):
+        _, got = train(model, torch.compile(model), 3, X)
+    _, expected = train(eager, eager, 3, X)
+    assert not [r for r in caplog.records if "recompile" in r.getMessage()]
+    assert max((a - b).abs().max().item() for s, e in zip(got, expected) for a, b in zip(s, e)) < 1e-10
+    assert len(compiled_module._CACHE) == 0
+
+
+def test_control_compiling_parametrized_subfunctions_recompiles_per_block(monkeypatch):
+    monkeypatch.setattr(compiled_module, "_runs_eagerly", lambda fn: False)
+
+    def half_sn():
+        return nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 3, padding=1)), nn.Tanh())
+
+    torch.manual_seed(0)
+    model = revlib.ReversibleSequence([revlib.AdditiveCoupling(half_sn(), half_sn()) for _ in range(9)]).double()
+    train(model, torch.compile(model), 1, X)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 8  # one graph per parametrized module
