@@ -155,3 +155,23 @@ def test_control_compiling_parametrized_subfunctions_recompiles_per_block(monkey
     model = revlib.ReversibleSequence([revlib.AdditiveCoupling(half_sn(), half_sn()) for _ in range(9)]).double()
     train(model, torch.compile(model), 1, X)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 8  # one graph per parametrized module
+
+
+class AttributeConditioned(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.cond = None
+
+    def forward(self, h):
+        return torch.tanh(self.lin(h)) * self.cond
+
+
+def test_compiled_side_inputs_are_refused_too():
+    halves = [AttributeConditioned() for _ in range(2)]
+    model = revlib.ReversibleSequence([revlib.AdditiveCoupling(*halves, dim=-1)]).double()
+    c = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    for h in halves:
+        h.cond = c * 2  # made from a leaf that requires grad: its gradient would be lost
+    with pytest.raises(RuntimeError, match=r"tensor of shape \(3,\) that requires grad"):
+        torch.compile(model)(torch.randn(4, 6, dtype=torch.float64, requires_grad=True))
