@@ -269,7 +269,9 @@ class _Call:
 
 
 def _checksum(y: Tensor) -> Tensor:
-    return torch.stack([y.sum(dtype=torch.float64), y.abs().sum(dtype=torch.float64)]) if y.numel() else y.new_zeros(2)
+    """One float64 sum over the chain's output: a write through ``y.data`` that moves no version counter
+    changes it (one pass, no allocation; a write that keeps the sum exactly is not seen)."""
+    return y.sum(dtype=torch.float64) if y.numel() else y.new_zeros(())
 
 
 class _BlockStep(torch.autograd.Function):
