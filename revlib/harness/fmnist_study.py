@@ -274,10 +274,13 @@ def _path(cache: Path, job: tuple, grid: Grid) -> Path:
 
 
 def run_grid(grid: Grid = GRID, cache: str | Path = "runs/fmnist", log: Callable[[str], None] = print,
-             after_each: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Run every job of ``grid`` not yet cached under ``cache``, in :func:`jobs` order; return :func:`collect`."""
+             after_each: Callable[[], None] | None = None, splits: FmnistSplits | None = None) -> dict[str, Any]:
+    """Run every job of ``grid`` not yet cached under ``cache``, in :func:`jobs` order; return :func:`collect`.
+
+    ``splits`` defaults to :func:`fmnist_splits`; ``after_each`` is called after every finished run.
+    """
     cache = Path(cache)
-    splits = fmnist_splits()
+    splits = splits if splits is not None else fmnist_splits()
     todo = jobs(grid)
     t0 = time.perf_counter()
     for i, job in enumerate(todo, 1):
@@ -377,10 +380,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--device", default="cpu")
     g.add_argument("--collect-only", action="store_true", help="write the results file from the cache, run nothing")
     g.add_argument("--write-every-run", action="store_true", help="rewrite --out after every finished run")
+    g.add_argument("--quick", action="store_true", help="a code-path check: one seed, one subset, and validation "
+                   "and test splits cut to 1,000 class-balanced images each; its numbers are no result")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.device == "cpu":
         torch.set_num_threads(1)
     grid = replace(GRID, width=args.width, updates=args.updates, small_updates=args.small_updates, device=args.device)
+    splits = None
+    if args.quick:
+        grid = replace(grid, seeds=(0,), small_seeds=(0,), small_seeds_more=(), fractions=grid.fractions[:1])
+        full = fmnist_splits()
+        cut = lambda d: d.subset(data.balanced_subset(d, 1000 / len(d)))  # noqa: E731
+        splits = FmnistSplits(full.train, cut(full.val), cut(full.test))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -388,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train.atomic_write_text(json.dumps(collect(grid, args.cache), indent=0) + "\n", out)
 
     result = collect(grid, args.cache) if args.collect_only else run_grid(
-        grid, args.cache, after_each=write if args.write_every_run else None)
+        grid, args.cache, after_each=write if args.write_every_run else None, splits=splits)
     train.atomic_write_text(json.dumps(result, indent=0) + "\n", out)
     print(f"wrote {out}: {len(result['runs'])} runs, {len(result['missing'])} missing")
     return 0
