@@ -147,3 +147,18 @@ def test_a_run_is_cached_and_collected(tmp_path, monkeypatch):
     out = tmp_path / "out.json"
     out.write_text(json.dumps(fmnist_study.collect(grid, tmp_path / "cache")))
     assert fmnist_study.load_results(out)["format"] == "revlib.harness.fmnist_study/1"
+
+
+def test_the_shipped_results_hold_the_whole_grid():
+    """The results file shipped with revlib (chapter 7's tables) has every run of the grid, with its mode recorded."""
+    r = fmnist_study.load_results()
+    assert not r["missing"] and r["grid"]["width"] == 0.25
+    full = [x for x in r["runs"] if x["fraction"] == 1.0]
+    for name in fmnist_study.NETWORKS:
+        mine = [x for x in full if x["model"] == name]
+        assert len({x["seed"] for x in mine}) >= 3 and all(x["train_images"] == 55000 for x in mine)
+        if name in fmnist_study.REVERSIBLE:
+            assert any(x["mode"] == "reversible" for x in mine), name
+        assert all(0.1 < x["test_acc"] < 1 for x in mine)
+    sizes = {x["fraction"] for x in r["runs"] if x["model"] in r["grid"]["small_models"]}
+    assert len(sizes) >= 6
