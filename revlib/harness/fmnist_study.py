@@ -167,7 +167,7 @@ def _evaluate(model: nn.Module, split: data.ImageData, device: str) -> dict:
 
 def train_run(name: str, seed: int, splits: FmnistSplits, *, updates: int, width: float, fraction: float = 1.0,
               mode: str = "autograd", schedule: Schedule = Schedule(), validate: bool = True,
-              device: str = "cpu") -> dict[str, Any]:
+              test_images: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """Train ``name`` from ``seed`` for ``updates`` updates; evaluate the final weights on validation and test.
 
     ``seed`` seeds the initialisation, the batches and their augmentation, and
@@ -175,7 +175,9 @@ def train_run(name: str, seed: int, splits: FmnistSplits, *, updates: int, width
     (:func:`revlib.harness.data.balanced_subset`). Returns the run's settings,
     ``params``, ``train_images``, ``loss`` (mean training loss of every
     ``schedule.log_every`` updates), ``val_acc`` (if ``validate``),
-    ``test_acc``, ``test_loss`` and ``seconds``. Accuracies are fractions.
+    ``test_acc``, ``test_loss``, ``test_images`` and ``seconds``. Accuracies
+    are fractions. ``test_images`` (if given) evaluates on a fixed,
+    class-balanced part of the test split, the same for every run (subset seed 0).
     """
     t0 = time.perf_counter()
     train_set = splits.train
@@ -214,8 +216,12 @@ def train_run(name: str, seed: int, splits: FmnistSplits, *, updates: int, width
     }
     if validate:
         result["val_acc"] = _evaluate(model, splits.val, device)["acc"]
-    r = _evaluate(model, splits.test, device)
-    result.update(test_acc=r["acc"], test_loss=r["loss"], seconds=time.perf_counter() - t0, device=device)
+    test = splits.test
+    if test_images is not None and test_images < len(test):
+        test = test.subset(data.balanced_subset(test, test_images / len(test), seed=0))
+    r = _evaluate(model, test, device)
+    result.update(test_acc=r["acc"], test_loss=r["loss"], test_images=len(test), seconds=time.perf_counter() - t0,
+                  device=device)
     return result
 
 
@@ -228,8 +234,9 @@ class Grid:
 
     ``updates``: per full-training-set run (430 = one epoch of the 55,000
     images at batch 128). ``small_updates``: per run on a subset (the same for
-    every subset size). ``small_seeds_more`` are added at the sizes up to
-    ``more_seeds_below``.
+    every subset size), tested on ``small_test_images`` class-balanced test
+    images (the same ones for every run). ``small_seeds_more`` are added at
+    the sizes up to ``more_seeds_below``.
     """
 
     width: float = 0.25
@@ -238,7 +245,8 @@ class Grid:
     reversible_seeds: tuple[int, ...] = (0,)
     small_models: tuple[str, ...] = ("ResNet-32", "Hamiltonian-74")
     fractions: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
-    small_updates: int = 60
+    small_updates: int = 30
+    small_test_images: int = 2000
     small_seeds: tuple[int, ...] = (0, 1, 2)
     small_seeds_more: tuple[int, ...] = (3, 4)
     more_seeds_below: float = 0.02
@@ -269,8 +277,8 @@ def jobs(grid: Grid = GRID) -> list[tuple[str, float, int, str]]:
 
 def _path(cache: Path, job: tuple, grid: Grid) -> Path:
     model, fraction, seed, mode = job
-    return cache / f"w{grid.width:g}_u{grid.updates}_{grid.small_updates}_{grid.device}" / \
-        f"{model}_f{fraction:g}_seed{seed}_{mode}.json"
+    updates = grid.updates if fraction == 1 else grid.small_updates
+    return cache / f"w{grid.width:g}_{grid.device}" / f"{model}_f{fraction:g}_u{updates}_seed{seed}_{mode}.json"
 
 
 def run_grid(grid: Grid = GRID, cache: str | Path = "runs/fmnist", log: Callable[[str], None] = print,
@@ -287,8 +295,10 @@ def run_grid(grid: Grid = GRID, cache: str | Path = "runs/fmnist", log: Callable
         path = _path(cache, job, grid)
         if not path.exists():
             model, fraction, seed, mode = job
-            r = train_run(model, seed, splits, updates=grid.updates if fraction == 1 else grid.small_updates,
-                          width=grid.width, fraction=fraction, mode=mode, validate=fraction == 1, device=grid.device)
+            full = fraction == 1
+            r = train_run(model, seed, splits, updates=grid.updates if full else grid.small_updates,
+                          width=grid.width, fraction=fraction, mode=mode, validate=full,
+                          test_images=None if full else grid.small_test_images, device=grid.device)
             path.parent.mkdir(parents=True, exist_ok=True)
             train.atomic_write_text(json.dumps(r) + "\n", path)
             if after_each is not None:
