@@ -260,18 +260,21 @@ def jobs(grid: Grid = GRID) -> list[tuple[str, float, int, str]]:
     """The grid's runs as ``(model, fraction, seed, mode)``, essential ones first.
 
     Order: the full-set runs seed by seed (every network's seed 0, then seed
-    1, ...), then the subsets seed by seed, then the extra seeds of the
-    smallest subsets, so that a grid stopped early still has whole seeds.
+    1, ...); then the subsets: the first two seeds at every size, then the
+    other seeds at the smallest sizes (up to ``more_seeds_below``), then the
+    other seeds at the larger sizes. A grid stopped early still has whole
+    seeds of the full set and a spread at every size.
     """
     out = []
     for s in grid.seeds:
         for m in NETWORKS:
             out.append((m, 1.0, s, "reversible" if m in REVERSIBLE and s in grid.reversible_seeds else "autograd"))
-    for s in grid.small_seeds + grid.small_seeds_more:
-        for f in grid.fractions:
-            if s in grid.small_seeds_more and f > grid.more_seeds_below:
-                continue
-            out += [(m, f, s, "autograd") for m in grid.small_models]
+    small = [(f, s) for s in grid.small_seeds + grid.small_seeds_more for f in grid.fractions
+             if s in grid.small_seeds or f <= grid.more_seeds_below]
+    first = set(grid.small_seeds[:2])
+    small.sort(key=lambda fs: (fs[1] not in first, fs[0] > grid.more_seeds_below, fs[1], fs[0]))
+    for f, s in small:
+        out += [(m, f, s, "autograd") for m in grid.small_models]
     return out
 
 
