@@ -245,7 +245,7 @@ class Grid:
     reversible_seeds: tuple[int, ...] = (0,)
     small_models: tuple[str, ...] = ("ResNet-32", "Hamiltonian-74")
     fractions: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
-    small_updates: int = 30
+    small_updates: int = 100
     small_test_images: int = 2000
     small_seeds: tuple[int, ...] = (0, 1, 2)
     small_seeds_more: tuple[int, ...] = (3, 4)
