@@ -430,11 +430,11 @@ for f, s in small_stats.items():
 # advantage of {glue:text}`small_mdd_5:.1f` points (0.5 %) or
 # {glue:text}`small_mdd_10:.1f` points (1 %) would have been detected with 80 %
 # power. At 2 % the two are level ({glue:text}`small_diff_20:+.2f` ±
-# {glue:text}`small_se_20:.2f`), and from 5 % on the ResNet's mean is ahead, at
-# 10 % by {glue:text}`small_diff_100:+.2f` ± {glue:text}`small_se_100:.2f` and
-# with all the data by {glue:text}`small_diff_all:+.2f` ±
-# {glue:text}`small_se_all:.2f` points; only the last difference exceeds its
-# detectable difference. So these runs neither confirm nor rule out Chang et
+# {glue:text}`small_se_20:.2f`), and from 5 % on the ResNet's mean is ahead
+# (Hamiltonian minus ResNet: {glue:text}`small_diff_100:+.2f` ±
+# {glue:text}`small_se_100:.2f` points at 10 %, {glue:text}`small_diff_all:+.2f`
+# ± {glue:text}`small_se_all:.2f` with all the data); only the last difference
+# exceeds its detectable difference. So these runs neither confirm nor rule out Chang et
 # al.'s small-data advantage: its direction appears where data are scarcest,
 # and its size, here, is below what five seeds resolve. Two cautions on top.
 # Every subset run takes the same 100 updates, so the curves are limited by
