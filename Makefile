@@ -1,5 +1,5 @@
 # make book: set up the environment if needed, build _build/html from the committed, executed notebooks.
-# make test: what CI runs (.ci/run): unit tests, the stand-in data tests, nbval with this machine's
+# make test: what CI runs (.ci/run): the data (make data), unit tests, the stand-in data tests, nbval with this machine's
 #            CPU kernels, the Colab-like check (nbval again, with generic kernels on one thread, in
 #            a Colab-like environment), the strict book build, the check of its rendered pages
 #            and the workflow schema check.
@@ -18,7 +18,7 @@ NBVAL := $(NB_ENV) $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-
 PORTABLE_ENV := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 STANDIN_TESTS := tests/test_standin_data.py tests/test_full_runs.py
 
-.PHONY: all env book notebooks test unit standins nbval nbval-portable colab-check book-strict rendered workflows benchmark clean
+.PHONY: all env data book notebooks test unit standins nbval nbval-portable colab-check book-strict rendered workflows benchmark clean
 
 all: book
 
@@ -30,6 +30,26 @@ $(STAMP): requirements.txt pyproject.toml
 
 env: $(STAMP)
 
+# Fashion-MNIST (chapter 7, tests/test_fmnist.py): Debian's package dataset-fashion-mnist, installed with apt-get
+# when the four files are neither there nor in $(REVLIB_DATA)/FashionMNIST/raw and we are root; else say what to do.
+FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist
+FMNIST_FILES := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
+FMNIST_USER := $${REVLIB_DATA:-data}/FashionMNIST/raw
+data:
+	@have() { for f in $(FMNIST_FILES); do [ -f "$$1/$$f.gz" ] || [ -f "$$1/$$f" ] || return 1; done; }; \
+	if have $(FMNIST_DEBIAN); then echo "Fashion-MNIST: $(FMNIST_DEBIAN)"; \
+	elif have "$(FMNIST_USER)"; then echo "Fashion-MNIST: $(FMNIST_USER)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Fashion-MNIST: installing the Debian package dataset-fashion-mnist"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; }; \
+	else \
+		echo "Fashion-MNIST is missing. Get it one of these ways:"; \
+		echo "  sudo apt-get install dataset-fashion-mnist   (Debian/Ubuntu; files in $(FMNIST_DEBIAN))"; \
+		echo "  python -c \"import torchvision; torchvision.datasets.FashionMNIST('data', download=True)\"   (online)"; \
+		echo "  copy the four *-ubyte.gz files into $(FMNIST_USER)"; \
+	fi
+
 book: env
 	$(NB_ENV) $(VENV)/bin/jupyter-book build .
 
@@ -37,20 +57,20 @@ book: env
 notebooks: env
 	$(NB_ENV) $(PY) tools/notebooks.py build --all
 
-unit: env
+unit: env data
 	$(PY) -m pytest tests -p no:cacheprovider $(addprefix --ignore=,$(STANDIN_TESTS))
 
 # CIFAR-10/100 and STL-10 code paths on small stand-ins (listed one by one).
 standins: env
 	$(PY) -m pytest -rA -p no:cacheprovider $(STANDIN_TESTS)
 
-nbval: env
+nbval: env data
 	$(NBVAL) $(NOTEBOOKS)
 
-nbval-portable: env
+nbval-portable: env data
 	$(PORTABLE_ENV) $(NBVAL) $(NOTEBOOKS)
 
-colab-check: env
+colab-check: env data
 	$(PY) tools/colab_check.py
 
 book-strict: env

@@ -1,4 +1,4 @@
-"""The data sets: CIFAR-10/100 and STL-10 through torchvision, scikit-learn's digits offline.
+"""The data sets: CIFAR-10/100, STL-10 and Fashion-MNIST through torchvision, scikit-learn's digits offline.
 
 Every data set is held in memory as one ``uint8`` image tensor (N, C, H, W) and
 its labels (:class:`ImageData`).
@@ -11,6 +11,13 @@ its labels (:class:`ImageData`).
   classes), which ship inside the scikit-learn package, so they need no network.
   The book and CI use it offline. A fixed, seeded, class-stratified split gives
   1,347 training and 450 test images.
+* ``"fashion_mnist"``: Fashion-MNIST (Xiao et al. 2017; 60,000 training and
+  10,000 test images, grey 28x28, 10 classes), read with torchvision's own
+  MNIST-format reader. :func:`load_fashion_mnist` looks in ``root`` (torchvision's
+  layout, ``root/FashionMNIST/raw``), then in the Debian package's folder
+  :data:`FASHION_MNIST_DEBIAN` (``apt-get install dataset-fashion-mnist``), then
+  downloads where the network allows. :func:`validation_split` carves a
+  class-stratified validation split from a training set.
 
 Normalisation: ``"pixel_mean"`` (default) subtracts the per-pixel mean image of
 the training set, as the official RevNet code does; ``"channel"`` subtracts the
@@ -40,6 +47,9 @@ __all__ = [
     "normalize",
     "load",
     "load_digits",
+    "load_fashion_mnist",
+    "FASHION_MNIST_DEBIAN",
+    "validation_split",
     "balanced_subset",
     "default_root",
     "augmentation_for",
@@ -47,7 +57,7 @@ __all__ = [
 
 Normalization = Literal["pixel_mean", "channel", "none"]
 
-DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "stl10", "digits")
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "stl10", "digits", "fashion_mnist")
 
 
 class _Source(NamedTuple):
@@ -65,6 +75,8 @@ _SOURCES: dict[str, _Source] = {
     "cifar100": _Source("CIFAR-100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                         "cifar-100-python", "CIFAR100"),
     "stl10": _Source("STL-10", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", "stl10_binary", "STL10"),
+    "fashionmnist": _Source("Fashion-MNIST", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                            "FashionMNIST/raw", "FashionMNIST"),
 }
 
 _AUGMENTATION: dict[str, dict] = {
@@ -72,6 +84,7 @@ _AUGMENTATION: dict[str, dict] = {
     "cifar100": dict(pad=4, flip=True),
     "stl10": dict(pad=12, flip=True),
     "digits": dict(pad=1, flip=False),
+    "fashionmnist": dict(pad=2, flip=True),
 }
 
 
@@ -95,6 +108,7 @@ def augmentation_for(name: str) -> dict:
     CIFAR: pad 4, flip (official RevNet). STL-10: pad 12, flip (Chang et al.).
     Digits: pad 1, no flip (a mirrored 2, 3, 4, 5, 7 or 9 is no longer that
     digit: a flip changes the class, it is not a symmetry of the data set).
+    Fashion-MNIST: pad 2, flip (a mirrored shirt or shoe is still one).
     """
     return dict(_AUGMENTATION[_key(name)])
 
@@ -326,7 +340,7 @@ def _stl10(root: Path, download: bool, timeout: float, normalization: Normalizat
 
 def load(name: str, root: str | os.PathLike | None = None, *, download: bool = True, timeout: float = 10.0,
          normalization: Normalization = "pixel_mean", seed: int = 0) -> tuple[ImageData, ImageData]:
-    """(train, test) :class:`ImageData` for ``"cifar10"``, ``"cifar100"``, ``"stl10"`` or ``"digits"``.
+    """(train, test) :class:`ImageData` for ``"cifar10"``, ``"cifar100"``, ``"stl10"``, ``"digits"`` or ``"fashion_mnist"``.
 
     Args:
         root: folder of the torchvision data sets (default :func:`default_root`).
@@ -340,12 +354,139 @@ def load(name: str, root: str | os.PathLike | None = None, *, download: bool = T
     key = _key(name)
     if key == "digits":
         return load_digits(seed=seed, normalization=normalization)
+    if key == "fashionmnist":
+        return load_fashion_mnist(root, download=download, timeout=timeout, normalization=normalization)
     if key not in _SOURCES:
         raise ValueError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
     root = Path(root) if root is not None else default_root()
     if key == "stl10":
         return _stl10(root, download, timeout, normalization)
     return _cifar(key, root, download, timeout, normalization)
+
+
+# ----------------------------------------------------------------- Fashion-MNIST
+
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's package ``dataset-fashion-mnist`` puts the four ``*-ubyte.gz`` files."""
+
+_FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _read_idx(path: Path) -> Tensor:
+    """One MNIST-format (IDX) file, plain or ``.gz``, through torchvision's reader."""
+    import gzip
+    import tempfile
+
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    if path.suffix != ".gz":
+        return read_sn3_pascalvincent_tensor(str(path), strict=False)
+    with tempfile.TemporaryDirectory() as tmp:  # torchvision's reader opens a file by name
+        plain = Path(tmp) / path.stem
+        with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
+            dst.write(src.read())
+        return read_sn3_pascalvincent_tensor(str(plain), strict=False)
+
+
+def _idx_folder(folder: Path) -> dict[str, tuple[Path, Path]] | None:
+    """The four files in ``folder`` (plain or ``.gz``), or None if one is missing."""
+    found = {}
+    for split, names in _FMNIST_FILES.items():
+        paths = []
+        for name in names:
+            options = [folder / name, folder / f"{name}.gz"]
+            hit = next((p for p in options if p.is_file()), None)
+            if hit is None:
+                return None
+            paths.append(hit)
+        found[split] = (paths[0], paths[1])
+    return found
+
+
+def _fmnist_unavailable(root: Path, debian: Path, reason: str) -> DataUnavailableError:
+    raw = root.resolve() / "FashionMNIST" / "raw"
+    return DataUnavailableError(
+        f"Fashion-MNIST is neither in {raw} nor in {debian}, and could not be downloaded ({reason}).\n"
+        f"To get it, do one of these:\n"
+        f"  * on Debian or Ubuntu, as root: apt-get install dataset-fashion-mnist (files in {FASHION_MNIST_DEBIAN});\n"
+        f"  * online: python -c \"import torchvision; torchvision.datasets.FashionMNIST('{root}', download=True)\";\n"
+        f"  * copy the four *-ubyte.gz files of https://github.com/zalandoresearch/fashion-mnist into {raw}\n"
+        f"    (or pass root= / set $REVLIB_DATA to a folder whose FashionMNIST/raw holds them)."
+    )
+
+
+def load_fashion_mnist(root: str | os.PathLike | None = None, *, download: bool = True, timeout: float = 10.0,
+                       normalization: Normalization = "pixel_mean",
+                       debian: str | os.PathLike | None = FASHION_MNIST_DEBIAN) -> tuple[ImageData, ImageData]:
+    """Fashion-MNIST (Xiao et al. 2017) as (train, test) :class:`ImageData`: 60,000 and 10,000 grey 28x28 images.
+
+    Looks, in order, in ``root/FashionMNIST/raw`` (torchvision's layout, plain
+    or ``.gz`` files), in ``debian`` (the folder of Debian's package
+    ``dataset-fashion-mnist``; ``None`` skips it), then downloads with
+    ``torchvision.datasets.FashionMNIST(root, download=True)`` if ``download``
+    and the host answers within ``timeout`` seconds. Otherwise raises
+    :class:`DataUnavailableError` naming the three ways to get the files.
+    Every file is parsed by torchvision's MNIST-format reader. Pixels are
+    stored as ``uint8`` with ``scale = 1/255``; the normalisation comes from
+    the training split.
+    """
+    root = Path(root) if root is not None else default_root()
+    raw = root / "FashionMNIST" / "raw"
+    debian_path = Path(debian) if debian is not None else None
+    files = _idx_folder(raw) or (_idx_folder(debian_path) if debian_path is not None else None)
+    if files is None:
+        if not download:
+            raise _fmnist_unavailable(root, debian_path or FASHION_MNIST_DEBIAN, "downloading was switched off")
+        reason = _probe(_SOURCES["fashionmnist"].url, timeout)
+        if reason is not None:
+            raise _fmnist_unavailable(root, debian_path or FASHION_MNIST_DEBIAN, reason)
+        import torchvision
+
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+        except Exception as exc:  # network errors, HTTP errors, checksum failures
+            raise _fmnist_unavailable(root, debian_path or FASHION_MNIST_DEBIAN, f"{type(exc).__name__}: {exc}") from None
+        finally:
+            socket.setdefaulttimeout(old)
+        files = _idx_folder(raw)
+        if files is None:
+            raise _fmnist_unavailable(root, debian_path or FASHION_MNIST_DEBIAN, "the download left no files")
+    parts = []
+    for split in ("train", "test"):
+        images, labels = files[split]
+        parts += [_read_idx(images).unsqueeze(1).contiguous(), _read_idx(labels).long()]
+    return _pair("fashion_mnist", *parts, 10, 1.0 / 255.0, normalization)
+
+
+def validation_split(train: ImageData, per_class: int, seed: int = 0,
+                     normalization: Normalization = "pixel_mean") -> tuple[ImageData, ImageData]:
+    """A class-stratified (train, validation) split of a training set: ``per_class`` images of each class held out.
+
+    The images of each class are permuted by ``numpy.random.RandomState(seed)``
+    (a stream NumPy keeps fixed across versions) and the first ``per_class``
+    become the validation split. The normalisation is recomputed from the
+    remaining training images, and both parts use it: no statistic of the
+    validation (or test) images enters training.
+    """
+    labels = train.targets.numpy()
+    rng = np.random.RandomState(seed)
+    held: list[int] = []
+    for c in range(train.num_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) <= per_class:
+            raise ValueError(f"validation_split: class {c} has {len(members)} images, not more than {per_class}")
+        held += rng.permutation(members)[:per_class].tolist()
+    mask = np.ones(len(labels), dtype=bool)
+    mask[held] = False
+    keep, out = torch.from_numpy(np.flatnonzero(mask)), torch.from_numpy(np.sort(np.asarray(held)))
+    mean, std = _normalization(train.images[keep], train.scale, normalization)
+    part = lambda idx, split: ImageData(train.images[idx].contiguous(), train.targets[idx].contiguous(),  # noqa: E731
+                                        train.num_classes, train.scale, mean, std, train.name, split)
+    return part(keep, "train"), part(out, "val")
 
 
 # ----------------------------------------------------------------------- subsets
