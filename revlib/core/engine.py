@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -48,7 +49,7 @@ __all__ = ["Chain", "SideInputGuard", "check_attribute_tensors", "in_reversible_
 OWNER = "ReversibleSequence(mode='reversible')"
 
 
-class _Depth(__import__("threading").local):
+class _Depth(threading.local):
     value = 0
 
 
