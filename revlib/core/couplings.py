@@ -26,7 +26,6 @@ from .blocks import (
     join_halves_with_sum,
     plain_run,
     split_halves,
-    trainable_parameters,
 )
 from .recompute import Tape
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from torch import Tensor, nn
 
 from .recompute import _NORM_STATS, _updating_norm, submodules
+
+if TYPE_CHECKING:
+    from .recompute import Tape
 
 __all__ = ["ModuleState"]
 

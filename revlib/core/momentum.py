@@ -33,7 +33,6 @@ from .blocks import (
     grads_for,
     join_halves,
     split_halves,
-    trainable_parameters,
 )
 from .modes import Mode, ModelMode
 from .recompute import Tape

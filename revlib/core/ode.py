@@ -59,7 +59,6 @@ from .blocks import (
     check_same_shape,
     grads_for,
     split_halves,
-    trainable_parameters,
 )
 from .couplings import AdditiveCoupling
 from .recompute import Tape
