@@ -26,9 +26,9 @@ import sys
 import time
 
 import torch
+from common import add_run_options, run_metadata, write_result
 
 import revlib
-from common import add_run_options, run_metadata, write_result
 from revlib.core.device import synchronize
 from revlib.harness.data import ImageData, RandomCropFlip, TensorLoader
 
@@ -85,16 +85,26 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=5000, help="images per epoch (default 5000)")
-    parser.add_argument("--batch", type=int, default=100, help="batch size (default 100, the RevNet recipe's)")
+    parser.add_argument(
+        "--batch", type=int, default=100, help="batch size (default 100, the RevNet recipe's)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per path (default 5)")
-    add_run_options(parser, "augmentation", device_default="cpu; the per-image path always runs on the CPU")
+    add_run_options(
+        parser, "augmentation", device_default="cpu; the per-image path always runs on the CPU"
+    )
     args = parser.parse_args(argv)
     result = run(args)
-    print(f"{result['device']}, torch {result['torch']}, revlib {revlib.__version__}, {result['threads']} threads")
+    print(
+        f"{result['device']}, torch {result['torch']}, revlib {revlib.__version__}, {result['threads']} threads"
+    )
     for name, t in result["median_seconds"].items():
-        print(f"{name:10s} {1000 * t:9.1f} ms/epoch {result['images_per_second'][name]:10.0f} images/s")
+        print(
+            f"{name:10s} {1000 * t:9.1f} ms/epoch {result['images_per_second'][name]:10.0f} images/s"
+        )
     print(f"batched is {result['speedup_batched_over_per_image']:.1f}x faster than per-image")
     print(f"wrote {write_result(result, args.out, 'augmentation')}")
     return 0

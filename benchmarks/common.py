@@ -6,9 +6,9 @@ import argparse
 import json
 import platform
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -18,20 +18,30 @@ from revlib.core.device import hardware, synchronize
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def add_run_options(parser: argparse.ArgumentParser, name: str, device_default: str = "revlib.default_device()") -> None:
+def add_run_options(
+    parser: argparse.ArgumentParser, name: str, device_default: str = "revlib.default_device()"
+) -> None:
     """The options every benchmark has: --device, --threads, --seed, --note and --out."""
-    parser.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1, ... (default: {device_default})")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--device", default=None, help=f"cpu, cuda, cuda:1, ... (default: {device_default})"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. the machine's load)")
-    parser.add_argument("--out", type=Path, default=None, help=f"JSON path (default results/{name}_<device>.json)")
+    parser.add_argument(
+        "--note", default="", help="free text stored in the JSON (e.g. the machine's load)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"JSON path (default results/{name}_<device>.json)"
+    )
 
 
 def run_metadata(device: torch.device) -> dict:
     """Date, device and software of a benchmark run, for its JSON file."""
     info = hardware(device)
     return {
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": info["name"],
         "device_type": device.type,
         "hardware": info,
@@ -66,7 +76,7 @@ def time_interleaved(
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             synchronize(device)
             start, start_cpu = time.perf_counter(), time.process_time()
             step(name)

@@ -25,14 +25,13 @@ import sys
 import time
 
 import torch
+from common import add_run_options, run_metadata, time_interleaved, write_result
 from torch import nn
 
 import revlib
-from common import add_run_options, run_metadata, time_interleaved, write_result
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
-from revlib.models import revnet as R
 from revlib.models import count_parameters, rev_vgg, set_mode, vgg19
-
+from revlib.models import revnet as R
 
 BUILDERS = {
     "resnet32": R.resnet32,
@@ -46,7 +45,12 @@ BUILDERS = {
 }
 REVERSIBLE = {"revnet38", "revnet110", "revnet164", "rev_vgg"}
 # the non-reversible model of about the same parameter count
-BASELINE = {"revnet38": "resnet32", "revnet110": "resnet110", "revnet164": "resnet164", "rev_vgg": "vgg19"}
+BASELINE = {
+    "revnet38": "resnet32",
+    "revnet110": "resnet110",
+    "revnet164": "resnet164",
+    "rev_vgg": "vgg19",
+}
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -136,13 +140,20 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--models", nargs="+", default=list(BUILDERS), help=f"models to time (default all: {' '.join(BUILDERS)})"
+        "--models",
+        nargs="+",
+        default=list(BUILDERS),
+        help=f"models to time (default all: {' '.join(BUILDERS)})",
     )
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per mode (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per mode first (default 1)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps per mode first (default 1)"
+    )
     add_run_options(parser, "models")
     args = parser.parse_args(argv)
 
@@ -151,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['device']}, torch {result['torch']}, {result['threads']} threads; batch {args.batch}, "
         f"32x32; median of {args.repeats} after {args.warmup} warm-up"
     )
-    print(f"{'model':10s} {'mode':11s} {'params':>10s} {'median ms':>10s} {'t/autograd':>10s} {'saved MiB':>10s} {'s/autograd':>10s}")
+    print(
+        f"{'model':10s} {'mode':11s} {'params':>10s} {'median ms':>10s} {'t/autograd':>10s} {'saved MiB':>10s} {'s/autograd':>10s}"
+    )
     for name, row in result["models"].items():
         t0 = row["median_seconds"]["autograd"]
         s0 = row["saved_bytes"]["autograd"]

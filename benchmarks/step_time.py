@@ -52,10 +52,10 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_run_options, run_metadata, time_interleaved, write_result
 from torch import nn
 
 import revlib
-from common import add_run_options, run_metadata, time_interleaved, write_result
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,8 +64,12 @@ REPO = Path(__file__).resolve().parent.parent
 def preact_half(channels: int) -> nn.Sequential:
     """F or G: BN-ReLU-conv3x3-BN-ReLU-conv3x3 on one half of the channels."""
     return nn.Sequential(
-        nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
     )
 
 
@@ -83,13 +87,18 @@ def engine_before(revision: str):
     try:
         names = subprocess.run(
             ["git", "-C", str(REPO), "ls-tree", "--name-only", revision, "revlib/core/"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.split()
         for path in names:
             if not path.endswith(".py") or path.endswith("__init__.py"):
                 continue
             source = subprocess.run(
-                ["git", "-C", str(REPO), "show", f"{revision}:{path}"], check=True, capture_output=True, text=True,
+                ["git", "-C", str(REPO), "show", f"{revision}:{path}"],
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout
             (target / Path(path).name).write_text(source)
     except (OSError, subprocess.CalledProcessError):
@@ -117,10 +126,14 @@ def memcnn_stack(pairs):
         import memcnn
     except ImportError:
         return None
-    return nn.Sequential(*[
-        memcnn.InvertibleModuleWrapper(memcnn.AdditiveCoupling(Fm=f, Gm=g), keep_input=False, keep_input_inverse=False)
-        for f, g in pairs
-    ])
+    return nn.Sequential(
+        *[
+            memcnn.InvertibleModuleWrapper(
+                memcnn.AdditiveCoupling(Fm=f, Gm=g), keep_input=False, keep_input_inverse=False
+            )
+            for f, g in pairs
+        ]
+    )
 
 
 def revnet38_variants() -> dict[str, nn.Module]:
@@ -161,7 +174,9 @@ def build_variants(args: argparse.Namespace, device: torch.device) -> dict[str, 
         if before is not None:
             sequence = importlib.import_module(f"{before.__name__}.sequence")
             coupling = importlib.import_module(f"{before.__name__}.couplings").AdditiveCoupling
-            models[f"reversible@{revision}"] = sequence.ReversibleSequence([coupling(*copy.deepcopy(p)) for p in pairs])
+            models[f"reversible@{revision}"] = sequence.ReversibleSequence(
+                [coupling(*copy.deepcopy(p)) for p in pairs]
+            )
     models["checkpoint"] = revlib_chain("checkpoint")
     memcnn_model = memcnn_stack([copy.deepcopy(p) for p in pairs])
     if memcnn_model is not None:
@@ -190,7 +205,11 @@ def same_gradients(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, b
     """Whether each revlib variant's float64 parameter gradients equal the 'reversible' variant's bit for bit."""
     out = {}
     ref = None
-    for name in ["reversible", "reversible_no_rng", *(n for n in models if n.startswith("reversible@"))]:
+    for name in [
+        "reversible",
+        "reversible_no_rng",
+        *(n for n in models if n.startswith("reversible@")),
+    ]:
         if name not in models:
             continue
         m = copy.deepcopy(models[name]).double()
@@ -218,11 +237,15 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed + 1)
     channels = 3 if args.model == "revnet38" else args.width
     x = torch.randn(args.batch, channels, args.size, args.size, device=device)
-    optimizers = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for n, m in models.items()}
+    optimizers = {
+        n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for n, m in models.items()
+    }
 
     def step(name: str) -> None:
         optimizers[name].zero_grad(set_to_none=True)
-        models[name](x.clone()).square().mean().backward()  # a fresh input: MemCNN frees its block inputs
+        models[name](
+            x.clone()
+        ).square().mean().backward()  # a fresh input: MemCNN frees its block inputs
         optimizers[name].step()
 
     # the compiled variants' first two steps (forward and backward graphs are made on first use), timed apart
@@ -234,9 +257,17 @@ def run(args: argparse.Namespace) -> dict:
         compile_seconds[name] = time.perf_counter() - start
     times, cpu_times = time_interleaved(step, names, device, args.warmup, args.repeats)
 
-    revlib_names = [n for n in names if n not in ("memcnn", "autograd_plus_forward", "compiled_autograd_plus_forward")]
+    revlib_names = [
+        n
+        for n in names
+        if n not in ("memcnn", "autograd_plus_forward", "compiled_autograd_plus_forward")
+    ]
     saved = {n: saved_tensor_bytes(models[n], x) for n in revlib_names}
-    peak = {n: cuda_peak_bytes(lambda n=n: step(n), device) for n in names} if device.type == "cuda" else None
+    peak = (
+        {n: cuda_peak_bytes(lambda n=n: step(n), device) for n in names}
+        if device.type == "cuda"
+        else None
+    )
     medians = {n: statistics.median(t) for n, t in times.items()}
     ratio = {n: medians[n] / medians["autograd"] for n in names}
     per_round = {n: [a / b for a, b in zip(times[n], times["autograd"])] for n in names}
@@ -260,8 +291,14 @@ def run(args: argparse.Namespace) -> dict:
         "what": "one training step (forward, backward of mean(y^2), SGD update) of a stack of additive "
         "coupling blocks, F and G = BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the channels",
         **run_metadata(device),
-        "model": args.model, "depth": args.depth, "width": args.width, "batch": args.batch, "size": args.size,
-        "warmup": args.warmup, "repeats": args.repeats, "before_revisions": args.before,
+        "model": args.model,
+        "depth": args.depth,
+        "width": args.width,
+        "batch": args.batch,
+        "size": args.size,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "before_revisions": args.before,
         "variants": names,
         "median_seconds": medians,
         "ratio_to_autograd": ratio,
@@ -286,21 +323,43 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", type=int, default=9, help="number of reversible blocks (default 9)")
-    parser.add_argument("--width", type=int, default=32, help="channels, split into two halves (default 32)")
-    parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    parser.add_argument("--size", type=int, default=32, help="height and width of the input (default 32)")
-    parser.add_argument("--repeats", type=int, default=40, help="timed steps per variant (default 40)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default 3)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--before", nargs="*", default=["8abb1ff", "5ad9f31"],
+        "--depth", type=int, default=9, help="number of reversible blocks (default 9)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=32, help="channels, split into two halves (default 32)"
+    )
+    parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument(
+        "--size", type=int, default=32, help="height and width of the input (default 32)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=40, help="timed steps per variant (default 40)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps per variant first (default 3)"
+    )
+    parser.add_argument(
+        "--before",
+        nargs="*",
+        default=["8abb1ff", "5ad9f31"],
         help="git revisions of earlier engines to time and compare bit for bit (none: --before)",
     )
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time torch.compile(model) for autograd, the floor, reversible and checkpoint")
-    parser.add_argument("--model", choices=["stack", "revnet38"], default="stack",
-                        help="the coupling stack (default) or RevNet-38 (CIFAR shape, 10 classes)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time torch.compile(model) for autograd, the floor, reversible and checkpoint",
+    )
+    parser.add_argument(
+        "--model",
+        choices=["stack", "revnet38"],
+        default="stack",
+        help="the coupling stack (default) or RevNet-38 (CIFAR shape, 10 classes)",
+    )
     add_run_options(parser, "step_time")
     args = parser.parse_args(argv)
 
@@ -309,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['device']}, torch {result['torch']}, {result['threads']} threads; depth {args.depth}, "
         f"width {args.width}, batch {args.batch}, {args.size}x{args.size}; median of {args.repeats} after {args.warmup} warm-up"
     )
-    print(f"{'variant':22s} {'median ms':>10s} {'ratio':>7s} {'paired (95 %)':>20s} {'CPU ratio':>9s} {'saved MiB':>10s}")
+    print(
+        f"{'variant':22s} {'median ms':>10s} {'ratio':>7s} {'paired (95 %)':>20s} {'CPU ratio':>9s} {'saved MiB':>10s}"
+    )
     for n in result["variants"]:
         saved = result["saved_bytes"].get(n)
         low, high = result["paired_ratio_95_interval"][n]
@@ -320,11 +381,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     for n, r in result["ratio_to_compiled_autograd"].items():
         low, high = result["paired_ratio_to_compiled_autograd_95_interval"][n]
-        print(f"{n:30s} / compiled_autograd: {r:.2f}, paired {result['paired_ratio_to_compiled_autograd'][n]:.2f} "
-              f"({low:.2f}-{high:.2f}); first two steps {result['compile_seconds_first_two_steps'][n]:.1f} s")
-    print("float64 gradients bit-equal to 'reversible':", result["float64_gradients_bit_equal_to_reversible"])
+        print(
+            f"{n:30s} / compiled_autograd: {r:.2f}, paired {result['paired_ratio_to_compiled_autograd'][n]:.2f} "
+            f"({low:.2f}-{high:.2f}); first two steps {result['compile_seconds_first_two_steps'][n]:.1f} s"
+        )
+    print(
+        "float64 gradients bit-equal to 'reversible':",
+        result["float64_gradients_bit_equal_to_reversible"],
+    )
     load = result["load_average_1min"]
-    print(f"load average (1 min) before/after: {load['before']:.1f}/{load['after']:.1f} on {os.cpu_count()} cores")
+    print(
+        f"load average (1 min) before/after: {load['before']:.1f}/{load['after']:.1f} on {os.cpu_count()} cores"
+    )
     print(f"wrote {write_result(result, args.out, 'step_time')}")
     return 0
 

@@ -28,10 +28,10 @@ import sys
 from pathlib import Path
 
 import torch
+from common import run_metadata, time_interleaved, write_result
 from torch import nn
 
 import revlib
-from common import run_metadata, time_interleaved, write_result
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
 from revlib.models import ReversibleViT, ViT
 
@@ -39,8 +39,16 @@ KINDS = ("standard", "checkpoint", "reversible")
 
 
 def build(kind: str, image: int, args: argparse.Namespace) -> nn.Module:
-    kw = dict(image_size=image, patch=args.patch, in_channels=3, num_classes=10, width=args.width,
-              depth=args.depth, heads=args.heads, mlp_ratio=4.0)
+    kw = dict(
+        image_size=image,
+        patch=args.patch,
+        in_channels=3,
+        num_classes=10,
+        width=args.width,
+        depth=args.depth,
+        heads=args.heads,
+        mlp_ratio=4.0,
+    )
     torch.manual_seed(args.seed)
     if kind == "reversible":
         return ReversibleViT(**kw)
@@ -84,19 +92,38 @@ def one_length(tokens: int, args: argparse.Namespace, device: torch.device) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, nargs=2, default=[64, 256], help="two sequence lengths (squares; default 64 256)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        nargs=2,
+        default=[64, 256],
+        help="two sequence lengths (squares; default 64 256)",
+    )
     parser.add_argument("--patch", type=int, default=4, help="patch size in pixels (default 4)")
     parser.add_argument("--width", type=int, default=64, help="features per stream (default 64)")
     parser.add_argument("--depth", type=int, default=8, help="transformer blocks (default 8)")
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
     parser.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per model (default 7)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default 2)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: revlib.default_device())")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps per model first (default 2)"
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, ... (default: revlib.default_device())"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/transformer_<device>.json)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default results/transformer_<device>.json)",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device) if args.device else revlib.default_device()
@@ -107,22 +134,31 @@ def main(argv: list[str] | None = None) -> int:
         "what": "one training step (forward, cross-entropy backward, SGD update) of a ViT: standard, "
         "checkpointed per block, reversible (RevViT)",
         **run_metadata(device),
-        **{k: getattr(args, k) for k in ("patch", "width", "depth", "heads", "batch", "repeats", "warmup", "seed")},
+        **{
+            k: getattr(args, k)
+            for k in ("patch", "width", "depth", "heads", "batch", "repeats", "warmup", "seed")
+        },
         "load_average_1min": {"start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "note": "medians of interleaved repeats after warm-up; CPU timings depend on the machine's load",
     }
     result["lengths"] = [one_length(t, args, device) for t in args.tokens]
     if hasattr(os, "getloadavg"):
         result["load_average_1min"]["end"] = os.getloadavg()[0]
-    print(f"{result['device']}, torch {result['torch']}, {result['threads']} threads; depth {args.depth}, "
-          f"width {args.width}, batch {args.batch}; median of {args.repeats} after {args.warmup} warm-up")
-    print(f"{'tokens':>6s} {'model':12s} {'median ms':>10s} {'time ratio':>10s} {'paired':>7s} {'saved MiB':>10s} {'saved ratio':>11s}")
+    print(
+        f"{result['device']}, torch {result['torch']}, {result['threads']} threads; depth {args.depth}, "
+        f"width {args.width}, batch {args.batch}; median of {args.repeats} after {args.warmup} warm-up"
+    )
+    print(
+        f"{'tokens':>6s} {'model':12s} {'median ms':>10s} {'time ratio':>10s} {'paired':>7s} {'saved MiB':>10s} {'saved ratio':>11s}"
+    )
     for r in result["lengths"]:
         for k in KINDS:
-            print(f"{r['tokens']:6d} {k:12s} {1000 * r['median_seconds'][k]:10.1f} "
-                  f"{r['step_time_ratio_to_standard'][k]:10.2f} {r['paired_ratio_to_standard'][k]:7.2f} "
-                  f"{r['saved_bytes'][k] / 2**20:10.2f} "
-                  f"{r['saved_ratio_to_standard'][k]:11.3f}")
+            print(
+                f"{r['tokens']:6d} {k:12s} {1000 * r['median_seconds'][k]:10.1f} "
+                f"{r['step_time_ratio_to_standard'][k]:10.2f} {r['paired_ratio_to_standard'][k]:7.2f} "
+                f"{r['saved_bytes'][k] / 2**20:10.2f} "
+                f"{r['saved_ratio_to_standard'][k]:11.3f}"
+            )
     print(f"wrote {write_result(result, args.out, 'transformer')}")
     return 0
 

@@ -6,6 +6,8 @@ is :mod:`revlib.harness`, imported on demand and installed with the
 ``revlib[train]`` extra.
 """
 
+from . import models  # noqa: E402
+from .core import memcalc, memory, ode, smoothness, stability  # noqa: E402  (submodules as attributes)
 from .core.blocks import ReversibleBlock
 from .core.checks import check_inverse
 from .core.couplings import AdditiveCoupling, AffineCoupling, HalfSwap, NICECoupling
@@ -13,9 +15,6 @@ from .core.device import default_device
 from .core.modes import MODES, Mode, get_mode, set_mode
 from .core.ode import HamiltonianBlock, LeapfrogBlock, MidpointBlock
 from .core.sequence import ReversibleSequence
-
-from .core import memory, memcalc, ode, smoothness, stability  # noqa: E402  (submodules as attributes)
-from . import models  # noqa: E402
 
 __version__ = "0.2.0"
 
@@ -39,10 +38,10 @@ __all__ = [
 ]
 
 # Beyond RevNet (chapter 8): invertible downsampling, reversible transformers, momentum networks.
+from .core import downsampling, momentum, transformer  # noqa: E402
 from .core.downsampling import InjectivePad, SpaceToDepth  # noqa: E402
 from .core.momentum import MomentumBlock, MomentumNet  # noqa: E402
 from .core.transformer import ReversibleTransformerBlock, TransformerBlock  # noqa: E402
-from .core import downsampling, momentum, transformer  # noqa: E402
 
 __all__ += [
     "SpaceToDepth",

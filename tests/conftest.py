@@ -23,10 +23,15 @@ def conv_bn_relu(channels: int, dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def revnet_stack(depth: int, channels: int = 8, dropout: float = 0.0, mode: str = "reversible") -> revlib.ReversibleSequence:
+def revnet_stack(
+    depth: int, channels: int = 8, dropout: float = 0.0, mode: str = "reversible"
+) -> revlib.ReversibleSequence:
     """``depth`` additive couplings on ``channels`` channels (halves of channels/2)."""
     half = channels // 2
-    blocks = [revlib.AdditiveCoupling(conv_bn_relu(half, dropout), conv_bn_relu(half, dropout)) for _ in range(depth)]
+    blocks = [
+        revlib.AdditiveCoupling(conv_bn_relu(half, dropout), conv_bn_relu(half, dropout))
+        for _ in range(depth)
+    ]
     return revlib.ReversibleSequence(blocks, mode=mode)
 
 
@@ -36,7 +41,11 @@ def run_step(model: nn.Module, x: torch.Tensor, seed: int = 0):
     x = x.detach().clone().requires_grad_(x.requires_grad)
     y = model(x)
     (y.float() ** 2).sum().backward()
-    return y.detach(), x.grad, [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
+    return (
+        y.detach(),
+        x.grad,
+        [p.grad.clone() if p.grad is not None else None for p in model.parameters()],
+    )
 
 
 def copies_by_mode(model: revlib.ReversibleSequence) -> dict[str, revlib.ReversibleSequence]:
@@ -68,7 +77,12 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
 
 
 @pytest.fixture(params=DEVICES)

@@ -28,8 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["StandIn", "write_cifar10", "write_cifar100", "write_stl10", "write_all", "accept_standin_checksums",
-           "KERNEL_PREAMBLE"]
+__all__ = [
+    "StandIn",
+    "write_cifar10",
+    "write_cifar100",
+    "write_stl10",
+    "write_all",
+    "accept_standin_checksums",
+    "KERNEL_PREAMBLE",
+]
 
 SIZES = {"cifar10": (400, 100), "cifar100": (300, 100), "stl10": (200, 100)}
 
@@ -58,54 +65,120 @@ def _pickle(path: Path, obj: dict) -> None:
         pickle.dump(obj, f, protocol=2)
 
 
-def write_cifar10(root: Path, n_train: int = SIZES["cifar10"][0], n_test: int = SIZES["cifar10"][1], seed: int = 10) -> StandIn:
+def write_cifar10(
+    root: Path,
+    n_train: int = SIZES["cifar10"][0],
+    n_test: int = SIZES["cifar10"][1],
+    seed: int = 10,
+) -> StandIn:
     """``root/cifar-10-batches-py``: data_batch_1..5, test_batch, batches.meta."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
-    s = StandIn(_images(rng, n_train, 32), _labels(rng, n_train, 10), _images(rng, n_test, 32), _labels(rng, n_test, 10))
-    for i, (x, y) in enumerate(zip(np.array_split(s.train_images, 5), np.array_split(s.train_labels, 5)), start=1):
-        _pickle(folder / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5",
-                                              "labels": y.tolist(), "data": x.reshape(len(x), -1)})
-    _pickle(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": s.test_labels.tolist(),
-                                    "data": s.test_images.reshape(n_test, -1)})
-    _pickle(folder / "batches.meta", {"label_names": [f"class{c}" for c in range(10)], "num_vis": 3072})
+    s = StandIn(
+        _images(rng, n_train, 32),
+        _labels(rng, n_train, 10),
+        _images(rng, n_test, 32),
+        _labels(rng, n_test, 10),
+    )
+    for i, (x, y) in enumerate(
+        zip(np.array_split(s.train_images, 5), np.array_split(s.train_labels, 5)), start=1
+    ):
+        _pickle(
+            folder / f"data_batch_{i}",
+            {
+                "batch_label": f"training batch {i} of 5",
+                "labels": y.tolist(),
+                "data": x.reshape(len(x), -1),
+            },
+        )
+    _pickle(
+        folder / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": s.test_labels.tolist(),
+            "data": s.test_images.reshape(n_test, -1),
+        },
+    )
+    _pickle(
+        folder / "batches.meta", {"label_names": [f"class{c}" for c in range(10)], "num_vis": 3072}
+    )
     return s
 
 
-def write_cifar100(root: Path, n_train: int = SIZES["cifar100"][0], n_test: int = SIZES["cifar100"][1], seed: int = 100) -> StandIn:
+def write_cifar100(
+    root: Path,
+    n_train: int = SIZES["cifar100"][0],
+    n_test: int = SIZES["cifar100"][1],
+    seed: int = 100,
+) -> StandIn:
     """``root/cifar-100-python``: train, test, meta (fine and coarse labels)."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
-    s = StandIn(_images(rng, n_train, 32), _labels(rng, n_train, 100), _images(rng, n_test, 32), _labels(rng, n_test, 100))
-    for name, x, y in (("train", s.train_images, s.train_labels), ("test", s.test_images, s.test_labels)):
-        _pickle(folder / name, {"fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist(),
-                                "data": x.reshape(len(x), -1)})
-    _pickle(folder / "meta", {"fine_label_names": [f"fine{c}" for c in range(100)],
-                              "coarse_label_names": [f"coarse{c}" for c in range(20)]})
+    s = StandIn(
+        _images(rng, n_train, 32),
+        _labels(rng, n_train, 100),
+        _images(rng, n_test, 32),
+        _labels(rng, n_test, 100),
+    )
+    for name, x, y in (
+        ("train", s.train_images, s.train_labels),
+        ("test", s.test_images, s.test_labels),
+    ):
+        _pickle(
+            folder / name,
+            {
+                "fine_labels": y.tolist(),
+                "coarse_labels": (y // 5).tolist(),
+                "data": x.reshape(len(x), -1),
+            },
+        )
+    _pickle(
+        folder / "meta",
+        {
+            "fine_label_names": [f"fine{c}" for c in range(100)],
+            "coarse_label_names": [f"coarse{c}" for c in range(20)],
+        },
+    )
     return s
 
 
-def write_stl10(root: Path, n_train: int = SIZES["stl10"][0], n_test: int = SIZES["stl10"][1], seed: int = 96) -> StandIn:
+def write_stl10(
+    root: Path, n_train: int = SIZES["stl10"][0], n_test: int = SIZES["stl10"][1], seed: int = 96
+) -> StandIn:
     """``root/stl10_binary``: train/test/unlabeled ``_X.bin`` (column-major images), ``_y.bin`` (labels 1..10)."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "stl10_binary"
     folder.mkdir(parents=True, exist_ok=True)
-    s = StandIn(_images(rng, n_train, 96), _labels(rng, n_train, 10), _images(rng, n_test, 96), _labels(rng, n_test, 10))
-    for name, x, y in (("train", s.train_images, s.train_labels), ("test", s.test_images, s.test_labels)):
+    s = StandIn(
+        _images(rng, n_train, 96),
+        _labels(rng, n_train, 10),
+        _images(rng, n_test, 96),
+        _labels(rng, n_test, 10),
+    )
+    for name, x, y in (
+        ("train", s.train_images, s.train_labels),
+        ("test", s.test_images, s.test_labels),
+    ):
         # the official files store each channel column by column: (N, C, W, H) in C order
         np.ascontiguousarray(x.transpose(0, 1, 3, 2)).tofile(folder / f"{name}_X.bin")
         (y + 1).astype(np.uint8).tofile(folder / f"{name}_y.bin")
     _images(rng, 10, 96).tofile(folder / "unlabeled_X.bin")
     (folder / "class_names.txt").write_text("\n".join(f"class{c}" for c in range(10)) + "\n")
-    (folder / "fold_indices.txt").write_text("\n".join(" ".join(map(str, range(i, n_train, 10))) for i in range(10)) + "\n")
+    (folder / "fold_indices.txt").write_text(
+        "\n".join(" ".join(map(str, range(i, n_train, 10))) for i in range(10)) + "\n"
+    )
     return s
 
 
 def write_all(root: Path) -> dict[str, StandIn]:
     """All three stand-ins under ``root``; returns what was written, by data set name."""
-    return {"cifar10": write_cifar10(root), "cifar100": write_cifar100(root), "stl10": write_stl10(root)}
+    return {
+        "cifar10": write_cifar10(root),
+        "cifar100": write_cifar100(root),
+        "stl10": write_stl10(root),
+    }
 
 
 def accept_standin_checksums() -> None:

@@ -14,7 +14,8 @@ PAGE = """<html><body><div class="sidebar">$ site nav</div><main class="bd-main"
 </article></main></body></html>"""
 
 # What Sphinx writes for a clean paragraph: math in span.math / div.math, code in pre/code.
-CLEAN = PAGE.format(body=r"""
+CLEAN = PAGE.format(
+    body=r"""
 <p>Substituting gives <span class="math notranslate nohighlight">\(\bar x_2 = \bar y_2
 + (\partial F/\partial x_2)^\top \bar z_1\)</span>, as in
 <a href="#equation-x">(9)</a>, see <a class="reference internal" href="#fig">Fig. 3</a>.</p>
@@ -22,14 +23,17 @@ CLEAN = PAGE.format(body=r"""
 <div class="cell_output"><pre>cost: $5 {cite}`x`</pre></div>
 <p>Install with <code>pip install "revlib[train]"</code>; the role <code>{cite:p}`key`</code> cites.</p>
 <script>var a = "$\\frac";</script>
-""")
+"""
+)
 
 # The chapter 3 paragraph as Markdown parsed it: a formula continued on a "+" line became a bullet.
-BROKEN_BULLET = PAGE.format(body=r"""
+BROKEN_BULLET = PAGE.format(
+    body=r"""
 <p>Substituting (8) into (9) gives, in one line,
 $\bar x_2 = \bar y_2 + (\partial F/\partial x_2)^\top \bar y_1</p>
 <ul><li><p>(\partial F/\partial x_2)^\top \bar y_2: the transposed Jacobian</p></li></ul>
-""")
+"""
+)
 
 UNRESOLVED_ROLES = {
     "cite": "<p>as shown by {cite:p}`gomez2017revnet`.</p>",

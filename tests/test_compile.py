@@ -24,14 +24,22 @@ from revlib.core.memory import saved_tensor_bytes
 
 
 def half(channels: int = 4, dropout: float = 0.2) -> nn.Module:
-    return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
-                         nn.Dropout(dropout))
+    return nn.Sequential(
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.Dropout(dropout),
+    )
 
 
 def net(depth: int = 3, dropout: float = 0.2) -> revlib.ReversibleSequence:
     torch.manual_seed(0)
-    return revlib.ReversibleSequence([revlib.AdditiveCoupling(half(dropout=dropout), half(dropout=dropout))
-                                      for _ in range(depth)]).double()
+    return revlib.ReversibleSequence(
+        [
+            revlib.AdditiveCoupling(half(dropout=dropout), half(dropout=dropout))
+            for _ in range(depth)
+        ]
+    ).double()
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +103,9 @@ def test_compiled_saved_bytes_are_flat_in_depth():
     assert saved(2) == saved(5)
 
 
-def one_step_gap(model_mode: str = "reversible", autocast: bool = False, dtype=torch.float64) -> float:
+def one_step_gap(
+    model_mode: str = "reversible", autocast: bool = False, dtype=torch.float64
+) -> float:
     """Largest gradient difference of one compiled step against eager autograd, relative to the largest gradient."""
     eager = net().to(dtype)
     eager.mode = "autograd"
@@ -123,17 +133,22 @@ def test_control_without_eager_random_draws_compiled_dropout_differs(monkeypatch
 
 def test_compiled_under_bfloat16_autocast_agrees_with_eager_autograd():
     # float32 weights under bf16 autocast: both runs compute in bfloat16; the tolerance is bfloat16's (2^-8)
-    assert one_step_gap(autocast=True, dtype=torch.float32) < 2 ** -7
+    assert one_step_gap(autocast=True, dtype=torch.float32) < 2**-7
 
 
 def test_parametrized_subfunctions_run_eagerly_without_recompiles(caplog):
     """Each parametrized module has a class of its own: compiled, every block would recompile the graph."""
+
     def half_sn():
-        return nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 3, padding=1)), nn.Tanh())
+        return nn.Sequential(
+            nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 3, padding=1)), nn.Tanh()
+        )
 
     def make():
         torch.manual_seed(0)
-        return revlib.ReversibleSequence([revlib.AdditiveCoupling(half_sn(), half_sn()) for _ in range(9)]).double()
+        return revlib.ReversibleSequence(
+            [revlib.AdditiveCoupling(half_sn(), half_sn()) for _ in range(9)]
+        ).double()
 
     eager, model = make(), make()
     eager.mode = "autograd"
@@ -141,7 +156,9 @@ def test_parametrized_subfunctions_run_eagerly_without_recompiles(caplog):
         _, got = train(model, torch.compile(model), 3, X)
     _, expected = train(eager, eager, 3, X)
     assert not [r for r in caplog.records if "recompile" in r.getMessage()]
-    assert max((a - b).abs().max().item() for s, e in zip(got, expected) for a, b in zip(s, e)) < 1e-10
+    assert (
+        max((a - b).abs().max().item() for s, e in zip(got, expected) for a, b in zip(s, e)) < 1e-10
+    )
     assert len(compiled_module._CACHE) == 0
 
 
@@ -149,12 +166,18 @@ def test_control_compiling_parametrized_subfunctions_recompiles_per_block(monkey
     monkeypatch.setattr(compiled_module, "_runs_eagerly", lambda fn: False)
 
     def half_sn():
-        return nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 3, padding=1)), nn.Tanh())
+        return nn.Sequential(
+            nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 3, padding=1)), nn.Tanh()
+        )
 
     torch.manual_seed(0)
-    model = revlib.ReversibleSequence([revlib.AdditiveCoupling(half_sn(), half_sn()) for _ in range(9)]).double()
+    model = revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(half_sn(), half_sn()) for _ in range(9)]
+    ).double()
     train(model, torch.compile(model), 1, X)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 8  # one graph per parametrized module
+    assert (
+        torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 8
+    )  # one graph per parametrized module
 
 
 class AttributeConditioned(nn.Module):

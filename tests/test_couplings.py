@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import conv_bn_relu
 from torch import nn
 
 import revlib
-from conftest import conv_bn_relu
 
 
 def small_net(c_in: int, c_out: int) -> nn.Module:
@@ -99,22 +99,31 @@ def test_affine_rejects_bad_bound_and_wrong_net_shape():
 
 def test_odd_channel_count_is_rejected_with_the_shape():
     block = COUPLINGS["additive"]()
-    with pytest.raises(ValueError, match=r"AdditiveCoupling.*odd number of channels \(5, shape \(2, 5, 4, 4\)\)"):
+    with pytest.raises(
+        ValueError, match=r"AdditiveCoupling.*odd number of channels \(5, shape \(2, 5, 4, 4\)\)"
+    ):
         block(torch.randn(2, 5, 4, 4))
 
 
 def test_shape_changing_F_is_rejected():
     block = revlib.AdditiveCoupling(nn.Conv2d(2, 2, 3, stride=2, padding=1), nn.Identity())
-    with pytest.raises(ValueError, match=r"AdditiveCoupling: F maps a half of shape \(1, 2, 8, 8\) to shape \(1, 2, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"AdditiveCoupling: F maps a half of shape \(1, 2, 8, 8\) to shape \(1, 2, 4, 4\)",
+    ):
         block(torch.randn(1, 4, 8, 8))
 
 
 def test_rank_one_input_is_rejected():
-    with pytest.raises(ValueError, match=r"NICECoupling: expected an input of shape \(batch, channels, \.\.\.\) to split along dimension 1, got shape \(4,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"NICECoupling: expected an input of shape \(batch, channels, \.\.\.\) to split along dimension 1, got shape \(4,\)",
+    ):
         revlib.NICECoupling(nn.Identity())(torch.randn(4))
 
 
 # ---- the split dimension: (batch, tokens, features) split on the features ----
+
 
 def token_mlp(d_in: int, d_out: int) -> nn.Module:
     return nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d_out), nn.GELU())
@@ -160,7 +169,9 @@ def test_dim_minus_one_gradients_equal_autograd_in_every_mode(name):
 
 def test_dim_minus_one_odd_features_error_names_block_dim_and_shape():
     block = revlib.AdditiveCoupling(token_mlp(3, 3), token_mlp(3, 3), dim=-1)
-    with pytest.raises(ValueError, match=r"AdditiveCoupling.*odd size \(7\) along dimension -1.*\(2, 5, 7\)"):
+    with pytest.raises(
+        ValueError, match=r"AdditiveCoupling.*odd size \(7\) along dimension -1.*\(2, 5, 7\)"
+    ):
         block(torch.randn(2, 5, 7))
 
 

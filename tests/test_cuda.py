@@ -13,10 +13,9 @@ import copy
 
 import pytest
 import torch
-
-import revlib
-from revlib.core.memory import saved_tensor_bytes
 from conftest import grads_of, revnet_stack, worst_rel_error
+
+from revlib.core.memory import saved_tensor_bytes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -40,7 +39,9 @@ def test_cuda_dropout_batchnorm_float64_equal_autograd():
     out = both_modes(base, x)
     assert worst_rel_error(out["reversible"][0], out["autograd"][0]) <= 1e-10
     assert all(torch.equal(a, b) for a, b in zip(out["reversible"][1], out["autograd"][1]))
-    assert torch.equal(out["reversible"][2], out["autograd"][2])  # the CUDA stream is left as autograd leaves it
+    assert torch.equal(
+        out["reversible"][2], out["autograd"][2]
+    )  # the CUDA stream is left as autograd leaves it
 
 
 def test_cuda_autocast_float16_close_to_autograd():

@@ -27,7 +27,9 @@ def test_digits_split_is_fixed_stratified_and_complete(digits):
         assert abs(c_test / (c_train + c_test) - 0.25) < 0.01
     # the same seed gives the same split, another seed another one
     again_train, _ = data.load("digits")
-    assert torch.equal(again_train.images, train.images) and torch.equal(again_train.targets, train.targets)
+    assert torch.equal(again_train.images, train.images) and torch.equal(
+        again_train.targets, train.targets
+    )
     other_train, _ = data.load_digits(seed=1)
     assert not torch.equal(other_train.targets, train.targets)
     # every one of the 1,797 images is in exactly one split
@@ -42,7 +44,9 @@ def test_digits_split_is_fixed_stratified_and_complete(digits):
 def test_normalisations(digits):
     train, _ = digits
     x = train.normalize(train.images)
-    assert x.mean(0).abs().max() < 1e-5  # pixel_mean: each pixel averages to zero over the training set
+    assert (
+        x.mean(0).abs().max() < 1e-5
+    )  # pixel_mean: each pixel averages to zero over the training set
     tr_c, _ = data.load_digits(normalization="channel")
     xc = tr_c.normalize(tr_c.images)
     assert abs(xc.mean().item()) < 1e-4 and abs(xc.std().item() - 1) < 1e-3
@@ -52,7 +56,9 @@ def test_normalisations(digits):
 
 @pytest.mark.parametrize("fraction", [0.005, 0.01, 0.05, 0.2])
 def test_balanced_subset_counts_cifar_sized(fraction):
-    targets = torch.arange(10).repeat_interleave(5000)[torch.randperm(50000)]  # CIFAR-10's 5,000 per class
+    targets = torch.arange(10).repeat_interleave(5000)[
+        torch.randperm(50000)
+    ]  # CIFAR-10's 5,000 per class
     idx = data.balanced_subset(targets, fraction, seed=3)
     counts = torch.bincount(targets[idx], minlength=10)
     k = round(fraction * 5000)
@@ -68,7 +74,9 @@ def test_balanced_subset_on_digits(digits):
         sub = train.subset(data.balanced_subset(train, fraction, seed=0))
         k = round(fraction * len(train) / 10)
         assert sub.class_counts() == [k] * 10
-        assert torch.equal(sub.mean, train.mean)  # the subset keeps the full training set's normalisation
+        assert torch.equal(
+            sub.mean, train.mean
+        )  # the subset keeps the full training set's normalisation
     with pytest.raises(ValueError, match="fewer than"):
         data.balanced_subset(train, 1.0)  # 134.7 per class asked, some classes have only 130
     with pytest.raises(ValueError):
@@ -94,7 +102,10 @@ def test_pad_crop_flip_matches_slicing():
 def test_tensor_loader_augmentation_and_determinism(digits):
     train, test = digits
     loader = data.TensorLoader(train, 100, seed=0)
-    assert (loader.pad, loader.flip) == (1, False)  # digits: pad 1, no flip (a mirrored digit is another symbol)
+    assert (loader.pad, loader.flip) == (
+        1,
+        False,
+    )  # digits: pad 1, no flip (a mirrored digit is another symbol)
     assert len(loader) == 14
     batches = list(loader)
     assert sum(len(y) for _, y in batches) == 1347
@@ -105,8 +116,16 @@ def test_tensor_loader_augmentation_and_determinism(digits):
     plain = list(data.TensorLoader(test, 450, shuffle=False, augment=False))
     x, y = plain[0]
     assert torch.allclose(x, test.normalize(test.images)) and torch.equal(y, test.targets)
-    cifar_like = data.ImageData(torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8), torch.arange(10), 10,
-                                1 / 255, torch.zeros(3, 32, 32), torch.ones(3, 1, 1), "cifar10", "train")
+    cifar_like = data.ImageData(
+        torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8),
+        torch.arange(10),
+        10,
+        1 / 255,
+        torch.zeros(3, 32, 32),
+        torch.ones(3, 1, 1),
+        "cifar10",
+        "train",
+    )
     loader = data.TensorLoader(cifar_like, 10, seed=0)
     assert (loader.pad, loader.flip) == (4, True)
     assert data.augmentation_for("stl10") == {"pad": 12, "flip": True}
@@ -131,7 +150,9 @@ def test_random_crop_flip_gives_padded_crops_and_flips():
     crops = [xp[:, i : i + 6, j : j + 7] for i in range(5) for j in range(5)]
     mirrored = [c.flip(-1) for c in crops]
     outs = [data.RandomCropFlip(pad=2, flip=True)(x) for _ in range(40)]
-    which = [next(k for k, c in enumerate(crops + mirrored) if torch.equal(o, c)) for o in outs]  # StopIteration: not a crop
+    which = [
+        next(k for k, c in enumerate(crops + mirrored) if torch.equal(o, c)) for o in outs
+    ]  # StopIteration: not a crop
     assert len(set(which)) > 10 and any(k >= 25 for k in which) and any(k < 25 for k in which)
     unflipped = [data.RandomCropFlip(pad=2, flip=False)(x) for _ in range(20)]
     assert all(any(torch.equal(o, c) for c in crops) for o in unflipped)
@@ -147,7 +168,9 @@ def test_missing_dataset_gives_clear_error_without_download(tmp_path):
     assert time.perf_counter() - t < 10
 
 
-@pytest.mark.parametrize("name,folder", [("cifar100", "cifar-100-python"), ("stl10", "stl10_binary")])
+@pytest.mark.parametrize(
+    "name,folder", [("cifar100", "cifar-100-python"), ("stl10", "stl10_binary")]
+)
 def test_missing_dataset_offline_download(tmp_path, monkeypatch, name, folder):
     # Offline (simulated, so that a CI machine with internet downloads nothing): the probe fails.
     monkeypatch.setattr(datasets, "_probe", lambda url, timeout: "simulated: no network")
@@ -159,20 +182,27 @@ def test_missing_dataset_offline_download(tmp_path, monkeypatch, name, folder):
 
 
 def test_download_failure_inside_torchvision_is_translated(tmp_path, monkeypatch):
-    import torchvision
     import urllib.error
+
+    import torchvision
 
     class Broken:
         def __init__(self, root, download=False, **kw):
             if download:
                 raise urllib.error.URLError("connection reset (simulated)")
-            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+            raise RuntimeError(
+                "Dataset not found or corrupted. You can use download=True to download it"
+            )
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Broken)
-    monkeypatch.setattr(datasets, "_probe", lambda url, timeout: None)  # the host answers, the download then fails
+    monkeypatch.setattr(
+        datasets, "_probe", lambda url, timeout: None
+    )  # the host answers, the download then fails
     with pytest.raises(data.DataUnavailableError, match="connection reset") as err:
         data.load("cifar10", tmp_path)
-    assert err.value.__cause__ is None and err.value.__suppress_context__  # no traceback from inside torchvision
+    assert (
+        err.value.__cause__ is None and err.value.__suppress_context__
+    )  # no traceback from inside torchvision
 
 
 def test_network_probe_is_bounded(monkeypatch):

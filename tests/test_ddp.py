@@ -15,9 +15,8 @@ import socket
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-
 from conftest import max_rel_error, revnet_stack
+from torch.nn.parallel import DistributedDataParallel
 
 
 def free_port() -> int:
@@ -27,7 +26,9 @@ def free_port() -> int:
 
 
 def test_ddp_gradients_equal_plain_autograd():
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
     try:
         model = revnet_stack(depth=3)
         reference = copy.deepcopy(model)
@@ -38,7 +39,10 @@ def test_ddp_gradients_equal_plain_autograd():
             for m in (ddp, reference):
                 m.zero_grad()
                 (m(x) ** 2).sum().backward()
-        worst = max(max_rel_error(a.grad, b.grad) for a, b in zip(model.parameters(), reference.parameters()))
+        worst = max(
+            max_rel_error(a.grad, b.grad)
+            for a, b in zip(model.parameters(), reference.parameters())
+        )
         assert worst <= 1e-5
     finally:
         dist.destroy_process_group()
@@ -51,14 +55,17 @@ STEPS = 3
 
 def smooth_chain() -> torch.nn.Module:
     """Couplings with conv-tanh halves: no BatchNorm, whose per-rank batch statistics would differ."""
-    import revlib
     from torch import nn
+
+    import revlib
 
     def half():
         return nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Tanh())
 
     torch.manual_seed(0)
-    return revlib.ReversibleSequence([revlib.AdditiveCoupling(half(), half()) for _ in range(3)]).double()
+    return revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(half(), half()) for _ in range(3)]
+    ).double()
 
 
 def full_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +89,9 @@ def train(model, xs, targets):
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         model = DistributedDataParallel(smooth_chain())
         xs, targets = full_batch()

@@ -32,6 +32,8 @@ def test_synchronize_falls_back_to_the_device_module_before_torch_2_6(monkeypatc
     calls: list = []
     monkeypatch.delattr(torch, "accelerator", raising=False)
     modules: list = []
-    monkeypatch.setattr(torch, "get_device_module", lambda device: modules.append(device) or _recorder(calls))
+    monkeypatch.setattr(
+        torch, "get_device_module", lambda device: modules.append(device) or _recorder(calls)
+    )
     synchronize("mps")
     assert modules == [torch.device("mps")] and calls == [()]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import conv_bn_relu, run_step
 
 import revlib
 from revlib.core.memory import saved_tensor_bytes
-
-from conftest import conv_bn_relu, run_step
 
 
 def test_psi_moves_each_2x2_patch_into_channels():
@@ -64,7 +63,9 @@ def test_shape_changing_chain_gradients_equal_autograd_float64(mode):
 
 def test_psi_and_padding_save_nothing_in_a_reversible_chain():
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    seq = revlib.ReversibleSequence([revlib.SpaceToDepth(2), revlib.InjectivePad(4), revlib.SpaceToDepth(2)])
+    seq = revlib.ReversibleSequence(
+        [revlib.SpaceToDepth(2), revlib.InjectivePad(4), revlib.SpaceToDepth(2)]
+    )
     y = seq(x)
     assert y.shape == (2, 64, 2, 2)
     # the chain keeps its output only; the same blocks under autograd keep nothing either

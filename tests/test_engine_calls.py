@@ -12,20 +12,21 @@ import contextlib
 
 import pytest
 import torch
+from conftest import worst_rel_error
 from torch import nn
 
 import revlib
 from revlib.core import engine, sidestate
 from revlib.core.blocks import ReversibleBlock
 
-from conftest import worst_rel_error
-
 
 def tanh_half(width: int = 3) -> nn.Module:
     return nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width))
 
 
-def chain(block_type=revlib.AdditiveCoupling, depth: int = 3, mode: str = "reversible", **kw) -> revlib.ReversibleSequence:
+def chain(
+    block_type=revlib.AdditiveCoupling, depth: int = 3, mode: str = "reversible", **kw
+) -> revlib.ReversibleSequence:
     torch.manual_seed(0)
     return revlib.ReversibleSequence(
         [block_type(tanh_half(), tanh_half(), dim=-1, **kw) for _ in range(depth)], mode=mode
@@ -55,14 +56,18 @@ def log_det_collector(models):
     for mode, m in models.items():
         logs[mode] = []
         for b in m.blocks:
-            b.register_forward_hook(lambda mod, args, out, bag=logs[mode]: bag.append(mod.log_det(args[0]).sum().item()))
+            b.register_forward_hook(
+                lambda mod, args, out, bag=logs[mode]: bag.append(mod.log_det(args[0]).sum().item())
+            )
     return logs
 
 
 def affine_chain(mode: str) -> revlib.ReversibleSequence:
     torch.manual_seed(0)
     nets = [nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 6)) for _ in range(3)]
-    return revlib.ReversibleSequence([revlib.AffineCoupling(n, dim=-1) for n in nets], mode=mode).double()
+    return revlib.ReversibleSequence(
+        [revlib.AffineCoupling(n, dim=-1) for n in nets], mode=mode
+    ).double()
 
 
 def test_block_hooks_run_once_per_step_as_in_autograd():
@@ -122,7 +127,9 @@ def test_a_hook_that_changes_f_is_part_of_f_in_the_replay():
 def test_a_hook_that_replaces_the_block_output_raises():
     m = chain()
     m.blocks[1].register_forward_hook(lambda mod, a, out: out * 2)
-    with pytest.raises(RuntimeError, match=r"block 1 .*forward hook on the block replaced or changed its output"):
+    with pytest.raises(
+        RuntimeError, match=r"block 1 .*forward hook on the block replaced or changed its output"
+    ):
         grads(m, X)
 
 

@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
+from conftest import revnet_stack
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import revlib
 from revlib.core import recompute, sidestate
 from revlib.core.modes import CheckpointedModule
-
-from conftest import revnet_stack
 
 X = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
 
@@ -34,7 +33,8 @@ def pair(make_half, depth: int = 2):
     for mode in ("autograd", "reversible"):
         torch.manual_seed(0)
         out[mode] = revlib.ReversibleSequence(
-            [revlib.AdditiveCoupling(make_half(), make_half(), dim=-1) for _ in range(depth)], mode=mode
+            [revlib.AdditiveCoupling(make_half(), make_half(), dim=-1) for _ in range(depth)],
+            mode=mode,
         ).double()
     return out
 
@@ -69,7 +69,9 @@ class OwnStats(nn.Module):
         self.register_buffer("var", torch.ones(3))
 
     def forward(self, h):
-        return torch.tanh(nnf.batch_norm(self.lin(h), self.mean, self.var, training=True, momentum=0.5))
+        return torch.tanh(
+            nnf.batch_norm(self.lin(h), self.mean, self.var, training=True, momentum=0.5)
+        )
 
 
 class DataEMA(nn.Module):
@@ -158,7 +160,10 @@ def test_python_attributes_are_replayed_and_left_as_the_forward_left_them():
     models = pair(Counter)
     grad_err, _ = agree(models)
     assert grad_err < 1e-12
-    counts = {mode: [m.calls for m in model.modules() if isinstance(m, Counter)] for mode, model in models.items()}
+    counts = {
+        mode: [m.calls for m in model.modules() if isinstance(m, Counter)]
+        for mode, model in models.items()
+    }
     assert counts["reversible"] == counts["autograd"] == [1, 1, 1, 1]
 
 
@@ -188,7 +193,9 @@ class TorchCheckpointed(nn.Module):
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_torch_checkpoint_inside_f_raises_a_clear_error(reentrant):
     models = pair(lambda: TorchCheckpointed(reentrant))
-    with pytest.raises(RuntimeError, match=r"mode='reversible'.*torch.utils.checkpoint inside a reversible block"):
+    with pytest.raises(
+        RuntimeError, match=r"mode='reversible'.*torch.utils.checkpoint inside a reversible block"
+    ):
         step(models["reversible"])
 
 
@@ -212,12 +219,18 @@ def test_backward_under_vmap_raises_a_clear_error():
     x = X.clone().requires_grad_(True)
     y = model(x)
     with pytest.raises(RuntimeError, match=r"mode='reversible'.*under vmap.*mode='autograd'"):
-        torch.autograd.grad(y, x, torch.eye(6, dtype=torch.float64)[:, None].expand(6, 4, 6), is_grads_batched=True)
+        torch.autograd.grad(
+            y, x, torch.eye(6, dtype=torch.float64)[:, None].expand(6, 4, 6), is_grads_batched=True
+        )
 
 
 def test_lazy_modules_raise_a_clear_error_until_initialised():
-    model = revlib.ReversibleSequence([revlib.AdditiveCoupling(nn.LazyLinear(3), nn.LazyLinear(3), dim=-1)])
-    with pytest.raises(RuntimeError, match=r"LazyLinear has uninitialized parameters.*torch.no_grad"):
+    model = revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(nn.LazyLinear(3), nn.LazyLinear(3), dim=-1)]
+    )
+    with pytest.raises(
+        RuntimeError, match=r"LazyLinear has uninitialized parameters.*torch.no_grad"
+    ):
         model(torch.randn(4, 6, requires_grad=True))
     with torch.no_grad():
         model(torch.randn(4, 6))
@@ -236,7 +249,9 @@ class HookedActivation(nn.Module):
 
 
 def test_register_hook_on_an_activation_inside_f_raises_a_clear_error():
-    with pytest.raises(RuntimeError, match=r"mode='reversible'.*needs a graph in the forward.*mode='autograd'"):
+    with pytest.raises(
+        RuntimeError, match=r"mode='reversible'.*needs a graph in the forward.*mode='autograd'"
+    ):
         step(pair(HookedActivation)["reversible"])
 
 
@@ -268,7 +283,9 @@ def pending_graph_after_a_checkpointed_step() -> None:
     bn = model.blocks[0].F[0]
     x = torch.randn(2, 8, 4, 4, dtype=torch.float64, requires_grad=True)
     y = model(x)
-    pending = (x[:, :4] * bn.running_var.view(1, -1, 1, 1)).sum()  # saves running_var (a read, e.g. a monitor)
+    pending = (
+        x[:, :4] * bn.running_var.view(1, -1, 1, 1)
+    ).sum()  # saves running_var (a read, e.g. a monitor)
     y.square().sum().backward()  # the recomputation must not touch the statistics' versions
     pending.backward()
 

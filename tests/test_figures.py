@@ -21,9 +21,16 @@ def test_markdown_table_refuses_a_short_row():
         figures.markdown_table(["a", "b"], [[1]])
 
 
-@pytest.mark.parametrize("draw", [figures.draw_additive_coupling, figures.draw_reversible_backward,
-                                  figures.draw_two_step_coupling, figures.draw_revnet_stages,
-                                  figures.draw_hamiltonian_block])
+@pytest.mark.parametrize(
+    "draw",
+    [
+        figures.draw_additive_coupling,
+        figures.draw_reversible_backward,
+        figures.draw_two_step_coupling,
+        figures.draw_revnet_stages,
+        figures.draw_hamiltonian_block,
+    ],
+)
 def test_schematics_draw_patches_at_the_book_dpi(draw):
     fig = draw()
     try:
@@ -47,7 +54,9 @@ def test_stability_regions_plot_the_given_points():
 
 
 def test_plot_series_one_line_per_series():
-    fig = figures.plot_series([1, 2, 4], {"a": [1, 2, 3], "b": [3, 2, 1]}, xlabel="x", ylabel="y", logx=True)
+    fig = figures.plot_series(
+        [1, 2, 4], {"a": [1, 2, 3], "b": [3, 2, 1]}, xlabel="x", ylabel="y", logx=True
+    )
     try:
         assert [line.get_label() for line in fig.axes[0].lines] == ["a", "b"]
         assert fig.axes[0].get_xscale() == "log"

@@ -39,7 +39,8 @@ class TokenNet(nn.Module):
 
         self.embed = nn.Linear(3, 8)
         self.sequence = revlib.ReversibleSequence(
-            [revlib.ReversibleTransformerBlock(4, heads=2, mlp_ratio=2.0) for _ in range(3)], mode=mode
+            [revlib.ReversibleTransformerBlock(4, heads=2, mlp_ratio=2.0) for _ in range(3)],
+            mode=mode,
         )
         self.out = nn.Linear(8, 2)
 
@@ -54,11 +55,15 @@ def build(mode: str = "reversible") -> TokenNet:
 
 def batches() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(STEPS, 4, 5, 3, generator=g, dtype=torch.float64),
-            torch.randn(STEPS, 4, 5, 2, generator=g, dtype=torch.float64))
+    return (
+        torch.randn(STEPS, 4, 5, 3, generator=g, dtype=torch.float64),
+        torch.randn(STEPS, 4, 5, 2, generator=g, dtype=torch.float64),
+    )
 
 
-def train(model: nn.Module, xs: torch.Tensor, targets: torch.Tensor, full) -> list[list[torch.Tensor]]:
+def train(
+    model: nn.Module, xs: torch.Tensor, targets: torch.Tensor, full
+) -> list[list[torch.Tensor]]:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     history = []
     for x, t in zip(xs, targets):
@@ -80,7 +85,9 @@ def _rank(rank: int, port: int, out: str) -> None:
     from torch.distributed.tensor import DTensor
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
     try:
         model = build()
         blocks = list(model.sequence.blocks)
@@ -89,21 +96,31 @@ def _rank(rank: int, port: int, out: str) -> None:
         fully_shard(model)
         # which blocks hold unsharded parameters whenever some block's F or G runs (forward or replay)
         seen: list[tuple[bool, int, list[bool]]] = []
-        subs = {id(b.F): i for i, b in enumerate(blocks)} | {id(b.G): i for i, b in enumerate(blocks)}
+        subs = {id(b.F): i for i, b in enumerate(blocks)} | {
+            id(b.G): i for i, b in enumerate(blocks)
+        }
 
         def note(module, args):
             if id(module) in subs:
-                seen.append((torch.is_grad_enabled(), subs[id(module)], [not _sharded(b) for b in blocks]))
+                seen.append(
+                    (torch.is_grad_enabled(), subs[id(module)], [not _sharded(b) for b in blocks])
+                )
 
         handle = torch.nn.modules.module.register_module_forward_pre_hook(note)
         xs, targets = batches()
         share = xs.shape[1] // WORLD
         rows = slice(rank * share, (rank + 1) * share)
-        history = train(model, xs[:, rows], targets[:, rows],
-                        lambda g: g.full_tensor() if isinstance(g, DTensor) else g)
+        history = train(
+            model,
+            xs[:, rows],
+            targets[:, rows],
+            lambda g: g.full_tensor() if isinstance(g, DTensor) else g,
+        )
         handle.remove()
-        torch.save({"history": history, "seen": seen, "sharded_after": [_sharded(b) for b in blocks]},
-                   f"{out}/rank{rank}.pt")
+        torch.save(
+            {"history": history, "seen": seen, "sharded_after": [_sharded(b) for b in blocks]},
+            f"{out}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -126,7 +143,12 @@ def test_fsdp2_per_block_and_root_equals_single_process_autograd(tmp_path):
         assert len(forward) == len(backward) == STEPS * 3 * 2  # F and G of 3 blocks, per step
         for i, on in forward:  # in the forward only the running block is unsharded
             assert [j for j, u in enumerate(on) if u] == [i]
-        for i, on in backward:  # in its backward step: the block, and at most the block before it (prefetch)
+        for (
+            i,
+            on,
+        ) in (
+            backward
+        ):  # in its backward step: the block, and at most the block before it (prefetch)
             assert on[i] and set(j for j, u in enumerate(on) if u) <= {i, i - 1}
 
 
@@ -136,7 +158,9 @@ def _rank_without_module_call(rank: int, port: int, out: str) -> None:
     import revlib.core.engine as engine
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
     try:
         model = build()
         for block in model.sequence.blocks:

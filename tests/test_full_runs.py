@@ -26,7 +26,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 import notebooks  # noqa: E402
 import standin_data  # noqa: E402
 
-FULL_RUN_CHAPTERS = sorted(p for p in notebooks.SRC.glob("*.py") if "RunSettings.from_env" in p.read_text())
+FULL_RUN_CHAPTERS = sorted(
+    p for p in notebooks.SRC.glob("*.py") if "RunSettings.from_env" in p.read_text()
+)
 # Text that only the full branch prints, per chapter (a chapter not listed only has to run without error).
 FULL_RUN_MARKERS = {"04_revnet_architecture_memory": "cpu peak during a step at batch 4"}
 
@@ -41,17 +43,30 @@ def test_full_run_branch_executes_on_the_cpu(src, standin_root, tmp_path, monkey
     from nbclient import NotebookClient
 
     root, _ = standin_root
-    for key, value in {"REVLIB_FULL_RUN": "1", "REVLIB_DATA_ROOT": str(root), "REVLIB_RUNS_DIR": str(tmp_path / "runs"),
-                       "REVLIB_MAX_ITERATIONS": "2", "REVLIB_REQUIRE_GPU": "0", "CUDA_VISIBLE_DEVICES": "",
-                       "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}.items():
+    for key, value in {
+        "REVLIB_FULL_RUN": "1",
+        "REVLIB_DATA_ROOT": str(root),
+        "REVLIB_RUNS_DIR": str(tmp_path / "runs"),
+        "REVLIB_MAX_ITERATIONS": "2",
+        "REVLIB_REQUIRE_GPU": "0",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MPLBACKEND", raising=False)
     nb = notebooks.notebook_from_source(src)
     nb.cells.insert(0, nbformat.v4.new_code_cell(standin_data.KERNEL_PREAMBLE))
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    text = "\n".join(str(out.get("text", "")) + str(out.get("data", {}).get("text/markdown", ""))
-                     + str(out.get("data", {}).get("text/plain", ""))
-                     for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    text = "\n".join(
+        str(out.get("text", ""))
+        + str(out.get("data", {}).get("text/markdown", ""))
+        + str(out.get("data", {}).get("text/plain", ""))
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+    )
     assert "Traceback" not in text
     marker = FULL_RUN_MARKERS.get(src.stem)
     if marker is not None:

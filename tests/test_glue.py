@@ -23,8 +23,12 @@ def test_same_display_call_as_myst_nb(monkeypatch, value, display):
     myst_glue = pytest.importorskip("myst_nb.ext.glue")
     import IPython.display
 
-    ours = recorded(monkeypatch, IPython.display, "display", lambda: notebook.glue("x", value, display=display))
-    theirs = recorded(monkeypatch, myst_glue, "ipy_display", lambda: myst_glue.glue("x", value, display=display))
+    ours = recorded(
+        monkeypatch, IPython.display, "display", lambda: notebook.glue("x", value, display=display)
+    )
+    theirs = recorded(
+        monkeypatch, myst_glue, "ipy_display", lambda: myst_glue.glue("x", value, display=display)
+    )
     assert ours == theirs and len(ours) == 1
     bundle = ours[0][0][0]
     assert all(k.startswith(notebook.GLUE_PREFIX) for k in bundle) is (not display)
@@ -32,5 +36,7 @@ def test_same_display_call_as_myst_nb(monkeypatch, value, display):
 
 def test_importing_the_harness_notebook_helpers_does_not_import_myst_nb():
     code = "import revlib.harness.notebook as n, sys; n.glue('a', 1, display=False); print('myst_nb' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip().endswith("False")

@@ -6,12 +6,12 @@ import copy
 
 import pytest
 import torch
+from conftest import revnet_stack
 from torch import nn
 
 import revlib
 from revlib.core import blocks, couplings
 from revlib.core.blocks import Halves, halves_of_difference, join_halves_with_sum
-from conftest import revnet_stack
 
 
 def float64_grads(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -45,7 +45,9 @@ def test_control_the_buffer_layout_is_what_keeps_the_bits(stack_and_input, monke
     reference = float64_grads(model, x)
 
     def contiguous_first_half(block, y, f, second):
-        return Halves(y.first - f, second, torch.cat([y.first - f, second], blocks.split_dim(block)), 1)
+        return Halves(
+            y.first - f, second, torch.cat([y.first - f, second], blocks.split_dim(block)), 1
+        )
 
     monkeypatch.setattr(couplings, "halves_of_difference", contiguous_first_half)
     assert not bit_equal(float64_grads(model, x), reference)
@@ -65,7 +67,9 @@ def test_the_chain_makes_no_concatenation_between_couplings(stack_and_input, mon
     y.square().mean().backward()
     assert counts.get("cat", 0) == 0
     monkeypatch.setattr(revlib.AdditiveCoupling, "backward_step_takes_halves", False)
-    model(x.clone().requires_grad_(True)).square().mean().backward()  # control: whole tensors concatenate
+    model(
+        x.clone().requires_grad_(True)
+    ).square().mean().backward()  # control: whole tensors concatenate
     assert counts["cat"] > 0
 
 
@@ -89,7 +93,9 @@ def test_non_contiguous_or_mixed_dtypes_fall_back_to_concatenation():
     f, second = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
     halves = halves_of_difference(block, Halves.of(block, y), f, second)
     assert torch.equal(halves.join(), torch.cat([y[:, :4] - f, second], 1))
-    mixed = join_halves_with_sum(block, torch.randn(2, 4, 3, 3), torch.randn(2, 8, 3, 3), torch.randn(2, 4, 3, 3).double())
+    mixed = join_halves_with_sum(
+        block, torch.randn(2, 4, 3, 3), torch.randn(2, 8, 3, 3), torch.randn(2, 4, 3, 3).double()
+    )
     assert mixed.dtype == torch.float64
 
 
@@ -116,7 +122,9 @@ def test_a_block_that_takes_whole_tensors_gets_them_joined():
 
 def test_backward_step_called_with_a_tensor_returns_a_tensor():
     torch.manual_seed(3)
-    block = revlib.AdditiveCoupling(nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)).double()
+    block = revlib.AdditiveCoupling(
+        nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+    ).double()
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     tape = revlib.core.recompute.Tape.start(x)
     with torch.no_grad():
@@ -139,7 +147,9 @@ def test_a_subclass_that_overrides_the_step_gets_whole_tensors():
     assert blocks.takes_halves(revlib.AdditiveCoupling(F, G))
     assert not blocks.takes_halves(GenericStep(F, G))
     assert not blocks.takes_halves(OwnFlag(F, G))
-    chain = revlib.ReversibleSequence([GenericStep(copy.deepcopy(F), copy.deepcopy(G)) for _ in range(2)]).double()
+    chain = revlib.ReversibleSequence(
+        [GenericStep(copy.deepcopy(F), copy.deepcopy(G)) for _ in range(2)]
+    ).double()
     autograd = copy.deepcopy(chain)
     autograd.mode = "autograd"
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)

@@ -38,11 +38,15 @@ def test_core_and_models_import_no_harness_dependency():
 
 def test_the_probe_sees_a_harness_dependency():
     """Control: had the core imported a plotting library, the same probe would report it."""
-    loaded = _top_level_modules_after(_PROBE.replace("import revlib, ", "import matplotlib.pyplot, revlib, "))
+    loaded = _top_level_modules_after(
+        _PROBE.replace("import revlib, ", "import matplotlib.pyplot, revlib, ")
+    )
     assert "matplotlib" in loaded
 
 
-@pytest.mark.parametrize("name", ["blocks", "recompute", "couplings", "sequence", "modes", "memory", "checks"])
+@pytest.mark.parametrize(
+    "name", ["blocks", "recompute", "couplings", "sequence", "modes", "memory", "checks"]
+)
 def test_core_modules_live_in_revlib_core(name):
     import importlib
 
@@ -85,11 +89,34 @@ def test_the_import_scan_sees_deferred_imports():
 
 # The public names of revlib.harness.train and .data when each was one module (chapter 7 uses them).
 PUBLIC_BEFORE_THE_SPLIT = {
-    "revlib.harness.train": ["Recipe", "RECIPES", "recipe", "parameter_groups", "decayed_parameter_names", "Trainer",
-                             "evaluate", "seed_everything", "atomic_save", "atomic_write_text", "write_metrics",
-                             "plot_history", "smoothness_hook", "set_bn_momentum"],
-    "revlib.harness.data": ["DATASETS", "DataUnavailableError", "ImageData", "TensorLoader", "RandomCropFlip", "load",
-                            "load_digits", "balanced_subset", "default_root", "augmentation_for"],
+    "revlib.harness.train": [
+        "Recipe",
+        "RECIPES",
+        "recipe",
+        "parameter_groups",
+        "decayed_parameter_names",
+        "Trainer",
+        "evaluate",
+        "seed_everything",
+        "atomic_save",
+        "atomic_write_text",
+        "write_metrics",
+        "plot_history",
+        "smoothness_hook",
+        "set_bn_momentum",
+    ],
+    "revlib.harness.data": [
+        "DATASETS",
+        "DataUnavailableError",
+        "ImageData",
+        "TensorLoader",
+        "RandomCropFlip",
+        "load",
+        "load_digits",
+        "balanced_subset",
+        "default_root",
+        "augmentation_for",
+    ],
 }
 
 
@@ -101,7 +128,10 @@ def test_harness_packages_keep_their_public_names(package):
 
     pkg = importlib.import_module(package)
     assert set(PUBLIC_BEFORE_THE_SPLIT[package]) <= set(pkg.__all__)
-    modules = [importlib.import_module(info.name) for info in pkgutil.iter_modules(pkg.__path__, package + ".")]
+    modules = [
+        importlib.import_module(info.name)
+        for info in pkgutil.iter_modules(pkg.__path__, package + ".")
+    ]
     for name in pkg.__all__:
         homes = [m for m in modules if name in m.__all__]
         assert len(homes) == 1 and getattr(pkg, name) is getattr(homes[0], name), (name, homes)

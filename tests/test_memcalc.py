@@ -16,7 +16,12 @@ from revlib.models.revnet import PreActNet, revnet38
 def tiny():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3)
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.BatchNorm2d(2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8, 3),
     )
 
 
@@ -34,7 +39,14 @@ def test_tiny_model_by_hand():
     """
     model, x = tiny(), torch.randn(5, 1, 4, 4)
     t = memory_table(model, x)
-    assert [r.kind for r in t.rows] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Flatten", "Linear"]
+    assert [r.kind for r in t.rows] == [
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "MaxPool2d",
+        "Flatten",
+        "Linear",
+    ]
     assert [r.kept for r in t.rows] == [32, 32, 0, 8, 0, 3]
     assert t.kept == 75
     assert [r.saved_bytes for r in t.rows] == [320, 656, 640, 320, 0, 160]
@@ -55,7 +67,9 @@ def test_measured_is_affine_in_batch():
 
 def test_reversible_sequence_rows():
     def half():
-        return nn.Sequential(nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, bias=False))
+        return nn.Sequential(
+            nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        )
 
     seq = revlib.ReversibleSequence([revlib.AdditiveCoupling(half(), half()) for _ in range(3)])
     model = nn.Sequential(nn.Conv2d(3, 8, 1), seq, nn.Conv2d(8, 2, 1))
@@ -87,12 +101,16 @@ def test_rows_add_up_to_the_meter_on_revnet38(mode):
 
 
 def test_row_types_make_one_row():
-    model = nn.Sequential(nn.Linear(4, 6), nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6)), nn.Linear(6, 2))
+    model = nn.Sequential(
+        nn.Linear(4, 6), nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6)), nn.Linear(6, 2)
+    )
     t = memory_table(model, torch.randn(3, 4), row_types=(nn.Sequential,))
     # the whole model is an nn.Sequential too, but only the outermost row-unit below it is used
     assert len(t.rows) == 1 and t.rows[0].kept == 2
     inner = type("Block", (nn.Sequential,), {})
-    model = nn.Sequential(nn.Linear(4, 6), inner(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6)), nn.Linear(6, 2))
+    model = nn.Sequential(
+        nn.Linear(4, 6), inner(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6)), nn.Linear(6, 2)
+    )
     t = memory_table(model, torch.randn(3, 4), row_types=(inner,))
     assert [r.kept for r in t.rows] == [6, 6, 2]
     assert t.measured_bytes == saved_tensor_bytes(model, torch.randn(3, 4))
@@ -108,9 +126,14 @@ def test_memory_flat_in_depth_for_revnets():
 def test_units_is_the_former_name_of_row_types():
     """Chapter 4 passes ``units=``; it must list the same rows as ``row_types=``."""
     inner = type("Block", (nn.Sequential,), {})
-    model = nn.Sequential(nn.Linear(4, 6), inner(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6)), nn.Linear(6, 2))
+    model = nn.Sequential(
+        nn.Linear(4, 6), inner(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6)), nn.Linear(6, 2)
+    )
     x = torch.randn(3, 4)
-    assert memory_table(model, x, units=(inner,)).rows == memory_table(model, x, row_types=(inner,)).rows
+    assert (
+        memory_table(model, x, units=(inner,)).rows
+        == memory_table(model, x, row_types=(inner,)).rows
+    )
     assert len(memory_table(model, x).rows) != len(memory_table(model, x, units=(inner,)).rows)
 
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import torch
+from conftest import revnet_stack
 from torch import nn
 
-import revlib
 from revlib.core.memory import SavedTensorMeter, saved_tensor_bytes
-from conftest import revnet_stack
 
 X_SHAPE = (1, 8, 4, 4)
 
 
 def bytes_at(depth: int, mode: str) -> int:
     torch.manual_seed(0)
-    return saved_tensor_bytes(revnet_stack(depth, mode=mode), torch.randn(*X_SHAPE, requires_grad=True))
+    return saved_tensor_bytes(
+        revnet_stack(depth, mode=mode), torch.randn(*X_SHAPE, requires_grad=True)
+    )
 
 
 def test_reversible_saved_bytes_do_not_grow_with_depth():
@@ -36,8 +37,8 @@ def test_each_storage_is_counted_once_and_parameters_are_left_out():
     x = torch.randn(100, requires_grad=True)
     w = nn.Parameter(torch.randn(100))
     with SavedTensorMeter() as meter:
-        y = x * w          # saves x and w
-        z = (x * 2) * x    # saves x again (same storage) and x*2
+        y = x * w  # saves x and w
+        z = (x * 2) * x  # saves x again (same storage) and x*2
         v = x[:50] * x[50:]  # saves two views of x's storage
     assert meter.count == 2
     assert meter.bytes == 2 * 100 * 4
@@ -49,9 +50,11 @@ def test_on_save_is_called_once_per_counted_storage():
     x = torch.randn(100, requires_grad=True)
     w = nn.Parameter(torch.randn(100))
     calls = []
-    with SavedTensorMeter(on_save=lambda t, nbytes: calls.append((tuple(t.shape), nbytes))) as meter:
-        y = x * w          # saves x (counted) and the parameter w (not)
-        z = (x * 2) * x    # saves x again (not) and x*2 (counted)
+    with SavedTensorMeter(
+        on_save=lambda t, nbytes: calls.append((tuple(t.shape), nbytes))
+    ) as meter:
+        y = x * w  # saves x (counted) and the parameter w (not)
+        z = (x * 2) * x  # saves x again (not) and x*2 (counted)
         v = x[:50] * x[50:]  # views of x's storage (not)
     assert calls == [((100,), 400), ((100,), 400)]
     assert sum(nbytes for _, nbytes in calls) == meter.bytes

@@ -11,8 +11,8 @@ from torch import nn
 
 from revlib import ReversibleSequence
 from revlib.core.memory import saved_tensor_bytes
-from revlib.models import revnet as R
 from revlib.models import count_parameters, pool_pad, set_mode
+from revlib.models import revnet as R
 from revlib.models.revnet import PreActNet, RevTransition
 
 # Official code's counts (../shared/reference/paper-numbers.md): 10 and 100 classes.
@@ -165,7 +165,10 @@ def test_reversible_memory_flat_in_depth():
     cfg = dict(block="basic", channels=(32, 32, 64, 112), strides=(1, 2, 2), reversible=True)
     saved = [saved_tensor_bytes(PreActNet(units=(n, n, n), **cfg), x) for n in (2, 4)]
     assert saved[0] == saved[1]
-    res = [saved_tensor_bytes(PreActNet(units=(n, n, n), **{**cfg, "reversible": False}), x) for n in (2, 4)]
+    res = [
+        saved_tensor_bytes(PreActNet(units=(n, n, n), **{**cfg, "reversible": False}), x)
+        for n in (2, 4)
+    ]
     assert res[1] > 1.5 * res[0]
 
 
@@ -191,7 +194,11 @@ def test_mode_errors():
     with pytest.raises(ValueError):
         set_mode(R.revnet38(), "fast")
     m = R.revnet38(mode="checkpoint")
-    assert all(s.mode == "checkpoint" for s in m.modules() if isinstance(s, (ReversibleSequence, RevTransition)))
+    assert all(
+        s.mode == "checkpoint"
+        for s in m.modules()
+        if isinstance(s, (ReversibleSequence, RevTransition))
+    )
     assert R.resnet32().mode == "autograd"
 
 
@@ -203,4 +210,6 @@ def test_a_bad_mode_is_refused_when_the_model_is_built():
 def test_count_parameters_counts_a_shared_parameter_once():
     shared = nn.Linear(3, 3)
     assert count_parameters(nn.Sequential(shared, nn.ReLU(), shared)) == 12
-    assert count_parameters(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))) == 24  # control: two layers
+    assert (
+        count_parameters(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))) == 24
+    )  # control: two layers

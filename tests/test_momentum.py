@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import run_step
 from torch import nn
 
 import revlib
 from revlib.core.memory import saved_tensor_bytes
-
-from conftest import run_step
 
 
 def tanh_layer(width: int) -> nn.Module:
@@ -49,8 +48,12 @@ def test_error_grows_as_gamma_goes_to_zero():
 @pytest.mark.parametrize("mode", ["reversible", "checkpoint"])
 def test_momentum_net_gradients_equal_autograd_float64(mode):
     torch.manual_seed(0)
-    ref = revlib.MomentumNet([tanh_layer(6) for _ in range(4)], gamma=0.5, dim=-1, mode="autograd").double()
-    other = revlib.MomentumNet([tanh_layer(6) for _ in range(4)], gamma=0.5, dim=-1, mode=mode).double()
+    ref = revlib.MomentumNet(
+        [tanh_layer(6) for _ in range(4)], gamma=0.5, dim=-1, mode="autograd"
+    ).double()
+    other = revlib.MomentumNet(
+        [tanh_layer(6) for _ in range(4)], gamma=0.5, dim=-1, mode=mode
+    ).double()
     other.load_state_dict(ref.state_dict())
     x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
     _, dx0, g0 = run_step(ref, x)
@@ -67,7 +70,9 @@ def test_momentum_net_memory_is_flat_in_depth():
         fs = [nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Tanh()) for _ in range(depth)]
         return revlib.MomentumNet(fs, gamma=0.9, mode=mode)
 
-    assert saved_tensor_bytes(net(2, "reversible"), x) == saved_tensor_bytes(net(8, "reversible"), x)
+    assert saved_tensor_bytes(net(2, "reversible"), x) == saved_tensor_bytes(
+        net(8, "reversible"), x
+    )
     assert saved_tensor_bytes(net(8, "autograd"), x) > 3 * saved_tensor_bytes(net(2, "autograd"), x)
 
 
@@ -75,7 +80,9 @@ def test_momentum_net_memory_is_flat_in_depth():
 def test_fused_step_evaluates_f_once_and_equals_autograd(gamma, monkeypatch):
     """One evaluation of f per block in the backward (the generic step, the control, needs two)."""
     torch.manual_seed(1)
-    ref = revlib.MomentumNet([tanh_layer(6) for _ in range(3)], gamma=gamma, dim=-1, mode="autograd").double()
+    ref = revlib.MomentumNet(
+        [tanh_layer(6) for _ in range(3)], gamma=gamma, dim=-1, mode="autograd"
+    ).double()
     net = revlib.MomentumNet([tanh_layer(6) for _ in range(3)], gamma=gamma, dim=-1).double()
     net.load_state_dict(ref.state_dict())
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as nnf
+from conftest import max_rel_error, run_step
 
 import revlib
 from revlib.core.memory import saved_tensor_bytes
@@ -20,16 +21,25 @@ from revlib.core.ode import (
     start_pair,
 )
 
-from conftest import max_rel_error, run_step
-
 # name -> (make one block, input shape); each block's input has 8 channels (or 4 features).
 BLOCKS = {
     "hamiltonian": (lambda **kw: HamiltonianBlock(8, h=0.3, **kw), (3, 8, 5, 5)),
     "midpoint": (lambda **kw: MidpointBlock(4, h=0.3, **kw), (3, 8, 5, 5)),
     "leapfrog": (lambda **kw: LeapfrogBlock(4, h=0.3, **kw), (3, 8, 5, 5)),
-    "hamiltonian-dense": (lambda **kw: HamiltonianBlock(4, kernel_size=None, hidden=6, h=0.3, activation="tanh", **kw), (7, 4)),
-    "midpoint-dense": (lambda **kw: MidpointBlock(2, kernel_size=None, h=0.3, activation="tanh", **kw), (7, 4)),
-    "leapfrog-dense": (lambda **kw: LeapfrogBlock(2, kernel_size=None, h=0.3, activation="tanh", **kw), (7, 4)),
+    "hamiltonian-dense": (
+        lambda **kw: HamiltonianBlock(
+            4, kernel_size=None, hidden=6, h=0.3, activation="tanh", **kw
+        ),
+        (7, 4),
+    ),
+    "midpoint-dense": (
+        lambda **kw: MidpointBlock(2, kernel_size=None, h=0.3, activation="tanh", **kw),
+        (7, 4),
+    ),
+    "leapfrog-dense": (
+        lambda **kw: LeapfrogBlock(2, kernel_size=None, h=0.3, activation="tanh", **kw),
+        (7, 4),
+    ),
 }
 
 
@@ -71,8 +81,12 @@ def test_hamiltonian_block_is_the_verlet_step():
     y0, z0 = x.chunk(2, dim=1)
     K1, b1 = block.F.fn.weight, block.F.fn.bias
     K2, b2 = block.G.fn.weight, block.G.fn.bias
-    y1 = y0 + 0.3 * nnf.conv_transpose2d(torch.relu(nnf.conv2d(z0, K1, b1, padding=1)), K1, padding=1)
-    z1 = z0 - 0.3 * nnf.conv_transpose2d(torch.relu(nnf.conv2d(y1, K2, b2, padding=1)), K2, padding=1)
+    y1 = y0 + 0.3 * nnf.conv_transpose2d(
+        torch.relu(nnf.conv2d(z0, K1, b1, padding=1)), K1, padding=1
+    )
+    z1 = z0 - 0.3 * nnf.conv_transpose2d(
+        torch.relu(nnf.conv2d(y1, K2, b2, padding=1)), K2, padding=1
+    )
     assert torch.allclose(block(x), torch.cat([y1, z1], dim=1), atol=1e-13)
 
 
@@ -141,13 +155,17 @@ def test_gradients_equal_autograd(name, learn_h):
         assert max_rel_error(dx, dx_ref) < 1e-5
         for a, b in zip(dp, dp_ref):
             assert max_rel_error(a, b) < 1e-5
-    if learn_h:  # the step sizes are parameters, one per block, and get a nonzero gradient in every mode
+    if (
+        learn_h
+    ):  # the step sizes are parameters, one per block, and get a nonzero gradient in every mode
         h_ids = {id(b.h) for b in base.blocks}
         assert len(h_ids) == len(base.blocks)
         at = [i for i, p in enumerate(base.parameters()) if id(p) in h_ids]
         assert len(at) == len(base.blocks)
         for mode in revlib.MODES:
-            assert all(results[mode][2][i] is not None and results[mode][2][i].abs() > 0 for i in at)
+            assert all(
+                results[mode][2][i] is not None and results[mode][2][i].abs() > 0 for i in at
+            )
 
 
 @pytest.mark.parametrize("name", ["hamiltonian", "leapfrog", "midpoint"])

@@ -6,15 +6,14 @@ import copy
 
 import pytest
 import torch
+from conftest import max_rel_error, run_step
 
 import revlib
 from revlib.core.memory import saved_tensor_bytes
-from revlib.models import ode as M
-from revlib.models import count_parameters
 from revlib.core.ode import HamiltonianBlock, LeapfrogBlock, MidpointBlock
 from revlib.core.smoothness import kernel_stages, weight_smoothness
-
-from conftest import max_rel_error, run_step
+from revlib.models import count_parameters
+from revlib.models import ode as M
 
 # Our exact counts at 10 and 100 classes (transition inside the first block, as in Chang et al.'s code).
 OURS = {
@@ -77,7 +76,9 @@ def small(scheme: str, units=(2, 3, 2), mode="reversible", **kw) -> M.ODENet:
 @pytest.mark.parametrize("scheme", ["hamiltonian", "midpoint", "leapfrog"])
 def test_layout_of_stages_and_sequences(scheme):
     model = small(scheme)
-    block = {"hamiltonian": HamiltonianBlock, "midpoint": MidpointBlock, "leapfrog": LeapfrogBlock}[scheme]
+    block = {"hamiltonian": HamiltonianBlock, "midpoint": MidpointBlock, "leapfrog": LeapfrogBlock}[
+        scheme
+    ]
     stages = model.stages()
     assert [len(s) for s in stages] == [2, 3, 2]
     assert all(isinstance(b, block) for s in stages for b in s)
@@ -167,7 +168,10 @@ def test_smoothness_on_models_pairs_within_stages_only():
     stages = kernel_stages(model)
     assert [len(s) for s in stages] == [2, 2, 2]
     manual = sum(
-        (a.kernels()[k] - b.kernels()[k]).pow(2).sum() for s in stages for a, b in zip(s, s[1:]) for k in ("K1", "K2")
+        (a.kernels()[k] - b.kernels()[k]).pow(2).sum()
+        for s in stages
+        for a, b in zip(s, s[1:])
+        for k in ("K1", "K2")
         if a.kernels()[k].shape == b.kernels()[k].shape
     )
     assert weight_smoothness(model, rate=1.0).item() == pytest.approx(manual.item(), rel=1e-6)

@@ -14,16 +14,23 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as nnf
+from conftest import conv_bn_relu, grads_of, revnet_stack, worst_rel_error
 from torch import nn
 
 import revlib
 from revlib.core import engine, recompute, sequence
-from conftest import conv_bn_relu, grads_of, revnet_stack, worst_rel_error
 
 ROUND_OFF = 1e-10
 
 
-def step(model: nn.Module, x: torch.Tensor, mode: str, seed: int = 0, between=None, context=contextlib.nullcontext):
+def step(
+    model: nn.Module,
+    x: torch.Tensor,
+    mode: str,
+    seed: int = 0,
+    between=None,
+    context=contextlib.nullcontext,
+):
     """One step of sum(y * w) in ``mode`` on a copy of ``model``; returns (grads, buffers, copy)."""
     m = copy.deepcopy(model)
     revlib.set_mode(m, mode)
@@ -49,7 +56,9 @@ def mode_error(model: nn.Module, x: torch.Tensor, **kwargs) -> tuple[float, bool
 
 def token_chain(make, depth: int = 2, **kwargs) -> revlib.ReversibleSequence:
     """``depth`` additive couplings split along the feature dimension (B, T, D)."""
-    return revlib.ReversibleSequence([revlib.AdditiveCoupling(make(), make(), dim=-1) for _ in range(depth)], **kwargs)
+    return revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(make(), make(), dim=-1) for _ in range(depth)], **kwargs
+    )
 
 
 # ---- case 1: parameter hooks fire once, with the full gradient -----------------------------------
@@ -64,11 +73,15 @@ def hooked_step(mode: str, device) -> tuple[dict[str, int], list]:
     calls: dict[str, int] = {}
     accumulated: dict[str, int] = {}
     for name, p in m.named_parameters():
+
         def hook(g, name=name):
             calls[name] = calls.get(name, 0) + 1
             return 2 * g
+
         p.register_hook(hook)
-        p.register_post_accumulate_grad_hook(lambda p, name=name: accumulated.__setitem__(name, accumulated.get(name, 0) + 1))
+        p.register_post_accumulate_grad_hook(
+            lambda p, name=name: accumulated.__setitem__(name, accumulated.get(name, 0) + 1)
+        )
     x = torch.randn(2, 8, 5, 5, dtype=torch.float64, device=device)
     torch.manual_seed(1)
     (m(x) ** 2).sum().backward()
@@ -84,7 +97,9 @@ def test_parameter_hooks_fire_once_with_the_full_gradient(device):
 
 
 def test_control_without_parameter_aliases_hooks_fire_inside_the_backward(monkeypatch):
-    monkeypatch.setattr(engine, "detached_parameters", lambda block, aliases: contextlib.nullcontext())
+    monkeypatch.setattr(
+        engine, "detached_parameters", lambda block, aliases: contextlib.nullcontext()
+    )
     calls, _, grads = hooked_step("reversible", "cpu")
     _, _, grads_ref = hooked_step("autograd", "cpu")
     assert max(calls.values()) >= 2
@@ -126,7 +141,9 @@ class Noisy(nn.Module):
 RANDOM_HALVES = {
     "rrelu": lambda: nn.Sequential(nn.Linear(4, 4), nn.RReLU()),
     "attention_dropout": SelfAttention,
-    "transformer_layer": lambda: nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, dropout=0.3, batch_first=True),
+    "transformer_layer": lambda: nn.TransformerEncoderLayer(
+        4, 2, dim_feedforward=8, dropout=0.3, batch_first=True
+    ),
     "functional_dropout": FunctionalDropout,
     "rand_like": Noisy,
 }
@@ -174,7 +191,9 @@ def test_train_eval_switch_before_backward_replays_the_forward_mode(device):
 
 
 def test_control_without_the_forward_mode_an_eval_switch_gives_wrong_gradients(monkeypatch):
-    monkeypatch.setattr(recompute.ModuleState, "forward_training_flags", lambda self: contextlib.nullcontext())
+    monkeypatch.setattr(
+        recompute.ModuleState, "forward_training_flags", lambda self: contextlib.nullcontext()
+    )
     base = revnet_stack(depth=3).double()
     x = torch.randn(4, 8, 5, 5, dtype=torch.float64)
     assert mode_error(base, x, between=lambda m: m.eval())[0] > 1e-3
@@ -201,7 +220,9 @@ def autocast_island_error() -> float:
 
 
 def test_autocast_off_in_forward_stays_off_in_recomputation():
-    assert autocast_island_error() <= 1e-5  # float32 round-off; a bf16 recomputation is off by ~1e-2
+    assert (
+        autocast_island_error() <= 1e-5
+    )  # float32 round-off; a bf16 recomputation is off by ~1e-2
 
 
 def test_control_autocast_replayed_only_when_on_leaks_the_backward_region(monkeypatch):
@@ -239,7 +260,9 @@ class EMACentred(nn.Module):
 
 
 STATEFUL_HALVES = {
-    "spectral_norm": lambda: nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Linear(4, 4)), nn.Tanh()),
+    "spectral_norm": lambda: nn.Sequential(
+        nn.utils.parametrizations.spectral_norm(nn.Linear(4, 4)), nn.Tanh()
+    ),
     "ema_buffer": EMACentred,
 }
 
@@ -272,7 +295,9 @@ def test_frozen_parameter_changed_in_place_raises():
     loss = (m(torch.randn(2, 8, 4, 4, requires_grad=True)) ** 2).sum()
     with torch.no_grad():
         m.blocks[0].F[2].weight.mul_(2)
-    with pytest.raises(RuntimeError, match=r"modified in place between forward and backward \(0\.F\.2\.weight"):
+    with pytest.raises(
+        RuntimeError, match=r"modified in place between forward and backward \(0\.F\.2\.weight"
+    ):
         loss.backward()
 
 
@@ -337,7 +362,9 @@ def test_check_inverse_with_a_block_used_twice_and_dropout():
 def test_control_tapes_keyed_by_block_break_a_tied_block(monkeypatch):
     def keyed_by_block(self, y, tapes):  # the old rule: one tape per block instance
         by_block = dict(zip(map(id, self.blocks), tapes))
-        return sequence._each_block(self.blocks, y, lambda b, h: b.inverse_replayed(h, by_block[id(b)]), reverse=True)
+        return sequence._each_block(
+            self.blocks, y, lambda b, h: b.inverse_replayed(h, by_block[id(b)]), reverse=True
+        )
 
     monkeypatch.setattr(revlib.ReversibleSequence, "inverse_with_tapes", keyed_by_block)
     block = revlib.AdditiveCoupling(conv_bn_relu(4, dropout=0.5), conv_bn_relu(4, dropout=0.5))
@@ -366,7 +393,9 @@ def test_block_without_underscored_methods_is_refused_with_what_to_implement():
 
     with pytest.raises(TypeError, match=r"implement _forward\(x, run\) and _inverse\(y, run\)"):
         revlib.ReversibleSequence([Plain()])
-    with pytest.raises(NotImplementedError, match=r"Plain: a ReversibleBlock implements _forward\(x, run\)"):
+    with pytest.raises(
+        NotImplementedError, match=r"Plain: a ReversibleBlock implements _forward\(x, run\)"
+    ):
         Plain()._forward(torch.zeros(1), revlib.core.blocks.plain_run)
 
 
@@ -380,12 +409,16 @@ def test_nan_input_leaves_the_same_running_statistics_as_autograd():
 
 
 def test_check_inverse_on_an_empty_batch_says_so():
-    with pytest.raises(ValueError, match=r"check_inverse: the input is empty \(shape \(0, 8, 4, 4\)\)"):
+    with pytest.raises(
+        ValueError, match=r"check_inverse: the input is empty \(shape \(0, 8, 4, 4\)\)"
+    ):
         revlib.check_inverse(revnet_stack(depth=2), torch.randn(0, 8, 4, 4))
 
 
 def test_torch_func_transforms_point_to_mode_autograd():
-    m = token_chain(lambda: nn.Linear(4, 4)).double()  # no BatchNorm: torch.func refuses its in-place update
+    m = token_chain(
+        lambda: nn.Linear(4, 4)
+    ).double()  # no BatchNorm: torch.func refuses its in-place update
     x = torch.randn(2, 3, 8, dtype=torch.float64)
     with pytest.raises(RuntimeError, match=r"torch\.func transforms.*mode='autograd'"):
         torch.func.grad(lambda v: m(v).sum())(x)

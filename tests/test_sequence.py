@@ -6,14 +6,15 @@ import copy
 
 import pytest
 import torch
+from conftest import copies_by_mode, max_rel_error, revnet_stack, run_step
 from torch import nn
 
 import revlib
-from conftest import copies_by_mode, max_rel_error, revnet_stack, run_step
 
 
 def smooth_stack(depth: int) -> revlib.ReversibleSequence:
     """Couplings with smooth halves (no ReLU kinks), for finite-difference checks."""
+
     def half():
         return nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.Tanh())
 
@@ -85,8 +86,12 @@ def test_dropout_masks_are_replayed(mode, device):
     for name, m in models.items():
         torch.manual_seed(123)
         y = m(x)
-        (y ** 2).sum().backward()
-        rng = torch.get_device_module(device.type).get_rng_state() if device.type != "cpu" else torch.get_rng_state()
+        (y**2).sum().backward()
+        rng = (
+            torch.get_device_module(device.type).get_rng_state()
+            if device.type != "cpu"
+            else torch.get_rng_state()
+        )
         out[name] = (y.detach(), [p.grad.clone() for p in m.parameters()], rng)
         x.grad = None
     y, grads, rng = out[mode]
@@ -144,7 +149,10 @@ def test_input_without_grad_and_only_parameter_gradients():
     results = {mode: run_step(m, x) for mode, m in copies_by_mode(base).items()}
     for mode in ("reversible", "checkpoint"):
         assert results[mode][1] is None
-        assert max(max_rel_error(a, b) for a, b in zip(results[mode][2], results["autograd"][2])) <= 1e-5
+        assert (
+            max(max_rel_error(a, b) for a, b in zip(results[mode][2], results["autograd"][2]))
+            <= 1e-5
+        )
 
 
 def test_frozen_parameters_and_input_gradient_only():
@@ -200,7 +208,7 @@ def test_eval_mode_and_no_grad_are_plain_forwards():
     assert "ReversibleChain" not in type(y.grad_fn).__name__
     assert torch.equal(y, reference(x))
     stats = [b.clone() for b in m.buffers()]
-    (y ** 2).sum().backward()
+    (y**2).sum().backward()
     assert all(torch.equal(a, b) for a, b in zip(stats, m.buffers()))
 
 
@@ -208,13 +216,20 @@ def test_errors_name_the_block_and_shapes():
     m = revnet_stack(depth=2)
     with pytest.raises(ValueError, match=r"block 0: AdditiveCoupling.*odd number of channels \(7"):
         m(torch.randn(2, 7, 4, 4, requires_grad=True))
-    bad = revlib.ReversibleSequence([
-        revlib.AdditiveCoupling(nn.Identity(), nn.Identity()),
-        revlib.AdditiveCoupling(nn.Conv2d(2, 3, 1), nn.Identity()),
-    ])
-    with pytest.raises(ValueError, match=r"block 1: AdditiveCoupling: F maps a half of shape \(1, 2, 4, 4\) to shape \(1, 3, 4, 4\)"):
+    bad = revlib.ReversibleSequence(
+        [
+            revlib.AdditiveCoupling(nn.Identity(), nn.Identity()),
+            revlib.AdditiveCoupling(nn.Conv2d(2, 3, 1), nn.Identity()),
+        ]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"block 1: AdditiveCoupling: F maps a half of shape \(1, 2, 4, 4\) to shape \(1, 3, 4, 4\)",
+    ):
         bad(torch.randn(1, 4, 4, 4, requires_grad=True))
-    with pytest.raises(ValueError, match=r"expected an input with 4 dimensions, got shape \(8, 4, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"expected an input with 4 dimensions, got shape \(8, 4, 4\)"
+    ):
         revlib.ReversibleSequence(m.blocks, ndim=4)(torch.randn(8, 4, 4))
     with pytest.raises(ValueError, match="got shape \\(8,\\)"):
         m(torch.randn(8, requires_grad=True))
@@ -246,9 +261,11 @@ def test_functional_call_is_rejected_clearly():
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
     params = {name: p.detach().clone().requires_grad_() for name, p in m.named_parameters()}
     y = torch.func.functional_call(m, params, (x,))
-    with pytest.raises(RuntimeError, match="parameters or buffers were replaced between forward and backward"):
-        (y ** 2).sum().backward()
+    with pytest.raises(
+        RuntimeError, match="parameters or buffers were replaced between forward and backward"
+    ):
+        (y**2).sum().backward()
     m.mode = "autograd"
     y = torch.func.functional_call(m, params, (x,))
-    (y ** 2).sum().backward()
+    (y**2).sum().backward()
     assert all(p.grad is not None for p in params.values())

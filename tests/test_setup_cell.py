@@ -82,13 +82,17 @@ def test_colab_with_revlib_already_there_installs_nothing(cell, capsys, monkeypa
 
 
 @pytest.mark.parametrize("present", [None, "0.0.1", "pypi-other"])
-def test_colab_without_the_right_revlib_installs_from_the_repository(cell, capsys, monkeypatch, present):
+def test_colab_without_the_right_revlib_installs_from_the_repository(
+    cell, capsys, monkeypatch, present
+):
     calls, _ = cell
     on_colab(monkeypatch)
     if present is None:
         monkeypatch.setitem(sys.modules, "revlib", None)  # import revlib raises ImportError
     elif present == "pypi-other":
-        monkeypatch.setitem(sys.modules, "revlib", fake_revlib(None))  # PyPI's unrelated package: no __version__
+        monkeypatch.setitem(
+            sys.modules, "revlib", fake_revlib(None)
+        )  # PyPI's unrelated package: no __version__
     else:
         monkeypatch.setitem(sys.modules, "revlib", fake_revlib(present))
     out = run_cell(capsys)
@@ -96,7 +100,9 @@ def test_colab_without_the_right_revlib_installs_from_the_repository(cell, capsy
     cmd = calls[0]
     assert cmd[:4] == [sys.executable, "-m", "pip", "install"]
     assert cmd[-1] == f"revlib[train] @ git+{notebooks.repository_url()}"
-    assert f"revlib {WANTED}, running on: cpu" in out  # the freshly installed module, not the stale one
+    assert (
+        f"revlib {WANTED}, running on: cpu" in out
+    )  # the freshly installed module, not the stale one
 
 
 def test_revlib_install_overrides_the_source(cell, capsys, monkeypatch, tmp_path):

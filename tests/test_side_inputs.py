@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import worst_rel_error
 from torch import nn
 from torch.nn.utils import parametrize
 
 import revlib
 from revlib.core import engine
-
-from conftest import worst_rel_error
 
 X = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
 
@@ -42,7 +41,9 @@ class Embedder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.embed = nn.Linear(1, 2)
-        self.seq = revlib.ReversibleSequence([revlib.AdditiveCoupling(FiLM(), FiLM(), dim=-1) for _ in range(3)])
+        self.seq = revlib.ReversibleSequence(
+            [revlib.AdditiveCoupling(FiLM(), FiLM(), dim=-1) for _ in range(3)]
+        )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.seq(x, cond=self.embed(t))
@@ -103,7 +104,10 @@ class Attr(nn.Module):
 
 def test_a_tensor_reaching_f_by_an_attribute_is_refused():
     m = AttributeConditioned().double()
-    with pytest.raises(RuntimeError, match=r"block 0 .*tensor of shape \(4, 2\) that requires grad.*seq\(x, cond=c\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"block 0 .*tensor of shape \(4, 2\) that requires grad.*seq\(x, cond=c\)",
+    ):
         step(m, X, T)
 
 
@@ -127,14 +131,22 @@ class Unregistered(nn.Module):
 
 
 def test_an_unregistered_parameter_is_refused():
-    m = revlib.ReversibleSequence([revlib.AdditiveCoupling(Unregistered(), Unregistered(), dim=-1)]).double()
-    with pytest.raises(RuntimeError, match=r"tensor of shape \(3,\) that requires grad.*register it as a parameter"):
+    m = revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(Unregistered(), Unregistered(), dim=-1)]
+    ).double()
+    with pytest.raises(
+        RuntimeError, match=r"tensor of shape \(3,\) that requires grad.*register it as a parameter"
+    ):
         step(m, X.clone().requires_grad_(True))
 
 
 def test_unused_extra_arguments_are_refused():
-    m = revlib.ReversibleSequence([revlib.AdditiveCoupling(nn.Linear(3, 3), nn.Linear(3, 3), dim=-1)]).double()
-    with pytest.raises(TypeError, match=r"no sub-function of any block takes the extra argument\(s\) \['cond'\]"):
+    m = revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(nn.Linear(3, 3), nn.Linear(3, 3), dim=-1)]
+    ).double()
+    with pytest.raises(
+        TypeError, match=r"no sub-function of any block takes the extra argument\(s\) \['cond'\]"
+    ):
         step(m, X.clone().requires_grad_(True), cond=T)
 
 
@@ -144,10 +156,15 @@ def test_parametrize_cached_is_refused_and_works_outside():
         halves = [nn.Linear(3, 3) for _ in range(2)]
         for h in halves:
             parametrize.register_parametrization(h, "weight", Symmetric())
-        return revlib.ReversibleSequence([revlib.AdditiveCoupling(*halves, dim=-1)], mode=mode).double()
+        return revlib.ReversibleSequence(
+            [revlib.AdditiveCoupling(*halves, dim=-1)], mode=mode
+        ).double()
 
     rev = make("reversible")
-    with parametrize.cached(), pytest.raises(RuntimeError, match=r"parametrize.cached\(\) is active"):
+    with (
+        parametrize.cached(),
+        pytest.raises(RuntimeError, match=r"parametrize.cached\(\) is active"),
+    ):
         step(rev, X.clone().requires_grad_(True))
     ref = make("autograd")
     with parametrize.cached():
@@ -161,16 +178,22 @@ class Symmetric(nn.Module):
 
 
 def test_an_activation_kept_by_a_hook_on_f_is_refused():
-    m = revlib.ReversibleSequence([revlib.AdditiveCoupling(nn.Linear(3, 3), nn.Linear(3, 3), dim=-1)]).double()
+    m = revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(nn.Linear(3, 3), nn.Linear(3, 3), dim=-1)]
+    ).double()
     kept = []
     m.blocks[0].F.register_forward_hook(lambda mod, a, out: kept.append(out))
-    with pytest.raises(RuntimeError, match=r"forward hook on 0.F kept its output \(shape \(4, 3\)\)"):
+    with pytest.raises(
+        RuntimeError, match=r"forward hook on 0.F kept its output \(shape \(4, 3\)\)"
+    ):
         step(m, X.clone().requires_grad_(True))
 
 
 def test_control_without_the_check_the_kept_activation_has_no_graph(monkeypatch):
     monkeypatch.setattr(engine, "check_no_kept_outputs", lambda log, owner, keep=None: None)
-    m = revlib.ReversibleSequence([revlib.AdditiveCoupling(nn.Linear(3, 3), nn.Linear(3, 3), dim=-1)]).double()
+    m = revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(nn.Linear(3, 3), nn.Linear(3, 3), dim=-1)]
+    ).double()
     kept = []
     m.blocks[0].F.register_forward_hook(lambda mod, a, out: kept.append(out))
     m(X.clone().requires_grad_(True))
@@ -192,7 +215,14 @@ PAD = torch.tensor([[False] * 5, [False, False, False, True, True]])
 CAUSAL = torch.ones(5, 5, dtype=torch.bool).tril()
 
 
-@pytest.mark.parametrize("masks", [{"key_padding_mask": PAD}, {"attn_mask": CAUSAL}, {"attn_mask": CAUSAL, "key_padding_mask": PAD}])
+@pytest.mark.parametrize(
+    "masks",
+    [
+        {"key_padding_mask": PAD},
+        {"attn_mask": CAUSAL},
+        {"attn_mask": CAUSAL, "key_padding_mask": PAD},
+    ],
+)
 def test_masks_reach_every_block_and_gradients_equal_autograd(masks):
     ref, rev = transformer("autograd"), transformer("reversible")
     g_ref = step(ref, TOKENS.clone().requires_grad_(True), **masks)
@@ -218,7 +248,8 @@ def test_reversible_vit_takes_an_attention_mask():
     rev.load_state_dict(ref.state_dict())
     images = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     mask = torch.eye(4, dtype=torch.bool) | torch.ones(4, 4, dtype=torch.bool).tril(-1)
-    assert worst_rel_error(step(rev, images, attn_mask=mask), step(ref, images, attn_mask=mask)) < 1e-12
+    assert (
+        worst_rel_error(step(rev, images, attn_mask=mask), step(ref, images, attn_mask=mask))
+        < 1e-12
+    )
     assert not torch.allclose(rev(images, attn_mask=mask), rev(images))
-
-

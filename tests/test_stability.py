@@ -30,7 +30,7 @@ def test_jacobian_of_a_linear_map_is_its_matrix():
 
 def test_toy_jacobians_at_the_origin():
     y0 = torch.zeros(1, 2, dtype=torch.float64)
-    rhs = lambda K: (lambda y: torch.tanh(y @ K.T))  # noqa: E731
+    rhs = lambda K: lambda y: torch.tanh(y @ K.T)  # noqa: E731
     assert S.max_real_part(rhs(K_PLUS), y0) == pytest.approx(2.0)
     assert S.max_real_part(rhs(K_MINUS), y0) == pytest.approx(-2.0)
     ev = S.eigenvalues(rhs(K_ZERO), y0)
@@ -42,7 +42,9 @@ def test_toy_perturbations_grow_shrink_and_rotate():
     y1 = torch.tensor([[0.1, 0.1]], dtype=torch.float64)
     plus = S.perturbation_growth(euler_layer(K_PLUS), y1, depth=10)
     minus = S.perturbation_growth(euler_layer(K_MINUS), y1, depth=10)
-    zero = S.perturbation_growth(euler_layer(K_ZERO), y1, depth=10, direction=torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    zero = S.perturbation_growth(
+        euler_layer(K_ZERO), y1, depth=10, direction=torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    )
     assert plus.shape == (11,) and plus[0] == 1.0
     assert plus[-1] > 2.5 and bool((plus[1:] > plus[:-1]).all())
     assert minus[-1] < 0.5
@@ -54,7 +56,9 @@ def test_lyapunov_exponent_of_a_linear_euler_map():
     layer = lambda y: y + h * a * y  # noqa: E731
     lam = S.lyapunov_exponent(layer, torch.randn(1, 3, dtype=torch.float64), depth=n, h=h)
     assert lam == pytest.approx(math.log(1 + h * a) / h, rel=1e-12)
-    lam_fd = S.lyapunov_exponent(layer, torch.randn(1, 3, dtype=torch.float64), depth=n, h=h, eps=1e-7)
+    lam_fd = S.lyapunov_exponent(
+        layer, torch.randn(1, 3, dtype=torch.float64), depth=n, h=h, eps=1e-7
+    )
     assert lam_fd == pytest.approx(lam, rel=1e-6)
 
 

@@ -31,11 +31,15 @@ def test_loader_reads_every_image_and_label_where_it_belongs(standin_root, name)
     root, written = standin_root
     train, test = data.load(name, root, download=False, normalization="none")
     c, h, w, k = SHAPES[name]
-    for split, want_x, want_y in ((train, written[name].train_images, written[name].train_labels),
-                                  (test, written[name].test_images, written[name].test_labels)):
+    for split, want_x, want_y in (
+        (train, written[name].train_images, written[name].train_labels),
+        (test, written[name].test_images, written[name].test_labels),
+    ):
         assert split.images.shape == (len(want_y), c, h, w) and split.images.dtype == torch.uint8
         assert split.num_classes == k and split.name == name
-        assert torch.equal(split.images, torch.from_numpy(want_x))  # same pixels, same layout (N, C, H, W)
+        assert torch.equal(
+            split.images, torch.from_numpy(want_x)
+        )  # same pixels, same layout (N, C, H, W)
         assert torch.equal(split.targets, torch.from_numpy(want_y))  # 0-based labels in file order
     assert data.augmentation_for(name)["flip"] is True
 
@@ -48,11 +52,19 @@ def test_a_missing_data_set_is_a_clear_error_without_network(tmp_path, name):
 
 def run_experiment(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``python -m revlib.harness.experiments ARGS`` in a subprocess that accepts the stand-ins' checksums."""
-    code = ("import sys, standin_data; standin_data.accept_standin_checksums(); "
-            "from revlib.harness.experiments import main; main(sys.argv[1:])")
+    code = (
+        "import sys, standin_data; standin_data.accept_standin_checksums(); "
+        "from revlib.harness.experiments import main; main(sys.argv[1:])"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600,
-                          cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+    )
 
 
 ROWS = [  # (model, data set, extra arguments): one row of each of the book's tables, shortened
@@ -63,11 +75,30 @@ ROWS = [  # (model, data set, extra arguments): one row of each of the book's ta
 
 
 @pytest.mark.parametrize("model,dataset,extra", ROWS, ids=[f"{m}-{d}" for m, d, _ in ROWS])
-def test_paper_recipe_shortened_runs_resumes_and_writes_its_results(standin_root, tmp_path, model, dataset, extra):
+def test_paper_recipe_shortened_runs_resumes_and_writes_its_results(
+    standin_root, tmp_path, model, dataset, extra
+):
     root, written = standin_root
     out = tmp_path / "runs" / f"{model}_{dataset}.json"
-    args = ["--model", model, "--dataset", dataset, "--data-root", str(root), "--no-download", "--iterations", "2",
-            "--threads", "1", "--no-progress", "--eval-batch-size", "50", "--out", str(out), *extra]
+    args = [
+        "--model",
+        model,
+        "--dataset",
+        dataset,
+        "--data-root",
+        str(root),
+        "--no-download",
+        "--iterations",
+        "2",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--eval-batch-size",
+        "50",
+        "--out",
+        str(out),
+        *extra,
+    ]
     first = run_experiment(args, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -76,9 +107,15 @@ def test_paper_recipe_shortened_runs_resumes_and_writes_its_results(standin_root
     assert r["recipe"]["momentum"] == 0.9 and r["fast"] is False and r["resumed"] is False
     n_train = len(written[dataset].train_labels)
     classes = SHAPES[dataset][3]
-    per_class = round(float(extra[1]) * n_train / classes) if "--fraction" in extra else n_train // classes
-    assert r["train_images"] == per_class * classes and r["test_images"] == len(written[dataset].test_labels)
-    assert r["params"] == sum(p.numel() for p in experiments.build_model(model, SHAPES[dataset][3], 3).parameters())
+    per_class = (
+        round(float(extra[1]) * n_train / classes) if "--fraction" in extra else n_train // classes
+    )
+    assert r["train_images"] == per_class * classes and r["test_images"] == len(
+        written[dataset].test_labels
+    )
+    assert r["params"] == sum(
+        p.numel() for p in experiments.build_model(model, SHAPES[dataset][3], 3).parameters()
+    )
     assert 0.0 <= r["accuracy"] <= 1.0 and r["hardware"]["device"] == "cpu"
     assert out.with_suffix(".pt").exists() and out.with_suffix(".csv").exists()
     # started again with the same arguments, it continues from the checkpoint (nothing left to train)

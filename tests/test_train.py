@@ -18,13 +18,21 @@ def tiny_net(dropout: float = 0.1) -> nn.Module:
     half = 4
 
     def f():
-        return nn.Sequential(nn.BatchNorm2d(half), nn.ReLU(), nn.Conv2d(half, half, 3, padding=1, bias=False))
+        return nn.Sequential(
+            nn.BatchNorm2d(half), nn.ReLU(), nn.Conv2d(half, half, 3, padding=1, bias=False)
+        )
 
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(dropout),
+        nn.Conv2d(1, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Dropout(dropout),
         revlib.ReversibleSequence([revlib.AdditiveCoupling(f(), f()) for _ in range(2)]),
-        nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Flatten(), nn.Linear(16 * 4 * 4, 10),
+        nn.Conv2d(8, 16, 3, padding=1, stride=2),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 10),
     )
 
 
@@ -58,7 +66,13 @@ def loaders(digits, kind: str = "tensor", seed: int = 0):
 
 def test_revnet_schedule_boundaries():
     r = train.recipe("revnet")
-    assert (r.iterations, r.batch_size, r.momentum, r.weight_decay, r.smoothness) == (80_000, 100, 0.9, 2e-4, 0.0)
+    assert (r.iterations, r.batch_size, r.momentum, r.weight_decay, r.smoothness) == (
+        80_000,
+        100,
+        0.9,
+        2e-4,
+        0.0,
+    )
     expect = {0: 0.1, 39_999: 0.1, 40_000: 0.01, 59_999: 0.01, 60_000: 0.001, 79_999: 0.001}
     for step, lr in expect.items():
         assert math.isclose(r.lr_at(step), lr, rel_tol=1e-12), (step, r.lr_at(step))
@@ -69,7 +83,11 @@ def test_revnet_schedule_boundaries():
 def test_scaled_schedule_keeps_fractions():
     s = train.recipe("revnet", iterations=800)
     assert s.iterations == 800 and s.milestones == (400, 600) and s.batch_size == 100
-    assert s.lr_at(399) == 0.1 and math.isclose(s.lr_at(400), 0.01) and math.isclose(s.lr_at(600), 0.001)
+    assert (
+        s.lr_at(399) == 0.1
+        and math.isclose(s.lr_at(400), 0.01)
+        and math.isclose(s.lr_at(600), 0.001)
+    )
     assert train.recipe("chang", iterations=80).milestones == (40, 60)
     assert train.recipe("revnet", batch_size=50).batch_size == 50
     with pytest.raises(ValueError):
@@ -92,8 +110,13 @@ class RawKernel(nn.Module):
 
 
 def test_weight_decay_only_on_conv_and_fc_weights():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, bias=True), nn.BatchNorm2d(4), RawKernel(),
-                          nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, bias=True),
+        nn.BatchNorm2d(4),
+        RawKernel(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 10),
+    )
     decayed, not_decayed = train.decayed_parameter_names(model)
     assert sorted(decayed) == ["0.weight", "2.kernel", "4.weight"]
     assert sorted(not_decayed) == ["0.bias", "1.bias", "1.weight", "2.h", "4.bias"]
@@ -101,9 +124,12 @@ def test_weight_decay_only_on_conv_and_fc_weights():
     groups = {g["name"]: g for g in t.optimizer.param_groups}
     assert groups["decay"]["weight_decay"] == 2e-4 and groups["no_decay"]["weight_decay"] == 0.0
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
-    assert ids(groups["decay"]["params"]) == ids([model[0].weight, model[2].kernel, model[4].weight])
-    assert ids(groups["no_decay"]["params"]) == ids([model[0].bias, model[1].weight, model[1].bias, model[2].h,
-                                                      model[4].bias])
+    assert ids(groups["decay"]["params"]) == ids(
+        [model[0].weight, model[2].kernel, model[4].weight]
+    )
+    assert ids(groups["no_decay"]["params"]) == ids(
+        [model[0].bias, model[1].weight, model[1].bias, model[2].h, model[4].bias]
+    )
 
 
 def test_weight_decay_acts_only_on_its_group():
@@ -116,7 +142,11 @@ def test_weight_decay_acts_only_on_its_group():
     opt.step()
     conv_w, conv_b, bn_w, bn_b = model.parameters()
     assert torch.allclose(conv_w, before[0] * (1 - 0.1 * 0.5))
-    assert torch.equal(conv_b, before[1]) and torch.equal(bn_w, before[2]) and torch.equal(bn_b, before[3])
+    assert (
+        torch.equal(conv_b, before[1])
+        and torch.equal(bn_w, before[2])
+        and torch.equal(bn_b, before[3])
+    )
 
 
 # ---------------------------------------------------------------- training
@@ -142,17 +172,22 @@ def test_extra_loss_hook_is_called_every_step(digits):
 
     def penalty(model):
         calls.append(1)
-        return 1e-3 * sum((p ** 2).sum() for p in model.parameters())
+        return 1e-3 * sum((p**2).sum() for p in model.parameters())
 
-    t = train.Trainer(tiny_net(), train.recipe("revnet", iterations=5), device="cpu", progress=False,
-                      extra_loss=penalty)
+    t = train.Trainer(
+        tiny_net(),
+        train.recipe("revnet", iterations=5),
+        device="cpu",
+        progress=False,
+        extra_loss=penalty,
+    )
     t.fit(loaders(digits)[0])
     assert len(calls) == 5
 
 
 def test_chang_recipe_adds_weight_smoothness_in_the_l2_loss_convention():
-    from revlib.models.ode import ODENet
     from revlib.core.smoothness import weight_smoothness
+    from revlib.models.ode import ODENet
 
     model = ODENet("hamiltonian", (3, 2), (8, 16), num_classes=10, in_channels=1)
     t = train.Trainer(model, train.recipe("chang", iterations=1), device="cpu", progress=False)
@@ -172,15 +207,25 @@ def test_set_bn_momentum():
 
 
 def test_bf16_autocast_on_cpu(digits):
-    t = train.Trainer(tiny_net(), train.recipe("revnet", iterations=3), device="cpu", progress=False, amp="bf16",
-                      channels_last=True)
+    t = train.Trainer(
+        tiny_net(),
+        train.recipe("revnet", iterations=3),
+        device="cpu",
+        progress=False,
+        amp="bf16",
+        channels_last=True,
+    )
     hist = t.fit(*loaders(digits))
     assert math.isfinite(hist[-1]["train_loss"]) and math.isfinite(hist[-1]["test_loss"])
-    assert train.Trainer(tiny_net(), device="cpu", amp="auto").amp is None  # auto: no mixed precision on a CPU
+    assert (
+        train.Trainer(tiny_net(), device="cpu", amp="auto").amp is None
+    )  # auto: no mixed precision on a CPU
 
 
 def test_fp16_autocast_with_grad_scaler_on_cpu(digits):
-    t = train.Trainer(tiny_net(), train.recipe("revnet", iterations=3), device="cpu", progress=False, amp="fp16")
+    t = train.Trainer(
+        tiny_net(), train.recipe("revnet", iterations=3), device="cpu", progress=False, amp="fp16"
+    )
     assert isinstance(t.scaler, torch.amp.GradScaler)
     hist = t.fit(*loaders(digits))
     assert math.isfinite(hist[-1]["train_loss"]) and t.scaler.get_scale() > 0
@@ -190,8 +235,13 @@ def test_fp16_autocast_with_grad_scaler_on_cpu(digits):
 
 def test_progress_bar_and_metrics_files(digits, tmp_path, capsys):
     tr, te = loaders(digits)
-    t = train.Trainer(tiny_net(), train.recipe("revnet", iterations=16), device="cpu", progress=True,
-                      metrics_path=tmp_path / "m.csv")
+    t = train.Trainer(
+        tiny_net(),
+        train.recipe("revnet", iterations=16),
+        device="cpu",
+        progress=True,
+        metrics_path=tmp_path / "m.csv",
+    )
     t.fit(tr, te)
     err = capsys.readouterr().err
     assert "img_s=" in err and "acc=" in err and "loss=" in err
@@ -228,8 +278,13 @@ def _run(digits, kind, iterations, *, stop_at=None, ckpt=None, resume=False, ini
     torch.manual_seed(init_seed)
     model = tiny_net()
     tr, te = loaders(digits, kind)
-    t = train.Trainer(model, train.recipe("revnet", iterations=iterations), device="cpu", progress=False,
-                      checkpoint_path=ckpt)
+    t = train.Trainer(
+        model,
+        train.recipe("revnet", iterations=iterations),
+        device="cpu",
+        progress=False,
+        checkpoint_path=ckpt,
+    )
     if resume:
         t.resume()
     else:
@@ -248,9 +303,14 @@ def test_resume_continues_exactly(digits, tmp_path, kind, stop):
     torch.manual_seed(999)
     resumed = _run(digits, kind, n, ckpt=tmp_path / "c.pt", resume=True, init_seed=5)
     assert resumed.step == n
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values()
+    ):
         assert torch.equal(a, b), name  # bit for bit, BN running statistics included
-    for a, b in zip(straight.optimizer.state_dict()["state"].values(), resumed.optimizer.state_dict()["state"].values()):
+    for a, b in zip(
+        straight.optimizer.state_dict()["state"].values(),
+        resumed.optimizer.state_dict()["state"].values(),
+    ):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
     timing = ("images_per_s", "epoch_time_s", "elapsed_s")
     strip = lambda h: [{k: v for k, v in r.items() if k not in timing} for r in h]  # noqa: E731
@@ -259,7 +319,9 @@ def test_resume_continues_exactly(digits, tmp_path, kind, stop):
 
 def test_resume_needs_the_same_kind_of_loader(digits, tmp_path):
     _run(digits, "tensor", 20, stop_at=5, ckpt=tmp_path / "c.pt")
-    t = train.Trainer(tiny_net(), train.recipe("revnet", iterations=20), device="cpu", progress=False)
+    t = train.Trainer(
+        tiny_net(), train.recipe("revnet", iterations=20), device="cpu", progress=False
+    )
     t.resume(tmp_path / "c.pt")
     with pytest.raises(RuntimeError, match="generators"):
         t.fit(loaders(digits, "dataloader")[0])

@@ -10,7 +10,9 @@ from revlib.core.transformer import FeedForward, SelfAttention
 
 
 def stack(depth: int, mode: str, dropout: float = 0.0, attn_dropout: float = 0.0, rng=True):
-    blocks = [revlib.ReversibleTransformerBlock(8, 2, 2.0, dropout, attn_dropout) for _ in range(depth)]
+    blocks = [
+        revlib.ReversibleTransformerBlock(8, 2, 2.0, dropout, attn_dropout) for _ in range(depth)
+    ]
     return revlib.ReversibleSequence(blocks, mode=mode, preserve_rng_state=rng)
 
 
@@ -88,7 +90,10 @@ def test_bf16_autocast_gradients_close_to_autograd():
 def test_errors_name_module_and_shape():
     with pytest.raises(ValueError, match="not a multiple of heads=3"):
         SelfAttention(8, 3)
-    with pytest.raises(ValueError, match=r"SelfAttention: expected tokens of shape \(batch, tokens, 8\), got shape \(2, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"SelfAttention: expected tokens of shape \(batch, tokens, 8\), got shape \(2, 8\)",
+    ):
         SelfAttention(8, 2)(torch.randn(2, 8))
     with pytest.raises(ValueError, match="FeedForward"):
         FeedForward(8, 16)(torch.randn(2, 3, 6))

@@ -49,7 +49,11 @@ def test_rev_vgg_modes_agree_float64():
         assert m.mode == mode
         out = m(x)
         out.square().sum().backward()
-        res[mode] = (out.detach(), [p.grad for p in m.parameters()], [b.clone() for b in m.buffers()])
+        res[mode] = (
+            out.detach(),
+            [p.grad for p in m.parameters()],
+            [b.clone() for b in m.buffers()],
+        )
     for mode in ("reversible", "checkpoint"):
         assert torch.equal(res[mode][0], res["autograd"][0])
         for g, g0 in zip(res[mode][1], res["autograd"][1]):

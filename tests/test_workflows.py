@@ -31,13 +31,19 @@ def test_workflows_match_the_github_workflow_schema(tmp_path):
     if not Path(exe).exists():
         pytest.skip("check-jsonschema is not installed (it is in requirements.txt)")
     files = sorted(str(p) for p in WORKFLOWS.glob("*.yml"))
-    proc = subprocess.run([exe, "--builtin-schema", "vendor.github-workflows", *files], capture_output=True, text=True)
+    proc = subprocess.run(
+        [exe, "--builtin-schema", "vendor.github-workflows", *files], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # the check can fail: a misspelt key is refused
     bad = tmp_path / "bad.yml"
     bad.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    stepz: []\n")
-    assert subprocess.run([exe, "--builtin-schema", "vendor.github-workflows", str(bad)],
-                          capture_output=True).returncode != 0
+    assert (
+        subprocess.run(
+            [exe, "--builtin-schema", "vendor.github-workflows", str(bad)], capture_output=True
+        ).returncode
+        != 0
+    )
 
 
 def test_book_is_built_with_the_readme_command_and_deployed_on_pushes_to_main():

@@ -89,7 +89,9 @@ def check_pages(paths: list[Path]) -> list[Finding]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("pages", nargs="*", type=Path, help=f"HTML pages (default: {DEFAULT_GLOB})")
     args = parser.parse_args(argv)
     paths = args.pages or sorted(ROOT.glob(DEFAULT_GLOB))

@@ -64,7 +64,9 @@ def default_venv() -> Path:
     this machine shares it (built once, in minutes: torch with its CUDA libraries is gigabytes)."""
     import hashlib
 
-    key = hashlib.sha1((" ".join(sorted(set(COLAB_PACKAGES.values()))) + CONSTRAINTS.read_text()).encode()).hexdigest()
+    key = hashlib.sha1(
+        (" ".join(sorted(set(COLAB_PACKAGES.values()))) + CONSTRAINTS.read_text()).encode()
+    ).hexdigest()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "revlib-colab-check" / f"venv-{key[:12]}"
 
@@ -93,7 +95,9 @@ def imports_of(source: str) -> set[str]:
 
 def _catches_import_error(handler: ast.ExceptHandler) -> bool:
     kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
-    return any(isinstance(k, ast.Name) and k.id in ("ImportError", "ModuleNotFoundError") for k in kinds)
+    return any(
+        isinstance(k, ast.Name) and k.id in ("ImportError", "ModuleNotFoundError") for k in kinds
+    )
 
 
 def third_party(names: set[str], own: tuple[str, ...] = ("revlib",)) -> set[str]:
@@ -101,7 +105,9 @@ def third_party(names: set[str], own: tuple[str, ...] = ("revlib",)) -> set[str]
     return {n for n in names if n not in sys.stdlib_module_names and n not in own}
 
 
-def declared_distributions(pyproject: Path = ROOT / "pyproject.toml", extras: tuple[str, ...] = ("train",)) -> set[str]:
+def declared_distributions(
+    pyproject: Path = ROOT / "pyproject.toml", extras: tuple[str, ...] = ("train",)
+) -> set[str]:
     """Distribution names in ``dependencies`` and the given extras of pyproject.toml, lower-cased."""
     import tomllib
 
@@ -123,7 +129,14 @@ def run(cmd: list[str], **kwargs) -> None:
 def clean_env() -> dict[str, str]:
     """os.environ without what would let the checkout or the book's venv leak into the Colab-like one."""
     env = dict(os.environ)
-    for key in ("PYTHONPATH", "MPLBACKEND", "VIRTUAL_ENV", "PYTHONHOME", "JUPYTER_PATH", "REVLIB_INSTALL"):
+    for key in (
+        "PYTHONPATH",
+        "MPLBACKEND",
+        "VIRTUAL_ENV",
+        "PYTHONHOME",
+        "JUPYTER_PATH",
+        "REVLIB_INSTALL",
+    ):
         env.pop(key, None)
     return env
 
@@ -132,18 +145,38 @@ def make_venv(venv: Path, fresh: bool) -> Path:
     """The Colab-like venv at ``venv`` (created if missing or ``fresh``); returns its python."""
     python = venv / "bin" / "python"
     stamp = venv / ".colab-check"
-    wanted = json.dumps({"packages": sorted(set(COLAB_PACKAGES.values())), "constraints": CONSTRAINTS.read_text()})
+    wanted = json.dumps(
+        {"packages": sorted(set(COLAB_PACKAGES.values())), "constraints": CONSTRAINTS.read_text()}
+    )
     if fresh or not (stamp.exists() and stamp.read_text() == wanted and python.exists()):
         shutil.rmtree(venv, ignore_errors=True)
         base = getattr(sys, "_base_executable", sys.executable)
         run([base, "-m", "venv", str(venv)])  # --system-site-packages is off by default
-        index = os.environ.get("COLAB_CHECK_EXTRA_INDEX_URL")  # e.g. PyTorch's index of CPU builds of torch, in CI
-        run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-c", str(CONSTRAINTS),
-             *(["--extra-index-url", index] if index else []), *sorted(set(COLAB_PACKAGES.values()))], env=clean_env())
+        index = os.environ.get(
+            "COLAB_CHECK_EXTRA_INDEX_URL"
+        )  # e.g. PyTorch's index of CPU builds of torch, in CI
+        run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-c",
+                str(CONSTRAINTS),
+                *(["--extra-index-url", index] if index else []),
+                *sorted(set(COLAB_PACKAGES.values())),
+            ],
+            env=clean_env(),
+        )
         stamp.write_text(wanted)
     # revlib is what the notebooks install: start every check without it
-    subprocess.run([str(python), "-m", "pip", "uninstall", "--quiet", "--yes", "revlib"], env=clean_env(),
-                   capture_output=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "uninstall", "--quiet", "--yes", "revlib"],
+        env=clean_env(),
+        capture_output=True,
+    )
     return python
 
 
@@ -152,7 +185,9 @@ def copy_of_checkout(dest: Path) -> Path:
     dest.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "revlib", dest / "revlib", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "revlib", dest / "revlib", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     return dest
 
 
@@ -160,9 +195,15 @@ def kernel_spec(python: Path, where: Path) -> str:
     """A Jupyter kernel named colab-check that runs ``python``; returns its name (set JUPYTER_PATH=where)."""
     spec = where / "kernels" / "colab-check"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Colab-like", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Colab-like",
+                "language": "python",
+            }
+        )
+    )
     return "colab-check"
 
 
@@ -180,7 +221,9 @@ def readme_snippet(readme: Path = ROOT / "README.md") -> str:
     section = text.split("## Installing revlib in your own notebook", 1)[1].split("\n## ", 1)[0]
     match = re.search(r"```python\n(.*?)```", section, flags=re.S)
     if not match:
-        raise SystemExit("README.md: no ```python example in 'Installing revlib in your own notebook'")
+        raise SystemExit(
+            "README.md: no ```python example in 'Installing revlib in your own notebook'"
+        )
     return match.group(1)
 
 
@@ -196,47 +239,96 @@ def check(notebook_paths: list[Path], venv: Path, fresh: bool, timeout: int) -> 
         startup = tmp / "ipython" / "profile_default" / "startup"
         startup.mkdir(parents=True)
         (startup / "00-google-colab.py").write_text(COLAB_STARTUP)
-        env = {**clean_env(), **PORTABLE_ENV,
-               "REVLIB_INSTALL": f"revlib[train] @ {checkout.as_uri()}",  # the setup cell installs this copy
-               "JUPYTER_PATH": str(tmp / "jupyter"), "IPYTHONDIR": str(tmp / "ipython"),
-               "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        env = {
+            **clean_env(),
+            **PORTABLE_ENV,
+            "REVLIB_INSTALL": f"revlib[train] @ {checkout.as_uri()}",  # the setup cell installs this copy
+            "JUPYTER_PATH": str(tmp / "jupyter"),
+            "IPYTHONDIR": str(tmp / "ipython"),
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        }
         kernel = kernel_spec(python, tmp / "jupyter")
         # nbval runs here (the book's venv); the notebooks run in the Colab-like kernel, with the
         # portable CPU settings, so this is also the second, portable nbval pass (README, Testing).
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "--nbval-kernel-name", kernel,
-                               "--nbval-sanitize-with", str(ROOT / "nbval_sanitize.cfg"), "--nbval-cell-timeout",
-                               str(timeout), "-p", "no:cacheprovider", "-q", *map(str, notebook_paths)],
-                              cwd=ROOT, env=env)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "--nbval",
+                "--nbval-kernel-name",
+                kernel,
+                "--nbval-sanitize-with",
+                str(ROOT / "nbval_sanitize.cfg"),
+                "--nbval-cell-timeout",
+                str(timeout),
+                "-p",
+                "no:cacheprovider",
+                "-q",
+                *map(str, notebook_paths),
+            ],
+            cwd=ROOT,
+            env=env,
+        )
         t_nb = time.perf_counter() - start
         if proc.returncode != 0:
             failures.append("nbval in the Colab-like kernel (see above)")
         start = time.perf_counter()
         script = tmp / "readme_snippet.py"
         script.write_text(readme_snippet())
-        proc = subprocess.run([str(python), str(script)], cwd=tmp, capture_output=True, text=True,
-                              timeout=timeout, env=clean_env())
+        proc = subprocess.run(
+            [str(python), str(script)],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=clean_env(),
+        )
         t_readme = time.perf_counter() - start
         if proc.returncode != 0:
-            failures.append(f"README.md snippet: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
+            failures.append(
+                f"README.md snippet: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}"
+            )
             print(proc.stderr, flush=True)
-    versions = subprocess.run([str(python), "-c", "import sys, torch, torchvision; "
-                               "print(f'Python {sys.version.split()[0]}, torch {torch.__version__}, "
-                               "torchvision {torchvision.__version__}')"], capture_output=True, text=True,
-                              env=clean_env()).stdout.strip()
-    print(f"\ncolab-check ({versions}): environment {t_env:.0f} s, notebooks {t_nb:.0f} s, README example "
-          f"{t_readme:.0f} s, total {time.perf_counter() - t0:.0f} s")
+    versions = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import sys, torch, torchvision; "
+            "print(f'Python {sys.version.split()[0]}, torch {torch.__version__}, "
+            "torchvision {torchvision.__version__}')",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+    ).stdout.strip()
+    print(
+        f"\ncolab-check ({versions}): environment {t_env:.0f} s, notebooks {t_nb:.0f} s, README example "
+        f"{t_readme:.0f} s, total {time.perf_counter() - t0:.0f} s"
+    )
     if failures:
         print("FAILED:\n  " + "\n  ".join(failures))
         return 1
-    print(f"all {len(notebook_paths)} notebooks and the README example ran in the Colab-like environment")
+    print(
+        f"all {len(notebook_paths)} notebooks and the README example ran in the Colab-like environment"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("notebooks", nargs="*", type=Path, help="executed notebooks (default: book/*.ipynb)")
-    parser.add_argument("--venv", type=Path, default=None, help="default: a folder in ~/.cache keyed by its contents")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "notebooks", nargs="*", type=Path, help="executed notebooks (default: book/*.ipynb)"
+    )
+    parser.add_argument(
+        "--venv",
+        type=Path,
+        default=None,
+        help="default: a folder in ~/.cache keyed by its contents",
+    )
     parser.add_argument("--fresh", action="store_true", help="rebuild the environment from scratch")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     args = parser.parse_args(argv)

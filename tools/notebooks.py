@@ -9,6 +9,12 @@ script reads it with jupytext, puts the standard setup cell first, and writes
     python tools/notebooks.py build book/src/01_introduction.py   # one chapter
     python tools/notebooks.py build --all                         # every chapter
     python tools/notebooks.py check                               # sources and notebooks agree
+    python tools/notebooks.py sync --all    # take reformatted code into the notebooks, outputs kept
+
+``sync`` rewrites a committed notebook's cells from its source without executing
+it, and only where nothing can change an output: the same cells and tags, the
+same Markdown, and code whose syntax tree is unchanged (a formatter's or a
+comment's change). Anything else must be rebuilt.
 
 The setup cell installs revlib from the repository named once in _config.yml,
 at the version named once in revlib/__init__.py (see :func:`setup_cell_source`).
@@ -17,6 +23,7 @@ at the version named once in revlib/__init__.py (see :func:`setup_cell_source`).
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import sys
 import time
@@ -51,7 +58,9 @@ def book_url() -> str:
 
 def revlib_version() -> str:
     """``revlib.__version__``, read from revlib/__init__.py without importing it."""
-    match = re.search(r'^__version__\s*=\s*"([^"]+)"', (ROOT / "revlib" / "__init__.py").read_text(), flags=re.M)
+    match = re.search(
+        r'^__version__\s*=\s*"([^"]+)"', (ROOT / "revlib" / "__init__.py").read_text(), flags=re.M
+    )
     if not match:
         raise SystemExit("revlib/__init__.py has no __version__")
     return match.group(1)
@@ -73,28 +82,28 @@ def setup_cell_source() -> str:
         "# installed from the book's repository (or from $REVLIB_INSTALL, e.g. a fork); elsewhere it must be.\n"
         "import importlib, os, subprocess, sys\n"
         "\n"
-        f"REVLIB_VERSION = \"{revlib_version()}\"\n"
-        f"REVLIB_INSTALL = os.environ.get(\"REVLIB_INSTALL\") or \"revlib[train] @ git+{url}\"\n"
+        f'REVLIB_VERSION = "{revlib_version()}"\n'
+        f'REVLIB_INSTALL = os.environ.get("REVLIB_INSTALL") or "revlib[train] @ git+{url}"\n'
         "\n"
         "\n"
         "def installed_revlib():\n"
         "    try:\n"
-        "        return importlib.import_module(\"revlib\").__version__\n"
+        '        return importlib.import_module("revlib").__version__\n'
         "    except (ImportError, AttributeError):  # absent, or PyPI's unrelated 'revlib'\n"
         "        return None\n"
         "\n"
         "\n"
         "if installed_revlib() != REVLIB_VERSION:\n"
-        "    if \"google.colab\" not in sys.modules:\n"
-        "        raise ImportError(f\"this notebook needs revlib {REVLIB_VERSION} (found {installed_revlib()}): in a \"\n"
+        '    if "google.colab" not in sys.modules:\n'
+        '        raise ImportError(f"this notebook needs revlib {REVLIB_VERSION} (found {installed_revlib()}): in a "\n'
         "                          \"checkout of the book run  pip install -e '.[train]'  (see its README)\")\n"
-        "    for name in [m for m in sys.modules if m == \"revlib\" or m.startswith(\"revlib.\")]:\n"
+        '    for name in [m for m in sys.modules if m == "revlib" or m.startswith("revlib.")]:\n'
         "        del sys.modules[name]  # forget a stale import\n"
-        "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", REVLIB_INSTALL], check=True)\n"
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", REVLIB_INSTALL], check=True)\n'
         "    importlib.invalidate_caches()\n"
         "import revlib\n"
         "\n"
-        "print(f\"revlib {revlib.__version__}, running on: {revlib.default_device()}\")"
+        'print(f"revlib {revlib.__version__}, running on: {revlib.default_device()}")'
     )
 
 
@@ -111,12 +120,18 @@ def read_source(src: Path) -> list[nbformat.NotebookNode]:
 
 def notebook_from_source(src: Path) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     cells = read_source(src)
-    first_code = next(i for i, c in enumerate(cells) if c.cell_type == "code") if any(
-        c.cell_type == "code" for c in cells
-    ) else len(cells)
+    first_code = (
+        next(i for i, c in enumerate(cells) if c.cell_type == "code")
+        if any(c.cell_type == "code" for c in cells)
+        else len(cells)
+    )
     setup = nbformat.v4.new_code_cell(setup_cell_source())
     setup.metadata["tags"] = ["hide-input"]  # the rendered book folds it; Colab shows it
     cells.insert(first_code, setup)
@@ -131,7 +146,9 @@ def build(src: Path, timeout: int = 600) -> float:
     nb = notebook_from_source(src)
     out = BOOK / (src.stem + ".ipynb")
     start = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}).execute()
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}
+    ).execute()
     seconds = time.perf_counter() - start
     nb.metadata.pop("widgets", None)
     nbformat.write(nb, out)
@@ -145,7 +162,9 @@ def check() -> list[str]:
     for src in sorted(SRC.glob("*.py")):
         path = BOOK / (src.stem + ".ipynb")
         if not path.exists():
-            problems.append(f"{path.name}: missing (run tools/notebooks.py build {src.relative_to(ROOT)})")
+            problems.append(
+                f"{path.name}: missing (run tools/notebooks.py build {src.relative_to(ROOT)})"
+            )
             continue
         expected = notebook_from_source(src)
         actual = nbformat.read(path, as_version=4)
@@ -153,24 +172,86 @@ def check() -> list[str]:
         have = [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in actual.cells]
         if want != have:
             problems.append(f"{path.name}: cells differ from {src.name} (rebuild it)")
-        if any(c.cell_type == "code" and c.source and c.get("execution_count") is None for c in actual.cells):
+        if any(
+            c.cell_type == "code" and c.source and c.get("execution_count") is None
+            for c in actual.cells
+        ):
             problems.append(f"{path.name}: has code cells that were not executed")
     return problems
 
 
+def _same_program(new: str, old: str) -> bool:
+    """Whether code cell ``new`` runs as ``old`` does: the same syntax tree, comments and layout
+    aside, except that its imports may be sorted or fewer (lint removes an import only when the
+    whole chapter leaves it unused)."""
+    try:
+        trees = ast.parse(new).body, ast.parse(old).body
+    except SyntaxError:
+        return False
+    imports = [
+        {
+            (getattr(n, "module", None), getattr(n, "level", 0), a.name, a.asname)
+            for n in body
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            for a in n.names
+        }
+        for body in trees
+    ]
+    rest = [
+        [ast.dump(n) for n in body if not isinstance(n, ast.Import | ast.ImportFrom)]
+        for body in trees
+    ]
+    return rest[0] == rest[1] and imports[0] <= imports[1]
+
+
+def sync(src: Path) -> str:
+    """Copy ``src``'s cells into its executed notebook where no output can change; say what happened."""
+    path = BOOK / (src.stem + ".ipynb")
+    expected = notebook_from_source(src)
+    actual = nbformat.read(path, as_version=4)
+    if len(expected.cells) != len(actual.cells):
+        return (
+            f"{path.name}: {len(expected.cells)} cells in the source, {len(actual.cells)} (rebuild)"
+        )
+    changed = 0
+    for i, (want, have) in enumerate(zip(expected.cells, actual.cells, strict=True)):
+        same_kind = want.cell_type == have.cell_type
+        same_tags = want.metadata.get("tags", []) == have.metadata.get("tags", [])
+        if not (same_kind and same_tags):
+            return f"{path.name}: cell {i} changed its type or tags (rebuild)"
+        if want.source == have.source:
+            continue
+        if want.cell_type != "code" or not _same_program(want.source, have.source):
+            return f"{path.name}: cell {i} changed more than its layout (rebuild)"
+        have.source = want.source
+        changed += 1
+    if changed:
+        nbformat.write(actual, path)
+    return f"{path.name}: {changed} code cell(s) synced"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("sources", nargs="*", type=Path)
     b.add_argument("--all", action="store_true")
     sub.add_parser("check")
+    s = sub.add_parser("sync")
+    s.add_argument("sources", nargs="*", type=Path)
+    s.add_argument("--all", action="store_true")
     args = parser.parse_args(argv)
     if args.cmd == "check":
         problems = check()
         print("\n".join(problems) or "notebooks match their sources")
         return 1 if problems else 0
     sources = sorted(SRC.glob("*.py")) if args.all else [s.resolve() for s in args.sources]
+    if args.cmd == "sync":
+        reports = [sync(src) for src in sources]
+        print("\n".join(reports))
+        return 1 if any("rebuild" in r for r in reports) else 0
     for src in sources:
         build(src)
     return 0

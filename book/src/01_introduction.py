@@ -13,12 +13,12 @@
 # %%
 import matplotlib.pyplot as plt
 import torch
-from revlib.harness.notebook import glue
 from torch import nn
 
 import revlib
 from revlib.core.memory import MiB, SavedTensorMeter, saved_tensor_bytes
 from revlib.harness.figures import plot_series
+from revlib.harness.notebook import glue
 
 _ = torch.manual_seed(0)
 
@@ -62,7 +62,9 @@ a = torch.randn(16, 64)
 with SavedTensorMeter(exclude=layer.parameters()) as meter:
     out = layer(a)
 input_bytes = a.numel() * a.element_size()
-print(f"saved for backward: {meter.bytes} bytes in {meter.count} tensor; the input has {input_bytes} bytes")
+print(
+    f"saved for backward: {meter.bytes} bytes in {meter.count} tensor; the input has {input_bytes} bytes"
+)
 assert meter.bytes == input_bytes and meter.count == 1
 
 # %% [markdown]
@@ -74,7 +76,9 @@ grad_out = torch.randn(16, 32)
 out.backward(grad_out)
 by_hand = grad_out.T @ a
 weight_grad_error = (layer.weight.grad - by_hand).abs().max().item()
-print(f"largest difference between autograd's weight gradient and grad_out^T a: {weight_grad_error:.1e}")
+print(
+    f"largest difference between autograd's weight gradient and grad_out^T a: {weight_grad_error:.1e}"
+)
 assert weight_grad_error < 1e-5
 
 # %% [markdown]
@@ -86,6 +90,7 @@ assert weight_grad_error < 1e-5
 # written as an ordinary PyTorch module. All blocks keep the shape of their input
 # (16 channels on a 16 x 16 grid, a batch of 8), so every block's activations have
 # the same size, and we count the bytes saved for the backward as the stack deepens.
+
 
 # %%
 class ResidualBlock(nn.Module):
@@ -113,7 +118,9 @@ plain_bytes = {}
 for depth in depths:
     net = nn.Sequential(*[ResidualBlock(CHANNELS) for _ in range(depth)])
     plain_bytes[depth] = saved_tensor_bytes(net, x)
-    print(f"depth {depth:2d}: {plain_bytes[depth]:>10,d} bytes = {plain_bytes[depth] / activation_bytes:7.3f} A")
+    print(
+        f"depth {depth:2d}: {plain_bytes[depth]:>10,d} bytes = {plain_bytes[depth] / activation_bytes:7.3f} A"
+    )
 
 # %% [markdown]
 # The growth is exactly linear: every added block adds the same number of bytes.
@@ -132,7 +139,9 @@ increments = [
     (plain_bytes[b] - plain_bytes[a]) / (b - a) for a, b in zip(depths, depths[1:])
 ]
 per_block = increments[0]
-bn_stats_bytes = 2 * 2 * CHANNELS * 4  # two BatchNorms, each a mean and an inverse std, float32
+bn_stats_bytes = (
+    2 * 2 * CHANNELS * 4
+)  # two BatchNorms, each a mean and an inverse std, float32
 assert all(inc == per_block for inc in increments), increments
 assert per_block == 4 * activation_bytes + bn_stats_bytes
 assert all(plain_bytes[d] == activation_bytes + d * per_block for d in depths)
@@ -142,11 +151,17 @@ glue("intro_bn_stats_bytes", bn_stats_bytes, display=False)
 glue("intro_depth32_mib", plain_bytes[32] / MiB, display=False)
 stack32 = nn.Sequential(*[ResidualBlock(CHANNELS) for _ in range(32)])
 weight_bytes32 = sum(p.numel() * p.element_size() for p in stack32.parameters())
-assert plain_bytes[32] > 5 * weight_bytes32  # measured: activations outweigh the weights
+assert (
+    plain_bytes[32] > 5 * weight_bytes32
+)  # measured: activations outweigh the weights
 glue("intro_weights32_kib", weight_bytes32 / 1024, display=False)
 glue("intro_act_to_weights32", plain_bytes[32] / weight_bytes32, display=False)
-print(f"A = {activation_bytes:,d} bytes; each block adds {int(per_block):,d} bytes = 4 A + {bn_stats_bytes} bytes")
-print(f"saved bytes = A + depth x {int(per_block):,d}, exactly, at every depth measured")
+print(
+    f"A = {activation_bytes:,d} bytes; each block adds {int(per_block):,d} bytes = 4 A + {bn_stats_bytes} bytes"
+)
+print(
+    f"saved bytes = A + depth x {int(per_block):,d}, exactly, at every depth measured"
+)
 
 # %% [markdown]
 # So one activation tensor here is $A$ = {glue:text}`intro_A_bytes:,` bytes, and every
@@ -164,10 +179,16 @@ print(f"saved bytes = A + depth x {int(per_block):,d}, exactly, at every depth m
 RESNET110_ACTIVATIONS_MB = 810.7  # MemCNN README (quoted)
 RESNET110_PARAMETERS = 1_727_962  # official code, CIFAR-10 (quoted)
 resnet110_weights_mb = RESNET110_PARAMETERS * 4 / 1e6  # float32
-print(f"ResNet-110 (quoted): activations {RESNET110_ACTIVATIONS_MB} MB, weights {resnet110_weights_mb:.1f} MB")
+print(
+    f"ResNet-110 (quoted): activations {RESNET110_ACTIVATIONS_MB} MB, weights {resnet110_weights_mb:.1f} MB"
+)
 glue("resnet110_act_mb", RESNET110_ACTIVATIONS_MB, display=False)
 glue("resnet110_weights_mb", resnet110_weights_mb, display=False)
-glue("resnet110_act_to_weights", RESNET110_ACTIVATIONS_MB / resnet110_weights_mb, display=False)
+glue(
+    "resnet110_act_to_weights",
+    RESNET110_ACTIVATIONS_MB / resnet110_weights_mb,
+    display=False,
+)
 
 # %% [markdown]
 # For a ResNet-110 on CIFAR-10, the README of MemCNN {cite:p}`leemput2019memcnn` reports
@@ -190,22 +211,34 @@ glue("resnet110_act_to_weights", RESNET110_ACTIVATIONS_MB / resnet110_weights_mb
 # BN-ReLU-conv), counted in its default mode `"reversible"` and in mode
 # `"autograd"`, which runs the same blocks with ordinary autograd.
 
+
 # %%
 def half(channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1, bias=False))
+    return nn.Sequential(
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+    )
 
 
 rev_bytes, autograd_bytes = {}, {}
 for depth in depths:
     chain = revlib.ReversibleSequence(
-        [revlib.AdditiveCoupling(half(CHANNELS // 2), half(CHANNELS // 2)) for _ in range(depth)]
+        [
+            revlib.AdditiveCoupling(half(CHANNELS // 2), half(CHANNELS // 2))
+            for _ in range(depth)
+        ]
     )
     rev_bytes[depth] = saved_tensor_bytes(chain, x)
     chain.mode = "autograd"
     autograd_bytes[depth] = saved_tensor_bytes(chain, x)
-    print(f"depth {depth:2d}: reversible {rev_bytes[depth]:>9,d} bytes   same blocks with autograd {autograd_bytes[depth]:>10,d} bytes")
+    print(
+        f"depth {depth:2d}: reversible {rev_bytes[depth]:>9,d} bytes   same blocks with autograd {autograd_bytes[depth]:>10,d} bytes"
+    )
 
-assert len(set(rev_bytes.values())) == 1  # flat: the same number of bytes at every depth
+assert (
+    len(set(rev_bytes.values())) == 1
+)  # flat: the same number of bytes at every depth
 assert rev_bytes[1] == activation_bytes  # only the chain's output is kept
 assert all(autograd_bytes[b] > autograd_bytes[a] for a, b in zip(depths, depths[1:]))
 glue("intro_rev_bytes", rev_bytes[32], display=False)
@@ -317,7 +350,9 @@ linear_tanh = nn.Sequential(nn.Linear(64, 64, bias=False), nn.Tanh())
 a_in = torch.randn(32, 64)
 saved_lt = saved_tensor_bytes(linear_tanh, a_in)
 one_activation = a_in.numel() * a_in.element_size()
-print(f"Linear + tanh: saved {saved_lt:,} bytes = {saved_lt / one_activation:g} activations (input and output)")
+print(
+    f"Linear + tanh: saved {saved_lt:,} bytes = {saved_lt / one_activation:g} activations (input and output)"
+)
 assert saved_lt == 2 * one_activation
 
 # %% [markdown]
@@ -335,6 +370,7 @@ assert saved_lt == 2 * one_activation
 # twice.
 # ```
 
+
 # %% tags=["hide-cell"]
 class ResidualBlockInplace(ResidualBlock):
     def __init__(self, channels: int) -> None:
@@ -342,8 +378,12 @@ class ResidualBlockInplace(ResidualBlock):
         self.body[2] = nn.ReLU(inplace=True)
 
 
-inplace_bytes = saved_tensor_bytes(nn.Sequential(*[ResidualBlockInplace(CHANNELS) for _ in range(4)]), x)
-print(f"4 blocks: {plain_bytes[4]:,} bytes with nn.ReLU(), {inplace_bytes:,} bytes with nn.ReLU(inplace=True)")
+inplace_bytes = saved_tensor_bytes(
+    nn.Sequential(*[ResidualBlockInplace(CHANNELS) for _ in range(4)]), x
+)
+print(
+    f"4 blocks: {plain_bytes[4]:,} bytes with nn.ReLU(), {inplace_bytes:,} bytes with nn.ReLU(inplace=True)"
+)
 assert inplace_bytes == plain_bytes[4]
 
 # %% [markdown]
@@ -359,11 +399,14 @@ assert inplace_bytes == plain_bytes[4]
 # backward.
 # ```
 
+
 # %% tags=["hide-cell"]
 def per_block_bytes(batch: int, size: int) -> int:
     xs = torch.randn(batch, CHANNELS, size, size)
     one = saved_tensor_bytes(nn.Sequential(ResidualBlock(CHANNELS)), xs)
-    two = saved_tensor_bytes(nn.Sequential(ResidualBlock(CHANNELS), ResidualBlock(CHANNELS)), xs)
+    two = saved_tensor_bytes(
+        nn.Sequential(ResidualBlock(CHANNELS), ResidualBlock(CHANNELS)), xs
+    )
     return two - one
 
 
@@ -372,8 +415,12 @@ for batch, size in [(BATCH, SIZE), (2 * BATCH, SIZE), (2 * BATCH, 2 * SIZE)]:
     inc = per_block_bytes(batch, size)
     A_here = batch * CHANNELS * size * size * 4
     scaling_rows.append((batch, size, inc, (inc - 4 * A_here)))
-    print(f"batch {batch:2d}, {size} x {size}: per block {inc:,} bytes = 4 A + {inc - 4 * A_here} bytes")
-assert all(rest == bn_stats_bytes for *_, rest in scaling_rows)  # the part that does not scale
+    print(
+        f"batch {batch:2d}, {size} x {size}: per block {inc:,} bytes = 4 A + {inc - 4 * A_here} bytes"
+    )
+assert all(
+    rest == bn_stats_bytes for *_, rest in scaling_rows
+)  # the part that does not scale
 
 # %% [markdown]
 # ```{admonition} Solution 3 (what scales with the batch and the image)
@@ -394,15 +441,21 @@ blocks_autograd = (budget - A_128) // per_block_128
 rev_block = revlib.AdditiveCoupling(half(CHANNELS // 2), half(CHANNELS // 2))
 params_per_rev_block = sum(p.numel() for p in rev_block.parameters())
 # kept by the reversible chain: its output, plus one block's internals during the backward
-rev_chain_one = revlib.ReversibleSequence([revlib.AdditiveCoupling(half(CHANNELS // 2), half(CHANNELS // 2))])
+rev_chain_one = revlib.ReversibleSequence(
+    [revlib.AdditiveCoupling(half(CHANNELS // 2), half(CHANNELS // 2))]
+)
 rev_chain_one.mode = "autograd"
 x_128 = torch.randn(128, CHANNELS, 32, 32)
 fixed_rev = A_128 + saved_tensor_bytes(rev_chain_one, x_128)
 blocks_reversible = (budget - fixed_rev) // (3 * 4 * params_per_rev_block)
-print(f"plain residual blocks, autograd: A = {A_128 / MiB:.0f} MiB, {per_block_128:,} bytes per block "
-      f"-> {blocks_autograd} blocks in 16 GiB")
-print(f"reversible chain: {fixed_rev / MiB:.1f} MiB that do not grow, {params_per_rev_block:,} parameters x 3 copies "
-      f"x 4 bytes per block -> {blocks_reversible:,} blocks")
+print(
+    f"plain residual blocks, autograd: A = {A_128 / MiB:.0f} MiB, {per_block_128:,} bytes per block "
+    f"-> {blocks_autograd} blocks in 16 GiB"
+)
+print(
+    f"reversible chain: {fixed_rev / MiB:.1f} MiB that do not grow, {params_per_rev_block:,} parameters x 3 copies "
+    f"x 4 bytes per block -> {blocks_reversible:,} blocks"
+)
 assert 500 < blocks_autograd < 520 and blocks_reversible > 100_000
 glue("budget_autograd", int(blocks_autograd), display=False)
 glue("budget_reversible", int(blocks_reversible), display=False)
@@ -422,6 +475,7 @@ glue("budget_params", params_per_rev_block, display=False)
 # is the limit: each block costs the same compute at any depth.
 # ```
 
+
 # %% tags=["hide-cell"]
 class ScaledLinear(nn.Module):
     """A linear layer whose weight is transformed in the forward: x -> x (2W)^T."""
@@ -434,9 +488,13 @@ class ScaledLinear(nn.Module):
         return v @ (2 * self.weight).t()
 
 
-saved_scaled = saved_tensor_bytes(ScaledLinear(64), a_in.clone().requires_grad_(True))  # an input that needs a gradient
+saved_scaled = saved_tensor_bytes(
+    ScaledLinear(64), a_in.clone().requires_grad_(True)
+)  # an input that needs a gradient
 weight_sized = 64 * 64 * 4
-print(f"ScaledLinear: saved {saved_scaled:,} bytes = input {one_activation:,} + transformed weight {weight_sized:,}")
+print(
+    f"ScaledLinear: saved {saved_scaled:,} bytes = input {one_activation:,} + transformed weight {weight_sized:,}"
+)
 assert saved_scaled == one_activation + weight_sized
 
 # %% [markdown]

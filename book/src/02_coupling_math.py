@@ -21,12 +21,12 @@ import math
 
 import matplotlib.pyplot as plt
 import torch
-from revlib.harness.notebook import glue
 from torch import nn
 
 import revlib
 from revlib import AdditiveCoupling, AffineCoupling, NICECoupling, check_inverse
 from revlib.harness.figures import DPI, draw_additive_coupling, plot_series
+from revlib.harness.notebook import glue
 
 _ = torch.manual_seed(0)
 
@@ -94,6 +94,7 @@ plt.show()
 # absolute error $\max |f^{-1}(f(x)) - x|$. We build each coupling with small
 # convolutional networks inside and check it in float64 and in float32.
 
+
 # %% tags=["nbval-ignore-output"]
 def small_net(channels: int, out_channels: int | None = None) -> nn.Sequential:
     """A small shape-preserving network: conv, tanh, conv."""
@@ -116,10 +117,16 @@ for name, block in couplings.items():
     err32 = check_inverse(block.float(), x64.float())
     err64 = check_inverse(block.double(), x64)
     inverse_errors[name] = (err32, err64)
-    print(f"{name:18s}  max |inverse(forward(x)) - x|: float32 {err32:.1e}, float64 {err64:.1e}")
+    print(
+        f"{name:18s}  max |inverse(forward(x)) - x|: float32 {err32:.1e}, float64 {err64:.1e}"
+    )
     assert err64 < 1e-13 and err32 < 1e-5
-glue("coupling_max_err64", max(e64 for _, e64 in inverse_errors.values()), display=False)
-glue("coupling_max_err32", max(e32 for e32, _ in inverse_errors.values()), display=False)
+glue(
+    "coupling_max_err64", max(e64 for _, e64 in inverse_errors.values()), display=False
+)
+glue(
+    "coupling_max_err32", max(e32 for e32, _ in inverse_errors.values()), display=False
+)
 
 # %% [markdown]
 # The reconstruction is exact up to rounding: at most {glue:text}`coupling_max_err64:.1e`
@@ -232,16 +239,24 @@ assert jacobians["additive (RevNet)"][:n1, n1:].abs().max() > 0.01
 # %% tags=["nbval-ignore-output"]
 affine = couplings["affine (Real NVP)"]
 log_det_formula = affine.log_det(x).item()
-h_map = lambda v: torch.cat([v[:, :HALF] + couplings["additive (RevNet)"].F(v[:, HALF:]), v[:, HALF:]], dim=1)
-g_map = lambda v: torch.cat([v[:, :HALF], v[:, HALF:] + couplings["additive (RevNet)"].G(v[:, :HALF])], dim=1)
+h_map = lambda v: torch.cat(
+    [v[:, :HALF] + couplings["additive (RevNet)"].F(v[:, HALF:]), v[:, HALF:]], dim=1
+)
+g_map = lambda v: torch.cat(
+    [v[:, :HALF], v[:, HALF:] + couplings["additive (RevNet)"].G(v[:, :HALF])], dim=1
+)
 with torch.no_grad():
     z = h_map(x)
 J_h, J_g = full_jacobian(h_map, x), full_jacobian(g_map, z)
 factor_error = (J_g @ J_h - jacobians["additive (RevNet)"]).abs().max().item()
 
 print(f"NICE:     log|det J| = {logdets['NICE']:+.2e}")
-print(f"RevNet:   log|det J| = {logdets['additive (RevNet)']:+.2e};  max |J_g J_h - J| = {factor_error:.1e}")
-print(f"affine:   log|det J| = {logdets['affine (Real NVP)']:+.12f} (from the 36x36 Jacobian)")
+print(
+    f"RevNet:   log|det J| = {logdets['additive (RevNet)']:+.2e};  max |J_g J_h - J| = {factor_error:.1e}"
+)
+print(
+    f"affine:   log|det J| = {logdets['affine (Real NVP)']:+.12f} (from the 36x36 Jacobian)"
+)
 print(f"          sum of s   = {log_det_formula:+.12f} (AffineCoupling.log_det)")
 assert abs(logdets["NICE"]) < 1e-12
 assert abs(logdets["additive (RevNet)"]) < 1e-12
@@ -283,6 +298,7 @@ plt.show()
 # any input. To see the difference, give both versions a scale network whose raw
 # output is large: $s_{\text{raw}} = 60\,x_1$ on standard-normal data.
 
+
 # %% tags=["nbval-ignore-output"]
 class LargeScale(nn.Module):
     """Returns (s_raw, t) = (60 x1, x1): a stand-in for a badly scaled network."""
@@ -294,15 +310,21 @@ class LargeScale(nn.Module):
 x32 = torch.randn(4, 8, 4, 4)
 float32_exp_limit = math.log(torch.finfo(torch.float32).max)
 raw_max = (60.0 * x32[:, :4]).max().item()
-print(f"largest raw scale: {raw_max:.1f}; float32 exp overflows above {float32_exp_limit:.2f}")
+print(
+    f"largest raw scale: {raw_max:.1f}; float32 exp overflows above {float32_exp_limit:.2f}"
+)
 results = {}
 for bound in [None, 2.0]:
     block = AffineCoupling(LargeScale(), scale_bound=bound)
     y = block(x32)
     results[bound] = (torch.isfinite(y).all().item(), check_inverse(block, x32))
-    print(f"scale_bound={bound}: forward finite: {results[bound][0]}; reconstruction error: {results[bound][1]:.1e}")
+    print(
+        f"scale_bound={bound}: forward finite: {results[bound][0]}; reconstruction error: {results[bound][1]:.1e}"
+    )
 assert raw_max > float32_exp_limit
-assert results[None][0] is False and not math.isfinite(results[None][1])  # inf in the forward, NaN back
+assert results[None][0] is False and not math.isfinite(
+    results[None][1]
+)  # inf in the forward, NaN back
 assert results[2.0][0] is True and results[2.0][1] < 1e-5
 
 # %% [markdown]
@@ -329,14 +351,18 @@ x_chain = torch.randn(2, 2 * CH, 6, 6, dtype=torch.float64)
 chain_errors = {"float32": [], "float64": []}
 for depth in depths:
     torch.manual_seed(depth)
-    chain = revlib.ReversibleSequence([AdditiveCoupling(small_net(CH), small_net(CH)) for _ in range(depth)])
+    chain = revlib.ReversibleSequence(
+        [AdditiveCoupling(small_net(CH), small_net(CH)) for _ in range(depth)]
+    )
     chain_errors["float32"].append(check_inverse(chain.float(), x_chain.float()))
     chain_errors["float64"].append(check_inverse(chain.double(), x_chain))
 for d, e32, e64 in zip(depths, chain_errors["float32"], chain_errors["float64"]):
     print(f"{d:4d} blocks: float32 {e32:.1e}   float64 {e64:.1e}")
 e32, e64 = chain_errors["float32"], chain_errors["float64"]
 assert e32[-1] > 10 * e32[0]  # float32 error grows with depth
-assert all(a > 1e6 * b for a, b in zip(e32, e64))  # float64 is many orders of magnitude smaller
+assert all(
+    a > 1e6 * b for a, b in zip(e32, e64)
+)  # float64 is many orders of magnitude smaller
 assert max(e64) < 1e-12 and max(e32) < 1e-3
 glue("chain_err32_deep", e32[-1], display=False)
 glue("chain_err32_one", e32[0], display=False)
@@ -344,9 +370,15 @@ glue("chain_err64_deep", e64[-1], display=False)
 glue("chain_depth_max", depths[-1], display=False)
 
 # %%
-plot_series(depths, {"float32": e32, "float64": e64}, xlabel="number of RevNet blocks",
-            ylabel="max |inverse(forward(x)) - x|", logx=True, logy=True,
-            title="Reconstruction error of a chain of additive couplings")
+plot_series(
+    depths,
+    {"float32": e32, "float64": e64},
+    xlabel="number of RevNet blocks",
+    ylabel="max |inverse(forward(x)) - x|",
+    logx=True,
+    logy=True,
+    title="Reconstruction error of a chain of additive couplings",
+)
 plt.show()
 
 # %% [markdown]
@@ -383,20 +415,36 @@ for name, block in couplings.items():
     block.float()
     for dtype in (torch.bfloat16, torch.float16):
         with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
-            autocast_error = (block.inverse(block(x_half)).float() - x_half).abs().max().item()
+            autocast_error = (
+                (block.inverse(block(x_half)).float() - x_half).abs().max().item()
+            )
         pure_error = check_inverse(copy.deepcopy(block).to(dtype), x_half.to(dtype))
-        scale = torch.finfo(dtype).eps / 2 * x_half.abs().max().item()  # unit roundoff u times max|x|
+        scale = (
+            torch.finfo(dtype).eps / 2 * x_half.abs().max().item()
+        )  # unit roundoff u times max|x|
         low_precision[name, dtype] = (autocast_error, pure_error, scale)
-        print(f"{name:18s} {str(dtype)[6:]:9s} autocast: {autocast_error:.1e} ({autocast_error / scale:5.2f} u max|x|)"
-              f"   all in {str(dtype)[6:]}: {pure_error:.1e} ({pure_error / scale:5.2f} u max|x|)")
+        print(
+            f"{name:18s} {str(dtype)[6:]:9s} autocast: {autocast_error:.1e} ({autocast_error / scale:5.2f} u max|x|)"
+            f"   all in {str(dtype)[6:]}: {pure_error:.1e} ({pure_error / scale:5.2f} u max|x|)"
+        )
 for (name, dtype), (autocast_error, pure_error, scale) in low_precision.items():
-    assert pure_error > 0.1 * scale and pure_error <= 4 * scale  # rounding of the low-precision sums
+    assert (
+        pure_error > 0.1 * scale and pure_error <= 4 * scale
+    )  # rounding of the low-precision sums
     if name == "affine (Real NVP)":
-        assert autocast_error > 0.1 * scale  # exp(-s) is not the exact reciprocal of exp(s) in low precision
+        assert (
+            autocast_error > 0.1 * scale
+        )  # exp(-s) is not the exact reciprocal of exp(s) in low precision
     else:
-        assert autocast_error < 1e-6  # additive: float32 sums, identical recomputed F, G, m
-glue("half_affine_bf16_u", low_precision["affine (Real NVP)", torch.bfloat16][0]
-     / low_precision["affine (Real NVP)", torch.bfloat16][2], display=False)
+        assert (
+            autocast_error < 1e-6
+        )  # additive: float32 sums, identical recomputed F, G, m
+glue(
+    "half_affine_bf16_u",
+    low_precision["affine (Real NVP)", torch.bfloat16][0]
+    / low_precision["affine (Real NVP)", torch.bfloat16][2],
+    display=False,
+)
 
 # %% [markdown]
 # Under autocast the additive couplings (NICE, RevNet) still reconstruct to
@@ -423,18 +471,26 @@ revnet_block = AdditiveCoupling(small_net(HALF), small_net(HALF))
 x_many = torch.randn(16384, 2 * HALF, 6, 6)
 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
     y_many = revnet_block(x_many)
-    x2_rebuilt = y_many[:, HALF:] - revnet_block.G(y_many[:, :HALF])  # the inverse's first step
+    x2_rebuilt = y_many[:, HALF:] - revnet_block.G(
+        y_many[:, :HALF]
+    )  # the inverse's first step
     rebuilt = revnet_block.inverse(y_many).float()
 x2_many = x_many[:, HALF:]
 differ_f32 = int((x2_rebuilt.float() != x2_many).sum())
 differ_bf16 = int((x2_rebuilt.float().bfloat16() != x2_many.bfloat16()).sum())
 autocast_err = (rebuilt - x_many).abs()
-print(f"x2 elements: {x2_many.numel():,}; rebuilt x2 differs in float32: {differ_f32:,}; "
-      f"its bfloat16 cast differs: {differ_bf16}")
-print(f"largest reconstruction error {autocast_err.max().item():.1e}; elements off by more than 1e-5: "
-      f"{int((autocast_err > 1e-5).sum())} of {x_many.numel():,}")
+print(
+    f"x2 elements: {x2_many.numel():,}; rebuilt x2 differs in float32: {differ_f32:,}; "
+    f"its bfloat16 cast differs: {differ_bf16}"
+)
+print(
+    f"largest reconstruction error {autocast_err.max().item():.1e}; elements off by more than 1e-5: "
+    f"{int((autocast_err > 1e-5).sum())} of {x_many.numel():,}"
+)
 assert differ_bf16 < 1e-3 * differ_f32  # rare: almost always the same bfloat16 input
-assert (differ_bf16 == 0) == (autocast_err.max().item() < 1e-5)  # a flipped cast is what breaks float32 accuracy
+assert (differ_bf16 == 0) == (
+    autocast_err.max().item() < 1e-5
+)  # a flipped cast is what breaks float32 accuracy
 glue("bf16_flips", differ_bf16, display=False)
 glue("bf16_elements", x2_many.numel(), display=False)
 glue("bf16_flip_error", autocast_err.max().item(), display=False)
@@ -494,7 +550,9 @@ glue("bf16_flip_error", autocast_err.max().item(), display=False)
 
 # %% tags=["hide-cell", "nbval-ignore-output"]
 torch.manual_seed(0)
-sig_net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 4)).double()  # (s, t) for halves of 2
+sig_net = nn.Sequential(
+    nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 4)
+).double()  # (s, t) for halves of 2
 
 
 def sigmoid_coupling(x):
@@ -514,10 +572,18 @@ J_sig = torch.autograd.functional.jacobian(sigmoid_coupling, x_sig)
 s_sig = sig_net(x_sig[:2]).chunk(2)[0]
 logdet_formula = torch.log(torch.sigmoid(s_sig)).sum().item()
 logdet_numeric = torch.linalg.slogdet(J_sig)[1].item()
-inverse_sig_err = (sigmoid_coupling_inverse(sigmoid_coupling(x_sig)) - x_sig).abs().max().item()
-print(f"log|det J|: from the 4x4 Jacobian {logdet_numeric:+.12f}, sum log sigmoid(s) {logdet_formula:+.12f}; "
-      f"inverse error below 1e-12: {inverse_sig_err < 1e-12}")
-assert abs(logdet_numeric - logdet_formula) < 1e-12 and logdet_formula < 0 and inverse_sig_err < 1e-12
+inverse_sig_err = (
+    (sigmoid_coupling_inverse(sigmoid_coupling(x_sig)) - x_sig).abs().max().item()
+)
+print(
+    f"log|det J|: from the 4x4 Jacobian {logdet_numeric:+.12f}, sum log sigmoid(s) {logdet_formula:+.12f}; "
+    f"inverse error below 1e-12: {inverse_sig_err < 1e-12}"
+)
+assert (
+    abs(logdet_numeric - logdet_formula) < 1e-12
+    and logdet_formula < 0
+    and inverse_sig_err < 1e-12
+)
 
 # %% [markdown]
 # ```{admonition} Solution 1 (a sigmoid scale)
@@ -553,9 +619,14 @@ Fp = torch.autograd.functional.jacobian(F_tanh, x_rn[2:])
 Gp = torch.autograd.functional.jacobian(G_tanh, revnet_map(x_rn)[:2])
 I2 = torch.eye(2, dtype=torch.float64)
 J_blocks = torch.cat([torch.cat([I2, Fp], 1), torch.cat([Gp, I2 + Gp @ Fp], 1)], 0)
-print(f"RevNet Jacobian equals [[I, F'], [G', I + G'F']]: {torch.allclose(J_rn, J_blocks, atol=1e-14)}; "
-      f"det = {torch.linalg.det(J_rn).item():.12f}")
-assert torch.allclose(J_rn, J_blocks, atol=1e-14) and abs(torch.linalg.det(J_rn).item() - 1) < 1e-12
+print(
+    f"RevNet Jacobian equals [[I, F'], [G', I + G'F']]: {torch.allclose(J_rn, J_blocks, atol=1e-14)}; "
+    f"det = {torch.linalg.det(J_rn).item():.12f}"
+)
+assert (
+    torch.allclose(J_rn, J_blocks, atol=1e-14)
+    and abs(torch.linalg.det(J_rn).item() - 1) < 1e-12
+)
 
 # %% [markdown]
 # ```{admonition} Solution 2 (RevNet with G = 0, and its Jacobian)
@@ -572,13 +643,16 @@ assert torch.allclose(J_rn, J_blocks, atol=1e-14) and abs(torch.linalg.det(J_rn)
 # cell compares the block formula with a numerical Jacobian in float64.
 # ```
 
+
 # %% tags=["hide-cell"]
 class ThreeWayCoupling(revlib.ReversibleBlock):
     """y1 = x1 + F(x2, x3), y2 = x2 + G(y1, x3), y3 = x3 + H(y1, y2), on channel thirds."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.F, self.G, self.H = (nn.Conv2d(2 * channels, channels, 3, padding=1) for _ in range(3))
+        self.F, self.G, self.H = (
+            nn.Conv2d(2 * channels, channels, 3, padding=1) for _ in range(3)
+        )
 
     def _forward(self, x, run):
         x1, x2, x3 = x.chunk(3, dim=1)
@@ -615,6 +689,7 @@ assert three_err < 1e-13
 # Its Jacobian is a product of three triangular factors, so its determinant is 1.
 # ```
 
+
 # %% tags=["hide-cell", "nbval-ignore-output"]
 def steep_net(channels: int) -> nn.Sequential:
     """small_net with ReLU instead of tanh and weights multiplied by 3."""
@@ -629,21 +704,41 @@ def steep_net(channels: int) -> nn.Sequential:
 steep_rows = []
 for depth in depths[3:]:
     torch.manual_seed(depth)
-    steep_chain = revlib.ReversibleSequence([AdditiveCoupling(steep_net(CH), steep_net(CH)) for _ in range(depth)]).float()
+    steep_chain = revlib.ReversibleSequence(
+        [AdditiveCoupling(steep_net(CH), steep_net(CH)) for _ in range(depth)]
+    ).float()
     with torch.no_grad():
         steep_out = steep_chain(x_chain.float()).abs().max().item()
-    steep_rows.append((depth, check_inverse(steep_chain, x_chain.float()), steep_out,
-                       chain_errors["float32"][depths.index(depth)]))
+    steep_rows.append(
+        (
+            depth,
+            check_inverse(steep_chain, x_chain.float()),
+            steep_out,
+            chain_errors["float32"][depths.index(depth)],
+        )
+    )
 for depth, err, out, base in steep_rows:
-    print(f"{depth:4d} blocks: ReLU, weights x 3: error {err:.1e}, largest output {out:.1e}   (tanh: error {base:.1e})")
+    print(
+        f"{depth:4d} blocks: ReLU, weights x 3: error {err:.1e}, largest output {out:.1e}   (tanh: error {base:.1e})"
+    )
 finite = [r for r in steep_rows if math.isfinite(r[1])]
 assert all(err > 10 * base for _, err, _, base in finite)
-assert not math.isfinite(steep_rows[-1][2])  # at 128 blocks the forward overflows float32
+assert not math.isfinite(
+    steep_rows[-1][2]
+)  # at 128 blocks the forward overflows float32
 glue("steep_last_finite_depth", finite[-1][0], display=False)
 glue("steep_last_finite_err", finite[-1][1], display=False)
 glue("steep_last_finite_out", finite[-1][2], display=False)
-glue("steep_first_overflow", next(r[0] for r in steep_rows if not math.isfinite(r[2])), display=False)
-glue("steep_first_nan", next(r[0] for r in steep_rows if not math.isfinite(r[1])), display=False)
+glue(
+    "steep_first_overflow",
+    next(r[0] for r in steep_rows if not math.isfinite(r[2])),
+    display=False,
+)
+glue(
+    "steep_first_nan",
+    next(r[0] for r in steep_rows if not math.isfinite(r[1])),
+    display=False,
+)
 
 # %% [markdown]
 # ```{admonition} Solution 4 (ReLU and larger weights)
@@ -674,8 +769,15 @@ def flow_net() -> nn.Sequential:
     return nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 2))
 
 
-flow = [AffineCoupling(flow_net()), revlib.HalfSwap(), AffineCoupling(flow_net()), revlib.HalfSwap(),
-        AffineCoupling(flow_net()), revlib.HalfSwap(), AffineCoupling(flow_net())]
+flow = [
+    AffineCoupling(flow_net()),
+    revlib.HalfSwap(),
+    AffineCoupling(flow_net()),
+    revlib.HalfSwap(),
+    AffineCoupling(flow_net()),
+    revlib.HalfSwap(),
+    AffineCoupling(flow_net()),
+]
 flow = [b.double() for b in flow]
 side = torch.linspace(-10, 10, 801, dtype=torch.float64)
 grid_points = torch.cartesian_prod(side, side)
@@ -687,7 +789,9 @@ with torch.no_grad():
             log_det += ld
         else:
             z = b(z)
-    log_p = -0.5 * (z ** 2).sum(1) - math.log(2 * math.pi) + log_det  # p_X(x) = N(f(x)) |det J_f(x)|
+    log_p = (
+        -0.5 * (z**2).sum(1) - math.log(2 * math.pi) + log_det
+    )  # p_X(x) = N(f(x)) |det J_f(x)|
 total = (log_p.exp().sum() * (side[1] - side[0]) ** 2).item()
 print(f"integral of p_X over [-10, 10]^2 on an 801 x 801 grid: {total:.6f}")
 assert abs(total - 1) < 1e-3

@@ -23,16 +23,16 @@ from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import torch
-from revlib.harness.notebook import glue
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import revlib
 from revlib import AdditiveCoupling, ReversibleSequence
 from revlib.core.blocks import ReversibleBlock
-from revlib.core.memory import MiB, saved_tensor_bytes
+from revlib.core.memory import saved_tensor_bytes
 from revlib.core.recompute import checkpoint_updating_stats_once
 from revlib.harness.figures import draw_reversible_backward, show_table
+from revlib.harness.notebook import glue
 
 _ = torch.manual_seed(0)
 
@@ -145,26 +145,31 @@ plt.show()
 # G are small convolutional networks, checked in float64 against ordinary
 # autograd on the same block.
 
+
 # %% tags=["nbval-ignore-output"]
 def algorithm1_step(F: nn.Module, G: nn.Module, y: torch.Tensor, dy: torch.Tensor):
     """One backward step of a RevNet block: returns x, dx and the gradients of F's and G's parameters."""
     y1, y2 = y.chunk(2, dim=1)
     dy1, dy2 = dy.chunk(2, dim=1)
     z1 = y1.detach().requires_grad_(True)
-    g = G(z1)                                   # the one evaluation of G
+    g = G(z1)  # the one evaluation of G
     x2 = (y2 - g).detach().requires_grad_(True)  # x2 = y2 - G(z1)
     dz1_from_g, *dW_G = torch.autograd.grad(g, [z1, *G.parameters()], dy2)
-    dz1 = dy1 + dz1_from_g                      # dz1 = dy1 + (dG/dz1)^T dy2
-    f = F(x2)                                   # the one evaluation of F
-    x1 = z1.detach() - f.detach()               # x1 = z1 - F(x2)
+    dz1 = dy1 + dz1_from_g  # dz1 = dy1 + (dG/dz1)^T dy2
+    f = F(x2)  # the one evaluation of F
+    x1 = z1.detach() - f.detach()  # x1 = z1 - F(x2)
     dx2_from_f, *dW_F = torch.autograd.grad(f, [x2, *F.parameters()], dz1)
-    dx2 = dy2 + dx2_from_f                      # dx2 = dy2 + (dF/dx2)^T dz1
-    dx1 = dz1                                   # dx1 = dz1
+    dx2 = dy2 + dx2_from_f  # dx2 = dy2 + (dF/dx2)^T dz1
+    dx1 = dz1  # dx1 = dz1
     return torch.cat([x1, x2.detach()], 1), torch.cat([dx1, dx2], 1), dW_F, dW_G
 
 
 def small_net(channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.Tanh(), nn.Conv2d(channels, channels, 3, padding=1))
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(channels, channels, 3, padding=1),
+    )
 
 
 block = AdditiveCoupling(small_net(3), small_net(3)).double()
@@ -177,8 +182,12 @@ x_rec, dx, dW_F, dW_G = algorithm1_step(block.F, block.G, y.detach(), dy)
 step_errors = {
     "x (reconstructed)": (x_rec - x).abs().max().item(),
     "dx": (dx - x.grad).abs().max().item(),
-    "dW_F": max((a - p.grad).abs().max().item() for a, p in zip(dW_F, block.F.parameters())),
-    "dW_G": max((a - p.grad).abs().max().item() for a, p in zip(dW_G, block.G.parameters())),
+    "dW_F": max(
+        (a - p.grad).abs().max().item() for a, p in zip(dW_F, block.F.parameters())
+    ),
+    "dW_G": max(
+        (a - p.grad).abs().max().item() for a, p in zip(dW_G, block.G.parameters())
+    ),
 }
 for name, err in step_errors.items():
     print(f"{name:18s} largest difference from autograd: {err:.1e}")
@@ -230,12 +239,15 @@ print(inspect.getsource(revlib.core.engine._BlockStep.backward))
 # mode `"reversible"`. To show the check has teeth, a block whose backward step
 # scales the parameter gradients by 1.01 must fail it.
 
+
 # %%
 def tiny_net(channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.Tanh())
 
 
-chain = ReversibleSequence([AdditiveCoupling(tiny_net(2), tiny_net(2)) for _ in range(3)]).double()
+chain = ReversibleSequence(
+    [AdditiveCoupling(tiny_net(2), tiny_net(2)) for _ in range(3)]
+).double()
 x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
 params = list(chain.parameters())
 # gradcheck perturbs its inputs in place, so passing the parameters themselves checks their gradients too
@@ -250,11 +262,18 @@ class WrongGradients(AdditiveCoupling):
         return x, dx, [(p, None if g is None else 1.01 * g) for p, g in grads]
 
 
-broken = ReversibleSequence([WrongGradients(tiny_net(2), tiny_net(2))]).double()  # one block: a failing check is slow
+broken = ReversibleSequence(
+    [WrongGradients(tiny_net(2), tiny_net(2))]
+).double()  # one block: a failing check is slow
 broken_passed = torch.autograd.gradcheck(
-    lambda x, *ps: broken(x), (x, *broken.parameters()), fast_mode=True, raise_exception=False
+    lambda x, *ps: broken(x),
+    (x, *broken.parameters()),
+    fast_mode=True,
+    raise_exception=False,
 )
-print(f"gradcheck, input and {len(params)} parameter tensors, mode 'reversible': {passed}")
+print(
+    f"gradcheck, input and {len(params)} parameter tensors, mode 'reversible': {passed}"
+)
 print(f"gradcheck of the deliberately wrong backward: {broken_passed}")
 assert passed is True and broken_passed is False
 
@@ -273,12 +292,17 @@ assert passed is True and broken_passed is False
 # backward), and counts the ReLU inputs whose sign differs from the forward's in
 # mode `"autograd"`; the next section explains why.
 
+
 # %% tags=["nbval-ignore-output"]
 def preact_half(channels: int, dropout: float = 0.0) -> nn.Sequential:
     """F or G of a RevNet basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 (optionally dropout)."""
     layers = [
-        nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
     ]
     if dropout:
         layers.append(nn.Dropout(dropout))
@@ -288,11 +312,16 @@ def preact_half(channels: int, dropout: float = 0.0) -> nn.Sequential:
 def revnet_stack(depth: int, channels: int, dropout: float = 0.0) -> ReversibleSequence:
     half = channels // 2
     return ReversibleSequence(
-        [AdditiveCoupling(preact_half(half, dropout), preact_half(half, dropout)) for _ in range(depth)]
+        [
+            AdditiveCoupling(preact_half(half, dropout), preact_half(half, dropout))
+            for _ in range(depth)
+        ]
     )
 
 
-def run_mode(base: ReversibleSequence, x: torch.Tensor, mode: str, seed: int = 0, **options) -> SimpleNamespace:
+def run_mode(
+    base: ReversibleSequence, x: torch.Tensor, mode: str, seed: int = 0, **options
+) -> SimpleNamespace:
     """A copy of `base` in `mode`, one forward and backward of mean(y^2) under a fixed seed.
 
     Returns the model, its gradients (input and parameters), the global RNG state after
@@ -318,17 +347,24 @@ def run_mode(base: ReversibleSequence, x: torch.Tensor, mode: str, seed: int = 0
     finally:
         handle.remove()
     grads = {"input": xg.grad, **{n: p.grad for n, p in model.named_parameters()}}
-    return SimpleNamespace(model=model, grads=grads, rng=torch.get_rng_state(), relu_inputs=relu_inputs)
+    return SimpleNamespace(
+        model=model, grads=grads, rng=torch.get_rng_state(), relu_inputs=relu_inputs
+    )
 
 
 def rel_error(run: SimpleNamespace, ref: SimpleNamespace) -> float:
     """Largest relative error, over the input gradient and every parameter gradient."""
-    return max(((run.grads[k] - g).norm() / g.norm()).item() for k, g in ref.grads.items())
+    return max(
+        ((run.grads[k] - g).norm() / g.norm()).item() for k, g in ref.grads.items()
+    )
 
 
 def relu_flips(run: SimpleNamespace, ref: SimpleNamespace) -> int:
     """ReLU inputs that are positive in one run and not in the other."""
-    return sum(int(((run.relu_inputs[k] > 0) != (a > 0)).sum()) for k, a in ref.relu_inputs.items())
+    return sum(
+        int(((run.relu_inputs[k] > 0) != (a > 0)).sum())
+        for k, a in ref.relu_inputs.items()
+    )
 
 
 x = torch.randn(8, 32, 8, 8)
@@ -339,17 +375,25 @@ for seed in range(N_INITS):
     base = revnet_stack(depth=8, channels=32)
     runs = {mode: run_mode(base, x, mode) for mode in revlib.MODES}
     if seed == 0:
-        models = {mode: run.model for mode, run in runs.items()}  # for the BatchNorm check below
-    checks.append({
-        "seed": seed,
-        "reversible": rel_error(runs["reversible"], runs["autograd"]),
-        "checkpoint": rel_error(runs["checkpoint"], runs["autograd"]),
-        "flips": relu_flips(runs["reversible"], runs["autograd"]),
-    })
+        models = {
+            mode: run.model for mode, run in runs.items()
+        }  # for the BatchNorm check below
+    checks.append(
+        {
+            "seed": seed,
+            "reversible": rel_error(runs["reversible"], runs["autograd"]),
+            "checkpoint": rel_error(runs["checkpoint"], runs["autograd"]),
+            "flips": relu_flips(runs["reversible"], runs["autograd"]),
+        }
+    )
 n_tensors = len(runs["autograd"].grads)
-print(f"largest relative error over {n_tensors} gradient tensors, and ReLU decisions that differ in the recomputation")
+print(
+    f"largest relative error over {n_tensors} gradient tensors, and ReLU decisions that differ in the recomputation"
+)
 for c in checks:
-    print(f"init {c['seed']:2d}: reversible {c['reversible']:.1e}, checkpoint {c['checkpoint']:.1e}, flips {c['flips']}")
+    print(
+        f"init {c['seed']:2d}: reversible {c['reversible']:.1e}, checkpoint {c['checkpoint']:.1e}, flips {c['flips']}"
+    )
 flip_free = [c for c in checks if c["flips"] == 0]
 flipped = [c for c in checks if c["flips"] > 0]
 print(f"initialisations with at least one flip: {len(flipped)} of {N_INITS}")
@@ -360,8 +404,16 @@ glue("rev_grad_rel_error", max(c["reversible"] for c in flip_free), display=Fals
 glue("n_flip_free", len(flip_free), display=False)
 glue("n_flipped", len(flipped), display=False)
 glue("n_inits", N_INITS, display=False)
-glue("flip_error_min", min((c["reversible"] for c in flipped), default=float("nan")), display=False)
-glue("flip_error_max", max((c["reversible"] for c in flipped), default=float("nan")), display=False)
+glue(
+    "flip_error_min",
+    min((c["reversible"] for c in flipped), default=float("nan")),
+    display=False,
+)
+glue(
+    "flip_error_max",
+    max((c["reversible"] for c in flipped), default=float("nan")),
+    display=False,
+)
 
 # %% [markdown]
 # In {glue:text}`n_flipped` of the {glue:text}`n_inits` initialisations at least
@@ -393,15 +445,23 @@ glue("flip_error_max", max((c["reversible"] for c in flipped), default=float("na
 torch.manual_seed(0)
 base_large = revnet_stack(depth=8, channels=32)
 x_large = torch.randn(32, 32, 16, 16)
-large = {mode: run_mode(base_large, x_large, mode) for mode in ["autograd", "reversible"]}
+large = {
+    mode: run_mode(base_large, x_large, mode) for mode in ["autograd", "reversible"]
+}
 ref, rev = large["autograd"], large["reversible"]
-shift = max((rev.relu_inputs[k] - a).abs().max().item() for k, a in ref.relu_inputs.items())
+shift = max(
+    (rev.relu_inputs[k] - a).abs().max().item() for k, a in ref.relu_inputs.items()
+)
 at_risk = sum(int((a.abs() <= shift).sum()) for a in ref.relu_inputs.values())
 n_relu = sum(a.numel() for a in ref.relu_inputs.values())
 flips = relu_flips(rev, ref)
 large_error = rel_error(rev, ref)
-print(f"ReLU inputs in one step: {n_relu:,d}; largest change in the recomputation: {shift:.1e}")
-print(f"inputs within that distance of zero: {at_risk}; decisions that flipped: {flips}")
+print(
+    f"ReLU inputs in one step: {n_relu:,d}; largest change in the recomputation: {shift:.1e}"
+)
+print(
+    f"inputs within that distance of zero: {at_risk}; decisions that flipped: {flips}"
+)
 print(f"largest relative gradient error: {large_error:.1e}")
 assert shift < 1e-4  # reconstruction is accurate
 assert at_risk < 1e-3 * n_relu  # only a handful of inputs lie that close to zero
@@ -441,7 +501,9 @@ conv_bn = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
 inp = torch.randn(8, 4, 6, 6, requires_grad=True)
 checkpoint(conv_bn, inp, use_reentrant=False).sum().backward()
 plain_checkpoint_batches = conv_bn[1].num_batches_tracked.item()
-print(f"batches counted by BatchNorm after one step through plain torch.utils.checkpoint: {plain_checkpoint_batches}")
+print(
+    f"batches counted by BatchNorm after one step through plain torch.utils.checkpoint: {plain_checkpoint_batches}"
+)
 assert plain_checkpoint_batches == 2
 
 # %% [markdown]
@@ -455,9 +517,16 @@ assert plain_checkpoint_batches == 2
 # %%
 buffers = {mode: dict(m.named_buffers()) for mode, m in models.items()}
 for mode in ["reversible", "checkpoint"]:
-    same = all(torch.equal(buffers[mode][k], buffers["autograd"][k]) for k in buffers["autograd"])
-    counters = {b.item() for k, b in buffers[mode].items() if k.endswith("num_batches_tracked")}
-    print(f"mode {mode!r}: {len(buffers[mode])} buffers identical to 'autograd': {same}; batches counted: {counters}")
+    same = all(
+        torch.equal(buffers[mode][k], buffers["autograd"][k])
+        for k in buffers["autograd"]
+    )
+    counters = {
+        b.item() for k, b in buffers[mode].items() if k.endswith("num_batches_tracked")
+    }
+    print(
+        f"mode {mode!r}: {len(buffers[mode])} buffers identical to 'autograd': {same}; batches counted: {counters}"
+    )
     assert same and counters == {1}
 
 # %% [markdown]
@@ -476,7 +545,9 @@ for mode in ["reversible", "checkpoint"]:
 torch.manual_seed(0)
 base_dropout = revnet_stack(depth=4, channels=32, dropout=0.2)
 drop = {mode: run_mode(base_dropout, x, mode, seed=1) for mode in revlib.MODES}
-drop["no replay"] = run_mode(base_dropout, x, "reversible", seed=1, preserve_rng_state=False)
+drop["no replay"] = run_mode(
+    base_dropout, x, "reversible", seed=1, preserve_rng_state=False
+)
 
 dropout_errors = {}
 for name in ["reversible", "checkpoint", "no replay"]:
@@ -489,8 +560,12 @@ for name in ["reversible", "checkpoint", "no replay"]:
     )
     if name != "no replay":
         assert same_rng
-        assert dropout_errors[name] <= 1e-5 or flipped > 0  # only a ReLU flip (see above) may exceed rounding
-assert dropout_errors["no replay"] > 0.1  # new masks in the recomputation: wrong gradients
+        assert (
+            dropout_errors[name] <= 1e-5 or flipped > 0
+        )  # only a ReLU flip (see above) may exceed rounding
+assert (
+    dropout_errors["no replay"] > 0.1
+)  # new masks in the recomputation: wrong gradients
 glue("dropout_rev_error", dropout_errors["reversible"], display=False)
 glue("dropout_no_replay_error", dropout_errors["no replay"], display=False)
 
@@ -523,12 +598,20 @@ for mode in revlib.MODES:
     print(f"{mode:10s} bytes / A at depths {depths}: {row}")
 
 slope = {
-    mode: [(memory[mode][b] - memory[mode][a]) // (b - a) for a, b in zip(depths, depths[1:])]
+    mode: [
+        (memory[mode][b] - memory[mode][a]) // (b - a)
+        for a, b in zip(depths, depths[1:])
+    ]
     for mode in revlib.MODES
 }
-assert len(set(memory["reversible"].values())) == 1 and memory["reversible"][2] == activation_bytes
+assert (
+    len(set(memory["reversible"].values())) == 1
+    and memory["reversible"][2] == activation_bytes
+)
 assert len(set(slope["autograd"])) == 1 and slope["autograd"][0] > 0  # exactly linear
-assert all(memory["checkpoint"][d] == d * activation_bytes for d in depths)  # one block input per block
+assert all(
+    memory["checkpoint"][d] == d * activation_bytes for d in depths
+)  # one block input per block
 glue("mem_rev_bytes", memory["reversible"][64], display=False)
 glue("mem_autograd_2", memory["autograd"][2], display=False)
 glue("mem_autograd_64", memory["autograd"][64], display=False)
@@ -566,13 +649,16 @@ glue("mem_autograd_per_block_A", slope["autograd"][0] / activation_bytes, displa
 # measured by an allocator (a real step also holds parameters, gradients and
 # temporaries).
 
+
 # %% tags=["nbval-ignore-output"]
 class SegmentCheckpointed(nn.Module):
     """A chain of blocks checkpointed in segments of `size` blocks: only each segment's input is kept."""
 
     def __init__(self, blocks: list[nn.Module], size: int) -> None:
         super().__init__()
-        self.segments = nn.ModuleList(nn.Sequential(*blocks[i:i + size]) for i in range(0, len(blocks), size))
+        self.segments = nn.ModuleList(
+            nn.Sequential(*blocks[i : i + size]) for i in range(0, len(blocks), size)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for segment in self.segments:
@@ -582,9 +668,17 @@ class SegmentCheckpointed(nn.Module):
 
 per_block = slope["autograd"][0]  # one block's autograd bytes, a
 square_depths = [4, 16, 64]
-peak = {name: {} for name in ["autograd", "checkpoint every block", "checkpoint sqrt(L) segments", "reversible"]}
+peak = {
+    name: {}
+    for name in [
+        "autograd",
+        "checkpoint every block",
+        "checkpoint sqrt(L) segments",
+        "reversible",
+    ]
+}
 for depth in square_depths:
-    size = int(depth ** 0.5)
+    size = int(depth**0.5)
     segmented = SegmentCheckpointed(list(revnet_stack(depth, channels=32).blocks), size)
     kept = saved_tensor_bytes(segmented, x)
     assert kept == depth // size * activation_bytes  # one input per segment
@@ -594,14 +688,23 @@ for depth in square_depths:
     peak["reversible"][depth] = memory["reversible"][depth] + per_block
 show_table(
     ["scheme", *[f"L = {d}" for d in square_depths], "growth"],
-    [[name, *[f"{v[d] / activation_bytes:.1f} A" for d in square_depths], growth]
-     for (name, v), growth in zip(peak.items(), ["O(L)", "O(L)", "O(sqrt L)", "O(1)"])],
+    [
+        [name, *[f"{v[d] / activation_bytes:.1f} A" for d in square_depths], growth]
+        for (name, v), growth in zip(
+            peak.items(), ["O(L)", "O(L)", "O(sqrt L)", "O(1)"]
+        )
+    ],
     caption="Modelled peak (not measured): bytes kept after the forward plus the largest recomputation, "
-            "in activation tensors A",
+    "in activation tensors A",
 )
 growth_16_to_64 = {name: v[64] / v[16] for name, v in peak.items()}
-assert 3.5 < growth_16_to_64["autograd"] < 4.5 and 3 < growth_16_to_64["checkpoint every block"] < 4.5
-assert 1.5 < growth_16_to_64["checkpoint sqrt(L) segments"] < 2.5  # four times deeper, about twice the memory
+assert (
+    3.5 < growth_16_to_64["autograd"] < 4.5
+    and 3 < growth_16_to_64["checkpoint every block"] < 4.5
+)
+assert (
+    1.5 < growth_16_to_64["checkpoint sqrt(L) segments"] < 2.5
+)  # four times deeper, about twice the memory
 assert growth_16_to_64["reversible"] == 1
 glue("sqrt_growth", growth_16_to_64["checkpoint sqrt(L) segments"], display=False)
 glue("autograd_growth", growth_16_to_64["autograd"], display=False)
@@ -652,6 +755,7 @@ glue("autograd_growth", growth_16_to_64["autograd"], display=False)
 # RevNet block with the generic backward step of `revlib.ReversibleBlock`
 # (invert, then re-run the forward with autograd) instead of the fused Algorithm 1.
 
+
 # %%
 class GenericAdditive(AdditiveCoupling):
     """The RevNet block with the generic inverse-then-reforward backward step."""
@@ -689,15 +793,23 @@ def evaluations_per_step(model: ReversibleSequence, x: torch.Tensor) -> float:
 
 cost_model = {
     # evaluations of F and G per step (counted), plus 2 units for the backward pass
-    name: evaluations_per_step(model, x) for name, model in variants_of(revnet_stack(4, channels=32)).items()
+    name: evaluations_per_step(model, x)
+    for name, model in variants_of(revnet_stack(4, channels=32)).items()
 }
 rows, theory = [], {}
 for name, evals in cost_model.items():
     units = Fraction(evals) + 2
     theory[name] = units / 3
     rows.append([name, f"{evals:g}", str(units), str(theory[name])])
-show_table(["backward", "evaluations of F and G per step (counted)", "units (evaluations + 2 for backprop)",
-            "cost / autograd"], rows)
+show_table(
+    [
+        "backward",
+        "evaluations of F and G per step (counted)",
+        "units (evaluations + 2 for backprop)",
+        "cost / autograd",
+    ],
+    rows,
+)
 assert theory["autograd"] == 1
 assert theory["reversible"] == Fraction(4, 3) and theory["checkpoint"] == Fraction(4, 3)
 assert theory["reversible, generic step"] == Fraction(5, 3)
@@ -720,10 +832,15 @@ assert theory["reversible, generic step"] == Fraction(5, 3)
 # noisy, and the ratios on a GPU, where the work is spread differently, need not be
 # the same (`benchmarks/step_time.py` measures any device).
 
+
 # %% tags=["nbval-ignore-output"]
-def time_steps(models: dict[str, nn.Module], x: torch.Tensor, repeats: int = 9) -> dict[str, list[float]]:
+def time_steps(
+    models: dict[str, nn.Module], x: torch.Tensor, repeats: int = 9
+) -> dict[str, list[float]]:
     """Seconds per training step of each model: warm-up, then `repeats` rounds, one step of each model per round."""
-    optimizers = {name: torch.optim.SGD(m.parameters(), lr=0.01) for name, m in models.items()}
+    optimizers = {
+        name: torch.optim.SGD(m.parameters(), lr=0.01) for name, m in models.items()
+    }
 
     def step(name: str) -> None:
         optimizers[name].zero_grad(set_to_none=True)
@@ -742,15 +859,24 @@ def time_steps(models: dict[str, nn.Module], x: torch.Tensor, repeats: int = 9) 
 
 
 threads = torch.get_num_threads()
-torch.set_num_threads(1)  # one thread: the ratio then reflects the work done, not how small ops parallelise
+torch.set_num_threads(
+    1
+)  # one thread: the ratio then reflects the work done, not how small ops parallelise
 try:
-    times = time_steps(variants_of(revnet_stack(8, channels=32)), torch.randn(32, 32, 16, 16))
+    times = time_steps(
+        variants_of(revnet_stack(8, channels=32)), torch.randn(32, 32, 16, 16)
+    )
 finally:
     torch.set_num_threads(threads)
 medians = {name: statistics.median(t) for name, t in times.items()}
 # ratio within each round (steps run back to back), then the median over rounds
-ratios = {name: statistics.median(a / b for a, b in zip(t, times["autograd"])) for name, t in times.items()}
-print(f"CPU, 1 thread, torch {torch.__version__}; 8 blocks, 32 channels, batch 32, 16 x 16; {len(times['autograd'])} rounds")
+ratios = {
+    name: statistics.median(a / b for a, b in zip(t, times["autograd"]))
+    for name, t in times.items()
+}
+print(
+    f"CPU, 1 thread, torch {torch.__version__}; 8 blocks, 32 channels, batch 32, 16 x 16; {len(times['autograd'])} rounds"
+)
 for name in medians:
     print(
         f"{name:26s} median step {1000 * medians[name]:7.1f} ms   ratio to autograd {ratios[name]:.2f}"
@@ -796,13 +922,37 @@ if step_file.exists():
         "memcnn": "MemCNN\n(InvertibleModule)",
     }
     shown = {k: v for k, v in labels.items() if k in bench["paired_ratio_to_autograd"]}
-    compiled = {f"compiled_{k}": labels[k] for k in ("autograd", "autograd_plus_forward", "reversible", "checkpoint")
-                if f"compiled_{k}" in bench.get("paired_ratio_to_compiled_autograd", {})}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), width_ratios=[len(shown), max(len(compiled), 1)], sharey=True)
-    panels = [(axes[0], shown, "paired_ratio_to_autograd", "paired_ratio_95_interval", "eager: / eager autograd")]
+    compiled = {
+        f"compiled_{k}": labels[k]
+        for k in ("autograd", "autograd_plus_forward", "reversible", "checkpoint")
+        if f"compiled_{k}" in bench.get("paired_ratio_to_compiled_autograd", {})
+    }
+    fig, axes = plt.subplots(
+        1,
+        2,
+        figsize=(10, 3.8),
+        width_ratios=[len(shown), max(len(compiled), 1)],
+        sharey=True,
+    )
+    panels = [
+        (
+            axes[0],
+            shown,
+            "paired_ratio_to_autograd",
+            "paired_ratio_95_interval",
+            "eager: / eager autograd",
+        )
+    ]
     if compiled:
-        panels.append((axes[1], compiled, "paired_ratio_to_compiled_autograd",
-                       "paired_ratio_to_compiled_autograd_95_interval", "torch.compile(model): / compiled autograd"))
+        panels.append(
+            (
+                axes[1],
+                compiled,
+                "paired_ratio_to_compiled_autograd",
+                "paired_ratio_to_compiled_autograd_95_interval",
+                "torch.compile(model): / compiled autograd",
+            )
+        )
     ratio = {}
     for ax, names, key, interval, title in panels:
         values = {k: bench[key][k] for k in names}
@@ -810,18 +960,31 @@ if step_file.exists():
         low = [values[k] - bench[interval][k][0] for k in names]
         high = [bench[interval][k][1] - values[k] for k in names]
         colors = ["0.6", "0.8", "tab:blue", "tab:cyan", "tab:orange", "tab:red"]
-        bars = ax.bar(range(len(names)), list(values.values()), yerr=[low, high], capsize=4,
-                      color=[colors[list(labels).index(k.removeprefix("compiled_"))] for k in names])
-        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values.values()], padding=8, fontsize=8)
-        ax.axhline(4 / 3, color="black", lw=0.8, ls="--", label="4/3, the evaluation count")
+        bars = ax.bar(
+            range(len(names)),
+            list(values.values()),
+            yerr=[low, high],
+            capsize=4,
+            color=[
+                colors[list(labels).index(k.removeprefix("compiled_"))] for k in names
+            ],
+        )
+        ax.bar_label(
+            bars, labels=[f"{v:.2f}" for v in values.values()], padding=8, fontsize=8
+        )
+        ax.axhline(
+            4 / 3, color="black", lw=0.8, ls="--", label="4/3, the evaluation count"
+        )
         ax.set_xticks(range(len(names)), list(names.values()), fontsize=7)
         ax.set_title(title, fontsize=9)
     axes[0].set_ylabel("step time / autograd's")
     axes[0].set_ylim(0, 2.4)
     axes[0].legend(loc="upper left", fontsize=8)
-    fig.suptitle(f"PyTorch {bench['torch']}, {bench['device']}, {bench['threads']} thread(s); "
-                 f"benchmarks/step_time.py, run of {bench['date_utc'][:10]}, median of {bench['repeats']} rounds",
-                 fontsize=8)
+    fig.suptitle(
+        f"PyTorch {bench['torch']}, {bench['device']}, {bench['threads']} thread(s); "
+        f"benchmarks/step_time.py, run of {bench['date_utc'][:10]}, median of {bench['repeats']} rounds",
+        fontsize=8,
+    )
     fig.tight_layout()
     assert ratio["autograd"] == 1.0 and ratio["autograd_plus_forward"] > 1
     assert 1 < ratio["reversible"] < 2 and 1 < ratio["checkpoint"] < 2
@@ -834,12 +997,21 @@ if step_file.exists():
     if compiled:
         glue("bench_compiled_rev_ratio", ratio["compiled_reversible"], display=False)
         glue("bench_compiled_ckpt_ratio", ratio["compiled_checkpoint"], display=False)
-        glue("bench_compiled_floor_ratio", ratio["compiled_autograd_plus_forward"], display=False)
-        speedup = bench["median_seconds"]["autograd"] / bench["median_seconds"]["compiled_autograd"]
+        glue(
+            "bench_compiled_floor_ratio",
+            ratio["compiled_autograd_plus_forward"],
+            display=False,
+        )
+        speedup = (
+            bench["median_seconds"]["autograd"]
+            / bench["median_seconds"]["compiled_autograd"]
+        )
         glue("bench_compile_speedup", speedup, display=False)
     plt.show()
 else:
-    print(f"{step_file} not found: run python benchmarks/step_time.py from a clone of the repository")
+    print(
+        f"{step_file} not found: run python benchmarks/step_time.py from a clone of the repository"
+    )
 
 # %% [markdown]
 # ```{glue:figure} fig_step_time
@@ -939,7 +1111,9 @@ else:
 
 # %% tags=["hide-cell"]
 torch.manual_seed(0)
-st_net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 6)).double()  # outputs (s, t)
+st_net = nn.Sequential(
+    nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 6)
+).double()  # outputs (s, t)
 xa = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
 xa1, xa2 = xa.chunk(2, dim=1)
 s_, t_ = st_net(xa1).chunk(2, dim=1)
@@ -950,14 +1124,21 @@ ya.backward(dya)
 ya1, ya2 = ya.detach().chunk(2, dim=1)
 dya1, dya2 = dya.chunk(2, dim=1)
 x1r = ya1.clone().requires_grad_(True)
-s_r, t_r = st_net(x1r).chunk(2, dim=1)                     # the one evaluation
-x2r = (ya2 - t_r.detach()) * (-s_r.detach()).exp()         # reconstruction
-ds_out, dt_out = dya2 * (ya2 - t_r.detach()), dya2         # gradients w.r.t. s and t
-dx1_vjp, *dW = torch.autograd.grad([s_r, t_r], [x1r, *st_net.parameters()], [ds_out, dt_out])
+s_r, t_r = st_net(x1r).chunk(2, dim=1)  # the one evaluation
+x2r = (ya2 - t_r.detach()) * (-s_r.detach()).exp()  # reconstruction
+ds_out, dt_out = dya2 * (ya2 - t_r.detach()), dya2  # gradients w.r.t. s and t
+dx1_vjp, *dW = torch.autograd.grad(
+    [s_r, t_r], [x1r, *st_net.parameters()], [ds_out, dt_out]
+)
 dx1r, dx2r = dya1 + dx1_vjp, dya2 * s_r.detach().exp()
-affine_err = max((x2r - xa2).abs().max().item(), (torch.cat([dx1r, dx2r], 1) - xa.grad).abs().max().item(),
-                 max((a - p.grad).abs().max().item() for a, p in zip(dW, st_net.parameters())))
-print(f"affine coupling, derived backward step vs autograd (float64): equal to rounding (< 1e-12): {affine_err < 1e-12}")
+affine_err = max(
+    (x2r - xa2).abs().max().item(),
+    (torch.cat([dx1r, dx2r], 1) - xa.grad).abs().max().item(),
+    max((a - p.grad).abs().max().item() for a, p in zip(dW, st_net.parameters())),
+)
+print(
+    f"affine coupling, derived backward step vs autograd (float64): equal to rounding (< 1e-12): {affine_err < 1e-12}"
+)
 assert affine_err < 1e-12
 
 # %% [markdown]
@@ -999,6 +1180,7 @@ assert affine_err < 1e-12
 # forward.
 # ```
 
+
 # %% tags=["hide-cell", "nbval-ignore-output"]
 def relu_to_softplus(model: nn.Module) -> nn.Module:
     """The same model with every ReLU replaced by Softplus(beta=20)."""
@@ -1016,18 +1198,51 @@ for batch in (4, 8, 16, 32):
     base_b = revnet_stack(depth=8, channels=32)
     xb = torch.randn(batch, 32, 8, 8)
     ref_b, rev_b = (run_mode(base_b, xb, mode) for mode in ("autograd", "reversible"))
-    shift_b = max((rev_b.relu_inputs[k] - a).abs().max().item() for k, a in ref_b.relu_inputs.items())
+    shift_b = max(
+        (rev_b.relu_inputs[k] - a).abs().max().item()
+        for k, a in ref_b.relu_inputs.items()
+    )
     n_b = sum(a.numel() for a in ref_b.relu_inputs.values())
     risk_b = sum(int((a.abs() <= shift_b).sum()) for a in ref_b.relu_inputs.values())
     soft = relu_to_softplus(copy.deepcopy(base_b))
-    soft_err = rel_error(run_mode(soft, xb, "reversible"), run_mode(soft, xb, "autograd"))
-    risk_rows.append((batch, n_b, shift_b, risk_b, relu_flips(rev_b, ref_b), rel_error(rev_b, ref_b), soft_err))
-show_table(["batch", "ReLU inputs", "largest change", "within it of zero", "flips", "ReLU: gradient error",
-            "Softplus(20): gradient error"],
-           [[b, f"{n:,}", f"{sh:.1e}", r, f, f"{e:.1e}", f"{se:.1e}"] for b, n, sh, r, f, e, se in risk_rows])
-assert all(r[6] < 1e-4 for r in risk_rows)  # no kink: every recomputation error stays at rounding level
+    soft_err = rel_error(
+        run_mode(soft, xb, "reversible"), run_mode(soft, xb, "autograd")
+    )
+    risk_rows.append(
+        (
+            batch,
+            n_b,
+            shift_b,
+            risk_b,
+            relu_flips(rev_b, ref_b),
+            rel_error(rev_b, ref_b),
+            soft_err,
+        )
+    )
+show_table(
+    [
+        "batch",
+        "ReLU inputs",
+        "largest change",
+        "within it of zero",
+        "flips",
+        "ReLU: gradient error",
+        "Softplus(20): gradient error",
+    ],
+    [
+        [b, f"{n:,}", f"{sh:.1e}", r, f, f"{e:.1e}", f"{se:.1e}"]
+        for b, n, sh, r, f, e, se in risk_rows
+    ],
+)
+assert all(
+    r[6] < 1e-4 for r in risk_rows
+)  # no kink: every recomputation error stays at rounding level
 assert risk_rows[-1][3] >= risk_rows[0][3]
-glue("risk_per_million", 1e6 * sum(r[3] for r in risk_rows) / sum(r[1] for r in risk_rows), display=False)
+glue(
+    "risk_per_million",
+    1e6 * sum(r[3] for r in risk_rows) / sum(r[1] for r in risk_rows),
+    display=False,
+)
 glue("softplus_max_error", max(r[6] for r in risk_rows), display=False)
 
 # %% [markdown]
@@ -1054,10 +1269,14 @@ seg_sizes = [1, 2, 4, 8, 16]
 modelled = {}
 for k in seg_sizes:
     torch.manual_seed(0)
-    kept_k = saved_tensor_bytes(SegmentCheckpointed(list(revnet_stack(L_seg, channels=32).blocks), k), x)
+    kept_k = saved_tensor_bytes(
+        SegmentCheckpointed(list(revnet_stack(L_seg, channels=32).blocks), k), x
+    )
     segment_k = revnet_stack(k, channels=32)
     segment_k.mode = "autograd"
-    one_segment = saved_tensor_bytes(segment_k, x)  # a segment's internals, recomputed with autograd
+    one_segment = saved_tensor_bytes(
+        segment_k, x
+    )  # a segment's internals, recomputed with autograd
     modelled[k] = (kept_k + one_segment) / activation_bytes
 a_over_A = per_block / activation_bytes
 k_star = (L_seg / a_over_A) ** 0.5
@@ -1071,9 +1290,14 @@ ax.legend()
 fig.tight_layout()
 plt.show()
 best_k = min(modelled, key=modelled.get)
-print("modelled peak in A:", ", ".join(f"k={k}: {v:.1f}" for k, v in modelled.items()),
-      f"; minimum at k = {best_k}; sqrt(L A / a) = {k_star:.2f}")
-assert all(abs(modelled[k] - (L_seg // k + a_over_A * k)) < 2 for k in seg_sizes)  # the L/k A + k a model
+print(
+    "modelled peak in A:",
+    ", ".join(f"k={k}: {v:.1f}" for k, v in modelled.items()),
+    f"; minimum at k = {best_k}; sqrt(L A / a) = {k_star:.2f}",
+)
+assert all(
+    abs(modelled[k] - (L_seg // k + a_over_A * k)) < 2 for k in seg_sizes
+)  # the L/k A + k a model
 assert abs(best_k - k_star) <= k_star / 2
 glue("seg_best_k", best_k, display=False)
 glue("seg_k_star", k_star, display=False)
@@ -1094,6 +1318,7 @@ glue("seg_a_over_A", a_over_A, display=False)
 # $a/A$; with several tensors saved per block the best segments are shorter.
 # ```
 
+
 # %% tags=["hide-cell"]
 def recursive_schedule(n: int, stored: int = 1) -> tuple[int, int]:
     """Block evaluations and the largest number of stored block inputs for the backward of a
@@ -1101,17 +1326,23 @@ def recursive_schedule(n: int, stored: int = 1) -> tuple[int, int]:
     if n == 1:
         return 1, stored  # re-run the block with autograd, then backprop through it
     half = n // 2
-    evals_second, peak_second = recursive_schedule(n - half, stored + 1)  # after n/2 evaluations to reach the middle
-    evals_first, peak_first = recursive_schedule(half, stored)  # the middle is freed again
+    evals_second, peak_second = recursive_schedule(
+        n - half, stored + 1
+    )  # after n/2 evaluations to reach the middle
+    evals_first, peak_first = recursive_schedule(
+        half, stored
+    )  # the middle is freed again
     return half + evals_second + evals_first, max(peak_second, peak_first)
 
 
 for m in range(1, 11):
-    L_rec = 2 ** m
+    L_rec = 2**m
     evals, peak_inputs = recursive_schedule(L_rec)
     assert evals == L_rec // 2 * m + L_rec and peak_inputs == m + 1
-print(f"L = {L_rec}: {evals} evaluations in the backward (L/2 log2 L + L = {L_rec // 2 * m + L_rec}), "
-      f"at most {peak_inputs} stored inputs (log2 L + 1)")
+print(
+    f"L = {L_rec}: {evals} evaluations in the backward (L/2 log2 L + L = {L_rec // 2 * m + L_rec}), "
+    f"at most {peak_inputs} stored inputs (log2 L + 1)"
+)
 
 # %% [markdown]
 # ```{admonition} Solution 5 (recursive checkpointing)

@@ -32,15 +32,15 @@ import copy
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
-from revlib.harness.notebook import RunSettings, glue, peak_memory_bytes
 from torch import nn
 
 import revlib
 from revlib.core.memcalc import memory_table
 from revlib.core.memory import MiB, saved_tensor_bytes
 from revlib.harness.figures import draw_revnet_stages, show_table
+from revlib.harness.notebook import RunSettings, glue, peak_memory_bytes
+from revlib.models import count_parameters, rev_vgg, vgg19
 from revlib.models import revnet as R
-from revlib.models import count_parameters, rev_vgg, set_mode, vgg19
 from revlib.models.vgg import LinearBlock
 
 # Set full_run=True on a GPU (e.g. Colab) to also measure CUDA peak memory at batch 128.
@@ -118,24 +118,44 @@ OFFICIAL = {  # counted from the official code's variable shapes, at 10 and 100 
     "resnet101": (44_541_480, None),
     "revnet104": (45_428_072, None),
 }
-CHANG_PRINTED = {"resnet32": "0.46 / 0.47", "revnet38": "0.46 / 0.48", "resnet110": "1.73 / 1.73", "revnet110": "1.73 / 1.74"}
+CHANG_PRINTED = {
+    "resnet32": "0.46 / 0.47",
+    "revnet38": "0.46 / 0.48",
+    "resnet110": "1.73 / 1.73",
+    "revnet110": "1.73 / 1.74",
+}
 CIFAR = ["resnet32", "revnet38", "resnet110", "revnet110", "resnet164", "revnet164"]
-LABEL = {"resnet32": "ResNet-32", "revnet38": "RevNet-38", "resnet110": "ResNet-110", "revnet110": "RevNet-110",
-         "resnet164": "ResNet-164", "revnet164": "RevNet-164", "resnet101": "ResNet-101 (ImageNet)",
-         "revnet104": "RevNet-104 (ImageNet)"}
+LABEL = {
+    "resnet32": "ResNet-32",
+    "revnet38": "RevNet-38",
+    "resnet110": "ResNet-110",
+    "revnet110": "RevNet-110",
+    "resnet164": "ResNet-164",
+    "revnet164": "RevNet-164",
+    "resnet101": "ResNet-101 (ImageNet)",
+    "revnet104": "RevNet-104 (ImageNet)",
+}
 
 ours = {}
-rows = ["| model | block | units per stage | widths (stem, stages) | parameters, C-10 / C-100 or ImageNet (ours) "
-        "| official code | Chang et al. (M) |", "|---|---|---|---|---|---|---|"]
+rows = [
+    "| model | block | units per stage | widths (stem, stages) | parameters, C-10 / C-100 or ImageNet (ours) "
+    "| official code | Chang et al. (M) |",
+    "|---|---|---|---|---|---|---|",
+]
 for name in OFFICIAL:
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         m10 = getattr(R, name)(num_classes=10 if name in CIFAR else 1000)
         m100 = getattr(R, name)(num_classes=100) if name in CIFAR else None
-    ours[name] = (count_parameters(m10), count_parameters(m100) if m100 is not None else None)
+    ours[name] = (
+        count_parameters(m10),
+        count_parameters(m100) if m100 is not None else None,
+    )
     ref = OFFICIAL[name]
     fmt = lambda pair: " / ".join(f"{v:,}" for v in pair if v is not None)
-    rows.append(f"| {LABEL[name]} | {m10.block} | {'-'.join(map(str, m10.units))} | "
-                f"{'-'.join(map(str, m10.widths))} | {fmt(ours[name])} | {fmt(ref)} | {CHANG_PRINTED.get(name, '')} |")
+    rows.append(
+        f"| {LABEL[name]} | {m10.block} | {'-'.join(map(str, m10.units))} | "
+        f"{'-'.join(map(str, m10.widths))} | {fmt(ours[name])} | {fmt(ref)} | {CHANG_PRINTED.get(name, '')} |"
+    )
 display(Markdown("\n".join(rows)))
 assert ours == OFFICIAL  # every count, to the last parameter
 
@@ -153,7 +173,9 @@ assert ours == OFFICIAL  # every count, to the last parameter
 # (`tests/test_models_revnet.py` checks this to 1e-10 in float64).
 
 # %%
-print(R.revnet38().stages[1])  # a transition, then a ReversibleSequence of two couplings
+print(
+    R.revnet38().stages[1]
+)  # a transition, then a ReversibleSequence of two couplings
 
 # %% [markdown]
 # ## What a RevNet keeps, layer by layer
@@ -170,13 +192,19 @@ x2 = torch.randn(2, 3, 32, 32)
 rev38 = R.revnet38()
 table38 = memory_table(rev38, x2)
 display(Markdown(table38.to_markdown(batch=128)))
-assert table38.measured_bytes == saved_tensor_bytes(rev38, x2)  # the rows add up to the meter's total
+assert table38.measured_bytes == saved_tensor_bytes(
+    rev38, x2
+)  # the rows add up to the meter's total
 stem_bytes = sum(r.saved_bytes for r in table38.rows if r.name.startswith("stem"))
 seq_rows = [r for r in table38.rows if r.kind == "ReversibleSequence"]
 transition_rows = [r for r in table38.rows if r.kind == "RevTransition"]
 # each reversible stage keeps exactly one tensor: its output (2 images, float32)
-assert all(r.saved_bytes == 2 * 4 * torch.Size(r.output_shape).numel() for r in seq_rows)
-assert all(r.saved_bytes == 0 for r in transition_rows)  # their input is that same output
+assert all(
+    r.saved_bytes == 2 * 4 * torch.Size(r.output_shape).numel() for r in seq_rows
+)
+assert all(
+    r.saved_bytes == 0 for r in transition_rows
+)  # their input is that same output
 glue("rev38_stem_share", 100 * stem_bytes / table38.measured_bytes, display=False)
 glue("rev38_total_128", table38.measured_at(128) / MiB, display=False)
 
@@ -203,12 +231,17 @@ glue("rev38_total_128", table38.measured_at(128) / MiB, display=False)
 # chapter fast on a CPU (a direct measurement of ResNet-164 at batch 128 would
 # hold 3 GiB of activations).
 
+
 # %%
 def measured(model, batch, size=32):
     return memory_table(model, torch.randn(batch, 3, size, size)).measured_bytes
 
+
 checks = 0
-for model, modes in ((R.revnet38(), ("reversible", "checkpoint", "autograd")), (R.resnet32(), (None,))):
+for model, modes in (
+    (R.revnet38(), ("reversible", "checkpoint", "autograd")),
+    (R.resnet32(), (None,)),
+):
     for mode in modes:
         if mode:
             model.mode = mode
@@ -217,44 +250,80 @@ for model, modes in ((R.revnet38(), ("reversible", "checkpoint", "autograd")), (
             assert measured(model, batch) == t1.measured_at(batch)  # a*N + b, exactly
             checks += 1
 rev38.mode = "reversible"
-direct_128 = {"revnet38 (reversible)": saved_tensor_bytes(rev38, torch.randn(128, 3, 32, 32)),
-              "resnet32": saved_tensor_bytes(R.resnet32(), torch.randn(128, 3, 32, 32))}
+direct_128 = {
+    "revnet38 (reversible)": saved_tensor_bytes(rev38, torch.randn(128, 3, 32, 32)),
+    "resnet32": saved_tensor_bytes(R.resnet32(), torch.randn(128, 3, 32, 32)),
+}
 assert direct_128["revnet38 (reversible)"] == table38.measured_at(128)
 assert direct_128["resnet32"] == memory_table(R.resnet32(), x2).measured_at(128)
-print(f"{checks} batch sizes predicted exactly; direct measurements at batch 128 agree:",
-      {k: f"{v:,} bytes" for k, v in direct_128.items()})
+print(
+    f"{checks} batch sizes predicted exactly; direct measurements at batch 128 agree:",
+    {k: f"{v:,} bytes" for k, v in direct_128.items()},
+)
 
 # %%
 MODES = ("reversible", "checkpoint", "autograd")
-mem = {}      # measured bytes at batch 128
+mem = {}  # measured bytes at batch 128
 counted = {}  # layer-output count at batch 128
 for name in CIFAR:
     model = getattr(R, name)()
-    for mode in (MODES if model.reversible else ("autograd",)):
+    for mode in MODES if model.reversible else ("autograd",):
         model.mode = mode
         t = memory_table(model, x2)
         mem[name, mode] = t.measured_at(128)
         counted[name, mode] = t.kept_bytes(128)
 
 show_table(
-    ["model", "parameters", "mode", "measured (MiB)", "vs autograd", "layer-output count (MiB)"],
-    [[LABEL[name], f"{OFFICIAL[name][0]:,}", mode, f"{mem[name, mode] / MiB:.2f}",
-      f"{mem[name, mode] / mem[name, 'autograd']:.3f}", f"{counted[name, mode] / MiB:.2f}"]
-     for name in CIFAR for mode in MODES if (name, mode) in mem],
+    [
+        "model",
+        "parameters",
+        "mode",
+        "measured (MiB)",
+        "vs autograd",
+        "layer-output count (MiB)",
+    ],
+    [
+        [
+            LABEL[name],
+            f"{OFFICIAL[name][0]:,}",
+            mode,
+            f"{mem[name, mode] / MiB:.2f}",
+            f"{mem[name, mode] / mem[name, 'autograd']:.3f}",
+            f"{counted[name, mode] / MiB:.2f}",
+        ]
+        for name in CIFAR
+        for mode in MODES
+        if (name, mode) in mem
+    ],
 )
 
-for rev, res in (("revnet38", "resnet32"), ("revnet110", "resnet110"), ("revnet164", "resnet164")):
+for rev, res in (
+    ("revnet38", "resnet32"),
+    ("revnet110", "resnet110"),
+    ("revnet164", "resnet164"),
+):
     assert mem[rev, "reversible"] < mem[rev, "checkpoint"] < mem[rev, "autograd"]
     assert mem[rev, "reversible"] < mem[res, "autograd"] / 4  # at equal parameters
-assert abs(mem["revnet110", "reversible"] / mem["revnet38", "reversible"] - 1) < 0.05  # flat in depth
+assert (
+    abs(mem["revnet110", "reversible"] / mem["revnet38", "reversible"] - 1) < 0.05
+)  # flat in depth
 assert mem["resnet110", "autograd"] > 3 * mem["resnet32", "autograd"]
-for key, value in {"mem_res32": mem["resnet32", "autograd"], "mem_rev38": mem["revnet38", "reversible"],
-                   "mem_res110": mem["resnet110", "autograd"], "mem_rev110": mem["revnet110", "reversible"],
-                   "mem_res164": mem["resnet164", "autograd"], "mem_rev164": mem["revnet164", "reversible"],
-                   "mem_rev164_ckpt": mem["revnet164", "checkpoint"],
-                   "mem_rev164_auto": mem["revnet164", "autograd"]}.items():
+for key, value in {
+    "mem_res32": mem["resnet32", "autograd"],
+    "mem_rev38": mem["revnet38", "reversible"],
+    "mem_res110": mem["resnet110", "autograd"],
+    "mem_rev110": mem["revnet110", "reversible"],
+    "mem_res164": mem["resnet164", "autograd"],
+    "mem_rev164": mem["revnet164", "reversible"],
+    "mem_rev164_ckpt": mem["revnet164", "checkpoint"],
+    "mem_rev164_auto": mem["revnet164", "autograd"],
+}.items():
     glue(key, value / MiB, display=False)
-glue("ratio_110", mem["resnet110", "autograd"] / mem["revnet110", "reversible"], display=False)
+glue(
+    "ratio_110",
+    mem["resnet110", "autograd"] / mem["revnet110", "reversible"],
+    display=False,
+)
 
 # %% tags=["remove-output"]
 fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -263,10 +332,21 @@ for i, name in enumerate(CIFAR):
     for j, mode in enumerate(MODES[::-1]):  # autograd, checkpoint, reversible
         if (name, mode) in mem:
             offset = 0.0 if name.startswith("res") else (j - 1) * 0.27
-            ax.bar(i + offset, mem[name, mode] / MiB, width=0.27, color=mode_colors[mode],
-                   label=mode if i == 1 else None)
-            ax.text(i + offset, mem[name, mode] / MiB, f"{mem[name, mode] / MiB:.0f}", ha="center",
-                    va="bottom", fontsize=7)
+            ax.bar(
+                i + offset,
+                mem[name, mode] / MiB,
+                width=0.27,
+                color=mode_colors[mode],
+                label=mode if i == 1 else None,
+            )
+            ax.text(
+                i + offset,
+                mem[name, mode] / MiB,
+                f"{mem[name, mode] / MiB:.0f}",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
 ax.set_xticks(range(len(CIFAR)), [LABEL[n] for n in CIFAR])
 ax.set_yscale("log")
 ax.set_ylabel("saved for backward, batch 128 (MiB)")
@@ -313,28 +393,64 @@ plt.show()
 # comparable. The ratios are.
 
 # %%
-MEMCNN = {"resnet32": 238.6, "revnet38": 85.6, "resnet110": 810.7, "revnet110": 85.7,
-          "resnet164": 2452.8, "revnet164": 432.7}  # MemCNN README, "Activations (MB)"
-ours_mib = {name: mem[name, "reversible" if name.startswith("rev") else "autograd"] / MiB for name in CIFAR}
+MEMCNN = {
+    "resnet32": 238.6,
+    "revnet38": 85.6,
+    "resnet110": 810.7,
+    "revnet110": 85.7,
+    "resnet164": 2452.8,
+    "revnet164": 432.7,
+}  # MemCNN README, "Activations (MB)"
+ours_mib = {
+    name: mem[name, "reversible" if name.startswith("rev") else "autograd"] / MiB
+    for name in CIFAR
+}
 show_table(
-    ["model", "MemCNN README (MB, quoted)", "ours, batch 128 (MiB)", "MemCNN / ours", "MemCNN, vs ResNet-32",
-     "ours, vs ResNet-32"],
-    [[LABEL[name], f"{MEMCNN[name]:.1f}", f"{ours_mib[name]:.1f}", f"{MEMCNN[name] / ours_mib[name]:.2f}",
-      f"{MEMCNN[name] / MEMCNN['resnet32']:.2f}", f"{ours_mib[name] / ours_mib['resnet32']:.2f}"] for name in CIFAR],
+    [
+        "model",
+        "MemCNN README (MB, quoted)",
+        "ours, batch 128 (MiB)",
+        "MemCNN / ours",
+        "MemCNN, vs ResNet-32",
+        "ours, vs ResNet-32",
+    ],
+    [
+        [
+            LABEL[name],
+            f"{MEMCNN[name]:.1f}",
+            f"{ours_mib[name]:.1f}",
+            f"{MEMCNN[name] / ours_mib[name]:.2f}",
+            f"{MEMCNN[name] / MEMCNN['resnet32']:.2f}",
+            f"{ours_mib[name] / ours_mib['resnet32']:.2f}",
+        ]
+        for name in CIFAR
+    ],
 )
 growth_ours = mem["resnet110", "autograd"] / mem["resnet32", "autograd"]
 growth_memcnn = MEMCNN["resnet110"] / MEMCNN["resnet32"]
-assert abs(growth_ours / growth_memcnn - 1) < 0.05  # ResNet growth with depth: same within 5%
-glue("memcnn_rev164_to_110", MEMCNN["revnet164"] / MEMCNN["revnet110"], display=False)  # quoted numbers
-glue("ours_rev164_to_110", mem["revnet164", "reversible"] / mem["revnet110", "reversible"], display=False)
+assert (
+    abs(growth_ours / growth_memcnn - 1) < 0.05
+)  # ResNet growth with depth: same within 5%
+glue(
+    "memcnn_rev164_to_110", MEMCNN["revnet164"] / MEMCNN["revnet110"], display=False
+)  # quoted numbers
+glue(
+    "ours_rev164_to_110",
+    mem["revnet164", "reversible"] / mem["revnet110", "reversible"],
+    display=False,
+)
 glue("growth_ours", growth_ours, display=False)
 glue("growth_memcnn", growth_memcnn, display=False)
-glue("memcnn_scale", MEMCNN["resnet32"] / (mem["resnet32", "autograd"] / MiB), display=False)
+glue(
+    "memcnn_scale",
+    MEMCNN["resnet32"] / (mem["resnet32", "autograd"] / MiB),
+    display=False,
+)
 memcnn_over_ours = {name: MEMCNN[name] / ours_mib[name] for name in CIFAR}
 res_factors = [memcnn_over_ours[n] for n in CIFAR if n.startswith("res")]
 rev_factors = [memcnn_over_ours[n] for n in CIFAR if n.startswith("rev")]
 assert max(res_factors) / min(res_factors) < 1.05  # ResNets: one constant factor
-assert max(rev_factors) / min(rev_factors) > 1.5   # RevNets: not
+assert max(rev_factors) / min(rev_factors) > 1.5  # RevNets: not
 for name in ("revnet38", "revnet110", "revnet164"):
     glue(f"memcnn_factor_{name}", memcnn_over_ours[name], display=False)
 
@@ -390,10 +506,23 @@ vgg, rvgg = vgg19(), rev_vgg()
 t_vgg = memory_table(vgg, x2)
 t_rvgg = memory_table(rvgg, x2, units=(LinearBlock,))
 display(Markdown(t_rvgg.to_markdown(batch=128)))
-PROJECT = {"vgg_params": 20_565_834, "vgg_kept": 638_474, "vgg_mb": 311.75,  # the Rev-VGG project's tables
-           "rev_params": 20_824_330, "rev_kept": 105_482, "rev_mb": 51.50, "reduction": 83.4}
-assert count_parameters(vgg) == PROJECT["vgg_params"] and count_parameters(rvgg) == PROJECT["rev_params"]
-assert t_vgg.kept == PROJECT["vgg_kept"] and round(t_vgg.kept_bytes(128) / MiB, 2) == PROJECT["vgg_mb"]
+PROJECT = {
+    "vgg_params": 20_565_834,
+    "vgg_kept": 638_474,
+    "vgg_mb": 311.75,  # the Rev-VGG project's tables
+    "rev_params": 20_824_330,
+    "rev_kept": 105_482,
+    "rev_mb": 51.50,
+    "reduction": 83.4,
+}
+assert (
+    count_parameters(vgg) == PROJECT["vgg_params"]
+    and count_parameters(rvgg) == PROJECT["rev_params"]
+)
+assert (
+    t_vgg.kept == PROJECT["vgg_kept"]
+    and round(t_vgg.kept_bytes(128) / MiB, 2) == PROJECT["vgg_mb"]
+)
 # The project's row "(128,16,16) Maxpool2d -> (128,8,8)" lists 16,384 activations; (128,8,8) is 8,192.
 maxpool_2 = [r for r in t_rvgg.rows if r.kind == "MaxPool2d"][1]
 assert maxpool_2.output_shape == (128, 8, 8) and maxpool_2.kept == 8_192
@@ -418,18 +547,26 @@ for mode in MODES:
     rvgg.mode = mode
     rvgg_mem[mode] = memory_table(rvgg, x2, units=(LinearBlock,)).measured_at(128)
 rvgg.mode = "reversible"
-rows = ["| | parameters | Rev-VGG project (layer-output count, MB = MiB) | our layer-output count (MiB) | measured (MiB) |",
-        "|---|---:|---:|---:|---:|",
-        f"| VGG-19 | {count_parameters(vgg):,} | {PROJECT['vgg_mb']:.2f} | {t_vgg.kept_bytes(128) / MiB:.2f} | {vgg_mem / MiB:.2f} |"]
+rows = [
+    "| | parameters | Rev-VGG project (layer-output count, MB = MiB) | our layer-output count (MiB) | measured (MiB) |",
+    "|---|---:|---:|---:|---:|",
+    f"| VGG-19 | {count_parameters(vgg):,} | {PROJECT['vgg_mb']:.2f} | {t_vgg.kept_bytes(128) / MiB:.2f} | {vgg_mem / MiB:.2f} |",
+]
 for mode in MODES:
     quoted = f"{PROJECT['rev_mb']:.2f}" if mode == "reversible" else ""
     count = f"{t_rvgg.kept_bytes(128) / MiB:.2f}" if mode == "reversible" else ""
-    rows.append(f"| Rev-VGG, mode {mode} | {count_parameters(rvgg):,} | {quoted} | {count} | {rvgg_mem[mode] / MiB:.2f} |")
-reduction_project = 100 * (1 - PROJECT["rev_mb"] / PROJECT["vgg_mb"])  # the project's own numbers
+    rows.append(
+        f"| Rev-VGG, mode {mode} | {count_parameters(rvgg):,} | {quoted} | {count} | {rvgg_mem[mode] / MiB:.2f} |"
+    )
+reduction_project = 100 * (
+    1 - PROJECT["rev_mb"] / PROJECT["vgg_mb"]
+)  # the project's own numbers
 reduction_count = 100 * (1 - t_rvgg.kept / t_vgg.kept)
 reduction_measured = 100 * (1 - rvgg_mem["reversible"] / vgg_mem)
-rows.append(f"| reduction | | {reduction_project:.2f}% (our arithmetic on these MB; the project prints "
-            f"{PROJECT['reduction']}%) | {reduction_count:.2f}% | {reduction_measured:.2f}% |")
+rows.append(
+    f"| reduction | | {reduction_project:.2f}% (our arithmetic on these MB; the project prints "
+    f"{PROJECT['reduction']}%) | {reduction_count:.2f}% | {reduction_measured:.2f}% |"
+)
 display(Markdown("\n".join(rows)))
 assert rvgg_mem["reversible"] < rvgg_mem["checkpoint"] < rvgg_mem["autograd"]
 assert 50 < reduction_measured < reduction_count
@@ -468,39 +605,72 @@ glue("reduction_count", reduction_count, display=False)
 # ReLU output of the linear block (the project's row for two layers counts one
 # output). The cell checks this to the byte.
 
+
 # %%
 def pool_index_bytes(table):
-    return sum(8 * table.batch * torch.Size(r.output_shape).numel() for r in table.rows if r.kind == "MaxPool2d")
+    return sum(
+        8 * table.batch * torch.Size(r.output_shape).numel()
+        for r in table.rows
+        if r.kind == "MaxPool2d"
+    )
 
-def bn_stat_bytes(model):  # mean and inverse std, float32, per BatchNorm layer that saves them
-    return sum(2 * 4 * m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+def bn_stat_bytes(
+    model,
+):  # mean and inverse std, float32, per BatchNorm layer that saves them
+    return sum(
+        2 * 4 * m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    )
+
 
 B, F32 = t_vgg.batch, 4
 image = B * 3 * 32 * 32 * F32
 logits = B * 10 * F32
-vgg_terms = {"layer-output count": t_vgg.kept * B * F32, "+ input image": image,
-             "+ max-pool indices (int64)": pool_index_bytes(t_vgg), "+ BatchNorm statistics": bn_stat_bytes(vgg),
-             "- logits (kept by nobody)": -logits}
+vgg_terms = {
+    "layer-output count": t_vgg.kept * B * F32,
+    "+ input image": image,
+    "+ max-pool indices (int64)": pool_index_bytes(t_vgg),
+    "+ BatchNorm statistics": bn_stat_bytes(vgg),
+    "- logits (kept by nobody)": -logits,
+}
 assert sum(vgg_terms.values()) == t_vgg.measured_bytes
 
 rev_blocks = [r for r in t_rvgg.rows if r.kind == "RevVGGBlock"]
-rvgg_terms = {"layer-output count": t_rvgg.kept * B * F32, "+ input image": image,
-              "+ max-pool indices (int64)": pool_index_bytes(t_rvgg),
-              "+ RevBlock outputs (start of the reconstruction)":
-                  sum(B * F32 * torch.Size(r.output_shape).numel() for r in rev_blocks),
-              "+ second hidden output of the linear block": B * 512 * F32,
-              "- logits (kept by nobody)": -logits}
+rvgg_terms = {
+    "layer-output count": t_rvgg.kept * B * F32,
+    "+ input image": image,
+    "+ max-pool indices (int64)": pool_index_bytes(t_rvgg),
+    "+ RevBlock outputs (start of the reconstruction)": sum(
+        B * F32 * torch.Size(r.output_shape).numel() for r in rev_blocks
+    ),
+    "+ second hidden output of the linear block": B * 512 * F32,
+    "- logits (kept by nobody)": -logits,
+}
 # BatchNorm inside the RevBlocks saves nothing: the blocks are recomputed in the backward.
 assert sum(rvgg_terms.values()) == t_rvgg.measured_bytes
 
-rows = ["| term (bytes at batch 2) | VGG-19 | Rev-VGG (reversible) |", "|---|---:|---:|"]
+rows = [
+    "| term (bytes at batch 2) | VGG-19 | Rev-VGG (reversible) |",
+    "|---|---:|---:|",
+]
 for key in dict.fromkeys([*vgg_terms, *rvgg_terms]):
     rows.append(f"| {key} | {vgg_terms.get(key, 0):,} | {rvgg_terms.get(key, 0):,} |")
-rows.append(f"| **measured** | **{t_vgg.measured_bytes:,}** | **{t_rvgg.measured_bytes:,}** |")
+rows.append(
+    f"| **measured** | **{t_vgg.measured_bytes:,}** | **{t_rvgg.measured_bytes:,}** |"
+)
 display(Markdown("\n".join(rows)))
-glue("rvgg_index_share", 100 * pool_index_bytes(t_rvgg) / t_rvgg.measured_bytes, display=False)
-glue("rvgg_out_share", 100 * rvgg_terms["+ RevBlock outputs (start of the reconstruction)"] / t_rvgg.measured_bytes,
-     display=False)
+glue(
+    "rvgg_index_share",
+    100 * pool_index_bytes(t_rvgg) / t_rvgg.measured_bytes,
+    display=False,
+)
+glue(
+    "rvgg_out_share",
+    100
+    * rvgg_terms["+ RevBlock outputs (start of the reconstruction)"]
+    / t_rvgg.measured_bytes,
+    display=False,
+)
 
 # %% [markdown]
 # For Rev-VGG the two largest corrections are the max-pool indices
@@ -534,9 +704,14 @@ glue("rvgg_out_share", 100 * rvgg_terms["+ RevBlock outputs (start of the recons
 
 # %%
 res_units, rev_units = list(range(1, 19)), list(range(1, 10))
-res_depth = [6 * n + 2 for n in res_units]   # 2 convs per unit, plus stem and classifier
+res_depth = [6 * n + 2 for n in res_units]  # 2 convs per unit, plus stem and classifier
 rev_depth = [12 * n + 2 for n in rev_units]  # 4 convs per unit (F and G)
-depth_mem = {"ResNet (autograd)": [], "RevNet, reversible": [], "RevNet, checkpoint": [], "RevNet, autograd": []}
+depth_mem = {
+    "ResNet (autograd)": [],
+    "RevNet, reversible": [],
+    "RevNet, checkpoint": [],
+    "RevNet, autograd": [],
+}
 for n in res_units:
     res = R.PreActNet("basic", (n, n, n), (16, 16, 32, 64), (1, 2, 2), reversible=False)
     depth_mem["ResNet (autograd)"].append(memory_table(res, x2).measured_at(128))
@@ -546,28 +721,67 @@ for n in rev_units:
         rev.mode = mode
         depth_mem[f"RevNet, {mode}"].append(memory_table(rev, x2).measured_at(128))
 
-shown = [0, 2, 5, 8]  # RevNets with 1, 3, 6, 9 units per stage, ResNets of about the same depth
+shown = [
+    0,
+    2,
+    5,
+    8,
+]  # RevNets with 1, 3, 6, 9 units per stage, ResNets of about the same depth
 show_table(
-    ["depth (ResNet / RevNet)", "ResNet, autograd (MiB)", *[f"RevNet, {mode} (MiB)" for mode in MODES]],
-    [[f"{res_depth[2 * i + 1]} / {rev_depth[i]}", f"{depth_mem['ResNet (autograd)'][2 * i + 1] / MiB:.1f}",
-      *[f"{depth_mem[f'RevNet, {mode}'][i] / MiB:.2f}" for mode in MODES]] for i in shown],
+    [
+        "depth (ResNet / RevNet)",
+        "ResNet, autograd (MiB)",
+        *[f"RevNet, {mode} (MiB)" for mode in MODES],
+    ],
+    [
+        [
+            f"{res_depth[2 * i + 1]} / {rev_depth[i]}",
+            f"{depth_mem['ResNet (autograd)'][2 * i + 1] / MiB:.1f}",
+            *[f"{depth_mem[f'RevNet, {mode}'][i] / MiB:.2f}" for mode in MODES],
+        ]
+        for i in shown
+    ],
     caption="Saved for backward at batch 128 (CIFAR 32x32, float32, measured)",
 )
 assert len(set(depth_mem["RevNet, reversible"])) == 1  # exactly flat
-steps = [b - a for a, b in zip(depth_mem["ResNet (autograd)"], depth_mem["ResNet (autograd)"][1:])]
+steps = [
+    b - a
+    for a, b in zip(depth_mem["ResNet (autograd)"], depth_mem["ResNet (autograd)"][1:])
+]
 assert len(set(steps)) == 1 and steps[0] > 0  # exactly linear in depth
-ckpt_steps = {b - a for a, b in zip(depth_mem["RevNet, checkpoint"], depth_mem["RevNet, checkpoint"][1:])}
+ckpt_steps = {
+    b - a
+    for a, b in zip(
+        depth_mem["RevNet, checkpoint"], depth_mem["RevNet, checkpoint"][1:]
+    )
+}
 assert len(ckpt_steps) == 1  # one block input per added block
 glue("flat_rev", depth_mem["RevNet, reversible"][0] / MiB, display=False)
 glue("res_step", steps[0] / MiB, display=False)
 
 # %% tags=["remove-output"]
 fig, ax = plt.subplots(figsize=(6.5, 3.6))
-ax.plot(res_depth, [v / MiB for v in depth_mem["ResNet (autograd)"]], "o-", color="0.45", ms=3,
-        label="ResNet, widths 16-16-32-64 (autograd)")
-for mode, color in [("autograd", "0.75"), ("checkpoint", "tab:orange"), ("reversible", "tab:blue")]:
-    ax.plot(rev_depth, [v / MiB for v in depth_mem[f"RevNet, {mode}"]], "s-", color=color, ms=3,
-            label=f"RevNet, widths 32-32-64-112 ({mode})")
+ax.plot(
+    res_depth,
+    [v / MiB for v in depth_mem["ResNet (autograd)"]],
+    "o-",
+    color="0.45",
+    ms=3,
+    label="ResNet, widths 16-16-32-64 (autograd)",
+)
+for mode, color in [
+    ("autograd", "0.75"),
+    ("checkpoint", "tab:orange"),
+    ("reversible", "tab:blue"),
+]:
+    ax.plot(
+        rev_depth,
+        [v / MiB for v in depth_mem[f"RevNet, {mode}"]],
+        "s-",
+        color=color,
+        ms=3,
+        label=f"RevNet, widths 32-32-64-112 ({mode})",
+    )
 ax.set_xlabel("depth (layers)")
 ax.set_ylabel("saved for backward, batch 128 (MiB)")
 ax.set_title("Saved bytes against depth, CIFAR 32 x 32 (measured)")
@@ -626,12 +840,14 @@ if RUN.full_run:
     batch, models = (128, CIFAR) if device.type == "cuda" else (4, CIFAR[:2])
     xb = torch.randn(batch, 3, 32, 32, device=device)
     yb = torch.randint(0, 10, (batch,), device=device)
-    rows = [f"| model | mode | {device.type} peak during a step at batch {batch} (MiB) | saved for backward at batch 128 (MiB) |",
-            "|---|---|---:|---:|"]
+    rows = [
+        f"| model | mode | {device.type} peak during a step at batch {batch} (MiB) | saved for backward at batch 128 (MiB) |",
+        "|---|---|---:|---:|",
+    ]
     for name in models:
         model = getattr(R, name)().to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        for mode in (MODES if model.reversible else ("autograd",)):
+        for mode in MODES if model.reversible else ("autograd",):
             model.mode = mode
 
             def step():
@@ -640,15 +856,21 @@ if RUN.full_run:
                 opt.step()
 
             step()  # warm-up: optimizer state, cuDNN plans
-            peak = peak_memory_bytes(step, device)  # None on a CPU: PyTorch has no peak counter there
+            peak = peak_memory_bytes(
+                step, device
+            )  # None on a CPU: PyTorch has no peak counter there
             shown = "not measured" if peak is None else f"{peak / MiB:.1f}"
-            rows.append(f"| {LABEL[name]} | {mode} | {shown} | {mem[name, mode] / MiB:.1f} |")
+            rows.append(
+                f"| {LABEL[name]} | {mode} | {shown} | {mem[name, mode] / MiB:.1f} |"
+            )
         del model, opt
         if device.type == "cuda":
             torch.cuda.empty_cache()
     display(Markdown("\n".join(rows)))
 else:
-    print("CUDA peak memory: not measured (set full_run=True in RunSettings on a machine with a GPU).")
+    print(
+        "CUDA peak memory: not measured (set full_run=True in RunSettings on a machine with a GPU)."
+    )
 
 # %% [markdown]
 # ## What we learned
@@ -697,24 +919,45 @@ else:
 # Each solution is folded; open it after trying the exercise. Where a solution
 # has a number, the folded code cell above it computes and checks it.
 
+
 # %% tags=["hide-cell"]
 def preact_half_unit(c: int) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False))
+    return nn.Sequential(
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        nn.Conv2d(c, c, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        nn.Conv2d(c, c, 3, padding=1, bias=False),
+    )
 
 
 unit_rows = []
 for C in (16, 32, 64, 112, 128):
-    rev_unit = revlib.AdditiveCoupling(preact_half_unit(C // 2), preact_half_unit(C // 2))
+    rev_unit = revlib.AdditiveCoupling(
+        preact_half_unit(C // 2), preact_half_unit(C // 2)
+    )
     res_unit = preact_half_unit(C)  # a ResNet unit: the same layers on all C channels
-    assert count_parameters(rev_unit) == 9 * C**2 + 4 * C and count_parameters(res_unit) == 18 * C**2 + 4 * C
+    assert (
+        count_parameters(rev_unit) == 9 * C**2 + 4 * C
+        and count_parameters(res_unit) == 18 * C**2 + 4 * C
+    )
     unit_rows.append((C, count_parameters(res_unit), count_parameters(rev_unit)))
-show_table(["width C", "ResNet unit: 18C^2 + 4C", "RevNet unit: 9C^2 + 4C"],
-           [[C, f"{a:,}", f"{b:,}"] for C, a, b in unit_rows])
-stage_weights = {"ResNet-32, 5 units at 16-32-64": sum(5 * 18 * C**2 for C in (16, 32, 64)),
-                 "RevNet-38, 3 units at 32-64-112": sum(3 * 9 * C**2 for C in (32, 64, 112))}
+show_table(
+    ["width C", "ResNet unit: 18C^2 + 4C", "RevNet unit: 9C^2 + 4C"],
+    [[C, f"{a:,}", f"{b:,}"] for C, a, b in unit_rows],
+)
+stage_weights = {
+    "ResNet-32, 5 units at 16-32-64": sum(5 * 18 * C**2 for C in (16, 32, 64)),
+    "RevNet-38, 3 units at 32-64-112": sum(3 * 9 * C**2 for C in (32, 64, 112)),
+}
 print(", ".join(f"{k}: {v:,} convolution weights" for k, v in stage_weights.items()))
-assert 0.9 < stage_weights["RevNet-38, 3 units at 32-64-112"] / stage_weights["ResNet-32, 5 units at 16-32-64"] < 1.3
+assert (
+    0.9
+    < stage_weights["RevNet-38, 3 units at 32-64-112"]
+    / stage_weights["ResNet-32, 5 units at 16-32-64"]
+    < 1.3
+)
 
 # %% [markdown]
 # ```{admonition} Solution 1 (parameters of a unit)
@@ -732,21 +975,32 @@ assert 0.9 < stage_weights["RevNet-38, 3 units at 32-64-112"] / stage_weights["R
 # $5 \cdot 18 \cdot (16^2 + 32^2 + 64^2)$ convolution weights.
 # ```
 
+
 # %% tags=["hide-cell"]
 def with_bias_everywhere(model: nn.Module) -> nn.Module:
     """A copy of `model` in which every bias-free convolution inside a coupling gets a bias."""
     model = copy.deepcopy(model)
-    for coupling in [m for m in model.modules() if isinstance(m, revlib.AdditiveCoupling)]:
+    for coupling in [
+        m for m in model.modules() if isinstance(m, revlib.AdditiveCoupling)
+    ]:
         for fn in (coupling.F, coupling.G):
             for i, layer in enumerate(fn):
                 if isinstance(layer, nn.Conv2d) and layer.bias is None:
-                    fn[i] = nn.Conv2d(layer.in_channels, layer.out_channels, 3, padding=1, bias=True)
+                    fn[i] = nn.Conv2d(
+                        layer.in_channels, layer.out_channels, 3, padding=1, bias=True
+                    )
     return model
 
 
-extra_bias = count_parameters(with_bias_everywhere(rev_vgg())) - count_parameters(rev_vgg())
-predicted_extra = sum((27 * C**2 + 12 * C) - (27 * C**2 + 9 * C) for C in (128, 256, 512, 512))
-print(f"biases added: {extra_bias:,}; 3C summed over the four RevBlocks: {predicted_extra:,}")
+extra_bias = count_parameters(with_bias_everywhere(rev_vgg())) - count_parameters(
+    rev_vgg()
+)
+predicted_extra = sum(
+    (27 * C**2 + 12 * C) - (27 * C**2 + 9 * C) for C in (128, 256, 512, 512)
+)
+print(
+    f"biases added: {extra_bias:,}; 3C summed over the four RevBlocks: {predicted_extra:,}"
+)
 assert extra_bias == predicted_extra
 
 # %% [markdown]
@@ -768,7 +1022,10 @@ from revlib.core.downsampling import SpaceToDepth  # noqa: E402
 def s2d_chain(units: int = 2, width: int = 16) -> revlib.ReversibleSequence:
     blocks, c = [], width
     for stage in range(3):
-        blocks += [revlib.AdditiveCoupling(preact_half_unit(c // 2), preact_half_unit(c // 2)) for _ in range(units)]
+        blocks += [
+            revlib.AdditiveCoupling(preact_half_unit(c // 2), preact_half_unit(c // 2))
+            for _ in range(units)
+        ]
         if stage < 2:
             blocks.append(SpaceToDepth(2))  # invertible: 4x the channels, half the side
             c *= 4
@@ -776,7 +1033,13 @@ def s2d_chain(units: int = 2, width: int = 16) -> revlib.ReversibleSequence:
 
 
 stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False))
-head = nn.Sequential(nn.BatchNorm2d(256), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10))
+head = nn.Sequential(
+    nn.BatchNorm2d(256),
+    nn.ReLU(),
+    nn.AdaptiveAvgPool2d(1),
+    nn.Flatten(),
+    nn.Linear(256, 10),
+)
 s2d_net = nn.Sequential(stem, s2d_chain(), head)
 x_s2d = torch.randn(2, 3, 32, 32)
 with torch.no_grad():
@@ -784,8 +1047,10 @@ with torch.no_grad():
 s2d_bytes = saved_tensor_bytes(s2d_net, x_s2d)
 stem_in, out_bytes = x_s2d.numel() * 4, chain_out.numel() * 4
 head_bytes = saved_tensor_bytes(head, chain_out.clone().requires_grad_(True))
-print(f"saved: {s2d_bytes:,} bytes = stem input {stem_in:,} + head {head_bytes:,}, of which {out_bytes:,} are the "
-      f"chain's output (the head's BatchNorm input, kept once)")
+print(
+    f"saved: {s2d_bytes:,} bytes = stem input {stem_in:,} + head {head_bytes:,}, of which {out_bytes:,} are the "
+    f"chain's output (the head's BatchNorm input, kept once)"
+)
 assert s2d_bytes == stem_in + head_bytes
 
 # %% [markdown]
@@ -810,9 +1075,13 @@ for state in ("train", "eval"):
     model.mode = "autograd"
     model.train(state == "train")
     fixed[state] = memory_table(model, x2).fixed_bytes
-n_bn_channels = sum(m.num_features for m in R.revnet38().modules() if isinstance(m, nn.BatchNorm2d))
-print(f"b (fixed_bytes) of RevNet-38 in mode autograd: train {fixed['train']:,} bytes, eval {fixed['eval']:,} bytes; "
-      f"2 x 4 bytes x {n_bn_channels:,} BatchNorm channels = {8 * n_bn_channels:,}")
+n_bn_channels = sum(
+    m.num_features for m in R.revnet38().modules() if isinstance(m, nn.BatchNorm2d)
+)
+print(
+    f"b (fixed_bytes) of RevNet-38 in mode autograd: train {fixed['train']:,} bytes, eval {fixed['eval']:,} bytes; "
+    f"2 x 4 bytes x {n_bn_channels:,} BatchNorm channels = {8 * n_bn_channels:,}"
+)
 assert fixed["train"] == 8 * n_bn_channels and fixed["eval"] == 0
 
 # %% [markdown]

@@ -35,12 +35,12 @@ import statistics
 
 import matplotlib.pyplot as plt
 import torch
-from revlib.harness.notebook import glue
 from torch import nn
 
 from revlib import stability
 from revlib.core.ode import AntisymmetricSigma, HamiltonianBlock
 from revlib.harness.figures import plot_series, plot_stability_regions, show_table
+from revlib.harness.notebook import glue
 
 torch.set_num_threads(1)  # float64 results identical from run to run
 _ = torch.manual_seed(0)
@@ -85,7 +85,9 @@ def residual_network(f, y, T, n):
 
 exact = rk4(f_demo, y_start, T, 4000)
 depths = [10, 20, 40, 80, 160]
-euler_errors = [(residual_network(f_demo, y_start, T, n) - exact).norm().item() for n in depths]
+euler_errors = [
+    (residual_network(f_demo, y_start, T, n) - exact).norm().item() for n in depths
+]
 ratios = [a / b for a, b in zip(euler_errors, euler_errors[1:])]
 for n, err in zip(depths, euler_errors):
     print(f"{n:4d} layers (h = {T / n:.4f}): distance from the ODE solution {err:.3e}")
@@ -168,31 +170,66 @@ for name, K in toy_K.items():
     eig = torch.linalg.eigvals(K)
     spread = torch.pdist(ys[-1]).sum() / torch.pdist(points).sum()
     lyap = [
-        stability.lyapunov_exponent(toy_layer(K), points[i : i + 1], depth=layers_toy, h=h_toy,
-                                    direction=torch.tensor([[1.0, 0.0]], **f64))
+        stability.lyapunov_exponent(
+            toy_layer(K),
+            points[i : i + 1],
+            depth=layers_toy,
+            h=h_toy,
+            direction=torch.tensor([[1.0, 0.0]], **f64),
+        )
         for i in range(3)
     ]
     toy_rows.append((name, eig, ys[-1].norm(dim=1) / points.norm(dim=1), spread, lyap))
 
 show_table(
-    ["K", "eigenvalues of K", "norm ratio of y1, y2, y3 after 10 layers", "spread ratio",
-     "Lyapunov exponents at y1, y2, y3"],
-    [[name, ", ".join(f"{z.real:+.0f}{z.imag:+.0f}i" for z in eig), ", ".join(f"{r:.3f}" for r in norm_ratio),
-      f"{spread:.3f}", ", ".join(f"{v:+.3f}" for v in lyap)] for name, eig, norm_ratio, spread, lyap in toy_rows],
+    [
+        "K",
+        "eigenvalues of K",
+        "norm ratio of y1, y2, y3 after 10 layers",
+        "spread ratio",
+        "Lyapunov exponents at y1, y2, y3",
+    ],
+    [
+        [
+            name,
+            ", ".join(f"{z.real:+.0f}{z.imag:+.0f}i" for z in eig),
+            ", ".join(f"{r:.3f}" for r in norm_ratio),
+            f"{spread:.3f}",
+            ", ".join(f"{v:+.3f}" for v in lyap),
+        ]
+        for name, eig, norm_ratio, spread, lyap in toy_rows
+    ],
 )
 
-(_, _, norm_p, spread_p, lyap_p), (_, _, norm_m, spread_m, lyap_m), (_, _, norm_0, spread_0, lyap_0) = toy_rows
-assert spread_p > 3 and min(lyap_p) > 0.1               # K+: the points fly apart
-assert spread_m < 0.2 and max(lyap_m) < -1.0            # K-: they collapse onto the origin
-assert abs(spread_0 - 1) < 0.06 and all(0 < v < 0.1 for v in lyap_0)  # K0: rotation, sizes kept
+(
+    (_, _, norm_p, spread_p, lyap_p),
+    (_, _, norm_m, spread_m, lyap_m),
+    (_, _, norm_0, spread_0, lyap_0),
+) = toy_rows
+assert spread_p > 3 and min(lyap_p) > 0.1  # K+: the points fly apart
+assert spread_m < 0.2 and max(lyap_m) < -1.0  # K-: they collapse onto the origin
+assert abs(spread_0 - 1) < 0.06 and all(
+    0 < v < 0.1 for v in lyap_0
+)  # K0: rotation, sizes kept
 # Euler on a rotation: |1 + h i| = sqrt(1 + h^2) per step, exponent log(1 + h^2) / (2h).
 lyap_predicted = math.log(1 + h_toy**2) / (2 * h_toy)
-lyap_at_rest = stability.lyapunov_exponent(toy_layer(toy_K["K0"]), 1e-8 * points[:1], depth=layers_toy, h=h_toy,
-                                           direction=torch.tensor([[1.0, 0.0]], **f64))
-assert abs(lyap_at_rest - lyap_predicted) < 1e-9  # at rest the step is a scaled rotation: exact
-assert all(v > lyap_predicted for v in lyap_0)    # away from rest: more, through non-normal steps
+lyap_at_rest = stability.lyapunov_exponent(
+    toy_layer(toy_K["K0"]),
+    1e-8 * points[:1],
+    depth=layers_toy,
+    h=h_toy,
+    direction=torch.tensor([[1.0, 0.0]], **f64),
+)
+assert (
+    abs(lyap_at_rest - lyap_predicted) < 1e-9
+)  # at rest the step is a scaled rotation: exact
+assert all(
+    v > lyap_predicted for v in lyap_0
+)  # away from rest: more, through non-normal steps
 glue("toy_lyap_predicted", lyap_predicted, display=False)
-glue("toy_lyap_at_rest", round(lyap_at_rest, 6), display=False)  # rounded: the last digits vary by CPU
+glue(
+    "toy_lyap_at_rest", round(lyap_at_rest, 6), display=False
+)  # rounded: the last digits vary by CPU
 glue("toy_lyap_zero_min", min(lyap_0), display=False)
 glue("toy_spread_plus", float(spread_p), display=False)
 glue("toy_spread_minus", float(spread_m), display=False)
@@ -218,7 +255,9 @@ for ax, (name, K) in zip(axes, toy_K.items()):
 axes[0].set_ylabel("second coordinate")
 for ax in axes:
     ax.set_xlabel("first coordinate")
-fig.suptitle("Phase plane: the field tanh(K y) (grey); each point moves from its circle to its square")
+fig.suptitle(
+    "Phase plane: the field tanh(K y) (grey); each point moves from its circle to its square"
+)
 fig.tight_layout(rect=(0, 0, 1, 0.95))
 plt.show()
 
@@ -248,6 +287,7 @@ plt.show()
 # and the norm of the product of the ten steps with the product of their spectral
 # radii.
 
+
 # %% tags=["nbval-ignore-output"]
 def step_jacobian(K, y):
     """Jacobian of y -> y + h tanh(K y) at y: I + h diag(tanh'(K y)) K."""
@@ -258,21 +298,46 @@ def step_jacobian(K, y):
 normality_rows = []
 starts = {"y1": 0, "y2": 1, "y3": 2}
 for label, i in starts.items():
-    steps_J = [step_jacobian(toy_K["K0"], trajectories["K0"][j, i]) for j in range(layers_toy)]
+    steps_J = [
+        step_jacobian(toy_K["K0"], trajectories["K0"][j, i]) for j in range(layers_toy)
+    ]
     sigma = [torch.linalg.matrix_norm(M, ord=2).item() for M in steps_J]
     radius = [torch.linalg.eigvals(M).abs().max().item() for M in steps_J]
     product = torch.eye(2, **f64)
     for M in steps_J:
         product = M @ product
-    normality_rows.append((label, max(radius), max(sigma), math.prod(radius), torch.linalg.matrix_norm(product, ord=2).item()))
+    normality_rows.append(
+        (
+            label,
+            max(radius),
+            max(sigma),
+            math.prod(radius),
+            torch.linalg.matrix_norm(product, ord=2).item(),
+        )
+    )
 rest_J = step_jacobian(toy_K["K0"], torch.zeros(2, **f64))
-rest_gap = torch.linalg.matrix_norm(rest_J, ord=2).item() - torch.linalg.eigvals(rest_J).abs().max().item()
-show_table(["start", "max over steps of abs(1 + h lambda)", "max over steps of sigma_max(I + h D K0)",
-            "product of abs(1 + h lambda) over 10 steps", "sigma_max of the product of the 10 steps"],
-           [[lab, f"{r:.5f}", f"{sg:.5f}", f"{pr:.5f}", f"{pn:.5f}"] for lab, r, sg, pr, pn in normality_rows])
+rest_gap = (
+    torch.linalg.matrix_norm(rest_J, ord=2).item()
+    - torch.linalg.eigvals(rest_J).abs().max().item()
+)
+show_table(
+    [
+        "start",
+        "max over steps of abs(1 + h lambda)",
+        "max over steps of sigma_max(I + h D K0)",
+        "product of abs(1 + h lambda) over 10 steps",
+        "sigma_max of the product of the 10 steps",
+    ],
+    [
+        [lab, f"{r:.5f}", f"{sg:.5f}", f"{pr:.5f}", f"{pn:.5f}"]
+        for lab, r, sg, pr, pn in normality_rows
+    ],
+)
 print(f"at rest (D = I, a normal step): sigma_max - |1 + h lambda| = {rest_gap:.1e}")
 assert abs(rest_gap) < 1e-12
-assert all(sg > r + 1e-3 and pn > pr for _, r, sg, pr, pn in normality_rows)  # non-normal: stretches beyond |1 + h lambda|
+assert all(
+    sg > r + 1e-3 and pn > pr for _, r, sg, pr, pn in normality_rows
+)  # non-normal: stretches beyond |1 + h lambda|
 glue("nn_sigma_max", max(row[2] for row in normality_rows), display=False)
 glue("nn_radius_max", max(row[1] for row in normality_rows), display=False)
 
@@ -319,22 +384,32 @@ plain_conv = random_biases(nn.Conv2d(C, C, 3, padding=1).double())
 nn.init.normal_(plain_conv.weight, std=math.sqrt(2 / (9 * C)))
 rhs = {
     "plain residual layer": lambda y: torch.tanh(plain_conv(y)),
-    "antisymmetric layer": random_biases(AntisymmetricSigma(C, activation="tanh").double()),
-    "Hamiltonian block": random_biases(HamiltonianBlock(C, activation="tanh").double()).rhs,
+    "antisymmetric layer": random_biases(
+        AntisymmetricSigma(C, activation="tanh").double()
+    ),
+    "Hamiltonian block": random_biases(
+        HamiltonianBlock(C, activation="tanh").double()
+    ).rhs,
 }
 state = torch.randn(1, C, size, size, **f64)
 spectra = {name: stability.eigenvalues(fn, state) for name, fn in rhs.items()}
 spectral_radius = {name: ev.abs().max().item() for name, ev in spectra.items()}
 for name, ev in spectra.items():
-    print(f"{name:22s} {ev.numel()} eigenvalues, largest |lambda| {spectral_radius[name]:.3f}, "
-          f"largest real part {ev.real.max().item():+.3e}, largest |real part| {ev.real.abs().max().item():.3e}")
+    print(
+        f"{name:22s} {ev.numel()} eigenvalues, largest |lambda| {spectral_radius[name]:.3f}, "
+        f"largest real part {ev.real.max().item():+.3e}, largest |real part| {ev.real.abs().max().item():.3e}"
+    )
 
 ham_max_re = spectra["Hamiltonian block"].real.abs().max().item()
 anti_max_re = spectra["antisymmetric layer"].real.abs().max().item()
 plain_max_re = spectra["plain residual layer"].real.max().item()
-assert plain_max_re > 0.2                                           # unstable directions
-assert anti_max_re < 1e-13 * spectral_radius["antisymmetric layer"]  # on the imaginary axis
-assert ham_max_re < 1e-13 * spectral_radius["Hamiltonian block"]     # on the imaginary axis
+assert plain_max_re > 0.2  # unstable directions
+assert (
+    anti_max_re < 1e-13 * spectral_radius["antisymmetric layer"]
+)  # on the imaginary axis
+assert (
+    ham_max_re < 1e-13 * spectral_radius["Hamiltonian block"]
+)  # on the imaginary axis
 glue("plain_max_re", plain_max_re, display=False)
 glue("anti_max_re", anti_max_re, display=False)
 glue("ham_max_re", ham_max_re, display=False)
@@ -350,7 +425,9 @@ for ax, (name, ev) in zip(axes, spectra.items()):
     ax.set_xlabel("real part")
     ax.set_xlim(-2.5, 2.5)
 axes[0].set_ylabel("imaginary part")
-fig.suptitle("Eigenvalues of the Jacobian of each layer's right-hand side (200 x 200, float64)")
+fig.suptitle(
+    "Eigenvalues of the Jacobian of each layer's right-hand side (200 x 200, float64)"
+)
 fig.tight_layout()
 plt.show()
 
@@ -416,9 +493,13 @@ away = ev_relu[ev_relu.abs() > 1e-6 * rho_relu]
 near_zero = ev_relu[ev_relu.abs() <= 1e-6 * rho_relu]
 relu_max_re = ev_relu.real.abs().max().item()
 relu_max_re_away = away.real.abs().max().item()
-print(f"ReLU Hamiltonian block: {away.numel()} eigenvalues away from 0, largest |real part| {relu_max_re_away:.1e}")
-print(f"{near_zero.numel()} eigenvalues within 1e-6 * rho of 0, largest |real part| {relu_max_re:.1e} "
-      f"(rho = {rho_relu:.2f}, sqrt(eps) * rho = {math.sqrt(torch.finfo(torch.float64).eps) * rho_relu:.1e})")
+print(
+    f"ReLU Hamiltonian block: {away.numel()} eigenvalues away from 0, largest |real part| {relu_max_re_away:.1e}"
+)
+print(
+    f"{near_zero.numel()} eigenvalues within 1e-6 * rho of 0, largest |real part| {relu_max_re:.1e} "
+    f"(rho = {rho_relu:.2f}, sqrt(eps) * rho = {math.sqrt(torch.finfo(torch.float64).eps) * rho_relu:.1e})"
+)
 assert relu_max_re_away < 1e-12 * rho_relu
 assert relu_max_re < 1e-6 * rho_relu
 glue("relu_max_re", relu_max_re, display=False)
@@ -492,17 +573,27 @@ layer_rhs = {
     "antisymmetric layer (Euler)": linear_anti,
     "Hamiltonian block (Verlet)": linear_ham.rhs,
 }
-direction = torch.randn(at_rest.shape, generator=torch.Generator().manual_seed(1), **f64)
+direction = torch.randn(
+    at_rest.shape, generator=torch.Generator().manual_seed(1), **f64
+)
 growth, rate, predicted, step_radius = {}, {}, {}, {}
 for name, layer in layer_maps.items():
-    growth[name] = stability.perturbation_growth(layer, at_rest, depth=steps, direction=direction)
+    growth[name] = stability.perturbation_growth(
+        layer, at_rest, depth=steps, direction=direction
+    )
     rate[name] = math.log(growth[name][-1]) / (steps * h_layer)
-    step_radius[name] = stability.eigenvalues(layer, at_rest).abs().max().item()  # the whole step's Jacobian
-    line = (f"{name:30s} growth after {steps} layers {growth[name][-1]:9.3e}, empirical exponent {rate[name]:+.3f}, "
-            f"spectral radius of the step {step_radius[name]:.12f}")
+    step_radius[name] = (
+        stability.eigenvalues(layer, at_rest).abs().max().item()
+    )  # the whole step's Jacobian
+    line = (
+        f"{name:30s} growth after {steps} layers {growth[name][-1]:9.3e}, empirical exponent {rate[name]:+.3f}, "
+        f"spectral radius of the step {step_radius[name]:.12f}"
+    )
     if "Euler" in name:
         ev = stability.eigenvalues(layer_rhs[name], at_rest)
-        predicted[name] = max(math.log(abs(1 + h_layer * z.item())) for z in ev) / h_layer
+        predicted[name] = (
+            max(math.log(abs(1 + h_layer * z.item())) for z in ev) / h_layer
+        )
         line += f", Euler rate from the eigenvalues {predicted[name]:+.3f}"
     print(line)
 
@@ -510,8 +601,10 @@ plain_key, anti_key, ham_key = layer_maps
 assert growth[plain_key][-1] > 1e10 and growth[anti_key][-1] > 1e3
 assert abs(rate[plain_key] - predicted[plain_key]) < 0.1 * predicted[plain_key]
 assert abs(rate[anti_key] - predicted[anti_key]) < 0.25 * predicted[anti_key]
-assert abs(step_radius[ham_key] - 1) < 1e-10          # Verlet: eigenvalues on the unit circle
-assert growth[ham_key].max() < 5  # bounded: its exponent log(growth) / T tends to 0 as T grows
+assert abs(step_radius[ham_key] - 1) < 1e-10  # Verlet: eigenvalues on the unit circle
+assert (
+    growth[ham_key].max() < 5
+)  # bounded: its exponent log(growth) / T tends to 0 as T grows
 glue("growth_plain", growth[plain_key][-1].item(), display=False)
 glue("growth_anti", growth[anti_key][-1].item(), display=False)
 glue("growth_ham_max", growth[ham_key].max().item(), display=False)
@@ -520,8 +613,14 @@ glue("pred_anti", predicted[anti_key], display=False)
 glue("ham_step_radius_error", abs(step_radius[ham_key] - 1), display=False)
 
 # %%
-plot_series(range(steps + 1), {name: g for name, g in growth.items()}, xlabel="layer j (time t = 0.1 j)",
-            ylabel="|dY_j| / |dY_0|", logy=True, title="Growth of a perturbation of the rest state with depth")
+plot_series(
+    range(steps + 1),
+    {name: g for name, g in growth.items()},
+    xlabel="layer j (time t = 0.1 j)",
+    ylabel="|dY_j| / |dY_0|",
+    logy=True,
+    title="Growth of a perturbation of the rest state with depth",
+)
 plt.show()
 
 # %% [markdown]
@@ -560,9 +659,16 @@ plt.show()
 # segment $i(-1, 1)$.
 
 # %% tags=["remove-output", "nbval-ignore-output"]
-h_lambda = {name: h_layer * stability.eigenvalues(layer_rhs[name], at_rest).numpy() for name in layer_rhs}
-assert max(abs(z) for z in h_lambda[ham_key]) < 2  # every mode of the block inside Verlet's segment
-assert all(abs(1 + z) > 1 for z in h_lambda[anti_key] if abs(z) > 1e-6)  # outside Euler's disk
+h_lambda = {
+    name: h_layer * stability.eigenvalues(layer_rhs[name], at_rest).numpy()
+    for name in layer_rhs
+}
+assert (
+    max(abs(z) for z in h_lambda[ham_key]) < 2
+)  # every mode of the block inside Verlet's segment
+assert all(
+    abs(1 + z) > 1 for z in h_lambda[anti_key] if abs(z) > 1e-6
+)  # outside Euler's disk
 assert max(abs(z) for z in h_lambda[anti_key]) < 1  # inside Midpoint's segment i(-1, 1)
 fig = plot_stability_regions(h_lambda, extent=0.3, xlim=(-0.45, 0.2))
 glue("fig_stability_regions", fig, display=False)
@@ -626,8 +732,10 @@ plt.show()
 torch.manual_seed(0)
 half, h_rev = 8, 0.1
 rev_params = {
-    "K1": torch.randn(half, half, **f64) / math.sqrt(half), "K2": torch.randn(half, half, **f64) / math.sqrt(half),
-    "b1": 0.5 * torch.randn(half, **f64), "b2": 0.5 * torch.randn(half, **f64),
+    "K1": torch.randn(half, half, **f64) / math.sqrt(half),
+    "K2": torch.randn(half, half, **f64) / math.sqrt(half),
+    "b1": 0.5 * torch.randn(half, **f64),
+    "b2": 0.5 * torch.randn(half, **f64),
 }
 
 
@@ -649,24 +757,53 @@ def damped_inverse(y, z, a, n, p):
 
 params32 = {k: v.float() for k, v in rev_params.items()}
 x_rev = torch.randn(64, 2 * half, **f64)
-delta = 1e-7 * torch.randn(64, 2 * half, generator=torch.Generator().manual_seed(2), **f64)
+delta = 1e-7 * torch.randn(
+    64, 2 * half, generator=torch.Generator().manual_seed(2), **f64
+)
 rev_depths = [10, 25, 50, 100, 200]
 recon_error, fwd_growth = {}, {}
 for a in (-0.5, 0.0, 0.5):
     recon_error[a], fwd_growth[a] = [], []
     for n in rev_depths:
         x32 = x_rev.float()
-        back = torch.cat(damped_inverse(*damped_forward(x32[:, :half], x32[:, half:], a, n, params32), a, n, params32), 1)
+        back = torch.cat(
+            damped_inverse(
+                *damped_forward(x32[:, :half], x32[:, half:], a, n, params32),
+                a,
+                n,
+                params32,
+            ),
+            1,
+        )
         recon_error[a].append(((back - x32).abs().max() / x32.abs().max()).item())
-        out = torch.cat(damped_forward(x_rev[:, :half], x_rev[:, half:], a, n, rev_params), 1)
-        moved = torch.cat(damped_forward((x_rev + delta)[:, :half], (x_rev + delta)[:, half:], a, n, rev_params), 1)
+        out = torch.cat(
+            damped_forward(x_rev[:, :half], x_rev[:, half:], a, n, rev_params), 1
+        )
+        moved = torch.cat(
+            damped_forward(
+                (x_rev + delta)[:, :half], (x_rev + delta)[:, half:], a, n, rev_params
+            ),
+            1,
+        )
         fwd_growth[a].append(((moved - out).norm() / delta.norm()).item())
-show_table(["Re lambda", "measured", *[f"{n} blocks" for n in rev_depths]],
-           [[f"{a:+.1f}", what, *[f"{v:.1e}" for v in values[a]]] for a in recon_error
-            for what, values in (("reconstruction error, float32", recon_error), ("forward amplification", fwd_growth))])
-assert recon_error[-0.5][-1] > 100 * recon_error[-0.5][0] and fwd_growth[-0.5][-1] < 1e-2  # contracts; the inverse amplifies
-assert recon_error[0.0][-1] < 1e-4 and max(fwd_growth[0.0]) < 10                          # neither
-assert recon_error[0.5][-1] < 1e-4 and fwd_growth[0.5][-1] > 1e3                           # the forward amplifies
+show_table(
+    ["Re lambda", "measured", *[f"{n} blocks" for n in rev_depths]],
+    [
+        [f"{a:+.1f}", what, *[f"{v:.1e}" for v in values[a]]]
+        for a in recon_error
+        for what, values in (
+            ("reconstruction error, float32", recon_error),
+            ("forward amplification", fwd_growth),
+        )
+    ],
+)
+assert (
+    recon_error[-0.5][-1] > 100 * recon_error[-0.5][0] and fwd_growth[-0.5][-1] < 1e-2
+)  # contracts; the inverse amplifies
+assert recon_error[0.0][-1] < 1e-4 and max(fwd_growth[0.0]) < 10  # neither
+assert (
+    recon_error[0.5][-1] < 1e-4 and fwd_growth[0.5][-1] > 1e3
+)  # the forward amplifies
 glue("rev_err_neg", recon_error[-0.5][-1], display=False)
 glue("rev_err_neg_first", recon_error[-0.5][0], display=False)
 glue("rev_err_zero", recon_error[0.0][-1], display=False)
@@ -676,11 +813,15 @@ glue("rev_growth_neg", fwd_growth[-0.5][-1], display=False)
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
 for a, color in zip(recon_error, ["tab:blue", "0.3", "tab:red"]):
-    axes[0].plot(rev_depths, recon_error[a], "o-", color=color, label=f"Re λ = {a:+.1f}")
+    axes[0].plot(
+        rev_depths, recon_error[a], "o-", color=color, label=f"Re λ = {a:+.1f}"
+    )
     axes[1].plot(rev_depths, fwd_growth[a], "o-", color=color, label=f"Re λ = {a:+.1f}")
 axes[0].set_ylabel("reconstruction error / max |x| (float32)")
 axes[1].set_ylabel("|δ output| / |δ input| (float64)")
-for ax, title in zip(axes, ["the inverse: stable needs Re λ ≥ 0", "the forward: stable needs Re λ ≤ 0"]):
+for ax, title in zip(
+    axes, ["the inverse: stable needs Re λ ≥ 0", "the forward: stable needs Re λ ≤ 0"]
+):
     ax.set_yscale("log")
     ax.set_xlabel("blocks (h = 0.1)")
     ax.set_title(title)
@@ -769,10 +910,14 @@ plt.show()
 
 # %% tags=["hide-cell"]
 for h_omega in (1.9, 2.1):
-    M = torch.tensor([[1 - h_omega**2, 1.0], [-h_omega**2, 1.0]], **f64)  # Z first, in the coordinates of the hint
+    M = torch.tensor(
+        [[1 - h_omega**2, 1.0], [-(h_omega**2), 1.0]], **f64
+    )  # Z first, in the coordinates of the hint
     moduli = torch.linalg.eigvals(M).abs()
-    print(f"h omega = {h_omega}: det {torch.linalg.det(M).item():.3f}, trace {M.trace().item():.3f}, "
-          f"eigenvalue moduli {', '.join(f'{m:.3f}' for m in moduli)}")
+    print(
+        f"h omega = {h_omega}: det {torch.linalg.det(M).item():.3f}, trace {M.trace().item():.3f}, "
+        f"eigenvalue moduli {', '.join(f'{m:.3f}' for m in moduli)}"
+    )
     assert (moduli.max() - 1 < 1e-12) == (h_omega < 2)
 
 # %% [markdown]
@@ -791,8 +936,11 @@ for h_omega in (1.9, 2.1):
 # two sides of $h\omega = 2$.
 # ```
 
+
 # %% tags=["hide-cell", "nbval-ignore-output"]
-def hamiltonian_like(block: HamiltonianBlock, h: float, scale: float = 1.0) -> HamiltonianBlock:
+def hamiltonian_like(
+    block: HamiltonianBlock, h: float, scale: float = 1.0
+) -> HamiltonianBlock:
     """A copy of `block` with step size h and its kernels multiplied by `scale`."""
     new = HamiltonianBlock(C, h=h, activation="tanh", bias=False).double()
     with torch.no_grad():
@@ -801,18 +949,36 @@ def hamiltonian_like(block: HamiltonianBlock, h: float, scale: float = 1.0) -> H
     return new
 
 
-omega_max = {scale: stability.eigenvalues(hamiltonian_like(linear_ham, 0.1, scale).rhs, at_rest).abs().max().item()
-             for scale in (1.0, 10.0)}
+omega_max = {
+    scale: stability.eigenvalues(hamiltonian_like(linear_ham, 0.1, scale).rhs, at_rest)
+    .abs()
+    .max()
+    .item()
+    for scale in (1.0, 10.0)
+}
 sweep_rows = []
 for scale in (1.0, 10.0):
     h_limit = 2 / omega_max[scale]
     for h_try in (0.25, 0.9 * h_limit, 1.1 * h_limit):
-        g = stability.perturbation_growth(hamiltonian_like(linear_ham, h_try, scale), at_rest, depth=300,
-                                          direction=direction)
+        g = stability.perturbation_growth(
+            hamiltonian_like(linear_ham, h_try, scale),
+            at_rest,
+            depth=300,
+            direction=direction,
+        )
         sweep_rows.append((scale, h_try, h_limit, g.max().item()))
-show_table(["kernel scale", "h", "2 / omega_max", "largest growth over 300 layers"],
-           [[f"{sc:g}", f"{hh:.4g}", f"{hl:.4g}", f"{g:.2e}" if math.isfinite(g) else "overflow"]
-            for sc, hh, hl, g in sweep_rows])
+show_table(
+    ["kernel scale", "h", "2 / omega_max", "largest growth over 300 layers"],
+    [
+        [
+            f"{sc:g}",
+            f"{hh:.4g}",
+            f"{hl:.4g}",
+            f"{g:.2e}" if math.isfinite(g) else "overflow",
+        ]
+        for sc, hh, hl, g in sweep_rows
+    ],
+)
 for scale, h_try, h_limit, g in sweep_rows:
     assert (g < 100) == (h_try < h_limit)  # bounded exactly below 2 / omega_max
 glue("ex3_limit_1", 2 / omega_max[1.0], display=False)
@@ -833,6 +999,7 @@ glue("ex3_limit_10", 2 / omega_max[10.0], display=False)
 # $\mu^2 - (2 - h^2\omega^2)\mu + 1$ is real with $\lvert\mu\rvert > 1$).
 # ```
 
+
 # %% tags=["hide-cell", "nbval-ignore-output"]
 def random_layers(kind: str, depth: int, seed: int) -> list:
     """`depth` layers of one kind, each with its own weights and biases (spectral norm of K fixed to 1)."""
@@ -850,7 +1017,9 @@ def random_layers(kind: str, depth: int, seed: int) -> list:
                 anti.weight /= torch.linalg.matrix_norm(anti.weight.flatten(1), ord=2)
             layers.append(lambda y, anti=anti: y + h_layer * anti(y))
         else:
-            block = random_biases(HamiltonianBlock(C, h=h_layer, activation="tanh").double())
+            block = random_biases(
+                HamiltonianBlock(C, h=h_layer, activation="tanh").double()
+            )
             with torch.no_grad():
                 for name, p in block.named_parameters():
                     if name.endswith("weight"):
@@ -860,12 +1029,22 @@ def random_layers(kind: str, depth: int, seed: int) -> list:
 
 
 start_state = torch.randn(1, C, 4, 4, generator=torch.Generator().manual_seed(3), **f64)
-away_growth = {kind: [stability.perturbation_growth(random_layers(kind, 100, seed), start_state,
-                                                    direction=direction)[-1].item() for seed in range(5)]
-               for kind in ("plain", "antisymmetric", "Hamiltonian")}
+away_growth = {
+    kind: [
+        stability.perturbation_growth(
+            random_layers(kind, 100, seed), start_state, direction=direction
+        )[-1].item()
+        for seed in range(5)
+    ]
+    for kind in ("plain", "antisymmetric", "Hamiltonian")
+}
 for kind, values in away_growth.items():
-    print(f"{kind:14s} growth through 100 random layers, 5 seeds: {', '.join(f'{v:.2f}' for v in values)}")
-assert all(math.isfinite(v) and v > 0 for values in away_growth.values() for v in values)
+    print(
+        f"{kind:14s} growth through 100 random layers, 5 seeds: {', '.join(f'{v:.2f}' for v in values)}"
+    )
+assert all(
+    math.isfinite(v) and v > 0 for values in away_growth.values() for v in values
+)
 glue("ex4_plain_median", statistics.median(away_growth["plain"]), display=False)
 glue("ex4_anti_median", statistics.median(away_growth["antisymmetric"]), display=False)
 glue("ex4_ham_median", statistics.median(away_growth["Hamiltonian"]), display=False)
@@ -896,15 +1075,26 @@ gamma_bound = (1 - math.sqrt(1 - (h_layer * omega_anti) ** 2)) / h_layer
 
 def damped_anti_radius(gamma: float) -> float:
     """Spectral radius of the Euler step of the antisymmetric layer with damping -gamma Y, at rest."""
-    return stability.eigenvalues(lambda y: y + h_layer * (linear_anti(y) - gamma * y), at_rest).abs().max().item()
+    return (
+        stability.eigenvalues(
+            lambda y: y + h_layer * (linear_anti(y) - gamma * y), at_rest
+        )
+        .abs()
+        .max()
+        .item()
+    )
 
 
 gammas = torch.linspace(0, 2 * gamma_bound, 201, dtype=torch.float64).tolist()
 gamma_found = next(g for g in gammas if damped_anti_radius(g) <= 1 + 1e-12)
-print(f"omega_max = {omega_anti:.4f}; smallest gamma on the grid with a step of spectral radius <= 1: "
-      f"{gamma_found:.5f}; exercise 1's bound (1 - sqrt(1 - h^2 omega^2)) / h = {gamma_bound:.5f}")
+print(
+    f"omega_max = {omega_anti:.4f}; smallest gamma on the grid with a step of spectral radius <= 1: "
+    f"{gamma_found:.5f}; exercise 1's bound (1 - sqrt(1 - h^2 omega^2)) / h = {gamma_bound:.5f}"
+)
 assert abs(gamma_found - gamma_bound) <= 2 * gamma_bound / 200 + 1e-12
-glue("ex5_gamma", round(gamma_bound, 6), display=False)  # rounded: the last digits vary by CPU
+glue(
+    "ex5_gamma", round(gamma_bound, 6), display=False
+)  # rounded: the last digits vary by CPU
 
 # %% [markdown]
 # ```{admonition} Solution 5 (the smallest damping)

@@ -26,16 +26,20 @@ import math
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
-from revlib.harness.notebook import glue
 from torch import nn
 
 import revlib
 from revlib import ode
 from revlib.core.memory import saved_tensor_bytes
-from revlib.models import ode as chang
-from revlib.models import count_parameters
 from revlib.core.smoothness import weight_smoothness
-from revlib.harness.figures import draw_hamiltonian_block, draw_two_step_coupling, show_table
+from revlib.harness.figures import (
+    draw_hamiltonian_block,
+    draw_two_step_coupling,
+    show_table,
+)
+from revlib.harness.notebook import glue
+from revlib.models import count_parameters
+from revlib.models import ode as chang
 
 torch.set_num_threads(1)  # float64 results identical from run to run
 _ = torch.manual_seed(0)
@@ -190,6 +194,7 @@ print(inspect.getsource(ode.TwoStepBlock.backward_step))
 # error at most 1e-5, with and without a learned $h$) and with `gradcheck` in
 # float64. Here is the same check, and the inverse, for a stack of each:
 
+
 # %%
 def randomise_biases(module: nn.Module, std: float = 0.1) -> nn.Module:
     with torch.no_grad():
@@ -199,7 +204,9 @@ def randomise_biases(module: nn.Module, std: float = 0.1) -> nn.Module:
     return module
 
 
-def stack(kind: str, depth: int, h: float = 0.1, activation: str = "relu") -> revlib.ReversibleSequence:
+def stack(
+    kind: str, depth: int, h: float = 0.1, activation: str = "relu"
+) -> revlib.ReversibleSequence:
     """depth blocks on a state of 8 channels (Y, Z of 4 each; or a pair of 4-channel states)."""
     make = {
         "Hamiltonian": lambda: ode.HamiltonianBlock(8, h=h, activation=activation),
@@ -230,9 +237,14 @@ for kind in KINDS:
         model.zero_grad()
         (model(x) ** 2).sum().backward()
         grads[mode] = [x.grad.clone()] + [p.grad.clone() for p in model.parameters()]
-    grad_error = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(grads["reversible"], grads["autograd"]))
+    grad_error = max(
+        ((a - b).abs().max() / b.abs().max()).item()
+        for a, b in zip(grads["reversible"], grads["autograd"])
+    )
     check_rows.append((kind, inverse_error, grad_error))
-    print(f"{kind:12s} 10 blocks, float64: inverse error {inverse_error:.1e}, gradient vs autograd (relative) {grad_error:.1e}")
+    print(
+        f"{kind:12s} 10 blocks, float64: inverse error {inverse_error:.1e}, gradient vs autograd (relative) {grad_error:.1e}"
+    )
 assert all(inv < 1e-13 and grad < 1e-12 for _, inv, grad in check_rows)
 
 # %% [markdown]
@@ -251,11 +263,15 @@ assert all(inv < 1e-13 and grad < 1e-12 for _, inv, grad in check_rows)
 # %% tags=["nbval-ignore-output"]
 DEPTH = 100
 depth_marks = [1, 2, 5, 10, 20, 50, 100]
-precisions = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
+precisions = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+}
 variants = {kind: (kind, "relu") for kind in KINDS}
 variants["Midpoint, tanh"] = ("Midpoint", "tanh")
 
-recon = {}      # (variant, precision) -> errors at depth_marks
+recon = {}  # (variant, precision) -> errors at depth_marks
 state_size = {}  # variant -> max |Y_100| / max |x| in float64
 for variant, (kind, activation) in variants.items():
     torch.manual_seed(2)
@@ -272,40 +288,70 @@ for variant, (kind, activation) in variants.items():
                 y = states[d]
                 for b in reversed(these[:d]):
                     y = b.inverse(y)
-                errors.append(((y.double() - x.double()).abs().max() / x.double().abs().max()).item())
+                errors.append(
+                    (
+                        (y.double() - x.double()).abs().max() / x.double().abs().max()
+                    ).item()
+                )
         recon[variant, pname] = errors
         if pname == "float64":
             state_size[variant] = (states[-1].abs().max() / x.abs().max()).item()
 
-table = ["| blocks | " + " | ".join(f"error at depth 100, {p}" for p in precisions) + " | max abs Y_100 / max abs x |",
-         "|---|" + "---|" * (len(precisions) + 1)]
+table = [
+    "| blocks | "
+    + " | ".join(f"error at depth 100, {p}" for p in precisions)
+    + " | max abs Y_100 / max abs x |",
+    "|---|" + "---|" * (len(precisions) + 1),
+]
 for variant in variants:
-    table.append(f"| {variant} | " + " | ".join(f"{recon[variant, p][-1]:.1e}" for p in precisions)
-                 + f" | {state_size[variant]:.1f} |")
+    table.append(
+        f"| {variant} | "
+        + " | ".join(f"{recon[variant, p][-1]:.1e}" for p in precisions)
+        + f" | {state_size[variant]:.1f} |"
+    )
 display(Markdown("\n".join(table)))
 
 worst = {p: max(recon[v, p][-1] for v in KINDS) for p in precisions}
-worst_well = {p: max(recon[v, p][-1] for v in ("Hamiltonian", "Leapfrog", "Midpoint, tanh")) for p in precisions}
-assert worst_well["float64"] < 1e-13 and worst_well["float32"] < 1e-5 and worst_well["bfloat16"] < 0.5
+worst_well = {
+    p: max(recon[v, p][-1] for v in ("Hamiltonian", "Leapfrog", "Midpoint, tanh"))
+    for p in precisions
+}
+assert (
+    worst_well["float64"] < 1e-13
+    and worst_well["float32"] < 1e-5
+    and worst_well["bfloat16"] < 0.5
+)
 assert recon["Midpoint", "bfloat16"][-1] > 10 * recon["Midpoint, tanh", "bfloat16"][-1]
 assert state_size["Midpoint"] > 20 * state_size["Midpoint, tanh"]
 assert recon["Leapfrog", "bfloat16"][-1] > 2 * recon["Hamiltonian", "bfloat16"][-1]
 for p in precisions:
     for v in variants:
-        glue(f"recon_{v.split(',')[0].lower()}{'_tanh' if 'tanh' in v else ''}_{p}", recon[v, p][-1], display=False)
+        glue(
+            f"recon_{v.split(',')[0].lower()}{'_tanh' if 'tanh' in v else ''}_{p}",
+            recon[v, p][-1],
+            display=False,
+        )
 glue("midpoint_relu_growth", state_size["Midpoint"], display=False)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.6), sharey=True)
 for ax, pname in zip(axes, precisions):
     for variant, style in zip(variants, ["o-", "s-", "^-", "v--"]):
-        ax.loglog(depth_marks, [max(e, 1e-17) for e in recon[variant, pname]], style, ms=4, label=variant)
+        ax.loglog(
+            depth_marks,
+            [max(e, 1e-17) for e in recon[variant, pname]],
+            style,
+            ms=4,
+            label=variant,
+        )
     ax.set_title(pname)
     ax.set_xlabel("depth d")
     ax.grid(alpha=0.3)
 axes[0].set_ylabel("max |x - inverse(f(x))| / max |x|")
 axes[0].legend(fontsize=8)
-fig.suptitle("Reconstruction error vs depth and precision (100-block stacks, ReLU unless noted)")
+fig.suptitle(
+    "Reconstruction error vs depth and precision (100-block stacks, ReLU unless noted)"
+)
 fig.tight_layout()
 plt.show()
 
@@ -353,7 +399,10 @@ for kind in KINDS:
             row.append(saved_tensor_bytes(model_d, x_mem.clone().requires_grad_(True)))
         memory[kind, mode] = row
         print(f"{kind:12s} {mode:10s} bytes saved at depths {mem_depths}: {row}")
-    assert len(set(memory[kind, "reversible"])) == 1 and memory[kind, "reversible"][0] == x_mem.numel() * 4
+    assert (
+        len(set(memory[kind, "reversible"])) == 1
+        and memory[kind, "reversible"][0] == x_mem.numel() * 4
+    )
     assert memory[kind, "autograd"][-1] > 20 * memory[kind, "autograd"][0]
 glue("mem_flat_bytes", memory["Hamiltonian", "reversible"][0], display=False)
 glue("mem_ham_autograd_64", memory["Hamiltonian", "autograd"][-1], display=False)
@@ -390,15 +439,43 @@ for name in chang.CHANG_CONFIGS:
     chang_rows.append((name, ours, ours100, between, paper10, paper100))
 
 show_table(
-    ["network", "units", "widths", "ours, C-10", "ours, C-100", "Chang et al. (M)", "ours, blocks at stage width"],
-    [[name, "-".join(map(str, chang.CHANG_CONFIGS[name]["units"])), "-".join(map(str, chang.CHANG_CONFIGS[name]["widths"])),
-      f"{ours:,}", f"{ours100:,}", f"{paper10:.2f} / {paper100:.2f}" if paper100 else f"{paper10:.2f}", f"{between:,}"]
-     for name, ours, ours100, between, paper10, paper100 in chang_rows],
+    [
+        "network",
+        "units",
+        "widths",
+        "ours, C-10",
+        "ours, C-100",
+        "Chang et al. (M)",
+        "ours, blocks at stage width",
+    ],
+    [
+        [
+            name,
+            "-".join(map(str, chang.CHANG_CONFIGS[name]["units"])),
+            "-".join(map(str, chang.CHANG_CONFIGS[name]["widths"])),
+            f"{ours:,}",
+            f"{ours100:,}",
+            f"{paper10:.2f} / {paper100:.2f}" if paper100 else f"{paper10:.2f}",
+            f"{between:,}",
+        ]
+        for name, ours, ours100, between, paper10, paper100 in chang_rows
+    ],
 )
-counts = {name: (ours, ours100, between) for name, ours, ours100, between, _, _ in chang_rows}
-assert round(counts["hamiltonian74"][0] / 1e6, 2) == 0.43 and round(counts["hamiltonian74"][1] / 1e6, 2) == 0.44
-assert round(counts["hamiltonian218"][0] / 1e6, 2) == 1.68 and round(counts["hamiltonian218"][1] / 1e6, 2) == 1.69
-assert round(counts["hamiltonian1202"][0] / 1e6, 2) == 9.63 and round(counts["hamiltonian1202"][2] / 1e6, 2) == 9.70
+counts = {
+    name: (ours, ours100, between) for name, ours, ours100, between, _, _ in chang_rows
+}
+assert (
+    round(counts["hamiltonian74"][0] / 1e6, 2) == 0.43
+    and round(counts["hamiltonian74"][1] / 1e6, 2) == 0.44
+)
+assert (
+    round(counts["hamiltonian218"][0] / 1e6, 2) == 1.68
+    and round(counts["hamiltonian218"][1] / 1e6, 2) == 1.69
+)
+assert (
+    round(counts["hamiltonian1202"][0] / 1e6, 2) == 9.63
+    and round(counts["hamiltonian1202"][2] / 1e6, 2) == 9.70
+)
 for name in ("midpoint26", "leapfrog26"):
     assert round(counts[name][0] / 1e6, 2) == 0.54
 for name in ("midpoint62", "leapfrog62"):
@@ -406,9 +483,15 @@ for name in ("midpoint62", "leapfrog62"):
 for name, (ours, _, _) in counts.items():
     glue(f"params_{name}", ours, display=False)
 glue("params_hamiltonian1202_between", counts["hamiltonian1202"][2], display=False)
-glue("params_1202_difference", counts["hamiltonian1202"][2] - counts["hamiltonian1202"][0], display=False)
+glue(
+    "params_1202_difference",
+    counts["hamiltonian1202"][2] - counts["hamiltonian1202"][0],
+    display=False,
+)
 block_at = lambda w: 2 * 9 * (w // 2) ** 2 + w  # noqa: E731  parameters of one Hamiltonian block of width w
-assert counts["hamiltonian1202"][2] - counts["hamiltonian1202"][0] == block_at(64) - block_at(32) + block_at(128) - block_at(64)
+assert counts["hamiltonian1202"][2] - counts["hamiltonian1202"][0] == block_at(
+    64
+) - block_at(32) + block_at(128) - block_at(64)
 glue("params_midpoint26_between", counts["midpoint26"][2], display=False)
 
 # %% [markdown]
@@ -457,6 +540,7 @@ glue("params_midpoint26_between", counts["midpoint26"][2], display=False)
 # per-block terms. The next cell adds them up for the three networks, in the
 # code's layout (`transition="in_first_block"`), and rounds as the table does.
 
+
 # %%
 def version_count(name: str, per_function: float, first_f: float) -> int:
     """Parameters of network `name` if each F and G of width C holds per_function * C non-kernel parameters."""
@@ -464,12 +548,21 @@ def version_count(name: str, per_function: float, first_f: float) -> int:
         net = getattr(chang, name)()
     ours = count_parameters(net)
     blocks = [b for seq in net.sequences for b in seq.blocks]
-    widths = [2 * b.F.fn.weight.shape[0] for b in blocks]  # the block's width C (each half is C/2)
-    extra = sum(2 * (per_function - 0.5) * c for c in widths) + (first_f - per_function) * widths[0]
+    widths = [
+        2 * b.F.fn.weight.shape[0] for b in blocks
+    ]  # the block's width C (each half is C/2)
+    extra = (
+        sum(2 * (per_function - 0.5) * c for c in widths)
+        + (first_f - per_function) * widths[0]
+    )
     return ours + int(extra)
 
 
-versions = {"ours (one bias)": (0.5, 0.5), "two biases": (1.0, 0.5), "BN inside": (2.0, 1.0)}
+versions = {
+    "ours (one bias)": (0.5, 0.5),
+    "two biases": (1.0, 0.5),
+    "BN inside": (2.0, 1.0),
+}
 version_rows, version_match = [], {}
 for name in ("hamiltonian74", "hamiltonian218", "hamiltonian1202"):
     published = chang.CHANG_PARAMS_M[name][0]
@@ -477,13 +570,24 @@ for name in ("hamiltonian74", "hamiltonian218", "hamiltonian1202"):
     for label, (per_function, first_f) in versions.items():
         count = version_count(name, per_function, first_f)
         version_match[name, label] = round(count / 1e6, 2) == published
-        row.append(f"{count:,} ({count / 1e6:.2f} M){' = table' if version_match[name, label] else ''}")
+        row.append(
+            f"{count:,} ({count / 1e6:.2f} M){' = table' if version_match[name, label] else ''}"
+        )
     version_rows.append(row)
 show_table(["network", "Chang et al. (M)", *versions], version_rows)
 assert version_count("hamiltonian74", 0.5, 0.5) == counts["hamiltonian74"][0]
-assert all(version_match[n, "ours (one bias)"] and version_match[n, "two biases"] for n in ("hamiltonian74", "hamiltonian218"))
-assert not version_match["hamiltonian218", "BN inside"] and version_match["hamiltonian1202", "BN inside"]
-assert not version_match["hamiltonian1202", "ours (one bias)"] and not version_match["hamiltonian1202", "two biases"]
+assert all(
+    version_match[n, "ours (one bias)"] and version_match[n, "two biases"]
+    for n in ("hamiltonian74", "hamiltonian218")
+)
+assert (
+    not version_match["hamiltonian218", "BN inside"]
+    and version_match["hamiltonian1202", "BN inside"]
+)
+assert (
+    not version_match["hamiltonian1202", "ours (one bias)"]
+    and not version_match["hamiltonian1202", "two biases"]
+)
 
 # %% [markdown]
 # Hamiltonian-74 and -218 match a block without BatchNorm: ours, or the code's
@@ -540,12 +644,17 @@ assert not version_match["hamiltonian1202", "ours (one bias)"] and not version_m
 # run an untrained Hamiltonian-218 with both step sizes. `revlib` defaults to
 # $h = 0.1$:
 
+
 # %% tags=["nbval-ignore-output"]
 def ktk_norm(kernel: torch.Tensor, iterations: int = 50) -> float:
     """Largest eigenvalue of K^T K for a 3 x 3 convolution on 32 x 32 maps, by power iteration."""
-    v = torch.randn(1, kernel.shape[1], 32, 32, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(
+        1, kernel.shape[1], 32, 32, generator=torch.Generator().manual_seed(0)
+    )
     for _ in range(iterations):
-        w = nn.functional.conv_transpose2d(nn.functional.conv2d(v, kernel, padding=1), kernel, padding=1)
+        w = nn.functional.conv_transpose2d(
+            nn.functional.conv2d(v, kernel, padding=1), kernel, padding=1
+        )
         value = w.norm().item() / v.norm().item()
         v = w / w.norm()
     return value
@@ -553,9 +662,17 @@ def ktk_norm(kernel: torch.Tensor, iterations: int = 50) -> float:
 
 torch.manual_seed(0)
 probe = chang.hamiltonian218()
-norms = {seq.blocks[0].F.fn.weight.shape[0]: ktk_norm(seq.blocks[0].F.fn.weight) for seq in probe.sequences}
-print("largest eigenvalue of K^T K, by half-width:", ", ".join(f"{c}: {v:.2f}" for c, v in norms.items()))
-assert all(2 < v < 20 for v in norms.values())  # h = 1 exceeds Verlet's limit, h = 0.1 stays below it
+norms = {
+    seq.blocks[0].F.fn.weight.shape[0]: ktk_norm(seq.blocks[0].F.fn.weight)
+    for seq in probe.sequences
+}
+print(
+    "largest eigenvalue of K^T K, by half-width:",
+    ", ".join(f"{c}: {v:.2f}" for c, v in norms.items()),
+)
+assert all(
+    2 < v < 20 for v in norms.values()
+)  # h = 1 exceeds Verlet's limit, h = 0.1 stays below it
 glue("ktk_min", min(norms.values()), display=False)
 glue("ktk_max", max(norms.values()), display=False)
 
@@ -572,16 +689,21 @@ for h in (1.0, 0.1):
             if k < len(net.transitions):
                 state = net.transitions[k](state)
     size_after[h] = state.abs().max().item() / start
-    print(f"Hamiltonian-218 with h = {h}: largest feature after the 54 blocks / after the stem = {size_after[h]:.3g}")
+    print(
+        f"Hamiltonian-218 with h = {h}: largest feature after the 54 blocks / after the stem = {size_after[h]:.3g}"
+    )
 assert size_after[1.0] > 1e6 and size_after[0.1] < 10
 glue("h1_growth", size_after[1.0], display=False)
 
 
 def bn_version_growth(net: nn.Module, x: torch.Tensor, h: float) -> float:
     """The same kernels in the code's BatchNorm block, h K^T ReLU(BN(K BN(.))), in training mode (batch statistics)."""
+
     def sub(weight, v, first=False):
         v = v if first else nn.functional.batch_norm(v, None, None, training=True)
-        u = nn.functional.batch_norm(nn.functional.conv2d(v, weight, padding=1), None, None, training=True)
+        u = nn.functional.batch_norm(
+            nn.functional.conv2d(v, weight, padding=1), None, None, training=True
+        )
         return h * nn.functional.conv_transpose2d(torch.relu(u), weight, padding=1)
 
     with torch.no_grad():
@@ -600,7 +722,9 @@ def bn_version_growth(net: nn.Module, x: torch.Tensor, h: float) -> float:
 
 torch.manual_seed(0)
 bn_growth = bn_version_growth(chang.hamiltonian218(h=1.0).eval(), x_img, h=1.0)
-print(f"the code's BatchNorm block, same kernels, h = 1, batch statistics: largest feature grows {bn_growth:.3g} times")
+print(
+    f"the code's BatchNorm block, same kernels, h = 1, batch statistics: largest feature grows {bn_growth:.3g} times"
+)
 assert bn_growth < 1e-3 * size_after[1.0]
 glue("h1_growth_bn", bn_growth, display=False)
 
@@ -633,9 +757,17 @@ for name in ("hamiltonian218", "hamiltonian1202"):
     for mode in ("reversible", "autograd"):
         net.mode = mode
         net_memory[name, mode] = saved_tensor_bytes(net, x_small)
-    print(f"{name:16s} saved bytes: reversible {net_memory[name, 'reversible']:,}, autograd {net_memory[name, 'autograd']:,}")
-assert net_memory["hamiltonian218", "reversible"] == net_memory["hamiltonian1202", "reversible"]
-assert net_memory["hamiltonian1202", "autograd"] > 4 * net_memory["hamiltonian218", "autograd"]
+    print(
+        f"{name:16s} saved bytes: reversible {net_memory[name, 'reversible']:,}, autograd {net_memory[name, 'autograd']:,}"
+    )
+assert (
+    net_memory["hamiltonian218", "reversible"]
+    == net_memory["hamiltonian1202", "reversible"]
+)
+assert (
+    net_memory["hamiltonian1202", "autograd"]
+    > 4 * net_memory["hamiltonian218", "autograd"]
+)
 glue("net_mem_rev", net_memory["hamiltonian1202", "reversible"], display=False)
 glue("net_mem_auto_1202", net_memory["hamiltonian1202", "autograd"], display=False)
 
@@ -689,12 +821,25 @@ WIDTH, BLOCKS, H = 6, 12, 0.3
 
 
 def resnet():
-    return nn.Sequential(nn.Linear(2, WIDTH), *[EulerBlock(WIDTH, H) for _ in range(BLOCKS)], nn.Linear(WIDTH, 2))
+    return nn.Sequential(
+        nn.Linear(2, WIDTH),
+        *[EulerBlock(WIDTH, H) for _ in range(BLOCKS)],
+        nn.Linear(WIDTH, 2),
+    )
 
 
 def hamiltonian_net():
-    blocks = [ode.HamiltonianBlock(WIDTH, kernel_size=None, hidden=WIDTH, h=H, activation="tanh") for _ in range(BLOCKS)]
-    return nn.Sequential(nn.Linear(2, WIDTH), revlib.ReversibleSequence(blocks, mode="reversible"), nn.Linear(WIDTH, 2))
+    blocks = [
+        ode.HamiltonianBlock(
+            WIDTH, kernel_size=None, hidden=WIDTH, h=H, activation="tanh"
+        )
+        for _ in range(BLOCKS)
+    ]
+    return nn.Sequential(
+        nn.Linear(2, WIDTH),
+        revlib.ReversibleSequence(blocks, mode="reversible"),
+        nn.Linear(WIDTH, 2),
+    )
 
 
 def train(model, steps=300, lr=0.02):
@@ -715,7 +860,10 @@ for name, make in (("ResNet", resnet), ("Hamiltonian", hamiltonian_net)):
     torch.manual_seed(0)
     trained[name] = make()
     results[name] = (count_parameters(trained[name]), *train(trained[name]))
-table = ["| network | parameters | final training loss | training accuracy | test accuracy |", "|---|---|---|---|---|"]
+table = [
+    "| network | parameters | final training loss | training accuracy | test accuracy |",
+    "|---|---|---|---|---|",
+]
 for name, (n, loss, acc_tr, acc_te) in results.items():
     table.append(f"| {name} | {n} | {loss:.4f} | {acc_tr:.3f} | {acc_te:.3f} |")
 display(Markdown("\n".join(table)))
@@ -774,6 +922,7 @@ plt.show()
 # `revlib.core.smoothness.weight_smoothness(model, rate, h=None)` returns $R$ as a
 # tensor to add to the loss:
 
+
 # %%
 def dense_block(k1: float, k2: float) -> ode.HamiltonianBlock:
     block = ode.HamiltonianBlock(4, kernel_size=None)  # K1, K2 of shape 2 x 2
@@ -786,11 +935,18 @@ def dense_block(k1: float, k2: float) -> ode.HamiltonianBlock:
 stage = [dense_block(0.0, 1.0), dense_block(1.0, 1.0), dense_block(3.0, -1.0)]
 R = weight_smoothness([stage], rate=1.0)
 by_hand = 4 * ((1 - 0) ** 2 + (3 - 1) ** 2) + 4 * ((1 - 1) ** 2 + (-1 - 1) ** 2)
-print(f"R (rate 1) = {R.item():g}; by hand: 4 entries x ((1-0)^2 + (3-1)^2) + 4 x (0^2 + (-1-1)^2) = {by_hand}")
+print(
+    f"R (rate 1) = {R.item():g}; by hand: 4 entries x ((1-0)^2 + (3-1)^2) + 4 x (0^2 + (-1-1)^2) = {by_hand}"
+)
 R.backward()
 K1 = [b.F.fn.weight for b in stage]
 laplacian = 2 * (2 * K1[1] - K1[0] - K1[2])
-print("dR/dK1 of the middle block:", K1[1].grad[0, 0].item(), "= 2 (2 K_1 - K_0 - K_2) =", laplacian[0, 0].item())
+print(
+    "dR/dK1 of the middle block:",
+    K1[1].grad[0, 0].item(),
+    "= 2 (2 K_1 - K_0 - K_2) =",
+    laplacian[0, 0].item(),
+)
 assert R.item() == by_hand and torch.equal(K1[1].grad, laplacian)
 
 # %% [markdown]
@@ -834,8 +990,13 @@ assert R.item() == by_hand and torch.equal(K1[1].grad, laplacian)
 
 # %% tags=["nbval-ignore-output"]
 torch.manual_seed(0)
-rough = nn.Sequential(nn.Linear(2, 4), revlib.ReversibleSequence(
-    [ode.HamiltonianBlock(4, kernel_size=None, activation="tanh") for _ in range(6)]), nn.Linear(4, 2))
+rough = nn.Sequential(
+    nn.Linear(2, 4),
+    revlib.ReversibleSequence(
+        [ode.HamiltonianBlock(4, kernel_size=None, activation="tanh") for _ in range(6)]
+    ),
+    nn.Linear(4, 2),
+)
 rate, lr = 2e-4, 0.1
 
 
@@ -850,13 +1011,21 @@ def sgd_run(model, penalty: str, steps: int = 5):
         if penalty == "depth":
             term = weight_smoothness(model, rate=rate)
         elif penalty == "step":
-            term = torch.zeros(()) if previous is None else rate * sum(
-                (p - q).pow(2).sum() for p, q in zip(model.parameters(), previous))
+            term = (
+                torch.zeros(())
+                if previous is None
+                else rate
+                * sum(
+                    (p - q).pow(2).sum() for p, q in zip(model.parameters(), previous)
+                )
+            )
         else:
             term = torch.zeros(())
         values.append(term.item())
         (loss + term).backward()
-        previous = [p.detach().clone() for p in model.parameters()]  # the weights before this step
+        previous = [
+            p.detach().clone() for p in model.parameters()
+        ]  # the weights before this step
         opt.step()
     return model, values
 
@@ -864,12 +1033,24 @@ def sgd_run(model, penalty: str, steps: int = 5):
 plain, _ = sgd_run(rough, "none")
 step_model, step_values = sgd_run(rough, "step")
 depth_model, depth_values = sgd_run(rough, "depth")
-change_by_step = max((a - b).abs().max().item() for a, b in zip(step_model.parameters(), plain.parameters()))
-change_by_depth = max((a - b).abs().max().item() for a, b in zip(depth_model.parameters(), plain.parameters()))
-print("step-change penalty over 5 SGD steps:", ", ".join(f"{v:.2e}" for v in step_values))
-print("depth penalty R over 5 SGD steps:   ", ", ".join(f"{v:.2e}" for v in depth_values))
-print(f"largest weight difference from plain SGD after 5 steps: step-change penalty {change_by_step:.1e}, "
-      f"depth penalty {change_by_depth:.1e}")
+change_by_step = max(
+    (a - b).abs().max().item()
+    for a, b in zip(step_model.parameters(), plain.parameters())
+)
+change_by_depth = max(
+    (a - b).abs().max().item()
+    for a, b in zip(depth_model.parameters(), plain.parameters())
+)
+print(
+    "step-change penalty over 5 SGD steps:", ", ".join(f"{v:.2e}" for v in step_values)
+)
+print(
+    "depth penalty R over 5 SGD steps:   ", ", ".join(f"{v:.2e}" for v in depth_values)
+)
+print(
+    f"largest weight difference from plain SGD after 5 steps: step-change penalty {change_by_step:.1e}, "
+    f"depth penalty {change_by_depth:.1e}"
+)
 assert step_values[0] == 0 and max(step_values) < 1e-3 * depth_values[0]
 assert change_by_step < 1e-3 * change_by_depth
 glue("step_penalty_max", max(step_values), display=False)
@@ -939,7 +1120,9 @@ glue("change_by_depth", change_by_depth, display=False)
 # %% tags=["hide-cell"]
 for h_gamma in (0.01, 0.1, 1.0):
     mu = (-h_gamma - math.sqrt(1 + h_gamma**2), -h_gamma + math.sqrt(1 + h_gamma**2))
-    print(f"h gamma = {h_gamma}: roots {mu[0]:+.4f}, {mu[1]:+.4f}; the parasitic root's modulus {abs(mu[0]):.4f}")
+    print(
+        f"h gamma = {h_gamma}: roots {mu[0]:+.4f}, {mu[1]:+.4f}; the parasitic root's modulus {abs(mu[0]):.4f}"
+    )
     assert abs(mu[0]) > 1 and abs(mu[0] * mu[1] + 1) < 1e-12
 
 # %% [markdown]
@@ -962,16 +1145,29 @@ torch.manual_seed(0)
 lf_K = nn.Linear(3, 3).double()
 h_lf = 0.3
 lf_F = lambda y: lf_K.weight.t() @ torch.tanh(lf_K(y))  # noqa: E731  K^T tanh(K y + b)
-y_prev, y_now = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64, requires_grad=True)
+y_prev, y_now = (
+    torch.randn(3, dtype=torch.float64),
+    torch.randn(3, dtype=torch.float64, requires_grad=True),
+)
 y_prev.requires_grad_(True)
 y_next = 2 * y_now - y_prev - h_lf**2 * lf_F(y_now)
-g_next, g_now_out = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+g_next, g_now_out = (
+    torch.randn(3, dtype=torch.float64),
+    torch.randn(3, dtype=torch.float64),
+)
 (y_next @ g_next + y_now @ g_now_out).backward()
 jac_F = torch.autograd.functional.jacobian(lf_F, y_now.detach())
-by_formula_prev = -g_next                                              # beta = -1
-by_formula_now = g_now_out + 2 * g_next + (-h_lf**2 * jac_F).T @ g_next  # alpha = 2, gamma = -h^2
-lf_err = max((y_prev.grad - by_formula_prev).abs().max().item(), (y_now.grad - by_formula_now).abs().max().item())
-print(f"Leapfrog backward step from the alpha, beta, gamma form equals autograd (float64): {lf_err < 1e-14}")
+by_formula_prev = -g_next  # beta = -1
+by_formula_now = (
+    g_now_out + 2 * g_next + (-(h_lf**2) * jac_F).T @ g_next
+)  # alpha = 2, gamma = -h^2
+lf_err = max(
+    (y_prev.grad - by_formula_prev).abs().max().item(),
+    (y_now.grad - by_formula_now).abs().max().item(),
+)
+print(
+    f"Leapfrog backward step from the alpha, beta, gamma form equals autograd (float64): {lf_err < 1e-14}"
+)
 assert lf_err < 1e-14
 
 # %% [markdown]
@@ -991,14 +1187,19 @@ assert lf_err < 1e-14
 # against autograd in float64.
 # ```
 
+
 # %% tags=["hide-cell", "nbval-ignore-output"]
 def check_inverse_rel(stack: nn.Module, x: torch.Tensor) -> float:
     """revlib.check_inverse relative to the largest input entry."""
     return revlib.check_inverse(stack, x) / x.abs().max().item()
 
 
-def midpoint_stack(make_F, depth: int = 100, width: int = 8) -> revlib.ReversibleSequence:
-    return revlib.ReversibleSequence([ode.MidpointBlock(width, h=0.1, F=make_F(width)) for _ in range(depth)])
+def midpoint_stack(
+    make_F, depth: int = 100, width: int = 8
+) -> revlib.ReversibleSequence:
+    return revlib.ReversibleSequence(
+        [ode.MidpointBlock(width, h=0.1, F=make_F(width)) for _ in range(depth)]
+    )
 
 
 class NegKTK(nn.Module):
@@ -1013,7 +1214,9 @@ class NegKTK(nn.Module):
 
 
 midpoint_variants = {
-    "antisymmetric, ReLU (the chapter)": lambda w: ode.AntisymmetricSigma(w, activation="relu"),
+    "antisymmetric, ReLU (the chapter)": lambda w: ode.AntisymmetricSigma(
+        w, activation="relu"
+    ),
     "antisymmetric, tanh": lambda w: ode.AntisymmetricSigma(w, activation="tanh"),
     "-K^T tanh(K . + b)": NegKTK,
 }
@@ -1024,12 +1227,24 @@ for name, make_F in midpoint_variants.items():
     stack = midpoint_stack(make_F)
     with torch.no_grad():
         out = stack(y_start)
-    variant_rows[name] = (out.abs().max().item() / y_start.abs().max().item(), check_inverse_rel(stack, y_start))
-show_table(["Midpoint F", "largest feature after 100 blocks / at the start", "float32 reconstruction error (relative)"],
-           [[n, f"{g:.3g}", f"{e:.1e}"] for n, (g, e) in variant_rows.items()])
+    variant_rows[name] = (
+        out.abs().max().item() / y_start.abs().max().item(),
+        check_inverse_rel(stack, y_start),
+    )
+show_table(
+    [
+        "Midpoint F",
+        "largest feature after 100 blocks / at the start",
+        "float32 reconstruction error (relative)",
+    ],
+    [[n, f"{g:.3g}", f"{e:.1e}"] for n, (g, e) in variant_rows.items()],
+)
 growth_tanh = variant_rows["antisymmetric, tanh"][0]
 growth_neg = variant_rows["-K^T tanh(K . + b)"][0]
-assert growth_tanh < variant_rows["antisymmetric, ReLU (the chapter)"][0] and growth_tanh < growth_neg
+assert (
+    growth_tanh < variant_rows["antisymmetric, ReLU (the chapter)"][0]
+    and growth_tanh < growth_neg
+)
 glue("ex3_growth_tanh", growth_tanh, display=False)
 glue("ex3_growth_neg", growth_neg, display=False)
 
@@ -1050,17 +1265,34 @@ glue("ex3_growth_neg", growth_neg, display=False)
 
 # %% tags=["hide-cell", "nbval-ignore-output"]
 torch.manual_seed(0)
-leapfrog_stack = revlib.ReversibleSequence([ode.LeapfrogBlock(8, h=0.1) for _ in range(100)])
+leapfrog_stack = revlib.ReversibleSequence(
+    [ode.LeapfrogBlock(8, h=0.1) for _ in range(100)]
+)
 y0 = torch.randn(1, 8, 8, 8)
-starts = {"Y_-1 = Y_0 (at rest)": ode.start_pair(y0), "Y_-1 = 0 (the report's first step)": torch.cat([torch.zeros_like(y0), y0], 1)}
+starts = {
+    "Y_-1 = Y_0 (at rest)": ode.start_pair(y0),
+    "Y_-1 = 0 (the report's first step)": torch.cat([torch.zeros_like(y0), y0], 1),
+}
 start_rows = {}
 for name, pair in starts.items():
     with torch.no_grad():
         out = leapfrog_stack(pair)
-    start_rows[name] = (ode.end_pair(out).abs().max().item() / y0.abs().max().item(), check_inverse_rel(leapfrog_stack, pair))
-show_table(["first step", "largest feature of Y_100 / of Y_0", "float32 reconstruction error (relative)"],
-           [[n, f"{g:.3g}", f"{e:.1e}"] for n, (g, e) in start_rows.items()])
-rest, zero = start_rows["Y_-1 = Y_0 (at rest)"], start_rows["Y_-1 = 0 (the report's first step)"]
+    start_rows[name] = (
+        ode.end_pair(out).abs().max().item() / y0.abs().max().item(),
+        check_inverse_rel(leapfrog_stack, pair),
+    )
+show_table(
+    [
+        "first step",
+        "largest feature of Y_100 / of Y_0",
+        "float32 reconstruction error (relative)",
+    ],
+    [[n, f"{g:.3g}", f"{e:.1e}"] for n, (g, e) in start_rows.items()],
+)
+rest, zero = (
+    start_rows["Y_-1 = Y_0 (at rest)"],
+    start_rows["Y_-1 = 0 (the report's first step)"],
+)
 assert zero[0] > rest[0] and zero[1] > rest[1]
 glue("ex4_growth_rest", rest[0], display=False)
 glue("ex4_growth_zero", zero[0], display=False)
@@ -1091,7 +1323,9 @@ for rate_try in (0.0, 1e-3, 1e-2):
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(300):
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x_train), y_train) + weight_smoothness(model, rate=rate_try)
+        loss = nn.functional.cross_entropy(model(x_train), y_train) + weight_smoothness(
+            model, rate=rate_try
+        )
         loss.backward()
         opt.step()
     with torch.no_grad():
@@ -1107,10 +1341,15 @@ ax.set_ylabel("K1[0, 0]")
 ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
-show_table(["rate", "test accuracy", "sum over blocks of the squared norm of K1(j+1) - K1(j)"],
-           [[f"{r:g}", f"{a:.3f}", f"{s:.3g}"] for r, (a, s, _) in smooth_rows.items()])
+show_table(
+    ["rate", "test accuracy", "sum over blocks of the squared norm of K1(j+1) - K1(j)"],
+    [[f"{r:g}", f"{a:.3f}", f"{s:.3g}"] for r, (a, s, _) in smooth_rows.items()],
+)
 assert smooth_rows[1e-2][1] < smooth_rows[1e-3][1] < smooth_rows[0.0][1]
-assert abs(smooth_rows[1e-3][0] - smooth_rows[0.0][0]) < 0.03 and smooth_rows[1e-2][0] < smooth_rows[0.0][0] - 0.1
+assert (
+    abs(smooth_rows[1e-3][0] - smooth_rows[0.0][0]) < 0.03
+    and smooth_rows[1e-2][0] < smooth_rows[0.0][0] - 0.1
+)
 glue("ex5_rough_0", smooth_rows[0.0][1], display=False)
 glue("ex5_rough_2", smooth_rows[1e-2][1], display=False)
 glue("ex5_acc_0", smooth_rows[0.0][0], display=False)

@@ -35,32 +35,45 @@
 # fills every row of the papers' tables on a GPU.
 
 # %%
-import math
 import statistics
 import time
 
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
-from revlib.harness.notebook import RunSettings, glue
 
 from revlib import models
 from revlib.harness import data, experiments, fmnist_study, train
+from revlib.harness.notebook import RunSettings, glue
 
-RUN = RunSettings.from_env(full_run=False)  # set full_run=True on a GPU (Colab): fills every row of the papers' tables
+RUN = RunSettings.from_env(
+    full_run=False
+)  # set full_run=True on a GPU (Colab): fills every row of the papers' tables
 
 # Small tensors: one thread is as fast as two, and on a busy machine spinning threads are much slower.
 torch.set_num_threads(1)
 HARDWARE = experiments.hardware("cpu")["name"]
-STUDY = fmnist_study.load_results()  # the grid, as shipped with revlib (revlib/harness/results/fmnist_study.json)
+STUDY = (
+    fmnist_study.load_results()
+)  # the grid, as shipped with revlib (revlib/harness/results/fmnist_study.json)
 G = STUDY["grid"]
 WIDTH = G["width"]
-print(f"results file: {len(STUDY['runs'])} runs, {len(STUDY['missing'])} missing, made by `{STUDY['command']}` "
-      f"on {STUDY['hardware']['name']}, {STUDY['threads']} thread, torch {STUDY['torch']}")
-print(f"width factor {WIDTH:g}; {G['updates']} updates per full-training-set run, {G['small_updates']} per subset run")
+print(
+    f"results file: {len(STUDY['runs'])} runs, {len(STUDY['missing'])} missing, made by `{STUDY['command']}` "
+    f"on {STUDY['hardware']['name']}, {STUDY['threads']} thread, torch {STUDY['torch']}"
+)
+print(
+    f"width factor {WIDTH:g}; {G['updates']} updates per full-training-set run, {G['small_updates']} per subset run"
+)
 assert not STUDY["missing"]
-assert "2 logical cores" in STUDY["hardware"]["name"] and STUDY["threads"] == 1  # the machine of the text
-assert (WIDTH, G["updates"], G["small_updates"]) == (0.25, 430, 100)  # the text's "a quarter as wide", "one epoch"
+assert (
+    "2 logical cores" in STUDY["hardware"]["name"] and STUDY["threads"] == 1
+)  # the machine of the text
+assert (WIDTH, G["updates"], G["small_updates"]) == (
+    0.25,
+    430,
+    100,
+)  # the text's "a quarter as wide", "one epoch"
 
 # %% [markdown]
 # ## The papers' recipe, shortened
@@ -87,10 +100,22 @@ schedule = fmnist_study.Schedule()
 for step in (0, 39_999, 40_000, 60_000):
     print(f"  paper, update {step:>6,}: learning rate {paper.lr_at(step):g}")
 for step in (0, 214, 215, 322, 323, 429):
-    print(f"  here,  update {step:>6,} of {G['updates']}: learning rate {schedule.lr_at(step, G['updates']):g}")
-assert [paper.lr_at(s) for s in (39_999, 40_000, 60_000)] == [0.1, paper.lr * 0.1, paper.lr * 0.1 * 0.1]
-assert [schedule.lr_at(s, 430) for s in (214, 215, 323)] == [0.1, 0.1 * 0.1, 0.1 * 0.1 * 0.1]
-assert STUDY["schedule"]["batch_size"] == 128 and STUDY["schedule"]["weight_decay"] == 2e-4
+    print(
+        f"  here,  update {step:>6,} of {G['updates']}: learning rate {schedule.lr_at(step, G['updates']):g}"
+    )
+assert [paper.lr_at(s) for s in (39_999, 40_000, 60_000)] == [
+    0.1,
+    paper.lr * 0.1,
+    paper.lr * 0.1 * 0.1,
+]
+assert [schedule.lr_at(s, 430) for s in (214, 215, 323)] == [
+    0.1,
+    0.1 * 0.1,
+    0.1 * 0.1 * 0.1,
+]
+assert (
+    STUDY["schedule"]["batch_size"] == 128 and STUDY["schedule"]["weight_decay"] == 2e-4
+)
 
 # %% [markdown]
 # ## The data, split three ways
@@ -108,11 +133,28 @@ assert STUDY["schedule"]["batch_size"] == 128 and STUDY["schedule"]["weight_deca
 # %%
 SPLITS = fmnist_study.fmnist_splits()
 sizes = {k: len(getattr(SPLITS, k)) for k in ("train", "val", "test")}
-print(f"Fashion-MNIST: {sizes['train']:,} training, {sizes['val']:,} validation, {sizes['test']:,} test images "
-      f"of {SPLITS.train.image_size}; validation per class {SPLITS.val.class_counts()}")
-assert sizes == STUDY["split"] and SPLITS.val.class_counts() == [500] * 10 and SPLITS.test.class_counts() == [1000] * 10
+print(
+    f"Fashion-MNIST: {sizes['train']:,} training, {sizes['val']:,} validation, {sizes['test']:,} test images "
+    f"of {SPLITS.train.image_size}; validation per class {SPLITS.val.class_counts()}"
+)
+assert (
+    sizes == STUDY["split"]
+    and SPLITS.val.class_counts() == [500] * 10
+    and SPLITS.test.class_counts() == [1000] * 10
+)
 assert data.augmentation_for("fashion_mnist") == {"pad": 2, "flip": True}
-CLASSES = ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+CLASSES = [
+    "T-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+]
 x_aug, y_aug = next(iter(data.TensorLoader(SPLITS.train, 10, seed=0)))
 fig, axes = plt.subplots(1, 10, figsize=(11, 1.6))
 for i, ax in enumerate(axes):
@@ -120,7 +162,10 @@ for i, ax in enumerate(axes):
     ax.set_title(CLASSES[int(y_aug[i])], fontsize=7)
     ax.set_xticks([])
     ax.set_yticks([])
-fig.suptitle("a training batch after augmentation (mean image subtracted; pad 2, random crop, flip)", fontsize=9)
+fig.suptitle(
+    "a training batch after augmentation (mean image subtracted; pad 2, random crop, flip)",
+    fontsize=9,
+)
 plt.tight_layout()
 plt.show()
 
@@ -141,15 +186,27 @@ NAMES = list(fmnist_study.NETWORKS)
 built = {n: fmnist_study.build(n, WIDTH) for n in NAMES}
 full_width = {n: fmnist_study.build(n, 1.0) for n in NAMES}
 params = {n: models.count_parameters(m) for n, m in built.items()}
-rows = ["| network | blocks per stage | widths in the papers | widths here | parameters here "
-        "| parameters at the papers' width (10 classes, 1 channel) |", "|---|---|---|---|---|---|"]
+rows = [
+    "| network | blocks per stage | widths in the papers | widths here | parameters here "
+    "| parameters at the papers' width (10 classes, 1 channel) |",
+    "|---|---|---|---|---|---|",
+]
 for n in NAMES:
-    rows.append(f"| {n} | {'-'.join(map(str, built[n].units))} | {'-'.join(map(str, full_width[n].widths))} "
-                f"| {'-'.join(map(str, built[n].widths))} | {params[n]:,} | {models.count_parameters(full_width[n]):,} |")
+    rows.append(
+        f"| {n} | {'-'.join(map(str, built[n].units))} | {'-'.join(map(str, full_width[n].widths))} "
+        f"| {'-'.join(map(str, built[n].widths))} | {params[n]:,} | {models.count_parameters(full_width[n]):,} |"
+    )
 display(Markdown(f"Width factor {WIDTH:g} for every network\n\n" + "\n".join(rows)))
-assert all(r["params"] == params[r["model"]] for r in STUDY["runs"])  # the grid trained exactly these networks
+assert all(
+    r["params"] == params[r["model"]] for r in STUDY["runs"]
+)  # the grid trained exactly these networks
 assert all(built[n].units == full_width[n].units for n in NAMES)  # the papers' depths
-steps = {float(m.h) for n in fmnist_study.ODE_NETWORKS for m in built[n].modules() if isinstance(getattr(m, "h", None), float)}
+steps = {
+    float(m.h)
+    for n in fmnist_study.ODE_NETWORKS
+    for m in built[n].modules()
+    if isinstance(getattr(m, "h", None), float)
+}
 assert steps == {0.1}  # h = 0.1 in every block of the three ODE networks
 ratio = max(params.values()) / min(params.values())
 print(f"largest / smallest parameter count here: {ratio:.2f}")
@@ -170,15 +227,28 @@ FULL = [r for r in STUDY["runs"] if r["fraction"] == 1.0]
 fig, ax = plt.subplots(figsize=(9, 3.6))
 for i, n in enumerate(NAMES):
     for r in (r for r in FULL if r["model"] == n):
-        xs = [min((k + 1) * schedule.log_every, r["updates"]) for k in range(len(r["loss"]))]
-        ax.plot(xs, r["loss"], "--" if r["mode"] == "reversible" else "-", color=f"C{i}", lw=1, alpha=0.8,
-                label=f"{n}" if r["seed"] == 0 else None)
+        xs = [
+            min((k + 1) * schedule.log_every, r["updates"])
+            for k in range(len(r["loss"]))
+        ]
+        ax.plot(
+            xs,
+            r["loss"],
+            "--" if r["mode"] == "reversible" else "-",
+            color=f"C{i}",
+            lw=1,
+            alpha=0.8,
+            label=f"{n}" if r["seed"] == 0 else None,
+        )
 for f in schedule.drops_at:
     ax.axvline(f * G["updates"], color="gray", lw=0.8, ls=":")
 ax.set_xlabel("update (batch 128); dotted: learning rate / 10")
 ax.set_ylabel("training loss, mean of 10 updates")
 ax.set_yscale("log")
-ax.set_title(f"every full-data run (dashed: mode=\"reversible\"), Fashion-MNIST, width x{WIDTH:g}, CPU", fontsize=10)
+ax.set_title(
+    f'every full-data run (dashed: mode="reversible"), Fashion-MNIST, width x{WIDTH:g}, CPU',
+    fontsize=10,
+)
 ax.grid(alpha=0.3)
 ax.legend(fontsize=8)
 plt.tight_layout()
@@ -186,7 +256,9 @@ plt.show()
 modes = {n: {r["seed"]: r["mode"] for r in FULL if r["model"] == n} for n in NAMES}
 print("mode per seed:", modes)
 assert all(len(m) >= 3 for m in modes.values())
-assert all("reversible" in m.values() for n, m in modes.items() if n in fmnist_study.REVERSIBLE)
+assert all(
+    "reversible" in m.values() for n, m in modes.items() if n in fmnist_study.REVERSIBLE
+)
 cpu_minutes = STUDY["wall_seconds"] / 60
 glue("cpu_minutes", cpu_minutes, display=False)
 
@@ -206,16 +278,28 @@ glue("cpu_minutes", cpu_minutes, display=False)
 
 # %%
 GOMEZ_ERRORS = {  # Gomez et al. 2017, CIFAR top-1 error (%): (C-10, C-100); the same numbers in Chang et al.'s table
-    "ResNet-32": (7.14, 29.95), "RevNet-38": (7.24, 28.96), "ResNet-110": (5.74, 26.44), "RevNet-110": (5.76, 25.40),
+    "ResNet-32": (7.14, 29.95),
+    "RevNet-38": (7.24, 28.96),
+    "ResNet-110": (5.74, 26.44),
+    "RevNet-110": (5.76, 25.40),
 }
 CHANG_ACC = {  # Chang et al. 2018, their CIFAR table, test accuracy (%): (C-10, C-100)
-    "ResNet-32": (92.86, 70.05), "RevNet-38": (92.76, 71.04), "Hamiltonian-74": (92.76, 69.78),
-    "Midpoint-26": (91.16, 67.25), "Leapfrog-26": (91.92, 69.14),
-    "ResNet-110": (94.26, 73.56), "RevNet-110": (94.24, 74.60), "Hamiltonian-218": (94.02, 73.89),
-    "Midpoint-62": (92.76, 70.98), "Leapfrog-62": (93.40, 72.28), "ResNet-1202": (92.07, None),
+    "ResNet-32": (92.86, 70.05),
+    "RevNet-38": (92.76, 71.04),
+    "Hamiltonian-74": (92.76, 69.78),
+    "Midpoint-26": (91.16, 67.25),
+    "Leapfrog-26": (91.92, 69.14),
+    "ResNet-110": (94.26, 73.56),
+    "RevNet-110": (94.24, 74.60),
+    "Hamiltonian-218": (94.02, 73.89),
+    "Midpoint-62": (92.76, 70.98),
+    "Leapfrog-62": (93.40, 72.28),
+    "ResNet-1202": (92.07, None),
     "Hamiltonian-1202": (93.84, None),
 }
-for n in GOMEZ_ERRORS:  # Chang et al. reprint Gomez et al.'s ResNet and RevNet rows: accuracy = 100 - error
+for n in (
+    GOMEZ_ERRORS
+):  # Chang et al. reprint Gomez et al.'s ResNet and RevNet rows: accuracy = 100 - error
     assert all(abs(100 - e - a) < 1e-9 for e, a in zip(GOMEZ_ERRORS[n], CHANG_ACC[n]))
 
 STATS = {n: fmnist_study.compare_to(STUDY, n) for n in NAMES}
@@ -232,35 +316,67 @@ def cell(n: str, error: bool = False) -> tuple[str, str, str]:
     return first, f"{diff:+.2f} ± {s['se']:.2f}", f"{s['mdd']:.2f}"
 
 
-rows = [f"| network | paper, C-10 error (%) | paper, C-100 error (%) | {LABEL}: error (%) "
-        "| difference to ResNet-32 (points) | detectable at 80 % power (points) |", "|---|---|---|---|---|---|"]
+rows = [
+    f"| network | paper, C-10 error (%) | paper, C-100 error (%) | {LABEL}: error (%) "
+    "| difference to ResNet-32 (points) | detectable at 80 % power (points) |",
+    "|---|---|---|---|---|---|",
+]
 for n in ("ResNet-32", "RevNet-38"):
-    rows.append(f"| {n} | {GOMEZ_ERRORS[n][0]:.2f} | {GOMEZ_ERRORS[n][1]:.2f} | " + " | ".join(cell(n, True)) + " |")
-display(Markdown("**Gomez et al. (2017), the paper's CIFAR error, beside this book's Fashion-MNIST error**\n\n"
-                 + "\n".join(rows)))
+    rows.append(
+        f"| {n} | {GOMEZ_ERRORS[n][0]:.2f} | {GOMEZ_ERRORS[n][1]:.2f} | "
+        + " | ".join(cell(n, True))
+        + " |"
+    )
+display(
+    Markdown(
+        "**Gomez et al. (2017), the paper's CIFAR error, beside this book's Fashion-MNIST error**\n\n"
+        + "\n".join(rows)
+    )
+)
 
-rows = [f"| network | paper, C-10 accuracy (%) | paper, C-100 accuracy (%) | {LABEL}: accuracy (%) "
-        "| difference to ResNet-32 (points) | detectable at 80 % power (points) | validation accuracy, mean (%) |",
-        "|---|---|---|---|---|---|---|"]
+rows = [
+    f"| network | paper, C-10 accuracy (%) | paper, C-100 accuracy (%) | {LABEL}: accuracy (%) "
+    "| difference to ResNet-32 (points) | detectable at 80 % power (points) | validation accuracy, mean (%) |",
+    "|---|---|---|---|---|---|---|",
+]
 for n in NAMES:
     val = statistics.mean(fmnist_study.select(STUDY, n, key="val_acc").values())
-    rows.append(f"| {n} | {CHANG_ACC[n][0]:.2f} | {CHANG_ACC[n][1]:.2f} | " + " | ".join(cell(n)) + f" | {val:.2f} |")
-display(Markdown("**Chang et al. (2018), the paper's CIFAR accuracy, beside this book's Fashion-MNIST accuracy**\n\n"
-                 + "\n".join(rows)))
+    rows.append(
+        f"| {n} | {CHANG_ACC[n][0]:.2f} | {CHANG_ACC[n][1]:.2f} | "
+        + " | ".join(cell(n))
+        + f" | {val:.2f} |"
+    )
+display(
+    Markdown(
+        "**Chang et al. (2018), the paper's CIFAR accuracy, beside this book's Fashion-MNIST accuracy**\n\n"
+        + "\n".join(rows)
+    )
+)
 for n in NAMES:
     key = n.split("-")[0].lower()
     for k in ("mean", "std", "diff", "se", "mdd"):
         glue(f"{k}_{key}", STATS[n][k], display=False)
-paper_gap = {n: [CHANG_ACC["ResNet-32"][k] - CHANG_ACC[n][k] for k in (0, 1)] for n in ("Midpoint-26", "Leapfrog-26")}
+paper_gap = {
+    n: [CHANG_ACC["ResNet-32"][k] - CHANG_ACC[n][k] for k in (0, 1)]
+    for n in ("Midpoint-26", "Leapfrog-26")
+}
 gaps = [g for v in paper_gap.values() for g in v]
 glue("paper_gap_min", min(gaps), display=False)
 glue("paper_gap_max", max(gaps), display=False)
-assert 0.9 < min(gaps) and max(gaps) < 2.81  # Chang et al.: Midpoint-26 and Leapfrog-26 0.9 to 2.8 below ResNet-32
-mdd_range = [min(STATS[n]["mdd"] for n in NAMES[1:]), max(STATS[n]["mdd"] for n in NAMES[1:])]
+assert (
+    0.9 < min(gaps) and max(gaps) < 2.81
+)  # Chang et al.: Midpoint-26 and Leapfrog-26 0.9 to 2.8 below ResNet-32
+mdd_range = [
+    min(STATS[n]["mdd"] for n in NAMES[1:]),
+    max(STATS[n]["mdd"] for n in NAMES[1:]),
+]
 glue("mdd_min", mdd_range[0], display=False)
 glue("mdd_max", mdd_range[1], display=False)
 detected = {n: abs(STATS[n]["diff"]) > 1.96 * STATS[n]["se"] for n in NAMES[1:]}
-print("differences to ResNet-32 beyond 1.96 standard errors:", {n: d for n, d in detected.items()})
+print(
+    "differences to ResNet-32 beyond 1.96 standard errors:",
+    {n: d for n, d in detected.items()},
+)
 
 # %% [markdown]
 # **RevNet against ResNet (Gomez et al.'s question).** At a quarter of the
@@ -292,10 +408,20 @@ print("differences to ResNet-32 beyond 1.96 standard errors:", {n: d for n, d in
 paper_rev = [CHANG_ACC["RevNet-38"][k] - CHANG_ACC["ResNet-32"][k] for k in (0, 1)]
 glue("paper_rev_c10", paper_rev[0], display=False)
 glue("paper_rev_c100", paper_rev[1], display=False)
-glue("paper_ham_c10", CHANG_ACC["Hamiltonian-74"][0] - CHANG_ACC["ResNet-32"][0], display=False)
-assert not detected["RevNet-38"]  # the text: RevNet-38 and ResNet-32 cannot be told apart
-assert all(-STATS[n]["diff"] > STATS[n]["mdd"] for n in fmnist_study.ODE_NETWORKS)  # behind, beyond detectable
-assert abs(CHANG_ACC["Hamiltonian-74"][0] - CHANG_ACC["ResNet-32"][0]) < 0.2  # the paper: level on CIFAR-10
+glue(
+    "paper_ham_c10",
+    CHANG_ACC["Hamiltonian-74"][0] - CHANG_ACC["ResNet-32"][0],
+    display=False,
+)
+assert not detected[
+    "RevNet-38"
+]  # the text: RevNet-38 and ResNet-32 cannot be told apart
+assert all(
+    -STATS[n]["diff"] > STATS[n]["mdd"] for n in fmnist_study.ODE_NETWORKS
+)  # behind, beyond detectable
+assert (
+    abs(CHANG_ACC["Hamiltonian-74"][0] - CHANG_ACC["ResNet-32"][0]) < 0.2
+)  # the paper: level on CIFAR-10
 
 # %% [markdown]
 # ## 2. Does `mode="reversible"` change the result?
@@ -314,23 +440,36 @@ assert abs(CHANG_ACC["Hamiltonian-74"][0] - CHANG_ACC["ResNet-32"][0]) < 0.2  # 
 # interleaved timings are the ones to read for the cost of recomputation.
 
 # %%
-rows = ["| network | seed 0, reversible: test accuracy (%) | seeds 1, 2, autograd: test accuracy (%) "
-        "| reversible - autograd mean (points) | std over all seeds (points) |", "|---|---|---|---|---|"]
+rows = [
+    "| network | seed 0, reversible: test accuracy (%) | seeds 1, 2, autograd: test accuracy (%) "
+    "| reversible - autograd mean (points) | std over all seeds (points) |",
+    "|---|---|---|---|---|",
+]
 mode_gap = {}
 for n in fmnist_study.REVERSIBLE:
     runs = [r for r in FULL if r["model"] == n]
     rev_acc = [100 * r["test_acc"] for r in runs if r["mode"] == "reversible"]
     ag_acc = [100 * r["test_acc"] for r in runs if r["mode"] == "autograd"]
     mode_gap[n] = statistics.mean(rev_acc) - statistics.mean(ag_acc)
-    rows.append(f"| {n} | {', '.join(f'{a:.2f}' for a in rev_acc)} | {', '.join(f'{a:.2f}' for a in ag_acc)} "
-                f"| {mode_gap[n]:+.2f} | {STATS[n]['std']:.2f} |")
-display(Markdown(f"Fashion-MNIST, width x{WIDTH:g}, {G['updates']} updates, CPU\n\n" + "\n".join(rows)))
+    rows.append(
+        f"| {n} | {', '.join(f'{a:.2f}' for a in rev_acc)} | {', '.join(f'{a:.2f}' for a in ag_acc)} "
+        f"| {mode_gap[n]:+.2f} | {STATS[n]['std']:.2f} |"
+    )
+display(
+    Markdown(
+        f"Fashion-MNIST, width x{WIDTH:g}, {G['updates']} updates, CPU\n\n"
+        + "\n".join(rows)
+    )
+)
 resnet_seconds = [r["seconds"] for r in FULL if r["model"] == "ResNet-32"]
 glue("resnet_seconds_min", min(resnet_seconds), display=False)
 glue("resnet_seconds_max", max(resnet_seconds), display=False)
 glue("mode_gap_max", max(abs(g) for g in mode_gap.values()), display=False)
 ratio_to_std = {n: abs(g) / STATS[n]["std"] for n, g in mode_gap.items()}
-print("|reversible - autograd| / std over seeds:", {n: round(v, 2) for n, v in ratio_to_std.items()})
+print(
+    "|reversible - autograd| / std over seeds:",
+    {n: round(v, 2) for n, v in ratio_to_std.items()},
+)
 
 # %% [markdown]
 # Each reversible run lands within {glue:text}`mode_gap_max:.2f` points of the
@@ -343,7 +482,9 @@ print("|reversible - autograd| / std over seeds:", {n: round(v, 2) for n, v in r
 
 # %%
 glue("mode_ratio_max", max(ratio_to_std.values()), display=False)
-assert max(ratio_to_std.values()) < 3  # within three seed standard deviations (the text's "same order")
+assert (
+    max(ratio_to_std.values()) < 3
+)  # within three seed standard deviations (the text's "same order")
 
 # %% [markdown]
 # ## 3. Small training data
@@ -367,54 +508,108 @@ assert max(ratio_to_std.values()) < 3  # within three seed standard deviations (
 # %%
 FRACTIONS = [*G["fractions"], 1.0]
 SMALL = G["small_models"]
-small = {n: {f: list(fmnist_study.select(STUDY, n, f).values()) for f in FRACTIONS} for n in SMALL}
-images = {f: next(r["train_images"] for r in STUDY["runs"] if r["fraction"] == f) for f in FRACTIONS}
-rows = ["| training images (per class) | seeds | ResNet-32 (%) | Hamiltonian-74 (%) "
-        "| Hamiltonian - ResNet (points) | detectable at 80 % power (points) |", "|---|---|---|---|---|---|"]
+small = {
+    n: {f: list(fmnist_study.select(STUDY, n, f).values()) for f in FRACTIONS}
+    for n in SMALL
+}
+images = {
+    f: next(r["train_images"] for r in STUDY["runs"] if r["fraction"] == f)
+    for f in FRACTIONS
+}
+rows = [
+    "| training images (per class) | seeds | ResNet-32 (%) | Hamiltonian-74 (%) "
+    "| Hamiltonian - ResNet (points) | detectable at 80 % power (points) |",
+    "|---|---|---|---|---|---|",
+]
 small_stats = {}
 for f in FRACTIONS:
     s = fmnist_study.compare_to(STUDY, "Hamiltonian-74", "ResNet-32", fraction=f)
     small_stats[f] = s
-    cells = [f"{statistics.mean(small[n][f]):.2f} ± {statistics.stdev(small[n][f]):.2f}" for n in SMALL]
+    cells = [
+        f"{statistics.mean(small[n][f]):.2f} ± {statistics.stdev(small[n][f]):.2f}"
+        for n in SMALL
+    ]
     label = f"{f:.1%}" if f < 1 else "all"
-    rows.append(f"| {label}: {images[f]:,} ({images[f] // 10:,}) | {s['n']} | {cells[0]} | {cells[1]} "
-                f"| {s['diff']:+.2f} ± {s['se']:.2f} | {s['mdd']:.2f} |")
-display(Markdown(f"Test accuracy, mean ± std over seeds; Fashion-MNIST, width x{WIDTH:g}, "
-                 f"{G['small_updates']} updates per subset run ({G['updates']} on the full split), CPU\n\n"
-                 + "\n".join(rows)))
+    rows.append(
+        f"| {label}: {images[f]:,} ({images[f] // 10:,}) | {s['n']} | {cells[0]} | {cells[1]} "
+        f"| {s['diff']:+.2f} ± {s['se']:.2f} | {s['mdd']:.2f} |"
+    )
+display(
+    Markdown(
+        f"Test accuracy, mean ± std over seeds; Fashion-MNIST, width x{WIDTH:g}, "
+        f"{G['small_updates']} updates per subset run ({G['updates']} on the full split), CPU\n\n"
+        + "\n".join(rows)
+    )
+)
 fig, ax = plt.subplots(figsize=(7, 3.8))
 for i, n in enumerate(SMALL):
-    xs = [100 * f * (1.04 if i else 0.96) for f in FRACTIONS]  # side by side, so that the bars do not overlap
-    ax.errorbar(xs, [statistics.mean(small[n][f]) for f in FRACTIONS],
-                yerr=[statistics.stdev(small[n][f]) for f in FRACTIONS], fmt="o-", capsize=3, color=f"C{i}",
-                label=f"{n} (mean ± std over seeds)")
+    xs = [
+        100 * f * (1.04 if i else 0.96) for f in FRACTIONS
+    ]  # side by side, so that the bars do not overlap
+    ax.errorbar(
+        xs,
+        [statistics.mean(small[n][f]) for f in FRACTIONS],
+        yerr=[statistics.stdev(small[n][f]) for f in FRACTIONS],
+        fmt="o-",
+        capsize=3,
+        color=f"C{i}",
+        label=f"{n} (mean ± std over seeds)",
+    )
 ax.set_xscale("log")
 ax.set_xlabel("training data used (% of the 55,000-image training split)")
 ax.set_ylabel("test accuracy (%)")
-ax.set_title(f"Fashion-MNIST, width x{WIDTH:g}, {G['small_updates']} updates per subset, "
-             f"{G['updates']} on all; CPU", fontsize=10)
+ax.set_title(
+    f"Fashion-MNIST, width x{WIDTH:g}, {G['small_updates']} updates per subset, "
+    f"{G['updates']} on all; CPU",
+    fontsize=10,
+)
 ax.grid(alpha=0.3)
 ax.legend(fontsize=8)
 plt.tight_layout()
 plt.show()
-assert len(FRACTIONS) >= 6 and all(small_stats[f]["n"] >= 5 for f in FRACTIONS if f <= G["more_seeds_below"])
-assert G["fractions"] == [0.005, 0.01, 0.02, 0.05, 0.1] and [small_stats[f]["n"] for f in FRACTIONS] == [5, 5, 5, 3, 3, 3]
+assert len(FRACTIONS) >= 6 and all(
+    small_stats[f]["n"] >= 5 for f in FRACTIONS if f <= G["more_seeds_below"]
+)
+assert G["fractions"] == [0.005, 0.01, 0.02, 0.05, 0.1] and [
+    small_stats[f]["n"] for f in FRACTIONS
+] == [5, 5, 5, 3, 3, 3]
 glue("small_images_min", images[FRACTIONS[0]], display=False)
 glue("small_test_images", G["small_test_images"], display=False)
-assert {r["test_images"] for r in STUDY["runs"] if r["fraction"] < 1} == {G["small_test_images"]}
+assert {r["test_images"] for r in STUDY["runs"] if r["fraction"] < 1} == {
+    G["small_test_images"]
+}
 glue("passes_min", G["small_updates"] * 128 / images[FRACTIONS[0]], display=False)
 glue("passes_max", G["small_updates"] * 128 / images[FRACTIONS[-2]], display=False)
 glue("small_z_5", small_stats[0.005]["diff"] / small_stats[0.005]["se"], display=False)
-gain = {n: statistics.mean(small[n][0.1]) - statistics.mean(small[n][0.005]) for n in SMALL}
+gain = {
+    n: statistics.mean(small[n][0.1]) - statistics.mean(small[n][0.005]) for n in SMALL
+}
 glue("small_gain_max", max(gain.values()), display=False)
 diffs = {f: small_stats[f]["diff"] for f in FRACTIONS}
-print("Hamiltonian-74 - ResNet-32 by size:", {f: round(d, 2) for f, d in diffs.items()}, "gain 0.5 -> 10 %:", gain)
+print(
+    "Hamiltonian-74 - ResNet-32 by size:",
+    {f: round(d, 2) for f, d in diffs.items()},
+    "gain 0.5 -> 10 %:",
+    gain,
+)
 st = small_stats
-assert all(0 < st[f]["diff"] < st[f]["se"] for f in (0.005, 0.01))  # ahead at the smallest sizes, within one SE
+assert all(
+    0 < st[f]["diff"] < st[f]["se"] for f in (0.005, 0.01)
+)  # ahead at the smallest sizes, within one SE
 assert abs(st[0.02]["diff"]) < st[0.02]["se"]  # level at 2 %
-assert all(st[f]["diff"] < 0 for f in (0.05, 0.1, 1.0))  # the ResNet's mean ahead from 5 % on
-assert [f for f in FRACTIONS if abs(st[f]["diff"]) > st[f]["mdd"]] == [1.0]  # only the full set beyond detectable
-assert max(gain.values()) < 6 and min(statistics.mean(small[n][1.0]) - statistics.mean(small[n][0.1]) for n in SMALL) > 8
+assert all(
+    st[f]["diff"] < 0 for f in (0.05, 0.1, 1.0)
+)  # the ResNet's mean ahead from 5 % on
+assert [f for f in FRACTIONS if abs(st[f]["diff"]) > st[f]["mdd"]] == [
+    1.0
+]  # only the full set beyond detectable
+assert (
+    max(gain.values()) < 6
+    and min(
+        statistics.mean(small[n][1.0]) - statistics.mean(small[n][0.1]) for n in SMALL
+    )
+    > 8
+)
 for f, s in small_stats.items():
     key = "all" if f == 1 else f"{1000 * f:g}"
     glue(f"small_diff_{key}", s["diff"], display=False)
@@ -456,13 +651,23 @@ for f, s in small_stats.items():
 # %% tags=["nbval-ignore-output"]
 f0 = G["fractions"][0]
 start = time.perf_counter()
-again = fmnist_study.train_run("ResNet-32", 0, SPLITS, updates=G["small_updates"], width=WIDTH, fraction=f0,
-                               validate=False, test_images=G["small_test_images"])
+again = fmnist_study.train_run(
+    "ResNet-32",
+    0,
+    SPLITS,
+    updates=G["small_updates"],
+    width=WIDTH,
+    fraction=f0,
+    validate=False,
+    test_images=G["small_test_images"],
+)
 shipped = fmnist_study.select(STUDY, "ResNet-32", f0)
 tolerance = 2 * statistics.stdev(shipped.values()) + 100 / again["test_images"]
 gap = abs(100 * again["test_acc"] - shipped[0])
-print(f"ResNet-32, {f0:.1%} ({again['train_images']} images), seed 0: {100 * again['test_acc']:.2f} % now, "
-      f"{shipped[0]:.2f} % shipped; tolerance {tolerance:.2f} points; {time.perf_counter() - start:.0f} s on {HARDWARE}")
+print(
+    f"ResNet-32, {f0:.1%} ({again['train_images']} images), seed 0: {100 * again['test_acc']:.2f} % now, "
+    f"{shipped[0]:.2f} % shipped; tolerance {tolerance:.2f} points; {time.perf_counter() - start:.0f} s on {HARDWARE}"
+)
 assert gap <= tolerance, (gap, tolerance)
 
 # %% [markdown]
@@ -486,22 +691,51 @@ assert gap <= tolerance, (gap, tolerance)
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-CIFAR_MODELS = ["resnet32", "revnet38", "resnet110", "revnet110", "resnet164", "revnet164", "hamiltonian74",
-                "hamiltonian218", "midpoint26", "midpoint62", "leapfrog26", "leapfrog62"]
+CIFAR_MODELS = [
+    "resnet32",
+    "revnet38",
+    "resnet110",
+    "revnet110",
+    "resnet164",
+    "revnet164",
+    "hamiltonian74",
+    "hamiltonian218",
+    "midpoint26",
+    "midpoint62",
+    "leapfrog26",
+    "leapfrog62",
+]
 FULL_ROWS = [(m, d, 1.0) for d in ("cifar10", "cifar100") for m in CIFAR_MODELS]
 FULL_ROWS += [("hamiltonian1202", "cifar10", 1.0), ("hamiltonian74", "stl10", 1.0)]
-FULL_ROWS += [(m, "cifar10", f) for f in (0.01, 0.05, 0.2) for m in ("resnet32", "hamiltonian74")]
+FULL_ROWS += [
+    (m, "cifar10", f) for f in (0.01, 0.05, 0.2) for m in ("resnet32", "hamiltonian74")
+]
 FMNIST_FULL = RUN.runs_dir / "fmnist_study_full_width.json"
 
 
 def row_path(model: str, dataset: str, fraction: float) -> Path:
-    return RUN.runs_dir / f"{model}_{dataset}{f'_f{fraction:g}' if fraction < 1 else ''}_seed0.json"
+    return (
+        RUN.runs_dir
+        / f"{model}_{dataset}{f'_f{fraction:g}' if fraction < 1 else ''}_seed0.json"
+    )
 
 
 def row_args(model: str, dataset: str, fraction: float) -> list[str]:
     """The arguments of `python -m revlib.harness.experiments` for one row."""
-    args = ["--model", model, "--dataset", dataset, "--fraction", str(fraction), "--seed", "0",
-            "--data-root", str(RUN.data_root), "--out", str(row_path(model, dataset, fraction))]
+    args = [
+        "--model",
+        model,
+        "--dataset",
+        dataset,
+        "--fraction",
+        str(fraction),
+        "--seed",
+        "0",
+        "--data-root",
+        str(RUN.data_root),
+        "--out",
+        str(row_path(model, dataset, fraction)),
+    ]
     if dataset == "stl10":
         args += ["--recipe", "chang_stl10"]
     if RUN.max_iterations is not None:
@@ -509,8 +743,19 @@ def row_args(model: str, dataset: str, fraction: float) -> list[str]:
     return args
 
 
-fmnist_args = ["grid", "--width", "1", "--updates", str(5 * G["updates"]), "--small-updates", str(G["small_updates"]),
-               "--cache", str(RUN.runs_dir / "fmnist"), "--out", str(FMNIST_FULL)]
+fmnist_args = [
+    "grid",
+    "--width",
+    "1",
+    "--updates",
+    str(5 * G["updates"]),
+    "--small-updates",
+    str(G["small_updates"]),
+    "--cache",
+    str(RUN.runs_dir / "fmnist"),
+    "--out",
+    str(FMNIST_FULL),
+]
 if RUN.full_run:
     device = RUN.device()
     fmnist_args += ["--device", device.type]
@@ -523,12 +768,18 @@ if RUN.full_run:
             experiments.main(row_args(*row))
     fmnist_study.main(fmnist_args)
     if os.environ.get("REVLIB_IMAGENET"):
-        print(f"ImageNet at {os.environ['REVLIB_IMAGENET']}: not run, revlib's harness has no ImageNet pipeline yet.")
+        print(
+            f"ImageNet at {os.environ['REVLIB_IMAGENET']}: not run, revlib's harness has no ImageNet pipeline yet."
+        )
 else:
-    print(f"full_run is False: none of the {len(FULL_ROWS)} CIFAR/STL-10 rows runs here. On a GPU, e.g.")
+    print(
+        f"full_run is False: none of the {len(FULL_ROWS)} CIFAR/STL-10 rows runs here. On a GPU, e.g."
+    )
     print("  python -m revlib.harness.experiments " + " ".join(row_args(*FULL_ROWS[1])))
     print("  python -m revlib.harness.fmnist_study " + " ".join(fmnist_args))
-print("ImageNet (ResNet-101 / RevNet-104) is skipped: it needs a local copy and a pipeline the harness does not have.")
+print(
+    "ImageNet (ResNet-101 / RevNet-104) is skipped: it needs a local copy and a pipeline the harness does not have."
+)
 
 # %%
 if RUN.full_run:
@@ -538,16 +789,32 @@ if RUN.full_run:
     for row in FULL_ROWS:
         if row_path(*row).exists():
             r = json.loads(row_path(*row).read_text())
-            rows.append(f"| {' '.join(map(str, row))} | {100 * r['accuracy']:.2f} | {r['iterations']:,} "
-                        f"| {r['hardware']['name']} |")
-    display(Markdown("**This book, full run** (beside the papers' numbers above)\n\n" + "\n".join(rows)))
+            rows.append(
+                f"| {' '.join(map(str, row))} | {100 * r['accuracy']:.2f} | {r['iterations']:,} "
+                f"| {r['hardware']['name']} |"
+            )
+    display(
+        Markdown(
+            "**This book, full run** (beside the papers' numbers above)\n\n"
+            + "\n".join(rows)
+        )
+    )
     gpu = fmnist_study.load_results(FMNIST_FULL)
-    rows = ["| network | seeds | test accuracy, mean ± std (%) | device |", "|---|---|---|---|"]
+    rows = [
+        "| network | seeds | test accuracy, mean ± std (%) | device |",
+        "|---|---|---|---|",
+    ]
     for n in NAMES:
         acc = list(fmnist_study.select(gpu, n).values())
-        cells = f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else f"{acc[0]:.2f}"
+        cells = (
+            f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}"
+            if len(acc) > 1
+            else f"{acc[0]:.2f}"
+        )
         rows.append(f"| {n} | {len(acc)} | {cells} | {gpu['hardware']['name']} |")
-    display(Markdown("**This book, Fashion-MNIST at full width**\n\n" + "\n".join(rows)))
+    display(
+        Markdown("**This book, Fashion-MNIST at full width**\n\n" + "\n".join(rows))
+    )
 else:
     print("The full-run tables appear here when full_run=True.")
 
@@ -573,18 +840,26 @@ else:
 
 # %%
 rows = ["| setting | value |", "|---|---|"]
-rows += [f"| width factor (every network) | {WIDTH:g} |",
-         f"| updates per full-split run | {G['updates']} (one epoch of 55,000 images at batch 128) |",
-         f"| updates per subset run | {G['small_updates']}, tested on {G['small_test_images']:,} test images |",
-         f"| seeds, full split | {len(G['seeds'])} per network; mode=\"reversible\" for seed(s) {G['reversible_seeds']} |",
-         f"| subsets | {', '.join(f'{100 * f:g} %' for f in G['fractions'])}; seeds {len(G['small_seeds'])} "
-         f"(+{len(G['small_seeds_more'])} up to {100 * G['more_seeds_below']:g} %) |",
-         f"| runs, total run time | {len(STUDY['runs'])}, {cpu_minutes:.0f} min on {STUDY['hardware']['name']} |"]
+rows += [
+    f"| width factor (every network) | {WIDTH:g} |",
+    f"| updates per full-split run | {G['updates']} (one epoch of 55,000 images at batch 128) |",
+    f"| updates per subset run | {G['small_updates']}, tested on {G['small_test_images']:,} test images |",
+    f'| seeds, full split | {len(G["seeds"])} per network; mode="reversible" for seed(s) {G["reversible_seeds"]} |',
+    f"| subsets | {', '.join(f'{100 * f:g} %' for f in G['fractions'])}; seeds {len(G['small_seeds'])} "
+    f"(+{len(G['small_seeds_more'])} up to {100 * G['more_seeds_below']:g} %) |",
+    f"| runs, total run time | {len(STUDY['runs'])}, {cpu_minutes:.0f} min on {STUDY['hardware']['name']} |",
+]
 display(Markdown("\n".join(rows)))
-print(f"{'network':16s} {'test accuracy (%)':>20s} {'- ResNet-32':>16s} {'detectable':>11s}")
+print(
+    f"{'network':16s} {'test accuracy (%)':>20s} {'- ResNet-32':>16s} {'detectable':>11s}"
+)
 for n in NAMES:
     s = STATS[n]
-    versus = f"{s['diff']:+10.2f} ± {s['se']:.2f} {s['mdd']:8.2f}" if n != "ResNet-32" else f"{'-':>17s} {'-':>8s}"
+    versus = (
+        f"{s['diff']:+10.2f} ± {s['se']:.2f} {s['mdd']:8.2f}"
+        if n != "ResNet-32"
+        else f"{'-':>17s} {'-':>8s}"
+    )
     print(f"{n:16s} {s['mean']:12.2f} ± {s['std']:.2f} {versus}")
 
 # %% [markdown]

@@ -40,8 +40,8 @@ from torch import nn
 import revlib
 from revlib.core.memcalc import memory_table
 from revlib.core.memory import MiB, saved_tensor_bytes
-from revlib.harness.notebook import glue
 from revlib.harness.data import load_digits
+from revlib.harness.notebook import glue
 from revlib.models import IRevNet, ReversibleViT, ViT, matching_revnet
 
 torch.set_num_threads(1)  # float64 results identical from run to run
@@ -81,8 +81,12 @@ for k in range(4):
     print(f"output channel {k} (i={k // 2}, j={k % 2}):", shuffled[0, k].int().tolist())
 x_img = torch.randn(2, 3, 8, 8, dtype=torch.float64)
 assert torch.equal(psi.inverse(psi(x_img)), x_img)  # exact: no arithmetic at all
-assert torch.equal(psi(x_img).flatten(1).sort(dim=1).values, x_img.flatten(1).sort(dim=1).values)  # a permutation
-assert shuffled[0, 3, 1, 0].item() == image[0, 0, 2 * 1 + 1, 2 * 0 + 1].item()  # eq-psi, c=0, i=j=1, h=1, w=0
+assert torch.equal(
+    psi(x_img).flatten(1).sort(dim=1).values, x_img.flatten(1).sort(dim=1).values
+)  # a permutation
+assert (
+    shuffled[0, 3, 1, 0].item() == image[0, 0, 2 * 1 + 1, 2 * 0 + 1].item()
+)  # eq-psi, c=0, i=j=1, h=1, w=0
 print("reconstruction error of psi:", revlib.check_inverse(psi, x_img))
 
 # %% [markdown]
@@ -120,7 +124,14 @@ x_rgb = torch.randn(4, 3, 32, 32, dtype=torch.float64)
 print("stage widths:", irev.widths)
 print("blocks:", " -> ".join(type(b).__name__ for b in irev.sequence.blocks))
 features = irev.features(x_rgb)
-print("features:", tuple(features.shape), "entries", features[0].numel(), "= input entries", x_rgb[0].numel())
+print(
+    "features:",
+    tuple(features.shape),
+    "entries",
+    features[0].numel(),
+    "= input entries",
+    x_rgb[0].numel(),
+)
 err_irev = revlib.check_inverse(irev.sequence, x_rgb)
 assert features[0].numel() == x_rgb[0].numel() and err_irev < 1e-10
 print("reconstruction error of the whole invertible part (float64): below 1e-10")
@@ -147,30 +158,59 @@ for stages in (2, 3):
         units = (n,) * stages
         torch.manual_seed(0)
         inet = IRevNet(units, in_channels=3)
-        saved["i-RevNet", "sequence", stages, n] = saved_tensor_bytes(inet.sequence, x_mem)
+        saved["i-RevNet", "sequence", stages, n] = saved_tensor_bytes(
+            inet.sequence, x_mem
+        )
         saved["i-RevNet", "whole", stages, n] = saved_tensor_bytes(inet, x_mem)
-        saved["RevNet", "whole", stages, n] = saved_tensor_bytes(matching_revnet(units, in_channels=3), x_mem)
-print(f"{'model':24s} {'stages':>6s} " + " ".join(f"{n:>2d} unit(s)" for n in units_per_stage) + "   (KiB saved)")
-for model, part in [("i-RevNet", "sequence"), ("i-RevNet", "whole"), ("RevNet", "whole")]:
+        saved["RevNet", "whole", stages, n] = saved_tensor_bytes(
+            matching_revnet(units, in_channels=3), x_mem
+        )
+print(
+    f"{'model':24s} {'stages':>6s} "
+    + " ".join(f"{n:>2d} unit(s)" for n in units_per_stage)
+    + "   (KiB saved)"
+)
+for model, part in [
+    ("i-RevNet", "sequence"),
+    ("i-RevNet", "whole"),
+    ("RevNet", "whole"),
+]:
     for stages in (2, 3):
-        row = " ".join(f"{saved[model, part, stages, n] / 1024:10.1f}" for n in units_per_stage)
+        row = " ".join(
+            f"{saved[model, part, stages, n] / 1024:10.1f}" for n in units_per_stage
+        )
         print(f"{model + ' (' + part + ')':24s} {stages:6d} {row}")
 input_bytes = x_mem.numel() * 4
-assert {saved["i-RevNet", "sequence", s, n] for s in (2, 3) for n in units_per_stage} == {input_bytes}
-for s in (2, 3):  # the head adds a pooled vector whose width grows x4 per stage, nothing else
+assert {
+    saved["i-RevNet", "sequence", s, n] for s in (2, 3) for n in units_per_stage
+} == {input_bytes}
+for s in (
+    2,
+    3,
+):  # the head adds a pooled vector whose width grows x4 per stage, nothing else
     assert len({saved["i-RevNet", "whole", s, n] for n in units_per_stage}) == 1
-    assert len({saved["RevNet", "whole", s, n] for n in units_per_stage}) == 1  # flat in depth too
+    assert (
+        len({saved["RevNet", "whole", s, n] for n in units_per_stage}) == 1
+    )  # flat in depth too
 ratio_2 = saved["RevNet", "whole", 2, 1] / saved["i-RevNet", "whole", 2, 1]
 ratio_3 = saved["RevNet", "whole", 3, 1] / saved["i-RevNet", "whole", 3, 1]
-print(f"RevNet / i-RevNet saved bytes: {ratio_2:.2f} with 2 stages, {ratio_3:.2f} with 3 stages")
+print(
+    f"RevNet / i-RevNet saved bytes: {ratio_2:.2f} with 2 stages, {ratio_3:.2f} with 3 stages"
+)
 assert ratio_3 > ratio_2 > 3
 third_stage = saved["RevNet", "whole", 3, 1] / saved["RevNet", "whole", 2, 1] - 1
 rows_2 = memory_table(matching_revnet((1, 1), in_channels=3), x_mem.detach()).rows
-full_res = sum(math.prod(shape) * (8 if dtype == "torch.int64" else 4) for r in rows_2 for shape, dtype in r.saved
-               if len(shape) == 4 and shape[-2:] == (32, 32))
+full_res = sum(
+    math.prod(shape) * (8 if dtype == "torch.int64" else 4)
+    for r in rows_2
+    for shape, dtype in r.saved
+    if len(shape) == 4 and shape[-2:] == (32, 32)
+)
 gap_2 = saved["RevNet", "whole", 2, 1] - saved["i-RevNet", "whole", 2, 1]
-print(f"a third stage adds {100 * third_stage:.1f}% to the RevNet's bytes; of the RevNet's {gap_2 / 1024:.1f} KiB "
-      f"more than the i-RevNet (2 stages), {full_res / 1024:.1f} KiB are tensors saved at full resolution, 32 x 32")
+print(
+    f"a third stage adds {100 * third_stage:.1f}% to the RevNet's bytes; of the RevNet's {gap_2 / 1024:.1f} KiB "
+    f"more than the i-RevNet (2 stages), {full_res / 1024:.1f} KiB are tensors saved at full resolution, 32 x 32"
+)
 assert third_stage < 0.15 and full_res > 0.6 * gap_2
 glue("third_stage_pct", 100 * third_stage, display=False)
 glue("gap_2_kib", gap_2 / 1024, display=False)
@@ -178,10 +218,18 @@ glue("full_res_kib", full_res / 1024, display=False)
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
-for (model, part), marker in [(("RevNet", "whole"), "o"), (("i-RevNet", "whole"), "s"), (("i-RevNet", "sequence"), "^")]:
+for (model, part), marker in [
+    (("RevNet", "whole"), "o"),
+    (("i-RevNet", "whole"), "s"),
+    (("i-RevNet", "sequence"), "^"),
+]:
     for stages, style in [(2, "-"), (3, "--")]:
-        ax.plot(units_per_stage, [saved[model, part, stages, n] / MiB for n in units_per_stage], marker + style,
-                label=f"{model} ({part}), {stages} stages")
+        ax.plot(
+            units_per_stage,
+            [saved[model, part, stages, n] / MiB for n in units_per_stage],
+            marker + style,
+            label=f"{model} ({part}), {stages} stages",
+        )
 ax.set_xlabel("units per stage")
 ax.set_ylabel("saved for backward (MiB)")
 ax.set_title("Batch of 8 RGB 32x32 images, mode 'reversible'")
@@ -233,25 +281,45 @@ with torch.no_grad():
     phi = inet_digits.features(shown_x)
     back = inet_digits.sequence.inverse(phi)
     a, b = inet_digits.features(xd_test[8:9]), inet_digits.features(xd_test[9:10])
-    line = torch.cat([inet_digits.sequence.inverse((1 - t) * a + t * b) for t in torch.linspace(0, 1, 8)])
+    line = torch.cat(
+        [
+            inet_digits.sequence.inverse((1 - t) * a + t * b)
+            for t in torch.linspace(0, 1, 8)
+        ]
+    )
 invert_err = ((back - shown_x).abs().max() / shown_x.abs().max()).item()
-print(f"i-RevNet on digits: test accuracy {100 * digit_acc:.1f}% after 10 epochs; features {tuple(phi.shape[1:])}; "
-      f"largest error of the inverted features (relative) {invert_err:.1e}")
-endpoint_err = max((line[0] - xd_test[8, 0]).abs().max().item(), (line[-1] - xd_test[9, 0]).abs().max().item())
-assert digit_acc > 0.75 and invert_err < 1e-4 and endpoint_err < 1e-4 * xd_test.abs().max().item()
+print(
+    f"i-RevNet on digits: test accuracy {100 * digit_acc:.1f}% after 10 epochs; features {tuple(phi.shape[1:])}; "
+    f"largest error of the inverted features (relative) {invert_err:.1e}"
+)
+endpoint_err = max(
+    (line[0] - xd_test[8, 0]).abs().max().item(),
+    (line[-1] - xd_test[9, 0]).abs().max().item(),
+)
+assert (
+    digit_acc > 0.75
+    and invert_err < 1e-4
+    and endpoint_err < 1e-4 * xd_test.abs().max().item()
+)
 glue("irev_digit_acc", 100 * digit_acc, display=False)
 glue("irev_invert_err", invert_err, display=False)
 
 fig, axes = plt.subplots(4, 8, figsize=(8, 4.4))
-rows = [(shown_x, "test image x"), (phi.reshape(8, 1, 8, 8), "features Φ(x)"), (back, "Φ⁻¹(Φ(x))"),
-        (line, "Φ⁻¹ on a line")]
+rows = [
+    (shown_x, "test image x"),
+    (phi.reshape(8, 1, 8, 8), "features Φ(x)"),
+    (back, "Φ⁻¹(Φ(x))"),
+    (line, "Φ⁻¹ on a line"),
+]
 for r, (images, label) in enumerate(rows):
     for c in range(8):
         axes[r, c].imshow(images[c, 0].numpy(), cmap="gray_r" if r != 1 else "coolwarm")
         axes[r, c].set_xticks([])
         axes[r, c].set_yticks([])
     axes[r, 0].set_ylabel(label, fontsize=8)
-fig.suptitle("i-RevNet on scikit-learn digits: features inverted back into images", fontsize=10)
+fig.suptitle(
+    "i-RevNet on scikit-learn digits: features inverted back into images", fontsize=10
+)
 fig.tight_layout()
 glue("fig_irevnet_inversion", fig, display=False)
 plt.show()
@@ -331,7 +399,10 @@ print("one block: reconstruction error below 1e-13 (float64)")
 
 def transformer_stack(mode: str, dropout: float = 0.1) -> revlib.ReversibleSequence:
     torch.manual_seed(1)
-    blocks = [revlib.ReversibleTransformerBlock(16, 4, 2.0, dropout, dropout) for _ in range(4)]
+    blocks = [
+        revlib.ReversibleTransformerBlock(16, 4, 2.0, dropout, dropout)
+        for _ in range(4)
+    ]
     return revlib.ReversibleSequence(blocks, mode=mode, preserve_rng_state=True)
 
 
@@ -344,9 +415,14 @@ def gradients(model: nn.Module, x: torch.Tensor, seed: int = 0) -> list[torch.Te
 
 ref_grads = gradients(transformer_stack("autograd").double(), tokens)
 for mode in ("reversible", "checkpoint"):
-    diff = max((a - b).abs().max().item() for a, b in zip(gradients(transformer_stack(mode).double(), tokens), ref_grads))
+    diff = max(
+        (a - b).abs().max().item()
+        for a, b in zip(gradients(transformer_stack(mode).double(), tokens), ref_grads)
+    )
     assert diff < 1e-10
-    print(f"mode {mode!r}: gradients equal autograd's to 1e-10 (float64, dropout 0.1 replayed)")
+    print(
+        f"mode {mode!r}: gradients equal autograd's to 1e-10 (float64, dropout 0.1 replayed)"
+    )
 
 # %% [markdown]
 # Under bfloat16 autocast each recomputation runs in the forward's autocast state,
@@ -361,7 +437,9 @@ with torch.autocast("cpu", dtype=torch.bfloat16):
     bf_ref = gradients(transformer_stack("autograd").float(), x32)
     bf_rev = gradients(transformer_stack("reversible").float(), x32)
 rel = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(bf_rev, bf_ref))
-print(f"bf16 autocast: largest gradient difference relative to the tensor's largest entry: {rel:.1e}")
+print(
+    f"bf16 autocast: largest gradient difference relative to the tensor's largest entry: {rel:.1e}"
+)
 assert rel < 0.05  # loose: a flipped bfloat16 cast would cost bfloat16's roundoff
 glue("bf16_rel", rel, display=False)
 
@@ -393,18 +471,34 @@ vit_bytes = {"standard": [], "checkpointed per block": [], "reversible": []}
 for d in depths:
     torch.manual_seed(0)
     vit_bytes["standard"].append(saved_tensor_bytes(ViT(depth=d, **vit_kw), x_vit))
-    vit_bytes["checkpointed per block"].append(saved_tensor_bytes(ViT(depth=d, checkpoint_blocks=True, **vit_kw), x_vit))
-    vit_bytes["reversible"].append(saved_tensor_bytes(ReversibleViT(depth=d, **vit_kw), x_vit))
+    vit_bytes["checkpointed per block"].append(
+        saved_tensor_bytes(ViT(depth=d, checkpoint_blocks=True, **vit_kw), x_vit)
+    )
+    vit_bytes["reversible"].append(
+        saved_tensor_bytes(ReversibleViT(depth=d, **vit_kw), x_vit)
+    )
 print(f"{'depth':>5s} " + " ".join(f"{k:>24s}" for k in vit_bytes) + "   (KiB saved)")
 for i, d in enumerate(depths):
     print(f"{d:5d} " + " ".join(f"{vit_bytes[k][i] / 1024:24.1f}" for k in vit_bytes))
-per_block_std = (vit_bytes["standard"][-1] - vit_bytes["standard"][0]) / (depths[-1] - depths[0])
-per_block_ckpt = (vit_bytes["checkpointed per block"][-1] - vit_bytes["checkpointed per block"][0]) / (depths[-1] - depths[0])
-print(f"bytes per extra block: standard {per_block_std / 1024:.1f} KiB, checkpointed {per_block_ckpt / 1024:.1f} KiB, "
-      f"reversible {(vit_bytes['reversible'][-1] - vit_bytes['reversible'][0]) / 1024:.1f} KiB")
+per_block_std = (vit_bytes["standard"][-1] - vit_bytes["standard"][0]) / (
+    depths[-1] - depths[0]
+)
+per_block_ckpt = (
+    vit_bytes["checkpointed per block"][-1] - vit_bytes["checkpointed per block"][0]
+) / (depths[-1] - depths[0])
+print(
+    f"bytes per extra block: standard {per_block_std / 1024:.1f} KiB, checkpointed {per_block_ckpt / 1024:.1f} KiB, "
+    f"reversible {(vit_bytes['reversible'][-1] - vit_bytes['reversible'][0]) / 1024:.1f} KiB"
+)
 assert len(set(vit_bytes["reversible"])) == 1  # flat in depth
-assert per_block_std > 5 * per_block_ckpt > 0  # checkpointing keeps one block input per block
-assert vit_bytes["reversible"][-1] < vit_bytes["checkpointed per block"][-1] < vit_bytes["standard"][-1]
+assert (
+    per_block_std > 5 * per_block_ckpt > 0
+)  # checkpointing keeps one block input per block
+assert (
+    vit_bytes["reversible"][-1]
+    < vit_bytes["checkpointed per block"][-1]
+    < vit_bytes["standard"][-1]
+)
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -436,14 +530,30 @@ plt.show()
 train_set, test_set = load_digits()
 split = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
 x_all, y_all = train_set.normalize(train_set.images), train_set.targets
-x_val, y_val, x_train, y_train = x_all[split[:300]], y_all[split[:300]], x_all[split[300:]], y_all[split[300:]]
+x_val, y_val, x_train, y_train = (
+    x_all[split[:300]],
+    y_all[split[:300]],
+    x_all[split[300:]],
+    y_all[split[300:]],
+)
 x_test, y_test = test_set.normalize(test_set.images), test_set.targets
-print(f"training {len(x_train)}, validation {len(x_val)}, test {len(x_test)} images of shape {tuple(x_train.shape[1:])}")
+print(
+    f"training {len(x_train)}, validation {len(x_val)}, test {len(x_test)} images of shape {tuple(x_train.shape[1:])}"
+)
 assert len(x_train) + len(x_val) + len(x_test) == 1797
 
 # %% tags=["nbval-ignore-output"]
-digits_kw = dict(image_size=8, patch=4, in_channels=1, num_classes=10, width=32, depth=2, heads=4,
-                 mlp_ratio=2.0, dropout=0.1)
+digits_kw = dict(
+    image_size=8,
+    patch=4,
+    in_channels=1,
+    num_classes=10,
+    width=32,
+    depth=2,
+    heads=4,
+    mlp_ratio=2.0,
+    dropout=0.1,
+)
 EPOCHS, BATCH = 24, 128
 
 
@@ -489,14 +599,18 @@ summary = {}
 for kind, rs in runs.items():
     accs = [r["test_at_best"] for r in rs]
     summary[kind] = (statistics.mean(accs), statistics.stdev(accs))
-    print(f"{kind:10s} test accuracy at the best validation epoch: {100 * summary[kind][0]:.1f} "
-          f"± {100 * summary[kind][1]:.1f} % (seeds {seeds}; best epochs {[r['best_epoch'] + 1 for r in rs]})")
+    print(
+        f"{kind:10s} test accuracy at the best validation epoch: {100 * summary[kind][0]:.1f} "
+        f"± {100 * summary[kind][1]:.1f} % (seeds {seeds}; best epochs {[r['best_epoch'] + 1 for r in rs]})"
+    )
 assert min(m for m, _ in summary.values()) > 0.9
 assert abs(summary["reversible"][0] - summary["standard"][0]) < 0.03
 for kind in summary:
     glue(f"vit_acc_{kind}", 100 * summary[kind][0], display=False)
     glue(f"vit_sd_{kind}", 100 * summary[kind][1], display=False)
-for rs in runs.values():  # both stop improving: the last third of the epochs adds little
+for (
+    rs
+) in runs.values():  # both stop improving: the last third of the epochs adds little
     for r in rs:
         assert max(r["val"][-EPOCHS // 3 :]) - max(r["val"][: 2 * EPOCHS // 3]) < 0.02
 
@@ -504,8 +618,13 @@ for rs in runs.values():  # both stop improving: the last third of the epochs ad
 fig, ax = plt.subplots(figsize=(6, 3.5))
 for kind, style in [("reversible", "-"), ("standard", "--")]:
     for i, r in enumerate(runs[kind]):
-        ax.plot(range(1, EPOCHS + 1), [100 * v for v in r["val"]], style, color=f"C{i}",
-                label=f"{kind}, seed {seeds[i]}")
+        ax.plot(
+            range(1, EPOCHS + 1),
+            [100 * v for v in r["val"]],
+            style,
+            color=f"C{i}",
+            label=f"{kind}, seed {seeds[i]}",
+        )
 ax.set_xlabel("epoch")
 ax.set_ylabel("validation accuracy (%)")
 ax.set_ylim(50, 100)
@@ -541,9 +660,14 @@ for rep in range(12):
         optimizers[k].step()
         if rep >= 2:  # two warm-up rounds
             times[k].append(time.perf_counter() - start)
-ratios = {k: statistics.median(a / b for a, b in zip(times[k], times["standard"])) for k in timed}
+ratios = {
+    k: statistics.median(a / b for a, b in zip(times[k], times["standard"]))
+    for k in timed
+}
 for k in timed:
-    print(f"{k:24s} median step {1000 * statistics.median(times[k]):7.1f} ms, ratio to standard {ratios[k]:.2f}")
+    print(
+        f"{k:24s} median step {1000 * statistics.median(times[k]):7.1f} ms, ratio to standard {ratios[k]:.2f}"
+    )
 assert 0.8 < ratios["checkpointed per block"] < 4 and 0.8 < ratios["reversible"] < 6
 
 # %% [markdown]
@@ -582,13 +706,16 @@ assert 0.8 < ratios["checkpointed per block"] < 4 and 0.8 < ratios["reversible"]
 # mode `"reversible"` would rebuild wrong activations. We measure the float32
 # reconstruction error against depth with $f_n = \tanh(W_n \cdot + b_n)$ on 16 features.
 
+
 # %% tags=["nbval-ignore-output"]
 def momentum_error(gamma: float, depth: int, dtype=torch.float32) -> float:
     torch.manual_seed(0)
     fs = [nn.Sequential(nn.Linear(16, 16), nn.Tanh()) for _ in range(depth)]
     net = revlib.MomentumNet(fs, gamma=gamma, dim=-1).to(dtype)
     x = torch.randn(64, 16, dtype=dtype)
-    return revlib.check_inverse(net.sequence, torch.cat([x, torch.zeros_like(x)], dim=-1))
+    return revlib.check_inverse(
+        net.sequence, torch.cat([x, torch.zeros_like(x)], dim=-1)
+    )
 
 
 gammas = [0.9, 0.5, 0.2, 0.1]
@@ -597,9 +724,13 @@ mom_errors = {g: [momentum_error(g, d) for d in mom_depths] for g in gammas}
 growth = {}
 for g in gammas:
     # growth per block between depth 8 and 24, where rounding has built up
-    growth[g] = (mom_errors[g][-1] / mom_errors[g][3]) ** (1 / (mom_depths[-1] - mom_depths[3]))
-    print(f"gamma {g}: error at depth 24 {mom_errors[g][-1]:.1e}; growth per block {growth[g]:.2f} "
-          f"(1/gamma = {1 / g:.2f})")
+    growth[g] = (mom_errors[g][-1] / mom_errors[g][3]) ** (
+        1 / (mom_depths[-1] - mom_depths[3])
+    )
+    print(
+        f"gamma {g}: error at depth 24 {mom_errors[g][-1]:.1e}; growth per block {growth[g]:.2f} "
+        f"(1/gamma = {1 / g:.2f})"
+    )
 for g in gammas:
     assert 0.5 / g < growth[g] < 2 / g
 assert mom_errors[0.9][-1] < 1e-3 and mom_errors[0.1][mom_depths.index(8)] > 1
@@ -629,7 +760,9 @@ plt.show()
 
 # %%
 torch.manual_seed(0)
-mnet = revlib.MomentumNet([nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(6)], gamma=0.8, dim=-1).double()
+mnet = revlib.MomentumNet(
+    [nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(6)], gamma=0.8, dim=-1
+).double()
 x_m = torch.randn(16, 8, dtype=torch.float64)
 mnet.mode = "autograd"
 g_auto = gradients(mnet, x_m)
@@ -638,20 +771,30 @@ mnet.mode = "reversible"
 g_rev = gradients(mnet, x_m)
 diff_m = max((a - b).abs().max().item() for a, b in zip(g_rev, g_auto))
 assert diff_m < 1e-10
-print("momentum network, gamma 0.8, 6 blocks: gradients equal autograd's to 1e-10 (float64)")
+print(
+    "momentum network, gamma 0.8, 6 blocks: gradients equal autograd's to 1e-10 (float64)"
+)
 f_calls = []
 f_modules = {id(b.f) for b in mnet.sequence.blocks}
 # a global pre-hook sees every evaluation, the recomputation's included
 handle = torch.nn.modules.module.register_module_forward_pre_hook(
-    lambda m, a: f_calls.append(m) if id(m) in f_modules else None)
+    lambda m, a: f_calls.append(m) if id(m) in f_modules else None
+)
 out_m = mnet(x_m.clone().requires_grad_(True))
 forward_calls = len(f_calls)
 out_m.square().sum().backward()
 handle.remove()
-print(f"evaluations of f: {forward_calls} in the forward, {len(f_calls) - forward_calls} in the backward")
+print(
+    f"evaluations of f: {forward_calls} in the forward, {len(f_calls) - forward_calls} in the backward"
+)
 assert forward_calls == len(f_calls) - forward_calls == len(mnet.sequence.blocks)
 x_big = torch.randn(4, 16, 8, requires_grad=True)
-flat = [saved_tensor_bytes(revlib.MomentumNet([nn.Linear(8, 8) for _ in range(d)], 0.8, dim=-1), x_big) for d in (2, 16)]
+flat = [
+    saved_tensor_bytes(
+        revlib.MomentumNet([nn.Linear(8, 8) for _ in range(d)], 0.8, dim=-1), x_big
+    )
+    for d in (2, 16)
+]
 print("saved bytes with 2 and 16 blocks:", flat)
 assert flat[0] == flat[1]
 
@@ -706,9 +849,15 @@ from revlib.core.downsampling import InjectivePad, SpaceToDepth  # noqa: E402
 psi = SpaceToDepth(2)
 x_psi = torch.randn(1, 2, 4, 4, dtype=torch.float64)
 J_psi = torch.autograd.functional.jacobian(psi, x_psi).reshape(32, 32)
-is_permutation = bool(((J_psi == 0) | (J_psi == 1)).all() and (J_psi.sum(0) == 1).all() and (J_psi.sum(1) == 1).all())
-print(f"psi's 32 x 32 Jacobian is a permutation matrix: {is_permutation}; "
-      f"log|det J| = {torch.linalg.slogdet(J_psi)[1].item():g}; norm kept: {torch.isclose(psi(x_psi).norm(), x_psi.norm()).item()}")
+is_permutation = bool(
+    ((J_psi == 0) | (J_psi == 1)).all()
+    and (J_psi.sum(0) == 1).all()
+    and (J_psi.sum(1) == 1).all()
+)
+print(
+    f"psi's 32 x 32 Jacobian is a permutation matrix: {is_permutation}; "
+    f"log|det J| = {torch.linalg.slogdet(J_psi)[1].item():g}; norm kept: {torch.isclose(psi(x_psi).norm(), x_psi.norm()).item()}"
+)
 assert is_permutation and torch.linalg.slogdet(J_psi)[1].item() == 0
 
 # %% [markdown]
@@ -729,10 +878,14 @@ W_post = torch.randn(8, 8, dtype=torch.float64) / 8
 post_ln = lambda x: ln(x + x @ W_post.T)  # noqa: E731  x -> LN(x + F(x)) with F(x) = W x
 x_a = torch.randn(8, dtype=torch.float64)
 s_a = x_a + W_post @ x_a  # the stream before LayerNorm
-x_b = torch.linalg.solve(torch.eye(8, dtype=torch.float64) + W_post, 3.0 * s_a + 5.0)  # stream 3 s + 5
+x_b = torch.linalg.solve(
+    torch.eye(8, dtype=torch.float64) + W_post, 3.0 * s_a + 5.0
+)  # stream 3 s + 5
 post_gap = (post_ln(x_a) - post_ln(x_b)).abs().max().item()
-print(f"two inputs {((x_a - x_b).abs().max().item()):.2f} apart (max entry) with the same post-LN output: "
-      f"output difference below 1e-12: {post_gap < 1e-12}")
+print(
+    f"two inputs {((x_a - x_b).abs().max().item()):.2f} apart (max entry) with the same post-LN output: "
+    f"output difference below 1e-12: {post_gap < 1e-12}"
+)
 assert post_gap < 1e-12 and (x_a - x_b).abs().max().item() > 1
 
 # %% [markdown]
@@ -749,6 +902,7 @@ assert post_gap < 1e-12 and (x_a - x_b).abs().max().item() > 1
 # output" is the step that fails: LayerNorm is not injective.
 # ```
 
+
 # %% tags=["hide-cell", "nbval-ignore-output"]
 class ConcatViT(ReversibleViT):
     """The reversible ViT with the two output streams concatenated (width 2D) instead of averaged."""
@@ -756,7 +910,9 @@ class ConcatViT(ReversibleViT):
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         w = kw["width"]
-        self.concat_head = nn.Sequential(nn.LayerNorm(2 * w), nn.Linear(2 * w, kw["num_classes"]))
+        self.concat_head = nn.Sequential(
+            nn.LayerNorm(2 * w), nn.Linear(2 * w, kw["num_classes"])
+        )
         self.head = None
 
     def forward(self, x):
@@ -772,9 +928,11 @@ def train_concat(seed: int) -> float:
 
 concat_acc = train_concat(seeds[0])  # one seed: a training run costs seconds
 average_acc = runs["reversible"][0]["test_at_best"]
-print(f"seed {seeds[0]}: test accuracy {100 * concat_acc:.1f} % with the streams concatenated, "
-      f"{100 * average_acc:.1f} % averaged (three seeds of the average: {100 * summary['reversible'][0]:.1f} "
-      f"± {100 * summary['reversible'][1]:.1f} %)")
+print(
+    f"seed {seeds[0]}: test accuracy {100 * concat_acc:.1f} % with the streams concatenated, "
+    f"{100 * average_acc:.1f} % averaged (three seeds of the average: {100 * summary['reversible'][0]:.1f} "
+    f"± {100 * summary['reversible'][1]:.1f} %)"
+)
 assert concat_acc > 0.9 and abs(concat_acc - average_acc) < 0.03
 glue("concat_acc", 100 * concat_acc, display=False)
 glue("average_acc_seed0", 100 * average_acc, display=False)
@@ -796,13 +954,16 @@ glue("average_acc_seed0", 100 * average_acc, display=False)
 # concatenating head only reads a tensor twice as wide.
 # ```
 
+
 # %% tags=["hide-cell", "nbval-ignore-output"]
 def momentum_error_act(gamma: float, depth: int, act: nn.Module) -> float:
     torch.manual_seed(0)
     fs = [nn.Sequential(nn.Linear(16, 16), act) for _ in range(depth)]
     net = revlib.MomentumNet(fs, gamma=gamma, dim=-1)
     x = torch.randn(64, 16)
-    return revlib.check_inverse(net.sequence, torch.cat([x, torch.zeros_like(x)], dim=-1))
+    return revlib.check_inverse(
+        net.sequence, torch.cat([x, torch.zeros_like(x)], dim=-1)
+    )
 
 
 u32 = torch.finfo(torch.float32).eps / 2
@@ -811,13 +972,19 @@ found = {}
 for name, act in (("tanh", nn.Tanh()), ("ReLU", nn.ReLU())):
     errs = {d: momentum_error_act(0.5, d, act) for d in range(8, 31, 2)}
     found[name] = next((d for d, e in errs.items() if e > 1e-3), None)
-    print(f"{name}: first depth (of 8, 10, ..., 30) with error above 1e-3: {found[name]}; "
-          f"errors {', '.join(f'{d}: {e:.0e}' for d, e in errs.items())}")
+    print(
+        f"{name}: first depth (of 8, 10, ..., 30) with error above 1e-3: {found[name]}; "
+        f"errors {', '.join(f'{d}: {e:.0e}' for d, e in errs.items())}"
+    )
 print(f"predicted from eps / gamma^N = 1e-3: N = {predicted_depth}")
 assert found["tanh"] is not None and abs(found["tanh"] - predicted_depth) <= 6
 glue("mom_pred_depth", predicted_depth, display=False)
 glue("mom_found_tanh", found["tanh"], display=False)
-glue("mom_found_relu", found["ReLU"] if found["ReLU"] is not None else "beyond 30", display=False)
+glue(
+    "mom_found_relu",
+    found["ReLU"] if found["ReLU"] is not None else "beyond 30",
+    display=False,
+)
 
 # %% [markdown]
 # ```{admonition} Solution 4 (how deep a momentum network can be inverted)
@@ -852,8 +1019,10 @@ whole_bytes = saved_tensor_bytes(mlp, tokens_long)
 chunked_bytes = saved_tensor_bytes(Chunked(mlp, 16), tokens_long)
 with torch.no_grad():
     same = torch.allclose(Chunked(mlp, 16)(tokens_long), mlp(tokens_long), atol=1e-6)
-print(f"G on 4,096 tokens: saved {whole_bytes:,} bytes whole, {chunked_bytes:,} bytes in 16 chunks; "
-      f"one chunk's share {chunked_bytes // 16:,}; same output: {same}")
+print(
+    f"G on 4,096 tokens: saved {whole_bytes:,} bytes whole, {chunked_bytes:,} bytes in 16 chunks; "
+    f"one chunk's share {chunked_bytes // 16:,}; same output: {same}"
+)
 assert same and chunked_bytes == whole_bytes
 
 # %% [markdown]
@@ -878,9 +1047,15 @@ y_ok = pad(x_pad)
 y_bad = y_ok.clone()
 y_bad[:, 2:] = 1.0  # padded channels that are not zero: not an output of the block
 left = pad.inverse(y_bad)
-print(f"inverse of an output with non-zero padding returns the first channels: {torch.equal(left, y_bad[:, :2])}; "
-      f"forward(inverse(y)) == y: {torch.equal(pad(left), y_bad)}")
-assert torch.equal(left, y_bad[:, :2]) and not torch.equal(pad(left), y_bad) and torch.equal(pad.inverse(y_ok), x_pad)
+print(
+    f"inverse of an output with non-zero padding returns the first channels: {torch.equal(left, y_bad[:, :2])}; "
+    f"forward(inverse(y)) == y: {torch.equal(pad(left), y_bad)}"
+)
+assert (
+    torch.equal(left, y_bad[:, :2])
+    and not torch.equal(pad(left), y_bad)
+    and torch.equal(pad.inverse(y_ok), x_pad)
+)
 
 # %% [markdown]
 # ```{admonition} Solution 6 (the left inverse of InjectivePad)

@@ -89,6 +89,7 @@ _ = torch.manual_seed(0)
 # round-off, the spectral-norm buffers must be bit-equal, and every hook must fire
 # exactly once; with the RNG replay switched off, the same step is wrong.
 
+
 # %%
 class NoisyHalf(nn.Module):
     """A half with a random activation, a buffer updated in every training forward, and dropout."""
@@ -103,7 +104,9 @@ class NoisyHalf(nn.Module):
 
 
 torch.manual_seed(0)
-tricky = ReversibleSequence([AdditiveCoupling(NoisyHalf(), NoisyHalf(), dim=-1) for _ in range(3)]).double()
+tricky = ReversibleSequence(
+    [AdditiveCoupling(NoisyHalf(), NoisyHalf(), dim=-1) for _ in range(3)]
+).double()
 tokens = torch.randn(4, 6, 8, dtype=torch.float64)
 
 
@@ -117,22 +120,39 @@ def replay_step(mode, preserve_rng_state=True):
     loss = (m(tokens) ** 2).sum()
     m.eval()  # e.g. an evaluation between forward and backward
     loss.backward()
-    return SimpleNamespace(grads=[p.grad for p in m.parameters()], buffers=list(m.buffers()), hooks=len(hook_calls))
+    return SimpleNamespace(
+        grads=[p.grad for p in m.parameters()],
+        buffers=list(m.buffers()),
+        hooks=len(hook_calls),
+    )
 
 
-replay = {name: replay_step(*args) for name, args in
-          {"autograd": ("autograd",), "reversible": ("reversible",), "no RNG replay": ("reversible", False)}.items()}
+replay = {
+    name: replay_step(*args)
+    for name, args in {
+        "autograd": ("autograd",),
+        "reversible": ("reversible",),
+        "no RNG replay": ("reversible", False),
+    }.items()
+}
 n_params = len(list(tricky.parameters()))
 for name in ["reversible", "no RNG replay"]:
     r, ref = replay[name], replay["autograd"]
-    err = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(r.grads, ref.grads))
+    err = max(
+        ((a - b).abs().max() / b.abs().max()).item() for a, b in zip(r.grads, ref.grads)
+    )
     same_buffers = all(torch.equal(a, b) for a, b in zip(r.buffers, ref.buffers))
-    print(f"{name!r:16s} gradients equal autograd's to round-off: {err < 1e-12}; "
-          f"buffers bit-equal: {same_buffers}; hook calls: {r.hooks} for {n_params} parameters")
+    print(
+        f"{name!r:16s} gradients equal autograd's to round-off: {err < 1e-12}; "
+        f"buffers bit-equal: {same_buffers}; hook calls: {r.hooks} for {n_params} parameters"
+    )
     replay[name].err = err
 assert replay["autograd"].hooks == replay["reversible"].hooks == n_params
 assert replay["reversible"].err < 1e-12
-assert all(torch.equal(a, b) for a, b in zip(replay["reversible"].buffers, replay["autograd"].buffers))
+assert all(
+    torch.equal(a, b)
+    for a, b in zip(replay["reversible"].buffers, replay["autograd"].buffers)
+)
 assert replay["no RNG replay"].err > 1e-2
 
 # %% [markdown]
@@ -144,13 +164,19 @@ state_bytes = torch.get_rng_state().numel()
 
 
 def chain_of(make_half):
-    return ReversibleSequence([AdditiveCoupling(make_half(), make_half(), dim=-1) for _ in range(3)]).double()
+    return ReversibleSequence(
+        [AdditiveCoupling(make_half(), make_half(), dim=-1) for _ in range(3)]
+    ).double()
 
 
-random_bytes = saved_tensor_bytes(chain_of(lambda: nn.Sequential(nn.Linear(4, 4), nn.RReLU())), tokens)
+random_bytes = saved_tensor_bytes(
+    chain_of(lambda: nn.Sequential(nn.Linear(4, 4), nn.RReLU())), tokens
+)
 plain_bytes = saved_tensor_bytes(chain_of(lambda: nn.Linear(4, 4)), tokens)
 output_bytes = tokens.numel() * tokens.element_size()
-print(f"saved bytes, 3 blocks with RReLU halves: {random_bytes} = output {output_bytes} + 6 calls x {state_bytes}")
+print(
+    f"saved bytes, 3 blocks with RReLU halves: {random_bytes} = output {output_bytes} + 6 calls x {state_bytes}"
+)
 print(f"saved bytes, 3 deterministic blocks:     {plain_bytes} = the output alone")
 assert random_bytes == output_bytes + 6 * state_bytes and plain_bytes == output_bytes
 

@@ -51,7 +51,9 @@ def train_step(model, *inputs, **extras):
 
 def largest_difference(models, *inputs, **extras) -> float:
     """max |reversible - autograd| over every gradient and buffer, relative to the largest gradient."""
-    (g_ref, b_ref), (g, b) = (train_step(models[m], *inputs, **extras) for m in ("autograd", "reversible"))
+    (g_ref, b_ref), (g, b) = (
+        train_step(models[m], *inputs, **extras) for m in ("autograd", "reversible")
+    )
     scale = max(r.abs().max().item() for r in g_ref)
     grads = max((u - v).abs().max().item() for u, v in zip(g, g_ref)) / scale
     buffers = max([(u - v).abs().max().item() for u, v in zip(b, b_ref)] or [0.0])
@@ -65,16 +67,21 @@ def largest_difference(models, *inputs, **extras) -> float:
 # statistics, and update the running statistics and the spectral norm's power
 # iteration once, not twice ({ref}`ch-backprop`).
 
+
 # %% tags=["nbval-ignore-output"]
 def stateful_half():
     return nn.Sequential(
-        nn.BatchNorm2d(4), nn.ReLU(), nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 3, padding=1)),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 3, padding=1)),
         nn.Dropout(0.3),
     )
 
 
 def stateful_chain():
-    return revlib.ReversibleSequence([revlib.AdditiveCoupling(stateful_half(), stateful_half()) for _ in range(3)])
+    return revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(stateful_half(), stateful_half()) for _ in range(3)]
+    )
 
 
 images = torch.randn(4, 8, 6, 6, dtype=torch.float64)
@@ -82,7 +89,13 @@ torch.manual_seed(1)
 err = largest_difference(two_modes(stateful_chain), images)
 print(f"BatchNorm, dropout, spectral norm: largest difference {err:.1e}")
 assert err < 1e-10
-rows.append(["BatchNorm (statistics once), dropout (masks replayed), spectral norm (updated once)", "this page", f"{err:.0e}"])
+rows.append(
+    [
+        "BatchNorm (statistics once), dropout (masks replayed), spectral norm (updated once)",
+        "this page",
+        f"{err:.0e}",
+    ]
+)
 
 
 # %% [markdown]
@@ -95,13 +108,18 @@ rows.append(["BatchNorm (statistics once), dropout (masks replayed), spectral no
 # `forward` takes an argument of that name, and the network that made it gets
 # its gradient. Attention masks pass the same way to a reversible transformer.
 
+
 # %% tags=["nbval-ignore-output"]
 class FiLM(nn.Module):
     """tanh(W h) scaled and shifted by a conditioning vector."""
 
     def __init__(self):
         super().__init__()
-        self.lin, self.scale, self.shift = nn.Linear(3, 3), nn.Linear(2, 3), nn.Linear(2, 3)
+        self.lin, self.scale, self.shift = (
+            nn.Linear(3, 3),
+            nn.Linear(2, 3),
+            nn.Linear(2, 3),
+        )
 
     def forward(self, h, cond):
         return torch.tanh(self.lin(h)) * (1 + self.scale(cond)) + self.shift(cond)
@@ -111,7 +129,9 @@ class Conditioned(nn.Module):
     def __init__(self):
         super().__init__()
         self.embed = nn.Linear(1, 2)
-        self.seq = revlib.ReversibleSequence([revlib.AdditiveCoupling(FiLM(), FiLM(), dim=-1) for _ in range(3)])
+        self.seq = revlib.ReversibleSequence(
+            [revlib.AdditiveCoupling(FiLM(), FiLM(), dim=-1) for _ in range(3)]
+        )
 
     def forward(self, x, t):
         return self.seq(x, cond=self.embed(t))
@@ -123,7 +143,9 @@ err_cond = largest_difference(two_modes(Conditioned), x, t)
 
 
 def flow():
-    nets = [nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 6)) for _ in range(3)]
+    nets = [
+        nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 6)) for _ in range(3)
+    ]
     return revlib.ReversibleSequence([revlib.AffineCoupling(n, dim=-1) for n in nets])
 
 
@@ -131,35 +153,56 @@ log_dets = {}
 for mode, model in two_modes(flow).items():
     log_dets[mode] = []
     for block in model.blocks:
-        block.register_forward_hook(lambda m, args, out, bag=log_dets[mode]: bag.append(m.log_det(args[0]).sum().item()))
+        block.register_forward_hook(
+            lambda m, args, out, bag=log_dets[mode]: bag.append(
+                m.log_det(args[0]).sum().item()
+            )
+        )
     train_step(model, x)
 hook_gap = max(abs(a - b) for a, b in zip(log_dets["reversible"], log_dets["autograd"]))
 
 
 def attention():
-    return revlib.ReversibleSequence([revlib.ReversibleTransformerBlock(4, heads=2, mlp_ratio=2.0) for _ in range(2)])
+    return revlib.ReversibleSequence(
+        [revlib.ReversibleTransformerBlock(4, heads=2, mlp_ratio=2.0) for _ in range(2)]
+    )
 
 
 tokens = torch.randn(2, 5, 8, dtype=torch.float64)
 padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
 causal = torch.ones(5, 5, dtype=torch.bool).tril()
-err_mask = largest_difference(two_modes(attention), tokens, attn_mask=causal, key_padding_mask=padding)
-print(f"block hooks: {len(log_dets['reversible'])} calls in mode reversible, {len(log_dets['autograd'])} in autograd, "
-      f"largest log-det difference {hook_gap:.1e}")
+err_mask = largest_difference(
+    two_modes(attention), tokens, attn_mask=causal, key_padding_mask=padding
+)
+print(
+    f"block hooks: {len(log_dets['reversible'])} calls in mode reversible, {len(log_dets['autograd'])} in autograd, "
+    f"largest log-det difference {hook_gap:.1e}"
+)
 print(f"conditioning through the chain: largest difference {err_cond:.1e}")
 print(f"causal and key-padding masks: largest difference {err_mask:.1e}")
-assert len(log_dets["reversible"]) == len(log_dets["autograd"]) == 3 and hook_gap < 1e-10
+assert (
+    len(log_dets["reversible"]) == len(log_dets["autograd"]) == 3 and hook_gap < 1e-10
+)
 assert err_cond < 1e-10 and err_mask < 1e-10
 rows += [
     ["forward hooks on a block (once per step)", "this page", f"{hook_gap:.0e}"],
-    ["conditioning tensor through the chain, seq(x, cond=c)", "this page", f"{err_cond:.0e}"],
-    ["attention masks through the chain (causal, key padding)", "this page", f"{err_mask:.0e}"],
+    [
+        "conditioning tensor through the chain, seq(x, cond=c)",
+        "this page",
+        f"{err_cond:.0e}",
+    ],
+    [
+        "attention masks through the chain (causal, key padding)",
+        "this page",
+        f"{err_mask:.0e}",
+    ],
 ]
 
 # %% [markdown]
 # What cannot work raises instead. Set as an attribute of $F$, the same
 # conditioning tensor would reach $F$ in a forward that builds no graph, and its
 # gradient would be lost without a word; the engine sees it arrive and says so.
+
 
 # %%
 class Attribute(nn.Module):
@@ -182,8 +225,16 @@ try:
 except RuntimeError as error:
     refused = str(error)
 print(refused[:160], "...")
-assert refused is not None and "requires grad" in refused and "seq(x, cond=c)" in refused
-rows.append(["a tensor reaching F by an attribute (refused, with the fix)", "this page", "error"])
+assert (
+    refused is not None and "requires grad" in refused and "seq(x, cond=c)" in refused
+)
+rows.append(
+    [
+        "a tensor reaching F by an attribute (refused, with the fix)",
+        "this page",
+        "error",
+    ]
+)
 
 # %% [markdown]
 # ## Mixed precision and data-parallel training
@@ -197,9 +248,12 @@ rows.append(["a tensor reaching F by an attribute (refused, with the fix)", "thi
 # DistributedDataParallel's reducer sees each gradient once, as in autograd mode
 # (one process here; the two-process runs are tests).
 
+
 # %% tags=["nbval-ignore-output"]
 def float_chain():
-    return revlib.ReversibleSequence([revlib.AdditiveCoupling(stateful_half(), stateful_half()) for _ in range(2)])
+    return revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(stateful_half(), stateful_half()) for _ in range(2)]
+    )
 
 
 def autocast_grads(mode):
@@ -214,8 +268,12 @@ def autocast_grads(mode):
 
 g_rev, g_auto = autocast_grads("reversible"), autocast_grads("autograd")
 err_amp = ((g_rev - g_auto).abs().max() / g_auto.abs().max()).item()
-print(f"bfloat16 autocast: largest gradient difference between the modes {err_amp:.1e} of the largest gradient")
-assert torch.isfinite(g_rev).all() and err_amp < 2 ** -7  # bfloat16 keeps 8 significant bits
+print(
+    f"bfloat16 autocast: largest gradient difference between the modes {err_amp:.1e} of the largest gradient"
+)
+assert (
+    torch.isfinite(g_rev).all() and err_amp < 2**-7
+)  # bfloat16 keeps 8 significant bits
 
 
 def free_port():
@@ -224,7 +282,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+dist.init_process_group(
+    "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+)
 try:
     models = two_modes(stateful_chain)
     models["reversible"] = DistributedDataParallel(models["reversible"])
@@ -237,18 +297,41 @@ assert err_ddp < 1e-10
 rows += [
     ["bfloat16 autocast (float32 weights, CPU)", "this page", f"{err_amp:.0e}"],
     ["DistributedDataParallel, one process", "this page", f"{err_ddp:.0e}"],
-    ["DistributedDataParallel, two processes (gloo) vs one process on the full batch",
-     "tests/test_ddp.py", "≤ 1e-12"],
-    ["FSDP2 fully_shard per block and at the root, two processes (gloo), two steps",
-     "tests/test_fsdp.py", "≤ 1e-12"],
-    ["Python random, NumPy, module-owned torch.Generator, step counters", "tests/test_engine_state.py", "≤ 1e-12"],
-    ["buffers written without a version bump (F.batch_norm, .data)", "tests/test_engine_state.py", "≤ 1e-12"],
-    ["hooks that change F; hooks that change a block's input or output (refused)",
-     "tests/test_engine_calls.py", "≤ 1e-12 / error"],
-    ["a subclass that changes _forward but inherits a fused step (generic step used)",
-     "tests/test_engine_calls.py", "≤ 1e-12"],
-    ["checkpoint inside F, vmap, lazy modules, parametrize.cached() (clear errors)",
-     "tests/test_engine_state.py, tests/test_side_inputs.py", "error"],
+    [
+        "DistributedDataParallel, two processes (gloo) vs one process on the full batch",
+        "tests/test_ddp.py",
+        "≤ 1e-12",
+    ],
+    [
+        "FSDP2 fully_shard per block and at the root, two processes (gloo), two steps",
+        "tests/test_fsdp.py",
+        "≤ 1e-12",
+    ],
+    [
+        "Python random, NumPy, module-owned torch.Generator, step counters",
+        "tests/test_engine_state.py",
+        "≤ 1e-12",
+    ],
+    [
+        "buffers written without a version bump (F.batch_norm, .data)",
+        "tests/test_engine_state.py",
+        "≤ 1e-12",
+    ],
+    [
+        "hooks that change F; hooks that change a block's input or output (refused)",
+        "tests/test_engine_calls.py",
+        "≤ 1e-12 / error",
+    ],
+    [
+        "a subclass that changes _forward but inherits a fused step (generic step used)",
+        "tests/test_engine_calls.py",
+        "≤ 1e-12",
+    ],
+    [
+        "checkpoint inside F, vmap, lazy modules, parametrize.cached() (clear errors)",
+        "tests/test_engine_state.py, tests/test_side_inputs.py",
+        "error",
+    ],
 ]
 
 # %% [markdown]
@@ -261,30 +344,53 @@ rows += [
 # trained three steps beside an eager autograd copy.
 
 # %% tags=["nbval-ignore-output"]
-logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found" on a CPU
+logging.getLogger("torch.utils.cpp_extension").setLevel(
+    logging.ERROR
+)  # "No CUDA runtime is found" on a CPU
 
 
 def compiled_half():
-    return nn.Sequential(nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Dropout(0.3))
+    return nn.Sequential(
+        nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Dropout(0.3)
+    )
 
 
 torch._dynamo.reset()
-models = two_modes(lambda: revlib.ReversibleSequence(
-    [revlib.AdditiveCoupling(compiled_half(), compiled_half()) for _ in range(3)]))
+models = two_modes(
+    lambda: revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(compiled_half(), compiled_half()) for _ in range(3)]
+    )
+)
 compiled = torch.compile(models["reversible"])
 err_compile = 0.0
 for _ in range(3):
     (g_ref, b_ref) = train_step(models["autograd"], images)
     (g, b) = train_step(compiled, images)
     scale = max(r.abs().max().item() for r in g_ref)
-    err_compile = max(err_compile, max((u - v).abs().max().item() for u, v in zip(g, g_ref)) / scale,
-                      max((u - v).abs().max().item() for u, v in zip(b, b_ref)))
+    err_compile = max(
+        err_compile,
+        max((u - v).abs().max().item() for u, v in zip(g, g_ref)) / scale,
+        max((u - v).abs().max().item() for u, v in zip(b, b_ref)),
+    )
 graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-print(f"torch.compile, 3 steps: largest difference {err_compile:.1e}; {graphs} compiled graphs for 6 sub-functions")
+print(
+    f"torch.compile, 3 steps: largest difference {err_compile:.1e}; {graphs} compiled graphs for 6 sub-functions"
+)
 assert err_compile < 1e-10 and graphs >= 2
-rows.append(["torch.compile(model): F and G compiled, the engine eager", "this page", f"{err_compile:.0e}"])
-rows.append(["torch.compile: no recompilation after the first steps; saved bytes flat in depth",
-             "tests/test_compile.py", "≤ 1e-10"])
+rows.append(
+    [
+        "torch.compile(model): F and G compiled, the engine eager",
+        "this page",
+        f"{err_compile:.0e}",
+    ]
+)
+rows.append(
+    [
+        "torch.compile: no recompilation after the first steps; saved bytes flat in depth",
+        "tests/test_compile.py",
+        "≤ 1e-10",
+    ]
+)
 
 # %% [markdown]
 # ## The list

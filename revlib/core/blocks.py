@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -104,7 +105,11 @@ def split_halves(block: nn.Module, x: Tensor, what: str = "input") -> tuple[Tens
     """
     name = type(block).__name__
     dim = split_dim(block)
-    layout = "(batch, channels, ...)" if dim == 1 else f"at least {dim + 1 if dim >= 0 else -dim + 1} dimensions"
+    layout = (
+        "(batch, channels, ...)"
+        if dim == 1
+        else f"at least {dim + 1 if dim >= 0 else -dim + 1} dimensions"
+    )
     if x.dim() < 2 or not -x.dim() <= dim < x.dim():
         raise ValueError(
             f"{name}: expected an {what} of shape {layout} to split along dimension {dim}, "
@@ -149,7 +154,7 @@ class Halves(NamedTuple):
     dim: int
 
     @classmethod
-    def of(cls, block: nn.Module, y: "Tensor | Halves", what: str = "output") -> "Halves":
+    def of(cls, block: nn.Module, y: Tensor | Halves, what: str = "output") -> Halves:
         """``y`` as halves along the block's split dimension (views of ``y`` if it is a whole tensor)."""
         if isinstance(y, Halves):
             if y.dim % y.buffer.dim() == split_dim(block) % y.buffer.dim():
@@ -161,7 +166,9 @@ class Halves(NamedTuple):
     def join(self) -> Tensor:
         """Write ``second`` into the buffer's second half (unless it is that half) and return the buffer."""
         half = self.buffer.chunk(2, dim=self.dim)[1]
-        if not (half.data_ptr() == self.second.data_ptr() and half.stride() == self.second.stride()):
+        if not (
+            half.data_ptr() == self.second.data_ptr() and half.stride() == self.second.stride()
+        ):
             half.copy_(self.second)
         return self.buffer
 
@@ -181,7 +188,9 @@ def fused_step_applies(block: nn.Module) -> bool:
     """
     owner = _step_owner(block)
     cls = type(block)
-    return owner is ReversibleBlock or all(getattr(owner, name) is getattr(cls, name) for name in ("_forward", "_inverse"))
+    return owner is ReversibleBlock or all(
+        getattr(owner, name) is getattr(cls, name) for name in ("_forward", "_inverse")
+    )
 
 
 def takes_halves(block: nn.Module) -> bool:
@@ -192,7 +201,9 @@ def takes_halves(block: nn.Module) -> bool:
     :func:`fused_step_applies`): a subclass that overrides the step gets whole
     tensors unless it sets the flag itself.
     """
-    return vars(_step_owner(block)).get("backward_step_takes_halves", False) is True and fused_step_applies(block)
+    return vars(_step_owner(block)).get(
+        "backward_step_takes_halves", False
+    ) is True and fused_step_applies(block)
 
 
 def _same_dtype_contiguous(*tensors: Tensor | None) -> bool:
@@ -219,14 +230,18 @@ def halves_of_difference(block: nn.Module, y: Halves, f: Tensor, second: Tensor)
     unless the tensors are contiguous and of one dtype. For a backward step:
     the result carries no graph.
     """
-    if not (y.buffer.is_contiguous() and _same_dtype_contiguous(f, second) and y.first.dtype == f.dtype):
+    if not (
+        y.buffer.is_contiguous() and _same_dtype_contiguous(f, second) and y.first.dtype == f.dtype
+    ):
         return Halves.of(block, join_halves(block, y.first - f, second))
     buffer, first, _ = _empty_whole(block, f)
     torch.sub(y.first.detach(), f.detach(), out=first)
     return Halves(first, second, buffer, split_dim(block))
 
 
-def join_halves_with_sum(block: nn.Module, first: Tensor, whole: Tensor, addend: Tensor | None) -> Tensor:
+def join_halves_with_sum(
+    block: nn.Module, first: Tensor, whole: Tensor, addend: Tensor | None
+) -> Tensor:
     """``join_halves(block, first, second + addend)`` with ``second`` the second half of ``whole``.
 
     The sum is written straight into the result (no concatenation copies it);
@@ -399,7 +414,9 @@ class ReversibleBlock(nn.Module):
         tape = Tape.start(x, record_rng)
         return self.inverse_replayed(self.forward_recorded(x, tape), tape)
 
-    def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor | None, ParamGrads]:
+    def backward_step(
+        self, y: Tensor, dy: Tensor, tape: Tape
+    ) -> tuple[Tensor, Tensor | None, ParamGrads]:
         """Reconstruct ``x`` from ``y`` and map ``dy`` to ``dx`` and the parameter gradients.
 
         Generic version: ``x = f^{-1}(y)`` without a graph, then ``f(x)`` again
@@ -416,7 +433,10 @@ class ReversibleBlock(nn.Module):
 def implements_contract(block: nn.Module) -> bool:
     """True if ``block``'s class overrides both :meth:`ReversibleBlock._forward` and ``_inverse``."""
     cls = type(block)
-    return cls._forward is not ReversibleBlock._forward and cls._inverse is not ReversibleBlock._inverse
+    return (
+        cls._forward is not ReversibleBlock._forward
+        and cls._inverse is not ReversibleBlock._inverse
+    )
 
 
 @contextlib.contextmanager

@@ -24,7 +24,9 @@ def check_inverse(module: nn.Module, x: Tensor) -> float:
     as they were.
     """
     if not isinstance(module, nn.Module) or not hasattr(module, "inverse"):
-        raise TypeError(f"check_inverse: {type(module).__name__} has no inverse method (pass a reversible block or sequence)")
+        raise TypeError(
+            f"check_inverse: {type(module).__name__} has no inverse method (pass a reversible block or sequence)"
+        )
     if not isinstance(x, Tensor):
         raise TypeError(
             f"check_inverse: expected the input as a Tensor, got {type(x).__name__}; "
@@ -36,7 +38,9 @@ def check_inverse(module: nn.Module, x: Tensor) -> float:
         )
     # every buffer is swapped for a copy during the check, so the module's own buffers keep their
     # values and version counters (a pending backward that saved them is not disturbed)
-    buffers = [(m, name, b) for m in module.modules() for name, b in m._buffers.items() if b is not None]
+    buffers = [
+        (m, name, b) for m in module.modules() for name, b in m._buffers.items() if b is not None
+    ]
     for m, name, b in buffers:
         m._buffers[name] = b.clone()
     try:

@@ -30,7 +30,8 @@ not compile there.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,13 +42,16 @@ __all__ = ["compiled_function", "run_compiled", "COMPILE_OPTIONS"]
 COMPILE_OPTIONS: dict[str, Any] = {"fallback_random": True}
 """Inductor options for the sub-functions: random draws as in eager mode, so the replay draws the same numbers."""
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, Callable]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, Callable] = weakref.WeakKeyDictionary()
 
 
 def _runs_eagerly(fn: nn.Module) -> bool:
     """Module hooks inside (the engine swaps their dictionaries per call) or a parametrization (each
     parametrized module has a class of its own, so every instance would recompile the shared graph)."""
-    return any(m._forward_hooks or m._forward_pre_hooks or parametrize.is_parametrized(m) for m in fn.modules())
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or parametrize.is_parametrized(m)
+        for m in fn.modules()
+    )
 
 
 def compiled_function(fn: Callable) -> Callable:

@@ -144,7 +144,9 @@ class AffineCoupling(ReversibleBlock):
         super().__init__()
         self.dim = dim
         if scale_bound is not None and scale_bound <= 0:
-            raise ValueError(f"AffineCoupling: scale_bound must be positive or None, got {scale_bound}")
+            raise ValueError(
+                f"AffineCoupling: scale_bound must be positive or None, got {scale_bound}"
+            )
         self.net = net
         self.scale_bound = scale_bound
 
@@ -191,7 +193,7 @@ class AffineCoupling(ReversibleBlock):
         dy1, dy2 = dy.chunk(2, dim=self.dim)
         x1 = y1.requires_grad_(True)
         s, t = self._scale_shift(x1, tape.replay)
-        x2 = ((y2 - t.detach()) * torch.exp(-s.detach()))
+        x2 = (y2 - t.detach()) * torch.exp(-s.detach())
         y2_again = x2 * torch.exp(s) + t
         (dx1_from_st,), grads = grads_for([y2_again], [dy2], [x1], tape.grad_targets(self.net))
         dx1 = dy1 if dx1_from_st is None else dy1 + dx1_from_st

@@ -49,13 +49,19 @@ def _cpu_name() -> str:
 def hardware(device: torch.device | str | None = None) -> dict:
     """What a run ran on: the device kind, its name (GPU model or CPU model) and the CPU."""
     device = torch.device(device) if device is not None else default_device()
-    info = {"device": device.type, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+    info = {
+        "device": device.type,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         info["name"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     elif device.type == "mps":
         info["name"] = f"Apple MPS ({platform.machine()})"
     else:
-        info["name"] = f"CPU: {info['cpu']} ({info['cpu_count']} logical cores, {info['torch_threads']} torch threads)"
+        info["name"] = (
+            f"CPU: {info['cpu']} ({info['cpu_count']} logical cores, {info['torch_threads']} torch threads)"
+        )
     return info

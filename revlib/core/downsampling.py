@@ -93,7 +93,9 @@ class InjectivePad(ReversibleBlock):
 
     def _forward(self, x: Tensor, run: Run) -> Tensor:
         if not -x.dim() <= self.dim < x.dim():
-            raise ValueError(f"InjectivePad: input of shape {tuple(x.shape)} has no dimension {self.dim}")
+            raise ValueError(
+                f"InjectivePad: input of shape {tuple(x.shape)} has no dimension {self.dim}"
+            )
         shape = list(x.shape)
         shape[self.dim] = self.pad
         return torch.cat([x, x.new_zeros(shape)], dim=self.dim)

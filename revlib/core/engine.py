@@ -25,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -90,8 +91,10 @@ class SideInputGuard(TorchFunctionMode):
 
     def _check(self, value: Any) -> None:
         if isinstance(value, Tensor):
-            if value.requires_grad and id(value) not in self.allowed and not (
-                value._is_view() and id(value._base) in self.allowed
+            if (
+                value.requires_grad
+                and id(value) not in self.allowed
+                and not (value._is_view() and id(value._base) in self.allowed)
             ):
                 raise _side_input_error(self.owner, value)
         elif isinstance(value, (list, tuple)):
@@ -132,7 +135,13 @@ def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> 
         for key, value in vars(m).items():
             if key in ("_parameters", "_buffers", "_modules"):
                 continue
-            values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else (value,)
+            values = (
+                value.values()
+                if isinstance(value, dict)
+                else value
+                if isinstance(value, (list, tuple))
+                else (value,)
+            )
             for v in values:
                 if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
                     raise _side_input_error(owner, v)
@@ -282,13 +291,15 @@ class _BlockStep(torch.autograd.Function):
     def forward(ctx, x: Tensor, call: _Call, keys: tuple[str, ...], *tensors: Tensor) -> Tensor:
         chain, block = call.chain, call.block
         owner = f"{OWNER}, block {call.index} ({type(block).__name__})"
-        extra_tensors, params = tensors[: len(keys)], tensors[len(keys):]
+        extra_tensors, params = tensors[: len(keys)], tensors[len(keys) :]
         extras = {k: v for k, v in chain.extras.items() if k not in keys}
         extras.update(zip(keys, extra_tensors))
         tape = Tape.start(x, chain.record_rng, extras)
         tape.names = chain.names
         tape.compiled = chain.compiled
-        allowed = {id(t) for t in (x, *tensors)} | {id(t._base) for t in (x, *tensors) if t._is_view()}
+        allowed = {id(t) for t in (x, *tensors)} | {
+            id(t._base) for t in (x, *tensors) if t._is_view()
+        }
         if chain.compiled:
             # Dynamo runs under an active torch function mode too: a static scan of the attributes instead
             check_attribute_tensors(block, allowed, owner)
@@ -330,7 +341,10 @@ class _BlockStep(torch.autograd.Function):
                 f"{OWNER} does not support double backward (create_graph=True): its backward reconstructs "
                 "activations outside the graph. Use mode='autograd' or mode='checkpoint' for higher-order gradients."
             )
-        if torch._C._functorch.peek_interpreter_stack() is not None or torch._C._functorch.is_batchedtensor(dy):
+        if (
+            torch._C._functorch.peek_interpreter_stack() is not None
+            or torch._C._functorch.is_batchedtensor(dy)
+        ):
             raise RuntimeError(_VMAP_ERROR)
         try:
             saved = ctx.saved_tensors
@@ -342,7 +356,7 @@ class _BlockStep(torch.autograd.Function):
                 "the backward reconstructs every activation from that output. Use the out-of-place op "
                 "(relu) or clone the output first."
             ) from err
-        kept, rest = saved[: ctx.n_kept], saved[ctx.n_kept:]
+        kept, rest = saved[: ctx.n_kept], saved[ctx.n_kept :]
         extra_tensors = rest[: len(ctx.keys)]
         if ctx.checksum is not None:
             y = rest[len(ctx.keys)]
@@ -376,7 +390,11 @@ class _BlockStep(torch.autograd.Function):
                 elif isinstance(y, Halves):
                     y = y.join()
                 with detached_parameters(block, aliases):
-                    step = block.backward_step if fused_step_applies(block) else ReversibleBlock.backward_step.__get__(block)
+                    step = (
+                        block.backward_step
+                        if fused_step_applies(block)
+                        else ReversibleBlock.backward_step.__get__(block)
+                    )
                     x, dx, grads = step(y, dy, tape)
         except Exception as err:  # noqa: BLE001 (re-raised, with the cause named where it is known)
             clear = _backward_error(err, owner)
@@ -401,4 +419,8 @@ class _BlockStep(torch.autograd.Function):
 
 
 def _same_checksum(a: Tensor, b: Tensor) -> bool:
-    return bool(torch.equal(a, b) or (a.isnan() == b.isnan()).all() and torch.equal(a.nan_to_num(), b.nan_to_num()))
+    return bool(
+        torch.equal(a, b)
+        or (a.isnan() == b.isnan()).all()
+        and torch.equal(a.nan_to_num(), b.nan_to_num())
+    )

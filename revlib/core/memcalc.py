@@ -44,8 +44,9 @@ kind ``(functional)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -129,7 +130,9 @@ class MemoryTable:
         """
         per_image = (self.measured_bytes - self.fixed_bytes) / self.batch
         if per_image != int(per_image):
-            raise ValueError("measured bytes are not a whole number per image; measure at a larger batch")
+            raise ValueError(
+                "measured bytes are not a whole number per image; measure at a larger batch"
+            )
         return int(per_image) * batch + self.fixed_bytes
 
     def by_kind(self) -> dict[str, dict[str, int]]:
@@ -208,7 +211,9 @@ def _is_one_row(module: nn.Module, row_types: tuple[type, ...]) -> bool:
     return bool(row_types) and isinstance(module, row_types)
 
 
-def _kept_by_row(module: nn.Module, x: Tensor | None, y: Any, row_types: tuple[type, ...]) -> int | None:
+def _kept_by_row(
+    module: nn.Module, x: Tensor | None, y: Any, row_types: tuple[type, ...]
+) -> int | None:
     """Per-image kept count if ``module`` is one row, else None (a leaf's count is its output)."""
     if isinstance(module, ReversibleSequence):
         if module.mode == "reversible":
@@ -233,7 +238,9 @@ class _LayerTracer:
     forward is running.
     """
 
-    def __init__(self, model: nn.Module, row_types: tuple[type, ...], skip: tuple[type, ...]) -> None:
+    def __init__(
+        self, model: nn.Module, row_types: tuple[type, ...], skip: tuple[type, ...]
+    ) -> None:
         self.model, self.row_types, self.skip = model, row_types, skip
         self.names = {m: n or "(model)" for n, m in model.named_modules()}
         self.stack: list[nn.Module] = []
@@ -261,7 +268,9 @@ class _LayerTracer:
         row = self.rows.get(module)
         if row is None:  # a module called twice gets one row, its counts added
             params = sum(p.numel() for p in module.parameters())
-            row = self.rows[module] = LayerRow(self.names.get(module, "?"), type(module).__name__, shape, params, 0)
+            row = self.rows[module] = LayerRow(
+                self.names.get(module, "?"), type(module).__name__, shape, params, 0
+            )
         row.kept += kept
 
     # ------------------------------------------------------------ meter callback
@@ -275,11 +284,15 @@ class _LayerTracer:
     def charge(self, t: Tensor, nbytes: int) -> None:
         item = (nbytes, tuple(t.shape), str(t.dtype).replace("torch.", ""))
         target = self._charged_to()
-        if target is None:  # the + of a residual unit, a torch.cat: a "(functional)" row of the running container
+        if (
+            target is None
+        ):  # the + of a residual unit, a torch.cat: a "(functional)" row of the running container
             owner = self.stack[-1] if self.stack else self.model
             row = self.functional.get(owner)
             if row is None:
-                row = self.functional[owner] = LayerRow(self.names.get(owner, "?") + " (ops)", "(functional)", (), 0, 0)
+                row = self.functional[owner] = LayerRow(
+                    self.names.get(owner, "?") + " (ops)", "(functional)", (), 0, 0
+                )
             row.saved_bytes += item[0]
             row.saved.append(item[1:])
             return
@@ -292,7 +305,9 @@ class _LayerTracer:
         for module, items in self.saved.items():
             row = self.rows.get(module)
             if row is None:  # saved inside a module that produced no row (should not happen)
-                row = self.rows[module] = LayerRow(self.names.get(module, "?"), type(module).__name__, (), 0, 0)
+                row = self.rows[module] = LayerRow(
+                    self.names.get(module, "?"), type(module).__name__, (), 0, 0
+                )
             for nbytes, shape, dtype in items:
                 row.saved_bytes += nbytes
                 row.saved.append((shape, dtype))

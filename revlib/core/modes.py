@@ -97,12 +97,19 @@ class CheckpointedModule(HasMode):
         self.mode = mode
 
     def compute(self, x: Tensor) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__}: implement compute(x), the layer's forward")
+        raise NotImplementedError(
+            f"{type(self).__name__}: implement compute(x), the layer's forward"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         # inside a reversible block the engine already recomputes: checkpointing again would only
         # run outside its replay, so the layer runs plainly there
-        if self.mode != "autograd" and self.training and torch.is_grad_enabled() and not in_reversible_block():
+        if (
+            self.mode != "autograd"
+            and self.training
+            and torch.is_grad_enabled()
+            and not in_reversible_block()
+        ):
             return checkpoint_updating_stats_once(self, self.compute, x)
         return self.compute(x)
 

@@ -9,8 +9,9 @@ train/eval flags of every submodule are put back as the forward had them.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
@@ -38,8 +39,13 @@ class ModuleState:
     tensors: list[tuple[int, str, Tensor, int | None]]
 
     @classmethod
-    def capture(cls, module: nn.Module, tapes: list[Tape] = ()) -> "ModuleState":
-        replayed = {(id(c.module), c.name) for tape in tapes for copies in tape.buffers.values() for c in copies}
+    def capture(cls, module: nn.Module, tapes: list[Tape] = ()) -> ModuleState:
+        replayed = {
+            (id(c.module), c.name)
+            for tape in tapes
+            for copies in tape.buffers.values()
+            for c in copies
+        }
         modules = submodules(module)
         tensors = []
         for i, m in enumerate(modules):
@@ -59,8 +65,12 @@ class ModuleState:
         ``prefix`` is the module's name in the model the user sees (``"3."`` for block 3), put before each name.
         """
         modules = submodules(module)
-        if len(modules) != len(self.modules) or any(a is not b for a, b in zip(modules, self.modules)):
-            raise RuntimeError(f"{owner}: the blocks' submodules changed between forward and backward")
+        if len(modules) != len(self.modules) or any(
+            a is not b for a, b in zip(modules, self.modules)
+        ):
+            raise RuntimeError(
+                f"{owner}: the blocks' submodules changed between forward and backward"
+            )
         replaced, modified = [], []
         for i, name, t, version in self.tensors:
             m = modules[i]
@@ -72,7 +82,10 @@ class ModuleState:
         if not replaced and not modified:
             return
         names = {id(m): n for n, m in module.named_modules()}
-        replaced, modified = ([prefix + f"{names[id(m)]}.{name}".lstrip(".") for m, name in found] for found in (replaced, modified))
+        replaced, modified = (
+            [prefix + f"{names[id(m)]}.{name}".lstrip(".") for m, name in found]
+            for found in (replaced, modified)
+        )
         if replaced:
             raise RuntimeError(
                 f"{owner}: parameters or buffers were replaced between forward and backward "
@@ -90,7 +103,9 @@ class ModuleState:
     @contextlib.contextmanager
     def forward_training_flags(self) -> Iterator[None]:
         """Run the body with every submodule in the train/eval mode it had in the forward."""
-        changed = [(m, m.training) for m, flag in zip(self.modules, self.training) if m.training != flag]
+        changed = [
+            (m, m.training) for m, flag in zip(self.modules, self.training) if m.training != flag
+        ]
         for m, now in changed:
             m.training = not now
         try:

@@ -20,7 +20,7 @@ like :math:`\gamma^{-N}`: a small :math:`\gamma` (close to a plain ResNet,
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +63,9 @@ class MomentumBlock(ReversibleBlock):
 
     def _forward(self, x: Tensor, run: Run) -> Tensor:
         pos, vel = split_halves(self, x)
-        vel = self.gamma * vel + (1.0 - self.gamma) * check_same_shape(self, "f", run("f", self.f, pos), pos)
+        vel = self.gamma * vel + (1.0 - self.gamma) * check_same_shape(
+            self, "f", run("f", self.f, pos), pos
+        )
         return join_halves(self, pos + vel, vel)
 
     def _inverse(self, y: Tensor, run: Run) -> Tensor:
@@ -93,7 +95,11 @@ class MomentumBlock(ReversibleBlock):
         )
         vel = (vel_new - (1.0 - self.gamma) * f.detach()) / self.gamma
         dpos = dpos_new if dpos_from_f is None else dpos_new + dpos_from_f
-        return join_halves(self, pos.detach(), vel), join_halves(self, dpos, self.gamma * dvel_total), grads
+        return (
+            join_halves(self, pos.detach(), vel),
+            join_halves(self, dpos, self.gamma * dvel_total),
+            grads,
+        )
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, dim={self.dim}"

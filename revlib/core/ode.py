@@ -46,7 +46,7 @@ have their own fused step, which evaluates F once.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as nnf
@@ -107,7 +107,9 @@ def _init_kernel(weight: Tensor, fan_out: int, std: float | None) -> None:
     nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
 
 
-def _kernel(owner: str, rows: int, channels: int, kernel_size: int | None, std: float | None) -> nn.Parameter:
+def _kernel(
+    owner: str, rows: int, channels: int, kernel_size: int | None, std: float | None
+) -> nn.Parameter:
     """A kernel K of shape ``(rows, channels[, k, k])`` with Chang et al.'s initialisation.
 
     ``kernel_size`` must be odd (so "same" padding keeps the shape) or ``None`` (dense).
@@ -202,7 +204,9 @@ class AntisymmetricSigma(nn.Module):
         if self.kernel_size is None:
             return nnf.linear(x, self.weight - self.weight.t(), self.bias)
         pad = self.kernel_size // 2
-        out = nnf.conv2d(x, self.weight, padding=pad) - nnf.conv_transpose2d(x, self.weight, padding=pad)
+        out = nnf.conv2d(x, self.weight, padding=pad) - nnf.conv_transpose2d(
+            x, self.weight, padding=pad
+        )
         return out if self.bias is None else out + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -236,7 +240,9 @@ class StepScaled(nn.Module):
         return self.factor() * self.fn(x)
 
     def extra_repr(self) -> str:
-        h = f"{float(self.h.detach() if isinstance(self.h, Tensor) else self.h):g}" + (" (learned)" if isinstance(self.h, nn.Parameter) else "")
+        h = f"{float(self.h.detach() if isinstance(self.h, Tensor) else self.h):g}" + (
+            " (learned)" if isinstance(self.h, nn.Parameter) else ""
+        )
         return f"coef={self.coef:g}, power={self.power}, h={h}"
 
 
@@ -281,11 +287,17 @@ class HamiltonianBlock(AdditiveCoupling):
         init_std: float | None = None,
     ) -> None:
         if channels % 2:
-            raise ValueError(f"HamiltonianBlock: channels must be even (Y and Z halves), got {channels}")
+            raise ValueError(
+                f"HamiltonianBlock: channels must be even (Y and Z halves), got {channels}"
+            )
         half = channels // 2
         step = _step_size(self, h, learn_h)
-        F = StepScaled(KTransposeSigmaK(half, hidden, kernel_size, bias, activation, init_std), 1.0, 1, step)
-        G = StepScaled(KTransposeSigmaK(half, hidden, kernel_size, bias, activation, init_std), -1.0, 1, step)
+        F = StepScaled(
+            KTransposeSigmaK(half, hidden, kernel_size, bias, activation, init_std), 1.0, 1, step
+        )
+        G = StepScaled(
+            KTransposeSigmaK(half, hidden, kernel_size, bias, activation, init_std), -1.0, 1, step
+        )
         super().__init__(F, G)
 
     @property
@@ -392,7 +404,11 @@ class MidpointBlock(TwoStepBlock):
         init_std: float | None = None,
     ) -> None:
         super().__init__()
-        fn = F if F is not None else AntisymmetricSigma(channels, kernel_size, True, activation, init_std)
+        fn = (
+            F
+            if F is not None
+            else AntisymmetricSigma(channels, kernel_size, True, activation, init_std)
+        )
         self.F = StepScaled(fn, 2.0, 1, _step_size(self, h, learn_h))
 
     def rhs(self, y: Tensor) -> Tensor:

@@ -32,8 +32,9 @@ import contextlib
 import inspect
 import threading
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -72,9 +73,7 @@ def has_random_layers(module: nn.Module) -> bool:
     A hint only: the engine does not rely on it. It detects a random call by
     its effect on the generator state (see :class:`Tape`).
     """
-    return any(
-        isinstance(m, _RANDOM_LAYERS) and m.training and m.p > 0 for m in module.modules()
-    )
+    return any(isinstance(m, _RANDOM_LAYERS) and m.training and m.p > 0 for m in module.modules())
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class RNGState:
     device_states: list[Tensor]
 
     @classmethod
-    def capture(cls, *tensors: Tensor) -> "RNGState":
+    def capture(cls, *tensors: Tensor) -> RNGState:
         """Record the states that a call on ``tensors`` would draw from.
 
         Device generators are read at call time (through
@@ -130,7 +129,7 @@ class RNGState:
     def tensors(self) -> list[Tensor]:
         return [self.cpu, *self.device_states]
 
-    def with_tensors(self, tensors: Iterator[Tensor]) -> "RNGState":
+    def with_tensors(self, tensors: Iterator[Tensor]) -> RNGState:
         cpu = next(tensors)
         return replace(self, cpu=cpu, device_states=[next(tensors) for _ in self.device_states])
 
@@ -143,7 +142,7 @@ class AutocastState:
     cache_enabled: bool
 
     @classmethod
-    def capture(cls, device_type: str) -> "AutocastState":
+    def capture(cls, device_type: str) -> AutocastState:
         """Read the autocast state of ``device_type`` and of the CPU in the current thread.
 
         Device types without autocast (``torch.amp.is_autocast_available``) are skipped.
@@ -165,7 +164,9 @@ class AutocastState:
         stack = contextlib.ExitStack()
         for device_type, enabled, dtype in self.states:
             stack.enter_context(
-                torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=self.cache_enabled)
+                torch.autocast(
+                    device_type, dtype=dtype, enabled=enabled, cache_enabled=self.cache_enabled
+                )
             )
         return stack
 
@@ -276,7 +277,9 @@ def _norm_stats_not_updated(fn: nn.Module) -> Iterator[None]:
             else:
                 others = True
     for m in batch_norms:
-        object.__setattr__(m, "track_running_stats", False)  # a plain attribute: skip Module.__setattr__
+        object.__setattr__(
+            m, "track_running_stats", False
+        )  # a plain attribute: skip Module.__setattr__
     try:
         if others:
             with frozen_norm_stats(fn):
@@ -360,7 +363,9 @@ def _accepted_keywords(fn: Callable) -> frozenset[str] | None:
         if any(p.kind is p.VAR_KEYWORD for p in params):
             accepted = None
         else:
-            accepted = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+            accepted = frozenset(
+                p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            )
     try:
         _KEYWORDS[key] = accepted
     except TypeError:
@@ -368,10 +373,12 @@ def _accepted_keywords(fn: Callable) -> frozenset[str] | None:
     return accepted
 
 
-_KEYWORDS: "weakref.WeakKeyDictionary[Any, frozenset[str] | None]" = weakref.WeakKeyDictionary()
+_KEYWORDS: weakref.WeakKeyDictionary[Any, frozenset[str] | None] = weakref.WeakKeyDictionary()
 
 
-def keywords_for(fn: Callable, extras: dict[str, Any], used: set[str] | None = None) -> dict[str, Any]:
+def keywords_for(
+    fn: Callable, extras: dict[str, Any], used: set[str] | None = None
+) -> dict[str, Any]:
     """The chain's extra arguments that ``fn`` takes by name (all of them if it takes ``**kwargs``)."""
     if not extras:
         return {}
@@ -418,7 +425,9 @@ class Tape:
         return compiled_function(fn)
 
     @classmethod
-    def start(cls, x: Tensor, record_rng: bool = True, extras: dict[str, Any] | None = None) -> "Tape":
+    def start(
+        cls, x: Tensor, record_rng: bool = True, extras: dict[str, Any] | None = None
+    ) -> Tape:
         """A tape for a forward pass on ``x`` in the current autocast state."""
         return cls(AutocastState.capture(x.device.type), record_rng, extras=dict(extras or {}))
 
@@ -443,7 +452,8 @@ class Tape:
         # a buffer counts as changed if it was replaced, its version moved, or (for kernels and
         # .data writes that move no version counter) its value differs from the copy
         changed = [
-            BufferCopy(m, n, copy) for m, n, b, version, copy in before
+            BufferCopy(m, n, copy)
+            for m, n, b, version, copy in before
             if m._buffers.get(n) is not b or b._version != version or not _same_values(b, copy)
         ]
         if changed:
@@ -476,7 +486,12 @@ class Tape:
         ``fn``'s trainable parameters and the extra arguments it takes that
         require gradients (conditioning tensors).
         """
-        params = [p for m in submodules(fn) for p in m._parameters.values() if p is not None and p.requires_grad]
+        params = [
+            p
+            for m in submodules(fn)
+            for p in m._parameters.values()
+            if p is not None and p.requires_grad
+        ]
         params = list({id(p): p for p in params}.values())
         extras = keywords_for(fn, self.extras)
         return params + [v for v in extras.values() if isinstance(v, Tensor) and v.requires_grad]
@@ -486,11 +501,12 @@ class Tape:
         out = [t for state in self.rng.values() for t in state.tensors()]
         return out + [c.before for copies in self.buffers.values() for c in copies]
 
-    def with_tensors(self, tensors: Iterator[Tensor]) -> "Tape":
+    def with_tensors(self, tensors: Iterator[Tensor]) -> Tape:
         """This tape with :meth:`tensors` replaced, in order, by ``tensors`` (as unpacked by autograd)."""
         rng = {name: state.with_tensors(tensors) for name, state in self.rng.items()}
         buffers = {
-            name: [replace(c, before=next(tensors)) for c in copies] for name, copies in self.buffers.items()
+            name: [replace(c, before=next(tensors)) for c in copies]
+            for name, copies in self.buffers.items()
         }
         return replace(self, rng=rng, buffers=buffers)
 
@@ -499,7 +515,11 @@ def _same_values(a: Tensor, b: Tensor) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
     if a.is_floating_point() or a.is_complex():
-        return bool(torch.equal(a, b) or torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()))
+        return bool(
+            torch.equal(a, b)
+            or torch.equal(a.isnan(), b.isnan())
+            and torch.equal(a.nan_to_num(), b.nan_to_num())
+        )
     return bool(torch.equal(a, b))
 
 

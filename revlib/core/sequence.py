@@ -25,7 +25,8 @@ reach every F and G that takes them by name, with their gradients.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,9 +34,9 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from .blocks import ReversibleBlock, implements_contract, trainable_parameters
-from .modes import HasMode, Mode
 from .compiled import run_compiled
 from .engine import Chain
+from .modes import HasMode, Mode
 from .recompute import Tape, checkpoint_updating_stats_once, submodules
 
 __all__ = ["ReversibleSequence"]
@@ -125,8 +126,11 @@ class ReversibleSequence(HasMode):
             return _each_block(self.blocks, x, lambda block, h: block(h, **extras))
         if self.mode == "checkpoint":
             return _each_block(
-                self.blocks, x,
-                lambda block, h: checkpoint_updating_stats_once(block, lambda t: block(t, **extras), h),
+                self.blocks,
+                x,
+                lambda block, h: checkpoint_updating_stats_once(
+                    block, lambda t: block(t, **extras), h
+                ),
             )
         if torch.compiler.is_compiling():
             # under torch.compile: the engine eager, its F and G compiled (revlib.core.compiled)
@@ -136,7 +140,9 @@ class ReversibleSequence(HasMode):
     def _run_reversible(self, x: Tensor, extras: dict[str, Any], compiled: bool = False) -> Tensor:
         """Mode ``"reversible"`` in training: the checks, then the engine (:class:`~revlib.core.engine.Chain`)."""
         params = trainable_parameters(self.blocks)
-        wants_grad = x.requires_grad or any(isinstance(v, Tensor) and v.requires_grad for v in extras.values())
+        wants_grad = x.requires_grad or any(
+            isinstance(v, Tensor) and v.requires_grad for v in extras.values()
+        )
         if not wants_grad and not params:
             return _each_block(self.blocks, x, lambda block, h: block(h, **extras))
         if torch._C._functorch.peek_interpreter_stack() is not None:
@@ -151,7 +157,9 @@ class ReversibleSequence(HasMode):
     def inverse(self, y: Tensor, **extras: Any) -> Tensor:
         """Apply the blocks' inverses in reverse order (with the forward's extra arguments)."""
         self._check_input(y)
-        return _each_block(self.blocks, y, lambda block, h: block.inverse(h, **extras), reverse=True)
+        return _each_block(
+            self.blocks, y, lambda block, h: block.inverse(h, **extras), reverse=True
+        )
 
     def forward_with_tapes(self, x: Tensor) -> tuple[Tensor, list[Tape]]:
         """The forward as in a training step, with one tape per block call (see :meth:`inverse_with_tapes`)."""
@@ -166,7 +174,9 @@ class ReversibleSequence(HasMode):
     def inverse_with_tapes(self, y: Tensor, tapes: list[Tape]) -> Tensor:
         """The inverse of :meth:`forward_with_tapes`: each block call replays its own tape."""
         replay = iter(reversed(tapes))
-        return _each_block(self.blocks, y, lambda block, h: block.inverse_replayed(h, next(replay)), reverse=True)
+        return _each_block(
+            self.blocks, y, lambda block, h: block.inverse_replayed(h, next(replay)), reverse=True
+        )
 
     def round_trip(self, x: Tensor) -> Tensor:
         """``f^{-1}(f(x))`` recorded and replayed exactly as in a training step (for :func:`check_inverse`)."""

@@ -27,15 +27,23 @@ import contextlib
 import random
 import sys
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .recompute import submodules
 
-__all__ = ["HostState", "HostChanges", "HookLog", "recording_hooks", "replaying_hooks", "check_no_kept_outputs"]
+__all__ = [
+    "HostState",
+    "HostChanges",
+    "HookLog",
+    "recording_hooks",
+    "replaying_hooks",
+    "check_no_kept_outputs",
+]
 
 _SCALARS = (int, float, bool, str)
 
@@ -53,12 +61,21 @@ def _own_state(m: nn.Module) -> bool:
 
 def _generators(modules: list[nn.Module]) -> list[tuple[nn.Module, str, torch.Generator]]:
     # type() rather than isinstance: torch.Generator's metaclass makes isinstance slow, and this runs per call
-    return [(m, k, v) for m in modules if _own_state(m) for k, v in vars(m).items() if type(v) is torch.Generator]
+    return [
+        (m, k, v)
+        for m in modules
+        if _own_state(m)
+        for k, v in vars(m).items()
+        if type(v) is torch.Generator
+    ]
 
 
 def _attributes(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
     return {
-        (i, k): v for i, m in enumerate(modules) if _own_state(m) for k, v in vars(m).items()
+        (i, k): v
+        for i, m in enumerate(modules)
+        if _own_state(m)
+        for k, v in vars(m).items()
         if type(v) in _SCALARS and not k.startswith("_")
     }
 
@@ -74,7 +91,7 @@ class HostState:
     attributes: dict[tuple[int, str], Any]
 
     @classmethod
-    def capture(cls, fn: Any) -> "HostState":
+    def capture(cls, fn: Any) -> HostState:
         modules = submodules(fn) if isinstance(fn, nn.Module) else []
         np_random = _numpy_random()
         return cls(
@@ -85,19 +102,28 @@ class HostState:
             _attributes(modules),
         )
 
-    def changes(self) -> "HostChanges | None":
+    def changes(self) -> HostChanges | None:
         """What the call changed since :meth:`capture` (``None`` for nothing)."""
         out = HostChanges()
         if random.getstate() != self.python:
             out.python = self.python
         np_random = _numpy_random()
-        if self.numpy is not None and np_random is not None and not _same_numpy_state(np_random.get_state(), self.numpy):
+        if (
+            self.numpy is not None
+            and np_random is not None
+            and not _same_numpy_state(np_random.get_state(), self.numpy)
+        ):
             out.numpy = self.numpy
-        out.generators = [(g, state) for _, _, g, state in self.generators if not torch.equal(g.get_state(), state)]
+        out.generators = [
+            (g, state)
+            for _, _, g, state in self.generators
+            if not torch.equal(g.get_state(), state)
+        ]
         now = _attributes(self.modules)
         out.attributes = [
             (self.modules[i], k, before, now.get((i, k)))
-            for (i, k), before in self.attributes.items() if now.get((i, k), before) != before
+            for (i, k), before in self.attributes.items()
+            if now.get((i, k), before) != before
         ]
         return out if out else None
 
@@ -116,7 +142,12 @@ class HostChanges:
     attributes: list[tuple[nn.Module, str, Any, Any]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return self.python is not None or self.numpy is not None or bool(self.generators) or bool(self.attributes)
+        return (
+            self.python is not None
+            or self.numpy is not None
+            or bool(self.generators)
+            or bool(self.attributes)
+        )
 
     @contextlib.contextmanager
     def replay(self) -> Iterator[None]:
@@ -155,7 +186,7 @@ class HookLog:
     """Which module hooks inside a sub-function acted (returned a value) in the recorded call."""
 
     acting: set[tuple[int, str, int]] = field(default_factory=set)
-    kept: list[tuple[str, tuple[int, ...], "weakref.ref[Tensor]"]] = field(default_factory=list)
+    kept: list[tuple[str, tuple[int, ...], weakref.ref[Tensor]]] = field(default_factory=list)
 
 
 def _hooked(fn: Any) -> list[nn.Module]:
@@ -174,7 +205,11 @@ def recording_hooks(fn: Any, log: HookLog, names: dict[int, str]) -> Iterator[No
             hooks = getattr(m, which)
             if hooks:
                 saved.append((m, which, hooks))
-                setattr(m, which, type(hooks)((k, _logged(m, which, k, h, log, names)) for k, h in hooks.items()))
+                setattr(
+                    m,
+                    which,
+                    type(hooks)((k, _logged(m, which, k, h, log, names)) for k, h in hooks.items()),
+                )
     try:
         yield
     finally:
@@ -190,8 +225,11 @@ def _logged(m: nn.Module, which: str, key: int, hook, log: HookLog, names: dict[
         elif which == "_forward_hooks":
             out = args[2] if len(args) > 2 else kwargs.get("output", args[-1])
             if isinstance(out, Tensor):
-                log.kept.append((names.get(id(m), type(m).__name__), tuple(out.shape), weakref.ref(out)))
+                log.kept.append(
+                    (names.get(id(m), type(m).__name__), tuple(out.shape), weakref.ref(out))
+                )
         return result
+
     return call
 
 
@@ -205,7 +243,11 @@ def replaying_hooks(fn: Any, log: HookLog | None) -> Iterator[None]:
             hooks = getattr(m, which)
             if hooks:
                 saved.append((m, which, hooks))
-                setattr(m, which, type(hooks)((k, h) for k, h in hooks.items() if (id(m), which, k) in acting))
+                setattr(
+                    m,
+                    which,
+                    type(hooks)((k, h) for k, h in hooks.items() if (id(m), which, k) in acting),
+                )
     try:
         yield
     finally:

@@ -27,7 +27,7 @@ networks works through the difference).
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +50,9 @@ def block_kernels(block: nn.Module) -> dict[str, Tensor]:
     return {name: p for name, p in block.named_parameters() if p.dim() >= 2}
 
 
-def kernel_stages(model_or_stages: nn.Module | Iterable[Iterable[nn.Module]]) -> list[list[nn.Module]]:
+def kernel_stages(
+    model_or_stages: nn.Module | Iterable[Iterable[nn.Module]],
+) -> list[list[nn.Module]]:
     """The stages (lists of consecutive blocks) of a model.
 
     A model with a ``stages()`` method (e.g. :class:`revlib.models.ODENet`)
@@ -65,7 +67,9 @@ def kernel_stages(model_or_stages: nn.Module | Iterable[Iterable[nn.Module]]) ->
         stages = getattr(model_or_stages, "stages", None)
         if callable(stages):
             return [list(s) for s in stages()]
-        return [list(m.blocks) for m in model_or_stages.modules() if isinstance(m, ReversibleSequence)]
+        return [
+            list(m.blocks) for m in model_or_stages.modules() if isinstance(m, ReversibleSequence)
+        ]
     out = []
     for stage in model_or_stages:
         out.append(list(stage.blocks) if isinstance(stage, ReversibleSequence) else list(stage))

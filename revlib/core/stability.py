@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -51,7 +51,9 @@ def jacobian(fn: Map, x: Tensor) -> Tensor:
 
     J = torch.autograd.functional.jacobian(flat_fn, flat, vectorize=True)
     if J.shape != (flat.numel(), flat.numel()):
-        raise ValueError(f"jacobian: fn must keep the number of entries, got a Jacobian of shape {tuple(J.shape)}")
+        raise ValueError(
+            f"jacobian: fn must keep the number of entries, got a Jacobian of shape {tuple(J.shape)}"
+        )
     return J
 
 
@@ -71,11 +73,15 @@ def _layers(layers: Map | Iterable[Map], depth: int | None) -> list[Map]:
     if isinstance(layers, (list, tuple, torch.nn.ModuleList, torch.nn.Sequential)):
         seq = list(layers)
         if depth is not None and depth > len(seq):
-            raise ValueError(f"perturbation_growth: depth {depth} exceeds the {len(seq)} layers given")
+            raise ValueError(
+                f"perturbation_growth: depth {depth} exceeds the {len(seq)} layers given"
+            )
         return seq if depth is None else seq[:depth]
     if callable(layers):
         if depth is None:
-            raise ValueError("perturbation_growth: give depth when layers is a single map applied repeatedly")
+            raise ValueError(
+                "perturbation_growth: give depth when layers is a single map applied repeatedly"
+            )
         return [layers] * depth
     return _layers(list(layers), depth)
 
@@ -112,7 +118,11 @@ def perturbation_growth(
             for f in maps:
                 with warnings.catch_warnings():
                     # torch's forward-mode AD loads its decompositions through torch.jit.script once
-                    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+                    warnings.filterwarnings(
+                        "ignore",
+                        message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning,
+                    )
                     y, v = torch.func.jvp(f, (y,), (v,))
                 norms.append(v.norm().item())
         else:

@@ -52,7 +52,9 @@ class SelfAttention(nn.Module):
     replays its mask in the recomputation.
     """
 
-    def __init__(self, width: int, heads: int, dropout: float = 0.0, attn_dropout: float = 0.0) -> None:
+    def __init__(
+        self, width: int, heads: int, dropout: float = 0.0, attn_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"SelfAttention: width {width} is not a multiple of heads={heads}")
@@ -64,7 +66,9 @@ class SelfAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None
+    ) -> Tensor:
         """Attend over the tokens of ``x`` (B, T, D).
 
         ``attn_mask``: (T, T) or broadcastable to (B, heads, T, T); boolean
@@ -78,18 +82,26 @@ class SelfAttention(nn.Module):
         _check_tokens("SelfAttention", x, self.width)
         b, t, d = x.shape
         mask = _combined_mask(b, t, attn_mask, key_padding_mask, x)
-        q, k, v = self.qkv(self.norm(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(self.norm(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        )
         if self.attn_drop.training and self.attn_drop.p > 0:
             scores = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
             if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+                scores = (
+                    scores.masked_fill(~mask, float("-inf"))
+                    if mask.dtype == torch.bool
+                    else scores + mask
+                )
             out = self.attn_drop(scores.softmax(dim=-1)) @ v
         else:
             out = nnf.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.drop(self.proj(out.transpose(1, 2).reshape(b, t, d)))
 
 
-def _combined_mask(b: int, t: int, attn_mask: Tensor | None, key_padding_mask: Tensor | None, x: Tensor) -> Tensor | None:
+def _combined_mask(
+    b: int, t: int, attn_mask: Tensor | None, key_padding_mask: Tensor | None, x: Tensor
+) -> Tensor | None:
     """One mask for scaled-dot-product attention: boolean ``True`` = attend, or float added to the scores."""
     if key_padding_mask is not None:
         if key_padding_mask.shape != (b, t) or key_padding_mask.dtype != torch.bool:
@@ -175,6 +187,8 @@ class TransformerBlock(nn.Module):
         self.F = SelfAttention(width, heads, dropout, attn_dropout)
         self.G = FeedForward(width, int(mlp_ratio * width), dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None
+    ) -> Tensor:
         x = x + self.F(x, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
         return x + self.G(x)

@@ -32,8 +32,8 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -42,15 +42,35 @@ from ..core.device import default_device, hardware
 from ..models.common import count_parameters
 from . import data, train
 
-__all__ = ["run", "main", "hardware", "build_model", "UnknownModelError", "default_recipe", "FAST_ITERATIONS",
-           "MODEL_NAMES"]
+__all__ = [
+    "run",
+    "main",
+    "hardware",
+    "build_model",
+    "UnknownModelError",
+    "default_recipe",
+    "FAST_ITERATIONS",
+    "MODEL_NAMES",
+]
 
 FAST_ITERATIONS = 60
 FAST_TEST_IMAGES = 2000
 
-MODEL_NAMES = ("resnet32", "resnet110", "resnet164", "revnet38", "revnet110", "revnet164",
-               "hamiltonian74", "hamiltonian218", "hamiltonian1202", "midpoint26", "midpoint62",
-               "leapfrog26", "leapfrog62")
+MODEL_NAMES = (
+    "resnet32",
+    "resnet110",
+    "resnet164",
+    "revnet38",
+    "revnet110",
+    "revnet164",
+    "hamiltonian74",
+    "hamiltonian218",
+    "hamiltonian1202",
+    "midpoint26",
+    "midpoint62",
+    "leapfrog26",
+    "leapfrog62",
+)
 
 
 def default_recipe(model: str) -> str:
@@ -72,7 +92,9 @@ def build_model(name: str, num_classes: int, in_channels: int) -> torch.nn.Modul
     fn = getattr(models, name, None)
     if fn is None or not callable(fn):
         available = [n for n in MODEL_NAMES if hasattr(models, n)]
-        raise UnknownModelError(f"unknown model {name!r}; this revlib has: {', '.join(available) or 'none yet'}")
+        raise UnknownModelError(
+            f"unknown model {name!r}; this revlib has: {', '.join(available) or 'none yet'}"
+        )
     return fn(num_classes=num_classes, in_channels=in_channels)
 
 
@@ -80,13 +102,17 @@ def _default_out(args: argparse.Namespace) -> Path:
     stem = f"{args.model}_{args.dataset}"
     if args.fraction < 1:
         stem += f"_f{args.fraction:g}"
-    stem += f"_{args.recipe}" + ("_fast" if args.fast else "") + (f"_it{args.iterations}" if args.iterations else "")
+    stem += (
+        f"_{args.recipe}"
+        + ("_fast" if args.fast else "")
+        + (f"_it{args.iterations}" if args.iterations else "")
+    )
     return Path("runs") / f"{stem}_seed{args.seed}.json"
 
 
 def run(args: argparse.Namespace) -> dict:
     """Train one configuration; write and return its results dictionary."""
-    started = _dt.datetime.now(_dt.timezone.utc)
+    started = _dt.datetime.now(_dt.UTC)
     t_start = time.perf_counter()
     args.recipe = args.recipe or default_recipe(args.model)
     device = torch.device(args.device) if args.device else default_device()
@@ -98,7 +124,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.fraction < 1:
         train_set = train_set.subset(data.balanced_subset(train_set, args.fraction, seed=args.seed))
     if args.fast and len(test_set) > FAST_TEST_IMAGES:
-        test_set = test_set.subset(data.balanced_subset(test_set, FAST_TEST_IMAGES / len(test_set), seed=0))
+        test_set = test_set.subset(
+            data.balanced_subset(test_set, FAST_TEST_IMAGES / len(test_set), seed=0)
+        )
 
     iterations = args.iterations or (FAST_ITERATIONS if args.fast else None)
     rec = train.recipe(args.recipe, iterations=iterations, batch_size=args.batch_size)
@@ -108,15 +136,25 @@ def run(args: argparse.Namespace) -> dict:
         train.set_bn_momentum(model, bn_momentum)
 
     train_loader = data.TensorLoader(train_set, rec.batch_size, device=device, seed=args.seed)
-    test_loader = data.TensorLoader(test_set, args.eval_batch_size, shuffle=False, augment=False, device=device)
+    test_loader = data.TensorLoader(
+        test_set, args.eval_batch_size, shuffle=False, augment=False, device=device
+    )
 
     out = Path(args.out) if args.out else _default_out(args)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".pt")
     metrics = out.with_suffix(".csv")
-    trainer = train.Trainer(model, rec, device=device, amp=args.amp, channels_last=args.channels_last,
-                            compile=args.compile, progress=not args.no_progress, metrics_path=metrics,
-                            checkpoint_path=None if args.no_checkpoint else ckpt,
-                            eval_every=args.eval_every)
+    trainer = train.Trainer(
+        model,
+        rec,
+        device=device,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        progress=not args.no_progress,
+        metrics_path=metrics,
+        checkpoint_path=None if args.no_checkpoint else ckpt,
+        eval_every=args.eval_every,
+    )
     resumed = False
     if not args.no_checkpoint and not args.restart:
         resumed = trainer.resume_if_exists()
@@ -153,15 +191,21 @@ def run(args: argparse.Namespace) -> dict:
         "amp": trainer.amp,
         "channels_last": bool(args.channels_last),
         "compile": bool(args.compile),
-        "versions": {"revlib": __version__, "torch": torch.__version__, "torchvision": _tv_version(),
-                     "python": platform.python_version()},
+        "versions": {
+            "revlib": __version__,
+            "torch": torch.__version__,
+            "torchvision": _tv_version(),
+            "python": platform.python_version(),
+        },
         "command": "python -m revlib.harness.experiments " + " ".join(args.argv),
         "started": started.isoformat(timespec="seconds"),
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "history": hist,
     }
     if resumed:
-        result["note"] = "resumed from a checkpoint: wall_time_s covers this session only, train_time_s all sessions"
+        result["note"] = (
+            "resumed from a checkpoint: wall_time_s covers this session only, train_time_s all sessions"
+        )
     train.atomic_write_text(json.dumps(result, indent=1) + "\n", out)
     result["path"] = str(out)
     return result
@@ -172,36 +216,78 @@ def _tv_version() -> str | None:
         import torchvision
 
         return torchvision.__version__
-    except (ImportError, RuntimeError):  # missing, or built for another torch ("operator torchvision::nms does not exist")
+    except (
+        ImportError,
+        RuntimeError,
+    ):  # missing, or built for another torch ("operator torchvision::nms does not exist")
         return None
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m revlib.harness.experiments", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m revlib.harness.experiments",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help=f"one of {', '.join(MODEL_NAMES)}")
     p.add_argument("--dataset", default="cifar10", choices=data.DATASETS)
-    p.add_argument("--recipe", choices=sorted(train.RECIPES), default=None,
-                   help="default: chang for the ODE networks, revnet otherwise")
-    p.add_argument("--iterations", type=int, default=None, help="scale the recipe's schedule to this many updates")
+    p.add_argument(
+        "--recipe",
+        choices=sorted(train.RECIPES),
+        default=None,
+        help="default: chang for the ODE networks, revnet otherwise",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="scale the recipe's schedule to this many updates",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
-    p.add_argument("--fast", action="store_true", help=f"{FAST_ITERATIONS} iterations, test set capped at "
-                   f"{FAST_TEST_IMAGES} images: a smoke run")
-    p.add_argument("--fraction", type=float, default=1.0, help="class-balanced fraction of the training set")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help=f"{FAST_ITERATIONS} iterations, test set capped at "
+        f"{FAST_TEST_IMAGES} images: a smoke run",
+    )
+    p.add_argument(
+        "--fraction", type=float, default=1.0, help="class-balanced fraction of the training set"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", default=None, help="folder of the torchvision data sets (default $REVLIB_DATA or ./data)")
-    p.add_argument("--no-download", action="store_true", help="never try to download a missing data set")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder of the torchvision data sets (default $REVLIB_DATA or ./data)",
+    )
+    p.add_argument(
+        "--no-download", action="store_true", help="never try to download a missing data set"
+    )
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--amp", default=None, choices=["bf16", "fp16", "auto"], help="mixed precision (default: float32)")
-    p.add_argument("--bn-momentum", type=float, default=None,
-                   help="BatchNorm momentum (default: the model's, 0.01 = the official decay 0.99; --fast: 0.1)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--amp",
+        default=None,
+        choices=["bf16", "fp16", "auto"],
+        help="mixed precision (default: float32)",
+    )
+    p.add_argument(
+        "--bn-momentum",
+        type=float,
+        default=None,
+        help="BatchNorm momentum (default: the model's, 0.01 = the official decay 0.99; --fast: 0.1)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--eval-batch-size", type=int, default=500)
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every this many epochs")
-    p.add_argument("--out", default=None, help="results JSON (default runs/MODEL_DATASET_..._seedS.json)")
-    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the results path with .pt)")
+    p.add_argument(
+        "--out", default=None, help="results JSON (default runs/MODEL_DATASET_..._seedS.json)"
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="checkpoint file (default: the results path with .pt)"
+    )
     p.add_argument("--no-checkpoint", action="store_true")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -216,11 +302,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit("--fraction must be in (0, 1]")
     try:
         result = run(args)
-    except (data.DataUnavailableError, UnknownModelError) as exc:  # the command line's errors: a message, no traceback
+    except (
+        data.DataUnavailableError,
+        UnknownModelError,
+    ) as exc:  # the command line's errors: a message, no traceback
         raise SystemExit(f"error: {exc}") from None
-    print(f"{result['model']} on {result['dataset']}: test accuracy {result['accuracy']:.4f} "
-          f"after {result['iterations']} iterations, {result['wall_time_s']:.1f} s on {result['hardware']['name']}"
-          f" -> {result['path']}")
+    print(
+        f"{result['model']} on {result['dataset']}: test accuracy {result['accuracy']:.4f} "
+        f"after {result['iterations']} iterations, {result['wall_time_s']:.1f} s on {result['hardware']['name']}"
+        f" -> {result['path']}"
+    )
     return result
 
 

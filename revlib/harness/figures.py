@@ -16,7 +16,7 @@ calls. Only matplotlib, numpy and IPython are used (the ``revlib[train]`` extra)
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -52,12 +52,16 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
     for row in rows:
         cells = [str(c) for c in row]
         if len(cells) != len(header):
-            raise ValueError(f"markdown_table: a row has {len(cells)} cells, the header {len(header)}: {cells}")
+            raise ValueError(
+                f"markdown_table: a row has {len(cells)} cells, the header {len(header)}: {cells}"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def show_table(header: Sequence[str], rows: Iterable[Sequence[object]], caption: str | None = None) -> None:
+def show_table(
+    header: Sequence[str], rows: Iterable[Sequence[object]], caption: str | None = None
+) -> None:
     """Display :func:`markdown_table` (with an optional bold caption above it) in the notebook."""
     from IPython.display import Markdown, display
 
@@ -99,11 +103,28 @@ def plot_series(
 # --- schematics -------------------------------------------------------------------------
 
 
-def _box(ax: Axes, x: float, y: float, text: str, color: str = _PLAIN, w: float = 1.0, h: float = 0.6,
-         fontsize: int = 11) -> tuple[float, float]:
+def _box(
+    ax: Axes,
+    x: float,
+    y: float,
+    text: str,
+    color: str = _PLAIN,
+    w: float = 1.0,
+    h: float = 0.6,
+    fontsize: int = 11,
+) -> tuple[float, float]:
     """A rounded box centred at (x, y); returns its centre."""
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05",
-                                facecolor=color, edgecolor="black", lw=1.0))
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - w / 2, y - h / 2),
+            w,
+            h,
+            boxstyle="round,pad=0.05",
+            facecolor=color,
+            edgecolor="black",
+            lw=1.0,
+        )
+    )
     ax.text(x, y, text, ha="center", va="center", fontsize=fontsize)
     return x, y
 
@@ -113,13 +134,34 @@ def _plus(ax: Axes, x: float, y: float, sign: str = "+") -> None:
     ax.text(x, y, sign, ha="center", va="center", fontsize=12)
 
 
-def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], color: str = "black",
-           style: str = "-|>", ls: str = "-", rad: float = 0.0) -> None:
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=12, color=color, lw=1.2,
-                                 linestyle=ls, connectionstyle=f"arc3,rad={rad}", shrinkA=2, shrinkB=2))
+def _arrow(
+    ax: Axes,
+    start: tuple[float, float],
+    end: tuple[float, float],
+    color: str = "black",
+    style: str = "-|>",
+    ls: str = "-",
+    rad: float = 0.0,
+) -> None:
+    ax.add_patch(
+        FancyArrowPatch(
+            start,
+            end,
+            arrowstyle=style,
+            mutation_scale=12,
+            color=color,
+            lw=1.2,
+            linestyle=ls,
+            connectionstyle=f"arc3,rad={rad}",
+            shrinkA=2,
+            shrinkB=2,
+        )
+    )
 
 
-def _canvas(width: float, height: float, xlim: tuple[float, float], ylim: tuple[float, float]) -> tuple[Figure, Axes]:
+def _canvas(
+    width: float, height: float, xlim: tuple[float, float], ylim: tuple[float, float]
+) -> tuple[Figure, Axes]:
     fig, ax = plt.subplots(figsize=(width, height), dpi=DPI)
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
@@ -193,8 +235,15 @@ def draw_reversible_backward(blocks: int = 4) -> Figure:
     for i, x in enumerate(xs):
         color = _STORED if i == blocks else _PLAIN
         _box(ax, x, 1.0, f"$x^{{({i})}}$", color, w=0.8, h=0.55)
-        _box(ax, x, -1.4, f"$x^{{({i})}}$" if i < blocks else f"$x^{{({i})}}$", _RECOMPUTED if i < blocks else _STORED,
-             w=0.8, h=0.55)
+        _box(
+            ax,
+            x,
+            -1.4,
+            f"$x^{{({i})}}$" if i < blocks else f"$x^{{({i})}}$",
+            _RECOMPUTED if i < blocks else _STORED,
+            w=0.8,
+            h=0.55,
+        )
         if i < blocks:
             _box(ax, x + 1.1, 1.0, f"block {i + 1}", _FUNCTION, w=1.0, h=0.5, fontsize=9)
             _arrow(ax, (x + 0.4, 1.0), (x + 0.6, 1.0))
@@ -205,11 +254,25 @@ def draw_reversible_backward(blocks: int = 4) -> Figure:
     _arrow(ax, (xs[-1], 0.7), (xs[-1], -1.1), ls="--")
     ax.text(xs[-1] + 0.15, -0.2, "output\nkept", fontsize=9, va="center")
     ax.text(-0.7, 1.55, "forward: nothing inside the chain is kept", fontsize=10, ha="left")
-    ax.text(-0.7, -2.2, "backward (right to left): each block's input is rebuilt from its output,"
-            " with the gradient $\\bar x$", fontsize=10, ha="left")
-    handles = [Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="black") for c in (_STORED, _RECOMPUTED)]
-    ax.legend(handles, ["stored", "recomputed in the backward"], loc="upper right", fontsize=9, frameon=False,
-              bbox_to_anchor=(1.0, 1.12))
+    ax.text(
+        -0.7,
+        -2.2,
+        "backward (right to left): each block's input is rebuilt from its output,"
+        " with the gradient $\\bar x$",
+        fontsize=10,
+        ha="left",
+    )
+    handles = [
+        Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="black") for c in (_STORED, _RECOMPUTED)
+    ]
+    ax.legend(
+        handles,
+        ["stored", "recomputed in the backward"],
+        loc="upper right",
+        fontsize=9,
+        frameon=False,
+        bbox_to_anchor=(1.0, 1.12),
+    )
     return fig
 
 
@@ -234,12 +297,24 @@ def draw_two_step_coupling() -> Figure:
     # the swap
     _arrow(ax, (4.0, top), (6.0, bottom), rad=0.0)
     _arrow(ax, (4.0, bottom), (6.0, top), rad=0.0)
-    ax.text(5.0, 1.3, "swap", ha="center", va="center", fontsize=10,
-            bbox=dict(facecolor="white", edgecolor="none"))
+    ax.text(
+        5.0,
+        1.3,
+        "swap",
+        ha="center",
+        va="center",
+        fontsize=10,
+        bbox=dict(facecolor="white", edgecolor="none"),
+    )
     ax.text(6.1, top, "$Y_{j+1}$", ha="left", va="center", fontsize=13)
     ax.text(6.1, bottom, "$Y_{j}$", ha="left", va="center", fontsize=13)
-    ax.text(3.4, 2.85, "$Y_{j+1} = Y_{j-1} + 2h\\,F(Y_j)$: an additive coupling, then a swap", ha="center",
-            fontsize=11)
+    ax.text(
+        3.4,
+        2.85,
+        "$Y_{j+1} = Y_{j-1} + 2h\\,F(Y_j)$: an additive coupling, then a swap",
+        ha="center",
+        fontsize=11,
+    )
     return fig
 
 
@@ -256,16 +331,52 @@ def draw_hamiltonian_block() -> Figure:
     ax.text(-0.15, top, "$Y_j$", ha="right", va="center", fontsize=13)
     ax.text(-0.15, bottom, "$Z_j$", ha="right", va="center", fontsize=13)
     for y_row, names, start, add_at, sign, rail_from in (
-        (1.95, ("$K_1$", "$\\sigma(\\cdot + b_1)$", "$K_1^\\top$", "$\\times h$"), 0.9, 5.6, "+", bottom),
-        (1.15, ("$K_2$", "$\\sigma(\\cdot + b_2)$", "$K_2^\\top$", "$\\times h$"), 6.3, 11.0, "−", top),
+        (
+            1.95,
+            ("$K_1$", "$\\sigma(\\cdot + b_1)$", "$K_1^\\top$", "$\\times h$"),
+            0.9,
+            5.6,
+            "+",
+            bottom,
+        ),
+        (
+            1.15,
+            ("$K_2$", "$\\sigma(\\cdot + b_2)$", "$K_2^\\top$", "$\\times h$"),
+            6.3,
+            11.0,
+            "−",
+            top,
+        ),
     ):
         xs = [start + 1.15 * k for k in range(4)]
         for k, (x, name) in enumerate(zip(xs, names)):
-            _box(ax, x, y_row, name, _FUNCTION if k < 3 else _PLAIN, w=0.8 if k != 1 else 0.95, h=0.5, fontsize=9)
+            _box(
+                ax,
+                x,
+                y_row,
+                name,
+                _FUNCTION if k < 3 else _PLAIN,
+                w=0.8 if k != 1 else 0.95,
+                h=0.5,
+                fontsize=9,
+            )
             if k:
-                _arrow(ax, (xs[k - 1] + (0.48 if k == 2 else 0.4), y_row), (x - (0.48 if k == 1 else 0.4), y_row))
-        ax.add_patch(FancyArrowPatch((xs[0], y_row + 0.27), (xs[2], y_row + 0.27), arrowstyle="-", ls="--",
-                                     color="0.4", connectionstyle="arc3,rad=-0.45", lw=0.9))
+                _arrow(
+                    ax,
+                    (xs[k - 1] + (0.48 if k == 2 else 0.4), y_row),
+                    (x - (0.48 if k == 1 else 0.4), y_row),
+                )
+        ax.add_patch(
+            FancyArrowPatch(
+                (xs[0], y_row + 0.27),
+                (xs[2], y_row + 0.27),
+                arrowstyle="-",
+                ls="--",
+                color="0.4",
+                connectionstyle="arc3,rad=-0.45",
+                lw=0.9,
+            )
+        )
         _arrow(ax, (start - 0.55, rail_from), (xs[0] - 0.4, y_row))
         rail_to = top if sign == "+" else bottom
         _plus(ax, add_at, rail_to, sign)
@@ -276,12 +387,16 @@ def draw_hamiltonian_block() -> Figure:
     _arrow(ax, (11.0 + 0.18, bottom), (11.9, bottom))
     ax.text(12.0, top, "$Y_{j+1}$", ha="left", va="center", fontsize=13)
     ax.text(12.0, bottom, "$Z_{j+1}$", ha="left", va="center", fontsize=13)
-    ax.text(2.6, 1.5, "F: one kernel $K_1$, used twice (dashed)", fontsize=8, ha="center", color="0.3")
+    ax.text(
+        2.6, 1.5, "F: one kernel $K_1$, used twice (dashed)", fontsize=8, ha="center", color="0.3"
+    )
     ax.text(8.0, 0.6, "G: reads the new $Y_{j+1}$", fontsize=8, ha="center", color="0.3")
     return fig
 
 
-def draw_revnet_stages(units: Sequence[int] = (3, 3, 3), channels: Sequence[int] = (32, 64, 112)) -> Figure:
+def draw_revnet_stages(
+    units: Sequence[int] = (3, 3, 3), channels: Sequence[int] = (32, 64, 112)
+) -> Figure:
     """A CIFAR RevNet's layout: stem, reversible stages, non-reversible transitions, head.
 
     Boxes whose input is stored for the backward are orange; reversible units,
@@ -305,20 +420,39 @@ def draw_revnet_stages(units: Sequence[int] = (3, 3, 3), channels: Sequence[int]
             label = "..." if (u > 3 and k == 1) else "rev"
             _box(ax, x + 0.3, 0.3, label, _RECOMPUTED, w=0.55, h=0.8, fontsize=8)
             x += 0.75
-        ax.text(x - 0.75 * shown / 2 - 0.1, -0.55, f"stage {s + 1}: {u} units, {c} ch", ha="center", fontsize=8)
+        ax.text(
+            x - 0.75 * shown / 2 - 0.1,
+            -0.55,
+            f"stage {s + 1}: {u} units, {c} ch",
+            ha="center",
+            fontsize=8,
+        )
     _arrow(ax, (x, 0.3), (x + 0.2, 0.3))
     _box(ax, x + 0.8, 0.3, "BN-ReLU\npool, FC", _STORED, w=1.1, h=0.8, fontsize=8)
-    handles = [Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="black") for c in (_STORED, _RECOMPUTED)]
-    ax.legend(handles, ["not reversible: input stored", "reversible unit: rebuilt in the backward"],
-              loc="upper center", ncol=2, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 1.18))
+    handles = [
+        Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="black") for c in (_STORED, _RECOMPUTED)
+    ]
+    ax.legend(
+        handles,
+        ["not reversible: input stored", "reversible unit: rebuilt in the backward"],
+        loc="upper center",
+        ncol=2,
+        fontsize=9,
+        frameon=False,
+        bbox_to_anchor=(0.5, 1.18),
+    )
     return fig
 
 
 # --- stability -------------------------------------------------------------------------
 
 
-def plot_stability_regions(points: Mapping[str, np.ndarray] | None = None, ax: Axes | None = None,
-                           extent: float = 2.6, xlim: tuple[float, float] | None = None) -> Figure:
+def plot_stability_regions(
+    points: Mapping[str, np.ndarray] | None = None,
+    ax: Axes | None = None,
+    extent: float = 2.6,
+    xlim: tuple[float, float] | None = None,
+) -> Figure:
     """Stability regions in the plane of :math:`z = h\\lambda`, with optional points on top.
 
     * forward Euler, :math:`y_{j+1} = (1 + z) y_j`: the disk :math:`|1 + z| \\le 1`;
@@ -336,12 +470,34 @@ def plot_stability_regions(points: Mapping[str, np.ndarray] | None = None, ax: A
         fig, ax = plt.subplots(figsize=(5.4, 5.0), dpi=DPI)
     else:
         fig = ax.figure
-    ax.add_patch(Circle((-1, 0), 1, facecolor="#cfe2f3", edgecolor="#3d85c6", lw=1.2, alpha=0.8,
-                        label="forward Euler: $|1+h\\lambda| \\leq 1$"))
-    ax.plot([0, 0], [-2, 2], color="#e69138", lw=5, alpha=0.4, solid_capstyle="butt",
-            label="Verlet: $h\\lambda \\in i(-2, 2)$")
-    ax.plot([0, 0], [-1, 1], color="#990000", lw=1.5, solid_capstyle="butt",
-            label="Midpoint: $h\\lambda \\in i(-1, 1)$")
+    ax.add_patch(
+        Circle(
+            (-1, 0),
+            1,
+            facecolor="#cfe2f3",
+            edgecolor="#3d85c6",
+            lw=1.2,
+            alpha=0.8,
+            label="forward Euler: $|1+h\\lambda| \\leq 1$",
+        )
+    )
+    ax.plot(
+        [0, 0],
+        [-2, 2],
+        color="#e69138",
+        lw=5,
+        alpha=0.4,
+        solid_capstyle="butt",
+        label="Verlet: $h\\lambda \\in i(-2, 2)$",
+    )
+    ax.plot(
+        [0, 0],
+        [-1, 1],
+        color="#990000",
+        lw=1.5,
+        solid_capstyle="butt",
+        label="Midpoint: $h\\lambda \\in i(-1, 1)$",
+    )
     for (label, z), marker in zip((points or {}).items(), "ox^sD"):
         z = np.asarray(z, dtype=complex)
         ax.plot(z.real, z.imag, marker, ms=4, mfc="none", alpha=0.8, label=label)

@@ -39,9 +39,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,13 @@ __all__ = [
     "main",
 ]
 
-NETWORKS: tuple[str, ...] = ("ResNet-32", "RevNet-38", "Hamiltonian-74", "Midpoint-26", "Leapfrog-26")
+NETWORKS: tuple[str, ...] = (
+    "ResNet-32",
+    "RevNet-38",
+    "Hamiltonian-74",
+    "Midpoint-26",
+    "Leapfrog-26",
+)
 """The networks of Gomez et al.'s and Chang et al.'s CIFAR tables, by the papers' names."""
 
 REVERSIBLE: tuple[str, ...] = NETWORKS[1:]
@@ -82,8 +89,13 @@ REVERSIBLE: tuple[str, ...] = NETWORKS[1:]
 ODE_NETWORKS: tuple[str, ...] = ("Hamiltonian-74", "Midpoint-26", "Leapfrog-26")
 """The networks trained with Chang et al.'s weight smoothness."""
 
-_CONFIG = {"ResNet-32": "resnet32", "RevNet-38": "revnet38", "Hamiltonian-74": "hamiltonian74",
-           "Midpoint-26": "midpoint26", "Leapfrog-26": "leapfrog26"}
+_CONFIG = {
+    "ResNet-32": "resnet32",
+    "RevNet-38": "revnet38",
+    "Hamiltonian-74": "hamiltonian74",
+    "Midpoint-26": "midpoint26",
+    "Leapfrog-26": "leapfrog26",
+}
 
 
 def scaled(widths: Sequence[int], factor: float) -> tuple[int, ...]:
@@ -102,7 +114,9 @@ def build(name: str, width: float = 1.0, mode: str = "autograd", in_channels: in
     from ..models.revnet import CIFAR_CONFIGS, PreActNet
 
     if name not in _CONFIG:
-        raise KeyError(f"fmnist_study.build: unknown network {name!r}; choose one of {', '.join(NETWORKS)}")
+        raise KeyError(
+            f"fmnist_study.build: unknown network {name!r}; choose one of {', '.join(NETWORKS)}"
+        )
     key = _CONFIG[name]
     if key in CIFAR_CONFIGS:
         cfg = dict(CIFAR_CONFIGS[key])
@@ -162,12 +176,25 @@ class Schedule:
 
 
 def _evaluate(model: nn.Module, split: data.ImageData, device: str) -> dict:
-    return train.evaluate(model, data.TensorLoader(split, 500, shuffle=False, augment=False, device=device), device)
+    return train.evaluate(
+        model, data.TensorLoader(split, 500, shuffle=False, augment=False, device=device), device
+    )
 
 
-def train_run(name: str, seed: int, splits: FmnistSplits, *, updates: int, width: float, fraction: float = 1.0,
-              mode: str = "autograd", schedule: Schedule = Schedule(), validate: bool = True,
-              test_images: int | None = None, device: str = "cpu") -> dict[str, Any]:
+def train_run(
+    name: str,
+    seed: int,
+    splits: FmnistSplits,
+    *,
+    updates: int,
+    width: float,
+    fraction: float = 1.0,
+    mode: str = "autograd",
+    schedule: Schedule = Schedule(),
+    validate: bool = True,
+    test_images: int | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Train ``name`` from ``seed`` for ``updates`` updates; evaluate the final weights on validation and test.
 
     ``seed`` seeds the initialisation, the batches and their augmentation, and
@@ -185,10 +212,16 @@ def train_run(name: str, seed: int, splits: FmnistSplits, *, updates: int, width
         train_set = train_set.subset(data.balanced_subset(train_set, fraction, seed=seed))
     train.seed_everything(seed)
     model = train.set_bn_momentum(build(name, width, mode), schedule.bn_momentum).to(device)
-    opt = torch.optim.SGD(train.parameter_groups(model, schedule.weight_decay), lr=schedule.lr,
-                          momentum=schedule.momentum)
+    opt = torch.optim.SGD(
+        train.parameter_groups(model, schedule.weight_decay),
+        lr=schedule.lr,
+        momentum=schedule.momentum,
+    )
     extra: Callable[[nn.Module], torch.Tensor] | None = (
-        train.smoothness_hook(schedule.smoothness) if name in ODE_NETWORKS and schedule.smoothness > 0 else None)
+        train.smoothness_hook(schedule.smoothness)
+        if name in ODE_NETWORKS and schedule.smoothness > 0
+        else None
+    )
     loader = data.TensorLoader(train_set, schedule.batch_size, seed=seed, device=device)
     batches = iter(())
     losses, window = [], []
@@ -211,8 +244,15 @@ def train_run(name: str, seed: int, splits: FmnistSplits, *, updates: int, width
             losses.append(sum(window) / len(window))
             window = []
     result: dict[str, Any] = {
-        "model": name, "seed": seed, "fraction": fraction, "mode": mode, "width": width, "updates": updates,
-        "params": count_parameters(model), "train_images": len(train_set), "loss": losses,
+        "model": name,
+        "seed": seed,
+        "fraction": fraction,
+        "mode": mode,
+        "width": width,
+        "updates": updates,
+        "params": count_parameters(model),
+        "train_images": len(train_set),
+        "loss": losses,
     }
     if validate:
         result["val_acc"] = _evaluate(model, splits.val, device)["acc"]
@@ -220,8 +260,13 @@ def train_run(name: str, seed: int, splits: FmnistSplits, *, updates: int, width
     if test_images is not None and test_images < len(test):
         test = test.subset(data.balanced_subset(test, test_images / len(test), seed=0))
     r = _evaluate(model, test, device)
-    result.update(test_acc=r["acc"], test_loss=r["loss"], test_images=len(test), seconds=time.perf_counter() - t0,
-                  device=device)
+    result.update(
+        test_acc=r["acc"],
+        test_loss=r["loss"],
+        test_images=len(test),
+        seconds=time.perf_counter() - t0,
+        device=device,
+    )
     return result
 
 
@@ -268,9 +313,20 @@ def jobs(grid: Grid = GRID) -> list[tuple[str, float, int, str]]:
     out = []
     for s in grid.seeds:
         for m in NETWORKS:
-            out.append((m, 1.0, s, "reversible" if m in REVERSIBLE and s in grid.reversible_seeds else "autograd"))
-    small = [(f, s) for s in grid.small_seeds + grid.small_seeds_more for f in grid.fractions
-             if s in grid.small_seeds or f <= grid.more_seeds_below]
+            out.append(
+                (
+                    m,
+                    1.0,
+                    s,
+                    "reversible" if m in REVERSIBLE and s in grid.reversible_seeds else "autograd",
+                )
+            )
+    small = [
+        (f, s)
+        for s in grid.small_seeds + grid.small_seeds_more
+        for f in grid.fractions
+        if s in grid.small_seeds or f <= grid.more_seeds_below
+    ]
     first = set(grid.small_seeds[:2])
     small.sort(key=lambda fs: (fs[1] not in first, fs[0] > grid.more_seeds_below, fs[1], fs[0]))
     for f, s in small:
@@ -281,11 +337,20 @@ def jobs(grid: Grid = GRID) -> list[tuple[str, float, int, str]]:
 def _path(cache: Path, job: tuple, grid: Grid) -> Path:
     model, fraction, seed, mode = job
     updates = grid.updates if fraction == 1 else grid.small_updates
-    return cache / f"w{grid.width:g}_{grid.device}" / f"{model}_f{fraction:g}_u{updates}_seed{seed}_{mode}.json"
+    return (
+        cache
+        / f"w{grid.width:g}_{grid.device}"
+        / f"{model}_f{fraction:g}_u{updates}_seed{seed}_{mode}.json"
+    )
 
 
-def run_grid(grid: Grid = GRID, cache: str | Path = "runs/fmnist", log: Callable[[str], None] = print,
-             after_each: Callable[[], None] | None = None, splits: FmnistSplits | None = None) -> dict[str, Any]:
+def run_grid(
+    grid: Grid = GRID,
+    cache: str | Path = "runs/fmnist",
+    log: Callable[[str], None] = print,
+    after_each: Callable[[], None] | None = None,
+    splits: FmnistSplits | None = None,
+) -> dict[str, Any]:
     """Run every job of ``grid`` not yet cached under ``cache``, in :func:`jobs` order; return :func:`collect`.
 
     ``splits`` defaults to :func:`fmnist_splits`; ``after_each`` is called after every finished run.
@@ -299,9 +364,18 @@ def run_grid(grid: Grid = GRID, cache: str | Path = "runs/fmnist", log: Callable
         if not path.exists():
             model, fraction, seed, mode = job
             full = fraction == 1
-            r = train_run(model, seed, splits, updates=grid.updates if full else grid.small_updates,
-                          width=grid.width, fraction=fraction, mode=mode, validate=full,
-                          test_images=None if full else grid.small_test_images, device=grid.device)
+            r = train_run(
+                model,
+                seed,
+                splits,
+                updates=grid.updates if full else grid.small_updates,
+                width=grid.width,
+                fraction=fraction,
+                mode=mode,
+                validate=full,
+                test_images=None if full else grid.small_test_images,
+                device=grid.device,
+            )
             path.parent.mkdir(parents=True, exist_ok=True)
             train.atomic_write_text(json.dumps(r) + "\n", path)
             if after_each is not None:
@@ -349,20 +423,29 @@ def load_results(path: str | Path | None = None) -> dict[str, Any]:
         text = files("revlib.harness").joinpath(PACKAGED_RESULTS).read_text()
     else:
         if not Path(path).exists():
-            raise FileNotFoundError(f"fmnist_study: no results file {path}; make it with "
-                                    f"`python -m revlib.harness.fmnist_study grid --out {path}`")
+            raise FileNotFoundError(
+                f"fmnist_study: no results file {path}; make it with "
+                f"`python -m revlib.harness.fmnist_study grid --out {path}`"
+            )
         text = Path(path).read_text()
     result = json.loads(text)
     if result.get("format") != "revlib.harness.fmnist_study/1":
-        raise ValueError(f"fmnist_study: {path or PACKAGED_RESULTS} is not a fmnist_study results file")
+        raise ValueError(
+            f"fmnist_study: {path or PACKAGED_RESULTS} is not a fmnist_study results file"
+        )
     return result
 
 
-def select(results: dict[str, Any], model: str, fraction: float = 1.0, key: str = "test_acc") -> dict[int, float]:
+def select(
+    results: dict[str, Any], model: str, fraction: float = 1.0, key: str = "test_acc"
+) -> dict[int, float]:
     """Seed -> ``key`` (in percent if an accuracy) of ``model``'s runs at ``fraction``."""
     scale = 100.0 if key.endswith("_acc") else 1.0
-    return {r["seed"]: scale * r[key] for r in sorted(results["runs"], key=lambda r: r["seed"])
-            if r["model"] == model and r["fraction"] == fraction}
+    return {
+        r["seed"]: scale * r[key]
+        for r in sorted(results["runs"], key=lambda r: r["seed"])
+        if r["model"] == model and r["fraction"] == fraction
+    }
 
 
 def detectable_difference(se: float, z_alpha: float = 1.96, z_power: float = 0.84) -> float:
@@ -370,38 +453,80 @@ def detectable_difference(se: float, z_alpha: float = 1.96, z_power: float = 0.8
     return (z_alpha + z_power) * se
 
 
-def compare_to(results: dict[str, Any], model: str, reference: str = "ResNet-32",
-               fraction: float = 1.0) -> dict[str, float]:
+def compare_to(
+    results: dict[str, Any], model: str, reference: str = "ResNet-32", fraction: float = 1.0
+) -> dict[str, float]:
     """``model`` against ``reference``: mean, std, n, difference of means, its standard error, detectable difference."""
-    a, b = list(select(results, model, fraction).values()), list(select(results, reference, fraction).values())
+    a, b = (
+        list(select(results, model, fraction).values()),
+        list(select(results, reference, fraction).values()),
+    )
     s = summarize(a)
     diff, se, _ = separated(a, b)
-    return {"mean": s["mean"], "std": s["std"], "n": s["n"], "diff": diff, "se": se,
-            "mdd": detectable_difference(se)}
+    return {
+        "mean": s["mean"],
+        "std": s["std"],
+        "n": s["n"],
+        "diff": diff,
+        "se": se,
+        "mdd": detectable_difference(se),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m revlib.harness.fmnist_study", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m revlib.harness.fmnist_study",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("grid", help="run the grid (resumable) and write the results file")
     g.add_argument("--out", default="revlib/harness/results/fmnist_study.json")
-    g.add_argument("--cache", default="runs/fmnist", help="one JSON per finished run; a rerun skips them")
-    g.add_argument("--width", type=float, default=GRID.width, help="factor on every network's widths (1: the papers')")
-    g.add_argument("--updates", type=int, default=GRID.updates, help="updates per full-training-set run")
-    g.add_argument("--small-updates", type=int, default=GRID.small_updates, help="updates per subset run")
+    g.add_argument(
+        "--cache", default="runs/fmnist", help="one JSON per finished run; a rerun skips them"
+    )
+    g.add_argument(
+        "--width",
+        type=float,
+        default=GRID.width,
+        help="factor on every network's widths (1: the papers')",
+    )
+    g.add_argument(
+        "--updates", type=int, default=GRID.updates, help="updates per full-training-set run"
+    )
+    g.add_argument(
+        "--small-updates", type=int, default=GRID.small_updates, help="updates per subset run"
+    )
     g.add_argument("--device", default="cpu")
-    g.add_argument("--collect-only", action="store_true", help="write the results file from the cache, run nothing")
-    g.add_argument("--write-every-run", action="store_true", help="rewrite --out after every finished run")
-    g.add_argument("--quick", action="store_true", help="a code-path check: one seed, one subset, and validation "
-                   "and test splits cut to 1,000 class-balanced images each; its numbers are no result")
+    g.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="write the results file from the cache, run nothing",
+    )
+    g.add_argument(
+        "--write-every-run", action="store_true", help="rewrite --out after every finished run"
+    )
+    g.add_argument(
+        "--quick",
+        action="store_true",
+        help="a code-path check: one seed, one subset, and validation "
+        "and test splits cut to 1,000 class-balanced images each; its numbers are no result",
+    )
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.device == "cpu":
         torch.set_num_threads(1)
-    grid = replace(GRID, width=args.width, updates=args.updates, small_updates=args.small_updates, device=args.device)
+    grid = replace(
+        GRID,
+        width=args.width,
+        updates=args.updates,
+        small_updates=args.small_updates,
+        device=args.device,
+    )
     splits = None
     if args.quick:
-        grid = replace(grid, seeds=(0,), small_seeds=(0,), small_seeds_more=(), fractions=grid.fractions[:1])
+        grid = replace(
+            grid, seeds=(0,), small_seeds=(0,), small_seeds_more=(), fractions=grid.fractions[:1]
+        )
         full = fmnist_splits()
         cut = lambda d: d.subset(data.balanced_subset(d, 1000 / len(d)))  # noqa: E731
         splits = FmnistSplits(full.train, cut(full.val), cut(full.test))
@@ -411,8 +536,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def write() -> None:
         train.atomic_write_text(json.dumps(collect(grid, args.cache), indent=0) + "\n", out)
 
-    result = collect(grid, args.cache) if args.collect_only else run_grid(
-        grid, args.cache, after_each=write if args.write_every_run else None, splits=splits)
+    result = (
+        collect(grid, args.cache)
+        if args.collect_only
+        else run_grid(
+            grid, args.cache, after_each=write if args.write_every_run else None, splits=splits
+        )
+    )
     train.atomic_write_text(json.dumps(result, indent=0) + "\n", out)
     print(f"wrote {out}: {len(result['runs'])} runs, {len(result['missing'])} missing")
     return 0

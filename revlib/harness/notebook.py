@@ -14,9 +14,10 @@ run on the CPU on small stand-in data.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -88,7 +89,7 @@ class RunSettings:
         runs_dir: str | Path = "runs",
         max_iterations: int | None = None,
         require_gpu: bool = True,
-    ) -> "RunSettings":
+    ) -> RunSettings:
         """The chapter's settings, each overridden by its environment variable when set."""
         env_full = _env_flag("REVLIB_FULL_RUN")
         env_gpu = _env_flag("REVLIB_REQUIRE_GPU")
@@ -97,9 +98,13 @@ class RunSettings:
             try:
                 max_iterations = int(env_iters)
             except ValueError as err:
-                raise ValueError(f"RunSettings: REVLIB_MAX_ITERATIONS must be an integer, got {env_iters!r}") from err
+                raise ValueError(
+                    f"RunSettings: REVLIB_MAX_ITERATIONS must be an integer, got {env_iters!r}"
+                ) from err
             if max_iterations <= 0:
-                raise ValueError(f"RunSettings: REVLIB_MAX_ITERATIONS must be positive, got {max_iterations}")
+                raise ValueError(
+                    f"RunSettings: REVLIB_MAX_ITERATIONS must be positive, got {max_iterations}"
+                )
         return cls(
             full_run=full_run if env_full is None else env_full,
             data_root=Path(os.environ.get("REVLIB_DATA_ROOT") or data_root),

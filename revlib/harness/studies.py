@@ -43,13 +43,13 @@ import argparse
 import copy
 import json
 import math
-import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,24 +103,35 @@ def digits_splits(val_fraction: float = 0.2, test_fraction: float = 0.2, seed: i
     from sklearn.datasets import load_digits
 
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"studies.digits_splits: need 0 < val, test and val + test < 1, got {val_fraction}, {test_fraction}")
+        raise ValueError(
+            f"studies.digits_splits: need 0 < val, test and val + test < 1, got {val_fraction}, {test_fraction}"
+        )
     bunch = load_digits()
-    images = torch.from_numpy(np.asarray(bunch.images, dtype=np.uint8)).unsqueeze(1)  # (1797, 1, 8, 8), 0..16
+    images = torch.from_numpy(np.asarray(bunch.images, dtype=np.uint8)).unsqueeze(
+        1
+    )  # (1797, 1, 8, 8), 0..16
     labels = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
     rng = np.random.RandomState(seed)
     parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for c in range(10):
         members = rng.permutation(np.flatnonzero(labels.numpy() == c))
-        n_test, n_val = int(round(test_fraction * len(members))), int(round(val_fraction * len(members)))
+        n_test, n_val = (
+            int(round(test_fraction * len(members))),
+            int(round(val_fraction * len(members))),
+        )
         parts["test"] += members[:n_test].tolist()
-        parts["val"] += members[n_test:n_test + n_val].tolist()
-        parts["train"] += members[n_test + n_val:].tolist()
+        parts["val"] += members[n_test : n_test + n_val].tolist()
+        parts["train"] += members[n_test + n_val :].tolist()
     scale = 1.0 / 16.0
     idx = {k: torch.tensor(sorted(v)) for k, v in parts.items()}
     mean = (images[idx["train"]].double() * scale).mean(0).float()
     std = torch.ones(1, 1, 1)
-    made = {k: data.ImageData(images[i].contiguous(), labels[i].contiguous(), 10, scale, mean, std, "digits", k)
-            for k, i in idx.items()}
+    made = {
+        k: data.ImageData(
+            images[i].contiguous(), labels[i].contiguous(), 10, scale, mean, std, "digits", k
+        )
+        for k, i in idx.items()
+    }
     return Splits(made["train"], made["val"], made["test"])
 
 
@@ -130,14 +141,30 @@ def digits_splits(val_fraction: float = 0.2, test_fraction: float = 0.2, seed: i
 def _resnet(mode: str = "autograd") -> nn.Module:
     from ..models.revnet import PreActNet
 
-    return PreActNet("basic", (1, 1, 1), (8, 8, 16, 32), (1, 2, 2), reversible=False, num_classes=10, in_channels=1)
+    return PreActNet(
+        "basic",
+        (1, 1, 1),
+        (8, 8, 16, 32),
+        (1, 2, 2),
+        reversible=False,
+        num_classes=10,
+        in_channels=1,
+    )
 
 
 def _revnet(mode: str = "autograd") -> nn.Module:
     from ..models.revnet import PreActNet
 
-    return PreActNet("basic", (1, 2, 2), (8, 8, 16, 28), (1, 2, 2), reversible=True, num_classes=10, in_channels=1,
-                     mode=mode)
+    return PreActNet(
+        "basic",
+        (1, 2, 2),
+        (8, 8, 16, 28),
+        (1, 2, 2),
+        reversible=True,
+        num_classes=10,
+        in_channels=1,
+        mode=mode,
+    )
 
 
 def _ode(scheme: str, widths: tuple[int, int, int]) -> Callable[[str], nn.Module]:
@@ -166,13 +193,17 @@ ODE_NETWORKS = ("Hamiltonian-26", "Midpoint-14", "Leapfrog-14")
 def build(name: str, mode: str = "autograd") -> nn.Module:
     """The network ``name`` of :data:`ARCHITECTURES` in backward mode ``mode`` (a ResNet has only ``"autograd"``)."""
     if name not in ARCHITECTURES:
-        raise KeyError(f"studies.build: unknown network {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise KeyError(
+            f"studies.build: unknown network {name!r}; choose one of {', '.join(ARCHITECTURES)}"
+        )
     return ARCHITECTURES[name](mode)
 
 
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct trainable numbers."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+    return sum(
+        p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values()
+    )
 
 
 # -------------------------------------------------------------------- protocol
@@ -204,17 +235,28 @@ class Protocol:
 
 
 def _grad_vector(model: nn.Module) -> Tensor:
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().double()
-                      for p in model.parameters()])
+    return torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).flatten().double()
+            for p in model.parameters()
+        ]
+    )
 
 
 def _optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.Optimizer:
-    return torch.optim.SGD(train.parameter_groups(model, protocol.weight_decay), lr=protocol.lr,
-                           momentum=protocol.momentum)
+    return torch.optim.SGD(
+        train.parameter_groups(model, protocol.weight_decay),
+        lr=protocol.lr,
+        momentum=protocol.momentum,
+    )
 
 
 def _extra_loss(name: str, protocol: Protocol) -> Callable[[nn.Module], Tensor] | None:
-    return train.smoothness_hook(protocol.smoothness) if name in ODE_NETWORKS and protocol.smoothness > 0 else None
+    return (
+        train.smoothness_hook(protocol.smoothness)
+        if name in ODE_NETWORKS and protocol.smoothness > 0
+        else None
+    )
 
 
 def _batches(loader: data.TensorLoader):
@@ -222,7 +264,9 @@ def _batches(loader: data.TensorLoader):
         yield from loader
 
 
-def _loss(model: nn.Module, x: Tensor, y: Tensor, extra: Callable[[nn.Module], Tensor] | None) -> tuple[Tensor, Tensor]:
+def _loss(
+    model: nn.Module, x: Tensor, y: Tensor, extra: Callable[[nn.Module], Tensor] | None
+) -> tuple[Tensor, Tensor]:
     out = model(x)
     loss = F.cross_entropy(out.float(), y)
     return loss, (loss + extra(model) if extra is not None else loss)
@@ -232,8 +276,16 @@ def _eval_loader(split: data.ImageData) -> data.TensorLoader:
     return data.TensorLoader(split, 500, shuffle=False, augment=False)
 
 
-def train_to_convergence(name: str, seed: int, splits: Splits, *, fraction: float = 1.0, mode: str = "autograd",
-                         protocol: Protocol = Protocol(), test: bool = True) -> dict[str, Any]:
+def train_to_convergence(
+    name: str,
+    seed: int,
+    splits: Splits,
+    *,
+    fraction: float = 1.0,
+    mode: str = "autograd",
+    protocol: Protocol = Protocol(),
+    test: bool = True,
+) -> dict[str, Any]:
     """Train network ``name`` until its validation accuracy stops improving; test the best weights once.
 
     ``seed`` seeds the initialisation, the batch order and augmentation, and
@@ -270,8 +322,15 @@ def train_to_convergence(name: str, seed: int, splits: Splits, *, fraction: floa
             loss_sum += loss.item()
             step += 1
         val = train.evaluate(model, val_loader, "cpu")
-        curve.append({"step": step, "lr": lr, "train_loss": loss_sum / protocol.check_every,
-                      "val_loss": val["loss"], "val_acc": val["acc"]})
+        curve.append(
+            {
+                "step": step,
+                "lr": lr,
+                "train_loss": loss_sum / protocol.check_every,
+                "val_loss": val["loss"],
+                "val_acc": val["acc"],
+            }
+        )
         if val["acc"] > best_acc:
             best_acc, best_step, since = val["acc"], step, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -285,9 +344,17 @@ def train_to_convergence(name: str, seed: int, splits: Splits, *, fraction: floa
     assert best_state is not None
     model.load_state_dict(best_state)
     result: dict[str, Any] = {
-        "model": name, "seed": seed, "fraction": fraction, "mode": mode, "params": count_parameters(model),
-        "train_images": len(train_set), "steps": step, "best_step": best_step, "val_acc": best_acc,
-        "converged": converged, "curve": curve,
+        "model": name,
+        "seed": seed,
+        "fraction": fraction,
+        "mode": mode,
+        "params": count_parameters(model),
+        "train_images": len(train_set),
+        "steps": step,
+        "best_step": best_step,
+        "val_acc": best_acc,
+        "converged": converged,
+        "curve": curve,
     }
     if test:
         r = train.evaluate(model, _eval_loader(splits.test), "cpu")
@@ -299,8 +366,13 @@ def train_to_convergence(name: str, seed: int, splits: Splits, *, fraction: floa
 # --------------------------------------------------------------- mode compare
 
 
-def gradient_cosine(model: nn.Module, x: Tensor, y: Tensor, extra: Callable[[nn.Module], Tensor] | None,
-                    reference: Tensor | None = None) -> dict[str, float]:
+def gradient_cosine(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    extra: Callable[[nn.Module], Tensor] | None,
+    reference: Tensor | None = None,
+) -> dict[str, float]:
     """Cosines between gradients of copies of ``model`` (a reversible network) on one batch.
 
     ``fp32``: reversible vs autograd gradient, float32. ``bf16``: the same pair
@@ -329,8 +401,16 @@ def gradient_cosine(model: nn.Module, x: Tensor, y: Tensor, extra: Callable[[nn.
     return {"fp32": cos(rev32, ag32), "bf16": cos(rev16, ag16), "bf16_vs_fp32": cos(ag16, ag32)}
 
 
-def compare_modes(name: str = "RevNet-22", seed: int = 0, splits: Splits | None = None, *, steps: int = 220,
-                  cosine_every: int = 20, control: float = 1e-7, protocol: Protocol = Protocol()) -> dict[str, Any]:
+def compare_modes(
+    name: str = "RevNet-22",
+    seed: int = 0,
+    splits: Splits | None = None,
+    *,
+    steps: int = 220,
+    cosine_every: int = 20,
+    control: float = 1e-7,
+    protocol: Protocol = Protocol(),
+) -> dict[str, Any]:
     """Train ``name`` from ``seed`` twice, ``mode="autograd"`` and ``mode="reversible"``, on the same batches.
 
     The schedule is fixed (learning rate divided by 10 after 1/2 and 3/4 of
@@ -346,8 +426,14 @@ def compare_modes(name: str = "RevNet-22", seed: int = 0, splits: Splits | None 
     """
     splits = splits or digits_splits()
     milestones = (steps // 2, (3 * steps) // 4)
-    out: dict[str, Any] = {"model": name, "seed": seed, "steps": steps, "milestones": list(milestones),
-                           "cosine_every": cosine_every, "control_perturbation": control}
+    out: dict[str, Any] = {
+        "model": name,
+        "seed": seed,
+        "steps": steps,
+        "milestones": list(milestones),
+        "cosine_every": cosine_every,
+        "control_perturbation": control,
+    }
     extra = _extra_loss(name, protocol)
     for run in ("autograd", "reversible", "control") if control else ("autograd", "reversible"):
         mode = "autograd" if run == "control" else run
@@ -371,7 +457,12 @@ def compare_modes(name: str = "RevNet-22", seed: int = 0, splits: Splits | None 
             total.backward()
             if run == "reversible" and step % cosine_every == 0:
                 before = copy.deepcopy(model)  # the weights that produced this gradient
-                cosines.append({"step": step, **gradient_cosine(before, x, y, extra, reference=_grad_vector(model))})
+                cosines.append(
+                    {
+                        "step": step,
+                        **gradient_cosine(before, x, y, extra, reference=_grad_vector(model)),
+                    }
+                )
             opt.step()
             losses.append(loss.item())
         out[run] = {
@@ -388,7 +479,9 @@ def compare_modes(name: str = "RevNet-22", seed: int = 0, splits: Splits | None 
     if control:
         c = out["control"]["loss"]
         out["max_loss_difference_control"] = max(abs(u - v) for u, v in zip(a, c))
-        out["test_acc_difference_control"] = abs(out["autograd"]["test_acc"] - out["control"]["test_acc"])
+        out["test_acc_difference_control"] = abs(
+            out["autograd"]["test_acc"] - out["control"]["test_acc"]
+        )
     return out
 
 
@@ -432,7 +525,12 @@ GRID = Grid()
 
 def _jobs(grid: Grid) -> list[tuple]:
     jobs = {("converge", m, 1.0, s) for m in grid.models for s in grid.seeds}
-    jobs |= {("converge", m, f, s) for m in grid.small_models for f in grid.fractions for s in grid.small_seeds}
+    jobs |= {
+        ("converge", m, f, s)
+        for m in grid.small_models
+        for f in grid.fractions
+        for s in grid.small_seeds
+    }
     jobs |= {("compare", m, 1.0, 0) for m in grid.compare}
     # the mode comparisons first, then the full-data runs seed by seed, then the subsets seed by seed
     return sorted(jobs, key=lambda j: (j[0] != "compare", j[2] < 1, j[3], j[1], j[2]))
@@ -458,8 +556,12 @@ def _run_job(job: tuple, cache: str, compare_steps: int) -> str:
     return str(path)
 
 
-def run_grid(grid: Grid = GRID, cache: str | Path = "runs/studies", workers: int = 1,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_grid(
+    grid: Grid = GRID,
+    cache: str | Path = "runs/studies",
+    workers: int = 1,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run every job of ``grid`` not yet in ``cache`` (``workers`` processes of one thread); return the collected results."""
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -475,7 +577,9 @@ def run_grid(grid: Grid = GRID, cache: str | Path = "runs/studies", workers: int
                 log(f"[{i}/{len(jobs)}] {time.perf_counter() - t0:7.0f} s  {fut.result()}")
     else:
         for i, j in enumerate(jobs, 1):
-            log(f"[{i}/{len(jobs)}] {time.perf_counter() - t0:7.0f} s  {_run_job(j, str(cache), grid.compare_steps)}")
+            log(
+                f"[{i}/{len(jobs)}] {time.perf_counter() - t0:7.0f} s  {_run_job(j, str(cache), grid.compare_steps)}"
+            )
     return collect(grid, cache)
 
 
@@ -524,8 +628,10 @@ def load_results(path: str | Path | None = None) -> dict[str, Any]:
     else:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"studies: no results file {path}; make it with "
-                                    f"`python -m revlib.harness.studies grid --out {path}`")
+            raise FileNotFoundError(
+                f"studies: no results file {path}; make it with "
+                f"`python -m revlib.harness.studies grid --out {path}`"
+            )
         text = path.read_text()
     result = json.loads(text)
     if result.get("format") != "revlib.harness.studies/1":
@@ -533,25 +639,46 @@ def load_results(path: str | Path | None = None) -> dict[str, Any]:
     return result
 
 
-def select(results: dict[str, Any], model: str, fraction: float = 1.0, key: str = "test_acc",
-           seeds: Sequence[int] | None = None) -> dict[int, float]:
+def select(
+    results: dict[str, Any],
+    model: str,
+    fraction: float = 1.0,
+    key: str = "test_acc",
+    seeds: Sequence[int] | None = None,
+) -> dict[int, float]:
     """Seed -> ``key`` of the converged runs of ``model`` at ``fraction`` in a results file (only ``seeds`` if given)."""
-    return {r["seed"]: r[key] for r in sorted(results["runs"], key=lambda r: r["seed"])
-            if r["model"] == model and r["fraction"] == fraction and (seeds is None or r["seed"] in seeds)}
+    return {
+        r["seed"]: r[key]
+        for r in sorted(results["runs"], key=lambda r: r["seed"])
+        if r["model"] == model
+        and r["fraction"] == fraction
+        and (seeds is None or r["seed"] in seeds)
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m revlib.harness.studies", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m revlib.harness.studies",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("grid", help="run the full grid and write the results file")
     g.add_argument("--out", default="revlib/harness/results/digits_study.json")
-    g.add_argument("--cache", default="runs/studies", help="one JSON per finished run; a rerun skips them")
+    g.add_argument(
+        "--cache", default="runs/studies", help="one JSON per finished run; a rerun skips them"
+    )
     g.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
-    g.add_argument("--collect-only", action="store_true", help="write the results file from the cache, run nothing")
+    g.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="write the results file from the cache, run nothing",
+    )
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     torch.set_num_threads(1)
-    result = collect(GRID, args.cache) if args.collect_only else run_grid(GRID, args.cache, args.workers)
+    result = (
+        collect(GRID, args.cache) if args.collect_only else run_grid(GRID, args.cache, args.workers)
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     train.atomic_write_text(json.dumps(result, indent=0) + "\n", out)

@@ -13,7 +13,15 @@ import math
 
 from torch import Tensor, nn
 
-__all__ = ["BN_MOMENTUM", "BN_EPS", "batch_norm", "conv2d", "pool_pad", "init_official", "count_parameters"]
+__all__ = [
+    "BN_MOMENTUM",
+    "BN_EPS",
+    "batch_norm",
+    "conv2d",
+    "pool_pad",
+    "init_official",
+    "count_parameters",
+]
 
 BN_MOMENTUM = 0.01
 """PyTorch's momentum for the official TensorFlow ``decay=0.99``."""

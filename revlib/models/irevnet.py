@@ -23,7 +23,8 @@ get a branch (F and G), as in a RevNet.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -53,9 +54,15 @@ def irevnet_bottleneck_branch(channels: int, mult: int = 4) -> nn.Sequential:
         )
     mid = channels // mult
     return nn.Sequential(
-        batch_norm(channels), nn.ReLU(), conv2d(channels, mid, 3),
-        batch_norm(mid), nn.ReLU(), conv2d(mid, mid, 3),
-        batch_norm(mid), nn.ReLU(), conv2d(mid, channels, 3),
+        batch_norm(channels),
+        nn.ReLU(),
+        conv2d(channels, mid, 3),
+        batch_norm(mid),
+        nn.ReLU(),
+        conv2d(mid, mid, 3),
+        batch_norm(mid),
+        nn.ReLU(),
+        conv2d(mid, channels, 3),
     )
 
 
@@ -93,7 +100,10 @@ class IRevNet(ModelMode, nn.Module):
     ) -> None:
         super().__init__()
         validate_mode("IRevNet", mode)
-        branches = {"basic": lambda half: basic_branch(half, half), "bottleneck": irevnet_bottleneck_branch}
+        branches = {
+            "basic": lambda half: basic_branch(half, half),
+            "bottleneck": irevnet_bottleneck_branch,
+        }
         if branch not in branches:
             raise ValueError(f"IRevNet: branch must be 'basic' or 'bottleneck', got {branch!r}")
         blocks: list[ReversibleBlock] = []
@@ -131,7 +141,11 @@ class IRevNet(ModelMode, nn.Module):
         self.units = tuple(units)
         self.sequence = ReversibleSequence(blocks, mode=mode, ndim=4)
         self.head = nn.Sequential(
-            batch_norm(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)
+            batch_norm(c),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(c, num_classes),
         )
         init_official(self)
 
@@ -144,7 +158,10 @@ class IRevNet(ModelMode, nn.Module):
 
 
 def matching_revnet(
-    units: Sequence[int] = (2, 2, 2), in_channels: int = 3, num_classes: int = 10, stem_factor: int = 2,
+    units: Sequence[int] = (2, 2, 2),
+    in_channels: int = 3,
+    num_classes: int = 10,
+    stem_factor: int = 2,
     mode: Mode = "reversible",
 ) -> PreActNet:
     """A RevNet with the widths and resolutions of ``IRevNet(units, in_channels, stem_factor=...)``.
@@ -157,6 +174,12 @@ def matching_revnet(
     channels = [c0] + [c0 * 4**s for s in range(len(units))]
     strides = [stem_factor] + [2] * (len(units) - 1)
     return PreActNet(
-        "basic", units, channels, strides, reversible=True, num_classes=num_classes,
-        in_channels=in_channels, mode=mode,
+        "basic",
+        units,
+        channels,
+        strides,
+        reversible=True,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        mode=mode,
     )

@@ -41,7 +41,8 @@ The step size ``h`` defaults to 0.1, the value hard-coded in Lili Meng's
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -86,7 +87,10 @@ class HalfPoolPad(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = x.chunk(2, dim=1)
-        return torch.cat([pool_pad(a, self.stride, self.out_half), pool_pad(b, self.stride, self.out_half)], dim=1)
+        return torch.cat(
+            [pool_pad(a, self.stride, self.out_half), pool_pad(b, self.stride, self.out_half)],
+            dim=1,
+        )
 
     def extra_repr(self) -> str:
         return f"out_half={self.out_half}, stride={self.stride}"
@@ -127,14 +131,25 @@ class ODENet(ModelMode, nn.Module):
         if scheme not in _BLOCKS:
             raise ValueError(f"ODENet: scheme must be one of {sorted(_BLOCKS)}, got {scheme!r}")
         if len(units) != len(widths) or not units or min(units) < 1:
-            raise ValueError(f"ODENet: need one width per stage and at least one block per stage, got {units}, {widths}")
+            raise ValueError(
+                f"ODENet: need one width per stage and at least one block per stage, got {units}, {widths}"
+            )
         if transition not in ("in_first_block", "between_stages"):
-            raise ValueError(f"ODENet: transition must be 'in_first_block' or 'between_stages', got {transition!r}")
-        self.scheme, self.units, self.widths, self.transition = scheme, tuple(units), tuple(widths), transition
+            raise ValueError(
+                f"ODENet: transition must be 'in_first_block' or 'between_stages', got {transition!r}"
+            )
+        self.scheme, self.units, self.widths, self.transition = (
+            scheme,
+            tuple(units),
+            tuple(widths),
+            transition,
+        )
         two_step = scheme != "hamiltonian"
         block = _BLOCKS[scheme]
 
-        self.stem = nn.Sequential(conv2d(in_channels, widths[0], 3), batch_norm(widths[0]), nn.ReLU())
+        self.stem = nn.Sequential(
+            conv2d(in_channels, widths[0], 3), batch_norm(widths[0]), nn.ReLU()
+        )
         self.start = StartPair() if two_step else nn.Identity()
 
         # Which width each block of each stage runs at.
@@ -152,9 +167,15 @@ class ODENet(ModelMode, nn.Module):
 
         self.end = EndPair() if two_step else nn.Identity()
         self.head = nn.Sequential(
-            batch_norm(widths[-1]), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], num_classes)
+            batch_norm(widths[-1]),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(widths[-1], num_classes),
         )
-        init_official(self)  # stem conv and FC; the blocks' kernels are initialised the same way already
+        init_official(
+            self
+        )  # stem conv and FC; the blocks' kernels are initialised the same way already
 
     def stages(self) -> list[list[nn.Module]]:
         """The blocks of each stage (Chang et al.'s "units"), in order, for :func:`revlib.core.smoothness.weight_smoothness`."""
@@ -200,39 +221,55 @@ CHANG_PARAMS_M: dict[str, tuple[float, float | None]] = {
 
 
 def _chang(name: str, num_classes: int, in_channels: int, mode: Mode, **kwargs) -> ODENet:
-    return ODENet(**CHANG_CONFIGS[name], num_classes=num_classes, in_channels=in_channels, mode=mode, **kwargs)
+    return ODENet(
+        **CHANG_CONFIGS[name], num_classes=num_classes, in_channels=in_channels, mode=mode, **kwargs
+    )
 
 
-def hamiltonian74(num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs) -> ODENet:
+def hamiltonian74(
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+) -> ODENet:
     """Hamiltonian-74 (6-6-6, widths 32-64-112): 428,530 parameters at 10 classes (Chang et al.: 0.43 M)."""
     return _chang("hamiltonian74", num_classes, in_channels, mode, **kwargs)
 
 
-def hamiltonian218(num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs) -> ODENet:
+def hamiltonian218(
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+) -> ODENet:
     """Hamiltonian-218 (18-18-18, widths 32-64-128): 1,679,114 parameters at 10 classes (Chang et al.: 1.68 M)."""
     return _chang("hamiltonian218", num_classes, in_channels, mode, **kwargs)
 
 
-def hamiltonian1202(num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs) -> ODENet:
+def hamiltonian1202(
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+) -> ODENet:
     """Hamiltonian-1202 (100-100-100, widths 32-64-128): 9,632,458 parameters at 10 classes (Chang et al.: 9.70 M)."""
     return _chang("hamiltonian1202", num_classes, in_channels, mode, **kwargs)
 
 
-def midpoint26(num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs) -> ODENet:
+def midpoint26(
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+) -> ODENet:
     """MidPoint-26 (4-4-4, widths 32-64-112): 535,258 parameters at 10 classes (Chang et al.: 0.50 M)."""
     return _chang("midpoint26", num_classes, in_channels, mode, **kwargs)
 
 
-def midpoint62(num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs) -> ODENet:
+def midpoint62(
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+) -> ODENet:
     """MidPoint-62 (10-10-10, widths 32-64-128): 1,801,738 parameters at 10 classes (Chang et al.: 1.78 M)."""
     return _chang("midpoint62", num_classes, in_channels, mode, **kwargs)
 
 
-def leapfrog26(num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs) -> ODENet:
+def leapfrog26(
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+) -> ODENet:
     """Leapfrog-26 (4-4-4, widths 32-64-112): 535,258 parameters at 10 classes (Chang et al.: 0.50 M)."""
     return _chang("leapfrog26", num_classes, in_channels, mode, **kwargs)
 
 
-def leapfrog62(num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs) -> ODENet:
+def leapfrog62(
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+) -> ODENet:
     """Leapfrog-62 (10-10-10, widths 32-64-128): 1,801,738 parameters at 10 classes (Chang et al.: 1.78 M)."""
     return _chang("leapfrog62", num_classes, in_channels, mode, **kwargs)

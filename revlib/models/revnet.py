@@ -58,7 +58,7 @@ Every builder takes ``num_classes`` and ``in_channels``; RevNets also take
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -89,10 +89,16 @@ __all__ = [
     "IMAGENET_CONFIGS",
 ]
 
+
 def basic_branch(in_c: int, out_c: int, stride: int = 1, preact: bool = True) -> nn.Sequential:
     """BN-ReLU-conv3x3 (stride), BN-ReLU-conv3x3; without the first BN-ReLU if ``preact`` is False."""
     layers: list[nn.Module] = [batch_norm(in_c), nn.ReLU()] if preact else []
-    layers += [conv2d(in_c, out_c, 3, stride), batch_norm(out_c), nn.ReLU(), conv2d(out_c, out_c, 3)]
+    layers += [
+        conv2d(in_c, out_c, 3, stride),
+        batch_norm(out_c),
+        nn.ReLU(),
+        conv2d(out_c, out_c, 3),
+    ]
     return nn.Sequential(*layers)
 
 
@@ -144,7 +150,9 @@ def _shortcut(block: str, in_c: int, out_c: int, stride: int) -> nn.Module:
     return projection_shortcut(in_c, out_c, stride)
 
 
-def _branch(block: str, in_c: int, out_c: int, stride: int = 1, preact: bool = True) -> nn.Sequential:
+def _branch(
+    block: str, in_c: int, out_c: int, stride: int = 1, preact: bool = True
+) -> nn.Sequential:
     if block == "basic":
         return basic_branch(in_c, out_c, stride, preact)
     if block == "bottleneck":
@@ -155,7 +163,9 @@ def _branch(block: str, in_c: int, out_c: int, stride: int = 1, preact: bool = T
 class ResidualUnit(nn.Module):
     """A pre-activation residual unit: ``branch(x) + shortcut(x)``."""
 
-    def __init__(self, block: str, in_c: int, out_c: int, stride: int = 1, preact: bool = True) -> None:
+    def __init__(
+        self, block: str, in_c: int, out_c: int, stride: int = 1, preact: bool = True
+    ) -> None:
         super().__init__()
         self.branch = _branch(block, in_c, out_c, stride, preact)
         self.shortcut = _shortcut(block, in_c, out_c, stride)
@@ -175,7 +185,13 @@ class RevTransition(CheckpointedModule):
     """
 
     def __init__(
-        self, block: str, in_c: int, out_c: int, stride: int = 1, preact: bool = True, mode: Mode = "reversible"
+        self,
+        block: str,
+        in_c: int,
+        out_c: int,
+        stride: int = 1,
+        preact: bool = True,
+        mode: Mode = "reversible",
     ) -> None:
         super().__init__(mode)
         if in_c % 2 or out_c % 2:
@@ -195,7 +211,9 @@ class RevTransition(CheckpointedModule):
 class RevStage(nn.Module):
     """One RevNet stage: an optional :class:`RevTransition`, then a :class:`~revlib.ReversibleSequence`."""
 
-    def __init__(self, transition: RevTransition | None, blocks: list[AdditiveCoupling], mode: Mode) -> None:
+    def __init__(
+        self, transition: RevTransition | None, blocks: list[AdditiveCoupling], mode: Mode
+    ) -> None:
         super().__init__()
         self.transition = transition
         self.blocks = ReversibleSequence(blocks, mode=mode, ndim=4)
@@ -264,7 +282,9 @@ class PreActNet(ModelMode, nn.Module):
         for s, (n, stride) in enumerate(zip(units, strides)):
             in_c, out_c = widths[s], widths[s + 1]
             if reversible:
-                self.stages.append(self._rev_stage(block, n, in_c, out_c, stride, first=(s == 0), mode=mode))
+                self.stages.append(
+                    self._rev_stage(block, n, in_c, out_c, stride, first=(s == 0), mode=mode)
+                )
             else:
                 layers = [ResidualUnit(block, in_c, out_c, stride, preact=(s != 0))]
                 layers += [ResidualUnit(block, out_c, out_c) for _ in range(n - 1)]
@@ -280,7 +300,9 @@ class PreActNet(ModelMode, nn.Module):
         init_official(self)
 
     @staticmethod
-    def _rev_stage(block: str, n: int, in_c: int, out_c: int, stride: int, first: bool, mode: Mode) -> RevStage:
+    def _rev_stage(
+        block: str, n: int, in_c: int, out_c: int, stride: int, first: bool, mode: Mode
+    ) -> RevStage:
         preact = not first
         transition = None
         blocks = []
@@ -289,7 +311,9 @@ class PreActNet(ModelMode, nn.Module):
             transition = RevTransition(block, in_c, out_c, stride, preact=preact, mode=mode)
         else:
             # Same shape: the first unit is an ordinary (invertible) coupling.
-            blocks.append(AdditiveCoupling(_branch(block, half, half, 1, preact), _branch(block, half, half)))
+            blocks.append(
+                AdditiveCoupling(_branch(block, half, half, 1, preact), _branch(block, half, half))
+            )
         while len(blocks) + (transition is not None) < n:
             blocks.append(AdditiveCoupling(_branch(block, half, half), _branch(block, half, half)))
         return RevStage(transition, blocks, mode)
@@ -312,29 +336,51 @@ class PreActNet(ModelMode, nn.Module):
 # The official configurations: block, units per stage, channels (stem, stages), strides.
 CIFAR_CONFIGS: dict[str, dict] = {
     "resnet32": dict(block="basic", units=(5, 5, 5), channels=(16, 16, 32, 64), reversible=False),
-    "resnet110": dict(block="basic", units=(18, 18, 18), channels=(16, 16, 32, 64), reversible=False),
-    "resnet164": dict(block="bottleneck", units=(18, 18, 18), channels=(16, 16, 32, 64), reversible=False),
+    "resnet110": dict(
+        block="basic", units=(18, 18, 18), channels=(16, 16, 32, 64), reversible=False
+    ),
+    "resnet164": dict(
+        block="bottleneck", units=(18, 18, 18), channels=(16, 16, 32, 64), reversible=False
+    ),
     "revnet38": dict(block="basic", units=(3, 3, 3), channels=(32, 32, 64, 112), reversible=True),
     "revnet110": dict(block="basic", units=(9, 9, 9), channels=(32, 32, 64, 128), reversible=True),
-    "revnet164": dict(block="bottleneck", units=(9, 9, 9), channels=(32, 32, 64, 128), reversible=True),
+    "revnet164": dict(
+        block="bottleneck", units=(9, 9, 9), channels=(32, 32, 64, 128), reversible=True
+    ),
 }
 IMAGENET_CONFIGS: dict[str, dict] = {
-    "resnet101": dict(block="bottleneck", units=(3, 4, 23, 3), channels=(64, 64, 128, 256, 512), reversible=False),
-    "revnet104": dict(block="bottleneck", units=(2, 2, 11, 2), channels=(128, 128, 256, 512, 832), reversible=True),
+    "resnet101": dict(
+        block="bottleneck", units=(3, 4, 23, 3), channels=(64, 64, 128, 256, 512), reversible=False
+    ),
+    "revnet104": dict(
+        block="bottleneck", units=(2, 2, 11, 2), channels=(128, 128, 256, 512, 832), reversible=True
+    ),
 }
 
 
 def _cifar(name: str, num_classes: int, in_channels: int, mode: Mode = "reversible") -> PreActNet:
     cfg = CIFAR_CONFIGS[name]
     return PreActNet(
-        strides=(1, 2, 2), num_classes=num_classes, in_channels=in_channels, stem="cifar", mode=mode, **cfg
+        strides=(1, 2, 2),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        stem="cifar",
+        mode=mode,
+        **cfg,
     )
 
 
-def _imagenet(name: str, num_classes: int, in_channels: int, mode: Mode = "reversible") -> PreActNet:
+def _imagenet(
+    name: str, num_classes: int, in_channels: int, mode: Mode = "reversible"
+) -> PreActNet:
     cfg = IMAGENET_CONFIGS[name]
     return PreActNet(
-        strides=(1, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, stem="imagenet", mode=mode, **cfg
+        strides=(1, 2, 2, 2),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        stem="imagenet",
+        mode=mode,
+        **cfg,
     )
 
 
@@ -373,6 +419,8 @@ def resnet101(num_classes: int = 1000, in_channels: int = 3) -> PreActNet:
     return _imagenet("resnet101", num_classes, in_channels)
 
 
-def revnet104(num_classes: int = 1000, in_channels: int = 3, mode: Mode = "reversible") -> PreActNet:
+def revnet104(
+    num_classes: int = 1000, in_channels: int = 3, mode: Mode = "reversible"
+) -> PreActNet:
     """RevNet-104 for ImageNet (bottleneck, 2-2-11-2, widths 128-512-1024-2048-3328): 45,428,072 parameters."""
     return _imagenet("revnet104", num_classes, in_channels, mode)

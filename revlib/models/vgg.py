@@ -39,9 +39,8 @@ of VGG-19's first stage is gone.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ..core.couplings import AdditiveCoupling
@@ -59,7 +58,29 @@ __all__ = [
     "rev_vgg",
 ]
 
-VGG19_CONFIG: tuple = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+VGG19_CONFIG: tuple = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+)
 """Channels of VGG-19's convolutions; ``"M"`` is 2x2 max pooling."""
 
 
@@ -123,7 +144,10 @@ def vgg19(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> 
 def _half_function(c: int) -> nn.Sequential:
     """F or G of a Rev-VGG coupling on ``c`` channels: conv(no bias)-BN-ReLU-conv(bias)."""
     return nn.Sequential(
-        nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1)
+        nn.Conv2d(c, c, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        nn.Conv2d(c, c, 3, padding=1),
     )
 
 
@@ -143,14 +167,19 @@ class RevVGGEntry(CheckpointedModule):
 class RevVGGBlock(nn.Module):
     """One Rev-VGG RevBlock: :class:`RevVGGEntry` (in->out), then ``couplings`` additive couplings at width out."""
 
-    def __init__(self, in_c: int, out_c: int, couplings: int = 3, mode: Mode = "reversible") -> None:
+    def __init__(
+        self, in_c: int, out_c: int, couplings: int = 3, mode: Mode = "reversible"
+    ) -> None:
         super().__init__()
         if out_c % 2:
             raise ValueError(f"RevVGGBlock: out_c must be even, got {out_c}")
         self.entry = RevVGGEntry(in_c, out_c, mode)
         half = out_c // 2
         self.blocks = ReversibleSequence(
-            [AdditiveCoupling(_half_function(half), _half_function(half)) for _ in range(couplings)],
+            [
+                AdditiveCoupling(_half_function(half), _half_function(half))
+                for _ in range(couplings)
+            ],
             mode=mode,
             ndim=4,
         )
@@ -189,18 +218,26 @@ class RevVGG(ModelMode, nn.Module):
         mode: Mode = "reversible",
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, widths[0], 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2, 2),
+        ]
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [RevVGGBlock(a, b, couplings, mode), nn.MaxPool2d(2, 2)]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Flatten(), LinearBlock([widths[-1], hidden, hidden], dropout), nn.Linear(hidden, num_classes)
+            nn.Flatten(),
+            LinearBlock([widths[-1], hidden, hidden], dropout),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
 
 
-def rev_vgg(num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", dropout: float = 0.0) -> RevVGG:
+def rev_vgg(
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", dropout: float = 0.0
+) -> RevVGG:
     """Saha and Priyanka's Rev-VGG: 20,824,330 parameters at 10 classes."""
     return RevVGG(num_classes=num_classes, in_channels=in_channels, mode=mode, dropout=dropout)

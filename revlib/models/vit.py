@@ -40,7 +40,9 @@ class PatchEmbedding(nn.Module):
     def __init__(self, image_size: int, patch: int, in_channels: int, width: int) -> None:
         super().__init__()
         if image_size % patch:
-            raise ValueError(f"PatchEmbedding: image_size {image_size} is not a multiple of patch {patch}")
+            raise ValueError(
+                f"PatchEmbedding: image_size {image_size} is not a multiple of patch {patch}"
+            )
         self.image_size = image_size
         self.in_channels = in_channels
         self.tokens = (image_size // patch) ** 2
@@ -51,8 +53,10 @@ class PatchEmbedding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"PatchEmbedding: expected images of shape (N, {expected[0]}, {expected[1]}, "
-                             f"{expected[2]}), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"PatchEmbedding: expected images of shape (N, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}), got shape {tuple(x.shape)}"
+            )
         return self.proj(x).flatten(2).transpose(1, 2) + self.position
 
 
@@ -95,7 +99,10 @@ class ReversibleViT(ModelMode, nn.Module):
     ) -> None:
         super().__init__()
         self.embed = PatchEmbedding(image_size, patch, in_channels, width)
-        blocks = [ReversibleTransformerBlock(width, heads, mlp_ratio, dropout, attn_dropout) for _ in range(depth)]
+        blocks = [
+            ReversibleTransformerBlock(width, heads, mlp_ratio, dropout, attn_dropout)
+            for _ in range(depth)
+        ]
         self.sequence = ReversibleSequence(blocks, mode=mode, preserve_rng_state=True, ndim=3)
         self.head = _Head(width, num_classes)
 
@@ -141,5 +148,9 @@ class ViT(nn.Module):
         h = self.embed(x)
         use_checkpoint = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            h = checkpoint(block, h, use_reentrant=False, preserve_rng_state=True) if use_checkpoint else block(h)
+            h = (
+                checkpoint(block, h, use_reentrant=False, preserve_rng_state=True)
+                if use_checkpoint
+                else block(h)
+            )
         return self.head(h)

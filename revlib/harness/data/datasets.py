@@ -31,9 +31,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -70,13 +71,30 @@ class _Source(NamedTuple):
 
 
 _SOURCES: dict[str, _Source] = {
-    "cifar10": _Source("CIFAR-10", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                       "cifar-10-batches-py", "CIFAR10"),
-    "cifar100": _Source("CIFAR-100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                        "cifar-100-python", "CIFAR100"),
-    "stl10": _Source("STL-10", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", "stl10_binary", "STL10"),
-    "fashionmnist": _Source("Fashion-MNIST", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                            "FashionMNIST/raw", "FashionMNIST"),
+    "cifar10": _Source(
+        "CIFAR-10",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "cifar-10-batches-py",
+        "CIFAR10",
+    ),
+    "cifar100": _Source(
+        "CIFAR-100",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "cifar-100-python",
+        "CIFAR100",
+    ),
+    "stl10": _Source(
+        "STL-10",
+        "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+        "stl10_binary",
+        "STL10",
+    ),
+    "fashionmnist": _Source(
+        "Fashion-MNIST",
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "FashionMNIST/raw",
+        "FashionMNIST",
+    ),
 }
 
 _AUGMENTATION: dict[str, dict] = {
@@ -155,7 +173,9 @@ class ImageData(torch.utils.data.Dataset):
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         if len(self.images) != len(self.targets):
             raise ValueError(f"{len(self.images)} images but {len(self.targets)} targets")
 
@@ -172,7 +192,9 @@ class ImageData(torch.utils.data.Dataset):
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 images (B, C, H, W), on any device, to normalised float32."""
-        return normalize(images, self.scale, self.mean.to(images.device), self.std.to(images.device))
+        return normalize(
+            images, self.scale, self.mean.to(images.device), self.std.to(images.device)
+        )
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         x = self.normalize(self.images[i : i + 1])[0]
@@ -180,11 +202,20 @@ class ImageData(torch.utils.data.Dataset):
             x = self.transform(x)
         return x, int(self.targets[i])
 
-    def subset(self, indices: Sequence[int] | Tensor) -> "ImageData":
+    def subset(self, indices: Sequence[int] | Tensor) -> ImageData:
         """The same data set restricted to ``indices`` (normalisation unchanged)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return ImageData(self.images[idx], self.targets[idx], self.num_classes, self.scale,
-                         self.mean, self.std, self.name, self.split, self.transform)
+        return ImageData(
+            self.images[idx],
+            self.targets[idx],
+            self.num_classes,
+            self.scale,
+            self.mean,
+            self.std,
+            self.name,
+            self.split,
+            self.transform,
+        )
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.targets, minlength=self.num_classes).tolist()
@@ -199,14 +230,24 @@ def _normalization(train_images: Tensor, scale: float, how: Normalization) -> tu
     if how == "channel":
         mean = x.mean((0, 2, 3))
         std = x.std((0, 2, 3))
-        return mean.view(c, 1, 1).expand(x.shape[1:]).float().contiguous(), std.view(c, 1, 1).float()
+        return mean.view(c, 1, 1).expand(x.shape[1:]).float().contiguous(), std.view(
+            c, 1, 1
+        ).float()
     if how == "none":
         return torch.zeros(x.shape[1:]), torch.ones(c, 1, 1)
     raise ValueError(f"normalization must be 'pixel_mean', 'channel' or 'none', got {how!r}")
 
 
-def _pair(name: str, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, num_classes: int,
-          scale: float, normalization: Normalization) -> tuple[ImageData, ImageData]:
+def _pair(
+    name: str,
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    num_classes: int,
+    scale: float,
+    normalization: Normalization,
+) -> tuple[ImageData, ImageData]:
     mean, std = _normalization(train_x, scale, normalization)
     train = ImageData(train_x, train_y, num_classes, scale, mean, std, name, "train")
     test = ImageData(test_x, test_y, num_classes, scale, mean, std, name, "test")
@@ -216,8 +257,9 @@ def _pair(name: str, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: T
 # ------------------------------------------------------------------------ digits
 
 
-def load_digits(test_fraction: float = 0.25, seed: int = 0,
-                normalization: Normalization = "pixel_mean") -> tuple[ImageData, ImageData]:
+def load_digits(
+    test_fraction: float = 0.25, seed: int = 0, normalization: Normalization = "pixel_mean"
+) -> tuple[ImageData, ImageData]:
     """scikit-learn's 8x8 handwritten digits as (train, test) :class:`ImageData`.
 
     The split is stratified: from each class, ``round(test_fraction * n_class)``
@@ -242,8 +284,16 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0,
     x = torch.from_numpy(images).unsqueeze(1)  # (N, 1, 8, 8)
     y = torch.from_numpy(labels)
     tr, te = torch.from_numpy(~is_test), torch.from_numpy(is_test)
-    return _pair("digits", x[tr].contiguous(), y[tr].contiguous(), x[te].contiguous(), y[te].contiguous(),
-                 10, 1.0 / 16.0, normalization)
+    return _pair(
+        "digits",
+        x[tr].contiguous(),
+        y[tr].contiguous(),
+        x[te].contiguous(),
+        y[te].contiguous(),
+        10,
+        1.0 / 16.0,
+        normalization,
+    )
 
 
 # ------------------------------------------------------------------- torchvision
@@ -263,7 +313,9 @@ def _probe(url: str, timeout: float) -> str | None:
 
     def attempt() -> None:
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            with urllib.request.urlopen(
+                urllib.request.Request(url, method="HEAD"), timeout=timeout
+            ):
                 result.append(None)
         except urllib.error.HTTPError:
             result.append(None)  # the server is there
@@ -310,7 +362,9 @@ def _torchvision(name: str, root: Path, download: bool, timeout: float, **kwargs
     if reason is not None:
         raise _unavailable(name, root, reason)
     old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)  # per socket operation: a stalled download fails, a slow one continues
+    socket.setdefaulttimeout(
+        timeout
+    )  # per socket operation: a stalled download fails, a slow one continues
     try:
         root.mkdir(parents=True, exist_ok=True)
         return cls(str(root), download=True, **kwargs)
@@ -324,7 +378,9 @@ def _cifar(name: str, root: Path, download: bool, timeout: float, normalization:
     parts = []
     for train in (True, False):
         ds = _torchvision(name, root, download, timeout, train=train)
-        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+        x = (
+            torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+        )  # NHWC -> NCHW
         y = torch.as_tensor(ds.targets, dtype=torch.long)
         parts += [x, y]
     return _pair(name, *parts, 100 if name == "cifar100" else 10, 1.0 / 255.0, normalization)
@@ -334,12 +390,22 @@ def _stl10(root: Path, download: bool, timeout: float, normalization: Normalizat
     parts = []
     for split in ("train", "test"):
         ds = _torchvision("stl10", root, download, timeout, split=split)
-        parts += [torch.from_numpy(np.ascontiguousarray(ds.data)), torch.as_tensor(ds.labels, dtype=torch.long)]
+        parts += [
+            torch.from_numpy(np.ascontiguousarray(ds.data)),
+            torch.as_tensor(ds.labels, dtype=torch.long),
+        ]
     return _pair("stl10", *parts, 10, 1.0 / 255.0, normalization)
 
 
-def load(name: str, root: str | os.PathLike | None = None, *, download: bool = True, timeout: float = 10.0,
-         normalization: Normalization = "pixel_mean", seed: int = 0) -> tuple[ImageData, ImageData]:
+def load(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    timeout: float = 10.0,
+    normalization: Normalization = "pixel_mean",
+    seed: int = 0,
+) -> tuple[ImageData, ImageData]:
     """(train, test) :class:`ImageData` for ``"cifar10"``, ``"cifar100"``, ``"stl10"``, ``"digits"`` or ``"fashion_mnist"``.
 
     Args:
@@ -355,7 +421,9 @@ def load(name: str, root: str | os.PathLike | None = None, *, download: bool = T
     if key == "digits":
         return load_digits(seed=seed, normalization=normalization)
     if key == "fashionmnist":
-        return load_fashion_mnist(root, download=download, timeout=timeout, normalization=normalization)
+        return load_fashion_mnist(
+            root, download=download, timeout=timeout, normalization=normalization
+        )
     if key not in _SOURCES:
         raise ValueError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
     root = Path(root) if root is not None else default_root()
@@ -369,8 +437,10 @@ def load(name: str, root: str | os.PathLike | None = None, *, download: bool = T
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's package ``dataset-fashion-mnist`` puts the four ``*-ubyte.gz`` files."""
 
-_FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def _read_idx(path: Path) -> Tensor:
@@ -416,9 +486,14 @@ def _fmnist_unavailable(root: Path, debian: Path, reason: str) -> DataUnavailabl
     )
 
 
-def load_fashion_mnist(root: str | os.PathLike | None = None, *, download: bool = True, timeout: float = 10.0,
-                       normalization: Normalization = "pixel_mean",
-                       debian: str | os.PathLike | None = FASHION_MNIST_DEBIAN) -> tuple[ImageData, ImageData]:
+def load_fashion_mnist(
+    root: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    timeout: float = 10.0,
+    normalization: Normalization = "pixel_mean",
+    debian: str | os.PathLike | None = FASHION_MNIST_DEBIAN,
+) -> tuple[ImageData, ImageData]:
     """Fashion-MNIST (Xiao et al. 2017) as (train, test) :class:`ImageData`: 60,000 and 10,000 grey 28x28 images.
 
     Looks, in order, in ``root/FashionMNIST/raw`` (torchvision's layout, plain
@@ -437,7 +512,9 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, *, download: bool 
     files = _idx_folder(raw) or (_idx_folder(debian_path) if debian_path is not None else None)
     if files is None:
         if not download:
-            raise _fmnist_unavailable(root, debian_path or FASHION_MNIST_DEBIAN, "downloading was switched off")
+            raise _fmnist_unavailable(
+                root, debian_path or FASHION_MNIST_DEBIAN, "downloading was switched off"
+            )
         reason = _probe(_SOURCES["fashionmnist"].url, timeout)
         if reason is not None:
             raise _fmnist_unavailable(root, debian_path or FASHION_MNIST_DEBIAN, reason)
@@ -449,12 +526,16 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, *, download: bool 
             root.mkdir(parents=True, exist_ok=True)
             torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
         except Exception as exc:  # network errors, HTTP errors, checksum failures
-            raise _fmnist_unavailable(root, debian_path or FASHION_MNIST_DEBIAN, f"{type(exc).__name__}: {exc}") from None
+            raise _fmnist_unavailable(
+                root, debian_path or FASHION_MNIST_DEBIAN, f"{type(exc).__name__}: {exc}"
+            ) from None
         finally:
             socket.setdefaulttimeout(old)
         files = _idx_folder(raw)
         if files is None:
-            raise _fmnist_unavailable(root, debian_path or FASHION_MNIST_DEBIAN, "the download left no files")
+            raise _fmnist_unavailable(
+                root, debian_path or FASHION_MNIST_DEBIAN, "the download left no files"
+            )
     parts = []
     for split in ("train", "test"):
         images, labels = files[split]
@@ -462,8 +543,9 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, *, download: bool 
     return _pair("fashion_mnist", *parts, 10, 1.0 / 255.0, normalization)
 
 
-def validation_split(train: ImageData, per_class: int, seed: int = 0,
-                     normalization: Normalization = "pixel_mean") -> tuple[ImageData, ImageData]:
+def validation_split(
+    train: ImageData, per_class: int, seed: int = 0, normalization: Normalization = "pixel_mean"
+) -> tuple[ImageData, ImageData]:
     """A class-stratified (train, validation) split of a training set: ``per_class`` images of each class held out.
 
     The images of each class are permuted by ``numpy.random.RandomState(seed)``
@@ -478,22 +560,36 @@ def validation_split(train: ImageData, per_class: int, seed: int = 0,
     for c in range(train.num_classes):
         members = np.flatnonzero(labels == c)
         if len(members) <= per_class:
-            raise ValueError(f"validation_split: class {c} has {len(members)} images, not more than {per_class}")
+            raise ValueError(
+                f"validation_split: class {c} has {len(members)} images, not more than {per_class}"
+            )
         held += rng.permutation(members)[:per_class].tolist()
     mask = np.ones(len(labels), dtype=bool)
     mask[held] = False
     keep, out = torch.from_numpy(np.flatnonzero(mask)), torch.from_numpy(np.sort(np.asarray(held)))
     mean, std = _normalization(train.images[keep], train.scale, normalization)
-    part = lambda idx, split: ImageData(train.images[idx].contiguous(), train.targets[idx].contiguous(),  # noqa: E731
-                                        train.num_classes, train.scale, mean, std, train.name, split)
+    part = lambda idx, split: ImageData(
+        train.images[idx].contiguous(),
+        train.targets[idx].contiguous(),  # noqa: E731
+        train.num_classes,
+        train.scale,
+        mean,
+        std,
+        train.name,
+        split,
+    )
     return part(keep, "train"), part(out, "val")
 
 
 # ----------------------------------------------------------------------- subsets
 
 
-def balanced_subset(targets: Tensor | Sequence[int] | ImageData, fraction: float, seed: int = 0,
-                    num_classes: int | None = None) -> Tensor:
+def balanced_subset(
+    targets: Tensor | Sequence[int] | ImageData,
+    fraction: float,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> Tensor:
     """Indices of a class-balanced random subset holding ``fraction`` of the data.
 
     Every class contributes the same number of examples,
@@ -516,7 +612,9 @@ def balanced_subset(targets: Tensor | Sequence[int] | ImageData, fraction: float
     for c in range(num_classes):
         members = torch.nonzero(y == c).flatten()
         if len(members) < k:
-            raise ValueError(f"class {c} has {len(members)} examples, fewer than the {k} per class "
-                             f"that fraction {fraction} asks for")
+            raise ValueError(
+                f"class {c} has {len(members)} examples, fewer than the {k} per class "
+                f"that fraction {fraction} asks for"
+            )
         chosen.append(members[torch.randperm(len(members), generator=g)[:k]])
     return torch.cat(chosen).sort().values

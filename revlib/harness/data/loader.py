@@ -21,7 +21,7 @@ Two ways:
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -107,9 +107,19 @@ class TensorLoader:
     Iterating yields ``(x, y)``: ``x`` float32 (B, C, H, W), ``y`` int64 (B,).
     """
 
-    def __init__(self, data: ImageData, batch_size: int = 100, *, shuffle: bool = True, augment: bool = True,
-                 pad: int | None = None, flip: bool | None = None, drop_last: bool = False,
-                 device: torch.device | str | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        data: ImageData,
+        batch_size: int = 100,
+        *,
+        shuffle: bool = True,
+        augment: bool = True,
+        pad: int | None = None,
+        flip: bool | None = None,
+        drop_last: bool = False,
+        device: torch.device | str | None = None,
+        seed: int = 0,
+    ) -> None:
         self.data = data
         self.batch_size = int(batch_size)
         self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
@@ -142,5 +152,7 @@ class TensorLoader:
             yield x, self._targets[dev_idx]
 
     def __repr__(self) -> str:
-        return (f"TensorLoader({self.data.name}/{self.data.split}: {len(self.data)} images, batch {self.batch_size}, "
-                f"shuffle={self.shuffle}, augment={self.augment} (pad {self.pad}, flip {self.flip}), device={self.device})")
+        return (
+            f"TensorLoader({self.data.name}/{self.data.split}: {len(self.data)} images, batch {self.batch_size}, "
+            f"shuffle={self.shuffle}, augment={self.augment} (pad {self.pad}, flip {self.flip}), device={self.device})"
+        )

@@ -19,8 +19,9 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,10 +51,17 @@ def _global_rng_state() -> dict:
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": [py_state[0], list(py_state[1]), py_state[2]],
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        "cuda": torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else None,
     }
 
 
@@ -70,7 +78,11 @@ def _set_global_rng_state(state: dict) -> None:
 def _loader_generators(loader: Any) -> list[torch.Generator]:
     """Every torch.Generator a loader draws from (its own, its sampler's, its batch sampler's)."""
     found: dict[int, torch.Generator] = {}
-    for owner in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+    for owner in (
+        loader,
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ):
         g = getattr(owner, "generator", None)
         if isinstance(g, torch.Generator):
             found.setdefault(id(g), g)
@@ -79,7 +91,10 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
 
 def rng_snapshot(loader: Any) -> dict:
     """The global random state and the state of every generator of ``loader``."""
-    return {"global": _global_rng_state(), "loader": [g.get_state() for g in _loader_generators(loader)]}
+    return {
+        "global": _global_rng_state(),
+        "loader": [g.get_state() for g in _loader_generators(loader)],
+    }
 
 
 def restore_rng(snapshot: dict, loader: Any) -> None:
@@ -87,8 +102,10 @@ def restore_rng(snapshot: dict, loader: Any) -> None:
     _set_global_rng_state(snapshot["global"])
     gens = _loader_generators(loader)
     if len(gens) != len(snapshot["loader"]):
-        raise RuntimeError(f"the train loader has {len(gens)} generators, the checkpoint {len(snapshot['loader'])}: "
-                           "resume with a loader built the same way")
+        raise RuntimeError(
+            f"the train loader has {len(gens)} generators, the checkpoint {len(snapshot['loader'])}: "
+            "resume with a loader built the same way"
+        )
     for g, s in zip(gens, snapshot["loader"]):
         g.set_state(s)
 
@@ -105,7 +122,9 @@ def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[Any], Non
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+        with os.fdopen(
+            fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})
+        ) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

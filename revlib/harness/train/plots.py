@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["plot_history"]
 
 
-def plot_history(histories: Sequence[dict] | dict[str, Sequence[dict]], *, x: str = "epoch", title: str | None = None):
+def plot_history(
+    histories: Sequence[dict] | dict[str, Sequence[dict]],
+    *,
+    x: str = "epoch",
+    title: str | None = None,
+):
     """Training curves: loss (left) and accuracy (right), train dashed and test solid.
 
     ``histories`` is one history (a list of per-epoch dicts, as

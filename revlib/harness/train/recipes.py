@@ -15,8 +15,8 @@ scales and shifts, biases or scalar step sizes (:func:`parameter_groups`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
 
 from torch import Tensor, nn
 
@@ -58,15 +58,21 @@ class Recipe:
         """Learning rate of update number ``step`` (0-based)."""
         return self.lr * self.lr_factor ** sum(step >= m for m in self.milestones)
 
-    def scaled(self, iterations: int, batch_size: int | None = None) -> "Recipe":
+    def scaled(self, iterations: int, batch_size: int | None = None) -> Recipe:
         """The same recipe over ``iterations`` updates, milestones at the same fractions of the run."""
         iterations = int(iterations)
         if iterations < 1:
             raise ValueError(f"iterations must be positive, got {iterations}")
         ms = tuple(int(round(m * iterations / self.iterations)) for m in self.milestones)
-        return replace(self, iterations=iterations, milestones=ms,
-                       batch_size=self.batch_size if batch_size is None else int(batch_size),
-                       name=self.name if iterations == self.iterations else f"{self.name} scaled to {iterations} it")
+        return replace(
+            self,
+            iterations=iterations,
+            milestones=ms,
+            batch_size=self.batch_size if batch_size is None else int(batch_size),
+            name=self.name
+            if iterations == self.iterations
+            else f"{self.name} scaled to {iterations} it",
+        )
 
     def to_dict(self) -> dict:
         """The fields as JSON types (milestones as a list)."""
@@ -77,18 +83,31 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "revnet": Recipe(
-        "revnet", source="Gomez et al. 2017, official RevNet code (CIFAR): SGD momentum 0.9, batch 100, "
-        "lr 0.1 -> 0.01 -> 0.001 at 40k/60k of 80k iterations, wd 2e-4 on conv and FC weights"),
+        "revnet",
+        source="Gomez et al. 2017, official RevNet code (CIFAR): SGD momentum 0.9, batch 100, "
+        "lr 0.1 -> 0.01 -> 0.001 at 40k/60k of 80k iterations, wd 2e-4 on conv and FC weights",
+    ),
     "chang": Recipe(
-        "chang", smoothness=2e-4, source="Chang et al. 2018 (CIFAR): the RevNet recipe plus weight smoothness 2e-4"),
+        "chang",
+        smoothness=2e-4,
+        source="Chang et al. 2018 (CIFAR): the RevNet recipe plus weight smoothness 2e-4",
+    ),
     "chang_stl10": Recipe(
-        "chang_stl10", iterations=20_000, batch_size=128, milestones=(10_000, 15_000), weight_decay=5e-4,
-        smoothness=3e-4, source="Chang et al. 2018 (STL-10, secondary source): batch 128, wd 5e-4, smoothness 3e-4, "
-        "20k steps; the milestones (1/2 and 3/4 of the run) are ours, not the paper's"),
+        "chang_stl10",
+        iterations=20_000,
+        batch_size=128,
+        milestones=(10_000, 15_000),
+        weight_decay=5e-4,
+        smoothness=3e-4,
+        source="Chang et al. 2018 (STL-10, secondary source): batch 128, wd 5e-4, smoothness 3e-4, "
+        "20k steps; the milestones (1/2 and 3/4 of the run) are ours, not the paper's",
+    ),
 }
 
 
-def recipe(name: str | Recipe = "revnet", iterations: int | None = None, batch_size: int | None = None) -> Recipe:
+def recipe(
+    name: str | Recipe = "revnet", iterations: int | None = None, batch_size: int | None = None
+) -> Recipe:
     """A recipe from :data:`RECIPES`, optionally scaled to ``iterations`` updates (see :meth:`Recipe.scaled`)."""
     r = name if isinstance(name, Recipe) else RECIPES[name]
     if iterations is not None or batch_size is not None:
@@ -100,7 +119,9 @@ def _decays(name: str, p: nn.Parameter) -> bool:
     return p.ndim >= 2
 
 
-def decayed_parameter_names(model: nn.Module, decay_filter: DecayFilter | None = None) -> tuple[list[str], list[str]]:
+def decayed_parameter_names(
+    model: nn.Module, decay_filter: DecayFilter | None = None
+) -> tuple[list[str], list[str]]:
     """(names with weight decay, names without), as :func:`parameter_groups` splits them.
 
     Each trainable parameter appears once (``named_parameters`` skips shared ones).
@@ -114,7 +135,9 @@ def decayed_parameter_names(model: nn.Module, decay_filter: DecayFilter | None =
     return yes, no
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decay_filter: DecayFilter | None = None) -> list[dict]:
+def parameter_groups(
+    model: nn.Module, weight_decay: float, decay_filter: DecayFilter | None = None
+) -> list[dict]:
     """Two SGD parameter groups: weights with decay, everything else without.
 
     By default a parameter is decayed when it has two or more dimensions:
@@ -125,8 +148,10 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_filter: DecayF
     """
     params = dict(model.named_parameters())
     decay, no_decay = decayed_parameter_names(model, decay_filter)
-    groups = [{"params": [params[n] for n in decay], "weight_decay": weight_decay, "name": "decay"},
-              {"params": [params[n] for n in no_decay], "weight_decay": 0.0, "name": "no_decay"}]
+    groups = [
+        {"params": [params[n] for n in decay], "weight_decay": weight_decay, "name": "decay"},
+        {"params": [params[n] for n in no_decay], "weight_decay": 0.0, "name": "no_decay"},
+    ]
     return [g for g in groups if g["params"]]
 
 

@@ -18,9 +18,10 @@ import contextlib
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -63,8 +64,13 @@ def _to(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | None = None, amp: Amp = None,
-             channels_last: bool = False) -> dict:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device | str | None = None,
+    amp: Amp = None,
+    channels_last: bool = False,
+) -> dict:
     """Mean cross-entropy loss and accuracy of ``model`` (in eval mode) over ``loader``."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     amp = _resolve_amp(amp, device)
@@ -106,7 +112,7 @@ class EpochState:
     train_time: float = 0.0
 
     @classmethod
-    def start(cls, loader: Iterable, device: torch.device) -> "EpochState":
+    def start(cls, loader: Iterable, device: torch.device) -> EpochState:
         zero = torch.zeros((), dtype=torch.float64, device=device)
         return cls(rng_snapshot(loader), zero, zero.long())
 
@@ -120,19 +126,33 @@ class EpochState:
     def metrics(self) -> dict:
         """Mean train loss and accuracy so far, and images per second."""
         seen = max(self.seen, 1)
-        return {"train_loss": float(self.loss_sum) / seen, "train_acc": int(self.correct) / seen,
-                "images_per_s": self.seen / self.train_time if self.train_time > 0 else float("nan")}
+        return {
+            "train_loss": float(self.loss_sum) / seen,
+            "train_acc": int(self.correct) / seen,
+            "images_per_s": self.seen / self.train_time if self.train_time > 0 else float("nan"),
+        }
 
     def to_checkpoint(self) -> dict:
         """Plain Python values (the sums exactly: float64 -> float, int64 -> int)."""
-        return {"start_rng": self.start_rng, "batches": self.batches, "loss_sum": float(self.loss_sum),
-                "correct": int(self.correct), "seen": self.seen, "train_time": self.train_time}
+        return {
+            "start_rng": self.start_rng,
+            "batches": self.batches,
+            "loss_sum": float(self.loss_sum),
+            "correct": int(self.correct),
+            "seen": self.seen,
+            "train_time": self.train_time,
+        }
 
     @classmethod
-    def from_checkpoint(cls, d: dict, device: torch.device) -> "EpochState":
-        return cls(d["start_rng"], torch.tensor(d["loss_sum"], dtype=torch.float64, device=device),
-                   torch.tensor(d["correct"], dtype=torch.int64, device=device), d["batches"], d["seen"],
-                   d["train_time"])
+    def from_checkpoint(cls, d: dict, device: torch.device) -> EpochState:
+        return cls(
+            d["start_rng"],
+            torch.tensor(d["loss_sum"], dtype=torch.float64, device=device),
+            torch.tensor(d["correct"], dtype=torch.int64, device=device),
+            d["batches"],
+            d["seen"],
+            d["train_time"],
+        )
 
 
 class Trainer:
@@ -162,24 +182,44 @@ class Trainer:
         log_every: steps between progress-bar updates (each costs a device sync).
     """
 
-    def __init__(self, model: nn.Module, recipe: Recipe | str = "revnet", *, device: torch.device | str | None = None,
-                 amp: Amp = None, channels_last: bool = False, compile: bool = False,
-                 extra_loss: Callable[[nn.Module], Tensor] | None = None, decay_filter: DecayFilter | None = None,
-                 progress: bool = True, metrics_path: str | os.PathLike | None = None,
-                 checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int | None = None,
-                 checkpoint_every_epoch: bool = True, eval_every: int = 1, log_every: int = 10) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: Recipe | str = "revnet",
+        *,
+        device: torch.device | str | None = None,
+        amp: Amp = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        extra_loss: Callable[[nn.Module], Tensor] | None = None,
+        decay_filter: DecayFilter | None = None,
+        progress: bool = True,
+        metrics_path: str | os.PathLike | None = None,
+        checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_every_epoch: bool = True,
+        eval_every: int = 1,
+        log_every: int = 10,
+    ) -> None:
         self.recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
         self.device = torch.device(device) if device is not None else default_device()
         self.amp = _resolve_amp(amp, self.device)
         self.channels_last = channels_last
-        self.model = model.to(self.device, memory_format=torch.channels_last) if channels_last else model.to(self.device)
+        self.model = (
+            model.to(self.device, memory_format=torch.channels_last)
+            if channels_last
+            else model.to(self.device)
+        )
         self.forward = torch.compile(self.model) if compile else self.model
         self.compiled = compile
         if extra_loss is None and self.recipe.smoothness > 0:
             extra_loss = smoothness_hook(self.recipe.smoothness)
         self.extra_loss = extra_loss
-        self.optimizer = torch.optim.SGD(parameter_groups(self.model, self.recipe.weight_decay, decay_filter),
-                                         lr=self.recipe.lr, momentum=self.recipe.momentum)
+        self.optimizer = torch.optim.SGD(
+            parameter_groups(self.model, self.recipe.weight_decay, decay_filter),
+            lr=self.recipe.lr,
+            momentum=self.recipe.momentum,
+        )
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == "fp16" else None
         self.progress = progress
         self.metrics_path = Path(metrics_path) if metrics_path is not None else None
@@ -194,9 +234,15 @@ class Trainer:
         self.history: list[dict] = []
         self.elapsed = 0.0  # seconds of training and evaluation, summed over sessions
         self._epoch: EpochState | None = None  # the epoch in progress
-        self._batches: Iterator | None = None  # its iterator; None after a resume until fit() rebuilds it
-        self._resume_rng: dict | None = None  # the random state at the checkpoint, put back by fit()
-        self._loader: Iterable | None = None  # the train loader of the last fit, whose generators a checkpoint saves
+        self._batches: Iterator | None = (
+            None  # its iterator; None after a resume until fit() rebuilds it
+        )
+        self._resume_rng: dict | None = (
+            None  # the random state at the checkpoint, put back by fit()
+        )
+        self._loader: Iterable | None = (
+            None  # the train loader of the last fit, whose generators a checkpoint saves
+        )
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -219,7 +265,9 @@ class Trainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not a revlib.harness.train checkpoint")
         if state["recipe"] != self.recipe.to_dict():
-            warnings.warn(f"the checkpoint's recipe {state['recipe']} differs from this trainer's {self.recipe.to_dict()}")
+            warnings.warn(
+                f"the checkpoint's recipe {state['recipe']} differs from this trainer's {self.recipe.to_dict()}"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
@@ -228,7 +276,11 @@ class Trainer:
         self.history = list(state["history"])
         self.elapsed = state["elapsed"]
         saved_epoch = state["epoch_in_progress"]
-        self._epoch = EpochState.from_checkpoint(saved_epoch, self.device) if saved_epoch is not None else None
+        self._epoch = (
+            EpochState.from_checkpoint(saved_epoch, self.device)
+            if saved_epoch is not None
+            else None
+        )
         self._batches = None
         self._resume_rng = state["rng"]
 
@@ -239,7 +291,7 @@ class Trainer:
             raise ValueError("no checkpoint path: pass one, or set checkpoint_path")
         return atomic_save(self.state_dict(), path)
 
-    def resume(self, path: str | os.PathLike | None = None) -> "Trainer":
+    def resume(self, path: str | os.PathLike | None = None) -> Trainer:
         """Load a checkpoint; the next :meth:`fit` continues exactly where it was written."""
         path = Path(path) if path is not None else self.checkpoint_path
         # on the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and momenta to the device
@@ -297,8 +349,13 @@ class Trainer:
     def _end_epoch(self, test_loader: Iterable | None, bar) -> None:
         e = self._epoch
         self.epoch += 1
-        row = {"epoch": self.epoch, "step": self.step, "lr": self.recipe.lr_at(self.step - 1), **e.metrics(),
-               "epoch_time_s": e.train_time}
+        row = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "lr": self.recipe.lr_at(self.step - 1),
+            **e.metrics(),
+            "epoch_time_s": e.train_time,
+        }
         t = time.perf_counter()
         if test_loader is not None and (self.epoch % self.eval_every == 0 or self.done):
             r = evaluate(self.forward, test_loader, self.device, self.amp, self.channels_last)
@@ -317,8 +374,13 @@ class Trainer:
         if self.checkpoint_path is not None and self.checkpoint_every_epoch:
             self.save()
 
-    def fit(self, train_loader: Iterable, test_loader: Iterable | None = None, *,
-            stop_at: int | None = None) -> list[dict]:
+    def fit(
+        self,
+        train_loader: Iterable,
+        test_loader: Iterable | None = None,
+        *,
+        stop_at: int | None = None,
+    ) -> list[dict]:
         """Train until ``recipe.iterations`` updates (or until step ``stop_at``); return the history.
 
         An epoch is one pass over ``train_loader`` (``len(train_loader)``
@@ -331,7 +393,9 @@ class Trainer:
         is set); a later :meth:`fit`, or a fresh trainer after :meth:`resume`,
         continues the same run.
         """
-        end = self.recipe.iterations if stop_at is None else min(int(stop_at), self.recipe.iterations)
+        end = (
+            self.recipe.iterations if stop_at is None else min(int(stop_at), self.recipe.iterations)
+        )
         steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
         if steps_per_epoch == 0:
             raise ValueError("the train loader is empty")
@@ -342,7 +406,13 @@ class Trainer:
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.recipe.iterations, initial=self.step, desc="train", unit="it", dynamic_ncols=True)
+            bar = tqdm(
+                total=self.recipe.iterations,
+                initial=self.step,
+                desc="train",
+                unit="it",
+                dynamic_ncols=True,
+            )
         try:
             while self.step < end:
                 if self._epoch is None:
@@ -362,11 +432,20 @@ class Trainer:
                     bar.update(1)
                     if show:
                         m = e.metrics()
-                        bar.set_postfix(epoch=self.epoch + 1, loss=f"{m['train_loss']:.3f}",
-                                        acc=f"{m['train_acc']:.3f}", img_s=f"{m['images_per_s']:.0f}", refresh=False)
+                        bar.set_postfix(
+                            epoch=self.epoch + 1,
+                            loss=f"{m['train_loss']:.3f}",
+                            acc=f"{m['train_acc']:.3f}",
+                            img_s=f"{m['images_per_s']:.0f}",
+                            refresh=False,
+                        )
                 if last_of_epoch:
                     self._end_epoch(test_loader, bar)
-                elif self.checkpoint_path is not None and self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                elif (
+                    self.checkpoint_path is not None
+                    and self.checkpoint_every
+                    and self.step % self.checkpoint_every == 0
+                ):
                     self.save()
             if self.checkpoint_path is not None and self._epoch is not None:
                 self.save()  # stopped inside an epoch (stop_at): keep the place
