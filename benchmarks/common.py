@@ -1,9 +1,19 @@
-"""What the benchmark scripts share: their common options, the run's metadata, the JSON file."""
+"""What the benchmark scripts share: their common options, the run's metadata, the JSON file.
+
+**A loaded machine gives no result.** :func:`run_metadata` starts watching the
+CPU time that other processes use (``/proc/stat`` less this process's own), and
+:func:`write_result` refuses to write the JSON when, on average over the run or
+over the second before it, they used more than :data:`MAX_OTHER_CORES` cores:
+a neighbour that takes time from the benchmark changes its medians by an amount
+no interval of a single run reveals. ``REVLIB_BENCHMARK_ALLOW_LOAD=1``
+overrides the refusal; the file then records the load and the override.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -16,6 +26,50 @@ import revlib
 from revlib.core.device import hardware, synchronize
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+MAX_OTHER_CORES = 0.2
+"""The CPU that other processes may use, in cores, averaged over a benchmark run."""
+
+
+def _cpu_seconds() -> tuple[float, float, float]:
+    """(busy seconds of every core, this process's CPU seconds, wall time), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(v) for v in fields]
+    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)  # less idle and iowait
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+
+
+def _others_cores(start: tuple[float, float, float]) -> float:
+    busy, own, wall = _cpu_seconds()
+    return max(0.0, (busy - start[0]) - (own - start[1])) / max(wall - start[2], 1e-9)
+
+
+_WATCH: dict[str, object] = {}
+
+
+def _start_watch() -> dict:
+    before = _cpu_seconds()
+    time.sleep(1.0)
+    idle_before = _others_cores(before)
+    _WATCH["start"] = _cpu_seconds()
+    _WATCH["before"] = idle_before
+    return {"other_cores_before": idle_before, "loadavg_before": os.getloadavg()}
+
+
+def load_report() -> dict:
+    """Other processes' CPU use (cores) in the second before the run and during it."""
+    if "start" not in _WATCH:
+        raise RuntimeError("benchmarks: call run_metadata() before the timed work")
+    during = _others_cores(_WATCH["start"])  # type: ignore[arg-type]
+    allowed = os.environ.get("REVLIB_BENCHMARK_ALLOW_LOAD") == "1"
+    return {
+        "other_cores_before": _WATCH["before"],
+        "other_cores_during": during,
+        "max_other_cores": MAX_OTHER_CORES,
+        "loadavg_after": os.getloadavg(),
+        "override": allowed,
+    }
 
 
 def add_run_options(
@@ -38,9 +92,11 @@ def add_run_options(
 
 
 def run_metadata(device: torch.device) -> dict:
-    """Date, device and software of a benchmark run, for its JSON file."""
+    """Date, device and software of a benchmark run, for its JSON file; starts the load watch."""
     info = hardware(device)
+    watch = _start_watch()
     return {
+        "load_before": watch,
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": info["name"],
         "device_type": device.type,
@@ -53,7 +109,20 @@ def run_metadata(device: torch.device) -> dict:
 
 
 def write_result(result: dict, out: Path | None, default_name: str) -> Path:
-    """Write ``result`` as JSON to ``out``, or to results/<default_name>_<device type>.json."""
+    """Write ``result`` as JSON to ``out``, or to results/<default_name>_<device type>.json.
+
+    Refuses (``SystemExit``) when other processes used more than
+    :data:`MAX_OTHER_CORES` cores before or during the run, unless overridden.
+    """
+    load = load_report()
+    result["load"] = load
+    busy = max(load["other_cores_before"], load["other_cores_during"])
+    if busy > MAX_OTHER_CORES and not load["override"]:
+        raise SystemExit(
+            f"benchmarks: other processes used {busy:.2f} cores (more than {MAX_OTHER_CORES}); "
+            "no result written. Run it on an idle machine, or set REVLIB_BENCHMARK_ALLOW_LOAD=1 "
+            "to write it with the load recorded."
+        )
     path = out or RESULTS / f"{default_name}_{result['device_type']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
