@@ -50,6 +50,7 @@ COLAB_PACKAGES = {
     "numpy": "numpy",
     "matplotlib": "matplotlib",
     "sklearn": "scikit-learn",
+    "scipy": "scipy",  # scikit-learn's own dependency
     "tqdm": "tqdm",
     "IPython": "ipykernel",  # ipykernel brings IPython
     "ipykernel": "ipykernel",

@@ -40,7 +40,8 @@ import torch
 from .. import __version__
 from ..core.device import default_device, hardware
 from ..models.common import count_parameters
-from . import data, train
+from . import data, networks, train
+from .networks import MODEL_NAMES, UnknownModelError
 
 __all__ = [
     "run",
@@ -56,46 +57,18 @@ __all__ = [
 FAST_ITERATIONS = 60
 FAST_TEST_IMAGES = 2000
 
-MODEL_NAMES = (
-    "resnet32",
-    "resnet110",
-    "resnet164",
-    "revnet38",
-    "revnet110",
-    "revnet164",
-    "hamiltonian74",
-    "hamiltonian218",
-    "hamiltonian1202",
-    "midpoint26",
-    "midpoint62",
-    "leapfrog26",
-    "leapfrog62",
-)
-
 
 def default_recipe(model: str) -> str:
     """``"chang"`` for the ODE networks (weight smoothness), ``"revnet"`` otherwise."""
-    return "chang" if model.startswith(("hamiltonian", "midpoint", "leapfrog")) else "revnet"
-
-
-class UnknownModelError(ValueError):
-    """:func:`build_model` was given a name that :mod:`revlib.models` does not have."""
+    return "chang" if networks.is_ode(model) else "revnet"
 
 
 def build_model(name: str, num_classes: int, in_channels: int) -> torch.nn.Module:
-    """A model of :mod:`revlib.models` by name, for the data set's classes and channels.
+    """A model of :mod:`revlib.models` by name (:func:`revlib.harness.networks.build`).
 
     Raises :class:`UnknownModelError` (a ``ValueError``) naming the models there are.
     """
-    from .. import models
-
-    fn = getattr(models, name, None)
-    if fn is None or not callable(fn):
-        available = [n for n in MODEL_NAMES if hasattr(models, n)]
-        raise UnknownModelError(
-            f"unknown model {name!r}; this revlib has: {', '.join(available) or 'none yet'}"
-        )
-    return fn(num_classes=num_classes, in_channels=in_channels)
+    return networks.build(name, num_classes=num_classes, in_channels=in_channels)
 
 
 def _default_out(args: argparse.Namespace) -> Path:

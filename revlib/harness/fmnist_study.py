@@ -1,4 +1,7 @@
-"""Chapter 7's Fashion-MNIST study: the papers' networks at the papers' depths, several seeds, small data.
+"""Chapter 7's one-epoch Fashion-MNIST study: the papers' networks, several seeds, small data.
+
+Superseded by :mod:`revlib.harness.fmnist_grid` (trained to a plateau); chapter 7
+shows this study until that grid is complete.
 
     python -m revlib.harness.fmnist_study grid --out revlib/harness/results/fmnist_study.json
 
@@ -37,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -48,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data, train
-from .studies import count_parameters, separated, summarize
+from ..models.common import count_parameters
+from . import data, networks, train
 
 __all__ = [
     "NETWORKS",
@@ -89,45 +94,13 @@ REVERSIBLE: tuple[str, ...] = NETWORKS[1:]
 ODE_NETWORKS: tuple[str, ...] = ("Hamiltonian-74", "Midpoint-26", "Leapfrog-26")
 """The networks trained with Chang et al.'s weight smoothness."""
 
-_CONFIG = {
-    "ResNet-32": "resnet32",
-    "RevNet-38": "revnet38",
-    "Hamiltonian-74": "hamiltonian74",
-    "Midpoint-26": "midpoint26",
-    "Leapfrog-26": "leapfrog26",
-}
-
-
-def scaled(widths: Sequence[int], factor: float) -> tuple[int, ...]:
-    """Every width times ``factor``, rounded to an even number (reversible halves need one), at least 2."""
-    return tuple(max(2, 2 * int(round(w * factor / 2))) for w in widths)
+scaled = networks.scaled
 
 
 def build(name: str, width: float = 1.0, mode: str = "autograd", in_channels: int = 1) -> nn.Module:
-    """Network ``name`` of :data:`NETWORKS` at the papers' depth, widths times ``width``, for 10 classes.
-
-    At ``width=1`` these are :func:`revlib.models.resnet32`, ``revnet38``,
-    ``hamiltonian74``, ``midpoint26`` and ``leapfrog26`` (with ``in_channels``).
-    A ResNet has only mode ``"autograd"``.
-    """
-    from ..models.ode import CHANG_CONFIGS, ODENet
-    from ..models.revnet import CIFAR_CONFIGS, PreActNet
-
-    if name not in _CONFIG:
-        raise KeyError(
-            f"fmnist_study.build: unknown network {name!r}; choose one of {', '.join(NETWORKS)}"
-        )
-    key = _CONFIG[name]
-    if key in CIFAR_CONFIGS:
-        cfg = dict(CIFAR_CONFIGS[key])
-        cfg["channels"] = scaled(cfg["channels"], width)
-        extra = {"mode": mode} if cfg["reversible"] else {}
-        if not cfg["reversible"] and mode != "autograd":
-            raise ValueError(f"fmnist_study.build: {name} has only mode 'autograd'")
-        return PreActNet(strides=(1, 2, 2), num_classes=10, in_channels=in_channels, **cfg, **extra)
-    cfg = dict(CHANG_CONFIGS[key])
-    cfg["widths"] = scaled(cfg["widths"], width)
-    return ODENet(**cfg, num_classes=10, in_channels=in_channels, mode=mode)
+    """Network ``name`` of :data:`NETWORKS`, widths times ``width``, for 10 classes (as
+    :func:`revlib.harness.networks.build` makes it; a ResNet has only mode ``"autograd"``)."""
+    return networks.build(name, in_channels=in_channels, width=width, mode=mode)
 
 
 # ------------------------------------------------------------------------ data
@@ -135,7 +108,8 @@ def build(name: str, width: float = 1.0, mode: str = "autograd", in_channels: in
 
 @dataclass(frozen=True)
 class FmnistSplits:
-    """Fashion-MNIST's training (55,000), validation (5,000, held out of the training set) and test (10,000) splits."""
+    """Fashion-MNIST's training (55,000), validation (5,000, held out of the training set) and
+    test (10,000) splits."""
 
     train: data.ImageData
     val: data.ImageData
@@ -195,7 +169,7 @@ def train_run(
     test_images: int | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Train ``name`` from ``seed`` for ``updates`` updates; evaluate the final weights on validation and test.
+    """Train ``name`` from ``seed`` for ``updates`` updates; evaluate the final weights.
 
     ``seed`` seeds the initialisation, the batches and their augmentation, and
     (``fraction < 1``) the class-balanced subset of the training split
@@ -351,7 +325,7 @@ def run_grid(
     after_each: Callable[[], None] | None = None,
     splits: FmnistSplits | None = None,
 ) -> dict[str, Any]:
-    """Run every job of ``grid`` not yet cached under ``cache``, in :func:`jobs` order; return :func:`collect`.
+    """Run every job of ``grid`` not yet cached under ``cache``, in :func:`jobs` order.
 
     ``splits`` defaults to :func:`fmnist_splits`; ``after_each`` is called after every finished run.
     """
@@ -385,7 +359,7 @@ def run_grid(
 
 
 def collect(grid: Grid = GRID, cache: str | Path = "runs/fmnist") -> dict[str, Any]:
-    """The results file's content from the cached runs of ``grid``; runs not yet done are listed in ``missing``."""
+    """The results file's content from the cached runs of ``grid``; runs not done in ``missing``."""
     from ..core.device import hardware
 
     cache = Path(cache)
@@ -412,7 +386,7 @@ def collect(grid: Grid = GRID, cache: str | Path = "runs/fmnist") -> dict[str, A
 
 
 PACKAGED_RESULTS = "results/fmnist_study.json"
-"""The committed results file, shipped inside ``revlib.harness`` (see ``pyproject.toml``'s package data)."""
+"""The committed results file, shipped inside ``revlib.harness`` (pyproject's package data)."""
 
 
 def load_results(path: str | Path | None = None) -> dict[str, Any]:
@@ -449,24 +423,28 @@ def select(
 
 
 def detectable_difference(se: float, z_alpha: float = 1.96, z_power: float = 0.84) -> float:
-    """The smallest true difference a two-sided test at alpha 0.05 finds with 80 % power: ``(1.96 + 0.84) * se``."""
+    """The smallest true difference a two-sided test at alpha 0.05 finds with 80 % power.
+
+    ``(1.96 + 0.84) * se`` (the normal approximation).
+    """
     return (z_alpha + z_power) * se
 
 
 def compare_to(
     results: dict[str, Any], model: str, reference: str = "ResNet-32", fraction: float = 1.0
 ) -> dict[str, float]:
-    """``model`` against ``reference``: mean, std, n, difference of means, its standard error, detectable difference."""
+    """``model`` against ``reference``: mean, std, n, difference of means, its standard error,
+    detectable difference."""
     a, b = (
         list(select(results, model, fraction).values()),
         list(select(results, reference, fraction).values()),
     )
-    s = summarize(a)
-    diff, se, _ = separated(a, b)
+    diff = statistics.mean(a) - statistics.mean(b)
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
     return {
-        "mean": s["mean"],
-        "std": s["std"],
-        "n": s["n"],
+        "mean": statistics.mean(a),
+        "std": statistics.stdev(a),
+        "n": len(a),
         "diff": diff,
         "se": se,
         "mdd": detectable_difference(se),

@@ -229,7 +229,7 @@ def _chang(name: str, num_classes: int, in_channels: int, mode: Mode, **kwargs) 
 def hamiltonian74(
     num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
 ) -> ODENet:
-    """Hamiltonian-74 (6-6-6, widths 32-64-112): 428,530 parameters at 10 classes (Chang et al.: 0.43 M)."""
+    """Hamiltonian-74 (6-6-6, widths 32-64-112): 428,538 parameters at 10 classes (Chang et al.: 0.43 M)."""
     return _chang("hamiltonian74", num_classes, in_channels, mode, **kwargs)
 
 

@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 DecayFilter = Callable[[str, nn.Parameter], bool]
+LrScale = Callable[[str, nn.Parameter], float]
 
 
 @dataclass(frozen=True)
@@ -136,23 +137,40 @@ def decayed_parameter_names(
 
 
 def parameter_groups(
-    model: nn.Module, weight_decay: float, decay_filter: DecayFilter | None = None
+    model: nn.Module,
+    weight_decay: float,
+    decay_filter: DecayFilter | None = None,
+    lr_scale: LrScale | None = None,
 ) -> list[dict]:
-    """Two SGD parameter groups: weights with decay, everything else without.
+    """SGD parameter groups: weights with decay, everything else without.
 
     By default a parameter is decayed when it has two or more dimensions:
     convolution kernels and fully connected weights, but not BatchNorm's scale
     and shift, biases, or scalars such as a learnable step size. Pass
     ``decay_filter(name, param) -> bool`` to choose differently. Parameters
-    shared between modules appear once.
+    shared between modules appear once. ``lr_scale(name, param) -> float``
+    splits the groups further by a factor on the learning rate, stored as the
+    group's ``"lr_scale"`` (the :class:`~revlib.harness.train.Trainer` sets each
+    group's learning rate to the recipe's times it).
     """
     params = dict(model.named_parameters())
     decay, no_decay = decayed_parameter_names(model, decay_filter)
-    groups = [
-        {"params": [params[n] for n in decay], "weight_decay": weight_decay, "name": "decay"},
-        {"params": [params[n] for n in no_decay], "weight_decay": 0.0, "name": "no_decay"},
-    ]
-    return [g for g in groups if g["params"]]
+    groups: dict[tuple[bool, float], dict] = {}
+    for decayed, names in ((True, decay), (False, no_decay)):
+        for n in names:
+            scale = 1.0 if lr_scale is None else float(lr_scale(n, params[n]))
+            group = groups.setdefault(
+                (decayed, scale),
+                {
+                    "params": [],
+                    "weight_decay": weight_decay if decayed else 0.0,
+                    "name": ("decay" if decayed else "no_decay")
+                    + ("" if scale == 1.0 else f" lr x{scale:g}"),
+                    "lr_scale": scale,
+                },
+            )
+            group["params"].append(params[n])
+    return list(groups.values())
 
 
 def smoothness_hook(rate: float, h: float | None = None) -> Callable[[nn.Module], Tensor]:

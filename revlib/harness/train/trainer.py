@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ...core.device import default_device, synchronize
 from .checkpoints import atomic_save, restore_rng, rng_snapshot, write_metrics
-from .recipes import RECIPES, DecayFilter, Recipe, parameter_groups, smoothness_hook
+from .recipes import RECIPES, DecayFilter, LrScale, Recipe, parameter_groups, smoothness_hook
 
 __all__ = ["Amp", "EpochState", "Trainer", "evaluate", "synchronize"]
 
@@ -173,7 +173,7 @@ class Trainer:
         extra_loss: ``extra_loss(model) -> Tensor`` added to every step's loss
             (outside autocast, in float32). If ``None`` and the recipe has
             ``smoothness > 0``, ``smoothness_hook(recipe.smoothness)`` is used.
-        decay_filter: see :func:`~revlib.harness.train.parameter_groups`.
+        decay_filter, lr_scale: see :func:`~revlib.harness.train.parameter_groups`.
         progress: show a tqdm bar with loss, accuracy and images/s.
         metrics_path: ``.json`` or ``.csv`` file rewritten after every epoch.
         checkpoint_path: where :meth:`save` writes; also written after every epoch
@@ -193,6 +193,7 @@ class Trainer:
         compile: bool = False,
         extra_loss: Callable[[nn.Module], Tensor] | None = None,
         decay_filter: DecayFilter | None = None,
+        lr_scale: LrScale | None = None,
         progress: bool = True,
         metrics_path: str | os.PathLike | None = None,
         checkpoint_path: str | os.PathLike | None = None,
@@ -216,7 +217,7 @@ class Trainer:
             extra_loss = smoothness_hook(self.recipe.smoothness)
         self.extra_loss = extra_loss
         self.optimizer = torch.optim.SGD(
-            parameter_groups(self.model, self.recipe.weight_decay, decay_filter),
+            parameter_groups(self.model, self.recipe.weight_decay, decay_filter, lr_scale),
             lr=self.recipe.lr,
             momentum=self.recipe.momentum,
         )
@@ -329,7 +330,7 @@ class Trainer:
     def _train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         lr = self.recipe.lr_at(self.step)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         x, y = _to(x, self.device, self.channels_last), y.to(self.device, non_blocking=True)
         with _autocast(self.device, self.amp):
             out = self.forward(x)

@@ -1,0 +1,359 @@
+"""Chapter 7's Fashion-MNIST grid: the papers' five networks trained to a plateau, with baselines.
+
+    OMP_NUM_THREADS=1 python -m revlib.harness.fmnist_grid pilot --shard 0/2   # and 1/2 beside it
+    OMP_NUM_THREADS=1 python -m revlib.harness.fmnist_grid grid --shard 0/2    # and 1/2
+    python -m revlib.harness.fmnist_grid collect --out revlib/harness/results/fmnist_grid.json
+
+Each run is a :class:`Run` of the resumable grid (:mod:`revlib.harness.grid`):
+one JSON per finished run under ``--cache``, a checkpoint after every epoch
+(model, optimiser, schedule position, random state, place in the data order:
+:class:`revlib.harness.train.Trainer`), so a stopped run resumes bit-identically
+on the same machine and a stopped grid goes on where it stopped.
+
+**Data.** Fashion-MNIST (Xiao et al. 2017): :func:`revlib.harness.fmnist_study.fmnist_splits`
+holds out 500 training images per class for validation (55,000 / 5,000); every
+choice is made on the validation split, and the 10,000 test images are
+evaluated once per run, on the final weights.
+
+**Recipe.** The papers' SGD (momentum 0.9, learning rate 0.1, weight decay
+2e-4, batch 128; weight smoothness 2e-4 for Chang et al.'s networks) over
+``epochs`` passes with the learning rate divided by 10 after 50 % and 75 % of
+the updates. BatchNorm momentum 0.1 (PyTorch's default).
+
+**The plan, fixed before the main runs** (:data:`PLAN`):
+
+1. *Pilot* (validation only): ResNet-32, seed 0, at :data:`WIDTH`, for each
+   length of :data:`PILOT_EPOCHS`. :func:`plateau_epochs` applies the rule: the
+   schedule length E is the shortest whose validation accuracy is within
+   :data:`PLATEAU_TOLERANCE` of the schedule twice as long.
+2. *Main table*: the five networks at E epochs, :data:`SEEDS` each
+   (:data:`PAIR_SEEDS` for ResNet-32 and RevNet-38).
+3. *Step-size arm*: Hamiltonian-74 with its blocks' learning rate times 1/h.
+4. *Small data*: ResNet-32 and Hamiltonian-74 on class-balanced subsets, one
+   subset per seed shared by both networks (paired), :func:`small_updates` each.
+5. *Modes*: :mod:`revlib.harness.mode_compare` for every reversible network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import data, grid, mode_compare, networks, train
+from .baselines import BASELINES, fit_baseline
+from .fmnist_study import FmnistSplits, fmnist_splits
+
+__all__ = [
+    "FORMAT",
+    "WIDTH",
+    "PILOT_EPOCHS",
+    "PLATEAU_TOLERANCE",
+    "NETWORKS",
+    "SEEDS",
+    "PAIR_SEEDS",
+    "FRACTIONS",
+    "SMALL_SEEDS",
+    "Run",
+    "ode_options",
+    "block_lr_scale",
+    "recipe_for",
+    "small_updates",
+    "perform",
+    "pilot_jobs",
+    "plateau_epochs",
+    "main_jobs",
+    "main",
+]
+
+FORMAT = "revlib.harness.fmnist_grid/1"
+WIDTH = 0.5
+"""Every network's widths times this (Chang et al.'s and Gomez et al.'s CIFAR widths halved)."""
+PILOT_EPOCHS: tuple[int, ...] = (2, 4, 8, 16)
+PLATEAU_TOLERANCE = 0.003
+"""0.3 points of validation accuracy (the rule of :func:`plateau_epochs`)."""
+NETWORKS: tuple[str, ...] = tuple(networks.PAPER_NAMES)
+SEEDS: tuple[int, ...] = (0, 1, 2)
+PAIR_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
+FRACTIONS: tuple[float, ...] = (0.01, 0.02, 0.05, 0.2)
+SMALL_SEEDS: tuple[int, ...] = (0, 1, 2, 3)
+SMALL_NETWORKS: tuple[str, ...] = ("ResNet-32", "Hamiltonian-74")
+MIN_SMALL_UPDATES = 1000
+MODE_UPDATES = 300
+COSINE_AT: tuple[int, ...] = (0, 100, 200, 299)
+BATCH = 128
+TRAIN_IMAGES = 55_000
+
+
+@dataclass(frozen=True)
+class Run(grid.Job):
+    """One training run of the grid; the fields name it (and its cache file)."""
+
+    study: str
+    model: str
+    seed: int
+    epochs: int
+    width: float = WIDTH
+    fraction: float = 1.0
+    mode: str = "autograd"
+    block_lr: float = 1.0
+    test: bool = True
+
+
+def ode_options(name: str) -> dict[str, Any]:
+    """Block options: Midpoint-26 with tanh, as chapter 6 advises (with ReLU its antisymmetric
+    layer reconstructs poorly); the others as in the papers."""
+    return {"activation": "tanh"} if name == "Midpoint-26" else {}
+
+
+def block_lr_scale(model: nn.Module, factor: float) -> train.LrScale:
+    """``lr_scale`` for the :class:`~revlib.harness.train.Trainer`: ``factor`` on the ODE blocks."""
+    from ..core.ode import HamiltonianBlock, LeapfrogBlock, MidpointBlock
+
+    inside = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, HamiltonianBlock | MidpointBlock | LeapfrogBlock)
+        for p in m.parameters()
+    }
+    return lambda name, p: factor if id(p) in inside else 1.0
+
+
+def steps_per_epoch(images: int) -> int:
+    return math.ceil(images / BATCH)
+
+
+def small_updates(fraction: float, epochs: int) -> int:
+    """Updates of a run on a subset: ``epochs`` passes, at least :data:`MIN_SMALL_UPDATES`."""
+    return max(epochs * steps_per_epoch(round(fraction * TRAIN_IMAGES)), MIN_SMALL_UPDATES)
+
+
+def recipe_for(run: Run, images: int) -> train.Recipe:
+    """The papers' recipe over the run's updates, drops after 50 % and 75 % of them."""
+    updates = (
+        run.epochs * steps_per_epoch(images)
+        if run.fraction == 1
+        else small_updates(run.fraction, run.epochs)
+    )
+    return train.Recipe(
+        name=f"fmnist {updates} updates",
+        iterations=updates,
+        batch_size=BATCH,
+        milestones=(updates // 2, (3 * updates) // 4),
+        smoothness=2e-4 if networks.is_ode(run.model) else 0.0,
+        source="Gomez et al. 2017 / Chang et al. 2018 recipe, shortened",
+    )
+
+
+def _subset(run: Run, splits: FmnistSplits) -> data.ImageData:
+    """The run's training images. A subset depends on the seed only: a seed's networks share it."""
+    if run.fraction == 1:
+        return splits.train
+    return splits.train.subset(data.balanced_subset(splits.train, run.fraction, seed=run.seed))
+
+
+def _build(run: Run, mode: str) -> nn.Module:
+    model = networks.build(
+        run.model, in_channels=1, width=run.width, mode=mode, **ode_options(run.model)
+    )
+    return train.set_bn_momentum(model, 0.1)
+
+
+def perform(
+    run: Run,
+    checkpoint: Path | None,
+    splits: FmnistSplits | None = None,
+    *,
+    stop_at: int | None = None,
+) -> dict[str, Any] | None:
+    """Do ``run``: a training run (resumed from ``checkpoint`` if it exists), a baseline
+    (``study="baseline"``) or a mode comparison (``study="modes"``).
+
+    A training run returns ``params``, ``train_images``, ``updates``,
+    ``history`` (one row per epoch: training loss and accuracy, and the
+    validation accuracy where it was measured), ``val_acc``, ``test_acc`` and
+    ``test_loss`` (if ``run.test``) of the final weights, and ``seconds``
+    (training and evaluation, summed over resumes). ``stop_at`` stops a training
+    run after that many updates, its checkpoint saved, and returns ``None``.
+    """
+    splits = splits if splits is not None else fmnist_splits()
+    if run.study == "baseline":
+        return fit_baseline(run.model, _subset(run, splits), splits.val, splits.test, run.seed)
+    if run.study == "modes":
+        return _perform_modes(run, splits)
+    train_set = _subset(run, splits)
+    recipe = recipe_for(run, len(train_set))
+    train.seed_everything(run.seed)
+    model = _build(run, run.mode)
+    epochs_total = math.ceil(recipe.iterations / steps_per_epoch(len(train_set)))
+    trainer = train.Trainer(
+        model,
+        recipe,
+        device="cpu",
+        progress=False,
+        checkpoint_path=checkpoint,
+        eval_every=max(1, epochs_total // 16),
+        lr_scale=block_lr_scale(model, run.block_lr) if run.block_lr != 1 else None,
+    )
+    if checkpoint is not None:
+        trainer.resume_if_exists()
+    loader = data.TensorLoader(train_set, BATCH, seed=run.seed)
+    val_loader = data.TensorLoader(splits.val, 500, shuffle=False, augment=False)
+    history = trainer.fit(loader, val_loader, stop_at=stop_at)
+    if not trainer.done:
+        return None
+    rows = [
+        {("val_" + k[5:] if k.startswith("test_") else k): v for k, v in row.items()}
+        for row in history
+    ]
+    result: dict[str, Any] = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_images": len(train_set),
+        "updates": recipe.iterations,
+        "history": rows,
+        "val_acc": rows[-1]["val_acc"],
+    }
+    t0 = time.perf_counter()
+    if run.test:
+        test = trainer.evaluate(data.TensorLoader(splits.test, 500, shuffle=False, augment=False))
+        result.update(test_acc=test["acc"], test_loss=test["loss"])
+    result["seconds"] = trainer.elapsed + time.perf_counter() - t0
+    return result
+
+
+def _perform_modes(run: Run, splits: FmnistSplits) -> dict[str, Any]:
+    recipe = train.Recipe(
+        name=f"fmnist {MODE_UPDATES} updates",
+        iterations=MODE_UPDATES,
+        batch_size=BATCH,
+        milestones=(MODE_UPDATES // 2, (3 * MODE_UPDATES) // 4),
+    )
+    extra = train.smoothness_hook(2e-4) if networks.is_ode(run.model) else None
+    return mode_compare.compare_modes(
+        lambda mode: _build(run, mode),
+        lambda: data.TensorLoader(splits.train, BATCH, seed=run.seed),
+        recipe,
+        seed=run.seed,
+        cosine_at=COSINE_AT,
+        extra_loss=extra,
+    )
+
+
+# ------------------------------------------------------------------------ jobs
+
+
+def pilot_jobs() -> list[Run]:
+    """ResNet-32, seed 0, validation only, one run per schedule length."""
+    order = (16, 8, 2, 4)  # two shards: 16 + 2 and 8 + 4 epochs
+    return [Run("pilot", "ResNet-32", 0, e, test=False) for e in order if e in PILOT_EPOCHS]
+
+
+def plateau_epochs(results: dict[str, Any] | Sequence[dict[str, Any]]) -> int | None:
+    """The rule: the shortest pilot length E whose validation accuracy is within
+    :data:`PLATEAU_TOLERANCE` of the length 2E; ``None`` if no pair of finished runs meets it."""
+    acc = {r["epochs"]: r["val_acc"] for r in grid.select(results, study="pilot")}
+    for e in sorted(acc):
+        if 2 * e in acc and round(abs(acc[2 * e] - acc[e]), 9) <= PLATEAU_TOLERANCE:
+            return e
+    return None
+
+
+def main_jobs(epochs: int) -> list[Run]:
+    """Every run after the pilot at ``epochs``, essential runs first: the main table and the
+    step-size arm seed by seed, the mode comparisons, the baselines, the small-data runs."""
+    jobs = []
+    for seed in PAIR_SEEDS:
+        for m in NETWORKS:
+            if seed in SEEDS or m in ("ResNet-32", "RevNet-38"):
+                # seed 0 of every reversible network trains in mode "reversible"
+                mode = "reversible" if seed == 0 and networks.is_reversible(m) else "autograd"
+                jobs.append(Run("main", m, seed, epochs, mode=mode))
+        if seed in SEEDS:
+            jobs.append(Run("stepsize", "Hamiltonian-74", seed, epochs, block_lr=10.0))
+    jobs += [Run("modes", m, 0, 0, mode="both") for m in NETWORKS if networks.is_reversible(m)]
+    jobs += [Run("baseline", b, 0, 0) for b in BASELINES]
+    for seed in SMALL_SEEDS:
+        for f in FRACTIONS:
+            jobs += [Run("small", m, seed, epochs, fraction=f) for m in SMALL_NETWORKS]
+            jobs.append(Run("baseline", BASELINES[0], seed, 0, fraction=f))
+    return jobs
+
+
+# ------------------------------------------------------------------------- CLI
+
+
+def _meta(command: str) -> dict[str, Any]:
+    from ..core.device import hardware
+
+    return {
+        "command": command,
+        "width": WIDTH,
+        "pilot_epochs": list(PILOT_EPOCHS),
+        "plateau_tolerance": PLATEAU_TOLERANCE,
+        "split": {"train": TRAIN_IMAGES, "val": 5000, "test": 10000},
+        "hardware": hardware(torch.device("cpu")),
+        "torch": torch.__version__,
+        "threads_per_run": 1,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m revlib.harness.fmnist_grid",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("command", choices=("pilot", "grid", "collect"))
+    p.add_argument("--cache", default="runs/fmnist_grid", help="one JSON per finished run")
+    p.add_argument("--shard", default="0/1", help="i/n: run every n-th job from the i-th")
+    p.add_argument("--epochs", type=int, help="the grid's E (default: the pilot's rule)")
+    p.add_argument("--out", default="revlib/harness/results/fmnist_grid.json")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    if out.exists():  # the runs committed so far need not run again
+        shipped = grid.load(out, FORMAT, "python -m revlib.harness.fmnist_grid collect")
+        grid.restore(
+            pilot_jobs() + main_jobs(shipped["epochs"]) if shipped.get("epochs") else pilot_jobs(),
+            shipped,
+            args.cache,
+        )
+    pilot = grid.collect(pilot_jobs(), args.cache, FORMAT)
+    epochs = args.epochs or plateau_epochs(pilot)
+    if args.command == "pilot":
+        i, n = grid.parse_shard(args.shard)
+        grid.run(grid.shard(pilot_jobs(), i, n), args.cache, perform)
+        return 0
+    if epochs is None and args.command == "grid":
+        raise SystemExit(
+            "fmnist_grid: the pilot has not chosen E yet; run the pilot or pass --epochs"
+        )
+    jobs = main_jobs(epochs) if epochs is not None else []
+    if args.command == "grid":
+        i, n = grid.parse_shard(args.shard)
+        grid.run(grid.shard(jobs, i, n), args.cache, perform)
+        return 0
+    result = grid.collect(
+        pilot_jobs() + jobs,
+        args.cache,
+        FORMAT,
+        **_meta("python -m revlib.harness.fmnist_grid"),
+        epochs=epochs,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    train.atomic_write_text(json.dumps(result, indent=0) + "\n", out)
+    print(f"wrote {out}: {len(result['runs'])} runs, {len(result['missing'])} missing")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

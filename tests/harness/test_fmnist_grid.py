@@ -1,0 +1,88 @@
+"""revlib.harness.fmnist_grid: its plan, networks and mode comparison (its runs: test_grid)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from revlib import models
+from revlib.harness import fmnist_grid as G
+from revlib.harness import mode_compare, networks, train
+
+
+def test_the_registry_builds_the_papers_networks_and_scales_them():
+    for paper, key in networks.PAPER_NAMES.items():
+        full = networks.build(paper, in_channels=1)
+        ref = getattr(models, key)(in_channels=1)
+        assert models.count_parameters(full) == models.count_parameters(ref), paper
+    assert networks.scaled((16, 32, 64, 112), 0.5) == (8, 16, 32, 56)
+    assert networks.is_reversible("RevNet-38") and not networks.is_reversible("ResNet-32")
+    assert networks.is_ode("Midpoint-26") and not networks.is_ode("revnet38")
+    with pytest.raises(ValueError, match="only mode 'autograd'"):
+        networks.build("ResNet-32", mode="reversible")
+    with pytest.raises(networks.UnknownModelError, match="unknown model 'ResNet-9000'"):
+        networks.build("ResNet-9000")
+    with pytest.raises(TypeError, match="no ODE options"):
+        networks.build("resnet32", activation="tanh")
+
+
+def test_the_plateau_rule_takes_the_shortest_length_close_to_twice_as_long():
+    def pilot(accs):
+        return [{"study": "pilot", "epochs": e, "val_acc": a, "seed": 0} for e, a in accs.items()]
+
+    assert G.plateau_epochs(pilot({2: 0.880, 4: 0.900, 8: 0.912, 16: 0.914})) == 8
+    assert G.plateau_epochs(pilot({2: 0.880, 4: 0.900, 8: 0.912})) is None  # 8 vs 16 not run
+    assert G.plateau_epochs(pilot({2: 0.900, 4: 0.903, 8: 0.950})) == 2  # the shortest wins
+
+
+def test_the_plan_pairs_the_small_data_runs_and_puts_the_main_table_first():
+    jobs = G.main_jobs(8)
+    assert len({j.key() for j in jobs}) == len(jobs)
+    first = jobs[:6]
+    assert [j.model for j in first[:5]] == list(G.NETWORKS) and first[5].study == "stepsize"
+    main = [j for j in jobs if j.study == "main"]
+    assert {j.model for j in main if j.seed == 4} == {"ResNet-32", "RevNet-38"}
+    assert {(j.model, j.mode) for j in main if j.seed == 0 and j.mode == "reversible"} == {
+        (m, "reversible") for m in G.NETWORKS if networks.is_reversible(m)
+    }
+    small = [j for j in jobs if j.study == "small"]
+    for f in G.FRACTIONS:  # every (size, seed) has both networks: the comparison is paired
+        for s in G.SMALL_SEEDS:
+            assert {j.model for j in small if j.fraction == f and j.seed == s} == set(
+                G.SMALL_NETWORKS
+            )
+    assert G.small_updates(0.01, 8) == G.MIN_SMALL_UPDATES
+    assert G.small_updates(0.2, 16) == 16 * 86
+
+
+def test_the_step_size_arm_scales_only_the_blocks():
+    model = networks.build("Hamiltonian-74", in_channels=1, width=0.25)
+    groups = train.parameter_groups(model, 2e-4, lr_scale=G.block_lr_scale(model, 10.0))
+    scaled = {id(p) for g in groups if g["lr_scale"] == 10.0 for p in g["params"]}
+    in_blocks = {id(p) for n, p in model.named_parameters() if ".blocks." in n}
+    assert scaled == in_blocks and 0 < len(scaled) < len(list(model.parameters()))
+
+
+@pytest.fixture(scope="module")
+def batches():
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(16, 1, 12, 12, generator=g), torch.randint(0, 10, (16,), generator=g))]
+    return lambda: iter(data * 3)
+
+
+def _revnet(mode):
+    return networks.build("RevNet-38", in_channels=1, width=0.25, mode=mode)
+
+
+def test_both_modes_take_the_same_first_step_and_gradients_agree(batches):
+    recipe = train.Recipe(iterations=3, milestones=(2,))
+    c = mode_compare.compare_modes(_revnet, batches, recipe, cosine_at=(0, 2))
+    assert c["autograd"]["loss"][0] == c["reversible"]["loss"][0]  # same weights, same batch
+    assert c["first_difference"] is None or c["first_difference"] > 0
+    assert [x["step"] for x in c["cosine"]] == [0, 2]
+    for x in c["cosine"]:
+        assert x["fp32"] > 1 - 1e-6
+        assert x["bf16_vs_fp32"] < 1 - 1e-6  # bf16 is visibly coarser than float32
+    # control: a 0.1 % change of the weights (far above float32 rounding) shows at update 0
+    p = mode_compare.compare_modes(_revnet, batches, recipe, perturb=1e-3)
+    assert p["first_difference"] == 0 and p["max_difference"] > 1e-6
