@@ -20,12 +20,15 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .recompute import Tape, keywords_for, submodules
+
+if TYPE_CHECKING:
+    from .engine import _Call  # the engine imports this module
 
 __all__ = [
     "ReversibleBlock",
@@ -47,12 +50,15 @@ __all__ = [
 Run = Callable[[str, nn.Module, Tensor], Tensor]
 """How a block calls a sub-function: ``run(name, fn, x)`` returns ``fn(x)``."""
 
-ParamGrads = list[tuple[nn.Parameter, "Tensor | None"]]
+ParamGrads = list[tuple[Tensor, "Tensor | None"]]
+"""A backward step's gradients, paired with what :meth:`Tape.grad_targets` gave: the parameters'
+detached aliases (the engine maps them back to the parameters) and the extra arguments."""
 
 
 def plain_run(name: str, fn: nn.Module, x: Tensor) -> Tensor:
     """Call ``fn(x)`` with nothing recorded or replayed."""
-    return fn(x)
+    out: Tensor = fn(x)  # a sub-function returns a tensor (the block contract)
+    return out
 
 
 class PlainRun:
@@ -68,7 +74,8 @@ class PlainRun:
         self.extras = extras
 
     def __call__(self, name: str, fn: nn.Module, x: Tensor) -> Tensor:
-        return fn(x, **keywords_for(fn, self.extras))
+        out: Tensor = fn(x, **keywords_for(fn, self.extras))
+        return out
 
 
 def run_with(extras: dict[str, object]) -> Run:
@@ -84,7 +91,7 @@ class _EngineCall(threading.local):
     finds the engine's step here and runs it instead of a plain forward.
     """
 
-    step = None
+    step: _Call | None = None
 
 
 ENGINE_CALL = _EngineCall()
@@ -208,6 +215,8 @@ def takes_halves(block: nn.Module) -> bool:
 
 def _same_dtype_contiguous(*tensors: Tensor | None) -> bool:
     first = tensors[0]
+    if first is None:
+        return False
     return all(t is not None and t.is_contiguous() and t.dtype == first.dtype for t in tensors)
 
 
@@ -288,7 +297,7 @@ def grads_for(
     outputs: Sequence[Tensor],
     grad_outputs: Sequence[Tensor],
     inputs: Sequence[Tensor],
-    params: Sequence[nn.Parameter],
+    params: Sequence[Tensor],
 ) -> tuple[list[Tensor | None], ParamGrads]:
     """Vector-Jacobian products of ``outputs`` with respect to ``inputs`` and ``params``.
 
@@ -430,7 +439,7 @@ class ReversibleBlock(nn.Module):
         return x.detach(), dx, param_grads
 
 
-def implements_contract(block: nn.Module) -> bool:
+def implements_contract(block: ReversibleBlock) -> bool:
     """True if ``block``'s class overrides both :meth:`ReversibleBlock._forward` and ``_inverse``."""
     cls = type(block)
     return (
@@ -455,7 +464,9 @@ def detached_parameters(module: nn.Module, aliases: dict[int, Tensor]) -> Iterat
         for name, p in m._parameters.items():
             if p is not None and id(p) in aliases:
                 swapped.append((m, name, p))
-                m._parameters[name] = aliases[id(p)]
+                # a plain tensor where torch types a Parameter (torch's own
+                # _named_member_accessor swaps tensors in the same way, ignore included)
+                m._parameters[name] = aliases[id(p)]  # type: ignore[assignment]
     try:
         yield
     finally:

@@ -46,10 +46,10 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def hardware(device: torch.device | str | None = None) -> dict:
+def hardware(device: torch.device | str | None = None) -> dict[str, str | int | None]:
     """What a run ran on: the device kind, its name (GPU model or CPU model) and the CPU."""
     device = torch.device(device) if device is not None else default_device()
-    info = {
+    info: dict[str, str | int | None] = {
         "device": device.type,
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),

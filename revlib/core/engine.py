@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,9 @@ from .blocks import (
 )
 from .recompute import ModuleState, Tape, cached_walks
 from .sidestate import check_no_kept_outputs
+
+if TYPE_CHECKING:
+    from .sequence import ReversibleSequence  # it imports this module
 
 __all__ = ["Chain", "SideInputGuard", "check_attribute_tensors", "in_reversible_block"]
 
@@ -71,7 +74,10 @@ def _inside() -> Iterator[None]:
         _INSIDE.value -= 1
 
 
-def _signature(t: Tensor) -> tuple:
+_Signature = tuple[int, torch.Size, tuple[int, ...], int]
+
+
+def _signature(t: Tensor) -> _Signature:
     return (t.data_ptr(), t.shape, t.stride(), t._version)
 
 
@@ -102,7 +108,13 @@ class SideInputGuard(TorchFunctionMode):
                 if isinstance(v, Tensor):
                     self._check(v)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Collection[type],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         for a in args:
             self._check(a)
@@ -181,14 +193,26 @@ def _backward_error(err: Exception, owner: str) -> Exception | None:
     return None
 
 
-class _ModuleNames(dict):
+_T = TypeVar("_T")
+
+
+class _ModuleNames(dict[int, str]):
     """``{id(module): its name in the chain}``, computed on first use (only error messages need it)."""
 
     def __init__(self, root: nn.Module) -> None:
         super().__init__()
         self.root = root
 
-    def get(self, key, default=None):
+    @overload
+    def get(self, key: int, default: None = None) -> str | None: ...
+
+    @overload
+    def get(self, key: int, default: str) -> str: ...
+
+    @overload
+    def get(self, key: int, default: _T) -> str | _T: ...
+
+    def get(self, key: int, default: object = None) -> object:
         if not self:
             self.update({id(m): n or type(m).__name__ for n, m in self.root.named_modules()})
         return super().get(key, default)
@@ -202,14 +226,14 @@ class Chain:
     ``i + 1``'s backward step, kept until block ``i``'s step takes it.
     """
 
-    seq: nn.Module
+    seq: ReversibleSequence
     extras: dict[str, Any]
     record_rng: bool
-    reconstructed: dict[int, Any] = field(default_factory=dict)
+    reconstructed: dict[int, Tensor | Halves] = field(default_factory=dict)
     used_extras: set[str] = field(default_factory=set)
     names: dict[int, str] = field(default_factory=dict)  # filled by run() with a _ModuleNames
-    expected_input: tuple | None = None
-    output: tuple | None = None
+    expected_input: _Signature | None = None
+    output: _Signature | None = None
     compiled: bool = False
 
     @property
@@ -222,7 +246,9 @@ class Chain:
         self.expected_input = _signature(x)
         h = x
         for i, block in enumerate(self.seq.blocks):
-            step = _Call(self, i, block)
+            # a ReversibleBlock: the sequence accepts no other block, and the step runs only
+            # from ReversibleBlock.forward (a block that does not run it raises below)
+            step = _Call(self, i, cast(ReversibleBlock, block))
             ENGINE_CALL.step = step
             try:
                 out = block(h, **self.extras)
@@ -275,7 +301,8 @@ class _Call:
             )
         keys = tuple(k for k, v in extras.items() if isinstance(v, Tensor))
         params = trainable_parameters([self.block])
-        return _BlockStep.apply(x, self, keys, *(extras[k] for k in keys), *params)
+        y: Tensor = _BlockStep.apply(x, self, keys, *(extras[k] for k in keys), *params)
+        return y
 
 
 def _checksum(y: Tensor) -> Tensor:
@@ -287,8 +314,11 @@ def _checksum(y: Tensor) -> Tensor:
 class _BlockStep(torch.autograd.Function):
     """Forward without a graph; backward: reconstruct the input, one step of Algorithm 1."""
 
+    # ctx: autograd's context object, which carries the attributes set on it (untyped in torch)
     @staticmethod
-    def forward(ctx, x: Tensor, call: _Call, keys: tuple[str, ...], *tensors: Tensor) -> Tensor:
+    def forward(
+        ctx: Any, x: Tensor, call: _Call, keys: tuple[str, ...], *tensors: Tensor
+    ) -> Tensor:
         chain, block = call.chain, call.block
         owner = f"{OWNER}, block {call.index} ({type(block).__name__})"
         extra_tensors, params = tensors[: len(keys)], tensors[len(keys) :]
@@ -303,7 +333,7 @@ class _BlockStep(torch.autograd.Function):
         if chain.compiled:
             # Dynamo runs under an active torch function mode too: a static scan of the attributes instead
             check_attribute_tensors(block, allowed, owner)
-            guard = contextlib.nullcontext()
+            guard: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         else:
             guard = SideInputGuard(allowed, owner)
         try:
@@ -326,14 +356,15 @@ class _BlockStep(torch.autograd.Function):
         kept = tape.tensors()
         ctx.n_kept = len(kept)
         ctx.save_for_backward(*kept, *extra_tensors, *((y,) if last else ()))
-        ctx.tape = tape.with_tensors(itertools.repeat(None))
+        # the tape without its tensors (saved above; backward puts them back with with_tensors)
+        ctx.tape = tape.with_tensors(itertools.repeat(None))  # type: ignore[arg-type]
         ctx.checksum = _checksum(y.detach()) if last else None
         chain.output = _signature(y)
         return y
 
     @staticmethod
-    def backward(ctx, dy: Tensor):
-        call = ctx.call
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        call: _Call = ctx.call
         chain, block, i = call.chain, call.block, call.index
         owner = f"{OWNER}, block {i} ({type(block).__name__})"
         if torch.is_grad_enabled():
@@ -408,10 +439,12 @@ class _BlockStep(torch.autograd.Function):
                 continue
             if id(target) in index:
                 k = index[id(target)]
-                param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
+                before = param_grads[k]
+                param_grads[k] = g if before is None else before + g
             elif id(target) in extra_index:
                 k = extra_index[id(target)]
-                extra_grads[k] = g if extra_grads[k] is None else extra_grads[k] + g
+                before = extra_grads[k]
+                extra_grads[k] = g if before is None else before + g
         if i > 0:
             chain.reconstructed[i - 1] = x
         dx = dx if ctx.needs_input_grad[0] else None

@@ -251,11 +251,11 @@ class _LayerTracer:
         self.fixed = 0
 
     # -------------------------------------------------------------- module hooks
-    def enter(self, module: nn.Module, args: tuple) -> None:
+    def enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.one_row[module] = _is_one_row(module, self.row_types)
         self.stack.append(module)
 
-    def leave(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def leave(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self.stack.pop()
         if any(self.one_row.get(m) for m in self.stack):
             return  # inside a module that is one row

@@ -9,7 +9,7 @@ train/eval flags of every submodule are put back as the forward had them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,7 +39,7 @@ class ModuleState:
     tensors: list[tuple[int, str, Tensor, int | None]]
 
     @classmethod
-    def capture(cls, module: nn.Module, tapes: list[Tape] = ()) -> ModuleState:
+    def capture(cls, module: nn.Module, tapes: Iterable[Tape] = ()) -> ModuleState:
         replayed = {
             (id(c.module), c.name)
             for tape in tapes
@@ -47,7 +47,7 @@ class ModuleState:
             for c in copies
         }
         modules = submodules(module)
-        tensors = []
+        tensors: list[tuple[int, str, Tensor, int | None]] = []
         for i, m in enumerate(modules):
             for name, p in m._parameters.items():
                 if p is not None:
@@ -71,20 +71,21 @@ class ModuleState:
             raise RuntimeError(
                 f"{owner}: the blocks' submodules changed between forward and backward"
             )
-        replaced, modified = [], []
+        replaced_at: list[tuple[nn.Module, str]] = []
+        modified_at: list[tuple[nn.Module, str]] = []
         for i, name, t, version in self.tensors:
             m = modules[i]
             now = m._parameters.get(name) if name in m._parameters else m._buffers.get(name)
             if now is not t:
-                replaced.append((m, name))
+                replaced_at.append((m, name))
             elif version is not None and t._version != version:
-                modified.append((m, name))
-        if not replaced and not modified:
+                modified_at.append((m, name))
+        if not replaced_at and not modified_at:
             return
         names = {id(m): n for n, m in module.named_modules()}
         replaced, modified = (
             [prefix + f"{names[id(m)]}.{name}".lstrip(".") for m, name in found]
-            for found in (replaced, modified)
+            for found in (replaced_at, modified_at)
         )
         if replaced:
             raise RuntimeError(

@@ -210,7 +210,8 @@ class AntisymmetricSigma(nn.Module):
         return out if self.bias is None else out + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.inner(x))
+        out: Tensor = self.act(self.inner(x))
+        return out
 
     def extra_repr(self) -> str:
         return f"weight={tuple(self.weight.shape)}, bias={self.bias is not None}"
@@ -237,13 +238,22 @@ class StepScaled(nn.Module):
         return self.coef * (self.h if self.power == 1 else self.h**self.power)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.factor() * self.fn(x)
+        out: Tensor = self.factor() * self.fn(x)
+        return out
 
     def extra_repr(self) -> str:
         h = f"{float(self.h.detach() if isinstance(self.h, Tensor) else self.h):g}" + (
             " (learned)" if isinstance(self.h, nn.Parameter) else ""
         )
         return f"coef={self.coef:g}, power={self.power}, h={h}"
+
+
+def _weight(fn: nn.Module) -> Tensor:
+    """``fn.weight``, the kernel of a sub-function (a parameter; nn.Module types it Tensor | Module)."""
+    weight = fn.weight
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{type(fn).__name__}.weight is a {type(weight).__name__}, not a kernel")
+    return weight
 
 
 def _step_size(block: nn.Module, h: float, learn_h: bool) -> float | nn.Parameter:
@@ -274,6 +284,9 @@ class HamiltonianBlock(AdditiveCoupling):
         hidden: rows of each K (default ``channels // 2``, as in Chang et al.).
         activation, bias, init_std: passed to :class:`KTransposeSigmaK`.
     """
+
+    F: StepScaled
+    G: StepScaled
 
     def __init__(
         self,
@@ -312,7 +325,7 @@ class HamiltonianBlock(AdditiveCoupling):
 
     def kernels(self) -> dict[str, Tensor]:
         """The kernels a weight smoothness penalty compares across depth: ``K1`` and ``K2``."""
-        return {"K1": self.F.fn.weight, "K2": self.G.fn.weight}
+        return {"K1": _weight(self.F.fn), "K2": _weight(self.G.fn)}
 
 
 class TwoStepBlock(ReversibleBlock):
@@ -370,7 +383,7 @@ class TwoStepBlock(ReversibleBlock):
 
     def kernels(self) -> dict[str, Tensor]:
         """The kernel a weight smoothness penalty compares across depth: ``K``."""
-        return {"K": self.F.fn.weight}
+        return {"K": _weight(self.F.fn)}
 
 
 class MidpointBlock(TwoStepBlock):
@@ -413,7 +426,8 @@ class MidpointBlock(TwoStepBlock):
 
     def rhs(self, y: Tensor) -> Tensor:
         r"""The ODE's right-hand side :math:`F(Y)` at one state ``y`` (not a pair)."""
-        return self.F.fn(y)
+        out: Tensor = self.F.fn(y)
+        return out
 
 
 class LeapfrogBlock(TwoStepBlock):

@@ -34,7 +34,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -157,7 +157,7 @@ class AutocastState:
             torch.is_autocast_cache_enabled(),
         )
 
-    def context(self) -> contextlib.AbstractContextManager:
+    def context(self) -> contextlib.AbstractContextManager[object]:
         """Autocast contexts that set the captured state, on or off (nothing where it already holds)."""
         if self == AutocastState.capture(self.states[0][0] if self.states else "cpu"):
             return contextlib.nullcontext()
@@ -199,7 +199,7 @@ def submodules(module: nn.Module) -> list[nn.Module]:
 
 
 class _Walks(threading.local):
-    cache: dict | None = None
+    cache: dict[int, tuple[nn.Module, list[nn.Module]]] | None = None
 
 
 _WALKS = _Walks()
@@ -222,7 +222,7 @@ def cached_walks() -> Iterator[None]:
         _WALKS.cache = None
 
 
-def _updating_norm(m: nn.Module) -> bool:
+def _updating_norm(m: nn.Module) -> TypeGuard[_NormBase]:
     return isinstance(m, _NormBase) and m.training and m.track_running_stats
 
 
@@ -328,7 +328,9 @@ def _buffers_as_before(copies: list[BufferCopy]) -> Iterator[None]:
             module._buffers[name] = b
 
 
-def checkpoint_updating_stats_once(module: nn.Module, fn, x: Tensor) -> Tensor:
+def checkpoint_updating_stats_once(
+    module: nn.Module, fn: Callable[[Tensor], Tensor], x: Tensor
+) -> Tensor:
     """``fn(x)`` under non-reentrant :func:`torch.utils.checkpoint.checkpoint`, BatchNorm-safe.
 
     Plain checkpointing updates the running statistics of ``module``'s
@@ -348,12 +350,12 @@ def checkpoint_updating_stats_once(module: nn.Module, fn, x: Tensor) -> Tensor:
     return checkpoint(run, x, use_reentrant=False, preserve_rng_state=True)
 
 
-def _accepted_keywords(fn: Callable) -> frozenset[str] | None:
+def _accepted_keywords(fn: Callable[..., Any]) -> frozenset[str] | None:
     """The keyword arguments ``fn`` accepts (``None``: any, it takes ``**kwargs``)."""
     target = fn.forward if isinstance(fn, nn.Module) else fn
     key = type(fn) if isinstance(fn, nn.Module) else target
     cached = _KEYWORDS.get(key, False)
-    if cached is not False:
+    if not isinstance(cached, bool):  # False: not cached yet
         return cached
     try:
         params = inspect.signature(target).parameters.values()
@@ -377,7 +379,7 @@ _KEYWORDS: weakref.WeakKeyDictionary[Any, frozenset[str] | None] = weakref.WeakK
 
 
 def keywords_for(
-    fn: Callable, extras: dict[str, Any], used: set[str] | None = None
+    fn: Callable[..., Any], extras: dict[str, Any], used: set[str] | None = None
 ) -> dict[str, Any]:
     """The chain's extra arguments that ``fn`` takes by name (all of them if it takes ``**kwargs``)."""
     if not extras:
@@ -416,7 +418,7 @@ class Tape:
     names: dict[int, str] = field(default_factory=dict)
     compiled: bool = False
 
-    def _callable(self, fn: Callable) -> Callable:
+    def _callable(self, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         """``fn``, or its compiled version when the sequence runs under ``torch.compile`` (:mod:`~revlib.core.compiled`)."""
         if not self.compiled:
             return fn

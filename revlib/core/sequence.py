@@ -25,8 +25,8 @@ reach every F and G that takes them by name, with their gradients.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -183,12 +183,18 @@ class ReversibleSequence(HasMode):
         return self.inverse_with_tapes(*self.forward_with_tapes(x))
 
 
-def _each_block(blocks: nn.ModuleList, x: Tensor, step, reverse: bool = False) -> Tensor:
+def _each_block(
+    blocks: nn.ModuleList,
+    x: Tensor,
+    step: Callable[[ReversibleBlock, Tensor], Tensor],
+    reverse: bool = False,
+) -> Tensor:
     """Apply ``step(block, x)`` along the chain, naming the block in a ValueError."""
     order = reversed(list(enumerate(blocks))) if reverse else enumerate(blocks)
     for i, block in order:
         try:
-            x = step(block, x)
+            # the sequence's blocks are ReversibleBlocks (ReversibleSequence.__init__ checks)
+            x = step(cast(ReversibleBlock, block), x)
         except ValueError as err:
             raise ValueError(f"ReversibleSequence block {i}: {err}") from err
     return x

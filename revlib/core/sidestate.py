@@ -27,9 +27,9 @@ import contextlib
 import random
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +48,15 @@ __all__ = [
 _SCALARS = (int, float, bool, str)
 
 
-def _numpy_random():
+class _NumpyRandom(Protocol):
+    """What this module uses of ``numpy.random`` (the global generator's state)."""
+
+    def get_state(self) -> Any: ...
+
+    def set_state(self, state: Any) -> Any: ...
+
+
+def _numpy_random() -> _NumpyRandom | None:
     """NumPy's global generator module if NumPy is imported (the core does not import it)."""
     np = sys.modules.get("numpy")
     return getattr(np, "random", None) if np is not None else None
@@ -128,7 +136,7 @@ class HostState:
         return out if out else None
 
 
-def _same_numpy_state(a: tuple, b: tuple) -> bool:
+def _same_numpy_state(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return a[0] == b[0] and a[2:] == b[2:] and (a[1] == b[1]).all()
 
 
@@ -217,8 +225,15 @@ def recording_hooks(fn: Any, log: HookLog, names: dict[int, str]) -> Iterator[No
             setattr(m, which, hooks)
 
 
-def _logged(m: nn.Module, which: str, key: int, hook, log: HookLog, names: dict[int, str]):
-    def call(*args, **kwargs):
+def _logged(
+    m: nn.Module,
+    which: str,
+    key: int,
+    hook: Callable[..., Any],
+    log: HookLog,
+    names: dict[int, str],
+) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
         result = hook(*args, **kwargs)
         if result is not None:
             log.acting.add((id(m), which, key))

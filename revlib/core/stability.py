@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -49,7 +50,10 @@ def jacobian(fn: Map, x: Tensor) -> Tensor:
     def flat_fn(v: Tensor) -> Tensor:
         return fn(v.reshape(shape)).reshape(-1)
 
-    J = torch.autograd.functional.jacobian(flat_fn, flat, vectorize=True)
+    # one tensor in, one out: the Jacobian is one tensor (torch leaves jacobian unannotated)
+    J: Tensor = torch.autograd.functional.jacobian(  # type: ignore[no-untyped-call]
+        flat_fn, flat, vectorize=True
+    )
     if J.shape != (flat.numel(), flat.numel()):
         raise ValueError(
             f"jacobian: fn must keep the number of entries, got a Jacobian of shape {tuple(J.shape)}"
@@ -59,8 +63,14 @@ def jacobian(fn: Map, x: Tensor) -> Tensor:
 
 def eigenvalues(fn_or_matrix: Map | Tensor, x: Tensor | None = None) -> Tensor:
     """Eigenvalues (complex) of a square matrix, or of ``jacobian(fn, x)``."""
-    J = fn_or_matrix if isinstance(fn_or_matrix, Tensor) else jacobian(fn_or_matrix, x)
-    return torch.linalg.eigvals(J)
+    if isinstance(fn_or_matrix, Tensor):
+        J = fn_or_matrix
+    elif x is None:
+        raise TypeError("eigenvalues: give the state x at which to take the Jacobian of fn")
+    else:
+        J = jacobian(fn_or_matrix, x)
+    ev: Tensor = torch.linalg.eigvals(J)  # torch.linalg's functions are typed Any
+    return ev
 
 
 def max_real_part(fn_or_matrix: Map | Tensor, x: Tensor | None = None) -> float:
@@ -123,7 +133,8 @@ def perturbation_growth(
                         message=r"`torch\.jit\.script` is deprecated",
                         category=FutureWarning,
                     )
-                    y, v = torch.func.jvp(f, (y,), (v,))
+                    # torch types jvp's result as a pair or, with has_aux, a triple: here a pair
+                    y, v = torch.func.jvp(f, (y,), (v,))  # type: ignore[misc]
                 norms.append(v.norm().item())
         else:
             z = y + eps * v
@@ -138,7 +149,7 @@ def lyapunov_exponent(
     x: Tensor,
     depth: int | None = None,
     h: float = 1.0,
-    **kwargs,
+    **kwargs: Any,
 ) -> float:
     """The empirical Lyapunov exponent :math:`\\log(\\lVert\\delta Y_N\\rVert/\\lVert\\delta Y_0\\rVert)/(N h)`.
 

@@ -96,7 +96,8 @@ class SelfAttention(nn.Module):
             out = self.attn_drop(scores.softmax(dim=-1)) @ v
         else:
             out = nnf.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.drop(self.proj(out.transpose(1, 2).reshape(b, t, d)))
+        y: Tensor = self.drop(self.proj(out.transpose(1, 2).reshape(b, t, d)))
+        return y
 
 
 def _combined_mask(
@@ -137,7 +138,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_tokens("FeedForward", x, self.width)
-        return self.net(x)
+        y: Tensor = self.net(x)
+        return y
 
 
 class ReversibleTransformerBlock(AdditiveCoupling):
@@ -191,4 +193,5 @@ class TransformerBlock(nn.Module):
         self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None
     ) -> Tensor:
         x = x + self.F(x, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
-        return x + self.G(x)
+        y: Tensor = x + self.G(x)
+        return y
