@@ -59,6 +59,7 @@ Every builder takes ``num_classes`` and ``in_channels``; RevNets also take
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -334,7 +335,7 @@ class PreActNet(ModelMode, nn.Module):
 
 
 # The official configurations: block, units per stage, channels (stem, stages), strides.
-CIFAR_CONFIGS: dict[str, dict] = {
+CIFAR_CONFIGS: dict[str, dict[str, Any]] = {
     "resnet32": dict(block="basic", units=(5, 5, 5), channels=(16, 16, 32, 64), reversible=False),
     "resnet110": dict(
         block="basic", units=(18, 18, 18), channels=(16, 16, 32, 64), reversible=False
@@ -348,7 +349,7 @@ CIFAR_CONFIGS: dict[str, dict] = {
         block="bottleneck", units=(9, 9, 9), channels=(32, 32, 64, 128), reversible=True
     ),
 }
-IMAGENET_CONFIGS: dict[str, dict] = {
+IMAGENET_CONFIGS: dict[str, dict[str, Any]] = {
     "resnet101": dict(
         block="bottleneck", units=(3, 4, 23, 3), channels=(64, 64, 128, 256, 512), reversible=False
     ),

@@ -40,6 +40,7 @@ of VGG-19's first stage is gone.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -58,7 +59,7 @@ __all__ = [
     "rev_vgg",
 ]
 
-VGG19_CONFIG: tuple = (
+VGG19_CONFIG: tuple[int | Literal["M"], ...] = (
     64,
     64,
     "M",
@@ -112,7 +113,7 @@ class VGG(nn.Module):
 
     def __init__(
         self,
-        config: Sequence = VGG19_CONFIG,
+        config: Sequence[int | Literal["M"]] = VGG19_CONFIG,
         num_classes: int = 10,
         in_channels: int = 3,
         hidden: int = 512,
