@@ -304,14 +304,14 @@ def grads_for(
     Returns ``(input_grads, [(param, grad), ...])``; an input or parameter that
     does not influence the outputs gets ``None``.
     """
-    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if o.requires_grad]
     wanted = [*inputs, *params]
     if not pairs or not wanted:
         return [None] * len(inputs), [(p, None) for p in params]
     grads = torch.autograd.grad(
         [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
     )
-    return list(grads[: len(inputs)]), list(zip(params, grads[len(inputs) :]))
+    return list(grads[: len(inputs)]), list(zip(params, grads[len(inputs) :], strict=True))
 
 
 class ReversibleBlock(nn.Module):

@@ -323,7 +323,7 @@ class _BlockStep(torch.autograd.Function):
         owner = f"{OWNER}, block {call.index} ({type(block).__name__})"
         extra_tensors, params = tensors[: len(keys)], tensors[len(keys) :]
         extras = {k: v for k, v in chain.extras.items() if k not in keys}
-        extras.update(zip(keys, extra_tensors))
+        extras.update(zip(keys, extra_tensors, strict=True))
         tape = Tape.start(x, chain.record_rng, extras)
         tape.names = chain.names
         tape.compiled = chain.compiled
@@ -410,7 +410,7 @@ class _BlockStep(torch.autograd.Function):
         tape = ctx.tape.with_tensors(iter(kept))
         aliases = {id(p): p.detach().requires_grad_(True) for p in ctx.params}
         extra_aliases = [t.detach().requires_grad_(t.requires_grad) for t in extra_tensors]
-        tape.extras = {**tape.extras, **dict(zip(ctx.keys, extra_aliases))}
+        tape.extras = {**tape.extras, **dict(zip(ctx.keys, extra_aliases, strict=True))}
         index = {id(a): k for k, a in enumerate(aliases.values())}
         index.update({id(p): k for k, p in enumerate(ctx.params)})
         extra_index = {id(a): k for k, a in enumerate(extra_aliases)}

@@ -66,7 +66,7 @@ class ModuleState:
         """
         modules = submodules(module)
         if len(modules) != len(self.modules) or any(
-            a is not b for a, b in zip(modules, self.modules)
+            a is not b for a, b in zip(modules, self.modules, strict=True)
         ):
             raise RuntimeError(
                 f"{owner}: the blocks' submodules changed between forward and backward"
@@ -105,7 +105,9 @@ class ModuleState:
     def forward_training_flags(self) -> Iterator[None]:
         """Run the body with every submodule in the train/eval mode it had in the forward."""
         changed = [
-            (m, m.training) for m, flag in zip(self.modules, self.training) if m.training != flag
+            (m, m.training)
+            for m, flag in zip(self.modules, self.training, strict=True)
+            if m.training != flag
         ]
         for m, now in changed:
             m.training = not now

@@ -111,7 +111,7 @@ class RNGState:
         module = torch.get_device_module(self.device_type)
         return all(
             torch.equal(state, module.get_rng_state(device))
-            for device, state in zip(self.devices, self.device_states)
+            for device, state in zip(self.devices, self.device_states, strict=True)
         )
 
     @contextlib.contextmanager

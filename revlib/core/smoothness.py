@@ -97,7 +97,8 @@ def weight_smoothness(
     """
     total: Tensor | None = None
     for stage in kernel_stages(model_or_stages):
-        for a, b in zip(stage, stage[1:]):
+        # consecutive blocks: stage[1:] is one shorter, the last block pairs with no successor
+        for a, b in zip(stage, stage[1:], strict=False):
             ka, kb = block_kernels(a), block_kernels(b)
             for name, wa in ka.items():
                 wb = kb.get(name)

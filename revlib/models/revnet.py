@@ -280,7 +280,7 @@ class PreActNet(ModelMode, nn.Module):
         self.stem = nn.Sequential(*stem_layers)
 
         self.stages = nn.ModuleList()
-        for s, (n, stride) in enumerate(zip(units, strides)):
+        for s, (n, stride) in enumerate(zip(units, strides, strict=True)):
             in_c, out_c = widths[s], widths[s + 1]
             if reversible:
                 self.stages.append(

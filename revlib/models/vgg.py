@@ -90,7 +90,7 @@ class LinearBlock(nn.Sequential):
 
     def __init__(self, features: Sequence[int], dropout: float = 0.0) -> None:
         layers: list[nn.Module] = []
-        for a, b in zip(features[:-1], features[1:]):
+        for a, b in zip(features[:-1], features[1:], strict=True):
             layers += [nn.Linear(a, b), nn.ReLU()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -224,7 +224,7 @@ class RevVGG(ModelMode, nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2, 2),
         ]
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
             layers += [RevVGGBlock(a, b, couplings, mode), nn.MaxPool2d(2, 2)]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
