@@ -79,7 +79,8 @@ class PlainRun:
 
 
 def run_with(extras: dict[str, object]) -> Run:
-    """The run function of a plain forward: :func:`plain_run`, or :class:`PlainRun` with extra arguments."""
+    """The run function of a plain forward: :func:`plain_run`, or :class:`PlainRun` with extra
+    arguments."""
     return PlainRun(extras) if extras else plain_run
 
 
@@ -98,7 +99,8 @@ ENGINE_CALL = _EngineCall()
 
 
 def split_dim(block: nn.Module) -> int:
-    """The dimension ``block`` splits into halves: its ``dim`` attribute, 1 (channels) by default."""
+    """The dimension ``block`` splits into halves: its ``dim`` attribute, 1 (channels) by
+    default."""
     return getattr(block, "dim", 1)
 
 
@@ -138,7 +140,8 @@ def split_halves(block: nn.Module, x: Tensor, what: str = "input") -> tuple[Tens
 
 
 def join_halves(block: nn.Module, first: Tensor, second: Tensor) -> Tensor:
-    """Concatenate two halves along the block's split dimension (the inverse of :func:`split_halves`)."""
+    """Concatenate two halves along the block's split dimension (the inverse of
+    :func:`split_halves`)."""
     return torch.cat([first, second], dim=split_dim(block))
 
 
@@ -162,7 +165,8 @@ class Halves(NamedTuple):
 
     @classmethod
     def of(cls, block: nn.Module, y: Tensor | Halves, what: str = "output") -> Halves:
-        """``y`` as halves along the block's split dimension (views of ``y`` if it is a whole tensor)."""
+        """``y`` as halves along the block's split dimension (views of ``y`` if it is a whole
+        tensor)."""
         if isinstance(y, Halves):
             if y.dim % y.buffer.dim() == split_dim(block) % y.buffer.dim():
                 return y
@@ -171,7 +175,8 @@ class Halves(NamedTuple):
         return cls(first, second, y, split_dim(block))
 
     def join(self) -> Tensor:
-        """Write ``second`` into the buffer's second half (unless it is that half) and return the buffer."""
+        """Write ``second`` into the buffer's second half (unless it is that half) and return the
+        buffer."""
         half = self.buffer.chunk(2, dim=self.dim)[1]
         if not (
             half.data_ptr() == self.second.data_ptr() and half.stride() == self.second.stride()
@@ -185,7 +190,8 @@ def _step_owner(block: nn.Module) -> type:
 
 
 def fused_step_applies(block: nn.Module) -> bool:
-    """True if the block's own ``backward_step`` may be used: it was written for this ``_forward``/``_inverse``.
+    """True if the block's own ``backward_step`` may be used: it was written for this
+    ``_forward``/``_inverse``.
 
     The class that defines the ``backward_step`` in use must resolve
     ``_forward`` and ``_inverse`` to the same methods as the block's class. A
@@ -231,7 +237,8 @@ def _empty_whole(block: nn.Module, half: Tensor) -> tuple[Tensor, Tensor, Tensor
 
 
 def halves_of_difference(block: nn.Module, y: Halves, f: Tensor, second: Tensor) -> Halves:
-    """``Halves(y.first - f, second)``, the difference written into the first half of a full-size buffer.
+    """``Halves(y.first - f, second)``, the difference written into the first half of a full-size
+    buffer.
 
     Bit for bit (values and strides) the halves of
     ``join_halves(block, y.first - f, second)``: an elementwise result does not
@@ -393,7 +400,8 @@ class ReversibleBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, **extras: object) -> Tensor:
-        """``y = f(x)``; ``extras`` (conditioning, masks) reach every sub-function that takes them by name.
+        """``y = f(x)``; ``extras`` (conditioning, masks) reach every sub-function that takes them
+        by name.
 
         Called by a :class:`~revlib.core.sequence.ReversibleSequence` in mode
         ``"reversible"``, this runs the engine's recorded step instead (the
@@ -415,11 +423,13 @@ class ReversibleBlock(nn.Module):
         return self._forward(x, tape.record)
 
     def inverse_replayed(self, y: Tensor, tape: Tape) -> Tensor:
-        """The inverse of :meth:`forward_recorded`, replaying the tape (same random draws, same buffers)."""
+        """The inverse of :meth:`forward_recorded`, replaying the tape (same random draws, same
+        buffers)."""
         return self._inverse(y, tape.replay)
 
     def round_trip(self, x: Tensor, record_rng: bool = True) -> Tensor:
-        """``f^{-1}(f(x))`` recorded and replayed exactly as in a training step (for :func:`check_inverse`)."""
+        """``f^{-1}(f(x))`` recorded and replayed exactly as in a training step (for
+        :func:`check_inverse`)."""
         tape = Tape.start(x, record_rng)
         return self.inverse_replayed(self.forward_recorded(x, tape), tape)
 
@@ -440,7 +450,8 @@ class ReversibleBlock(nn.Module):
 
 
 def implements_contract(block: ReversibleBlock) -> bool:
-    """True if ``block``'s class overrides both :meth:`ReversibleBlock._forward` and ``_inverse``."""
+    """True if ``block``'s class overrides both :meth:`ReversibleBlock._forward` and
+    ``_inverse``."""
     cls = type(block)
     return (
         cls._forward is not ReversibleBlock._forward

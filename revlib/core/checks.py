@@ -34,7 +34,8 @@ def check_inverse(module: nn.Module, x: Tensor) -> float:
     """
     if not isinstance(module, nn.Module) or not isinstance(module, _Invertible):
         raise TypeError(
-            f"check_inverse: {type(module).__name__} has no inverse method (pass a reversible block or sequence)"
+            f"check_inverse: {type(module).__name__} has no inverse method (pass a reversible "
+            "block or sequence)"
         )
     if not isinstance(x, Tensor):
         raise TypeError(

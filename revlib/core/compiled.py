@@ -43,14 +43,16 @@ if TYPE_CHECKING:
 __all__ = ["compiled_function", "run_compiled", "COMPILE_OPTIONS"]
 
 COMPILE_OPTIONS: dict[str, Any] = {"fallback_random": True}
-"""Inductor options for the sub-functions: random draws as in eager mode, so the replay draws the same numbers."""
+"""Inductor options for the sub-functions: random draws as in eager mode, so the replay draws the
+same numbers."""
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, Callable[..., Tensor]] = weakref.WeakKeyDictionary()
 
 
 def _runs_eagerly(fn: nn.Module) -> bool:
     """Module hooks inside (the engine swaps their dictionaries per call) or a parametrization (each
-    parametrized module has a class of its own, so every instance would recompile the shared graph)."""
+    parametrized module has a class of its own, so every instance would recompile the shared
+    graph)."""
     return any(
         m._forward_hooks or m._forward_pre_hooks or parametrize.is_parametrized(m)
         for m in fn.modules()
@@ -58,15 +60,17 @@ def _runs_eagerly(fn: nn.Module) -> bool:
 
 
 def compiled_function(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """``torch.compile(fn)`` for a module ``fn`` (made once, cached), or ``fn`` itself if it should run eagerly."""
+    """``torch.compile(fn)`` for a module ``fn`` (made once, cached), or ``fn`` itself if it should
+    run eagerly."""
     if not isinstance(fn, nn.Module) or _runs_eagerly(fn):
         return fn
     compiled = _CACHE.get(fn)
     if compiled is None:
         options = dict(COMPILE_OPTIONS)
         if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
-            # with PyTorch's generic CPU kernels (ATEN_CPU_CAPABILITY=default) Inductor's vectorised C++
-            # does not compile (torch 2.14.1: "'at::vec' has not been declared"): ask for scalar code
+            # with PyTorch's generic CPU kernels (ATEN_CPU_CAPABILITY=default) Inductor's
+            # vectorised C++ does not compile (torch 2.14.1: "'at::vec' has not been declared"):
+            # ask for scalar code
             options["cpp.simdlen"] = 1
         inner = torch.compile(fn, dynamic=True, options=options)
 
@@ -92,5 +96,6 @@ def _not_traced(fn: Callable[_P, _R]) -> Callable[_P, _R]:
 
 @_not_traced
 def run_compiled(seq: ReversibleSequence, x: Tensor, extras: dict[str, Any]) -> Tensor:
-    """The reversible engine, eager, with every sub-function compiled (what ``torch.compile(model)`` runs)."""
+    """The reversible engine, eager, with every sub-function compiled (what ``torch.compile(model)``
+    runs)."""
     return seq._run_reversible(x, extras, compiled=True)

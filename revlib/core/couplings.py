@@ -129,7 +129,8 @@ class NICECoupling(ReversibleBlock):
         return join_halves(self, y1, y2 - check_same_shape(self, "m", run("m", self.m, y1), y1))
 
     def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor, ParamGrads]:
-        r""":math:`\bar x_1 = \bar y_1 + (\partial m/\partial x_1)^\top \bar y_2`, :math:`\bar x_2 = \bar y_2`."""
+        r""":math:`\bar x_1 = \bar y_1 + (\partial m/\partial x_1)^\top \bar y_2`,
+        :math:`\bar x_2 = \bar y_2`."""
         y1, y2 = (h.detach() for h in split_halves(self, y, "output"))
         dy1, dy2 = dy.chunk(2, dim=self.dim)
         x1 = y1.requires_grad_(True)
@@ -200,7 +201,8 @@ class AffineCoupling(ReversibleBlock):
 
     def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor, ParamGrads]:
         r"""Recompute ``s, t`` once; :math:`\bar x_2 = \bar y_2 \odot e^{s}` and
-        :math:`\bar x_1 = \bar y_1 + (\partial (s,t)/\partial x_1)^\top (\bar y_2 \odot (y_2 - t), \bar y_2)`."""
+        :math:`\bar x_1 = \bar y_1 +
+        (\partial (s,t)/\partial x_1)^\top (\bar y_2 \odot (y_2 - t), \bar y_2)`."""
         y1, y2 = (h.detach() for h in split_halves(self, y, "output"))
         dy1, dy2 = dy.chunk(2, dim=self.dim)
         x1 = y1.requires_grad_(True)

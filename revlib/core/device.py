@@ -62,6 +62,7 @@ def hardware(device: torch.device | str | None = None) -> dict[str, str | int | 
         info["name"] = f"Apple MPS ({platform.machine()})"
     else:
         info["name"] = (
-            f"CPU: {info['cpu']} ({info['cpu_count']} logical cores, {info['torch_threads']} torch threads)"
+            f"CPU: {info['cpu']} ({info['cpu_count']} logical cores, {info['torch_threads']} torch "
+            "threads)"
         )
     return info

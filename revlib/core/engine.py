@@ -61,7 +61,8 @@ _INSIDE = _Depth()
 
 
 def in_reversible_block() -> bool:
-    """True while the engine runs a block's forward or backward step (a recomputation is already under way)."""
+    """True while the engine runs a block's forward or backward step (a recomputation is already
+    under way)."""
     return _INSIDE.value > 0
 
 
@@ -125,17 +126,18 @@ class SideInputGuard(TorchFunctionMode):
 
 def _side_input_error(owner: str, t: Tensor) -> RuntimeError:
     return RuntimeError(
-        f"{owner}: a tensor of shape {tuple(t.shape)} that requires grad reaches the block "
-        "without being an input of the chain or a registered parameter (e.g. a conditioning tensor "
-        "set as an attribute of F, or an nn.Parameter kept in a plain list). The reversible forward "
-        "builds no graph, so its gradient would be lost. Pass it through the chain "
-        "(seq(x, cond=c): F and G receive it by keyword), register it as a parameter, "
-        "or use mode='autograd'."
+        f"{owner}: a tensor of shape {tuple(t.shape)} that requires grad reaches the block without "
+        "being an input of the chain or a registered parameter (e.g. a conditioning tensor set as "
+        "an attribute of F, or an nn.Parameter kept in a plain list). The reversible forward "
+        "builds no graph, so its gradient would be lost. Pass it through the chain (seq(x, "
+        "cond=c): F and G receive it by keyword), register it as a parameter, or use "
+        "mode='autograd'."
     )
 
 
 def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> None:
-    """The static form of :class:`SideInputGuard`, used under ``torch.compile``: scan the modules' attributes.
+    """The static form of :class:`SideInputGuard`, used under ``torch.compile``: scan the modules'
+    attributes.
 
     A tensor that requires grad, held by a module of the block as a plain
     attribute or inside a list, tuple or dict attribute (not as a registered
@@ -163,16 +165,17 @@ def _forward_error(err: RuntimeError, owner: str) -> RuntimeError | None:
     text = str(err)
     if "doesn't require gradient" in text or "does not require grad" in text:
         return RuntimeError(
-            f"{owner}: code inside the block needs a graph in the forward ({text.splitlines()[0]}), e.g. "
-            "register_hook on an activation or torch.autograd.grad inside F. The reversible forward runs "
-            "without a graph (its backward rebuilds the activations). Put the hook on the block's output, or use "
-            "mode='autograd'."
+            f"{owner}: code inside the block needs a graph in the forward "
+            f"({text.splitlines()[0]}), e.g. register_hook on an activation or torch.autograd.grad "
+            "inside F. The reversible forward runs without a graph (its backward rebuilds the "
+            "activations). Put the hook on the block's output, or use mode='autograd'."
         )
     return None
 
 
 _VMAP_ERROR = (
-    f"{OWNER} cannot run its backward under vmap (torch.autograd.functional.jacobian(vectorize=True), "
+    f"{OWNER} cannot run its backward under vmap "
+    "(torch.autograd.functional.jacobian(vectorize=True), "
     "torch.autograd.grad(is_grads_batched=True)): it reconstructs activations outside the graph. "
     "Use mode='autograd' (revlib.set_mode(model, 'autograd')) for batched gradients."
 )
@@ -184,11 +187,12 @@ def _backward_error(err: Exception, owner: str) -> Exception | None:
         return RuntimeError(f"{_VMAP_ERROR} ({text.splitlines()[0]})")
     if isinstance(err, torch.utils.checkpoint.CheckpointError) or "heckpoint" in text:
         return RuntimeError(
-            f"{owner}: torch.utils.checkpoint inside a reversible block is not supported: its recomputation runs "
-            "outside the engine's replay (random state, autocast, running statistics), and it saves nothing "
-            "here anyway, since the block's activations are not stored. Remove the checkpoint from F/G "
-            "(revlib's CheckpointedModule runs plainly inside a block), or use mode='checkpoint' for the "
-            f"whole sequence. ({text.splitlines()[0] if text else type(err).__name__})"
+            f"{owner}: torch.utils.checkpoint inside a reversible block is not supported: its "
+            "recomputation runs outside the engine's replay (random state, autocast, running "
+            "statistics), and it saves nothing here anyway, since the block's activations are not "
+            "stored. Remove the checkpoint from F/G (revlib's CheckpointedModule runs plainly "
+            "inside a block), or use mode='checkpoint' for the whole sequence. "
+            f"({text.splitlines()[0] if text else type(err).__name__})"
         )
     return None
 
@@ -197,7 +201,8 @@ _T = TypeVar("_T")
 
 
 class _ModuleNames(dict[int, str]):
-    """``{id(module): its name in the chain}``, computed on first use (only error messages need it)."""
+    """``{id(module): its name in the chain}``, computed on first use (only error messages need
+    it)."""
 
     def __init__(self, root: nn.Module) -> None:
         super().__init__()
@@ -220,7 +225,8 @@ class _ModuleNames(dict[int, str]):
 
 @dataclass
 class Chain:
-    """One forward of a sequence in mode ``"reversible"``: the calls of its blocks and what they hand back.
+    """One forward of a sequence in mode ``"reversible"``: the calls of its blocks and what they
+    hand back.
 
     ``reconstructed[i]`` is block ``i``'s output as rebuilt by block
     ``i + 1``'s backward step, kept until block ``i``'s step takes it.
@@ -241,7 +247,8 @@ class Chain:
         return len(self.seq.blocks)
 
     def run(self, x: Tensor) -> Tensor:
-        """Call each block through ``nn.Module.__call__``, checking that hooks did not change what flows."""
+        """Call each block through ``nn.Module.__call__``, checking that hooks did not change what
+        flows."""
         self.names = _ModuleNames(self.seq.blocks)
         self.expected_input = _signature(x)
         h = x
@@ -259,16 +266,18 @@ class Chain:
             owner = f"{OWNER}, block {i} ({type(block).__name__})"
             if not step.ran:
                 raise TypeError(
-                    f"{owner}: the block's forward did not run the engine's step; its class overrides "
-                    "forward(). In mode='reversible' a block's function is its _forward(x, run) and its inverse "
-                    "_inverse(y, run), so an override would be inverted wrongly. Move the change into "
-                    "_forward/_inverse, or use mode='autograd'."
+                    f"{owner}: the block's forward did not run the engine's step; its class "
+                    "overrides forward(). In mode='reversible' a block's function is its "
+                    "_forward(x, run) and its inverse _inverse(y, run), so an override would be "
+                    "inverted wrongly. Move the change into _forward/_inverse, or use "
+                    "mode='autograd'."
                 )
             if not isinstance(out, Tensor) or _signature(out) != self.output:
                 raise RuntimeError(
-                    f"{owner}: a forward hook on the block replaced or changed its output. The reversible "
-                    "backward rebuilds each block's input from its output, so the block must return what its "
-                    "_forward computed. Observe in the hook (return None) or use mode='autograd'."
+                    f"{owner}: a forward hook on the block replaced or changed its output. The "
+                    "reversible backward rebuilds each block's input from its output, so the "
+                    "block must return what its _forward computed. Observe in the hook (return "
+                    "None) or use mode='autograd'."
                 )
             self.expected_input = _signature(out)
             h = out
@@ -295,9 +304,9 @@ class _Call:
         owner = f"{OWNER}, block {self.index} ({type(self.block).__name__})"
         if not isinstance(x, Tensor) or _signature(x) != self.chain.expected_input:
             raise RuntimeError(
-                f"{owner}: a forward pre-hook on the block changed its input. The reversible backward hands "
-                "each block the output of the block before it, so a block must receive it unchanged. "
-                "Observe in the hook (return None) or use mode='autograd'."
+                f"{owner}: a forward pre-hook on the block changed its input. The reversible "
+                "backward hands each block the output of the block before it, so a block must "
+                "receive it unchanged. Observe in the hook (return None) or use mode='autograd'."
             )
         keys = tuple(k for k, v in extras.items() if isinstance(v, Tensor))
         params = trainable_parameters([self.block])
@@ -306,8 +315,8 @@ class _Call:
 
 
 def _checksum(y: Tensor) -> Tensor:
-    """One float64 sum over the chain's output: a write through ``y.data`` that moves no version counter
-    changes it (one pass, no allocation; a write that keeps the sum exactly is not seen)."""
+    """One float64 sum over the chain's output: a write through ``y.data`` that moves no version
+    counter changes it (one pass, no allocation; a write that keeps the sum exactly is not seen)."""
     return y.sum(dtype=torch.float64) if y.numel() else y.new_zeros(())
 
 
@@ -331,7 +340,8 @@ class _BlockStep(torch.autograd.Function):
             id(t._base) for t in (x, *tensors) if t._is_view()
         }
         if chain.compiled:
-            # Dynamo runs under an active torch function mode too: a static scan of the attributes instead
+            # Dynamo runs under an active torch function mode too: a static scan of the
+            # attributes instead
             check_attribute_tensors(block, allowed, owner)
             guard: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         else:
@@ -369,8 +379,9 @@ class _BlockStep(torch.autograd.Function):
         owner = f"{OWNER}, block {i} ({type(block).__name__})"
         if torch.is_grad_enabled():
             raise RuntimeError(
-                f"{OWNER} does not support double backward (create_graph=True): its backward reconstructs "
-                "activations outside the graph. Use mode='autograd' or mode='checkpoint' for higher-order gradients."
+                f"{OWNER} does not support double backward (create_graph=True): its backward "
+                "reconstructs activations outside the graph. Use mode='autograd' or "
+                "mode='checkpoint' for higher-order gradients."
             )
         if (
             torch._C._functorch.peek_interpreter_stack() is not None
@@ -383,9 +394,9 @@ class _BlockStep(torch.autograd.Function):
             if "inplace operation" not in str(err):
                 raise
             raise RuntimeError(
-                f"{OWNER}: the sequence's output was modified in place (e.g. relu_) before backward; "
-                "the backward reconstructs every activation from that output. Use the out-of-place op "
-                "(relu) or clone the output first."
+                f"{OWNER}: the sequence's output was modified in place (e.g. relu_) before "
+                "backward; the backward reconstructs every activation from that output. Use the "
+                "out-of-place op (relu) or clone the output first."
             ) from err
         kept, rest = saved[: ctx.n_kept], saved[ctx.n_kept :]
         extra_tensors = rest[: len(ctx.keys)]
@@ -393,18 +404,19 @@ class _BlockStep(torch.autograd.Function):
             y = rest[len(ctx.keys)]
             if not _same_checksum(_checksum(y.detach()), ctx.checksum):
                 raise RuntimeError(
-                    f"{OWNER}: the sequence's output was changed after the forward without autograd seeing it "
-                    "(a write through y.data or y.detach()); the backward reconstructs every activation from "
-                    "that output. Change a clone instead."
+                    f"{OWNER}: the sequence's output was changed after the forward without "
+                    "autograd seeing it (a write through y.data or y.detach()); the backward "
+                    "reconstructs every activation from that output. Change a clone instead."
                 )
         else:
             y = chain.reconstructed.pop(i, None)
             if y is None:
                 raise RuntimeError(
-                    f"{owner}: the backward reached this block before the next block's step rebuilt its output: "
-                    "a gradient flows into an inner block's output from outside the chain, without the chain's "
-                    "output (e.g. a loss on a block output kept by a hook alone). Include the sequence's output in "
-                    "the loss, or use mode='autograd'."
+                    f"{owner}: the backward reached this block before the next block's step "
+                    "rebuilt its output: a gradient flows into an inner block's output from "
+                    "outside the chain, without the chain's output (e.g. a loss on a block output "
+                    "kept by a hook alone). Include the sequence's output in the loss, or use "
+                    "mode='autograd'."
                 )
         ctx.state.check(block, OWNER, prefix=f"{i}.")
         tape = ctx.tape.with_tensors(iter(kept))

@@ -54,7 +54,8 @@ def validate_mode(owner: str, mode: object) -> Mode:
 
 
 class _ModeProperty:
-    """The one ``mode`` property: an assignment is validated once, then :meth:`_store_mode` applies it."""
+    """The one ``mode`` property: an assignment is validated once, then :meth:`_store_mode` applies
+    it."""
 
     @property
     def mode(self) -> Mode:

@@ -1,4 +1,5 @@
-"""What a recomputation reads besides its input, captured after the forward and checked before the backward.
+"""What a recomputation reads besides its input, captured after the forward and checked before the
+backward.
 
 The engine's guard: a parameter or buffer replaced or modified in place
 between the forward and the backward (an optimizer step, a weight swap)
@@ -60,9 +61,11 @@ class ModuleState:
         return cls(modules, [m.training for m in modules], tensors)
 
     def check(self, module: nn.Module, owner: str, prefix: str = "") -> None:
-        """Raise ``RuntimeError`` naming the tensor if a parameter or buffer was replaced or modified in place.
+        """Raise ``RuntimeError`` naming the tensor if a parameter or buffer was replaced or
+        modified in place.
 
-        ``prefix`` is the module's name in the model the user sees (``"3."`` for block 3), put before each name.
+        ``prefix`` is the module's name in the model the user sees (``"3."`` for block 3), put
+        before each name.
         """
         modules = submodules(module)
         if len(modules) != len(self.modules) or any(
@@ -90,15 +93,17 @@ class ModuleState:
         if replaced:
             raise RuntimeError(
                 f"{owner}: parameters or buffers were replaced between forward and backward "
-                f"({', '.join(replaced[:3])}{', ...' if len(replaced) > 3 else ''}; e.g. by torch.func.functional_call or a weight swap). The "
-                "reconstruction needs the forward's weights and buffers. Use mode='autograd' for functional calls."
+                f"({', '.join(replaced[:3])}{', ...' if len(replaced) > 3 else ''}; e.g. by "
+                "torch.func.functional_call or a weight swap). The reconstruction needs the "
+                "forward's weights and buffers. Use mode='autograd' for functional calls."
             )
         if modified:
             raise RuntimeError(
-                f"{owner}: parameters or buffers were modified in place between forward and backward "
-                f"({', '.join(modified[:3])}{', ...' if len(modified) > 3 else ''}; e.g. an optimizer step before backward). The "
-                "reconstruction would use the new values and give wrong gradients. Call backward first. "
-                "(A fused optimizer step, which moves no version counter, cannot be detected: PyTorch limitation.)"
+                f"{owner}: parameters or buffers were modified in place between forward and "
+                f"backward ({', '.join(modified[:3])}{', ...' if len(modified) > 3 else ''}; e.g. "
+                "an optimizer step before backward). The reconstruction would use the new values "
+                "and give wrong gradients. Call backward first. (A fused optimizer step, which "
+                "moves no version counter, cannot be detected: PyTorch limitation.)"
             )
 
     @contextlib.contextmanager

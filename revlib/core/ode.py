@@ -249,7 +249,7 @@ class StepScaled(nn.Module):
 
 
 def _weight(fn: nn.Module) -> Tensor:
-    """``fn.weight``, the kernel of a sub-function (a parameter; nn.Module types it Tensor | Module)."""
+    """``fn.weight``, the kernel of a sub-function (a parameter; checked to be a tensor)."""
     weight = fn.weight
     if not isinstance(weight, Tensor):
         raise TypeError(f"{type(fn).__name__}.weight is a {type(weight).__name__}, not a kernel")
@@ -319,7 +319,8 @@ class HamiltonianBlock(AdditiveCoupling):
         return self.F.h
 
     def rhs(self, x: Tensor) -> Tensor:
-        r"""The ODE's right-hand side :math:`(K_1^\top\sigma(K_1 Z + b_1),\ -K_2^\top\sigma(K_2 Y + b_2))` at ``x = (Y, Z)``."""
+        r"""The ODE's right-hand side
+        :math:`(K_1^\top\sigma(K_1 Z + b_1),\ -K_2^\top\sigma(K_2 Y + b_2))` at ``x = (Y, Z)``."""
         y, z = split_halves(self, x)
         return torch.cat([self.F.fn(z), -self.G.fn(y)], dim=1)
 
@@ -329,14 +330,16 @@ class HamiltonianBlock(AdditiveCoupling):
 
 
 class TwoStepBlock(ReversibleBlock):
-    r"""A two-step scheme :math:`Y_{j+1} = \alpha Y_j + \beta Y_{j-1} + \gamma(h) F(Y_j)` on the pair.
+    r"""A two-step scheme :math:`Y_{j+1} = \alpha Y_j + \beta Y_{j-1} + \gamma(h) F(Y_j)` on the
+    pair.
 
     The input is :math:`(Y_{j-1}, Y_j)` as channel halves, the output
     :math:`(Y_j, Y_{j+1})`. :math:`\beta = \pm 1`, so the inverse is
     :math:`Y_{j-1} = \beta\,(Y_{j+1} - \alpha Y_j - \gamma F(Y_j))`. The fused
     backward step evaluates F once:
     :math:`\bar Y_{j-1} = \beta \bar Y_{j+1}`,
-    :math:`\bar Y_j = \bar Y_j^{out} + \alpha \bar Y_{j+1} + (\partial(\gamma F)/\partial Y_j)^\top \bar Y_{j+1}`.
+    :math:`\bar Y_j = \bar Y_j^{out} + \alpha \bar Y_{j+1} +
+    (\partial(\gamma F)/\partial Y_j)^\top \bar Y_{j+1}`.
     Subclasses set ``alpha``, ``beta`` and ``self.F``, a :class:`StepScaled`
     holding :math:`\gamma(h)`.
     """
@@ -387,7 +390,8 @@ class TwoStepBlock(ReversibleBlock):
 
 
 class MidpointBlock(TwoStepBlock):
-    r"""Midpoint rule: :math:`Y_{j+1} = Y_{j-1} + 2h F(Y_j)`, inverse :math:`Y_{j-1} = Y_{j+1} - 2h F(Y_j)`.
+    r"""Midpoint rule: :math:`Y_{j+1} = Y_{j-1} + 2h F(Y_j)`, inverse
+    :math:`Y_{j-1} = Y_{j+1} - 2h F(Y_j)`.
 
     The default F is Haber and Ruthotto's antisymmetric layer
     :math:`\sigma((K - K^\top)Y + b)` (:class:`AntisymmetricSigma`): the midpoint
@@ -431,7 +435,8 @@ class MidpointBlock(TwoStepBlock):
 
 
 class LeapfrogBlock(TwoStepBlock):
-    r"""Leapfrog for :math:`\ddot Y = -K^\top\sigma(K Y + b)`: :math:`Y_{j+1} = 2Y_j - Y_{j-1} - h^2 K^\top\sigma(K Y_j + b)`.
+    r"""Leapfrog for :math:`\ddot Y = -K^\top\sigma(K Y + b)`:
+    :math:`Y_{j+1} = 2Y_j - Y_{j-1} - h^2 K^\top\sigma(K Y_j + b)`.
 
     Inverse :math:`Y_{j-1} = 2Y_j - Y_{j+1} - h^2 K^\top\sigma(K Y_j + b)`: the
     same formula run backwards (the scheme is time-symmetric).
@@ -461,7 +466,8 @@ class LeapfrogBlock(TwoStepBlock):
         self.F = StepScaled(fn, -1.0, 2, _step_size(self, h, learn_h))
 
     def rhs(self, x: Tensor) -> Tensor:
-        r"""The first-order form's right-hand side :math:`(V, -K^\top\sigma(K Y + b))` at ``x = (Y, V)``."""
+        r"""The first-order form's right-hand side :math:`(V, -K^\top\sigma(K Y + b))` at
+        ``x = (Y, V)``."""
         y, v = split_halves(self, x)
         return torch.cat([v, -self.F.fn(y)], dim=1)
 

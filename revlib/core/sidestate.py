@@ -63,12 +63,14 @@ def _numpy_random() -> _NumpyRandom | None:
 
 
 def _own_state(m: nn.Module) -> bool:
-    """False for torch's own layers (``torch.nn.modules``), whose forward changes no attribute and draws no host RNG."""
+    """False for torch's own layers (``torch.nn.modules``), whose forward changes no attribute and
+    draws no host RNG."""
     return not type(m).__module__.startswith("torch.nn.modules.")
 
 
 def _generators(modules: list[nn.Module]) -> list[tuple[nn.Module, str, torch.Generator]]:
-    # type() rather than isinstance: torch.Generator's metaclass makes isinstance slow, and this runs per call
+    # type() rather than isinstance: torch.Generator's metaclass makes isinstance slow, and this
+    # runs per call
     return [
         (m, k, v)
         for m in modules
@@ -142,7 +144,8 @@ def _same_numpy_state(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
 
 @dataclass
 class HostChanges:
-    """The states before a recorded call of the host generators and attributes that the call changed."""
+    """The states before a recorded call of the host generators and attributes that the call
+    changed."""
 
     python: Any = None
     numpy: Any = None
@@ -205,7 +208,8 @@ def _hooked(fn: Any) -> list[nn.Module]:
 
 @contextlib.contextmanager
 def recording_hooks(fn: Any, log: HookLog, names: dict[int, str]) -> Iterator[None]:
-    """Run the body with the hooks inside ``fn`` wrapped, noting in ``log`` which acted and what observers saw."""
+    """Run the body with the hooks inside ``fn`` wrapped, noting in ``log`` which acted and what
+    observers saw."""
     modules = _hooked(fn)
     saved = []
     for m in modules:
@@ -250,7 +254,8 @@ def _logged(
 
 @contextlib.contextmanager
 def replaying_hooks(fn: Any, log: HookLog | None) -> Iterator[None]:
-    """Run the body with only the hooks that acted in the recorded call (observers ran once, then)."""
+    """Run the body with only the hooks that acted in the recorded call (observers ran once,
+    then)."""
     acting = log.acting if log is not None else set()
     saved = []
     for m in _hooked(fn):
@@ -280,9 +285,10 @@ def check_no_kept_outputs(log: HookLog, owner: str, keep: Tensor | None = None) 
         out = ref()
         if out is not None and out is not keep:
             raise RuntimeError(
-                f"{owner}: a forward hook on {name} kept its output (shape {shape}) after the block's forward. "
-                "In mode='reversible' the forward builds no graph, so a loss on that tensor would get no gradient. "
-                "Take the activation from the block's output instead, or run this model with mode='autograd' "
-                "(revlib.set_mode(model, 'autograd'))."
+                f"{owner}: a forward hook on {name} kept its output (shape {shape}) after the "
+                "block's forward. In mode='reversible' the forward builds no graph, so a loss on "
+                "that tensor would get no gradient. Take the activation from the block's output "
+                "instead, or run this model with mode='autograd' (revlib.set_mode(model, "
+                "'autograd'))."
             )
     log.kept.clear()

@@ -81,7 +81,8 @@ def weight_smoothness(
     rate: float = 2e-4,
     h: float | None = None,
 ) -> Tensor:
-    r"""The weight smoothness decay :math:`R = \text{rate}\sum_j \lVert K_j - K_{j+1}\rVert_F^2` as a loss term.
+    r"""The weight smoothness decay :math:`R = \text{rate}\sum_j \lVert K_j - K_{j+1}\rVert_F^2` as
+    a loss term.
 
     Args:
         model_or_stages: a model, a :class:`~revlib.ReversibleSequence`, or a

@@ -39,7 +39,8 @@ Map = Callable[[Tensor], Tensor]
 
 
 def jacobian(fn: Map, x: Tensor) -> Tensor:
-    """The Jacobian :math:`\\partial\\,\\mathrm{fn}(x)/\\partial x` as an ``(n, n)`` matrix, n = ``x.numel()``.
+    """The Jacobian :math:`\\partial\\,\\mathrm{fn}(x)/\\partial x` as an ``(n, n)`` matrix, n =
+    ``x.numel()``.
 
     ``fn`` maps a tensor of ``x``'s shape to one of the same number of entries
     (a right-hand side such as ``block.rhs``).
@@ -56,7 +57,8 @@ def jacobian(fn: Map, x: Tensor) -> Tensor:
     )
     if J.shape != (flat.numel(), flat.numel()):
         raise ValueError(
-            f"jacobian: fn must keep the number of entries, got a Jacobian of shape {tuple(J.shape)}"
+            "jacobian: fn must keep the number of entries, got a Jacobian of shape "
+            f"{tuple(J.shape)}"
         )
     return J
 
@@ -74,12 +76,14 @@ def eigenvalues(fn_or_matrix: Map | Tensor, x: Tensor | None = None) -> Tensor:
 
 
 def max_real_part(fn_or_matrix: Map | Tensor, x: Tensor | None = None) -> float:
-    """:math:`\\max_i \\operatorname{Re}\\lambda_i` of a matrix, or of the Jacobian of ``fn`` at ``x``."""
+    """:math:`\\max_i \\operatorname{Re}\\lambda_i` of a matrix, or of the Jacobian of ``fn`` at
+    ``x``."""
     return eigenvalues(fn_or_matrix, x).real.max().item()
 
 
 def _layers(layers: Map | Iterable[Map], depth: int | None) -> list[Map]:
-    """A list of maps: a sequence as given (cut to ``depth``), or one map repeated ``depth`` times."""
+    """A list of maps: a sequence as given (cut to ``depth``), or one map repeated ``depth``
+    times."""
     if isinstance(layers, (list, tuple, torch.nn.ModuleList, torch.nn.Sequential)):
         seq = list(layers)
         if depth is not None and depth > len(seq):
@@ -104,7 +108,8 @@ def perturbation_growth(
     eps: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """:math:`\\lVert\\delta Y_j\\rVert / \\lVert\\delta Y_0\\rVert` for j = 0, ..., depth (a tensor of depth + 1 values).
+    """:math:`\\lVert\\delta Y_j\\rVert / \\lVert\\delta Y_0\\rVert` for j = 0, ..., depth (a tensor
+    of depth + 1 values).
 
     Args:
         layers: one map applied ``depth`` times (a block), or a sequence of maps
@@ -151,7 +156,8 @@ def lyapunov_exponent(
     h: float = 1.0,
     **kwargs: Any,
 ) -> float:
-    """The empirical Lyapunov exponent :math:`\\log(\\lVert\\delta Y_N\\rVert/\\lVert\\delta Y_0\\rVert)/(N h)`.
+    """The empirical Lyapunov exponent
+    :math:`\\log(\\lVert\\delta Y_N\\rVert/\\lVert\\delta Y_0\\rVert)/(N h)`.
 
     ``h`` is the step size, so the exponent is per unit of ODE time (``h=1``:
     per layer). Other arguments as for :func:`perturbation_growth`.

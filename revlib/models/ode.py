@@ -133,11 +133,13 @@ class ODENet(ModelMode, nn.Module):
             raise ValueError(f"ODENet: scheme must be one of {sorted(_BLOCKS)}, got {scheme!r}")
         if len(units) != len(widths) or not units or min(units) < 1:
             raise ValueError(
-                f"ODENet: need one width per stage and at least one block per stage, got {units}, {widths}"
+                f"ODENet: need one width per stage and at least one block per stage, got {units}, "
+                f"{widths}"
             )
         if transition not in ("in_first_block", "between_stages"):
             raise ValueError(
-                f"ODENet: transition must be 'in_first_block' or 'between_stages', got {transition!r}"
+                "ODENet: transition must be 'in_first_block' or 'between_stages', got "
+                f"{transition!r}"
             )
         self.scheme, self.units, self.widths, self.transition = (
             scheme,
@@ -162,7 +164,8 @@ class ODENet(ModelMode, nn.Module):
                 self._stage_of[s].append((seq, len(per_seq[seq])))
                 per_seq[seq].append(block(widths[seq], 3, h=h, activation=activation))
         self.sequences = nn.ModuleList(ReversibleSequence(b, mode=mode, ndim=4) for b in per_seq)
-        # a two-step state is the pair (Y_{j-1}, Y_j), each of the stage's width; a Hamiltonian one is Y, Z halves
+        # a two-step state is the pair (Y_{j-1}, Y_j), each of the stage's width; a Hamiltonian one
+        # is Y, Z halves
         halves = 1 if two_step else 2
         self.transitions = nn.ModuleList(HalfPoolPad(w // halves) for w in widths[1:])
 
@@ -179,7 +182,8 @@ class ODENet(ModelMode, nn.Module):
         )  # stem conv and FC; the blocks' kernels are initialised the same way already
 
     def stages(self) -> list[list[nn.Module]]:
-        """The blocks of each stage (Chang et al.'s "units"), in order, for :func:`revlib.core.smoothness.weight_smoothness`."""
+        """The blocks of each stage (Chang et al.'s "units"), in order, for
+        :func:`revlib.core.smoothness.weight_smoothness`."""
         # self.sequences holds the ReversibleSequences __init__ built
         return [
             [cast(ReversibleSequence, self.sequences[q]).blocks[i] for q, i in stage]
@@ -199,7 +203,10 @@ class ODENet(ModelMode, nn.Module):
         return self.head(self.features(x))
 
     def extra_repr(self) -> str:
-        return f"scheme={self.scheme!r}, units={self.units}, widths={self.widths}, transition={self.transition!r}"
+        return (
+            f"scheme={self.scheme!r}, units={self.units}, widths={self.widths}, "
+            f"transition={self.transition!r}"
+        )
 
 
 CHANG_CONFIGS: dict[str, dict[str, Any]] = {
@@ -234,47 +241,54 @@ def _chang(name: str, num_classes: int, in_channels: int, mode: Mode, **kwargs: 
 def hamiltonian74(
     num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """Hamiltonian-74 (6-6-6, widths 32-64-112): 428,530 parameters at 10 classes (Chang et al.: 0.43 M)."""
+    """Hamiltonian-74 (6-6-6, widths 32-64-112): 428,530 parameters at 10 classes
+    (Chang et al.: 0.43 M)."""
     return _chang("hamiltonian74", num_classes, in_channels, mode, **kwargs)
 
 
 def hamiltonian218(
     num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """Hamiltonian-218 (18-18-18, widths 32-64-128): 1,679,114 parameters at 10 classes (Chang et al.: 1.68 M)."""
+    """Hamiltonian-218 (18-18-18, widths 32-64-128): 1,679,114 parameters at 10 classes
+    (Chang et al.: 1.68 M)."""
     return _chang("hamiltonian218", num_classes, in_channels, mode, **kwargs)
 
 
 def hamiltonian1202(
     num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """Hamiltonian-1202 (100-100-100, widths 32-64-128): 9,632,458 parameters at 10 classes (Chang et al.: 9.70 M)."""
+    """Hamiltonian-1202 (100-100-100, widths 32-64-128): 9,632,458 parameters at 10 classes
+    (Chang et al.: 9.70 M)."""
     return _chang("hamiltonian1202", num_classes, in_channels, mode, **kwargs)
 
 
 def midpoint26(
     num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """MidPoint-26 (4-4-4, widths 32-64-112): 535,258 parameters at 10 classes (Chang et al.: 0.50 M)."""
+    """MidPoint-26 (4-4-4, widths 32-64-112): 535,258 parameters at 10 classes
+    (Chang et al.: 0.50 M)."""
     return _chang("midpoint26", num_classes, in_channels, mode, **kwargs)
 
 
 def midpoint62(
     num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """MidPoint-62 (10-10-10, widths 32-64-128): 1,801,738 parameters at 10 classes (Chang et al.: 1.78 M)."""
+    """MidPoint-62 (10-10-10, widths 32-64-128): 1,801,738 parameters at 10 classes
+    (Chang et al.: 1.78 M)."""
     return _chang("midpoint62", num_classes, in_channels, mode, **kwargs)
 
 
 def leapfrog26(
     num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """Leapfrog-26 (4-4-4, widths 32-64-112): 535,258 parameters at 10 classes (Chang et al.: 0.50 M)."""
+    """Leapfrog-26 (4-4-4, widths 32-64-112): 535,258 parameters at 10 classes
+    (Chang et al.: 0.50 M)."""
     return _chang("leapfrog26", num_classes, in_channels, mode, **kwargs)
 
 
 def leapfrog62(
     num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """Leapfrog-62 (10-10-10, widths 32-64-128): 1,801,738 parameters at 10 classes (Chang et al.: 1.78 M)."""
+    """Leapfrog-62 (10-10-10, widths 32-64-128): 1,801,738 parameters at 10 classes
+    (Chang et al.: 1.78 M)."""
     return _chang("leapfrog62", num_classes, in_channels, mode, **kwargs)

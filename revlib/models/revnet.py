@@ -92,7 +92,8 @@ __all__ = [
 
 
 def basic_branch(in_c: int, out_c: int, stride: int = 1, preact: bool = True) -> nn.Sequential:
-    """BN-ReLU-conv3x3 (stride), BN-ReLU-conv3x3; without the first BN-ReLU if ``preact`` is False."""
+    """BN-ReLU-conv3x3 (stride), BN-ReLU-conv3x3; without the first BN-ReLU if ``preact`` is
+    False."""
     layers: list[nn.Module] = [batch_norm(in_c), nn.ReLU()] if preact else []
     layers += [
         conv2d(in_c, out_c, 3, stride),
@@ -210,7 +211,8 @@ class RevTransition(CheckpointedModule):
 
 
 class RevStage(nn.Module):
-    """One RevNet stage: an optional :class:`RevTransition`, then a :class:`~revlib.ReversibleSequence`."""
+    """One RevNet stage: an optional :class:`RevTransition`, then a
+    :class:`~revlib.ReversibleSequence`."""
 
     def __init__(
         self, transition: RevTransition | None, blocks: list[AdditiveCoupling], mode: Mode
@@ -396,7 +398,8 @@ def resnet110(num_classes: int = 10, in_channels: int = 3) -> PreActNet:
 
 
 def resnet164(num_classes: int = 10, in_channels: int = 3) -> PreActNet:
-    """ResNet-164 (bottleneck, 18-18-18, widths 16-64-128-256): 1,703,258 parameters at 10 classes."""
+    """ResNet-164 (bottleneck, 18-18-18, widths 16-64-128-256): 1,703,258 parameters at 10
+    classes."""
     return _cifar("resnet164", num_classes, in_channels)
 
 
@@ -416,12 +419,14 @@ def revnet164(num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversi
 
 
 def resnet101(num_classes: int = 1000, in_channels: int = 3) -> PreActNet:
-    """ResNet-101 for ImageNet (bottleneck, 3-4-23-3, widths 64-256-512-1024-2048): 44,541,480 parameters."""
+    """ResNet-101 for ImageNet (bottleneck, 3-4-23-3, widths 64-256-512-1024-2048): 44,541,480
+    parameters."""
     return _imagenet("resnet101", num_classes, in_channels)
 
 
 def revnet104(
     num_classes: int = 1000, in_channels: int = 3, mode: Mode = "reversible"
 ) -> PreActNet:
-    """RevNet-104 for ImageNet (bottleneck, 2-2-11-2, widths 128-512-1024-2048-3328): 45,428,072 parameters."""
+    """RevNet-104 for ImageNet (bottleneck, 2-2-11-2, widths 128-512-1024-2048-3328): 45,428,072
+    parameters."""
     return _imagenet("revnet104", num_classes, in_channels, mode)

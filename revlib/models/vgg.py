@@ -138,7 +138,8 @@ class VGG(nn.Module):
 
 
 def vgg19(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> VGG:
-    """VGG-19 with BatchNorm, Saha and Priyanka's CIFAR variant: 20,565,834 parameters at 10 classes."""
+    """VGG-19 with BatchNorm, Saha and Priyanka's CIFAR variant: 20,565,834 parameters at 10
+    classes."""
     return VGG(VGG19_CONFIG, num_classes=num_classes, in_channels=in_channels, dropout=dropout)
 
 
@@ -153,7 +154,8 @@ def _half_function(c: int) -> nn.Sequential:
 
 
 class RevVGGEntry(CheckpointedModule):
-    """The channel-changing first layer of a RevBlock: conv3x3(bias)-BN-ReLU; keeps only its input."""
+    """The channel-changing first layer of a RevBlock: conv3x3(bias)-BN-ReLU; keeps only its
+    input."""
 
     def __init__(self, in_c: int, out_c: int, mode: Mode = "reversible") -> None:
         super().__init__(mode)
@@ -166,7 +168,8 @@ class RevVGGEntry(CheckpointedModule):
 
 
 class RevVGGBlock(nn.Module):
-    """One Rev-VGG RevBlock: :class:`RevVGGEntry` (in->out), then ``couplings`` additive couplings at width out."""
+    """One Rev-VGG RevBlock: :class:`RevVGGEntry` (in->out), then ``couplings`` additive couplings
+    at width out."""
 
     def __init__(
         self, in_c: int, out_c: int, couplings: int = 3, mode: Mode = "reversible"
@@ -189,7 +192,8 @@ class RevVGGBlock(nn.Module):
         return self.blocks(self.entry(x))
 
     def kept_activations(self, x: Tensor, y: Tensor) -> int | None:
-        """For :mod:`revlib.core.memcalc`, per sample: 0 in mode reversible (the tables' RevBlock rows).
+        """For :mod:`revlib.core.memcalc`, per sample: 0 in mode reversible (the tables' RevBlock
+        rows).
 
         Mode ``"checkpoint"``: the input of each coupling (``couplings`` tensors
         of the output's size); mode ``"autograd"``: ``None``, list the layers.
@@ -203,7 +207,8 @@ class RevVGGBlock(nn.Module):
 
 
 class RevVGG(ModelMode, nn.Module):
-    """Saha and Priyanka's Rev-VGG (see the module docstring); ``mode`` as in :class:`~revlib.ReversibleSequence`.
+    """Saha and Priyanka's Rev-VGG (see the module docstring); ``mode`` as in
+    :class:`~revlib.ReversibleSequence`.
 
     Inputs must be 32x32 (five max poolings to 512x1x1, read by the classifier).
     """
