@@ -20,12 +20,15 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .recompute import Tape, keywords_for, submodules
+
+if TYPE_CHECKING:
+    from .engine import _Call  # the engine imports this module
 
 __all__ = [
     "ReversibleBlock",
@@ -47,12 +50,15 @@ __all__ = [
 Run = Callable[[str, nn.Module, Tensor], Tensor]
 """How a block calls a sub-function: ``run(name, fn, x)`` returns ``fn(x)``."""
 
-ParamGrads = list[tuple[nn.Parameter, "Tensor | None"]]
+ParamGrads = list[tuple[Tensor, "Tensor | None"]]
+"""A backward step's gradients, paired with what :meth:`Tape.grad_targets` gave: the parameters'
+detached aliases (the engine maps them back to the parameters) and the extra arguments."""
 
 
 def plain_run(name: str, fn: nn.Module, x: Tensor) -> Tensor:
     """Call ``fn(x)`` with nothing recorded or replayed."""
-    return fn(x)
+    out: Tensor = fn(x)  # a sub-function returns a tensor (the block contract)
+    return out
 
 
 class PlainRun:
@@ -68,11 +74,13 @@ class PlainRun:
         self.extras = extras
 
     def __call__(self, name: str, fn: nn.Module, x: Tensor) -> Tensor:
-        return fn(x, **keywords_for(fn, self.extras))
+        out: Tensor = fn(x, **keywords_for(fn, self.extras))
+        return out
 
 
 def run_with(extras: dict[str, object]) -> Run:
-    """The run function of a plain forward: :func:`plain_run`, or :class:`PlainRun` with extra arguments."""
+    """The run function of a plain forward: :func:`plain_run`, or :class:`PlainRun` with extra
+    arguments."""
     return PlainRun(extras) if extras else plain_run
 
 
@@ -84,14 +92,15 @@ class _EngineCall(threading.local):
     finds the engine's step here and runs it instead of a plain forward.
     """
 
-    step = None
+    step: _Call | None = None
 
 
 ENGINE_CALL = _EngineCall()
 
 
 def split_dim(block: nn.Module) -> int:
-    """The dimension ``block`` splits into halves: its ``dim`` attribute, 1 (channels) by default."""
+    """The dimension ``block`` splits into halves: its ``dim`` attribute, 1 (channels) by
+    default."""
     return getattr(block, "dim", 1)
 
 
@@ -131,7 +140,8 @@ def split_halves(block: nn.Module, x: Tensor, what: str = "input") -> tuple[Tens
 
 
 def join_halves(block: nn.Module, first: Tensor, second: Tensor) -> Tensor:
-    """Concatenate two halves along the block's split dimension (the inverse of :func:`split_halves`)."""
+    """Concatenate two halves along the block's split dimension (the inverse of
+    :func:`split_halves`)."""
     return torch.cat([first, second], dim=split_dim(block))
 
 
@@ -155,7 +165,8 @@ class Halves(NamedTuple):
 
     @classmethod
     def of(cls, block: nn.Module, y: Tensor | Halves, what: str = "output") -> Halves:
-        """``y`` as halves along the block's split dimension (views of ``y`` if it is a whole tensor)."""
+        """``y`` as halves along the block's split dimension (views of ``y`` if it is a whole
+        tensor)."""
         if isinstance(y, Halves):
             if y.dim % y.buffer.dim() == split_dim(block) % y.buffer.dim():
                 return y
@@ -164,7 +175,8 @@ class Halves(NamedTuple):
         return cls(first, second, y, split_dim(block))
 
     def join(self) -> Tensor:
-        """Write ``second`` into the buffer's second half (unless it is that half) and return the buffer."""
+        """Write ``second`` into the buffer's second half (unless it is that half) and return the
+        buffer."""
         half = self.buffer.chunk(2, dim=self.dim)[1]
         if not (
             half.data_ptr() == self.second.data_ptr() and half.stride() == self.second.stride()
@@ -178,7 +190,8 @@ def _step_owner(block: nn.Module) -> type:
 
 
 def fused_step_applies(block: nn.Module) -> bool:
-    """True if the block's own ``backward_step`` may be used: it was written for this ``_forward``/``_inverse``.
+    """True if the block's own ``backward_step`` may be used: it was written for this
+    ``_forward``/``_inverse``.
 
     The class that defines the ``backward_step`` in use must resolve
     ``_forward`` and ``_inverse`` to the same methods as the block's class. A
@@ -208,6 +221,8 @@ def takes_halves(block: nn.Module) -> bool:
 
 def _same_dtype_contiguous(*tensors: Tensor | None) -> bool:
     first = tensors[0]
+    if first is None:
+        return False
     return all(t is not None and t.is_contiguous() and t.dtype == first.dtype for t in tensors)
 
 
@@ -222,7 +237,8 @@ def _empty_whole(block: nn.Module, half: Tensor) -> tuple[Tensor, Tensor, Tensor
 
 
 def halves_of_difference(block: nn.Module, y: Halves, f: Tensor, second: Tensor) -> Halves:
-    """``Halves(y.first - f, second)``, the difference written into the first half of a full-size buffer.
+    """``Halves(y.first - f, second)``, the difference written into the first half of a full-size
+    buffer.
 
     Bit for bit (values and strides) the halves of
     ``join_halves(block, y.first - f, second)``: an elementwise result does not
@@ -288,21 +304,21 @@ def grads_for(
     outputs: Sequence[Tensor],
     grad_outputs: Sequence[Tensor],
     inputs: Sequence[Tensor],
-    params: Sequence[nn.Parameter],
+    params: Sequence[Tensor],
 ) -> tuple[list[Tensor | None], ParamGrads]:
     """Vector-Jacobian products of ``outputs`` with respect to ``inputs`` and ``params``.
 
     Returns ``(input_grads, [(param, grad), ...])``; an input or parameter that
     does not influence the outputs gets ``None``.
     """
-    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if o.requires_grad]
     wanted = [*inputs, *params]
     if not pairs or not wanted:
         return [None] * len(inputs), [(p, None) for p in params]
     grads = torch.autograd.grad(
         [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
     )
-    return list(grads[: len(inputs)]), list(zip(params, grads[len(inputs) :]))
+    return list(grads[: len(inputs)]), list(zip(params, grads[len(inputs) :], strict=True))
 
 
 class ReversibleBlock(nn.Module):
@@ -384,7 +400,8 @@ class ReversibleBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, **extras: object) -> Tensor:
-        """``y = f(x)``; ``extras`` (conditioning, masks) reach every sub-function that takes them by name.
+        """``y = f(x)``; ``extras`` (conditioning, masks) reach every sub-function that takes them
+        by name.
 
         Called by a :class:`~revlib.core.sequence.ReversibleSequence` in mode
         ``"reversible"``, this runs the engine's recorded step instead (the
@@ -406,11 +423,13 @@ class ReversibleBlock(nn.Module):
         return self._forward(x, tape.record)
 
     def inverse_replayed(self, y: Tensor, tape: Tape) -> Tensor:
-        """The inverse of :meth:`forward_recorded`, replaying the tape (same random draws, same buffers)."""
+        """The inverse of :meth:`forward_recorded`, replaying the tape (same random draws, same
+        buffers)."""
         return self._inverse(y, tape.replay)
 
     def round_trip(self, x: Tensor, record_rng: bool = True) -> Tensor:
-        """``f^{-1}(f(x))`` recorded and replayed exactly as in a training step (for :func:`check_inverse`)."""
+        """``f^{-1}(f(x))`` recorded and replayed exactly as in a training step (for
+        :func:`check_inverse`)."""
         tape = Tape.start(x, record_rng)
         return self.inverse_replayed(self.forward_recorded(x, tape), tape)
 
@@ -430,8 +449,9 @@ class ReversibleBlock(nn.Module):
         return x.detach(), dx, param_grads
 
 
-def implements_contract(block: nn.Module) -> bool:
-    """True if ``block``'s class overrides both :meth:`ReversibleBlock._forward` and ``_inverse``."""
+def implements_contract(block: ReversibleBlock) -> bool:
+    """True if ``block``'s class overrides both :meth:`ReversibleBlock._forward` and
+    ``_inverse``."""
     cls = type(block)
     return (
         cls._forward is not ReversibleBlock._forward
@@ -455,7 +475,9 @@ def detached_parameters(module: nn.Module, aliases: dict[int, Tensor]) -> Iterat
         for name, p in m._parameters.items():
             if p is not None and id(p) in aliases:
                 swapped.append((m, name, p))
-                m._parameters[name] = aliases[id(p)]
+                # a plain tensor where torch types a Parameter (torch's own
+                # _named_member_accessor swaps tensors in the same way, ignore included)
+                m._parameters[name] = aliases[id(p)]  # type: ignore[assignment]
     try:
         yield
     finally:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from torch import Tensor, nn
 
 from .recompute import RNGState
 
 __all__ = ["check_inverse"]
+
+
+@runtime_checkable
+class _Invertible(Protocol):
+    """Anything with an ``inverse`` method (a reversible block or sequence, an invertible layer)."""
+
+    def inverse(self, y: Tensor) -> Tensor: ...
 
 
 def check_inverse(module: nn.Module, x: Tensor) -> float:
@@ -23,9 +32,10 @@ def check_inverse(module: nn.Module, x: Tensor) -> float:
     building a graph; the module's buffers and the global RNG state are left
     as they were.
     """
-    if not isinstance(module, nn.Module) or not hasattr(module, "inverse"):
+    if not isinstance(module, nn.Module) or not isinstance(module, _Invertible):
         raise TypeError(
-            f"check_inverse: {type(module).__name__} has no inverse method (pass a reversible block or sequence)"
+            f"check_inverse: {type(module).__name__} has no inverse method (pass a reversible "
+            "block or sequence)"
         )
     if not isinstance(x, Tensor):
         raise TypeError(
@@ -46,7 +56,7 @@ def check_inverse(module: nn.Module, x: Tensor) -> float:
     try:
         with torch.no_grad(), RNGState.capture(x).replay():
             round_trip = getattr(module, "round_trip", None)
-            x_again = round_trip(x) if round_trip is not None else module.inverse(module(x))
+            x_again: Tensor = round_trip(x) if round_trip is not None else module.inverse(module(x))
     finally:
         for m, name, b in buffers:
             m._buffers[name] = b

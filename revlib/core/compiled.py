@@ -31,52 +31,71 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+if TYPE_CHECKING:
+    from .sequence import ReversibleSequence  # it imports this module
+
 __all__ = ["compiled_function", "run_compiled", "COMPILE_OPTIONS"]
 
 COMPILE_OPTIONS: dict[str, Any] = {"fallback_random": True}
-"""Inductor options for the sub-functions: random draws as in eager mode, so the replay draws the same numbers."""
+"""Inductor options for the sub-functions: random draws as in eager mode, so the replay draws the
+same numbers."""
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, Callable] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, Callable[..., Tensor]] = weakref.WeakKeyDictionary()
 
 
 def _runs_eagerly(fn: nn.Module) -> bool:
     """Module hooks inside (the engine swaps their dictionaries per call) or a parametrization (each
-    parametrized module has a class of its own, so every instance would recompile the shared graph)."""
+    parametrized module has a class of its own, so every instance would recompile the shared
+    graph)."""
     return any(
         m._forward_hooks or m._forward_pre_hooks or parametrize.is_parametrized(m)
         for m in fn.modules()
     )
 
 
-def compiled_function(fn: Callable) -> Callable:
-    """``torch.compile(fn)`` for a module ``fn`` (made once, cached), or ``fn`` itself if it should run eagerly."""
+def compiled_function(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``torch.compile(fn)`` for a module ``fn`` (made once, cached), or ``fn`` itself if it should
+    run eagerly."""
     if not isinstance(fn, nn.Module) or _runs_eagerly(fn):
         return fn
     compiled = _CACHE.get(fn)
     if compiled is None:
         options = dict(COMPILE_OPTIONS)
         if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
-            # with PyTorch's generic CPU kernels (ATEN_CPU_CAPABILITY=default) Inductor's vectorised C++
-            # does not compile (torch 2.14.1: "'at::vec' has not been declared"): ask for scalar code
+            # with PyTorch's generic CPU kernels (ATEN_CPU_CAPABILITY=default) Inductor's
+            # vectorised C++ does not compile (torch 2.14.1: "'at::vec' has not been declared"):
+            # ask for scalar code
             options["cpp.simdlen"] = 1
         inner = torch.compile(fn, dynamic=True, options=options)
 
         def compiled(x: Tensor, **kwargs: Any) -> Tensor:
             # one layout for every call (the forward passes views, the backward step fresh tensors),
             # so the sub-functions of a network share a few graphs instead of one per stride pattern
-            return inner(x.contiguous(), **kwargs)
+            out: Tensor = inner(x.contiguous(), **kwargs)
+            return out
 
         _CACHE[fn] = compiled
     return compiled
 
 
-@torch.compiler.disable
-def run_compiled(seq: nn.Module, x: Tensor, extras: dict[str, Any]) -> Tensor:
-    """The reversible engine, eager, with every sub-function compiled (what ``torch.compile(model)`` runs)."""
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _not_traced(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``torch.compiler.disable(fn)``: Dynamo calls ``fn`` without tracing it; typed."""
+    # torch.compiler.disable is unannotated; it returns a wrapper with fn's signature
+    return torch.compiler.disable(fn)  # type: ignore[no-untyped-call,no-any-return]
+
+
+@_not_traced
+def run_compiled(seq: ReversibleSequence, x: Tensor, extras: dict[str, Any]) -> Tensor:
+    """The reversible engine, eager, with every sub-function compiled (what ``torch.compile(model)``
+    runs)."""
     return seq._run_reversible(x, extras, compiled=True)

@@ -11,6 +11,8 @@ be any shape-preserving networks.
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 from torch import Tensor, nn
 
@@ -61,6 +63,16 @@ class AdditiveCoupling(ReversibleBlock):
         x2 = y2 - check_same_shape(self, "G", run("G", self.G, y1), y1)
         x1 = y1 - check_same_shape(self, "F", run("F", self.F, x2), x2)
         return join_halves(self, x1, x2)
+
+    @overload
+    def backward_step(
+        self, y: Halves, dy: Tensor, tape: Tape
+    ) -> tuple[Halves, Tensor, ParamGrads]: ...
+
+    @overload
+    def backward_step(
+        self, y: Tensor, dy: Tensor, tape: Tape
+    ) -> tuple[Tensor, Tensor, ParamGrads]: ...
 
     def backward_step(
         self, y: Tensor | Halves, dy: Tensor, tape: Tape
@@ -117,7 +129,8 @@ class NICECoupling(ReversibleBlock):
         return join_halves(self, y1, y2 - check_same_shape(self, "m", run("m", self.m, y1), y1))
 
     def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor, ParamGrads]:
-        r""":math:`\bar x_1 = \bar y_1 + (\partial m/\partial x_1)^\top \bar y_2`, :math:`\bar x_2 = \bar y_2`."""
+        r""":math:`\bar x_1 = \bar y_1 + (\partial m/\partial x_1)^\top \bar y_2`,
+        :math:`\bar x_2 = \bar y_2`."""
         y1, y2 = (h.detach() for h in split_halves(self, y, "output"))
         dy1, dy2 = dy.chunk(2, dim=self.dim)
         x1 = y1.requires_grad_(True)
@@ -152,9 +165,9 @@ class AffineCoupling(ReversibleBlock):
 
     def _scale_shift(self, x1: Tensor, run: Run) -> tuple[Tensor, Tensor]:
         h = run("net", self.net, x1)
-        expected = list(x1.shape)
-        expected[self.dim] *= 2
-        expected = tuple(expected)
+        doubled = list(x1.shape)
+        doubled[self.dim] *= 2
+        expected = tuple(doubled)
         if h.shape != expected:
             raise ValueError(
                 f"AffineCoupling: net maps a half of shape {tuple(x1.shape)} to shape "
@@ -188,7 +201,8 @@ class AffineCoupling(ReversibleBlock):
 
     def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor, ParamGrads]:
         r"""Recompute ``s, t`` once; :math:`\bar x_2 = \bar y_2 \odot e^{s}` and
-        :math:`\bar x_1 = \bar y_1 + (\partial (s,t)/\partial x_1)^\top (\bar y_2 \odot (y_2 - t), \bar y_2)`."""
+        :math:`\bar x_1 = \bar y_1 +
+        (\partial (s,t)/\partial x_1)^\top (\bar y_2 \odot (y_2 - t), \bar y_2)`."""
         y1, y2 = (h.detach() for h in split_halves(self, y, "output"))
         dy1, dy2 = dy.chunk(2, dim=self.dim)
         x1 = y1.requires_grad_(True)

@@ -46,10 +46,10 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def hardware(device: torch.device | str | None = None) -> dict:
+def hardware(device: torch.device | str | None = None) -> dict[str, str | int | None]:
     """What a run ran on: the device kind, its name (GPU model or CPU model) and the CPU."""
     device = torch.device(device) if device is not None else default_device()
-    info = {
+    info: dict[str, str | int | None] = {
         "device": device.type,
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
@@ -62,6 +62,7 @@ def hardware(device: torch.device | str | None = None) -> dict:
         info["name"] = f"Apple MPS ({platform.machine()})"
     else:
         info["name"] = (
-            f"CPU: {info['cpu']} ({info['cpu_count']} logical cores, {info['torch_threads']} torch threads)"
+            f"CPU: {info['cpu']} ({info['cpu_count']} logical cores, {info['torch_threads']} torch "
+            "threads)"
         )
     return info

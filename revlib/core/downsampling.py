@@ -1,4 +1,5 @@
-r"""Invertible changes of shape: i-RevNet's space-to-depth :math:`\psi` and an injective zero padding.
+r"""Invertible changes of shape: i-RevNet's space-to-depth :math:`\psi` and an injective zero
+padding.
 
 A RevNet stage transition pools and is not invertible, so the network stores
 its input (Gomez et al. 2017). The i-RevNet (Jacobsen et al. 2018) downsamples
@@ -50,7 +51,8 @@ class SpaceToDepth(ReversibleBlock):
         f = self.factor
         if x.dim() != 4:
             raise ValueError(
-                f"SpaceToDepth: expected an {what} of shape (N, C, H, W), got shape {tuple(x.shape)}"
+                f"SpaceToDepth: expected an {what} of shape (N, C, H, W), got shape "
+                f"{tuple(x.shape)}"
             )
         if channels_divisible and x.shape[1] % (f * f):
             raise ValueError(

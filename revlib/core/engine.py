@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,9 @@ from .blocks import (
 from .recompute import ModuleState, Tape, cached_walks
 from .sidestate import check_no_kept_outputs
 
+if TYPE_CHECKING:
+    from .sequence import ReversibleSequence  # it imports this module
+
 __all__ = ["Chain", "SideInputGuard", "check_attribute_tensors", "in_reversible_block"]
 
 OWNER = "ReversibleSequence(mode='reversible')"
@@ -58,7 +61,8 @@ _INSIDE = _Depth()
 
 
 def in_reversible_block() -> bool:
-    """True while the engine runs a block's forward or backward step (a recomputation is already under way)."""
+    """True while the engine runs a block's forward or backward step (a recomputation is already
+    under way)."""
     return _INSIDE.value > 0
 
 
@@ -71,7 +75,10 @@ def _inside() -> Iterator[None]:
         _INSIDE.value -= 1
 
 
-def _signature(t: Tensor) -> tuple:
+_Signature = tuple[int, torch.Size, tuple[int, ...], int]
+
+
+def _signature(t: Tensor) -> _Signature:
     return (t.data_ptr(), t.shape, t.stride(), t._version)
 
 
@@ -102,7 +109,13 @@ class SideInputGuard(TorchFunctionMode):
                 if isinstance(v, Tensor):
                     self._check(v)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Collection[type],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         for a in args:
             self._check(a)
@@ -113,17 +126,18 @@ class SideInputGuard(TorchFunctionMode):
 
 def _side_input_error(owner: str, t: Tensor) -> RuntimeError:
     return RuntimeError(
-        f"{owner}: a tensor of shape {tuple(t.shape)} that requires grad reaches the block "
-        "without being an input of the chain or a registered parameter (e.g. a conditioning tensor "
-        "set as an attribute of F, or an nn.Parameter kept in a plain list). The reversible forward "
-        "builds no graph, so its gradient would be lost. Pass it through the chain "
-        "(seq(x, cond=c): F and G receive it by keyword), register it as a parameter, "
-        "or use mode='autograd'."
+        f"{owner}: a tensor of shape {tuple(t.shape)} that requires grad reaches the block without "
+        "being an input of the chain or a registered parameter (e.g. a conditioning tensor set as "
+        "an attribute of F, or an nn.Parameter kept in a plain list). The reversible forward "
+        "builds no graph, so its gradient would be lost. Pass it through the chain (seq(x, "
+        "cond=c): F and G receive it by keyword), register it as a parameter, or use "
+        "mode='autograd'."
     )
 
 
 def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> None:
-    """The static form of :class:`SideInputGuard`, used under ``torch.compile``: scan the modules' attributes.
+    """The static form of :class:`SideInputGuard`, used under ``torch.compile``: scan the modules'
+    attributes.
 
     A tensor that requires grad, held by a module of the block as a plain
     attribute or inside a list, tuple or dict attribute (not as a registered
@@ -151,16 +165,17 @@ def _forward_error(err: RuntimeError, owner: str) -> RuntimeError | None:
     text = str(err)
     if "doesn't require gradient" in text or "does not require grad" in text:
         return RuntimeError(
-            f"{owner}: code inside the block needs a graph in the forward ({text.splitlines()[0]}), e.g. "
-            "register_hook on an activation or torch.autograd.grad inside F. The reversible forward runs "
-            "without a graph (its backward rebuilds the activations). Put the hook on the block's output, or use "
-            "mode='autograd'."
+            f"{owner}: code inside the block needs a graph in the forward "
+            f"({text.splitlines()[0]}), e.g. register_hook on an activation or torch.autograd.grad "
+            "inside F. The reversible forward runs without a graph (its backward rebuilds the "
+            "activations). Put the hook on the block's output, or use mode='autograd'."
         )
     return None
 
 
 _VMAP_ERROR = (
-    f"{OWNER} cannot run its backward under vmap (torch.autograd.functional.jacobian(vectorize=True), "
+    f"{OWNER} cannot run its backward under vmap "
+    "(torch.autograd.functional.jacobian(vectorize=True), "
     "torch.autograd.grad(is_grads_batched=True)): it reconstructs activations outside the graph. "
     "Use mode='autograd' (revlib.set_mode(model, 'autograd')) for batched gradients."
 )
@@ -172,23 +187,37 @@ def _backward_error(err: Exception, owner: str) -> Exception | None:
         return RuntimeError(f"{_VMAP_ERROR} ({text.splitlines()[0]})")
     if isinstance(err, torch.utils.checkpoint.CheckpointError) or "heckpoint" in text:
         return RuntimeError(
-            f"{owner}: torch.utils.checkpoint inside a reversible block is not supported: its recomputation runs "
-            "outside the engine's replay (random state, autocast, running statistics), and it saves nothing "
-            "here anyway, since the block's activations are not stored. Remove the checkpoint from F/G "
-            "(revlib's CheckpointedModule runs plainly inside a block), or use mode='checkpoint' for the "
-            f"whole sequence. ({text.splitlines()[0] if text else type(err).__name__})"
+            f"{owner}: torch.utils.checkpoint inside a reversible block is not supported: its "
+            "recomputation runs outside the engine's replay (random state, autocast, running "
+            "statistics), and it saves nothing here anyway, since the block's activations are not "
+            "stored. Remove the checkpoint from F/G (revlib's CheckpointedModule runs plainly "
+            "inside a block), or use mode='checkpoint' for the whole sequence. "
+            f"({text.splitlines()[0] if text else type(err).__name__})"
         )
     return None
 
 
-class _ModuleNames(dict):
-    """``{id(module): its name in the chain}``, computed on first use (only error messages need it)."""
+_T = TypeVar("_T")
+
+
+class _ModuleNames(dict[int, str]):
+    """``{id(module): its name in the chain}``, computed on first use (only error messages need
+    it)."""
 
     def __init__(self, root: nn.Module) -> None:
         super().__init__()
         self.root = root
 
-    def get(self, key, default=None):
+    @overload
+    def get(self, key: int, default: None = None) -> str | None: ...
+
+    @overload
+    def get(self, key: int, default: str) -> str: ...
+
+    @overload
+    def get(self, key: int, default: _T) -> str | _T: ...
+
+    def get(self, key: int, default: object = None) -> object:
         if not self:
             self.update({id(m): n or type(m).__name__ for n, m in self.root.named_modules()})
         return super().get(key, default)
@@ -196,20 +225,21 @@ class _ModuleNames(dict):
 
 @dataclass
 class Chain:
-    """One forward of a sequence in mode ``"reversible"``: the calls of its blocks and what they hand back.
+    """One forward of a sequence in mode ``"reversible"``: the calls of its blocks and what they
+    hand back.
 
     ``reconstructed[i]`` is block ``i``'s output as rebuilt by block
     ``i + 1``'s backward step, kept until block ``i``'s step takes it.
     """
 
-    seq: nn.Module
+    seq: ReversibleSequence
     extras: dict[str, Any]
     record_rng: bool
-    reconstructed: dict[int, Any] = field(default_factory=dict)
+    reconstructed: dict[int, Tensor | Halves] = field(default_factory=dict)
     used_extras: set[str] = field(default_factory=set)
     names: dict[int, str] = field(default_factory=dict)  # filled by run() with a _ModuleNames
-    expected_input: tuple | None = None
-    output: tuple | None = None
+    expected_input: _Signature | None = None
+    output: _Signature | None = None
     compiled: bool = False
 
     @property
@@ -217,12 +247,15 @@ class Chain:
         return len(self.seq.blocks)
 
     def run(self, x: Tensor) -> Tensor:
-        """Call each block through ``nn.Module.__call__``, checking that hooks did not change what flows."""
+        """Call each block through ``nn.Module.__call__``, checking that hooks did not change what
+        flows."""
         self.names = _ModuleNames(self.seq.blocks)
         self.expected_input = _signature(x)
         h = x
         for i, block in enumerate(self.seq.blocks):
-            step = _Call(self, i, block)
+            # a ReversibleBlock: the sequence accepts no other block, and the step runs only
+            # from ReversibleBlock.forward (a block that does not run it raises below)
+            step = _Call(self, i, cast(ReversibleBlock, block))
             ENGINE_CALL.step = step
             try:
                 out = block(h, **self.extras)
@@ -233,16 +266,18 @@ class Chain:
             owner = f"{OWNER}, block {i} ({type(block).__name__})"
             if not step.ran:
                 raise TypeError(
-                    f"{owner}: the block's forward did not run the engine's step; its class overrides "
-                    "forward(). In mode='reversible' a block's function is its _forward(x, run) and its inverse "
-                    "_inverse(y, run), so an override would be inverted wrongly. Move the change into "
-                    "_forward/_inverse, or use mode='autograd'."
+                    f"{owner}: the block's forward did not run the engine's step; its class "
+                    "overrides forward(). In mode='reversible' a block's function is its "
+                    "_forward(x, run) and its inverse _inverse(y, run), so an override would be "
+                    "inverted wrongly. Move the change into _forward/_inverse, or use "
+                    "mode='autograd'."
                 )
             if not isinstance(out, Tensor) or _signature(out) != self.output:
                 raise RuntimeError(
-                    f"{owner}: a forward hook on the block replaced or changed its output. The reversible "
-                    "backward rebuilds each block's input from its output, so the block must return what its "
-                    "_forward computed. Observe in the hook (return None) or use mode='autograd'."
+                    f"{owner}: a forward hook on the block replaced or changed its output. The "
+                    "reversible backward rebuilds each block's input from its output, so the "
+                    "block must return what its _forward computed. Observe in the hook (return "
+                    "None) or use mode='autograd'."
                 )
             self.expected_input = _signature(out)
             h = out
@@ -269,31 +304,35 @@ class _Call:
         owner = f"{OWNER}, block {self.index} ({type(self.block).__name__})"
         if not isinstance(x, Tensor) or _signature(x) != self.chain.expected_input:
             raise RuntimeError(
-                f"{owner}: a forward pre-hook on the block changed its input. The reversible backward hands "
-                "each block the output of the block before it, so a block must receive it unchanged. "
-                "Observe in the hook (return None) or use mode='autograd'."
+                f"{owner}: a forward pre-hook on the block changed its input. The reversible "
+                "backward hands each block the output of the block before it, so a block must "
+                "receive it unchanged. Observe in the hook (return None) or use mode='autograd'."
             )
         keys = tuple(k for k, v in extras.items() if isinstance(v, Tensor))
         params = trainable_parameters([self.block])
-        return _BlockStep.apply(x, self, keys, *(extras[k] for k in keys), *params)
+        y: Tensor = _BlockStep.apply(x, self, keys, *(extras[k] for k in keys), *params)
+        return y
 
 
 def _checksum(y: Tensor) -> Tensor:
-    """One float64 sum over the chain's output: a write through ``y.data`` that moves no version counter
-    changes it (one pass, no allocation; a write that keeps the sum exactly is not seen)."""
+    """One float64 sum over the chain's output: a write through ``y.data`` that moves no version
+    counter changes it (one pass, no allocation; a write that keeps the sum exactly is not seen)."""
     return y.sum(dtype=torch.float64) if y.numel() else y.new_zeros(())
 
 
 class _BlockStep(torch.autograd.Function):
     """Forward without a graph; backward: reconstruct the input, one step of Algorithm 1."""
 
+    # ctx: autograd's context object, which carries the attributes set on it (untyped in torch)
     @staticmethod
-    def forward(ctx, x: Tensor, call: _Call, keys: tuple[str, ...], *tensors: Tensor) -> Tensor:
+    def forward(
+        ctx: Any, x: Tensor, call: _Call, keys: tuple[str, ...], *tensors: Tensor
+    ) -> Tensor:
         chain, block = call.chain, call.block
         owner = f"{OWNER}, block {call.index} ({type(block).__name__})"
         extra_tensors, params = tensors[: len(keys)], tensors[len(keys) :]
         extras = {k: v for k, v in chain.extras.items() if k not in keys}
-        extras.update(zip(keys, extra_tensors))
+        extras.update(zip(keys, extra_tensors, strict=True))
         tape = Tape.start(x, chain.record_rng, extras)
         tape.names = chain.names
         tape.compiled = chain.compiled
@@ -301,9 +340,10 @@ class _BlockStep(torch.autograd.Function):
             id(t._base) for t in (x, *tensors) if t._is_view()
         }
         if chain.compiled:
-            # Dynamo runs under an active torch function mode too: a static scan of the attributes instead
+            # Dynamo runs under an active torch function mode too: a static scan of the
+            # attributes instead
             check_attribute_tensors(block, allowed, owner)
-            guard = contextlib.nullcontext()
+            guard: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         else:
             guard = SideInputGuard(allowed, owner)
         try:
@@ -326,20 +366,22 @@ class _BlockStep(torch.autograd.Function):
         kept = tape.tensors()
         ctx.n_kept = len(kept)
         ctx.save_for_backward(*kept, *extra_tensors, *((y,) if last else ()))
-        ctx.tape = tape.with_tensors(itertools.repeat(None))
+        # the tape without its tensors (saved above; backward puts them back with with_tensors)
+        ctx.tape = tape.with_tensors(itertools.repeat(None))  # type: ignore[arg-type]
         ctx.checksum = _checksum(y.detach()) if last else None
         chain.output = _signature(y)
         return y
 
     @staticmethod
-    def backward(ctx, dy: Tensor):
-        call = ctx.call
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        call: _Call = ctx.call
         chain, block, i = call.chain, call.block, call.index
         owner = f"{OWNER}, block {i} ({type(block).__name__})"
         if torch.is_grad_enabled():
             raise RuntimeError(
-                f"{OWNER} does not support double backward (create_graph=True): its backward reconstructs "
-                "activations outside the graph. Use mode='autograd' or mode='checkpoint' for higher-order gradients."
+                f"{OWNER} does not support double backward (create_graph=True): its backward "
+                "reconstructs activations outside the graph. Use mode='autograd' or "
+                "mode='checkpoint' for higher-order gradients."
             )
         if (
             torch._C._functorch.peek_interpreter_stack() is not None
@@ -352,9 +394,9 @@ class _BlockStep(torch.autograd.Function):
             if "inplace operation" not in str(err):
                 raise
             raise RuntimeError(
-                f"{OWNER}: the sequence's output was modified in place (e.g. relu_) before backward; "
-                "the backward reconstructs every activation from that output. Use the out-of-place op "
-                "(relu) or clone the output first."
+                f"{OWNER}: the sequence's output was modified in place (e.g. relu_) before "
+                "backward; the backward reconstructs every activation from that output. Use the "
+                "out-of-place op (relu) or clone the output first."
             ) from err
         kept, rest = saved[: ctx.n_kept], saved[ctx.n_kept :]
         extra_tensors = rest[: len(ctx.keys)]
@@ -362,24 +404,25 @@ class _BlockStep(torch.autograd.Function):
             y = rest[len(ctx.keys)]
             if not _same_checksum(_checksum(y.detach()), ctx.checksum):
                 raise RuntimeError(
-                    f"{OWNER}: the sequence's output was changed after the forward without autograd seeing it "
-                    "(a write through y.data or y.detach()); the backward reconstructs every activation from "
-                    "that output. Change a clone instead."
+                    f"{OWNER}: the sequence's output was changed after the forward without "
+                    "autograd seeing it (a write through y.data or y.detach()); the backward "
+                    "reconstructs every activation from that output. Change a clone instead."
                 )
         else:
             y = chain.reconstructed.pop(i, None)
             if y is None:
                 raise RuntimeError(
-                    f"{owner}: the backward reached this block before the next block's step rebuilt its output: "
-                    "a gradient flows into an inner block's output from outside the chain, without the chain's "
-                    "output (e.g. a loss on a block output kept by a hook alone). Include the sequence's output in "
-                    "the loss, or use mode='autograd'."
+                    f"{owner}: the backward reached this block before the next block's step "
+                    "rebuilt its output: a gradient flows into an inner block's output from "
+                    "outside the chain, without the chain's output (e.g. a loss on a block output "
+                    "kept by a hook alone). Include the sequence's output in the loss, or use "
+                    "mode='autograd'."
                 )
         ctx.state.check(block, OWNER, prefix=f"{i}.")
         tape = ctx.tape.with_tensors(iter(kept))
         aliases = {id(p): p.detach().requires_grad_(True) for p in ctx.params}
         extra_aliases = [t.detach().requires_grad_(t.requires_grad) for t in extra_tensors]
-        tape.extras = {**tape.extras, **dict(zip(ctx.keys, extra_aliases))}
+        tape.extras = {**tape.extras, **dict(zip(ctx.keys, extra_aliases, strict=True))}
         index = {id(a): k for k, a in enumerate(aliases.values())}
         index.update({id(p): k for k, p in enumerate(ctx.params)})
         extra_index = {id(a): k for k, a in enumerate(extra_aliases)}
@@ -408,10 +451,12 @@ class _BlockStep(torch.autograd.Function):
                 continue
             if id(target) in index:
                 k = index[id(target)]
-                param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
+                before = param_grads[k]
+                param_grads[k] = g if before is None else before + g
             elif id(target) in extra_index:
                 k = extra_index[id(target)]
-                extra_grads[k] = g if extra_grads[k] is None else extra_grads[k] + g
+                before = extra_grads[k]
+                extra_grads[k] = g if before is None else before + g
         if i > 0:
             chain.reconstructed[i - 1] = x
         dx = dx if ctx.needs_input_grad[0] else None

@@ -146,7 +146,8 @@ class MemoryTable:
         return out
 
     def explain(self, bytes_per: int = 4) -> list[tuple[str, int, int, int]]:
-        """Per layer type at the measured batch: (kind, count bytes, measured bytes, measured - count)."""
+        """Per layer type at the measured batch: (kind, count bytes, measured bytes, measured -
+        count)."""
         rows = []
         for kind, d in self.by_kind().items():
             count = d["kept"] * self.batch * bytes_per
@@ -195,7 +196,8 @@ def _is_leaf(module: nn.Module) -> bool:
 
 
 def _backward_mode(module: nn.Module) -> str | None:
-    """The mode of a module that reports ``kept_activations``: its own, or that of its ``blocks`` sequence."""
+    """The mode of a module that reports ``kept_activations``: its own, or that of its ``blocks``
+    sequence."""
     mode = getattr(module, "mode", None)
     if mode is None and isinstance(getattr(module, "blocks", None), ReversibleSequence):
         mode = module.blocks.mode
@@ -203,7 +205,8 @@ def _backward_mode(module: nn.Module) -> str | None:
 
 
 def _is_one_row(module: nn.Module, row_types: tuple[type, ...]) -> bool:
-    """Whether ``module`` is listed as one row, its inside not listed (decided when its forward starts)."""
+    """Whether ``module`` is listed as one row, its inside not listed (decided when its forward
+    starts)."""
     if isinstance(module, ReversibleSequence):
         return module.mode != "autograd"
     if callable(getattr(module, "kept_activations", None)):
@@ -251,11 +254,11 @@ class _LayerTracer:
         self.fixed = 0
 
     # -------------------------------------------------------------- module hooks
-    def enter(self, module: nn.Module, args: tuple) -> None:
+    def enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.one_row[module] = _is_one_row(module, self.row_types)
         self.stack.append(module)
 
-    def leave(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def leave(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self.stack.pop()
         if any(self.one_row.get(m) for m in self.stack):
             return  # inside a module that is one row
@@ -275,7 +278,8 @@ class _LayerTracer:
 
     # ------------------------------------------------------------ meter callback
     def _charged_to(self) -> nn.Module | None:
-        """The outermost running module that is one row, else the running leaf; None for a container's own ops."""
+        """The outermost running module that is one row, else the running leaf; None for a
+        container's own ops."""
         target = next((m for m in self.stack if self.one_row.get(m)), None)
         if target is None and self.stack and _is_leaf(self.stack[-1]):
             target = self.stack[-1]

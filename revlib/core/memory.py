@@ -46,7 +46,7 @@ class SavedTensorMeter:
 
     def __post_init__(self) -> None:
         self._excluded = {_storage_key(t) for t in self.exclude}
-        self._seen: dict[tuple, Any] = {}
+        self._seen: dict[_StorageKey, Any] = {}
         self._hooks: Any = None
 
     def _pack(self, t: Tensor) -> Tensor:
@@ -76,7 +76,10 @@ class SavedTensorMeter:
         self._seen.clear()
 
 
-def _storage_key(t: Tensor) -> tuple:
+_StorageKey = tuple[str, int | None, int]
+
+
+def _storage_key(t: Tensor) -> _StorageKey:
     return (t.device.type, t.device.index, t.untyped_storage().data_ptr())
 
 

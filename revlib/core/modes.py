@@ -18,7 +18,8 @@ does exactly that.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Iterator
+from typing import Literal, Protocol, TypeGuard, get_args
 
 import torch
 from torch import Tensor, nn
@@ -41,15 +42,20 @@ Mode = Literal["reversible", "autograd", "checkpoint"]
 MODES: tuple[str, ...] = get_args(Mode)
 
 
+def _is_mode(mode: object) -> TypeGuard[Mode]:
+    return mode in MODES
+
+
 def validate_mode(owner: str, mode: object) -> Mode:
     """Return ``mode`` if it is one of :data:`MODES`, else raise ``ValueError`` naming ``owner``."""
-    if mode not in MODES:
+    if not _is_mode(mode):
         raise ValueError(f"{owner}: mode must be one of {MODES}, got {mode!r}")
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 class _ModeProperty:
-    """The one ``mode`` property: an assignment is validated once, then :meth:`_store_mode` applies it."""
+    """The one ``mode`` property: an assignment is validated once, then :meth:`_store_mode` applies
+    it."""
 
     @property
     def mode(self) -> Mode:
@@ -122,7 +128,19 @@ class CheckpointedModule(HasMode):
         return None if self.mode == "autograd" else 0
 
 
-def _switchable(model: nn.Module) -> list[HasMode]:
+class _ModuleTree(Protocol):
+    """What reading and switching modes uses of a model: its modules (an ``nn.Module`` has them)."""
+
+    def modules(self) -> Iterator[nn.Module]: ...
+
+
+class _CheckedModuleTree(_ModuleTree, Protocol):
+    """A :class:`ModelMode` model: its modules and its check of a mode."""
+
+    def _check_mode(self, mode: Mode) -> None: ...
+
+
+def _switchable(model: _ModuleTree) -> list[HasMode]:
     return [m for m in model.modules() if isinstance(m, HasMode)]
 
 
@@ -136,7 +154,7 @@ def set_mode(model: nn.Module, mode: Mode) -> nn.Module:
     return model
 
 
-def _store_everywhere(model: nn.Module, mode: Mode) -> None:
+def _store_everywhere(model: _ModuleTree, mode: Mode) -> None:
     for m in _switchable(model):
         m._store_mode(mode)
 
@@ -147,6 +165,10 @@ def get_mode(model: nn.Module) -> Mode:
     A model without reversible pieces (a ResNet) stores everything, which is
     mode ``"autograd"``. Raises ``ValueError`` when the pieces disagree.
     """
+    return _shared_mode(model)
+
+
+def _shared_mode(model: _ModuleTree) -> Mode:
     modes = {m.mode for m in _switchable(model)}
     if len(modes) > 1:
         raise ValueError(f"get_mode: the model mixes modes {sorted(modes)}")
@@ -161,12 +183,13 @@ class ModelMode(_ModeProperty):
     ``"autograd"``).
     """
 
-    def _read_mode(self) -> Mode:
-        return get_mode(self)  # type: ignore[arg-type]
+    # the mixin's class is an nn.Module subclass (a model), which has modules()
+    def _read_mode(self: _ModuleTree) -> Mode:
+        return _shared_mode(self)
 
-    def _store_mode(self, mode: Mode) -> None:
+    def _store_mode(self: _CheckedModuleTree, mode: Mode) -> None:
         self._check_mode(mode)
-        _store_everywhere(self, mode)  # type: ignore[arg-type]
+        _store_everywhere(self, mode)
 
     def _check_mode(self, mode: Mode) -> None:
         """Raise ``ValueError`` if this model cannot run in ``mode``."""

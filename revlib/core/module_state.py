@@ -1,4 +1,5 @@
-"""What a recomputation reads besides its input, captured after the forward and checked before the backward.
+"""What a recomputation reads besides its input, captured after the forward and checked before the
+backward.
 
 The engine's guard: a parameter or buffer replaced or modified in place
 between the forward and the backward (an optimizer step, a weight swap)
@@ -9,7 +10,7 @@ train/eval flags of every submodule are put back as the forward had them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,7 @@ class ModuleState:
     tensors: list[tuple[int, str, Tensor, int | None]]
 
     @classmethod
-    def capture(cls, module: nn.Module, tapes: list[Tape] = ()) -> ModuleState:
+    def capture(cls, module: nn.Module, tapes: Iterable[Tape] = ()) -> ModuleState:
         replayed = {
             (id(c.module), c.name)
             for tape in tapes
@@ -47,7 +48,7 @@ class ModuleState:
             for c in copies
         }
         modules = submodules(module)
-        tensors = []
+        tensors: list[tuple[int, str, Tensor, int | None]] = []
         for i, m in enumerate(modules):
             for name, p in m._parameters.items():
                 if p is not None:
@@ -60,51 +61,58 @@ class ModuleState:
         return cls(modules, [m.training for m in modules], tensors)
 
     def check(self, module: nn.Module, owner: str, prefix: str = "") -> None:
-        """Raise ``RuntimeError`` naming the tensor if a parameter or buffer was replaced or modified in place.
+        """Raise ``RuntimeError`` naming the tensor if a parameter or buffer was replaced or
+        modified in place.
 
-        ``prefix`` is the module's name in the model the user sees (``"3."`` for block 3), put before each name.
+        ``prefix`` is the module's name in the model the user sees (``"3."`` for block 3), put
+        before each name.
         """
         modules = submodules(module)
         if len(modules) != len(self.modules) or any(
-            a is not b for a, b in zip(modules, self.modules)
+            a is not b for a, b in zip(modules, self.modules, strict=True)
         ):
             raise RuntimeError(
                 f"{owner}: the blocks' submodules changed between forward and backward"
             )
-        replaced, modified = [], []
+        replaced_at: list[tuple[nn.Module, str]] = []
+        modified_at: list[tuple[nn.Module, str]] = []
         for i, name, t, version in self.tensors:
             m = modules[i]
             now = m._parameters.get(name) if name in m._parameters else m._buffers.get(name)
             if now is not t:
-                replaced.append((m, name))
+                replaced_at.append((m, name))
             elif version is not None and t._version != version:
-                modified.append((m, name))
-        if not replaced and not modified:
+                modified_at.append((m, name))
+        if not replaced_at and not modified_at:
             return
         names = {id(m): n for n, m in module.named_modules()}
         replaced, modified = (
             [prefix + f"{names[id(m)]}.{name}".lstrip(".") for m, name in found]
-            for found in (replaced, modified)
+            for found in (replaced_at, modified_at)
         )
         if replaced:
             raise RuntimeError(
                 f"{owner}: parameters or buffers were replaced between forward and backward "
-                f"({', '.join(replaced[:3])}{', ...' if len(replaced) > 3 else ''}; e.g. by torch.func.functional_call or a weight swap). The "
-                "reconstruction needs the forward's weights and buffers. Use mode='autograd' for functional calls."
+                f"({', '.join(replaced[:3])}{', ...' if len(replaced) > 3 else ''}; e.g. by "
+                "torch.func.functional_call or a weight swap). The reconstruction needs the "
+                "forward's weights and buffers. Use mode='autograd' for functional calls."
             )
         if modified:
             raise RuntimeError(
-                f"{owner}: parameters or buffers were modified in place between forward and backward "
-                f"({', '.join(modified[:3])}{', ...' if len(modified) > 3 else ''}; e.g. an optimizer step before backward). The "
-                "reconstruction would use the new values and give wrong gradients. Call backward first. "
-                "(A fused optimizer step, which moves no version counter, cannot be detected: PyTorch limitation.)"
+                f"{owner}: parameters or buffers were modified in place between forward and "
+                f"backward ({', '.join(modified[:3])}{', ...' if len(modified) > 3 else ''}; e.g. "
+                "an optimizer step before backward). The reconstruction would use the new values "
+                "and give wrong gradients. Call backward first. (A fused optimizer step, which "
+                "moves no version counter, cannot be detected: PyTorch limitation.)"
             )
 
     @contextlib.contextmanager
     def forward_training_flags(self) -> Iterator[None]:
         """Run the body with every submodule in the train/eval mode it had in the forward."""
         changed = [
-            (m, m.training) for m, flag in zip(self.modules, self.training) if m.training != flag
+            (m, m.training)
+            for m, flag in zip(self.modules, self.training, strict=True)
+            if m.training != flag
         ]
         for m, now in changed:
             m.training = not now

@@ -1,4 +1,5 @@
-r"""Momentum residual networks (Sander et al. 2021): a ResNet with a velocity, invertible for :math:`\gamma > 0`.
+r"""Momentum residual networks (Sander et al. 2021): a ResNet with a velocity, invertible for
+:math:`\gamma > 0`.
 
 A momentum block carries a position :math:`x` and a velocity :math:`v` of the
 same shape, the two halves of one tensor along ``dim``:
@@ -55,7 +56,8 @@ class MomentumBlock(ReversibleBlock):
         super().__init__()
         if not 0.0 < gamma <= 1.0:
             raise ValueError(
-                f"MomentumBlock: gamma must be in (0, 1] for the block to be invertible, got {gamma}"
+                "MomentumBlock: gamma must be in (0, 1] for the block to be invertible, got "
+                f"{gamma}"
             )
         self.f = f
         self.gamma = float(gamma)
@@ -106,7 +108,8 @@ class MomentumBlock(ReversibleBlock):
 
 
 class MomentumNet(ModelMode, nn.Module):
-    r"""A momentum ResNet: start at zero velocity, apply :class:`MomentumBlock`\ s, return the position.
+    r"""A momentum ResNet: start at zero velocity, apply :class:`MomentumBlock`\ s, return the
+    position.
 
     ``forward(x)`` is :math:`x_N` after :math:`N` blocks from :math:`(x_0, v_0) = (x, 0)`.
     ``sequence`` (a :class:`~revlib.core.sequence.ReversibleSequence`) maps the

@@ -210,7 +210,8 @@ class AntisymmetricSigma(nn.Module):
         return out if self.bias is None else out + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.inner(x))
+        out: Tensor = self.act(self.inner(x))
+        return out
 
     def extra_repr(self) -> str:
         return f"weight={tuple(self.weight.shape)}, bias={self.bias is not None}"
@@ -237,13 +238,22 @@ class StepScaled(nn.Module):
         return self.coef * (self.h if self.power == 1 else self.h**self.power)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.factor() * self.fn(x)
+        out: Tensor = self.factor() * self.fn(x)
+        return out
 
     def extra_repr(self) -> str:
         h = f"{float(self.h.detach() if isinstance(self.h, Tensor) else self.h):g}" + (
             " (learned)" if isinstance(self.h, nn.Parameter) else ""
         )
         return f"coef={self.coef:g}, power={self.power}, h={h}"
+
+
+def _weight(fn: nn.Module) -> Tensor:
+    """``fn.weight``, the kernel of a sub-function (a parameter; checked to be a tensor)."""
+    weight = fn.weight
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{type(fn).__name__}.weight is a {type(weight).__name__}, not a kernel")
+    return weight
 
 
 def _step_size(block: nn.Module, h: float, learn_h: bool) -> float | nn.Parameter:
@@ -274,6 +284,9 @@ class HamiltonianBlock(AdditiveCoupling):
         hidden: rows of each K (default ``channels // 2``, as in Chang et al.).
         activation, bias, init_std: passed to :class:`KTransposeSigmaK`.
     """
+
+    F: StepScaled
+    G: StepScaled
 
     def __init__(
         self,
@@ -306,24 +319,27 @@ class HamiltonianBlock(AdditiveCoupling):
         return self.F.h
 
     def rhs(self, x: Tensor) -> Tensor:
-        r"""The ODE's right-hand side :math:`(K_1^\top\sigma(K_1 Z + b_1),\ -K_2^\top\sigma(K_2 Y + b_2))` at ``x = (Y, Z)``."""
+        r"""The ODE's right-hand side
+        :math:`(K_1^\top\sigma(K_1 Z + b_1),\ -K_2^\top\sigma(K_2 Y + b_2))` at ``x = (Y, Z)``."""
         y, z = split_halves(self, x)
         return torch.cat([self.F.fn(z), -self.G.fn(y)], dim=1)
 
     def kernels(self) -> dict[str, Tensor]:
         """The kernels a weight smoothness penalty compares across depth: ``K1`` and ``K2``."""
-        return {"K1": self.F.fn.weight, "K2": self.G.fn.weight}
+        return {"K1": _weight(self.F.fn), "K2": _weight(self.G.fn)}
 
 
 class TwoStepBlock(ReversibleBlock):
-    r"""A two-step scheme :math:`Y_{j+1} = \alpha Y_j + \beta Y_{j-1} + \gamma(h) F(Y_j)` on the pair.
+    r"""A two-step scheme :math:`Y_{j+1} = \alpha Y_j + \beta Y_{j-1} + \gamma(h) F(Y_j)` on the
+    pair.
 
     The input is :math:`(Y_{j-1}, Y_j)` as channel halves, the output
     :math:`(Y_j, Y_{j+1})`. :math:`\beta = \pm 1`, so the inverse is
     :math:`Y_{j-1} = \beta\,(Y_{j+1} - \alpha Y_j - \gamma F(Y_j))`. The fused
     backward step evaluates F once:
     :math:`\bar Y_{j-1} = \beta \bar Y_{j+1}`,
-    :math:`\bar Y_j = \bar Y_j^{out} + \alpha \bar Y_{j+1} + (\partial(\gamma F)/\partial Y_j)^\top \bar Y_{j+1}`.
+    :math:`\bar Y_j = \bar Y_j^{out} + \alpha \bar Y_{j+1} +
+    (\partial(\gamma F)/\partial Y_j)^\top \bar Y_{j+1}`.
     Subclasses set ``alpha``, ``beta`` and ``self.F``, a :class:`StepScaled`
     holding :math:`\gamma(h)`.
     """
@@ -370,11 +386,12 @@ class TwoStepBlock(ReversibleBlock):
 
     def kernels(self) -> dict[str, Tensor]:
         """The kernel a weight smoothness penalty compares across depth: ``K``."""
-        return {"K": self.F.fn.weight}
+        return {"K": _weight(self.F.fn)}
 
 
 class MidpointBlock(TwoStepBlock):
-    r"""Midpoint rule: :math:`Y_{j+1} = Y_{j-1} + 2h F(Y_j)`, inverse :math:`Y_{j-1} = Y_{j+1} - 2h F(Y_j)`.
+    r"""Midpoint rule: :math:`Y_{j+1} = Y_{j-1} + 2h F(Y_j)`, inverse
+    :math:`Y_{j-1} = Y_{j+1} - 2h F(Y_j)`.
 
     The default F is Haber and Ruthotto's antisymmetric layer
     :math:`\sigma((K - K^\top)Y + b)` (:class:`AntisymmetricSigma`): the midpoint
@@ -413,11 +430,13 @@ class MidpointBlock(TwoStepBlock):
 
     def rhs(self, y: Tensor) -> Tensor:
         r"""The ODE's right-hand side :math:`F(Y)` at one state ``y`` (not a pair)."""
-        return self.F.fn(y)
+        out: Tensor = self.F.fn(y)
+        return out
 
 
 class LeapfrogBlock(TwoStepBlock):
-    r"""Leapfrog for :math:`\ddot Y = -K^\top\sigma(K Y + b)`: :math:`Y_{j+1} = 2Y_j - Y_{j-1} - h^2 K^\top\sigma(K Y_j + b)`.
+    r"""Leapfrog for :math:`\ddot Y = -K^\top\sigma(K Y + b)`:
+    :math:`Y_{j+1} = 2Y_j - Y_{j-1} - h^2 K^\top\sigma(K Y_j + b)`.
 
     Inverse :math:`Y_{j-1} = 2Y_j - Y_{j+1} - h^2 K^\top\sigma(K Y_j + b)`: the
     same formula run backwards (the scheme is time-symmetric).
@@ -447,7 +466,8 @@ class LeapfrogBlock(TwoStepBlock):
         self.F = StepScaled(fn, -1.0, 2, _step_size(self, h, learn_h))
 
     def rhs(self, x: Tensor) -> Tensor:
-        r"""The first-order form's right-hand side :math:`(V, -K^\top\sigma(K Y + b))` at ``x = (Y, V)``."""
+        r"""The first-order form's right-hand side :math:`(V, -K^\top\sigma(K Y + b))` at
+        ``x = (Y, V)``."""
         y, v = split_halves(self, x)
         return torch.cat([v, -self.F.fn(y)], dim=1)
 

@@ -34,7 +34,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -111,7 +111,7 @@ class RNGState:
         module = torch.get_device_module(self.device_type)
         return all(
             torch.equal(state, module.get_rng_state(device))
-            for device, state in zip(self.devices, self.device_states)
+            for device, state in zip(self.devices, self.device_states, strict=True)
         )
 
     @contextlib.contextmanager
@@ -157,8 +157,9 @@ class AutocastState:
             torch.is_autocast_cache_enabled(),
         )
 
-    def context(self) -> contextlib.AbstractContextManager:
-        """Autocast contexts that set the captured state, on or off (nothing where it already holds)."""
+    def context(self) -> contextlib.AbstractContextManager[object]:
+        """Autocast contexts that set the captured state, on or off (nothing where it already
+        holds)."""
         if self == AutocastState.capture(self.states[0][0] if self.states else "cpu"):
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
@@ -172,7 +173,8 @@ class AutocastState:
 
 
 def submodules(module: nn.Module) -> list[nn.Module]:
-    """``list(module.modules())`` (pre-order, each module once), without the generator's per-step cost.
+    """``list(module.modules())`` (pre-order, each module once), without the generator's per-step
+    cost.
 
     The engine walks the sub-functions' modules several times per step; this
     plain loop over ``_modules`` is several times faster than ``named_modules``,
@@ -199,7 +201,7 @@ def submodules(module: nn.Module) -> list[nn.Module]:
 
 
 class _Walks(threading.local):
-    cache: dict | None = None
+    cache: dict[int, tuple[nn.Module, list[nn.Module]]] | None = None
 
 
 _WALKS = _Walks()
@@ -207,7 +209,8 @@ _WALKS = _Walks()
 
 @contextlib.contextmanager
 def cached_walks() -> Iterator[None]:
-    """Within the body, :func:`submodules` walks each module once (the engine's forward or backward step of a block).
+    """Within the body, :func:`submodules` walks each module once (the engine's forward or backward
+    step of a block).
 
     The module tree must not change inside the body; the engine's own guard
     (:class:`~revlib.core.module_state.ModuleState`) checks it between the forward and the backward.
@@ -222,7 +225,7 @@ def cached_walks() -> Iterator[None]:
         _WALKS.cache = None
 
 
-def _updating_norm(m: nn.Module) -> bool:
+def _updating_norm(m: nn.Module) -> TypeGuard[_NormBase]:
     return isinstance(m, _NormBase) and m.training and m.track_running_stats
 
 
@@ -233,7 +236,8 @@ def updating_norm_layers(module: nn.Module) -> list[_NormBase]:
 
 @contextlib.contextmanager
 def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
-    """Run the body with the running statistics of normalisation layers left untouched, versions included.
+    """Run the body with the running statistics of normalisation layers left untouched, versions
+    included.
 
     A BatchNorm layer in training mode normalises with the batch statistics
     either way. Inside this context its running statistics and
@@ -317,7 +321,8 @@ class BufferCopy:
 
 @contextlib.contextmanager
 def _buffers_as_before(copies: list[BufferCopy]) -> Iterator[None]:
-    """Run the body with each buffer set to (a copy of) its value before the forward, then put it back."""
+    """Run the body with each buffer set to (a copy of) its value before the forward, then put it
+    back."""
     current = [(c.module, c.name, c.module._buffers[c.name]) for c in copies]
     for c in copies:
         c.module._buffers[c.name] = c.before.clone()
@@ -328,7 +333,9 @@ def _buffers_as_before(copies: list[BufferCopy]) -> Iterator[None]:
             module._buffers[name] = b
 
 
-def checkpoint_updating_stats_once(module: nn.Module, fn, x: Tensor) -> Tensor:
+def checkpoint_updating_stats_once(
+    module: nn.Module, fn: Callable[[Tensor], Tensor], x: Tensor
+) -> Tensor:
     """``fn(x)`` under non-reentrant :func:`torch.utils.checkpoint.checkpoint`, BatchNorm-safe.
 
     Plain checkpointing updates the running statistics of ``module``'s
@@ -348,12 +355,12 @@ def checkpoint_updating_stats_once(module: nn.Module, fn, x: Tensor) -> Tensor:
     return checkpoint(run, x, use_reentrant=False, preserve_rng_state=True)
 
 
-def _accepted_keywords(fn: Callable) -> frozenset[str] | None:
+def _accepted_keywords(fn: Callable[..., Any]) -> frozenset[str] | None:
     """The keyword arguments ``fn`` accepts (``None``: any, it takes ``**kwargs``)."""
     target = fn.forward if isinstance(fn, nn.Module) else fn
     key = type(fn) if isinstance(fn, nn.Module) else target
     cached = _KEYWORDS.get(key, False)
-    if cached is not False:
+    if not isinstance(cached, bool):  # False: not cached yet
         return cached
     try:
         params = inspect.signature(target).parameters.values()
@@ -377,9 +384,10 @@ _KEYWORDS: weakref.WeakKeyDictionary[Any, frozenset[str] | None] = weakref.WeakK
 
 
 def keywords_for(
-    fn: Callable, extras: dict[str, Any], used: set[str] | None = None
+    fn: Callable[..., Any], extras: dict[str, Any], used: set[str] | None = None
 ) -> dict[str, Any]:
-    """The chain's extra arguments that ``fn`` takes by name (all of them if it takes ``**kwargs``)."""
+    """The chain's extra arguments that ``fn`` takes by name (all of them if it takes
+    ``**kwargs``)."""
     if not extras:
         return {}
     accepted = _accepted_keywords(fn)
@@ -416,8 +424,9 @@ class Tape:
     names: dict[int, str] = field(default_factory=dict)
     compiled: bool = False
 
-    def _callable(self, fn: Callable) -> Callable:
-        """``fn``, or its compiled version when the sequence runs under ``torch.compile`` (:mod:`~revlib.core.compiled`)."""
+    def _callable(self, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``fn``, or its compiled version when the sequence runs under ``torch.compile``
+        (:mod:`~revlib.core.compiled`)."""
         if not self.compiled:
             return fn
         from .compiled import compiled_function
@@ -432,7 +441,8 @@ class Tape:
         return cls(AutocastState.capture(x.device.type), record_rng, extras=dict(extras or {}))
 
     def record(self, name: str, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        """First run of ``fn(x)``: keep the RNG states if it draws, the buffers and host state it changes."""
+        """First run of ``fn(x)``: keep the RNG states if it draws, the buffers and host state it
+        changes."""
         from .sidestate import HookLog, HostState, recording_hooks
 
         rng = RNGState.capture(x) if self.record_rng else None
@@ -461,7 +471,8 @@ class Tape:
         return out
 
     def replay(self, name: str, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        """Second run of ``fn(x)``: same random draws, same autocast, same buffers, no state update."""
+        """Second run of ``fn(x)``: same random draws, same autocast, same buffers, no state
+        update."""
         from .sidestate import replaying_hooks
 
         rng = self.rng.get(name)
@@ -502,7 +513,8 @@ class Tape:
         return out + [c.before for copies in self.buffers.values() for c in copies]
 
     def with_tensors(self, tensors: Iterator[Tensor]) -> Tape:
-        """This tape with :meth:`tensors` replaced, in order, by ``tensors`` (as unpacked by autograd)."""
+        """This tape with :meth:`tensors` replaced, in order, by ``tensors`` (as unpacked by
+        autograd)."""
         rng = {name: state.with_tensors(tensors) for name, state in self.rng.items()}
         buffers = {
             name: [replace(c, before=next(tensors)) for c in copies]

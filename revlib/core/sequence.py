@@ -25,8 +25,8 @@ reach every F and G that takes them by name, with their gradients.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -98,8 +98,9 @@ class ReversibleSequence(HasMode):
             if not implements_contract(block):
                 raise TypeError(
                     f"ReversibleSequence: block {i} ({type(block).__name__}) does not implement "
-                    "_forward(x, run) and _inverse(y, run); a ReversibleBlock writes its two directions "
-                    "there, calling each sub-function as run(name, fn, h) (see ReversibleBlock's docstring)"
+                    "_forward(x, run) and _inverse(y, run); a ReversibleBlock writes its two "
+                    "directions there, calling each sub-function as run(name, fn, h) (see "
+                    "ReversibleBlock's docstring)"
                 )
         self.mode = mode
         self.preserve_rng_state = preserve_rng_state
@@ -118,7 +119,8 @@ class ReversibleSequence(HasMode):
         return self.preserve_rng_state is not False
 
     def forward(self, x: Tensor, **extras: Any) -> Tensor:
-        """Apply the blocks in order; ``extras`` (conditioning, masks) reach every F and G that takes them by name."""
+        """Apply the blocks in order; ``extras`` (conditioning, masks) reach every F and G that
+        takes them by name."""
         self._check_input(x)
         if len(self.blocks) == 0:
             return x
@@ -138,7 +140,8 @@ class ReversibleSequence(HasMode):
         return self._run_reversible(x, extras)
 
     def _run_reversible(self, x: Tensor, extras: dict[str, Any], compiled: bool = False) -> Tensor:
-        """Mode ``"reversible"`` in training: the checks, then the engine (:class:`~revlib.core.engine.Chain`)."""
+        """Mode ``"reversible"`` in training: the checks, then the engine
+        (:class:`~revlib.core.engine.Chain`)."""
         params = trainable_parameters(self.blocks)
         wants_grad = x.requires_grad or any(
             isinstance(v, Tensor) and v.requires_grad for v in extras.values()
@@ -162,7 +165,8 @@ class ReversibleSequence(HasMode):
         )
 
     def forward_with_tapes(self, x: Tensor) -> tuple[Tensor, list[Tape]]:
-        """The forward as in a training step, with one tape per block call (see :meth:`inverse_with_tapes`)."""
+        """The forward as in a training step, with one tape per block call (see
+        :meth:`inverse_with_tapes`)."""
         tapes: list[Tape] = []
 
         def step(block: ReversibleBlock, h: Tensor) -> Tensor:
@@ -179,41 +183,52 @@ class ReversibleSequence(HasMode):
         )
 
     def round_trip(self, x: Tensor) -> Tensor:
-        """``f^{-1}(f(x))`` recorded and replayed exactly as in a training step (for :func:`check_inverse`)."""
+        """``f^{-1}(f(x))`` recorded and replayed exactly as in a training step (for
+        :func:`check_inverse`)."""
         return self.inverse_with_tapes(*self.forward_with_tapes(x))
 
 
-def _each_block(blocks: nn.ModuleList, x: Tensor, step, reverse: bool = False) -> Tensor:
+def _each_block(
+    blocks: nn.ModuleList,
+    x: Tensor,
+    step: Callable[[ReversibleBlock, Tensor], Tensor],
+    reverse: bool = False,
+) -> Tensor:
     """Apply ``step(block, x)`` along the chain, naming the block in a ValueError."""
     order = reversed(list(enumerate(blocks))) if reverse else enumerate(blocks)
     for i, block in order:
         try:
-            x = step(block, x)
+            # the sequence's blocks are ReversibleBlocks (ReversibleSequence.__init__ checks)
+            x = step(cast(ReversibleBlock, block), x)
         except ValueError as err:
             raise ValueError(f"ReversibleSequence block {i}: {err}") from err
     return x
 
 
 def _check_reversible_blocks(blocks: nn.ModuleList) -> None:
-    """Refuse, before anything runs, what the reversible engine cannot reproduce; each error names the fix."""
+    """Refuse, before anything runs, what the reversible engine cannot reproduce; each error names
+    the fix."""
     for i, block in enumerate(blocks):
         owner = next(cls for cls in type(block).__mro__ if "forward" in vars(cls))
         if owner is not ReversibleBlock:
             raise TypeError(
-                f"{_OWNER}, block {i} ({type(block).__name__}): {owner.__name__} overrides forward(). In mode "
-                "'reversible' a block's function is its _forward(x, run) and its inverse _inverse(y, run), so the "
-                "override would be inverted wrongly. Move the change into _forward/_inverse, or use mode='autograd'."
+                f"{_OWNER}, block {i} ({type(block).__name__}): {owner.__name__} overrides "
+                "forward(). In mode 'reversible' a block's function is its _forward(x, run) and "
+                "its inverse _inverse(y, run), so the override would be inverted wrongly. Move "
+                "the change into _forward/_inverse, or use mode='autograd'."
             )
     modules = submodules(blocks)
     lazy = [m for m in modules if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()]
     if lazy:
         raise RuntimeError(
-            f"{_OWNER}: {type(lazy[0]).__name__} has uninitialized parameters (a lazy module). Run one forward "
-            "under torch.no_grad() (or in mode='autograd') to initialise them before training in mode 'reversible'."
+            f"{_OWNER}: {type(lazy[0]).__name__} has uninitialized parameters (a lazy module). Run "
+            "one forward under torch.no_grad() (or in mode='autograd') to initialise them before "
+            "training in mode 'reversible'."
         )
     if parametrize._cache_enabled and any(parametrize.is_parametrized(m) for m in modules):
         raise RuntimeError(
-            f"{_OWNER}: torch.nn.utils.parametrize.cached() is active around a parametrized module in a block. "
-            "The cached weight would be computed once, in the forward that builds no graph, and its parameters "
-            "would get no gradient. Leave the forward and backward outside cached(), or use mode='autograd'."
+            f"{_OWNER}: torch.nn.utils.parametrize.cached() is active around a parametrized module "
+            "in a block. The cached weight would be computed once, in the forward that builds no "
+            "graph, and its parameters would get no gradient. Leave the forward and backward "
+            "outside cached(), or use mode='autograd'."
         )

@@ -27,9 +27,9 @@ import contextlib
 import random
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -48,19 +48,29 @@ __all__ = [
 _SCALARS = (int, float, bool, str)
 
 
-def _numpy_random():
+class _NumpyRandom(Protocol):
+    """What this module uses of ``numpy.random`` (the global generator's state)."""
+
+    def get_state(self) -> Any: ...
+
+    def set_state(self, state: Any) -> Any: ...
+
+
+def _numpy_random() -> _NumpyRandom | None:
     """NumPy's global generator module if NumPy is imported (the core does not import it)."""
     np = sys.modules.get("numpy")
     return getattr(np, "random", None) if np is not None else None
 
 
 def _own_state(m: nn.Module) -> bool:
-    """False for torch's own layers (``torch.nn.modules``), whose forward changes no attribute and draws no host RNG."""
+    """False for torch's own layers (``torch.nn.modules``), whose forward changes no attribute and
+    draws no host RNG."""
     return not type(m).__module__.startswith("torch.nn.modules.")
 
 
 def _generators(modules: list[nn.Module]) -> list[tuple[nn.Module, str, torch.Generator]]:
-    # type() rather than isinstance: torch.Generator's metaclass makes isinstance slow, and this runs per call
+    # type() rather than isinstance: torch.Generator's metaclass makes isinstance slow, and this
+    # runs per call
     return [
         (m, k, v)
         for m in modules
@@ -128,13 +138,14 @@ class HostState:
         return out if out else None
 
 
-def _same_numpy_state(a: tuple, b: tuple) -> bool:
+def _same_numpy_state(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return a[0] == b[0] and a[2:] == b[2:] and (a[1] == b[1]).all()
 
 
 @dataclass
 class HostChanges:
-    """The states before a recorded call of the host generators and attributes that the call changed."""
+    """The states before a recorded call of the host generators and attributes that the call
+    changed."""
 
     python: Any = None
     numpy: Any = None
@@ -197,7 +208,8 @@ def _hooked(fn: Any) -> list[nn.Module]:
 
 @contextlib.contextmanager
 def recording_hooks(fn: Any, log: HookLog, names: dict[int, str]) -> Iterator[None]:
-    """Run the body with the hooks inside ``fn`` wrapped, noting in ``log`` which acted and what observers saw."""
+    """Run the body with the hooks inside ``fn`` wrapped, noting in ``log`` which acted and what
+    observers saw."""
     modules = _hooked(fn)
     saved = []
     for m in modules:
@@ -217,8 +229,15 @@ def recording_hooks(fn: Any, log: HookLog, names: dict[int, str]) -> Iterator[No
             setattr(m, which, hooks)
 
 
-def _logged(m: nn.Module, which: str, key: int, hook, log: HookLog, names: dict[int, str]):
-    def call(*args, **kwargs):
+def _logged(
+    m: nn.Module,
+    which: str,
+    key: int,
+    hook: Callable[..., Any],
+    log: HookLog,
+    names: dict[int, str],
+) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
         result = hook(*args, **kwargs)
         if result is not None:
             log.acting.add((id(m), which, key))
@@ -235,7 +254,8 @@ def _logged(m: nn.Module, which: str, key: int, hook, log: HookLog, names: dict[
 
 @contextlib.contextmanager
 def replaying_hooks(fn: Any, log: HookLog | None) -> Iterator[None]:
-    """Run the body with only the hooks that acted in the recorded call (observers ran once, then)."""
+    """Run the body with only the hooks that acted in the recorded call (observers ran once,
+    then)."""
     acting = log.acting if log is not None else set()
     saved = []
     for m in _hooked(fn):
@@ -265,9 +285,10 @@ def check_no_kept_outputs(log: HookLog, owner: str, keep: Tensor | None = None) 
         out = ref()
         if out is not None and out is not keep:
             raise RuntimeError(
-                f"{owner}: a forward hook on {name} kept its output (shape {shape}) after the block's forward. "
-                "In mode='reversible' the forward builds no graph, so a loss on that tensor would get no gradient. "
-                "Take the activation from the block's output instead, or run this model with mode='autograd' "
-                "(revlib.set_mode(model, 'autograd'))."
+                f"{owner}: a forward hook on {name} kept its output (shape {shape}) after the "
+                "block's forward. In mode='reversible' the forward builds no graph, so a loss on "
+                "that tensor would get no gradient. Take the activation from the block's output "
+                "instead, or run this model with mode='autograd' (revlib.set_mode(model, "
+                "'autograd'))."
             )
     log.kept.clear()

@@ -81,7 +81,8 @@ def weight_smoothness(
     rate: float = 2e-4,
     h: float | None = None,
 ) -> Tensor:
-    r"""The weight smoothness decay :math:`R = \text{rate}\sum_j \lVert K_j - K_{j+1}\rVert_F^2` as a loss term.
+    r"""The weight smoothness decay :math:`R = \text{rate}\sum_j \lVert K_j - K_{j+1}\rVert_F^2` as
+    a loss term.
 
     Args:
         model_or_stages: a model, a :class:`~revlib.ReversibleSequence`, or a
@@ -97,7 +98,8 @@ def weight_smoothness(
     """
     total: Tensor | None = None
     for stage in kernel_stages(model_or_stages):
-        for a, b in zip(stage, stage[1:]):
+        # consecutive blocks: stage[1:] is one shorter, the last block pairs with no successor
+        for a, b in zip(stage, stage[1:], strict=False):
             ka, kb = block_kernels(a), block_kernels(b)
             for name, wa in ka.items():
                 wb = kb.get(name)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,7 +39,8 @@ Map = Callable[[Tensor], Tensor]
 
 
 def jacobian(fn: Map, x: Tensor) -> Tensor:
-    """The Jacobian :math:`\\partial\\,\\mathrm{fn}(x)/\\partial x` as an ``(n, n)`` matrix, n = ``x.numel()``.
+    """The Jacobian :math:`\\partial\\,\\mathrm{fn}(x)/\\partial x` as an ``(n, n)`` matrix, n =
+    ``x.numel()``.
 
     ``fn`` maps a tensor of ``x``'s shape to one of the same number of entries
     (a right-hand side such as ``block.rhs``).
@@ -49,27 +51,39 @@ def jacobian(fn: Map, x: Tensor) -> Tensor:
     def flat_fn(v: Tensor) -> Tensor:
         return fn(v.reshape(shape)).reshape(-1)
 
-    J = torch.autograd.functional.jacobian(flat_fn, flat, vectorize=True)
+    # one tensor in, one out: the Jacobian is one tensor (torch leaves jacobian unannotated)
+    J: Tensor = torch.autograd.functional.jacobian(  # type: ignore[no-untyped-call]
+        flat_fn, flat, vectorize=True
+    )
     if J.shape != (flat.numel(), flat.numel()):
         raise ValueError(
-            f"jacobian: fn must keep the number of entries, got a Jacobian of shape {tuple(J.shape)}"
+            "jacobian: fn must keep the number of entries, got a Jacobian of shape "
+            f"{tuple(J.shape)}"
         )
     return J
 
 
 def eigenvalues(fn_or_matrix: Map | Tensor, x: Tensor | None = None) -> Tensor:
     """Eigenvalues (complex) of a square matrix, or of ``jacobian(fn, x)``."""
-    J = fn_or_matrix if isinstance(fn_or_matrix, Tensor) else jacobian(fn_or_matrix, x)
-    return torch.linalg.eigvals(J)
+    if isinstance(fn_or_matrix, Tensor):
+        J = fn_or_matrix
+    elif x is None:
+        raise TypeError("eigenvalues: give the state x at which to take the Jacobian of fn")
+    else:
+        J = jacobian(fn_or_matrix, x)
+    ev: Tensor = torch.linalg.eigvals(J)  # torch.linalg's functions are typed Any
+    return ev
 
 
 def max_real_part(fn_or_matrix: Map | Tensor, x: Tensor | None = None) -> float:
-    """:math:`\\max_i \\operatorname{Re}\\lambda_i` of a matrix, or of the Jacobian of ``fn`` at ``x``."""
+    """:math:`\\max_i \\operatorname{Re}\\lambda_i` of a matrix, or of the Jacobian of ``fn`` at
+    ``x``."""
     return eigenvalues(fn_or_matrix, x).real.max().item()
 
 
 def _layers(layers: Map | Iterable[Map], depth: int | None) -> list[Map]:
-    """A list of maps: a sequence as given (cut to ``depth``), or one map repeated ``depth`` times."""
+    """A list of maps: a sequence as given (cut to ``depth``), or one map repeated ``depth``
+    times."""
     if isinstance(layers, (list, tuple, torch.nn.ModuleList, torch.nn.Sequential)):
         seq = list(layers)
         if depth is not None and depth > len(seq):
@@ -94,7 +108,8 @@ def perturbation_growth(
     eps: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """:math:`\\lVert\\delta Y_j\\rVert / \\lVert\\delta Y_0\\rVert` for j = 0, ..., depth (a tensor of depth + 1 values).
+    """:math:`\\lVert\\delta Y_j\\rVert / \\lVert\\delta Y_0\\rVert` for j = 0, ..., depth (a tensor
+    of depth + 1 values).
 
     Args:
         layers: one map applied ``depth`` times (a block), or a sequence of maps
@@ -123,7 +138,8 @@ def perturbation_growth(
                         message=r"`torch\.jit\.script` is deprecated",
                         category=FutureWarning,
                     )
-                    y, v = torch.func.jvp(f, (y,), (v,))
+                    # torch types jvp's result as a pair or, with has_aux, a triple: here a pair
+                    y, v = torch.func.jvp(f, (y,), (v,))  # type: ignore[misc]
                 norms.append(v.norm().item())
         else:
             z = y + eps * v
@@ -138,9 +154,10 @@ def lyapunov_exponent(
     x: Tensor,
     depth: int | None = None,
     h: float = 1.0,
-    **kwargs,
+    **kwargs: Any,
 ) -> float:
-    """The empirical Lyapunov exponent :math:`\\log(\\lVert\\delta Y_N\\rVert/\\lVert\\delta Y_0\\rVert)/(N h)`.
+    """The empirical Lyapunov exponent
+    :math:`\\log(\\lVert\\delta Y_N\\rVert/\\lVert\\delta Y_0\\rVert)/(N h)`.
 
     ``h`` is the step size, so the exponent is per unit of ODE time (``h=1``:
     per layer). Other arguments as for :func:`perturbation_growth`.

@@ -33,12 +33,14 @@ __all__ = ["SelfAttention", "FeedForward", "ReversibleTransformerBlock", "Transf
 def _check_tokens(owner: str, x: Tensor, width: int) -> None:
     if x.dim() != 3 or x.shape[-1] != width:
         raise ValueError(
-            f"{owner}: expected tokens of shape (batch, tokens, {width}), got shape {tuple(x.shape)}"
+            f"{owner}: expected tokens of shape (batch, tokens, {width}), got shape "
+            f"{tuple(x.shape)}"
         )
 
 
 class SelfAttention(nn.Module):
-    r"""Pre-LayerNorm multi-head self-attention: :math:`x \mapsto \mathrm{Drop}(W_o\,\mathrm{MHA}(\mathrm{LN}(x)))`.
+    r"""Pre-LayerNorm multi-head self-attention:
+    :math:`x \mapsto \mathrm{Drop}(W_o\,\mathrm{MHA}(\mathrm{LN}(x)))`.
 
     Args:
         width: token width :math:`D` (a multiple of ``heads``).
@@ -96,18 +98,21 @@ class SelfAttention(nn.Module):
             out = self.attn_drop(scores.softmax(dim=-1)) @ v
         else:
             out = nnf.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.drop(self.proj(out.transpose(1, 2).reshape(b, t, d)))
+        y: Tensor = self.drop(self.proj(out.transpose(1, 2).reshape(b, t, d)))
+        return y
 
 
 def _combined_mask(
     b: int, t: int, attn_mask: Tensor | None, key_padding_mask: Tensor | None, x: Tensor
 ) -> Tensor | None:
-    """One mask for scaled-dot-product attention: boolean ``True`` = attend, or float added to the scores."""
+    """One mask for scaled-dot-product attention: boolean ``True`` = attend, or float added to the
+    scores."""
     if key_padding_mask is not None:
         if key_padding_mask.shape != (b, t) or key_padding_mask.dtype != torch.bool:
             raise ValueError(
-                f"SelfAttention: key_padding_mask must be a boolean tensor of shape (batch, tokens) = {(b, t)}, "
-                f"got {key_padding_mask.dtype} of shape {tuple(key_padding_mask.shape)}"
+                "SelfAttention: key_padding_mask must be a boolean tensor of shape (batch, "
+                f"tokens) = {(b, t)}, got {key_padding_mask.dtype} of shape "
+                f"{tuple(key_padding_mask.shape)}"
             )
         keep = ~key_padding_mask[:, None, None, :]
         if attn_mask is None:
@@ -121,7 +126,8 @@ def _combined_mask(
 
 
 class FeedForward(nn.Module):
-    r"""Pre-LayerNorm MLP: :math:`x \mapsto \mathrm{Drop}(W_2\,\mathrm{Drop}(\mathrm{GELU}(W_1 \mathrm{LN}(x))))`."""
+    r"""Pre-LayerNorm MLP:
+    :math:`x \mapsto \mathrm{Drop}(W_2\,\mathrm{Drop}(\mathrm{GELU}(W_1 \mathrm{LN}(x))))`."""
 
     def __init__(self, width: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -137,11 +143,13 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_tokens("FeedForward", x, self.width)
-        return self.net(x)
+        y: Tensor = self.net(x)
+        return y
 
 
 class ReversibleTransformerBlock(AdditiveCoupling):
-    r"""RevViT's block: :math:`y_1 = x_1 + \mathrm{Attn}(\mathrm{LN}(x_2))`, :math:`y_2 = x_2 + \mathrm{MLP}(\mathrm{LN}(y_1))`.
+    r"""RevViT's block: :math:`y_1 = x_1 + \mathrm{Attn}(\mathrm{LN}(x_2))`,
+    :math:`y_2 = x_2 + \mathrm{MLP}(\mathrm{LN}(y_1))`.
 
     Acts on (B, T, 2·width): two streams of ``width`` features each, split on
     the last dimension. Inverse :math:`x_2 = y_2 - G(y_1)`, :math:`x_1 = y_1 - F(x_2)`.
@@ -170,9 +178,10 @@ class ReversibleTransformerBlock(AdditiveCoupling):
 class TransformerBlock(nn.Module):
     r"""The standard pre-LayerNorm block on one stream of ``width`` features.
 
-    :math:`x \leftarrow x + \mathrm{Attn}(\mathrm{LN}(x))`, :math:`x \leftarrow x + \mathrm{MLP}(\mathrm{LN}(x))`,
-    with the same sub-modules as :class:`ReversibleTransformerBlock` (the twin
-    that autograd backpropagates through, storing every activation).
+    :math:`x \leftarrow x + \mathrm{Attn}(\mathrm{LN}(x))`,
+    :math:`x \leftarrow x + \mathrm{MLP}(\mathrm{LN}(x))`, with the same sub-modules as
+    :class:`ReversibleTransformerBlock` (the twin that autograd backpropagates through, storing
+    every activation).
     """
 
     def __init__(
@@ -191,4 +200,5 @@ class TransformerBlock(nn.Module):
         self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None
     ) -> Tensor:
         x = x + self.F(x, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
-        return x + self.G(x)
+        y: Tensor = x + self.G(x)
+        return y

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
 
 __all__ = [
@@ -79,8 +79,9 @@ def plot_series(
     logx: bool = False,
     ax: Axes | None = None,
     figsize: tuple[float, float] = (6.0, 3.8),
-) -> Figure:
+) -> Figure | SubFigure:
     """Curves ``series[label]`` against ``x`` with markers, a grid and a legend; returns the figure."""
+    fig: Figure | SubFigure  # the figure of the Axes given: a SubFigure if it lies in one
     if ax is None:
         fig, ax = plt.subplots(figsize=figsize, dpi=DPI)
     else:
@@ -452,7 +453,7 @@ def plot_stability_regions(
     ax: Axes | None = None,
     extent: float = 2.6,
     xlim: tuple[float, float] | None = None,
-) -> Figure:
+) -> Figure | SubFigure:
     """Stability regions in the plane of :math:`z = h\\lambda`, with optional points on top.
 
     * forward Euler, :math:`y_{j+1} = (1 + z) y_j`: the disk :math:`|1 + z| \\le 1`;
@@ -466,6 +467,7 @@ def plot_stability_regions(
     eigenvalues times its step size). The window is ``extent`` up and down and,
     unless ``xlim`` is given, from ``-extent`` to ``0.6 extent`` left to right.
     """
+    fig: Figure | SubFigure  # the figure of the Axes given: a SubFigure if it lies in one
     if ax is None:
         fig, ax = plt.subplots(figsize=(5.4, 5.0), dpi=DPI)
     else:

@@ -80,5 +80,6 @@ def init_official(model: nn.Module) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """The number of parameter entries (each shared parameter once, as ``parameters()`` yields it)."""
+    """The number of parameter entries (each shared parameter once, as ``parameters()`` yields
+    it)."""
     return sum(p.numel() for p in model.parameters())

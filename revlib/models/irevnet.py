@@ -1,4 +1,5 @@
-r"""An i-RevNet-style classifier (Jacobsen et al. 2018): reversible from the first layer to the head.
+r"""An i-RevNet-style classifier (Jacobsen et al. 2018): reversible from the first layer to the
+head.
 
 Where a RevNet (Gomez et al. 2017) changes resolution with a pooling,
 non-invertible transition whose input is stored, the i-RevNet changes it with
@@ -49,8 +50,9 @@ def irevnet_bottleneck_branch(channels: int, mult: int = 4) -> nn.Sequential:
     """
     if channels % mult:
         raise ValueError(
-            f"irevnet_bottleneck_branch: {channels} channels do not divide by mult={mult}; the inner width is "
-            "channels // mult (pad the stem with IRevNet(pad=...) or use branch='basic')"
+            f"irevnet_bottleneck_branch: {channels} channels do not divide by mult={mult}; the "
+            "inner width is channels // mult (pad the stem with IRevNet(pad=...) or use "
+            "branch='basic')"
         )
     mid = channels // mult
     return nn.Sequential(
@@ -116,12 +118,13 @@ class IRevNet(ModelMode, nn.Module):
             c += pad
         if c % 2:
             raise ValueError(
-                f"IRevNet: the stem gives {c} channels (in_channels={in_channels}, stem_factor="
-                f"{stem_factor}, pad={pad}); couplings need an even count: use stem_factor=2 (exact in every "
-                "mode), or pad=1. With pad=1 the padded channel is exactly zero, so the first coupling's "
-                "BatchNorm maps it to its bias (0 at initialisation) and the ReLU after it sits on its kink: "
-                "until that bias moves off 0, the reversible backward's rounding (1e-17) can pick another "
-                "subgradient than autograd, and that bias's gradient may differ by O(1) in mode 'reversible'"
+                f"IRevNet: the stem gives {c} channels (in_channels={in_channels}, "
+                f"stem_factor={stem_factor}, pad={pad}); couplings need an even count: use "
+                "stem_factor=2 (exact in every mode), or pad=1. With pad=1 the padded channel is "
+                "exactly zero, so the first coupling's BatchNorm maps it to its bias (0 at "
+                "initialisation) and the ReLU after it sits on its kink: until that bias moves "
+                "off 0, the reversible backward's rounding (1e-17) can pick another subgradient "
+                "than autograd, and that bias's gradient may differ by O(1) in mode 'reversible'"
             )
         widths = []
         for s, n in enumerate(units):
@@ -132,8 +135,9 @@ class IRevNet(ModelMode, nn.Module):
             half = c // 2
             if branch == "bottleneck" and half % 4:
                 raise ValueError(
-                    f"IRevNet: stage {s} has {c} channels, halves of {half}, which a bottleneck branch "
-                    "cannot divide by 4; add pad= channels after the stem or use branch='basic'"
+                    f"IRevNet: stage {s} has {c} channels, halves of {half}, which a bottleneck "
+                    "branch cannot divide by 4; add pad= channels after the stem or use "
+                    "branch='basic'"
                 )
             make = branches[branch]
             blocks += [AdditiveCoupling(make(half), make(half)) for _ in range(n)]

@@ -42,11 +42,12 @@ The step size ``h`` defaults to 0.1, the value hard-coded in Lili Meng's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
+from ..core.blocks import ReversibleBlock
 from ..core.modes import Mode, ModelMode
 from ..core.ode import EndPair, HamiltonianBlock, LeapfrogBlock, MidpointBlock, StartPair
 from ..core.sequence import ReversibleSequence
@@ -132,11 +133,13 @@ class ODENet(ModelMode, nn.Module):
             raise ValueError(f"ODENet: scheme must be one of {sorted(_BLOCKS)}, got {scheme!r}")
         if len(units) != len(widths) or not units or min(units) < 1:
             raise ValueError(
-                f"ODENet: need one width per stage and at least one block per stage, got {units}, {widths}"
+                f"ODENet: need one width per stage and at least one block per stage, got {units}, "
+                f"{widths}"
             )
         if transition not in ("in_first_block", "between_stages"):
             raise ValueError(
-                f"ODENet: transition must be 'in_first_block' or 'between_stages', got {transition!r}"
+                "ODENet: transition must be 'in_first_block' or 'between_stages', got "
+                f"{transition!r}"
             )
         self.scheme, self.units, self.widths, self.transition = (
             scheme,
@@ -153,7 +156,7 @@ class ODENet(ModelMode, nn.Module):
         self.start = StartPair() if two_step else nn.Identity()
 
         # Which width each block of each stage runs at.
-        per_seq: list[list[nn.Module]] = [[] for _ in widths]
+        per_seq: list[list[ReversibleBlock]] = [[] for _ in widths]
         self._stage_of: list[list[tuple[int, int]]] = [[] for _ in widths]
         for s, n in enumerate(units):
             for j in range(n):
@@ -161,7 +164,8 @@ class ODENet(ModelMode, nn.Module):
                 self._stage_of[s].append((seq, len(per_seq[seq])))
                 per_seq[seq].append(block(widths[seq], 3, h=h, activation=activation))
         self.sequences = nn.ModuleList(ReversibleSequence(b, mode=mode, ndim=4) for b in per_seq)
-        # a two-step state is the pair (Y_{j-1}, Y_j), each of the stage's width; a Hamiltonian one is Y, Z halves
+        # a two-step state is the pair (Y_{j-1}, Y_j), each of the stage's width; a Hamiltonian one
+        # is Y, Z halves
         halves = 1 if two_step else 2
         self.transitions = nn.ModuleList(HalfPoolPad(w // halves) for w in widths[1:])
 
@@ -178,8 +182,13 @@ class ODENet(ModelMode, nn.Module):
         )  # stem conv and FC; the blocks' kernels are initialised the same way already
 
     def stages(self) -> list[list[nn.Module]]:
-        """The blocks of each stage (Chang et al.'s "units"), in order, for :func:`revlib.core.smoothness.weight_smoothness`."""
-        return [[self.sequences[q].blocks[i] for q, i in stage] for stage in self._stage_of]
+        """The blocks of each stage (Chang et al.'s "units"), in order, for
+        :func:`revlib.core.smoothness.weight_smoothness`."""
+        # self.sequences holds the ReversibleSequences __init__ built
+        return [
+            [cast(ReversibleSequence, self.sequences[q]).blocks[i] for q, i in stage]
+            for stage in self._stage_of
+        ]
 
     def features(self, x: Tensor) -> Tensor:
         """The state after the last block (the newest state for the two-step schemes)."""
@@ -194,10 +203,13 @@ class ODENet(ModelMode, nn.Module):
         return self.head(self.features(x))
 
     def extra_repr(self) -> str:
-        return f"scheme={self.scheme!r}, units={self.units}, widths={self.widths}, transition={self.transition!r}"
+        return (
+            f"scheme={self.scheme!r}, units={self.units}, widths={self.widths}, "
+            f"transition={self.transition!r}"
+        )
 
 
-CHANG_CONFIGS: dict[str, dict] = {
+CHANG_CONFIGS: dict[str, dict[str, Any]] = {
     "hamiltonian74": dict(scheme="hamiltonian", units=(6, 6, 6), widths=(32, 64, 112)),
     "hamiltonian218": dict(scheme="hamiltonian", units=(18, 18, 18), widths=(32, 64, 128)),
     "hamiltonian1202": dict(scheme="hamiltonian", units=(100, 100, 100), widths=(32, 64, 128)),
@@ -220,56 +232,63 @@ CHANG_PARAMS_M: dict[str, tuple[float, float | None]] = {
 """Chang et al.'s published parameter counts in millions, (CIFAR-10, CIFAR-100)."""
 
 
-def _chang(name: str, num_classes: int, in_channels: int, mode: Mode, **kwargs) -> ODENet:
+def _chang(name: str, num_classes: int, in_channels: int, mode: Mode, **kwargs: Any) -> ODENet:
     return ODENet(
         **CHANG_CONFIGS[name], num_classes=num_classes, in_channels=in_channels, mode=mode, **kwargs
     )
 
 
 def hamiltonian74(
-    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """Hamiltonian-74 (6-6-6, widths 32-64-112): 428,538 parameters at 10 classes (Chang et al.: 0.43 M)."""
+    """Hamiltonian-74 (6-6-6, widths 32-64-112): 428,538 parameters at 10 classes
+    (Chang et al.: 0.43 M)."""
     return _chang("hamiltonian74", num_classes, in_channels, mode, **kwargs)
 
 
 def hamiltonian218(
-    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """Hamiltonian-218 (18-18-18, widths 32-64-128): 1,679,114 parameters at 10 classes (Chang et al.: 1.68 M)."""
+    """Hamiltonian-218 (18-18-18, widths 32-64-128): 1,679,114 parameters at 10 classes
+    (Chang et al.: 1.68 M)."""
     return _chang("hamiltonian218", num_classes, in_channels, mode, **kwargs)
 
 
 def hamiltonian1202(
-    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """Hamiltonian-1202 (100-100-100, widths 32-64-128): 9,632,458 parameters at 10 classes (Chang et al.: 9.70 M)."""
+    """Hamiltonian-1202 (100-100-100, widths 32-64-128): 9,632,458 parameters at 10 classes
+    (Chang et al.: 9.70 M)."""
     return _chang("hamiltonian1202", num_classes, in_channels, mode, **kwargs)
 
 
 def midpoint26(
-    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """MidPoint-26 (4-4-4, widths 32-64-112): 535,258 parameters at 10 classes (Chang et al.: 0.50 M)."""
+    """MidPoint-26 (4-4-4, widths 32-64-112): 535,258 parameters at 10 classes
+    (Chang et al.: 0.50 M)."""
     return _chang("midpoint26", num_classes, in_channels, mode, **kwargs)
 
 
 def midpoint62(
-    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """MidPoint-62 (10-10-10, widths 32-64-128): 1,801,738 parameters at 10 classes (Chang et al.: 1.78 M)."""
+    """MidPoint-62 (10-10-10, widths 32-64-128): 1,801,738 parameters at 10 classes
+    (Chang et al.: 1.78 M)."""
     return _chang("midpoint62", num_classes, in_channels, mode, **kwargs)
 
 
 def leapfrog26(
-    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """Leapfrog-26 (4-4-4, widths 32-64-112): 535,258 parameters at 10 classes (Chang et al.: 0.50 M)."""
+    """Leapfrog-26 (4-4-4, widths 32-64-112): 535,258 parameters at 10 classes
+    (Chang et al.: 0.50 M)."""
     return _chang("leapfrog26", num_classes, in_channels, mode, **kwargs)
 
 
 def leapfrog62(
-    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs
+    num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversible", **kwargs: Any
 ) -> ODENet:
-    """Leapfrog-62 (10-10-10, widths 32-64-128): 1,801,738 parameters at 10 classes (Chang et al.: 1.78 M)."""
+    """Leapfrog-62 (10-10-10, widths 32-64-128): 1,801,738 parameters at 10 classes
+    (Chang et al.: 1.78 M)."""
     return _chang("leapfrog62", num_classes, in_channels, mode, **kwargs)

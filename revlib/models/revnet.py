@@ -59,6 +59,7 @@ Every builder takes ``num_classes`` and ``in_channels``; RevNets also take
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -91,7 +92,8 @@ __all__ = [
 
 
 def basic_branch(in_c: int, out_c: int, stride: int = 1, preact: bool = True) -> nn.Sequential:
-    """BN-ReLU-conv3x3 (stride), BN-ReLU-conv3x3; without the first BN-ReLU if ``preact`` is False."""
+    """BN-ReLU-conv3x3 (stride), BN-ReLU-conv3x3; without the first BN-ReLU if ``preact`` is
+    False."""
     layers: list[nn.Module] = [batch_norm(in_c), nn.ReLU()] if preact else []
     layers += [
         conv2d(in_c, out_c, 3, stride),
@@ -209,7 +211,8 @@ class RevTransition(CheckpointedModule):
 
 
 class RevStage(nn.Module):
-    """One RevNet stage: an optional :class:`RevTransition`, then a :class:`~revlib.ReversibleSequence`."""
+    """One RevNet stage: an optional :class:`RevTransition`, then a
+    :class:`~revlib.ReversibleSequence`."""
 
     def __init__(
         self, transition: RevTransition | None, blocks: list[AdditiveCoupling], mode: Mode
@@ -279,7 +282,7 @@ class PreActNet(ModelMode, nn.Module):
         self.stem = nn.Sequential(*stem_layers)
 
         self.stages = nn.ModuleList()
-        for s, (n, stride) in enumerate(zip(units, strides)):
+        for s, (n, stride) in enumerate(zip(units, strides, strict=True)):
             in_c, out_c = widths[s], widths[s + 1]
             if reversible:
                 self.stages.append(
@@ -334,7 +337,7 @@ class PreActNet(ModelMode, nn.Module):
 
 
 # The official configurations: block, units per stage, channels (stem, stages), strides.
-CIFAR_CONFIGS: dict[str, dict] = {
+CIFAR_CONFIGS: dict[str, dict[str, Any]] = {
     "resnet32": dict(block="basic", units=(5, 5, 5), channels=(16, 16, 32, 64), reversible=False),
     "resnet110": dict(
         block="basic", units=(18, 18, 18), channels=(16, 16, 32, 64), reversible=False
@@ -348,7 +351,7 @@ CIFAR_CONFIGS: dict[str, dict] = {
         block="bottleneck", units=(9, 9, 9), channels=(32, 32, 64, 128), reversible=True
     ),
 }
-IMAGENET_CONFIGS: dict[str, dict] = {
+IMAGENET_CONFIGS: dict[str, dict[str, Any]] = {
     "resnet101": dict(
         block="bottleneck", units=(3, 4, 23, 3), channels=(64, 64, 128, 256, 512), reversible=False
     ),
@@ -395,7 +398,8 @@ def resnet110(num_classes: int = 10, in_channels: int = 3) -> PreActNet:
 
 
 def resnet164(num_classes: int = 10, in_channels: int = 3) -> PreActNet:
-    """ResNet-164 (bottleneck, 18-18-18, widths 16-64-128-256): 1,703,258 parameters at 10 classes."""
+    """ResNet-164 (bottleneck, 18-18-18, widths 16-64-128-256): 1,703,258 parameters at 10
+    classes."""
     return _cifar("resnet164", num_classes, in_channels)
 
 
@@ -415,12 +419,14 @@ def revnet164(num_classes: int = 10, in_channels: int = 3, mode: Mode = "reversi
 
 
 def resnet101(num_classes: int = 1000, in_channels: int = 3) -> PreActNet:
-    """ResNet-101 for ImageNet (bottleneck, 3-4-23-3, widths 64-256-512-1024-2048): 44,541,480 parameters."""
+    """ResNet-101 for ImageNet (bottleneck, 3-4-23-3, widths 64-256-512-1024-2048): 44,541,480
+    parameters."""
     return _imagenet("resnet101", num_classes, in_channels)
 
 
 def revnet104(
     num_classes: int = 1000, in_channels: int = 3, mode: Mode = "reversible"
 ) -> PreActNet:
-    """RevNet-104 for ImageNet (bottleneck, 2-2-11-2, widths 128-512-1024-2048-3328): 45,428,072 parameters."""
+    """RevNet-104 for ImageNet (bottleneck, 2-2-11-2, widths 128-512-1024-2048-3328): 45,428,072
+    parameters."""
     return _imagenet("revnet104", num_classes, in_channels, mode)

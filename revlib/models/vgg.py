@@ -40,6 +40,7 @@ of VGG-19's first stage is gone.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -58,7 +59,7 @@ __all__ = [
     "rev_vgg",
 ]
 
-VGG19_CONFIG: tuple = (
+VGG19_CONFIG: tuple[int | Literal["M"], ...] = (
     64,
     64,
     "M",
@@ -89,7 +90,7 @@ class LinearBlock(nn.Sequential):
 
     def __init__(self, features: Sequence[int], dropout: float = 0.0) -> None:
         layers: list[nn.Module] = []
-        for a, b in zip(features[:-1], features[1:]):
+        for a, b in zip(features[:-1], features[1:], strict=True):
             layers += [nn.Linear(a, b), nn.ReLU()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -112,7 +113,7 @@ class VGG(nn.Module):
 
     def __init__(
         self,
-        config: Sequence = VGG19_CONFIG,
+        config: Sequence[int | Literal["M"]] = VGG19_CONFIG,
         num_classes: int = 10,
         in_channels: int = 3,
         hidden: int = 512,
@@ -137,7 +138,8 @@ class VGG(nn.Module):
 
 
 def vgg19(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> VGG:
-    """VGG-19 with BatchNorm, Saha and Priyanka's CIFAR variant: 20,565,834 parameters at 10 classes."""
+    """VGG-19 with BatchNorm, Saha and Priyanka's CIFAR variant: 20,565,834 parameters at 10
+    classes."""
     return VGG(VGG19_CONFIG, num_classes=num_classes, in_channels=in_channels, dropout=dropout)
 
 
@@ -152,7 +154,8 @@ def _half_function(c: int) -> nn.Sequential:
 
 
 class RevVGGEntry(CheckpointedModule):
-    """The channel-changing first layer of a RevBlock: conv3x3(bias)-BN-ReLU; keeps only its input."""
+    """The channel-changing first layer of a RevBlock: conv3x3(bias)-BN-ReLU; keeps only its
+    input."""
 
     def __init__(self, in_c: int, out_c: int, mode: Mode = "reversible") -> None:
         super().__init__(mode)
@@ -165,7 +168,8 @@ class RevVGGEntry(CheckpointedModule):
 
 
 class RevVGGBlock(nn.Module):
-    """One Rev-VGG RevBlock: :class:`RevVGGEntry` (in->out), then ``couplings`` additive couplings at width out."""
+    """One Rev-VGG RevBlock: :class:`RevVGGEntry` (in->out), then ``couplings`` additive couplings
+    at width out."""
 
     def __init__(
         self, in_c: int, out_c: int, couplings: int = 3, mode: Mode = "reversible"
@@ -188,7 +192,8 @@ class RevVGGBlock(nn.Module):
         return self.blocks(self.entry(x))
 
     def kept_activations(self, x: Tensor, y: Tensor) -> int | None:
-        """For :mod:`revlib.core.memcalc`, per sample: 0 in mode reversible (the tables' RevBlock rows).
+        """For :mod:`revlib.core.memcalc`, per sample: 0 in mode reversible (the tables' RevBlock
+        rows).
 
         Mode ``"checkpoint"``: the input of each coupling (``couplings`` tensors
         of the output's size); mode ``"autograd"``: ``None``, list the layers.
@@ -202,7 +207,8 @@ class RevVGGBlock(nn.Module):
 
 
 class RevVGG(ModelMode, nn.Module):
-    """Saha and Priyanka's Rev-VGG (see the module docstring); ``mode`` as in :class:`~revlib.ReversibleSequence`.
+    """Saha and Priyanka's Rev-VGG (see the module docstring); ``mode`` as in
+    :class:`~revlib.ReversibleSequence`.
 
     Inputs must be 32x32 (five max poolings to 512x1x1, read by the classifier).
     """
@@ -223,7 +229,7 @@ class RevVGG(ModelMode, nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2, 2),
         ]
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
             layers += [RevVGGBlock(a, b, couplings, mode), nn.MaxPool2d(2, 2)]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(

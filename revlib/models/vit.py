@@ -107,7 +107,8 @@ class ReversibleViT(ModelMode, nn.Module):
         self.head = _Head(width, num_classes)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        """Class scores of images ``x``; ``attn_mask`` (patches x patches, boolean ``True`` = attend) reaches every block."""
+        """Class scores of images ``x``; ``attn_mask`` (patches x patches, boolean ``True`` =
+        attend) reaches every block."""
         tokens = self.embed(x)
         extras = {} if attn_mask is None else {"attn_mask": attn_mask}
         y1, y2 = self.sequence(torch.cat([tokens, tokens], dim=-1), **extras).chunk(2, dim=-1)

@@ -31,10 +31,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -169,7 +169,7 @@ class ImageData(torch.utils.data.Dataset):
     std: Tensor
     name: str = ""
     split: str = ""
-    transform: object = None
+    transform: Callable[[Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -188,7 +188,8 @@ class ImageData(torch.utils.data.Dataset):
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(self.images.shape[2:])  # type: ignore[return-value]
+        _, _, height, width = self.images.shape  # (N, C, H, W): __post_init__ checks
+        return height, width
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 images (B, C, H, W), on any device, to normalised float32."""
@@ -346,7 +347,7 @@ def _unavailable(name: str, root: Path, reason: str) -> DataUnavailableError:
     )
 
 
-def _torchvision(name: str, root: Path, download: bool, timeout: float, **kwargs):
+def _torchvision(name: str, root: Path, download: bool, timeout: float, **kwargs: Any) -> Any:
     """A torchvision data set: from disk if present, else downloaded, else a clear error."""
     import torchvision
 
@@ -374,8 +375,10 @@ def _torchvision(name: str, root: Path, download: bool, timeout: float, **kwargs
         socket.setdefaulttimeout(old)
 
 
-def _cifar(name: str, root: Path, download: bool, timeout: float, normalization: Normalization):
-    parts = []
+def _cifar(
+    name: str, root: Path, download: bool, timeout: float, normalization: Normalization
+) -> tuple[ImageData, ImageData]:
+    parts: list[Tensor] = []
     for train in (True, False):
         ds = _torchvision(name, root, download, timeout, train=train)
         x = (
@@ -383,18 +386,31 @@ def _cifar(name: str, root: Path, download: bool, timeout: float, normalization:
         )  # NHWC -> NCHW
         y = torch.as_tensor(ds.targets, dtype=torch.long)
         parts += [x, y]
-    return _pair(name, *parts, 100 if name == "cifar100" else 10, 1.0 / 255.0, normalization)
+    train_x, train_y, test_x, test_y = parts
+    return _pair(
+        name,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        100 if name == "cifar100" else 10,
+        1.0 / 255.0,
+        normalization,
+    )
 
 
-def _stl10(root: Path, download: bool, timeout: float, normalization: Normalization):
-    parts = []
+def _stl10(
+    root: Path, download: bool, timeout: float, normalization: Normalization
+) -> tuple[ImageData, ImageData]:
+    parts: list[Tensor] = []
     for split in ("train", "test"):
         ds = _torchvision("stl10", root, download, timeout, split=split)
         parts += [
             torch.from_numpy(np.ascontiguousarray(ds.data)),
             torch.as_tensor(ds.labels, dtype=torch.long),
         ]
-    return _pair("stl10", *parts, 10, 1.0 / 255.0, normalization)
+    train_x, train_y, test_x, test_y = parts
+    return _pair("stl10", train_x, train_y, test_x, test_y, 10, 1.0 / 255.0, normalization)
 
 
 def load(
@@ -540,7 +556,8 @@ def load_fashion_mnist(
     for split in ("train", "test"):
         images, labels = files[split]
         parts += [_read_idx(images).unsqueeze(1).contiguous(), _read_idx(labels).long()]
-    return _pair("fashion_mnist", *parts, 10, 1.0 / 255.0, normalization)
+    train_x, train_y, test_x, test_y = parts
+    return _pair("fashion_mnist", train_x, train_y, test_x, test_y, 10, 1.0 / 255.0, normalization)
 
 
 def validation_split(

@@ -21,7 +21,7 @@ Two ways:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -66,9 +66,9 @@ class RandomCropFlip:
 
     def __init__(self, pad: int, flip: bool) -> None:
         self.pad, self.flip = int(pad), bool(flip)
-        self._by_size: dict[tuple[int, int], object] = {}
+        self._by_size: dict[tuple[int, ...], Callable[[Tensor], Tensor]] = {}
 
-    def _transform(self, size: tuple[int, int]):
+    def _transform(self, size: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
         t = self._by_size.get(size)
         if t is None:
             from torchvision.transforms import v2
