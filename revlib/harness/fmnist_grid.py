@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.modes import validate_mode
 from . import data, grid, mode_compare, networks, train
 from .baselines import BASELINES, fit_baseline
 from .fmnist_study import FmnistSplits, fmnist_splits
@@ -163,7 +164,11 @@ def _subset(run: Run, splits: FmnistSplits) -> data.ImageData:
 
 def _build(run: Run, mode: str) -> nn.Module:
     model = networks.build(
-        run.model, in_channels=1, width=run.width, mode=mode, **ode_options(run.model)
+        run.model,
+        in_channels=1,
+        width=run.width,
+        mode=validate_mode("fmnist_grid", mode),
+        **ode_options(run.model),
     )
     return train.set_bn_momentum(model, 0.1)
 

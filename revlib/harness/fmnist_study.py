@@ -44,7 +44,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.modes import validate_mode
 from ..models.common import count_parameters
 from . import data, networks, train
 
@@ -100,7 +101,8 @@ scaled = networks.scaled
 def build(name: str, width: float = 1.0, mode: str = "autograd", in_channels: int = 1) -> nn.Module:
     """Network ``name`` of :data:`NETWORKS`, widths times ``width``, for 10 classes (as
     :func:`revlib.harness.networks.build` makes it; a ResNet has only mode ``"autograd"``)."""
-    return networks.build(name, in_channels=in_channels, width=width, mode=mode)
+    valid = validate_mode("fmnist_study.build", mode)
+    return networks.build(name, in_channels=in_channels, width=width, mode=valid)
 
 
 # ------------------------------------------------------------------------ data
@@ -197,8 +199,9 @@ def train_run(
         else None
     )
     loader = data.TensorLoader(train_set, schedule.batch_size, seed=seed, device=device)
-    batches = iter(())
-    losses, window = [], []
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(())
+    losses: list[float] = []
+    window: list[float] = []
     model.train()
     for step in range(updates):
         try:

@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .train.checkpoints import atomic_write_text
 
@@ -48,6 +48,9 @@ class Job:
         )
 
 
+J = TypeVar("J", bound=Job)
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` (0 <= i < n) as ``(i, n)``."""
     try:
@@ -59,7 +62,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def shard(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
+def shard(jobs: Sequence[J], index: int, count: int) -> list[J]:
     """Every ``count``-th job from ``index``: ``count`` shards are disjoint and cover ``jobs``.
 
     Striding keeps each shard in the grid's order of priority, so shards that
@@ -74,9 +77,9 @@ def result_path(cache: Path, job: Job) -> Path:
 
 
 def run(
-    jobs: Sequence[Job],
+    jobs: Sequence[J],
     cache: str | Path,
-    perform: Callable[[Job, Path], dict[str, Any] | None],
+    perform: Callable[[J, Path], dict[str, Any] | None],
     *,
     log: Callable[[str], None] = print,
 ) -> int:

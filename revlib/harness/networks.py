@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from .. import models
+from ..core.modes import Mode
 from ..models.ode import CHANG_CONFIGS, ODENet
 from ..models.revnet import CIFAR_CONFIGS, PreActNet
 
@@ -78,7 +79,7 @@ def build(
     num_classes: int = 10,
     in_channels: int = 3,
     width: float = 1.0,
-    mode: str | None = None,
+    mode: Mode | None = None,
     **ode_options: Any,
 ) -> nn.Module:
     """Network ``name`` for ``num_classes`` classes and ``in_channels`` input channels.

@@ -6,9 +6,14 @@ Example::
     from revlib.harness import data, train
     tr, te = data.load("cifar10")
     device = revlib.default_device()
-    loaders = data.TensorLoader(tr, 100, device=device), data.TensorLoader(te, 500, shuffle=False, augment=False, device=device)
-    trainer = train.Trainer(models.revnet38(), train.recipe("revnet"), device=device, amp="auto",
-                            checkpoint_path="runs/revnet38.pt", metrics_path="runs/revnet38.csv")
+    loaders = (
+        data.TensorLoader(tr, 100, device=device),
+        data.TensorLoader(te, 500, shuffle=False, augment=False, device=device),
+    )
+    trainer = train.Trainer(
+        models.revnet38(), train.recipe("revnet"), device=device, amp="auto",
+        checkpoint_path="runs/revnet38.pt", metrics_path="runs/revnet38.csv",
+    )
     trainer.resume_if_exists()        # a Colab session that was cut off continues where it stopped
     history = trainer.fit(*loaders)   # list of per-epoch dicts
     train.plot_history(history)

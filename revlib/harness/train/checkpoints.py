@@ -21,7 +21,7 @@ import random
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,15 +39,16 @@ __all__ = [
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global generator that user code draws from)
     torch.manual_seed(seed)
 
 
 # ------------------------------------------------------------------ random state
 
 
-def _global_rng_state() -> dict:
-    np_state = np.random.get_state()
+def _global_rng_state() -> dict[str, Any]:
+    # the legacy global generator: the one np.random.seed seeds and older code draws from
+    np_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))  # noqa: NPY002
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
@@ -68,7 +69,7 @@ def _global_rng_state() -> dict:
 def _set_global_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))  # noqa: NPY002
     p = state["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))
     if state.get("cuda") is not None and torch.cuda.is_available():
@@ -103,10 +104,10 @@ def restore_rng(snapshot: dict, loader: Any) -> None:
     gens = _loader_generators(loader)
     if len(gens) != len(snapshot["loader"]):
         raise RuntimeError(
-            f"the train loader has {len(gens)} generators, the checkpoint {len(snapshot['loader'])}: "
-            "resume with a loader built the same way"
+            f"the train loader has {len(gens)} generators, the checkpoint "
+            f"{len(snapshot['loader'])}: resume with a loader built the same way"
         )
-    for g, s in zip(gens, snapshot["loader"]):
+    for g, s in zip(gens, snapshot["loader"], strict=True):
         g.set_state(s)
 
 
@@ -114,7 +115,7 @@ def restore_rng(snapshot: dict, loader: Any) -> None:
 
 
 def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[Any], None]) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then ``os.replace``.
+    """Call ``write(file)`` on a temporary file beside ``path``, flush it, then ``os.replace``.
 
     A crash at any point leaves either the old file or the new one, never a torn one.
     """
@@ -122,8 +123,9 @@ def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[Any], Non
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        binary = "b" in mode
         with os.fdopen(
-            fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})
+            fd, mode, encoding=None if binary else "utf-8", newline=None if binary else ""
         ) as f:
             write(f)
             f.flush()
@@ -137,7 +139,7 @@ def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[Any], Non
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it onto ``path``."""
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` onto ``path``."""
     return _atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
@@ -147,7 +149,7 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
 
 
 def write_metrics(history: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Per-epoch metrics to ``.json`` (a list of objects) or ``.csv`` (one row per epoch), atomically."""
+    """Per-epoch metrics, atomically: ``.json`` (a list of objects) or ``.csv`` (a row each)."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
         keys: dict[str, None] = {}

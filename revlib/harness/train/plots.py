@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_history"]
 
@@ -13,7 +17,7 @@ def plot_history(
     *,
     x: str = "epoch",
     title: str | None = None,
-):
+) -> Figure:
     """Training curves: loss (left) and accuracy (right), train dashed and test solid.
 
     ``histories`` is one history (a list of per-epoch dicts, as
@@ -27,7 +31,7 @@ def plot_history(
     for i, (label, hist) in enumerate(items):
         color = f"C{i}"
         xs = [row[x] for row in hist]
-        for ax, key in zip(axes, ("loss", "acc")):
+        for ax, key in zip(axes, ("loss", "acc"), strict=True):
             tr = [row.get(f"train_{key}", math.nan) for row in hist]
             ax.plot(xs, tr, "--", color=color, alpha=0.8, label=f"{label} train".strip())
             te = [row.get(f"test_{key}", math.nan) for row in hist]

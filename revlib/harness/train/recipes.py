@@ -1,4 +1,4 @@
-"""The papers' SGD recipes and what goes with them: weight-decay groups, smoothness, BatchNorm momentum.
+"""The papers' SGD recipes and what goes with them: weight decay, smoothness, BatchNorm momentum.
 
 ``"revnet"`` is the official RevNet CIFAR recipe (Gomez et al. 2017): SGD with
 momentum 0.9, batch 100, learning rate 0.1, divided by 10 after 40k and 60k of
@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from torch import Tensor, nn
 
 __all__ = [
+    "DecayFilter",
+    "LrScale",
     "Recipe",
     "RECIPES",
     "recipe",
@@ -60,7 +62,7 @@ class Recipe:
         return self.lr * self.lr_factor ** sum(step >= m for m in self.milestones)
 
     def scaled(self, iterations: int, batch_size: int | None = None) -> Recipe:
-        """The same recipe over ``iterations`` updates, milestones at the same fractions of the run."""
+        """The same recipe over ``iterations`` updates, milestones at the same fractions of it."""
         iterations = int(iterations)
         if iterations < 1:
             raise ValueError(f"iterations must be positive, got {iterations}")
@@ -109,7 +111,8 @@ RECIPES: dict[str, Recipe] = {
 def recipe(
     name: str | Recipe = "revnet", iterations: int | None = None, batch_size: int | None = None
 ) -> Recipe:
-    """A recipe from :data:`RECIPES`, optionally scaled to ``iterations`` updates (see :meth:`Recipe.scaled`)."""
+    """A recipe from :data:`RECIPES`, optionally scaled to ``iterations`` updates
+    (:meth:`Recipe.scaled`)."""
     r = name if isinstance(name, Recipe) else RECIPES[name]
     if iterations is not None or batch_size is not None:
         r = r.scaled(r.iterations if iterations is None else iterations, batch_size)
@@ -174,7 +177,8 @@ def parameter_groups(
 
 
 def smoothness_hook(rate: float, h: float | None = None) -> Callable[[nn.Module], Tensor]:
-    """``extra_loss(model)`` for Chang et al.'s weight smoothness decay (:func:`revlib.core.smoothness.weight_smoothness`).
+    """``extra_loss(model)`` for Chang et al.'s weight smoothness decay
+    (:func:`revlib.core.smoothness.weight_smoothness`).
 
     ``rate`` is in the convention of Chang et al.'s code, like the weight
     decay: the coefficient of ``tf.nn.l2_loss`` (half the squared norm), so

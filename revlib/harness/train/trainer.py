@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +37,7 @@ Amp = Literal["bf16", "fp16", "auto"] | None
 CHECKPOINT_FORMAT = "revlib.harness.train/1"
 
 
-def _resolve_amp(amp: Amp, device: torch.device) -> str | None:
+def _resolve_amp(amp: Amp, device: torch.device) -> Literal["bf16", "fp16"] | None:
     if amp in (None, False, "none", "fp32"):
         return None
     if amp == "auto":
@@ -49,7 +49,9 @@ def _resolve_amp(amp: Amp, device: torch.device) -> str | None:
     return amp
 
 
-def _autocast(device: torch.device, amp: str | None):
+def _autocast(
+    device: torch.device, amp: str | None
+) -> contextlib.nullcontext[None] | torch.autocast:
     if amp is None:
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
@@ -156,7 +158,7 @@ class EpochState:
 
 
 class Trainer:
-    """Train a classifier with an SGD :class:`~revlib.harness.train.Recipe`; resumable exactly from its checkpoints.
+    """Train a classifier with an SGD :class:`~revlib.harness.train.Recipe`; resume exactly.
 
     Args:
         model: an ``nn.Module`` mapping images to class logits.
@@ -207,11 +209,12 @@ class Trainer:
         self.amp = _resolve_amp(amp, self.device)
         self.channels_last = channels_last
         self.model = (
-            model.to(self.device, memory_format=torch.channels_last)
+            model.to(self.device).to(memory_format=torch.channels_last)
             if channels_last
             else model.to(self.device)
         )
-        self.forward = torch.compile(self.model) if compile else self.model
+        # torch.compile returns a callable with the module's behaviour; evaluate() takes it as one
+        self.forward: nn.Module = torch.compile(self.model) if compile else self.model  # type: ignore[assignment]
         self.compiled = compile
         if extra_loss is None and self.recipe.smoothness > 0:
             extra_loss = smoothness_hook(self.recipe.smoothness)
@@ -267,7 +270,9 @@ class Trainer:
             raise ValueError("not a revlib.harness.train checkpoint")
         if state["recipe"] != self.recipe.to_dict():
             warnings.warn(
-                f"the checkpoint's recipe {state['recipe']} differs from this trainer's {self.recipe.to_dict()}"
+                f"the checkpoint's recipe {state['recipe']} differs from this trainer's "
+                f"{self.recipe.to_dict()}",
+                stacklevel=2,
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -295,7 +300,10 @@ class Trainer:
     def resume(self, path: str | os.PathLike | None = None) -> Trainer:
         """Load a checkpoint; the next :meth:`fit` continues exactly where it was written."""
         path = Path(path) if path is not None else self.checkpoint_path
-        # on the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and momenta to the device
+        # on the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and
+        # momenta to the device
+        if path is None:
+            raise ValueError("Trainer.resume: no path given and no checkpoint_path set")
         self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return self
 
@@ -313,7 +321,8 @@ class Trainer:
 
     # ------------------------------------------------------------ training
     def _restore_position(self, loader: Iterable) -> None:
-        """After a resume: rebuild the epoch's iterator (replay its start, skip the batches done), restore the RNG."""
+        """After a resume: rebuild the epoch's iterator (replay its start, skip the batches
+        done), restore the RNG."""
         if self._epoch is not None and self._batches is None:
             restore_rng(self._epoch.start_rng, loader)
             self._batches = iter(loader)
@@ -347,8 +356,9 @@ class Trainer:
         self.step += 1
         return loss.detach() * len(y), (out.detach().argmax(1) == y).sum()
 
-    def _end_epoch(self, test_loader: Iterable | None, bar) -> None:
+    def _end_epoch(self, test_loader: Iterable | None, bar: Any) -> None:
         e = self._epoch
+        assert e is not None  # an epoch is in progress
         self.epoch += 1
         row = {
             "epoch": self.epoch,
@@ -382,7 +392,7 @@ class Trainer:
         *,
         stop_at: int | None = None,
     ) -> list[dict]:
-        """Train until ``recipe.iterations`` updates (or until step ``stop_at``); return the history.
+        """Train until ``recipe.iterations`` updates (or until step ``stop_at``); the history.
 
         An epoch is one pass over ``train_loader`` (``len(train_loader)``
         batches); the last epoch may be cut short by the end of the recipe.
@@ -419,6 +429,7 @@ class Trainer:
                 if self._epoch is None:
                     self._start_epoch(train_loader)
                 e = self._epoch
+                assert e is not None and self._batches is not None  # _start_epoch made them
                 t0 = time.perf_counter()
                 x, y = next(self._batches)
                 e.add(*self._train_step(x, y), len(y))
