@@ -13,9 +13,12 @@ cover; this module records it around a recorded call and replays it:
   changed is set back to its value before the call for the replay, then to
   the forward's value again;
 * **module hooks** inside the sub-function: a forward hook or pre-hook runs
-  once per step, as in autograd mode. A hook that returned a value (it
-  changes the module's input or output, so it is part of the function) runs
-  again in the replay; a hook that returned ``None`` (it observes) does not.
+  once per step, as in autograd mode, unless it is part of the function: it
+  returned a value (a new input or output), set a tensor attribute of its
+  module (the hook-based ``torch.nn.utils.weight_norm`` and ``spectral_norm``
+  compute ``module.weight`` so), or changed its module's output in place.
+  Such a hook runs again in the replay, the very hook the forward ran even
+  if it was removed or replaced since; a hook that only observes does not.
   An observing forward hook that keeps its module's output (to build an
   auxiliary loss on it) would keep a tensor without a graph: the block
   raises instead (:func:`check_no_kept_outputs`).
@@ -190,13 +193,20 @@ class HostChanges:
 
 
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
+_KWARGS_SETS = {
+    "_forward_pre_hooks": "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks": "_forward_hooks_with_kwargs",
+}
+HookKey = tuple[int, str, int]  # (id of the module, which hook dict, the hook's handle id)
 
 
 @dataclass
 class HookLog:
-    """Which module hooks inside a sub-function acted (returned a value) in the recorded call."""
+    """The module hooks inside a sub-function that are part of its function in the recorded call
+    (``acting``: each hook as it was called, and whether it took keyword arguments), and what
+    observing forward hooks saw (``kept``)."""
 
-    acting: set[tuple[int, str, int]] = field(default_factory=set)
+    acting: dict[HookKey, tuple[Callable[..., Any], bool]] = field(default_factory=dict)
     kept: list[tuple[str, tuple[int, ...], weakref.ref[Tensor]]] = field(default_factory=list)
 
 
@@ -204,6 +214,10 @@ def _hooked(fn: Any) -> list[nn.Module]:
     if not isinstance(fn, nn.Module):
         return []
     return [m for m in submodules(fn) if m._forward_hooks or m._forward_pre_hooks]
+
+
+def _tensor_attributes(m: nn.Module) -> dict[str, int]:
+    return {k: id(v) for k, v in vars(m).items() if isinstance(v, Tensor)}
 
 
 @contextlib.contextmanager
@@ -217,16 +231,26 @@ def recording_hooks(fn: Any, log: HookLog, names: dict[int, str]) -> Iterator[No
             hooks = getattr(m, which)
             if hooks:
                 saved.append((m, which, hooks))
+                kwargs_keys = getattr(m, _KWARGS_SETS[which])
                 setattr(
                     m,
                     which,
-                    type(hooks)((k, _logged(m, which, k, h, log, names)) for k, h in hooks.items()),
+                    type(hooks)(
+                        (k, _logged(m, which, k, h, k in kwargs_keys, log, names))
+                        for k, h in hooks.items()
+                    ),
                 )
     try:
         yield
     finally:
         for m, which, hooks in saved:
             setattr(m, which, hooks)
+
+
+def _output_of(which: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if which != "_forward_hooks":
+        return None
+    return args[2] if len(args) > 2 else kwargs.get("output", args[-1] if args else None)
 
 
 def _logged(
@@ -234,19 +258,26 @@ def _logged(
     which: str,
     key: int,
     hook: Callable[..., Any],
+    with_kwargs: bool,
     log: HookLog,
     names: dict[int, str],
 ) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
+        out = _output_of(which, args, kwargs)
+        version = out._version if isinstance(out, Tensor) else None
+        attributes = _tensor_attributes(m)
         result = hook(*args, **kwargs)
-        if result is not None:
-            log.acting.add((id(m), which, key))
-        elif which == "_forward_hooks":
-            out = args[2] if len(args) > 2 else kwargs.get("output", args[-1])
-            if isinstance(out, Tensor):
-                log.kept.append(
-                    (names.get(id(m), type(m).__name__), tuple(out.shape), weakref.ref(out))
-                )
+        acted = (
+            result is not None
+            or _tensor_attributes(m) != attributes
+            or (isinstance(out, Tensor) and out._version != version)
+        )
+        if acted:
+            log.acting[(id(m), which, key)] = (hook, with_kwargs)
+        elif isinstance(out, Tensor):
+            log.kept.append(
+                (names.get(id(m), type(m).__name__), tuple(out.shape), weakref.ref(out))
+            )
         return result
 
     return call
@@ -254,25 +285,28 @@ def _logged(
 
 @contextlib.contextmanager
 def replaying_hooks(fn: Any, log: HookLog | None) -> Iterator[None]:
-    """Run the body with only the hooks that acted in the recorded call (observers ran once,
-    then)."""
-    acting = log.acting if log is not None else set()
+    """Run the body with exactly the hooks that acted in the recorded call, as they were then
+    (observers ran once, in the forward)."""
+    acting = log.acting if log is not None else {}
+    modules = submodules(fn) if isinstance(fn, nn.Module) else []
     saved = []
-    for m in _hooked(fn):
+    for m in modules:
         for which in _HOOK_DICTS:
+            recorded = {k: v for (i, w, k), v in acting.items() if i == id(m) and w == which}
             hooks = getattr(m, which)
-            if hooks:
-                saved.append((m, which, hooks))
-                setattr(
-                    m,
-                    which,
-                    type(hooks)((k, h) for k, h in hooks.items() if (id(m), which, k) in acting),
-                )
+            if not hooks and not recorded:
+                continue
+            kwargs_name = _KWARGS_SETS[which]
+            kwargs_keys = getattr(m, kwargs_name)
+            saved.append((m, which, hooks, kwargs_name, kwargs_keys))
+            setattr(m, which, type(hooks)((k, h) for k, (h, _) in recorded.items()))
+            setattr(m, kwargs_name, {k: True for k, (_, kw) in recorded.items() if kw})
     try:
         yield
     finally:
-        for m, which, hooks in saved:
+        for m, which, hooks, kwargs_name, kwargs_keys in saved:
             setattr(m, which, hooks)
+            setattr(m, kwargs_name, kwargs_keys)
 
 
 def check_no_kept_outputs(log: HookLog, owner: str, keep: Tensor | None = None) -> None:
