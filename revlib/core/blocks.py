@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -427,10 +427,10 @@ class ReversibleBlock(nn.Module):
         buffers)."""
         return self._inverse(y, tape.replay)
 
-    def round_trip(self, x: Tensor, record_rng: bool = True) -> Tensor:
+    def round_trip(self, x: Tensor, record_rng: bool = True, **extras: Any) -> Tensor:
         """``f^{-1}(f(x))`` recorded and replayed exactly as in a training step (for
-        :func:`check_inverse`)."""
-        tape = Tape.start(x, record_rng)
+        :func:`check_inverse`), with the extra arguments F and G take."""
+        tape = Tape.start(x, record_rng, extras)
         return self.inverse_replayed(self.forward_recorded(x, tape), tape)
 
     def backward_step(

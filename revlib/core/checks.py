@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -16,10 +16,10 @@ __all__ = ["check_inverse"]
 class _Invertible(Protocol):
     """Anything with an ``inverse`` method (a reversible block or sequence, an invertible layer)."""
 
-    def inverse(self, y: Tensor) -> Tensor: ...
+    def inverse(self, y: Tensor, **extras: Any) -> Tensor: ...
 
 
-def check_inverse(module: nn.Module, x: Tensor) -> float:
+def check_inverse(module: nn.Module, x: Tensor, **extras: Any) -> float:
     """The largest absolute error :math:`\\max |f^{-1}(f(x)) - x|`.
 
     ``module`` is a :class:`~revlib.core.blocks.ReversibleBlock`, a
@@ -30,7 +30,8 @@ def check_inverse(module: nn.Module, x: Tensor) -> float:
     autocast), so a large error here means the reversible backward would
     reconstruct wrong inputs. It runs in the current train/eval mode without
     building a graph; the module's buffers and the global RNG state are left
-    as they were.
+    as they were. ``extras`` are the chain's extra arguments (``cond=``, masks),
+    passed to a block or sequence as in its forward.
     """
     if not isinstance(module, nn.Module) or not isinstance(module, _Invertible):
         raise TypeError(
@@ -56,7 +57,11 @@ def check_inverse(module: nn.Module, x: Tensor) -> float:
     try:
         with torch.no_grad(), RNGState.capture(x).replay():
             round_trip = getattr(module, "round_trip", None)
-            x_again: Tensor = round_trip(x) if round_trip is not None else module.inverse(module(x))
+            x_again: Tensor = (
+                round_trip(x, **extras)
+                if round_trip is not None
+                else module.inverse(module(x, **extras), **extras)
+            )
     finally:
         for m, name, b in buffers:
             m._buffers[name] = b
@@ -65,4 +70,5 @@ def check_inverse(module: nn.Module, x: Tensor) -> float:
             f"check_inverse: {type(module).__name__} maps shape {tuple(x.shape)} back to "
             f"{tuple(x_again.shape)}"
         )
-    return (x_again.double() - x.double()).abs().max().item()
+    wide = torch.complex128 if x.is_complex() else torch.float64  # complex: |difference| in C
+    return float((x_again.to(wide) - x.to(wide)).abs().max().item())

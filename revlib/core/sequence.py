@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
@@ -124,7 +125,12 @@ class ReversibleSequence(HasMode):
         self._check_input(x)
         if len(self.blocks) == 0:
             return x
-        if not torch.is_grad_enabled() or not self.training or self.mode == "autograd":
+        if (
+            not torch.is_grad_enabled()
+            or not self.training
+            or self.mode == "autograd"
+            or _forward_mode(x, extras)
+        ):
             return _each_block(self.blocks, x, lambda block, h: block(h, **extras))
         if self.mode == "checkpoint":
             return _each_block(
@@ -164,13 +170,13 @@ class ReversibleSequence(HasMode):
             self.blocks, y, lambda block, h: block.inverse(h, **extras), reverse=True
         )
 
-    def forward_with_tapes(self, x: Tensor) -> tuple[Tensor, list[Tape]]:
+    def forward_with_tapes(self, x: Tensor, **extras: Any) -> tuple[Tensor, list[Tape]]:
         """The forward as in a training step, with one tape per block call (see
         :meth:`inverse_with_tapes`)."""
         tapes: list[Tape] = []
 
         def step(block: ReversibleBlock, h: Tensor) -> Tensor:
-            tapes.append(Tape.start(h, self._records_rng()))
+            tapes.append(Tape.start(h, self._records_rng(), extras))
             return block.forward_recorded(h, tapes[-1])
 
         return _each_block(self.blocks, x, step), tapes
@@ -182,10 +188,25 @@ class ReversibleSequence(HasMode):
             self.blocks, y, lambda block, h: block.inverse_replayed(h, next(replay)), reverse=True
         )
 
-    def round_trip(self, x: Tensor) -> Tensor:
+    def round_trip(self, x: Tensor, **extras: Any) -> Tensor:
         """``f^{-1}(f(x))`` recorded and replayed exactly as in a training step (for
-        :func:`check_inverse`)."""
-        return self.inverse_with_tapes(*self.forward_with_tapes(x))
+        :func:`check_inverse`), with the chain's extra arguments."""
+        return self.inverse_with_tapes(*self.forward_with_tapes(x, **extras))
+
+
+def _forward_mode(x: Tensor, extras: dict[str, Any]) -> bool:
+    """Whether the call computes forward-mode derivatives (``torch.func.jvp``, dual tensors).
+
+    Forward-mode AD carries tangents along the forward and stores nothing for a
+    backward, so the sequence runs its blocks plainly: the tangents are
+    autograd's, and a reverse pass (if any) is mode ``"autograd"``'s.
+    """
+    interpreter = torch._C._functorch.peek_interpreter_stack()
+    if interpreter is not None and interpreter.key() == torch._C._functorch.TransformType.Jvp:
+        return True
+    tensors = [x, *(v for v in extras.values() if isinstance(v, Tensor))]
+    # unpack_dual has no annotations in torch 2.14
+    return any(fwAD.unpack_dual(t).tangent is not None for t in tensors)  # type: ignore[no-untyped-call]
 
 
 def _each_block(
