@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import types
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
@@ -139,13 +140,17 @@ def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> 
     """The static form of :class:`SideInputGuard`, used under ``torch.compile``: scan the modules'
     attributes.
 
-    A tensor that requires grad, held by a module of the block as a plain
-    attribute or inside a list, tuple or dict attribute (not as a registered
-    parameter), raises. Tensors reaching F through a closure or a global are
-    not seen here (the eager guard sees them).
+    A tensor that requires grad and is not a registered parameter raises when a
+    module of the block holds it as a plain attribute or inside a list, tuple
+    or dict attribute, or when the ``forward`` of a module defined outside
+    torch reads it from a closure cell or a global name (what the eager guard
+    sees as it happens; a tensor reached by a deeper path is not seen here).
     """
     registered = {id(p) for p in block.parameters()} | allowed
     for m in block.modules():
+        for v in _forward_reads(m):
+            if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
+                raise _side_input_error(owner, v)
         for key, value in vars(m).items():
             if key in ("_parameters", "_buffers", "_modules"):
                 continue
@@ -159,6 +164,26 @@ def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> 
             for v in values:
                 if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
                     raise _side_input_error(owner, v)
+
+
+def _forward_reads(m: nn.Module) -> Iterator[Any]:
+    """The closure cells and global names that ``m.forward``'s code (and the functions defined in
+    it) reads; nothing for torch's own modules."""
+    fn = getattr(m.forward, "__func__", m.forward)
+    if type(m).__module__.startswith("torch.") or not hasattr(fn, "__code__"):
+        return
+    for cell in fn.__closure__ or ():
+        try:
+            yield cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    codes = [fn.__code__]
+    while codes:
+        code = codes.pop()
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+        for name in code.co_names:
+            if name in fn.__globals__:
+                yield fn.__globals__[name]
 
 
 def _forward_error(err: RuntimeError, owner: str) -> RuntimeError | None:

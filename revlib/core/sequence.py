@@ -129,7 +129,7 @@ class ReversibleSequence(HasMode):
             not torch.is_grad_enabled()
             or not self.training
             or self.mode == "autograd"
-            or _forward_mode(x, extras)
+            or (not torch.compiler.is_compiling() and _forward_mode(x, extras))
         ):
             return _each_block(self.blocks, x, lambda block, h: block(h, **extras))
         if self.mode == "checkpoint":
