@@ -3,6 +3,7 @@ and complex inputs."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
@@ -75,3 +76,19 @@ def test_check_inverse_measures_complex_errors_in_the_complex_plane():
             return y + 1e-3j
 
     assert abs(revlib.check_inverse(Off(), z) - 1e-3) < 1e-12
+
+
+def test_a_momentum_net_warns_before_training_when_its_gamma_makes_the_inverse_inexact():
+    import warnings
+
+    x = torch.randn(2, 4)
+    net = revlib.MomentumNet([nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(20)], 0.5)
+    with warnings.catch_warnings():  # building it, or checking its inverse, says nothing
+        warnings.simplefilter("error")
+        revlib.check_inverse(net.sequence, torch.cat([x, x], -1))
+    with pytest.warns(UserWarning, match=r"gamma=0.5 over 20 blocks .* gamma\^-N = 1.0e\+06"):
+        net(x.requires_grad_(True)).sum().backward()
+    shallow = revlib.MomentumNet([nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(4)])
+    with warnings.catch_warnings():  # control: gamma 0.9 over 4 blocks keeps float32 exact enough
+        warnings.simplefilter("error")
+        shallow(x).sum().backward()
