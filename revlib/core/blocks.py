@@ -74,8 +74,28 @@ class PlainRun:
         self.extras = extras
 
     def __call__(self, name: str, fn: nn.Module, x: Tensor) -> Tensor:
-        out: Tensor = fn(x, **keywords_for(fn, self.extras))
+        out: Tensor = fn(x, **keywords_for(fn, self.extras, TAKEN_EXTRAS.names))
         return out
+
+
+class _TakenExtras(threading.local):
+    """The extra arguments that some sub-function took by name, while a sequence collects them."""
+
+    names: set[str] | None = None
+
+
+TAKEN_EXTRAS = _TakenExtras()
+
+
+def check_extras_taken(extras: Iterable[str], taken: set[str]) -> None:
+    """Raise ``TypeError`` if an extra argument of a chain reached no sub-function (every mode
+    refuses one alike: it would silently do nothing)."""
+    unused = set(extras) - taken
+    if unused:
+        raise TypeError(
+            f"ReversibleSequence: no sub-function of any block takes the extra argument(s) "
+            f"{sorted(unused)} by name; give F or G a parameter of that name (or **kwargs)."
+        )
 
 
 def run_with(extras: dict[str, object]) -> Run:

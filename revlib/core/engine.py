@@ -38,6 +38,7 @@ from .blocks import (
     ENGINE_CALL,
     Halves,
     ReversibleBlock,
+    check_extras_taken,
     detached_parameters,
     fused_step_applies,
     takes_halves,
@@ -306,12 +307,7 @@ class Chain:
                 )
             self.expected_input = _signature(out)
             h = out
-        unused = set(self.extras) - self.used_extras
-        if unused:
-            raise TypeError(
-                f"ReversibleSequence: no sub-function of any block takes the extra argument(s) "
-                f"{sorted(unused)} by name; give F or G a parameter of that name (or **kwargs)."
-            )
+        check_extras_taken(self.extras, self.used_extras)
         return h
 
 

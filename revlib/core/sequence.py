@@ -34,7 +34,13 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
-from .blocks import ReversibleBlock, implements_contract, trainable_parameters
+from .blocks import (
+    TAKEN_EXTRAS,
+    ReversibleBlock,
+    check_extras_taken,
+    implements_contract,
+    trainable_parameters,
+)
 from .compiled import run_compiled
 from .engine import Chain
 from .modes import HasMode, Mode
@@ -115,6 +121,15 @@ class ReversibleSequence(HasMode):
                 f"ReversibleSequence: expected an input with {self.ndim} dimensions, "
                 f"got shape {tuple(x.shape)}"
             )
+        for i, block in enumerate(self.blocks):
+            if "forward" in vars(block):
+                raise TypeError(
+                    f"ReversibleSequence block {i} ({type(block).__name__}): an instance attribute "
+                    "'forward' replaces the block's forward (block.forward = ...). A reversible "
+                    "block computes its _forward(x, run) and inverts it with _inverse(y, run), in "
+                    "every mode; put the change into F or G, or subclass the block and override "
+                    "both _forward and _inverse."
+                )
 
     def _records_rng(self) -> bool:
         return self.preserve_rng_state is not False
@@ -131,13 +146,18 @@ class ReversibleSequence(HasMode):
             or self.mode == "autograd"
             or (not torch.compiler.is_compiling() and _forward_mode(x, extras))
         ):
-            return _each_block(self.blocks, x, lambda block, h: block(h, **extras))
+            return _taking_extras(
+                extras, lambda: _each_block(self.blocks, x, lambda block, h: block(h, **extras))
+            )
         if self.mode == "checkpoint":
-            return _each_block(
-                self.blocks,
-                x,
-                lambda block, h: checkpoint_updating_stats_once(
-                    block, lambda t: block(t, **extras), h
+            return _taking_extras(
+                extras,
+                lambda: _each_block(
+                    self.blocks,
+                    x,
+                    lambda block, h: checkpoint_updating_stats_once(
+                        block, lambda t: block(t, **extras), h
+                    ),
                 ),
             )
         if torch.compiler.is_compiling():
@@ -192,6 +212,20 @@ class ReversibleSequence(HasMode):
         """``f^{-1}(f(x))`` recorded and replayed exactly as in a training step (for
         :func:`check_inverse`), with the chain's extra arguments."""
         return self.inverse_with_tapes(*self.forward_with_tapes(x, **extras))
+
+
+def _taking_extras(extras: dict[str, Any], run: Callable[[], Tensor]) -> Tensor:
+    """``run()``, refusing an extra argument that no sub-function took (as the engine does)."""
+    if not extras or torch.compiler.is_compiling():
+        return run()
+    outer, TAKEN_EXTRAS.names = TAKEN_EXTRAS.names, set()
+    try:
+        out = run()
+        taken = TAKEN_EXTRAS.names
+    finally:
+        TAKEN_EXTRAS.names = outer
+    check_extras_taken(extras, taken)
+    return out
 
 
 def _forward_mode(x: Tensor, extras: dict[str, Any]) -> bool:

@@ -92,3 +92,23 @@ def test_a_momentum_net_warns_before_training_when_its_gamma_makes_the_inverse_i
     with warnings.catch_warnings():  # control: gamma 0.9 over 4 blocks keeps float32 exact enough
         warnings.simplefilter("error")
         shallow(x).sum().backward()
+
+
+class _Unconditioned(nn.Module):
+    def forward(self, x):
+        return torch.tanh(x)
+
+
+@pytest.mark.parametrize("mode", ["autograd", "checkpoint", "reversible"])
+def test_every_mode_refuses_an_extra_nothing_takes_and_an_instance_forward(mode):
+    torch.manual_seed(0)
+    seq = revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(_Unconditioned(), _Unconditioned()) for _ in range(2)], mode=mode
+    )
+    x = torch.randn(3, 8, requires_grad=True)
+    with pytest.raises(TypeError, match=r"takes the extra argument\(s\) \['unused'\]"):
+        seq(x, unused=torch.ones(1)).sum().backward()
+    seq(x).sum().backward()  # control: without the extra it runs
+    seq.blocks[1].forward = lambda h, **kw: 2 * h
+    with pytest.raises(TypeError, match="block 1 .* an instance attribute 'forward'"):
+        seq(x)
