@@ -31,6 +31,7 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+import yaml
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,22 +39,28 @@ SRC = ROOT / "book" / "src"
 BOOK = ROOT / "book"
 
 
+def config() -> dict:
+    """The book's ``_config.yml``, parsed."""
+    return yaml.safe_load((ROOT / "_config.yml").read_text())
+
+
+def _config_value(*keys: str) -> str:
+    value = config()
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    if not isinstance(value, str) or not value:
+        raise SystemExit(f"_config.yml has no {'.'.join(keys)}")
+    return value
+
+
 def repository_url() -> str:
-    """The repository URL from _config.yml (read without a YAML dependency)."""
-    text = (ROOT / "_config.yml").read_text()
-    match = re.search(r"^repository:\s*\n\s+url:\s*(\S+)", text, flags=re.M)
-    if not match:
-        raise SystemExit("_config.yml has no repository.url")
-    return match.group(1)
+    """The repository URL: ``repository.url`` in _config.yml."""
+    return _config_value("repository", "url")
 
 
 def book_url() -> str:
     """Where the rendered book is published: ``html.baseurl`` in _config.yml."""
-    text = (ROOT / "_config.yml").read_text()
-    match = re.search(r"^html:\s*\n(?:\s+.*\n)*?\s+baseurl:\s*(\S+)", text, flags=re.M)
-    if not match:
-        raise SystemExit("_config.yml has no html.baseurl")
-    return match.group(1)
+    return _config_value("html", "baseurl")
 
 
 def revlib_version() -> str:
