@@ -109,7 +109,8 @@ def worst_rel_error(grads: list, reference: list) -> float:
 
 @pytest.fixture(scope="session")
 def standin_root(tmp_path_factory):
-    """A folder with small stand-ins of CIFAR-10, CIFAR-100 and STL-10 (tests/standin_data.py); yields (root, written)."""
+    """A folder with small stand-ins of CIFAR-10, CIFAR-100 and STL-10 (tests/standin_data.py);
+    yields (root, written)."""
     import standin_data
 
     root = tmp_path_factory.mktemp("standin-data")

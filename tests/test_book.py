@@ -1,4 +1,5 @@
-"""The book's frame: notebooks match their sources, start with the setup cell, and are all in the toc."""
+"""The book's frame: notebooks match their sources, start with the setup cell, and are all in the
+toc."""
 
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ CLEAN = PAGE.format(
 <a href="#equation-x">(9)</a>, see <a class="reference internal" href="#fig">Fig. 3</a>.</p>
 <div class="math notranslate nohighlight">\[\frac{\partial L}{\partial x}\]</div>
 <div class="cell_output"><pre>cost: $5 {cite}`x`</pre></div>
-<p>Install with <code>pip install "revlib[train]"</code>; the role <code>{cite:p}`key`</code> cites.</p>
+<p>Install with <code>pip install "revlib[train]"</code>;
+the role <code>{cite:p}`key`</code> cites.</p>
 <script>var a = "$\\frac";</script>
 """
 )

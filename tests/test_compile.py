@@ -1,4 +1,5 @@
-"""``torch.compile(model)`` in mode "reversible": F and G compiled, the engine eager, autograd's gradients.
+"""``torch.compile(model)`` in mode "reversible": F and G compiled, the engine eager, autograd's
+gradients.
 
 One model (BatchNorm, dropout, in float64) is compiled as users call it and
 trained 12 steps beside an eager autograd copy: gradients and buffers must
@@ -52,7 +53,8 @@ def fresh_dynamo():
 
 
 def train(model, compiled, steps: int, x: torch.Tensor):
-    """``steps`` SGD steps of mean(y^2) on ``compiled`` (which runs ``model``); graphs made after each step."""
+    """``steps`` SGD steps of mean(y^2) on ``compiled`` (which runs ``model``); graphs made after
+    each step."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     graphs, grads = [], []
     for i in range(steps):
@@ -79,9 +81,13 @@ def test_compiled_reversible_equals_eager_autograd_and_does_not_recompile(caplog
     assert not [r for r in caplog.records if "recompile" in r.getMessage()]
     assert graphs[1] == graphs[-1]  # nothing compiled after the second step
     assert graphs[-1] >= 2  # the sub-functions were compiled: a forward graph and a replay graph
-    worst = max((a - b).abs().max().item() for s, e in zip(got, expected) for a, b in zip(s, e))
+    worst = max(
+        (a - b).abs().max().item()
+        for s, e in zip(got, expected, strict=True)
+        for a, b in zip(s, e, strict=True)
+    )
     assert worst < 1e-10
-    for a, b in zip(model.buffers(), eager.buffers()):
+    for a, b in zip(model.buffers(), eager.buffers(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     assert len(compiled_module._CACHE) == 6  # F and G of three blocks, each compiled once
 
@@ -106,7 +112,8 @@ def test_compiled_saved_bytes_are_flat_in_depth():
 def one_step_gap(
     model_mode: str = "reversible", autocast: bool = False, dtype=torch.float64
 ) -> float:
-    """Largest gradient difference of one compiled step against eager autograd, relative to the largest gradient."""
+    """Largest gradient difference of one compiled step against eager autograd, relative to the
+    largest gradient."""
     eager = net().to(dtype)
     eager.mode = "autograd"
     model = copy.deepcopy(eager)
@@ -119,7 +126,7 @@ def one_step_gap(
             run(x).float().square().mean().backward()
         grads.append([p.grad for p in m.parameters()])
     scale = max(g.abs().max().item() for g in grads[0])
-    return max((a - b).abs().max().item() for a, b in zip(grads[1], grads[0])) / scale
+    return max((a - b).abs().max().item() for a, b in zip(grads[1], grads[0], strict=True)) / scale
 
 
 def test_compiled_dropout_is_replayed_with_eager_random_draws():
@@ -132,12 +139,14 @@ def test_control_without_eager_random_draws_compiled_dropout_differs(monkeypatch
 
 
 def test_compiled_under_bfloat16_autocast_agrees_with_eager_autograd():
-    # float32 weights under bf16 autocast: both runs compute in bfloat16; the tolerance is bfloat16's (2^-8)
+    # float32 weights under bf16 autocast: both runs compute in bfloat16; the tolerance is
+    # bfloat16's (2^-8)
     assert one_step_gap(autocast=True, dtype=torch.float32) < 2**-7
 
 
 def test_parametrized_subfunctions_run_eagerly_without_recompiles(caplog):
-    """Each parametrized module has a class of its own: compiled, every block would recompile the graph."""
+    """Each parametrized module has a class of its own: compiled, every block would recompile the
+    graph."""
 
     def half_sn():
         return nn.Sequential(
@@ -157,7 +166,12 @@ def test_parametrized_subfunctions_run_eagerly_without_recompiles(caplog):
     _, expected = train(eager, eager, 3, X)
     assert not [r for r in caplog.records if "recompile" in r.getMessage()]
     assert (
-        max((a - b).abs().max().item() for s, e in zip(got, expected) for a, b in zip(s, e)) < 1e-10
+        max(
+            (a - b).abs().max().item()
+            for s, e in zip(got, expected, strict=True)
+            for a, b in zip(s, e, strict=True)
+        )
+        < 1e-10
     )
     assert len(compiled_module._CACHE) == 0
 

@@ -51,7 +51,7 @@ def test_check_inverse_leaves_bn_stats_and_rng_alone_and_replays_dropout():
     stats = [b.clone() for b in block.buffers()]
     rng = torch.get_rng_state()
     assert revlib.check_inverse(block, x) < 1e-5
-    assert all(torch.equal(a, b) for a, b in zip(stats, block.buffers()))
+    assert all(torch.equal(a, b) for a, b in zip(stats, block.buffers(), strict=True))
     assert torch.equal(rng, torch.get_rng_state())
 
 
@@ -117,7 +117,8 @@ def test_shape_changing_F_is_rejected():
 def test_rank_one_input_is_rejected():
     with pytest.raises(
         ValueError,
-        match=r"NICECoupling: expected an input of shape \(batch, channels, \.\.\.\) to split along dimension 1, got shape \(4,\)",
+        match=r"NICECoupling: expected an input of shape \(batch, channels, \.\.\.\) "
+        r"to split along dimension 1, got shape \(4,\)",
     ):
         revlib.NICECoupling(nn.Identity())(torch.randn(4))
 
@@ -163,7 +164,7 @@ def test_dim_minus_one_gradients_equal_autograd_in_every_mode(name):
         results[mode] = (x.grad.clone(), [p.grad.clone() for p in reference.parameters()])
     for mode in ("reversible", "checkpoint"):
         assert torch.allclose(results[mode][0], results["autograd"][0], atol=1e-12)
-        for a, b in zip(results[mode][1], results["autograd"][1]):
+        for a, b in zip(results[mode][1], results["autograd"][1], strict=True):
             assert torch.allclose(a, b, atol=1e-12)
 
 

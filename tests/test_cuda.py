@@ -38,7 +38,9 @@ def test_cuda_dropout_batchnorm_float64_equal_autograd():
     x = torch.randn(4, 8, 6, 6, dtype=torch.float64, device="cuda", requires_grad=True)
     out = both_modes(base, x)
     assert worst_rel_error(out["reversible"][0], out["autograd"][0]) <= 1e-10
-    assert all(torch.equal(a, b) for a, b in zip(out["reversible"][1], out["autograd"][1]))
+    assert all(
+        torch.equal(a, b) for a, b in zip(out["reversible"][1], out["autograd"][1], strict=True)
+    )
     assert torch.equal(
         out["reversible"][2], out["autograd"][2]
     )  # the CUDA stream is left as autograd leaves it

@@ -1,4 +1,5 @@
-"""revlib.harness.data: the offline digits set, class-balanced subsets, augmentation, missing-data errors."""
+"""revlib.harness.data: the offline digits set, class-balanced subsets, augmentation, missing-data
+errors."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_digits_split_is_fixed_stratified_and_complete(digits):
     assert train.images.shape[1:] == (1, 8, 8) and train.images.dtype == torch.uint8
     assert train.num_classes == 10 and train.in_channels == 1 and train.image_size == (8, 8)
     # stratified: every class has about a quarter of its images in the test split
-    for c_train, c_test in zip(train.class_counts(), test.class_counts()):
+    for c_train, c_test in zip(train.class_counts(), test.class_counts(), strict=True):
         assert abs(c_test / (c_train + c_test) - 0.25) < 0.01
     # the same seed gives the same split, another seed another one
     again_train, _ = data.load("digits")
@@ -111,8 +112,12 @@ def test_tensor_loader_augmentation_and_determinism(digits):
     assert sum(len(y) for _, y in batches) == 1347
     torch.manual_seed(12345)  # the global RNG plays no part
     again = list(data.TensorLoader(train, 100, seed=0))
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
-    # augmented images are shifted copies: every 8x8 crop of the padded image keeps most of the pixels
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for a, b in zip(batches, again, strict=True)
+    )
+    # augmented images are shifted copies: every 8x8 crop of the padded image keeps most of the
+    # pixels
     plain = list(data.TensorLoader(test, 450, shuffle=False, augment=False))
     x, y = plain[0]
     assert torch.allclose(x, test.normalize(test.images)) and torch.equal(y, test.targets)
@@ -143,7 +148,8 @@ def test_dataloader_path(digits):
 
 
 def test_random_crop_flip_gives_padded_crops_and_flips():
-    """torchvision's v2 transforms, per image: each output is one of the 5x5 crops of the zero-padded image, or its mirror."""
+    """torchvision's v2 transforms, per image: each output is one of the 5x5 crops of the
+    zero-padded image, or its mirror."""
     torch.manual_seed(0)
     x = torch.randn(3, 6, 7)
     xp = nn.functional.pad(x, (2, 2, 2, 2))
@@ -206,7 +212,8 @@ def test_download_failure_inside_torchvision_is_translated(tmp_path, monkeypatch
 
 
 def test_network_probe_is_bounded(monkeypatch):
-    # A server that never answers (simulated: the request hangs for 30 s) costs the probe its timeout, no more.
+    # A server that never answers (simulated: the request hangs for 30 s) costs the probe its
+    # timeout, no more.
     import urllib.request
 
     def hang(*args, **kwargs):

@@ -41,20 +41,21 @@ def test_ddp_gradients_equal_plain_autograd():
                 (m(x) ** 2).sum().backward()
         worst = max(
             max_rel_error(a.grad, b.grad)
-            for a, b in zip(model.parameters(), reference.parameters())
+            for a, b in zip(model.parameters(), reference.parameters(), strict=True)
         )
         assert worst <= 1e-5
     finally:
         dist.destroy_process_group()
 
 
-# ---- two processes: gloo on the CPU, spawned -------------------------------------------------------
+# ---- two processes: gloo on the CPU, spawned -----------------------------------------------------
 
 STEPS = 3
 
 
 def smooth_chain() -> torch.nn.Module:
-    """Couplings with conv-tanh halves: no BatchNorm, whose per-rank batch statistics would differ."""
+    """Couplings with conv-tanh halves: no BatchNorm, whose per-rank batch statistics would
+    differ."""
     from torch import nn
 
     import revlib
@@ -79,7 +80,7 @@ def train(model, xs, targets):
     """A few SGD steps of mean squared error; returns the gradients of every step."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     history = []
-    for x, t in zip(xs, targets):
+    for x, t in zip(xs, targets, strict=True):
         opt.zero_grad()
         ((model(x) - t) ** 2).mean().backward()
         history.append([p.grad.clone() for p in model.parameters()])
@@ -112,5 +113,8 @@ def test_two_process_ddp_equals_single_process_autograd_on_the_full_batch(tmp_pa
     for rank in (0, 1):
         history = torch.load(tmp_path / f"rank{rank}.pt")
         assert len(history) == STEPS
-        for step_grads, step_expected in zip(history, expected):
-            assert max(max_rel_error(a, b) for a, b in zip(step_grads, step_expected)) <= 1e-12
+        for step_grads, step_expected in zip(history, expected, strict=True):
+            assert (
+                max(max_rel_error(a, b) for a, b in zip(step_grads, step_expected, strict=True))
+                <= 1e-12
+            )

@@ -1,4 +1,5 @@
-"""revlib imports only what pyproject.toml declares, and the chapters only what Colab has (static, fast).
+"""revlib imports only what pyproject.toml declares, and the chapters only what Colab has (static,
+fast).
 
 The dynamic version of this check is ``make colab-check`` (tools/colab_check.py),
 which runs every chapter in a Colab-like environment.

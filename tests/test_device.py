@@ -1,4 +1,5 @@
-"""revlib.core.device.synchronize: a no-op on the CPU, torch.accelerator where it exists, else the device's module."""
+"""revlib.core.device.synchronize: a no-op on the CPU, torch.accelerator where it exists, else the
+device's module."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def test_shape_changing_chain_gradients_equal_autograd_float64(mode):
     assert y1.shape == (3, 16, 4, 4)
     torch.testing.assert_close(y1, y0, rtol=0, atol=1e-12)
     torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-10)
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     assert revlib.check_inverse(other, x.detach()) < 1e-12
 

@@ -1,4 +1,5 @@
-"""A block in the chain runs as PyTorch runs a module (issue: hooks, overridden forward, inherited steps).
+"""A block in the chain runs as PyTorch runs a module (issue: hooks, overridden forward, inherited
+steps).
 
 Each case compares mode "reversible" with mode "autograd" in float64, and each
 has a control that fails without the mechanism: the block called without
@@ -47,7 +48,7 @@ def both(make):
     return {mode: make(mode) for mode in ("autograd", "reversible")}
 
 
-# ---- cause 1: hooks on the block and on F and G; an overridden forward ------------------------------
+# ---- cause 1: hooks on the block and on F and G; an overridden forward ---------------------------
 
 
 def log_det_collector(models):
@@ -168,11 +169,12 @@ def test_control_the_override_computes_something_else_in_autograd_mode():
     assert not torch.allclose(a(X), r(X))
 
 
-# ---- cause 2: an inherited fused step for a changed forward --------------------------------------------
+# ---- cause 2: an inherited fused step for a changed forward --------------------------------------
 
 
 class LayerScaled(revlib.AdditiveCoupling):
-    """A layer scale written the documented way: _forward and _inverse changed, backward_step inherited."""
+    """A layer scale written the documented way: _forward and _inverse changed, backward_step
+    inherited."""
 
     scale = 0.3
 

@@ -42,21 +42,22 @@ def pair(make_half, depth: int = 2):
 def step(model, x=X, seed: int = 0, **extras):
     torch.manual_seed(seed)
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (NumPy's global state: what DropPath below draws from)
     model.zero_grad(set_to_none=True)
     model(x.clone().requires_grad_(True), **extras).square().sum().backward()
     return [p.grad for p in model.parameters()], [b.clone() for b in model.buffers()]
 
 
 def agree(models, **kw) -> tuple[float, float]:
-    """The largest gradient difference relative to the largest gradient, and the largest buffer difference."""
+    """The largest gradient difference relative to the largest gradient, and the largest buffer
+    difference."""
     (g_ref, b_ref), (g, b) = step(models["autograd"], **kw), step(models["reversible"], **kw)
-    buffers = max([(u - v).abs().max().item() for u, v in zip(b, b_ref)] or [0.0])
+    buffers = max([(u - v).abs().max().item() for u, v in zip(b, b_ref, strict=True)] or [0.0])
     scale = max(r.abs().max().item() for r in g_ref)
-    return max((u - v).abs().max().item() for u, v in zip(g, g_ref)) / scale, buffers
+    return max((u - v).abs().max().item() for u, v in zip(g, g_ref, strict=True)) / scale, buffers
 
 
-# ---- cause 4: buffers changed without a version bump ---------------------------------------------------
+# ---- cause 4: buffers changed without a version bump ---------------------------------------------
 
 
 class OwnStats(nn.Module):
@@ -100,11 +101,12 @@ def test_control_comparing_versions_only_updates_them_twice(monkeypatch):
     assert buffer_err > 1e-3
 
 
-# ---- cause 5: randomness outside torch's default generators; Python attributes -----------------------
+# ---- cause 5: randomness outside torch's default generators; Python attributes -------------------
 
 
 class DropPath(nn.Module):
-    """Stochastic depth as ported code writes it: Python's random, NumPy, or a generator of its own."""
+    """Stochastic depth as ported code writes it: Python's random, NumPy, or a generator of its
+    own."""
 
     def __init__(self, source: str) -> None:
         super().__init__()
@@ -116,7 +118,9 @@ class DropPath(nn.Module):
         if self.source == "python":
             return torch.tensor([random.random() < 0.5 for _ in range(rows)], dtype=torch.float64)
         if self.source == "numpy":
-            return torch.from_numpy((np.random.rand(rows) < 0.5).astype(np.float64))
+            # the legacy global generator, as ported code uses it: the engine must replay it
+            draws = np.random.rand(rows)  # noqa: NPY002
+            return torch.from_numpy((draws < 0.5).astype(np.float64))
         return (torch.rand(rows, generator=self.generator) < 0.5).double()
 
     def forward(self, h):
@@ -174,11 +178,12 @@ def test_control_without_attribute_replay_the_counter_moves_twice(monkeypatch):
     assert grad_err > 1e-3
 
 
-# ---- cause 6: errors that name the mode and the fix ------------------------------------------------------
+# ---- cause 6: errors that name the mode and the fix ----------------------------------------------
 
 
 class TorchCheckpointed(nn.Module):
-    """torch.utils.checkpoint around a body with BatchNorm (whose recomputation would run outside the replay)."""
+    """torch.utils.checkpoint around a body with BatchNorm (whose recomputation would run outside
+    the replay)."""
 
     def __init__(self, reentrant: bool) -> None:
         super().__init__()
@@ -273,11 +278,12 @@ def test_control_an_unchanged_output_backpropagates():
     model(X.clone().requires_grad_(True)).sum().backward()
 
 
-# ---- cause 7: mode checkpoint and check_inverse leave other pending graphs intact -------------------
+# ---- cause 7: mode checkpoint and check_inverse leave other pending graphs intact ----------------
 
 
 def pending_graph_after_a_checkpointed_step() -> None:
-    """A graph built between a checkpointed forward and its backward that saved a BatchNorm's statistics."""
+    """A graph built between a checkpointed forward and its backward that saved a BatchNorm's
+    statistics."""
     torch.manual_seed(0)
     model = revnet_stack(2, mode="checkpoint").double()
     bn = model.blocks[0].F[0]
@@ -295,7 +301,8 @@ def test_checkpoint_mode_leaves_a_pending_graph_on_the_statistics_intact():
 
 
 def test_control_a_version_bump_of_the_statistics_breaks_the_pending_graph():
-    """What the test guards against: any write through the statistics' own tensors breaks such a graph."""
+    """What the test guards against: any write through the statistics' own tensors breaks such a
+    graph."""
     torch.manual_seed(0)
     model = revnet_stack(2, mode="checkpoint").double()
     bn = model.blocks[0].F[0]
@@ -308,7 +315,8 @@ def test_control_a_version_bump_of_the_statistics_breaks_the_pending_graph():
 
 
 def frozen_bn_model() -> torch.nn.Module:
-    """A model whose BatchNorms are in eval mode (fine-tuning): the forward saves their statistics."""
+    """A model whose BatchNorms are in eval mode (fine-tuning): the forward saves their
+    statistics."""
     torch.manual_seed(0)
     model = revnet_stack(2, mode="autograd").double()
     for m in model.modules():
@@ -324,7 +332,7 @@ def test_check_inverse_between_forward_and_backward_leaves_the_backward_intact()
     before = [b.clone() for b in model.buffers()]
     assert revlib.check_inverse(model, x.detach()) < 1e-12
     y.square().sum().backward()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
 
 
 def test_control_restoring_buffers_by_copy_breaks_that_backward():

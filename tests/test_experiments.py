@@ -1,4 +1,5 @@
-"""revlib.harness.experiments: the command that runs one table row, in --fast mode on the offline digits."""
+"""revlib.harness.experiments: the command that runs one table row, in --fast mode on the offline
+digits."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ MODEL = "resnet32"
 
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
-    """``python -m revlib.harness.experiments --model resnet32 --dataset digits --fast`` (shortened), in a subprocess."""
+    """``python -m revlib.harness.experiments --model resnet32 --dataset digits --fast``
+    (shortened), in a subprocess."""
     out = tmp_path_factory.mktemp("runs") / "row.json"
     cmd = [
         sys.executable,

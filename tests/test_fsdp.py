@@ -1,4 +1,5 @@
-"""FSDP2 (``fully_shard``) per block and at the root, over a reversible chain, in two gloo processes.
+"""FSDP2 (``fully_shard``) per block and at the root, over a reversible chain, in two gloo
+processes.
 
 The engine calls each block through ``nn.Module.__call__``, so FSDP's hooks
 unshard a block's parameters around its forward and its backward step and
@@ -66,7 +67,7 @@ def train(
 ) -> list[list[torch.Tensor]]:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     history = []
-    for x, t in zip(xs, targets):
+    for x, t in zip(xs, targets, strict=True):
         opt.zero_grad()
         ((model(x) - t) ** 2).mean().backward()
         history.append([full(p.grad).clone() for p in model.parameters()])
@@ -94,7 +95,8 @@ def _rank(rank: int, port: int, out: str) -> None:
         for block in blocks:
             fully_shard(block)
         fully_shard(model)
-        # which blocks hold unsharded parameters whenever some block's F or G runs (forward or replay)
+        # which blocks hold unsharded parameters whenever some block's F or G runs (forward or
+        # replay)
         seen: list[tuple[bool, int, list[bool]]] = []
         subs = {id(b.F): i for i, b in enumerate(blocks)} | {
             id(b.G): i for i, b in enumerate(blocks)
@@ -133,9 +135,11 @@ def test_fsdp2_per_block_and_root_equals_single_process_autograd(tmp_path):
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert len(got["history"]) == STEPS
-        for step_grads, step_expected in zip(got["history"], expected):
+        for step_grads, step_expected in zip(got["history"], expected, strict=True):
             assert len(step_grads) == len(step_expected)
-            worst = max((a - b).abs().max().item() for a, b in zip(step_grads, step_expected))
+            worst = max(
+                (a - b).abs().max().item() for a, b in zip(step_grads, step_expected, strict=True)
+            )
             assert worst <= 1e-12
         assert all(got["sharded_after"])
         forward = [(i, on) for grad, i, on in got["seen"] if not grad]
@@ -202,4 +206,11 @@ def test_single_process_model_matches_between_modes(mode):
     xs, targets = batches()
     ref = train(build("autograd"), xs, targets, lambda g: g)
     got = train(build(mode), xs, targets, lambda g: g)
-    assert max((a - b).abs().max().item() for s, e in zip(got, ref) for a, b in zip(s, e)) <= 1e-12
+    assert (
+        max(
+            (a - b).abs().max().item()
+            for s, e in zip(got, ref, strict=True)
+            for a, b in zip(s, e, strict=True)
+        )
+        <= 1e-12
+    )

@@ -29,7 +29,8 @@ import standin_data  # noqa: E402
 FULL_RUN_CHAPTERS = sorted(
     p for p in notebooks.SRC.glob("*.py") if "RunSettings.from_env" in p.read_text()
 )
-# Text that only the full branch prints, per chapter (a chapter not listed only has to run without error).
+# Text that only the full branch prints, per chapter (a chapter not listed only has to run without
+# error).
 FULL_RUN_MARKERS = {"04_revnet_architecture_memory": "cpu peak during a step at batch 4"}
 
 

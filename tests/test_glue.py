@@ -1,4 +1,5 @@
-"""revlib.harness.notebook.glue writes the very output myst_nb.glue writes, without importing myst-nb."""
+"""revlib.harness.notebook.glue writes the very output myst_nb.glue writes, without importing
+myst-nb."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def test_same_display_call_as_myst_nb(monkeypatch, value, display):
 
 
 def test_importing_the_harness_notebook_helpers_does_not_import_myst_nb():
-    code = "import revlib.harness.notebook as n, sys; n.glue('a', 1, display=False); print('myst_nb' in sys.modules)"
+    code = (
+        "import revlib.harness.notebook as n, sys; n.glue('a', 1, display=False); "
+        "print('myst_nb' in sys.modules)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

@@ -1,4 +1,5 @@
-"""The coupling's backward passes halves between steps: the same bits as whole tensors, fewer copies."""
+"""The coupling's backward passes halves between steps: the same bits as whole tensors, fewer
+copies."""
 
 from __future__ import annotations
 
@@ -100,7 +101,8 @@ def test_non_contiguous_or_mixed_dtypes_fall_back_to_concatenation():
 
 
 def test_a_block_that_takes_whole_tensors_gets_them_joined():
-    """Couplings around a HalfSwap and a dim=-1 coupling: each step gets what it takes; gradients equal autograd."""
+    """Couplings around a HalfSwap and a dim=-1 coupling: each step gets what it takes; gradients
+    equal autograd."""
     torch.manual_seed(2)
 
     def net():
@@ -116,7 +118,7 @@ def test_a_block_that_takes_whole_tensors_gets_them_joined():
     autograd = copy.deepcopy(reversible)
     autograd.mode = "autograd"
     x = torch.randn(3, 5, 8, dtype=torch.float64)
-    for a, b in zip(float64_grads(reversible, x), float64_grads(autograd, x)):
+    for a, b in zip(float64_grads(reversible, x), float64_grads(autograd, x), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -153,5 +155,5 @@ def test_a_subclass_that_overrides_the_step_gets_whole_tensors():
     autograd = copy.deepcopy(chain)
     autograd.mode = "autograd"
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
-    for a, b in zip(float64_grads(chain, x), float64_grads(autograd, x)):
+    for a, b in zip(float64_grads(chain, x), float64_grads(autograd, x), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

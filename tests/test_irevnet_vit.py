@@ -39,10 +39,10 @@ def test_irevnet_gradients_equal_autograd_float64():
     _, dx0, g0 = run_step(ref, x)
     _, dx1, g1 = run_step(other, x)
     torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-10)
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     # BatchNorm statistics updated once, as in autograd
-    for a, b in zip(other.buffers(), ref.buffers()):
+    for a, b in zip(other.buffers(), ref.buffers(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
@@ -74,7 +74,7 @@ def test_reversible_vit_gradients_equal_autograd_float64_with_dropout():
     rev.zero_grad()
     rev.mode = "reversible"
     _, _, g1 = run_step(rev, x)
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
@@ -122,7 +122,7 @@ def test_irevnet_with_bottlenecks_inverts_and_matches_autograd_float64():
     _, dx0, g0 = run_step(ref, x.requires_grad_(True))
     _, dx1, g1 = run_step(other, x)
     torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-10)
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
@@ -134,7 +134,8 @@ def test_irevnet_bottleneck_needs_halves_divisible_by_four_and_says_how():
 
 
 def test_irevnet_padding_puts_the_first_branch_on_relus_kink():
-    """Zero channels: BN maps them to its bias (0 at init), ReLU's kink; only that bias's gradient differs."""
+    """Zero channels: BN maps them to its bias (0 at init), ReLU's kink; only that bias's gradient
+    differs."""
     torch.manual_seed(0)
     ref = IRevNet((1, 1), in_channels=3, pad=4, mode="autograd").double()
     other = IRevNet((1, 1), in_channels=3, pad=4).double()
@@ -145,7 +146,7 @@ def test_irevnet_padding_puts_the_first_branch_on_relus_kink():
     torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-10)
     differ = {
         n
-        for (n, _), a, b in zip(ref.named_parameters(), g1, g0)
+        for (n, _), a, b in zip(ref.named_parameters(), g1, g0, strict=True)
         if not torch.allclose(a, b, rtol=0, atol=1e-10)
     }
     assert differ == {"sequence.blocks.2.F.0.bias"}  # the first coupling's F, first BatchNorm
@@ -162,5 +163,5 @@ def test_irevnet_padding_puts_the_first_branch_on_relus_kink():
     other.zero_grad(set_to_none=True)
     _, _, g0 = run_step(ref, x)
     _, _, g1 = run_step(other, x)
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)

@@ -1,4 +1,5 @@
-"""The package's layers: the core and the models import nothing but torch; the harness packages keep their names."""
+"""The package's layers: the core and the models import nothing but torch; the harness packages keep
+their names."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ REVLIB = Path(__file__).resolve().parents[1] / "revlib"
 
 
 def _imported_packages(path: Path) -> set[str]:
-    """Top-level packages named by every import statement of a file, including those inside functions."""
+    """Top-level packages named by every import statement of a file, including those inside
+    functions."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -75,14 +77,16 @@ def _imported_packages(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("layer", ["core", "models"])
 def test_no_deferred_import_of_a_harness_dependency(layer):
-    """The subprocess probe sees imports done at import time; this sees the ones deferred into functions too."""
+    """The subprocess probe sees imports done at import time; this sees the ones deferred into
+    functions too."""
     for path in sorted((REVLIB / layer).glob("*.py")):
         bad = _imported_packages(path) & {*HARNESS_ONLY, "revlib.harness", "numpy"}
         assert not bad, f"{path.relative_to(REVLIB.parent)} imports {sorted(bad)}"
 
 
 def test_the_import_scan_sees_deferred_imports():
-    """Control: the harness defers scikit-learn's and torchvision's imports into functions; the scan finds them."""
+    """Control: the harness defers scikit-learn's and torchvision's imports into functions; the scan
+    finds them."""
     found = _imported_packages(REVLIB / "harness" / "data" / "datasets.py")
     assert {"sklearn", "torchvision"} <= found
 
@@ -122,7 +126,8 @@ PUBLIC_BEFORE_THE_SPLIT = {
 
 @pytest.mark.parametrize("package", sorted(PUBLIC_BEFORE_THE_SPLIT))
 def test_harness_packages_keep_their_public_names(package):
-    """``from revlib.harness.train import Trainer`` keeps working: each public name is one submodule's."""
+    """``from revlib.harness.train import Trainer`` keeps working: each public name is one
+    submodule's."""
     import importlib
     import pkgutil
 

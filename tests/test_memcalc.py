@@ -138,7 +138,8 @@ def test_units_is_the_former_name_of_row_types():
 
 
 def test_explain_sets_the_count_against_the_measurement_per_layer_type():
-    """The tiny model of the hand-worked test: a conv saves its input (320 bytes), not its output (640)."""
+    """The tiny model of the hand-worked test: a conv saves its input (320 bytes), not its output
+    (640)."""
     model, x = tiny(), torch.randn(5, 1, 4, 4)
     rows = {kind: rest for kind, *rest in memory_table(model, x).explain()}
     assert rows["Conv2d"] == [640, 320, -320]

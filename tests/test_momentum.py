@@ -59,7 +59,7 @@ def test_momentum_net_gradients_equal_autograd_float64(mode):
     _, dx0, g0 = run_step(ref, x)
     _, dx1, g1 = run_step(other, x)
     torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-10)
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
@@ -111,7 +111,7 @@ def test_fused_step_evaluates_f_once_and_equals_autograd(gamma, monkeypatch):
     _, dx0, g0 = run_step(ref, x)
     _, dx1, g1 = run_step(net, x)
     torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-12)
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     monkeypatch.setattr(revlib.MomentumBlock, "backward_step", revlib.ReversibleBlock.backward_step)
     assert calls_in_backward() == 6

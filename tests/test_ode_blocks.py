@@ -1,4 +1,5 @@
-"""Hamiltonian, Midpoint and Leapfrog blocks: formulas, inverses, gradients, memory, first-step rule."""
+"""Hamiltonian, Midpoint and Leapfrog blocks: formulas, inverses, gradients, memory, first-step
+rule."""
 
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ def test_gradients_equal_autograd(name, learn_h):
         y, dx, dp = results[mode]
         assert max_rel_error(y, y_ref) < 1e-6
         assert max_rel_error(dx, dx_ref) < 1e-5
-        for a, b in zip(dp, dp_ref):
+        for a, b in zip(dp, dp_ref, strict=True):
             assert max_rel_error(a, b) < 1e-5
     if (
         learn_h
@@ -183,7 +184,7 @@ def test_gradcheck_float64_reversible(name):
     ref.mode = "autograd"
     ref_grads = torch.autograd.grad((ref(x) ** 2).sum(), list(ref.parameters()))
     assert len(grads) == len(ref_grads) == 2 * (5 if name == "hamiltonian" else 3)
-    for a, b in zip(grads, ref_grads):
+    for a, b in zip(grads, ref_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -232,7 +233,8 @@ def test_inverse_of_a_stack_returns_the_duplicated_start(name):
 
 
 def test_kernel_init_is_normal_truncated_at_two_std():
-    # Chang et al.'s initialisation: std sqrt(2 / (k*k*C_out)), draws cut at two standard deviations;
+    # Chang et al.'s initialisation: std sqrt(2 / (k*k*C_out)), draws cut at two standard
+    # deviations;
     # a normal distribution truncated at +-2 sigma has standard deviation 0.8796 sigma.
     torch.manual_seed(0)
     weight = KTransposeSigmaK(32, hidden=64, kernel_size=3).weight.detach()

@@ -1,8 +1,10 @@
-"""Chang et al.'s networks: parameter counts beside the paper's table, layout, modes, memory; smoothness decay."""
+"""Chang et al.'s networks: parameter counts beside the paper's table, layout, modes, memory;
+smoothness decay."""
 
 from __future__ import annotations
 
 import copy
+from itertools import pairwise
 
 import pytest
 import torch
@@ -15,7 +17,8 @@ from revlib.core.smoothness import kernel_stages, weight_smoothness
 from revlib.models import count_parameters
 from revlib.models import ode as M
 
-# Our exact counts at 10 and 100 classes (transition inside the first block, as in Chang et al.'s code).
+# Our exact counts at 10 and 100 classes (transition inside the first block, as in Chang et al.'s
+# code).
 OURS = {
     "hamiltonian74": (428_538, 438_708),
     "hamiltonian218": (1_679_114, 1_690_724),
@@ -105,7 +108,7 @@ def test_modes_give_the_same_outputs_gradients_and_bn_statistics(scheme):
         (y, dx, dp), stats = runs[mode]
         assert max_rel_error(y, y_ref) < 1e-5
         assert max_rel_error(dx, dx_ref) < 1e-4
-        for a, b in zip(dp, dp_ref):
+        for a, b in zip(dp, dp_ref, strict=True):
             assert max_rel_error(a, b) < 1e-4
         assert torch.equal(stats, stats_ref)
 
@@ -170,7 +173,7 @@ def test_smoothness_on_models_pairs_within_stages_only():
     manual = sum(
         (a.kernels()[k] - b.kernels()[k]).pow(2).sum()
         for s in stages
-        for a, b in zip(s, s[1:])
+        for a, b in pairwise(s)
         for k in ("K1", "K2")
         if a.kernels()[k].shape == b.kernels()[k].shape
     )

@@ -275,7 +275,7 @@ def test_stateful_buffers_are_updated_once_and_replayed(kind, device):
     assert err <= ROUND_OFF and same_buffers
     before = [b.clone() for b in chain.buffers()]
     assert revlib.check_inverse(chain, x) < 1e-12
-    assert all(torch.equal(a, b) for a, b in zip(before, chain.buffers()))
+    assert all(torch.equal(a, b) for a, b in zip(before, chain.buffers(), strict=True))
 
 
 @pytest.mark.parametrize("kind", STATEFUL_HALVES)
@@ -320,7 +320,8 @@ def test_buffer_replaced_through_functional_call_raises():
 
 
 def test_training_batchnorm_updated_by_a_second_forward_is_fine():
-    """Two forwards, one backward: the running statistics move, but a training BN never reads them."""
+    """Two forwards, one backward: the running statistics move, but a training BN never reads
+    them."""
     base = revnet_stack(depth=2).double()
     x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
     grads = {}
@@ -361,7 +362,7 @@ def test_check_inverse_with_a_block_used_twice_and_dropout():
 
 def test_control_tapes_keyed_by_block_break_a_tied_block(monkeypatch):
     def keyed_by_block(self, y, tapes):  # the old rule: one tape per block instance
-        by_block = dict(zip(map(id, self.blocks), tapes))
+        by_block = dict(zip(map(id, self.blocks), tapes, strict=True))
         return sequence._each_block(
             self.blocks, y, lambda b, h: b.inverse_replayed(h, by_block[id(b)]), reverse=True
         )
@@ -372,7 +373,7 @@ def test_control_tapes_keyed_by_block_break_a_tied_block(monkeypatch):
     assert revlib.check_inverse(tied, torch.randn(2, 8, 4, 4, dtype=torch.float64)) > 1e-3
 
 
-# ---- lesser cases ---------------------------------------------------------------------------------
+# ---- lesser cases --------------------------------------------------------------------------------
 
 
 def test_in_place_op_on_the_output_raises_clearly():

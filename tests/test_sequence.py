@@ -34,7 +34,7 @@ def test_gradcheck_float64():
     y = seq(x)
     w = torch.randn_like(y)
     grads = torch.autograd.grad((y * w).sum(), params)
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         eps = 1e-6
         idx = (0,) * p.dim()
         with torch.no_grad():
@@ -58,7 +58,7 @@ def test_float32_revnet_gradients_equal_autograd(device):
         y, dx, dp = results[mode]
         assert torch.equal(y, y_ref)
         assert max_rel_error(dx, dx_ref) <= 1e-5
-        worst = max(max_rel_error(a, b) for a, b in zip(dp, dp_ref))
+        worst = max(max_rel_error(a, b) for a, b in zip(dp, dp_ref, strict=True))
         assert worst <= 1e-5, (mode, worst)
 
 
@@ -97,7 +97,7 @@ def test_dropout_masks_are_replayed(mode, device):
     y, grads, rng = out[mode]
     y_ref, grads_ref, rng_ref = out["autograd"]
     assert torch.equal(y, y_ref)
-    assert max(max_rel_error(a, b) for a, b in zip(grads, grads_ref)) <= 1e-5
+    assert max(max_rel_error(a, b) for a, b in zip(grads, grads_ref, strict=True)) <= 1e-5
     assert torch.equal(rng, rng_ref)
 
 
@@ -112,7 +112,12 @@ def test_without_rng_replay_dropout_gradients_are_wrong():
         torch.manual_seed(123)
         (models[name](x) ** 2).sum().backward()
         grads[name] = [p.grad for p in models[name].parameters()]
-    assert max(max_rel_error(a, b) for a, b in zip(grads["reversible"], grads["autograd"])) > 1e-2
+    assert (
+        max(
+            max_rel_error(a, b) for a, b in zip(grads["reversible"], grads["autograd"], strict=True)
+        )
+        > 1e-2
+    )
 
 
 def test_recomputation_runs_under_the_forward_autocast_state():
@@ -125,7 +130,9 @@ def test_recomputation_runs_under_the_forward_autocast_state():
             y = m(x)
         (y.float() ** 2).sum().backward()
         grads[name] = [p.grad.float() for p in m.parameters()]
-    err = max(max_rel_error(a, b) for a, b in zip(grads["reversible"], grads["autograd"]))
+    err = max(
+        max_rel_error(a, b) for a, b in zip(grads["reversible"], grads["autograd"], strict=True)
+    )
     assert err < 2e-2  # bf16 noise; a float32 recomputation would reconstruct wrong inputs
     # A recomputation in float32 (autocast forgotten) is measurably further off:
     from revlib.core import recompute
@@ -139,7 +146,10 @@ def test_recomputation_runs_under_the_forward_autocast_state():
         (y.float() ** 2).sum().backward()
     finally:
         recompute.AutocastState.context = original
-    wrong = max(max_rel_error(p.grad.float(), b) for p, b in zip(m.parameters(), grads["autograd"]))
+    wrong = max(
+        max_rel_error(p.grad.float(), b)
+        for p, b in zip(m.parameters(), grads["autograd"], strict=True)
+    )
     assert wrong > 5 * err
 
 
@@ -150,7 +160,10 @@ def test_input_without_grad_and_only_parameter_gradients():
     for mode in ("reversible", "checkpoint"):
         assert results[mode][1] is None
         assert (
-            max(max_rel_error(a, b) for a, b in zip(results[mode][2], results["autograd"][2]))
+            max(
+                max_rel_error(a, b)
+                for a, b in zip(results[mode][2], results["autograd"][2], strict=True)
+            )
             <= 1e-5
         )
 
@@ -174,7 +187,12 @@ def test_autograd_grad_returns_parameter_gradients():
         loss = (m(x) ** 2).sum()
         grads[mode] = torch.autograd.grad(loss, [x, *m.parameters()])
     assert all(p.grad is None for p in models["reversible"].parameters())
-    assert max(max_rel_error(a, b) for a, b in zip(grads["reversible"], grads["autograd"])) <= 1e-5
+    assert (
+        max(
+            max_rel_error(a, b) for a, b in zip(grads["reversible"], grads["autograd"], strict=True)
+        )
+        <= 1e-5
+    )
 
 
 def test_backward_twice_with_retained_graph_accumulates_twice():
@@ -209,7 +227,7 @@ def test_eval_mode_and_no_grad_are_plain_forwards():
     assert torch.equal(y, reference(x))
     stats = [b.clone() for b in m.buffers()]
     (y**2).sum().backward()
-    assert all(torch.equal(a, b) for a, b in zip(stats, m.buffers()))
+    assert all(torch.equal(a, b) for a, b in zip(stats, m.buffers(), strict=True))
 
 
 def test_errors_name_the_block_and_shapes():
@@ -224,7 +242,8 @@ def test_errors_name_the_block_and_shapes():
     )
     with pytest.raises(
         ValueError,
-        match=r"block 1: AdditiveCoupling: F maps a half of shape \(1, 2, 4, 4\) to shape \(1, 3, 4, 4\)",
+        match=r"block 1: AdditiveCoupling: F maps a half of shape \(1, 2, 4, 4\) "
+        r"to shape \(1, 3, 4, 4\)",
     ):
         bad(torch.randn(1, 4, 4, 4, requires_grad=True))
     with pytest.raises(

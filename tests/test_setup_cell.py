@@ -1,4 +1,5 @@
-"""The notebooks' setup cell: installs revlib on Colab only when needed, from $REVLIB_INSTALL if set; no network.
+"""The notebooks' setup cell: installs revlib on Colab only when needed, from $REVLIB_INSTALL if
+set; no network.
 
 The cell's source comes from tools/notebooks.py (the same text every chapter
 starts with) and runs here with ``subprocess.run`` recorded instead of called,
@@ -34,7 +35,8 @@ def fake_revlib(version: str | None) -> types.ModuleType:
 
 @pytest.fixture
 def cell(monkeypatch):
-    """Run the setup cell; returns (pip calls, namespace). ``installs`` is what a pip call puts into sys.modules."""
+    """Run the setup cell; returns (pip calls, namespace). ``installs`` is what a pip call puts into
+    sys.modules."""
     calls: list[list[str]] = []
     state = {"installs": fake_revlib(WANTED)}
 

@@ -23,7 +23,8 @@ X = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_se
 
 
 class FiLM(nn.Module):
-    """``tanh(W h) * (1 + a c) + b c``: a half conditioned on ``cond`` (a time or class embedding)."""
+    """``tanh(W h) * (1 + a c) + b c``: a half conditioned on ``cond`` (a time or class
+    embedding)."""
 
     def __init__(self, width: int = 3, cond_width: int = 2) -> None:
         super().__init__()
@@ -36,7 +37,8 @@ class FiLM(nn.Module):
 
 
 class Embedder(nn.Module):
-    """A network that makes the conditioning tensor, so its parameters need the gradient through cond."""
+    """A network that makes the conditioning tensor, so its parameters need the gradient through
+    cond."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -75,7 +77,8 @@ def test_conditioning_through_the_chain_gets_autograd_gradients():
 
 
 class AttributeConditioned(nn.Module):
-    """The same network, with cond set as an attribute of every F and G before the call (a side channel)."""
+    """The same network, with cond set as an attribute of every F and G before the call (a side
+    channel)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -200,7 +203,7 @@ def test_control_without_the_check_the_kept_activation_has_no_graph(monkeypatch)
     assert kept and not kept[0].requires_grad  # an auxiliary loss on it would get no gradient
 
 
-# ---- masks through the chain: ReversibleTransformerBlock and ReversibleViT -------------------------
+# ---- masks through the chain: ReversibleTransformerBlock and ReversibleViT -----------------------
 
 
 def transformer(mode: str) -> revlib.ReversibleSequence:

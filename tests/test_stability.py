@@ -98,7 +98,8 @@ def test_hamiltonian_jacobian_eigenvalues_are_purely_imaginary():
 
 
 def test_hamiltonian_with_relu_imaginary_except_the_defective_zero_eigenvalue():
-    """ReLU zeros rows of D; the eigenvalue 0 then has Jordan blocks, which eigvals resolves to ~sqrt(eps)."""
+    """ReLU zeros rows of D; the eigenvalue 0 then has Jordan blocks, which eigvals resolves to
+    ~sqrt(eps)."""
     block = with_random_biases(HamiltonianBlock(8, kernel_size=3, activation="relu").double())
     ev = S.eigenvalues(block.rhs, conv_state())
     rho = ev.abs().max().item()

@@ -1,4 +1,5 @@
-"""The CIFAR-10/100 and STL-10 code paths, on stand-ins in torchvision's on-disk formats (tests/standin_data.py).
+"""The CIFAR-10/100 and STL-10 code paths, on stand-ins in torchvision's on-disk formats
+(tests/standin_data.py).
 
 The stand-ins are random images, so nothing here is an accuracy: these tests
 check that the real loaders (``download=False``) read every file and pixel
@@ -51,7 +52,8 @@ def test_a_missing_data_set_is_a_clear_error_without_network(tmp_path, name):
 
 
 def run_experiment(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m revlib.harness.experiments ARGS`` in a subprocess that accepts the stand-ins' checksums."""
+    """``python -m revlib.harness.experiments ARGS`` in a subprocess that accepts the stand-ins'
+    checksums."""
     code = (
         "import sys, standin_data; standin_data.accept_standin_checksums(); "
         "from revlib.harness.experiments import main; main(sys.argv[1:])"
@@ -118,7 +120,8 @@ def test_paper_recipe_shortened_runs_resumes_and_writes_its_results(
     )
     assert 0.0 <= r["accuracy"] <= 1.0 and r["hardware"]["device"] == "cpu"
     assert out.with_suffix(".pt").exists() and out.with_suffix(".csv").exists()
-    # started again with the same arguments, it continues from the checkpoint (nothing left to train)
+    # started again with the same arguments, it continues from the checkpoint (nothing left to
+    # train)
     again = run_experiment(args, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     r2 = json.loads(out.read_text())

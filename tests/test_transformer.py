@@ -44,7 +44,7 @@ def test_gradients_equal_autograd_float64_with_dropout(mode, attn_dropout):
     dx0, g0 = step(ref, x)
     dx1, g1 = step(other, x)
     torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-10)
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
@@ -83,7 +83,7 @@ def test_bf16_autocast_gradients_close_to_autograd():
         dx1, g1 = step(other, x)
     scale = dx0.abs().max()
     assert (dx1 - dx0).abs().max() < 0.05 * scale
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         assert (a - b).abs().max() <= 0.05 * b.abs().max() + 1e-3
 
 

@@ -56,9 +56,9 @@ def test_rev_vgg_modes_agree_float64():
         )
     for mode in ("reversible", "checkpoint"):
         assert torch.equal(res[mode][0], res["autograd"][0])
-        for g, g0 in zip(res[mode][1], res["autograd"][1]):
+        for g, g0 in zip(res[mode][1], res["autograd"][1], strict=True):
             assert torch.allclose(g, g0, rtol=1e-9, atol=1e-12)
-        for b, b0 in zip(res[mode][2], res["autograd"][2]):
+        for b, b0 in zip(res[mode][2], res["autograd"][2], strict=True):
             assert torch.equal(b, b0)
 
 

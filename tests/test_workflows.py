@@ -1,4 +1,5 @@
-"""The GitHub workflows: valid YAML, valid against the workflow schema, and doing what the README says."""
+"""The GitHub workflows: valid YAML, valid against the workflow schema, and doing what the README
+says."""
 
 from __future__ import annotations
 

@@ -115,7 +115,8 @@ def setup_cell_source() -> str:
 
 
 def read_source(src: Path) -> list[nbformat.NotebookNode]:
-    """The cells of a percent-format chapter, read by jupytext; only their tags are kept as metadata."""
+    """The cells of a percent-format chapter, read by jupytext; only their tags are kept as
+    metadata."""
     nb = jupytext.read(src, fmt="py:percent")
     cells = []
     for cell in nb.cells:
@@ -212,7 +213,8 @@ def _same_program(new: str, old: str) -> bool:
 
 
 def sync(src: Path) -> str:
-    """Copy ``src``'s cells into its executed notebook where no output can change; say what happened."""
+    """Copy ``src``'s cells into its executed notebook where no output can change; say what
+    happened."""
     path = BOOK / (src.stem + ".ipynb")
     expected = notebook_from_source(src)
     actual = nbformat.read(path, as_version=4)
