@@ -16,7 +16,7 @@ NBVAL := $(NB_ENV) $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-
 # What differs between machines, reproduced on one: no AVX2/AVX-512 kernels, one thread
 # (make colab-check runs its nbval pass so; nbval-portable is the same pass in the book's venv).
 PORTABLE_ENV := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-STANDIN_TESTS := tests/test_standin_data.py tests/test_full_runs.py
+STANDIN_TESTS := tests/harness/test_standin_data.py tests/book/test_full_runs.py
 
 .PHONY: all env data book notebooks test unit standins nbval nbval-portable colab-check book-strict rendered workflows benchmark clean
 
@@ -30,7 +30,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 env: $(STAMP)
 
-# Fashion-MNIST (chapter 7, tests/test_fmnist.py): Debian's package dataset-fashion-mnist, installed with apt-get
+# Fashion-MNIST (chapter 7, tests/harness/test_fmnist.py): Debian's package dataset-fashion-mnist, installed with apt-get
 # when the four files are neither there nor in $(REVLIB_DATA)/FashionMNIST/raw and we are root; else say what to do.
 FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist
 FMNIST_FILES := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte

@@ -19,7 +19,7 @@
 
 A chapter that imports a package Colab lacks, or a revlib module that does so at
 import time (say ``import myst_nb``), fails here. The unit test
-tests/test_dependencies.py checks the same statically, in a second.
+tests/book/test_dependencies.py checks the same statically, in a second.
 
     python tools/colab_check.py            # reuse the environment in ~/.cache if it is complete
     python tools/colab_check.py --fresh    # build it from scratch (what CI on a fresh clone does)

@@ -12,19 +12,16 @@ check code paths, not results.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
+import notebooks
 import pytest
+import standin_data
 import torch
+from helpers import ROOT
 
 from revlib.harness.notebook import RunSettings, peak_memory_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / "tools"))
-import notebooks  # noqa: E402
-import standin_data  # noqa: E402
+TESTS = ROOT / "tests"
 
 FULL_RUN_CHAPTERS = sorted(
     p for p in notebooks.SRC.glob("*.py") if "RunSettings.from_env" in p.read_text()

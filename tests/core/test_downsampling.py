@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import conv_bn_relu, run_step
+from helpers import conv_bn_relu, run_step
 
 import revlib
 from revlib.core.memory import saved_tensor_bytes

@@ -3,13 +3,10 @@ tools/check_code_width.py (the chapters' code fits the rendered code column)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import check_code_width  # noqa: E402
-import notebooks  # noqa: E402
+import check_code_width
+import notebooks
 
 CELL = '''import torch
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_step
+from helpers import run_step
 from torch import nn
 
 import revlib

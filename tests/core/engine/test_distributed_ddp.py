@@ -15,7 +15,7 @@ import socket
 
 import torch
 import torch.distributed as dist
-from conftest import max_rel_error, revnet_stack
+from helpers import max_rel_error, revnet_stack
 from torch.nn.parallel import DistributedDataParallel
 
 

@@ -12,15 +12,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import types
-from pathlib import Path
 
+import notebooks
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import notebooks  # noqa: E402
-
-import revlib  # noqa: E402
+import revlib
 
 WANTED = notebooks.revlib_version()
 

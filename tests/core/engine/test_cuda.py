@@ -1,6 +1,6 @@
 """A short check for a GPU user: the reversible engine on CUDA, against mode "autograd".
 
-    pytest tests/test_cuda.py      # skipped without CUDA
+    pytest tests/core/engine/test_cuda.py      # skipped without CUDA
 
 Covers what depends on the device: the CUDA generator (dropout replayed), autocast
 on CUDA (float16 forward, float32 backward region), BatchNorm running statistics,
@@ -13,7 +13,7 @@ import copy
 
 import pytest
 import torch
-from conftest import grads_of, revnet_stack, worst_rel_error
+from helpers import grads_of, revnet_stack, worst_rel_error
 
 from revlib.core.memory import saved_tensor_bytes
 

@@ -7,15 +7,10 @@ which runs every chapter in a Colab-like environment.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import colab_check
+import notebooks
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import colab_check  # noqa: E402
-import notebooks  # noqa: E402
+from helpers import ROOT
 
 IMPORT_NAMES = {
     "sklearn": "scikit-learn",

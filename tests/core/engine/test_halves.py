@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import revnet_stack
+from helpers import revnet_stack
 from torch import nn
 
 import revlib

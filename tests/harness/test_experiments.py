@@ -7,14 +7,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 
 from revlib.harness import experiments
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "resnet32"
 
 

@@ -8,13 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import notebooks
 import pytest
 import yaml
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
-sys.path.insert(0, str(ROOT / "tools"))
-import notebooks  # noqa: E402
 
 
 def load(name: str) -> dict:

@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 import torch
-from conftest import max_rel_error, run_step
+from helpers import max_rel_error, run_step
 
 import revlib
 from revlib.core.memory import saved_tensor_bytes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import conv_bn_relu
+from helpers import conv_bn_relu
 from torch import nn
 
 import revlib

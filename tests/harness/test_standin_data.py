@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 
 from revlib.harness import data, experiments
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+TESTS = ROOT / "tests"
 
 SHAPES = {"cifar10": (3, 32, 32, 10), "cifar100": (3, 32, 32, 100), "stl10": (3, 96, 96, 10)}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import worst_rel_error
+from helpers import worst_rel_error
 from torch import nn
 from torch.nn.utils import parametrize
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import revnet_stack
+from helpers import revnet_stack
 from torch import nn
 
 from revlib.core.memory import SavedTensorMeter, saved_tensor_bytes

@@ -4,15 +4,11 @@ toc."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
+import notebooks
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import notebooks  # noqa: E402
+from helpers import ROOT
 
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as nnf
-from conftest import max_rel_error, run_step
+from helpers import max_rel_error, run_step
 
 import revlib
 from revlib.core.memory import saved_tensor_bytes

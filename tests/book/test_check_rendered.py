@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import check_rendered  # noqa: E402
+import check_rendered
 
 PAGE = """<html><body><div class="sidebar">$ site nav</div><main class="bd-main"><article>
 {body}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 HARNESS_ONLY = ("torchvision", "tqdm", "matplotlib", "sklearn", "myst_nb", "IPython", "pandas")
 
@@ -57,7 +58,7 @@ def test_core_modules_live_in_revlib_core(name):
 
 # ------------------------------------------------------------ imports inside functions
 
-REVLIB = Path(__file__).resolve().parents[1] / "revlib"
+REVLIB = ROOT / "revlib"
 
 
 def _imported_packages(path: Path) -> set[str]:
