@@ -11,6 +11,8 @@
 # be recomputed from their outputs {cite:p}`gomez2017revnet`.
 
 # %%
+from itertools import pairwise
+
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
@@ -139,7 +141,7 @@ for depth in depths:
 
 # %%
 increments = [
-    (plain_bytes[b] - plain_bytes[a]) / (b - a) for a, b in zip(depths, depths[1:])
+    (plain_bytes[b] - plain_bytes[a]) / (b - a) for a, b in pairwise(depths)
 ]
 per_block = increments[0]
 bn_stats_bytes = (
@@ -246,7 +248,7 @@ assert (
     len(set(rev_bytes.values())) == 1
 )  # flat: the same number of bytes at every depth
 assert rev_bytes[1] == activation_bytes  # only the chain's output is kept
-assert all(autograd_bytes[b] > autograd_bytes[a] for a, b in zip(depths, depths[1:]))
+assert all(autograd_bytes[b] > autograd_bytes[a] for a, b in pairwise(depths))
 glue("intro_rev_bytes", rev_bytes[32], display=False)
 glue("intro_autograd32_bytes", autograd_bytes[32], display=False)
 

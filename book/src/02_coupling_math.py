@@ -247,12 +247,22 @@ assert jacobians["additive (RevNet)"][:n1, n1:].abs().max() > 0.01
 # %% tags=["nbval-ignore-output"]
 affine = couplings["affine (Real NVP)"]
 log_det_formula = affine.log_det(x).item()
-h_map = lambda v: torch.cat(
-    [v[:, :HALF] + couplings["additive (RevNet)"].F(v[:, HALF:]), v[:, HALF:]], dim=1
-)
-g_map = lambda v: torch.cat(
-    [v[:, :HALF], v[:, HALF:] + couplings["additive (RevNet)"].G(v[:, :HALF])], dim=1
-)
+
+
+def h_map(v):
+    return torch.cat(
+        [v[:, :HALF] + couplings["additive (RevNet)"].F(v[:, HALF:]), v[:, HALF:]],
+        dim=1,
+    )
+
+
+def g_map(v):
+    return torch.cat(
+        [v[:, :HALF], v[:, HALF:] + couplings["additive (RevNet)"].G(v[:, :HALF])],
+        dim=1,
+    )
+
+
 with torch.no_grad():
     z = h_map(x)
 J_h, J_g = full_jacobian(h_map, x), full_jacobian(g_map, z)
@@ -285,7 +295,7 @@ glue("affine_logdet_formula", log_det_formula, display=False)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), dpi=DPI)
-for ax, (name, J) in zip(axes, jacobians.items()):
+for ax, (name, J) in zip(axes, jacobians.items(), strict=True):
     image = ax.imshow(J.abs().numpy(), cmap="magma", vmin=0, vmax=1.5)
     ax.axhline(n1 - 0.5, color="cyan", lw=0.8)
     ax.axvline(n1 - 0.5, color="cyan", lw=0.8)
@@ -368,12 +378,14 @@ for depth in depths:
     )
     chain_errors["float32"].append(check_inverse(chain.float(), x_chain.float()))
     chain_errors["float64"].append(check_inverse(chain.double(), x_chain))
-for d, e32, e64 in zip(depths, chain_errors["float32"], chain_errors["float64"]):
+for d, e32, e64 in zip(
+    depths, chain_errors["float32"], chain_errors["float64"], strict=True
+):
     print(f"{d:4d} blocks: float32 {e32:.1e}   float64 {e64:.1e}")
 e32, e64 = chain_errors["float32"], chain_errors["float64"]
 assert e32[-1] > 10 * e32[0]  # float32 error grows with depth
 assert all(
-    a > 1e6 * b for a, b in zip(e32, e64)
+    a > 1e6 * b for a, b in zip(e32, e64, strict=True)
 )  # float64 is many orders of magnitude smaller
 assert max(e64) < 1e-12 and max(e32) < 1e-3
 glue("chain_err32_deep", e32[-1], display=False)
@@ -441,7 +453,7 @@ for name, block in couplings.items():
             f"   all in {str(dtype)[6:]}: "
             f"{pure_error:.1e} ({pure_error / scale:5.2f} u max|x|)"
         )
-for (name, dtype), (autocast_error, pure_error, scale) in low_precision.items():
+for (name, _dtype), (autocast_error, pure_error, scale) in low_precision.items():
     assert (
         pure_error > 0.1 * scale and pure_error <= 4 * scale
     )  # rounding of the low-precision sums

@@ -18,6 +18,7 @@ import json
 import statistics
 import time
 from fractions import Fraction
+from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -184,10 +185,12 @@ step_errors = {
     "x (reconstructed)": (x_rec - x).abs().max().item(),
     "dx": (dx - x.grad).abs().max().item(),
     "dW_F": max(
-        (a - p.grad).abs().max().item() for a, p in zip(dW_F, block.F.parameters())
+        (a - p.grad).abs().max().item()
+        for a, p in zip(dW_F, block.F.parameters(), strict=True)
     ),
     "dW_G": max(
-        (a - p.grad).abs().max().item() for a, p in zip(dW_G, block.G.parameters())
+        (a - p.grad).abs().max().item()
+        for a, p in zip(dW_G, block.G.parameters(), strict=True)
     ),
 }
 for name, err in step_errors.items():
@@ -618,8 +621,7 @@ for mode in revlib.MODES:
 
 slope = {
     mode: [
-        (memory[mode][b] - memory[mode][a]) // (b - a)
-        for a, b in zip(depths, depths[1:])
+        (memory[mode][b] - memory[mode][a]) // (b - a) for a, b in pairwise(depths)
     ]
     for mode in revlib.MODES
 }
@@ -715,7 +717,7 @@ show_table(
     [
         [name, *[f"{v[d] / activation_bytes:.1f} A" for d in square_depths], growth]
         for (name, v), growth in zip(
-            peak.items(), ["O(L)", "O(L)", "O(sqrt L)", "O(1)"]
+            peak.items(), ["O(L)", "O(L)", "O(sqrt L)", "O(1)"], strict=True
         )
     ],
     caption="Modelled peak (not measured): "
@@ -899,7 +901,7 @@ finally:
 medians = {name: statistics.median(t) for name, t in times.items()}
 # ratio within each round (steps run back to back), then the median over rounds
 ratios = {
-    name: statistics.median(a / b for a, b in zip(t, times["autograd"]))
+    name: statistics.median(a / b for a, b in zip(t, times["autograd"], strict=True))
     for name, t in times.items()
 }
 print(
@@ -1168,7 +1170,10 @@ dx1r, dx2r = dya1 + dx1_vjp, dya2 * s_r.detach().exp()
 affine_err = max(
     (x2r - xa2).abs().max().item(),
     (torch.cat([dx1r, dx2r], 1) - xa.grad).abs().max().item(),
-    max((a - p.grad).abs().max().item() for a, p in zip(dW, st_net.parameters())),
+    max(
+        (a - p.grad).abs().max().item()
+        for a, p in zip(dW, st_net.parameters(), strict=True)
+    ),
 )
 print(
     "affine coupling, derived backward step vs autograd (float64): "

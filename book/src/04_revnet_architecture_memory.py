@@ -28,6 +28,7 @@
 # %%
 
 import copy
+from itertools import pairwise
 
 import matplotlib.pyplot as plt
 import torch
@@ -138,6 +139,11 @@ LABEL = {
     "revnet104": "RevNet-104 (ImageNet)",
 }
 
+
+def fmt(pair):
+    return " / ".join(f"{v:,}" for v in pair if v is not None)
+
+
 ours = {}
 rows = [
     "| model | block | units per stage | widths (stem, stages) "
@@ -154,7 +160,6 @@ for name in OFFICIAL:
         count_parameters(m100) if m100 is not None else None,
     )
     ref = OFFICIAL[name]
-    fmt = lambda pair: " / ".join(f"{v:,}" for v in pair if v is not None)
     rows.append(
         f"| {LABEL[name]} | {m10.block} | {'-'.join(map(str, m10.units))} | "
         f"{'-'.join(map(str, m10.widths))} | {fmt(ours[name])} "
@@ -174,7 +179,7 @@ assert ours == OFFICIAL  # every count, to the last parameter
 # switch for all of them: `model.mode = "reversible" | "checkpoint" | "autograd"`
 # (or `revlib.models.set_mode(model, mode)`, which works on any model). The same
 # weights give the same outputs in every mode and the same gradients
-# (`tests/test_models_revnet.py` checks this to 1e-10 in float64).
+# (`tests/models/test_revnet.py` checks this to 1e-10 in float64).
 
 # %%
 print(
@@ -766,19 +771,9 @@ show_table(
     caption="Saved for backward at batch 128 (CIFAR 32x32, float32, measured)",
 )
 assert len(set(depth_mem["RevNet, reversible"])) == 1  # exactly flat
-steps = [
-    b - a
-    for a, b in zip(
-        depth_mem["ResNet (autograd)"], depth_mem["ResNet (autograd)"][1:]
-    )
-]
+steps = [b - a for a, b in pairwise(depth_mem["ResNet (autograd)"])]
 assert len(set(steps)) == 1 and steps[0] > 0  # exactly linear in depth
-ckpt_steps = {
-    b - a
-    for a, b in zip(
-        depth_mem["RevNet, checkpoint"], depth_mem["RevNet, checkpoint"][1:]
-    )
-}
+ckpt_steps = {b - a for a, b in pairwise(depth_mem["RevNet, checkpoint"])}
 assert len(ckpt_steps) == 1  # one block input per added block
 glue("flat_rev", depth_mem["RevNet, reversible"][0] / MiB, display=False)
 glue("res_step", steps[0] / MiB, display=False)
@@ -877,7 +872,7 @@ if RUN.full_run:
         for mode in MODES if model.reversible else ("autograd",):
             model.mode = mode
 
-            def step():
+            def step(model=model, opt=opt):
                 opt.zero_grad(set_to_none=True)
                 nn.functional.cross_entropy(model(xb), yb).backward()
                 opt.step()

@@ -32,6 +32,7 @@
 # %%
 import math
 import statistics
+from itertools import pairwise
 
 import matplotlib.pyplot as plt
 import torch
@@ -88,8 +89,8 @@ depths = [10, 20, 40, 80, 160]
 euler_errors = [
     (residual_network(f_demo, y_start, T, n) - exact).norm().item() for n in depths
 ]
-ratios = [a / b for a, b in zip(euler_errors, euler_errors[1:])]
-for n, err in zip(depths, euler_errors):
+ratios = [a / b for a, b in pairwise(euler_errors)]
+for n, err in zip(depths, euler_errors, strict=True):
     print(
         f"{n:4d} layers (h = {T / n:.4f}): distance from the ODE solution {err:.3e}"
     )
@@ -245,7 +246,7 @@ glue("toy_lyap_zero_max", max(lyap_0), display=False)
 grid = torch.linspace(-1.2, 1.2, 17, **f64)
 gx, gy = torch.meshgrid(grid, grid, indexing="xy")
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
-for ax, (name, K) in zip(axes, toy_K.items()):
+for ax, (name, K) in zip(axes, toy_K.items(), strict=True):
     field = torch.tanh(torch.stack([gx, gy], -1) @ K.T)
     ax.quiver(gx, gy, field[..., 0], field[..., 1], color="0.75", angles="xy")
     for i, color in enumerate(["tab:blue", "tab:orange", "tab:green"]):
@@ -426,7 +427,7 @@ glue("ham_rho", spectral_radius["Hamiltonian block"], display=False)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), sharey=True)
-for ax, (name, ev) in zip(axes, spectra.items()):
+for ax, (name, ev) in zip(axes, spectra.items(), strict=True):
     ax.axvline(0, color="0.6", lw=0.8)
     ax.axhline(0, color="0.6", lw=0.8)
     ax.plot(ev.real, ev.imag, ".", ms=5)
@@ -828,7 +829,7 @@ glue("rev_growth_pos", fwd_growth[0.5][-1], display=False)
 glue("rev_growth_neg", fwd_growth[-0.5][-1], display=False)
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-for a, color in zip(recon_error, ["tab:blue", "0.3", "tab:red"]):
+for a, color in zip(recon_error, ["tab:blue", "0.3", "tab:red"], strict=True):
     axes[0].plot(
         rev_depths, recon_error[a], "o-", color=color, label=f"Re λ = {a:+.1f}"
     )
@@ -838,7 +839,9 @@ for a, color in zip(recon_error, ["tab:blue", "0.3", "tab:red"]):
 axes[0].set_ylabel("reconstruction error / max |x| (float32)")
 axes[1].set_ylabel("|δ output| / |δ input| (float64)")
 for ax, title in zip(
-    axes, ["the inverse: stable needs Re λ ≥ 0", "the forward: stable needs Re λ ≤ 0"]
+    axes,
+    ["the inverse: stable needs Re λ ≥ 0", "the forward: stable needs Re λ ≤ 0"],
+    strict=True,
 ):
     ax.set_yscale("log")
     ax.set_xlabel("blocks (h = 0.1)")
@@ -963,7 +966,7 @@ def hamiltonian_like(
     """A copy of `block` with step size h and its kernels multiplied by `scale`."""
     new = HamiltonianBlock(C, h=h, activation="tanh", bias=False).double()
     with torch.no_grad():
-        for p_new, p_old in zip(new.parameters(), block.parameters()):
+        for p_new, p_old in zip(new.parameters(), block.parameters(), strict=True):
             p_new.copy_(scale * p_old)
     return new
 
@@ -1000,7 +1003,7 @@ show_table(
         for sc, hh, hl, g in sweep_rows
     ],
 )
-for scale, h_try, h_limit, g in sweep_rows:
+for _scale, h_try, h_limit, g in sweep_rows:
     assert (g < 100) == (h_try < h_limit)  # bounded exactly below 2 / omega_max
 glue("ex3_limit_1", 2 / omega_max[1.0], display=False)
 glue("ex3_limit_10", 2 / omega_max[10.0], display=False)

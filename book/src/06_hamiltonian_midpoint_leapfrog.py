@@ -241,7 +241,7 @@ for kind in KINDS:
         grads[mode] = [x.grad.clone()] + [p.grad.clone() for p in model.parameters()]
     grad_error = max(
         ((a - b).abs().max() / b.abs().max()).item()
-        for a, b in zip(grads["reversible"], grads["autograd"])
+        for a, b in zip(grads["reversible"], grads["autograd"], strict=True)
     )
     check_rows.append((kind, inverse_error, grad_error))
     print(
@@ -340,8 +340,8 @@ glue("midpoint_relu_growth", state_size["Midpoint"], display=False)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.6), sharey=True)
-for ax, pname in zip(axes, precisions):
-    for variant, style in zip(variants, ["o-", "s-", "^-", "v--"]):
+for ax, pname in zip(axes, precisions, strict=True):
+    for variant, style in zip(variants, ["o-", "s-", "^-", "v--"], strict=True):
         ax.loglog(
             depth_marks,
             [max(e, 1e-17) for e in recon[variant, pname]],
@@ -868,7 +868,10 @@ def train(model, steps=300, lr=0.02):
         opt.step()
     model.eval()
     with torch.no_grad():
-        acc = lambda x, y: (model(x).argmax(1) == y).float().mean().item()  # noqa: E731
+
+        def acc(x, y):
+            return (model(x).argmax(1) == y).float().mean().item()
+
         return loss.item(), acc(x_train, y_train), acc(x_test, y_test)
 
 
@@ -900,7 +903,7 @@ grid = torch.linspace(-1.3, 1.3, 150)
 gx, gy = torch.meshgrid(grid, grid, indexing="xy")
 grid_points = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
 fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
-for ax, (name, model) in zip(axes, trained.items()):
+for ax, (name, model) in zip(axes, trained.items(), strict=True):
     with torch.no_grad():
         p = torch.softmax(model(grid_points), 1)[:, 1].reshape(gx.shape)
     ax.contourf(gx, gy, p, levels=[0, 0.5, 1], colors=["#c6dbef", "#fdd0a2"])
@@ -1039,7 +1042,8 @@ def sgd_run(model, penalty: str, steps: int = 5):
                 if previous is None
                 else rate
                 * sum(
-                    (p - q).pow(2).sum() for p, q in zip(model.parameters(), previous)
+                    (p - q).pow(2).sum()
+                    for p, q in zip(model.parameters(), previous, strict=True)
                 )
             )
         else:
@@ -1058,11 +1062,11 @@ step_model, step_values = sgd_run(rough, "step")
 depth_model, depth_values = sgd_run(rough, "depth")
 change_by_step = max(
     (a - b).abs().max().item()
-    for a, b in zip(step_model.parameters(), plain.parameters())
+    for a, b in zip(step_model.parameters(), plain.parameters(), strict=True)
 )
 change_by_depth = max(
     (a - b).abs().max().item()
-    for a, b in zip(depth_model.parameters(), plain.parameters())
+    for a, b in zip(depth_model.parameters(), plain.parameters(), strict=True)
 )
 print(
     "step-change penalty over 5 SGD steps:",

@@ -426,7 +426,9 @@ for mode in ("reversible", "checkpoint"):
     diff = max(
         (a - b).abs().max().item()
         for a, b in zip(
-            gradients(transformer_stack(mode).double(), tokens), ref_grads
+            gradients(transformer_stack(mode).double(), tokens),
+            ref_grads,
+            strict=True,
         )
     )
     assert diff < 1e-10
@@ -448,7 +450,8 @@ with torch.autocast("cpu", dtype=torch.bfloat16):
     bf_ref = gradients(transformer_stack("autograd").float(), x32)
     bf_rev = gradients(transformer_stack("reversible").float(), x32)
 rel = max(
-    ((a - b).abs().max() / b.abs().max()).item() for a, b in zip(bf_rev, bf_ref)
+    ((a - b).abs().max() / b.abs().max()).item()
+    for a, b in zip(bf_rev, bf_ref, strict=True)
 )
 print(
     "bf16 autocast: largest gradient difference "
@@ -517,7 +520,7 @@ assert (
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
-for (name, values), marker in zip(vit_bytes.items(), "os^"):
+for (name, values), marker in zip(vit_bytes.items(), "os^", strict=True):
     ax.plot(depths, [v / MiB for v in values], marker + "-", label=name)
 ax.set_xlabel("transformer blocks")
 ax.set_ylabel("saved for backward (MiB)")
@@ -680,7 +683,9 @@ for rep in range(12):
         if rep >= 2:  # two warm-up rounds
             times[k].append(time.perf_counter() - start)
 ratios = {
-    k: statistics.median(a / b for a, b in zip(times[k], times["standard"]))
+    k: statistics.median(
+        a / b for a, b in zip(times[k], times["standard"], strict=True)
+    )
     for k in timed
 }
 for k in timed:
@@ -761,7 +766,7 @@ assert err64 > 1
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
-for g, marker in zip(gammas, "os^v"):
+for g, marker in zip(gammas, "os^v", strict=True):
     ax.semilogy(mom_depths, mom_errors[g], marker + "-", label=f"gamma = {g}")
 ax.set_xlabel("momentum blocks N")
 ax.set_ylabel("max |inverse(forward(x)) - x|, float32")
@@ -790,7 +795,7 @@ g_auto = gradients(mnet, x_m)
 mnet.zero_grad()
 mnet.mode = "reversible"
 g_rev = gradients(mnet, x_m)
-diff_m = max((a - b).abs().max().item() for a, b in zip(g_rev, g_auto))
+diff_m = max((a - b).abs().max().item() for a, b in zip(g_rev, g_auto, strict=True))
 assert diff_m < 1e-10
 print(
     "momentum network, gamma 0.8, 6 blocks: "

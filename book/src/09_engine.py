@@ -141,9 +141,11 @@ for name in ["reversible", "no RNG replay"]:
     r, ref = replay[name], replay["autograd"]
     err = max(
         ((a - b).abs().max() / b.abs().max()).item()
-        for a, b in zip(r.grads, ref.grads)
+        for a, b in zip(r.grads, ref.grads, strict=True)
     )
-    same_buffers = all(torch.equal(a, b) for a, b in zip(r.buffers, ref.buffers))
+    same_buffers = all(
+        torch.equal(a, b) for a, b in zip(r.buffers, ref.buffers, strict=True)
+    )
     print(
         f"{name!r:16s} gradients equal autograd's to round-off: {err < 1e-12}; "
         f"buffers bit-equal: {same_buffers}; "
@@ -154,7 +156,9 @@ assert replay["autograd"].hooks == replay["reversible"].hooks == n_params
 assert replay["reversible"].err < 1e-12
 assert all(
     torch.equal(a, b)
-    for a, b in zip(replay["reversible"].buffers, replay["autograd"].buffers)
+    for a, b in zip(
+        replay["reversible"].buffers, replay["autograd"].buffers, strict=True
+    )
 )
 assert replay["no RNG replay"].err > 1e-2
 

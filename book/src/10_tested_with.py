@@ -58,8 +58,12 @@ def largest_difference(models, *inputs, **extras) -> float:
         train_step(models[m], *inputs, **extras) for m in ("autograd", "reversible")
     )
     scale = max(r.abs().max().item() for r in g_ref)
-    grads = max((u - v).abs().max().item() for u, v in zip(g, g_ref)) / scale
-    buffers = max([(u - v).abs().max().item() for u, v in zip(b, b_ref)] or [0.0])
+    grads = (
+        max((u - v).abs().max().item() for u, v in zip(g, g_ref, strict=True)) / scale
+    )
+    buffers = max(
+        [(u - v).abs().max().item() for u, v in zip(b, b_ref, strict=True)] or [0.0]
+    )
     return max(grads, buffers)
 
 
@@ -164,7 +168,8 @@ for mode, model in two_modes(flow).items():
         )
     train_step(model, x)
 hook_gap = max(
-    abs(a - b) for a, b in zip(log_dets["reversible"], log_dets["autograd"])
+    abs(a - b)
+    for a, b in zip(log_dets["reversible"], log_dets["autograd"], strict=True)
 )
 
 
@@ -313,40 +318,42 @@ rows += [
     [
         "DistributedDataParallel, two processes (gloo) "
         "vs one process on the full batch",
-        "tests/test_ddp.py",
+        "tests/core/engine/test_distributed_ddp.py",
         "≤ 1e-12",
     ],
     [
         "FSDP2 fully_shard per block and at the root, "
         "two processes (gloo), two steps",
-        "tests/test_fsdp.py",
+        "tests/core/engine/test_distributed_fsdp.py",
         "≤ 1e-12",
     ],
     [
         "Python random, NumPy, module-owned torch.Generator, step counters",
-        "tests/test_engine_state.py",
+        "tests/core/engine/test_random_state.py, "
+        "tests/core/engine/test_buffers_and_state.py",
         "≤ 1e-12",
     ],
     [
         "buffers written without a version bump (F.batch_norm, .data)",
-        "tests/test_engine_state.py",
+        "tests/core/engine/test_buffers_and_state.py",
         "≤ 1e-12",
     ],
     [
         "hooks that change F; hooks that change a block's input or output (refused)",
-        "tests/test_engine_calls.py",
+        "tests/core/engine/test_hooks.py",
         "≤ 1e-12 / error",
     ],
     [
         "a subclass that changes _forward but "
         "inherits a fused step (generic step used)",
-        "tests/test_engine_calls.py",
+        "tests/core/engine/test_block_contract.py",
         "≤ 1e-12",
     ],
     [
         "checkpoint inside F, vmap, lazy modules, "
         "parametrize.cached() (clear errors)",
-        "tests/test_engine_state.py, tests/test_side_inputs.py",
+        "tests/core/engine/test_clear_errors.py, "
+        "tests/core/engine/test_side_inputs.py",
         "error",
     ],
 ]
@@ -386,8 +393,9 @@ for _ in range(3):
     scale = max(r.abs().max().item() for r in g_ref)
     err_compile = max(
         err_compile,
-        max((u - v).abs().max().item() for u, v in zip(g, g_ref)) / scale,
-        max((u - v).abs().max().item() for u, v in zip(b, b_ref)),
+        max((u - v).abs().max().item() for u, v in zip(g, g_ref, strict=True))
+        / scale,
+        max((u - v).abs().max().item() for u, v in zip(b, b_ref, strict=True)),
     )
 graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
 print(
@@ -406,7 +414,7 @@ rows.append(
     [
         "torch.compile: no recompilation after the first steps; "
         "saved bytes flat in depth",
-        "tests/test_compile.py",
+        "tests/core/engine/test_compile.py",
         "≤ 1e-10",
     ]
 )
