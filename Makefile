@@ -1,9 +1,11 @@
 # make book: set up the environment if needed, build _build/html from the committed, executed notebooks.
-# make test: what CI runs (.ci/run): the data (make data), unit tests, the stand-in data tests, nbval with this machine's
-#            CPU kernels, the Colab-like check (nbval again, with generic kernels on one thread, in
-#            a Colab-like environment), the strict book build, the check of its rendered pages
-#            and the workflow schema check.
-#            See README.md, "Testing".
+# make lint: ruff (lint, and the format check), the width of the chapters' code cells
+#            (tools/check_code_width.py) and mypy (make typecheck); run it before a pull request.
+# make test: what CI runs (.ci/run): lint, the data (make data), unit tests, the stand-in data tests,
+#            nbval with this machine's CPU kernels, the Colab-like check (nbval again, with generic
+#            kernels on one thread, in a Colab-like environment), the strict book build, the check
+#            of its rendered pages and the workflow schema check.
+#            See README.md, "Testing" and "Contributing".
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,9 +18,9 @@ NBVAL := $(NB_ENV) $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-
 # What differs between machines, reproduced on one: no AVX2/AVX-512 kernels, one thread
 # (make colab-check runs its nbval pass so; nbval-portable is the same pass in the book's venv).
 PORTABLE_ENV := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-STANDIN_TESTS := tests/test_standin_data.py tests/test_full_runs.py
+STANDIN_TESTS := tests/harness/test_standin_data.py tests/book/test_full_runs.py
 
-.PHONY: all env data book notebooks test unit standins nbval nbval-portable colab-check book-strict rendered workflows benchmark clean
+.PHONY: all env data book notebooks lint typecheck test unit standins nbval nbval-portable colab-check book-strict rendered workflows benchmark clean
 
 all: book
 
@@ -30,7 +32,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 env: $(STAMP)
 
-# Fashion-MNIST (chapter 7, tests/test_fmnist.py): Debian's package dataset-fashion-mnist, installed with apt-get
+# Fashion-MNIST (chapter 7, tests/harness/test_fmnist.py): Debian's package dataset-fashion-mnist, installed with apt-get
 # when the four files are neither there nor in $(REVLIB_DATA)/FashionMNIST/raw and we are root; else say what to do.
 FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist
 FMNIST_FILES := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
@@ -56,6 +58,18 @@ book: env
 # Re-execute every chapter from its source (book/src/*.py) and write book/*.ipynb.
 notebooks: env
 	$(NB_ENV) $(PY) tools/notebooks.py build --all
+
+# ruff's settings: pyproject.toml (the chapters: book/src/ruff.toml, whose line-length is also
+# the width tools/check_code_width.py holds the chapters' code cells to).
+lint: env
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) tools/check_code_width.py
+	$(MAKE) --no-print-directory typecheck
+
+# mypy's settings (which files, how strict) are in pyproject.toml.
+typecheck: env
+	$(PY) -m mypy
 
 unit: env data
 	$(PY) -m pytest tests -p no:cacheprovider $(addprefix --ignore=,$(STANDIN_TESTS))
@@ -84,7 +98,7 @@ workflows: env
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 # The two nbval passes run side by side: the chapters compute on one thread, and a 2-core machine has two.
-test: unit standins
+test: lint unit standins
 	$(MAKE) --no-print-directory -j2 nbval colab-check
 	$(MAKE) --no-print-directory book-strict rendered workflows
 

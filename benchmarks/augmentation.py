@@ -13,7 +13,8 @@ timed, interleaved ``--repeats`` times, and the medians and their ratio are
 reported.
 
     python benchmarks/augmentation.py                 # CPU, 5,000 images, batch 100
-    python benchmarks/augmentation.py --device cuda   # the batched path on the GPU (the per-image one stays on the CPU)
+    python benchmarks/augmentation.py --device cuda   # the batched path on the GPU
+                                                      # (the per-image one stays on the CPU)
 
 Writes benchmarks/results/augmentation_<device>.json (``--out`` to change).
 """
@@ -44,7 +45,7 @@ def cifar_like(n: int, seed: int) -> ImageData:
 def one_epoch(batches, device: torch.device) -> float:
     synchronize(device)
     start = time.perf_counter()
-    for x, _ in batches:
+    for _ in batches:
         pass
     synchronize(device)
     return time.perf_counter() - start
@@ -69,8 +70,9 @@ def run(args: argparse.Namespace) -> dict:
     median = {name: statistics.median(t) for name, t in seconds.items()}
     return {
         "benchmark": "augmentation",
-        "what": f"one epoch of {args.images} random CIFAR-sized uint8 images in batches of {args.batch}: "
-        "normalise, zero-pad 4, random 32x32 crop, horizontal flip with probability 1/2",
+        "what": f"one epoch of {args.images} random CIFAR-sized uint8 images in batches of "
+        f"{args.batch}: normalise, zero-pad 4, random 32x32 crop, horizontal flip with "
+        "probability 1/2",
         **run_metadata(device),
         "images": args.images,
         "batch": args.batch,
@@ -79,8 +81,8 @@ def run(args: argparse.Namespace) -> dict:
         "images_per_second": {name: args.images / t for name, t in median.items()},
         "all_seconds": seconds,
         "speedup_batched_over_per_image": median["per_image"] / median["batched"],
-        "note": "medians of interleaved repeats after one warm-up epoch each; the per-image path runs in the "
-        "main process (num_workers=0) on the CPU. " + (args.note or ""),
+        "note": "medians of interleaved repeats after one warm-up epoch each; the per-image path "
+        "runs in the main process (num_workers=0) on the CPU. " + (args.note or ""),
     }
 
 
@@ -99,11 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = run(args)
     print(
-        f"{result['device']}, torch {result['torch']}, revlib {revlib.__version__}, {result['threads']} threads"
+        f"{result['device']}, torch {result['torch']}, revlib {revlib.__version__}, "
+        f"{result['threads']} threads"
     )
     for name, t in result["median_seconds"].items():
         print(
-            f"{name:10s} {1000 * t:9.1f} ms/epoch {result['images_per_second'][name]:10.0f} images/s"
+            f"{name:10s} {1000 * t:9.1f} ms/epoch "
+            f"{result['images_per_second'][name]:10.0f} images/s"
         )
     print(f"batched is {result['speedup_batched_over_per_image']:.1f}x faster than per-image")
     print(f"wrote {write_result(result, args.out, 'augmentation')}")

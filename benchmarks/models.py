@@ -1,4 +1,5 @@
-"""Time a training step of the book's models (RevNet, ResNet, Rev-VGG, VGG-19) in each backward mode.
+"""Time a training step of the book's models (RevNet, ResNet, Rev-VGG, VGG-19) in each
+backward mode.
 
 One step is forward, cross-entropy on random labels, backward and an SGD
 update (momentum 0.9). For every model the modes are timed interleaved (so a
@@ -9,7 +10,7 @@ checkpoint/autograd, and the bytes each mode saves for the backward
 allocator's peak during a step). ResNets and VGG-19 have one mode, autograd;
 their rows give the time and memory of the RevNet of equal parameter count.
 
-    python benchmarks/models.py                                  # CPU defaults: batch 8, a few minutes at most
+    python benchmarks/models.py                  # CPU defaults: batch 8, a few minutes at most
     python benchmarks/models.py --device cuda --batch 128 --repeats 20
     python benchmarks/models.py --models revnet38 resnet32 --batch 4
 
@@ -88,7 +89,9 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     if name in REVERSIBLE:
 
         def paired(mode: str) -> float:
-            return statistics.median(a / b for a, b in zip(times[mode], times["autograd"]))
+            return statistics.median(
+                a / b for a, b in zip(times[mode], times["autograd"], strict=True)
+            )
 
         row.update(
             {
@@ -126,16 +129,16 @@ def run(args: argparse.Namespace) -> dict:
             }
     return {
         "benchmark": "models",
-        "what": "one training step (forward, cross-entropy, backward, SGD momentum update) on random "
-        "32x32 RGB images, per model and backward mode",
+        "what": "one training step (forward, cross-entropy, backward, SGD momentum update) on "
+        "random 32x32 RGB images, per model and backward mode",
         **run_metadata(device),
         "batch": args.batch,
         "warmup": args.warmup,
         "repeats": args.repeats,
         "models": results,
         "reversible_vs_baseline": against_baseline,
-        "note": "medians of interleaved repeats after warm-up; CPU timings depend on the machine's load. "
-        + (args.note or ""),
+        "note": "medians of interleaved repeats after warm-up; CPU timings depend on the "
+        "machine's load. " + (args.note or ""),
     }
 
 
@@ -159,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run(args)
     print(
-        f"{result['device']}, torch {result['torch']}, {result['threads']} threads; batch {args.batch}, "
-        f"32x32; median of {args.repeats} after {args.warmup} warm-up"
+        f"{result['device']}, torch {result['torch']}, {result['threads']} threads; "
+        f"batch {args.batch}, 32x32; median of {args.repeats} after {args.warmup} warm-up"
     )
     print(
-        f"{'model':10s} {'mode':11s} {'params':>10s} {'median ms':>10s} {'t/autograd':>10s} {'saved MiB':>10s} {'s/autograd':>10s}"
+        f"{'model':10s} {'mode':11s} {'params':>10s} {'median ms':>10s} {'t/autograd':>10s} "
+        f"{'saved MiB':>10s} {'s/autograd':>10s}"
     )
     for name, row in result["models"].items():
         t0 = row["median_seconds"]["autograd"]
@@ -177,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     for pair, r in result["reversible_vs_baseline"].items():
         print(
-            f"{pair}: time {r['time_reversible_to_baseline']:.2f}x, saved bytes {r['saved_reversible_to_baseline']:.3f}x"
+            f"{pair}: time {r['time_reversible_to_baseline']:.2f}x, "
+            f"saved bytes {r['saved_reversible_to_baseline']:.3f}x"
         )
     out = write_result(result, args.out, "models")
     print(f"wrote {out}")

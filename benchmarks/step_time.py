@@ -1,4 +1,5 @@
-"""Time one training step of a RevNet-like stack: revlib's modes, earlier versions of its engine, MemCNN.
+"""Time one training step of a RevNet-like stack: revlib's modes, earlier versions of its
+engine, MemCNN.
 
 A stack of ``--depth`` additive coupling blocks on ``--width`` channels, F and
 G each BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the channels (the
@@ -80,7 +81,8 @@ def halves(depth: int, width: int) -> list[tuple[nn.Module, nn.Module]]:
 
 
 def engine_before(revision: str):
-    """revlib's engine modules at ``revision`` as a temporary package, or None if git cannot give them."""
+    """revlib's engine modules at ``revision`` as a temporary package, or None if git cannot
+    give them."""
     target = Path(tempfile.mkdtemp(prefix="revlib_before_")) / f"revlib_core_at_{revision}"
     target.mkdir()
     (target / "__init__.py").write_text("")
@@ -108,7 +110,8 @@ def engine_before(revision: str):
 
 
 class AutogradPlusForward(nn.Module):
-    """An autograd forward of ``chain`` preceded by a forward without a graph: the reversible step's floor."""
+    """An autograd forward of ``chain`` preceded by a forward without a graph: the reversible
+    step's floor."""
 
     def __init__(self, chain: nn.Module) -> None:
         super().__init__()
@@ -121,7 +124,8 @@ class AutogradPlusForward(nn.Module):
 
 
 def memcnn_stack(pairs):
-    """MemCNN's invertible wrapper around its additive coupling, per block; None if MemCNN is missing."""
+    """MemCNN's invertible wrapper around its additive coupling, per block; None if MemCNN is
+    missing."""
     try:
         import memcnn
     except ImportError:
@@ -182,7 +186,8 @@ def build_variants(args: argparse.Namespace, device: torch.device) -> dict[str, 
     if memcnn_model is not None:
         models["memcnn"] = memcnn_model
     if args.compile:
-        # torch.compile(model) as users call it; the reversible engine stays eager and compiles F and G
+        # torch.compile(model) as users call it; the reversible engine stays eager and compiles
+        # F and G
         for name in ("autograd", "autograd_plus_forward", "reversible", "checkpoint"):
             eager = copy.deepcopy(models[name])
             models[f"compiled_{name}"] = CompiledVariant(eager)
@@ -190,7 +195,8 @@ def build_variants(args: argparse.Namespace, device: torch.device) -> dict[str, 
 
 
 class CompiledVariant(nn.Module):
-    """``torch.compile(model)``, keeping the eager module for its parameters, buffers and saved bytes."""
+    """``torch.compile(model)``, keeping the eager module for its parameters, buffers and saved
+    bytes."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -202,7 +208,8 @@ class CompiledVariant(nn.Module):
 
 
 def same_gradients(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, bool]:
-    """Whether each revlib variant's float64 parameter gradients equal the 'reversible' variant's bit for bit."""
+    """Whether each revlib variant's float64 parameter gradients equal the 'reversible'
+    variant's bit for bit."""
     out = {}
     ref = None
     for name in [
@@ -216,7 +223,7 @@ def same_gradients(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, b
         m(x.double()).square().mean().backward()
         grads = [p.grad for p in m.parameters()]
         ref = grads if ref is None else ref
-        out[name] = all(torch.equal(a, b) for a, b in zip(grads, ref))
+        out[name] = all(torch.equal(a, b) for a, b in zip(grads, ref, strict=True))
     return out
 
 
@@ -248,7 +255,8 @@ def run(args: argparse.Namespace) -> dict:
         ).square().mean().backward()  # a fresh input: MemCNN frees its block inputs
         optimizers[name].step()
 
-    # the compiled variants' first two steps (forward and backward graphs are made on first use), timed apart
+    # the compiled variants' first two steps (forward and backward graphs are made on first use),
+    # timed apart
     compile_seconds = {}
     for name in (n for n in names if n.startswith("compiled_")):
         start = time.perf_counter()
@@ -270,10 +278,13 @@ def run(args: argparse.Namespace) -> dict:
     )
     medians = {n: statistics.median(t) for n, t in times.items()}
     ratio = {n: medians[n] / medians["autograd"] for n in names}
-    per_round = {n: [a / b for a, b in zip(times[n], times["autograd"])] for n in names}
+    per_round = {
+        n: [a / b for a, b in zip(times[n], times["autograd"], strict=True)] for n in names
+    }
     paired = {n: statistics.median(r) for n, r in per_round.items()}
     paired_interval = {n: bootstrap_median(r) for n, r in per_round.items()}
-    # CPU time of this process (all its threads): less sensitive than wall time to other processes' load
+    # CPU time of this process (all its threads): less sensitive than wall time to other
+    # processes' load
     cpu_medians = {n: statistics.median(t) for n, t in cpu_times.items()}
     cpu_ratio = {n: cpu_medians[n] / cpu_medians["autograd"] for n in names}
     small = torch.randn(2, channels, 8, 8, device=device)
@@ -281,15 +292,17 @@ def run(args: argparse.Namespace) -> dict:
     if compiled_names:
         base = times["compiled_autograd"]
         to_compiled = {n: medians[n] / medians["compiled_autograd"] for n in compiled_names}
-        compiled_rounds = {n: [a / b for a, b in zip(times[n], base)] for n in compiled_names}
+        compiled_rounds = {
+            n: [a / b for a, b in zip(times[n], base, strict=True)] for n in compiled_names
+        }
         compiled_paired = {n: statistics.median(r) for n, r in compiled_rounds.items()}
         compiled_interval = {n: bootstrap_median(r) for n, r in compiled_rounds.items()}
     else:
         to_compiled, compiled_paired, compiled_interval = {}, {}, {}
     return {
         "benchmark": "step_time",
-        "what": "one training step (forward, backward of mean(y^2), SGD update) of a stack of additive "
-        "coupling blocks, F and G = BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the channels",
+        "what": "one training step (forward, backward of mean(y^2), SGD update) of a stack of "
+        "additive coupling blocks, F and G = BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the channels",
         **run_metadata(device),
         "model": args.model,
         "depth": args.depth,
@@ -315,10 +328,11 @@ def run(args: argparse.Namespace) -> dict:
         "float64_gradients_bit_equal_to_reversible": same_gradients(models, small),
         "saved_bytes": saved,
         "cuda_peak_bytes": peak,
-        # the machine's 1-minute load average before and after: above the core count, wall times are unreliable
+        # the machine's 1-minute load average before and after: above the core count, wall times
+        # are unreliable
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
-        "note": "medians of interleaved repeats (rotating order) after warm-up; CPU timings depend on the "
-        "machine's load, so compare ratios within one run. " + (args.note or ""),
+        "note": "medians of interleaved repeats (rotating order) after warm-up; CPU timings depend "
+        "on the machine's load, so compare ratios within one run. " + (args.note or ""),
     }
 
 
@@ -365,25 +379,31 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run(args)
     print(
-        f"{result['device']}, torch {result['torch']}, {result['threads']} threads; depth {args.depth}, "
-        f"width {args.width}, batch {args.batch}, {args.size}x{args.size}; median of {args.repeats} after {args.warmup} warm-up"
+        f"{result['device']}, torch {result['torch']}, {result['threads']} threads; "
+        f"depth {args.depth}, width {args.width}, batch {args.batch}, {args.size}x{args.size}; "
+        f"median of {args.repeats} after {args.warmup} warm-up"
     )
     print(
-        f"{'variant':22s} {'median ms':>10s} {'ratio':>7s} {'paired (95 %)':>20s} {'CPU ratio':>9s} {'saved MiB':>10s}"
+        f"{'variant':22s} {'median ms':>10s} {'ratio':>7s} {'paired (95 %)':>20s} "
+        f"{'CPU ratio':>9s} {'saved MiB':>10s}"
     )
     for n in result["variants"]:
         saved = result["saved_bytes"].get(n)
         low, high = result["paired_ratio_95_interval"][n]
         print(
-            f"{n:22s} {1000 * result['median_seconds'][n]:10.1f} {result['ratio_to_autograd'][n]:7.2f} "
+            f"{n:22s} {1000 * result['median_seconds'][n]:10.1f} "
+            f"{result['ratio_to_autograd'][n]:7.2f} "
             f"{result['paired_ratio_to_autograd'][n]:7.2f} ({low:.2f}-{high:.2f}) "
-            f"{result['cpu_time_ratio_to_autograd'][n]:9.2f} {'' if saved is None else f'{saved / 2**20:10.2f}'}"
+            f"{result['cpu_time_ratio_to_autograd'][n]:9.2f} "
+            f"{'' if saved is None else f'{saved / 2**20:10.2f}'}"
         )
     for n, r in result["ratio_to_compiled_autograd"].items():
         low, high = result["paired_ratio_to_compiled_autograd_95_interval"][n]
         print(
-            f"{n:30s} / compiled_autograd: {r:.2f}, paired {result['paired_ratio_to_compiled_autograd'][n]:.2f} "
-            f"({low:.2f}-{high:.2f}); first two steps {result['compile_seconds_first_two_steps'][n]:.1f} s"
+            f"{n:30s} / compiled_autograd: {r:.2f}, "
+            f"paired {result['paired_ratio_to_compiled_autograd'][n]:.2f} "
+            f"({low:.2f}-{high:.2f}); "
+            f"first two steps {result['compile_seconds_first_two_steps'][n]:.1f} s"
         )
     print(
         "float64 gradients bit-equal to 'reversible':",
@@ -391,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     load = result["load_average_1min"]
     print(
-        f"load average (1 min) before/after: {load['before']:.1f}/{load['after']:.1f} on {os.cpu_count()} cores"
+        f"load average (1 min) before/after: {load['before']:.1f}/{load['after']:.1f} "
+        f"on {os.cpu_count()} cores"
     )
     print(f"wrote {write_result(result, args.out, 'step_time')}")
     return 0

@@ -1,4 +1,5 @@
-"""Reversible ViT against the standard ViT and the per-block-checkpointed ViT, at two sequence lengths.
+"""Reversible ViT against the standard ViT and the per-block-checkpointed ViT, at two sequence
+lengths.
 
 Three models with the same blocks (pre-LayerNorm attention and MLP, ``--width``
 features per stream, ``--depth`` blocks, revlib.models): ``standard`` (ViT,
@@ -83,7 +84,8 @@ def one_length(tokens: int, args: argparse.Namespace, device: torch.device) -> d
         "all_seconds": times,
         "step_time_ratio_to_standard": {k: medians[k] / medians["standard"] for k in KINDS},
         "paired_ratio_to_standard": {
-            k: statistics.median(a / b for a, b in zip(times[k], times["standard"])) for k in KINDS
+            k: statistics.median(a / b for a, b in zip(times[k], times["standard"], strict=True))
+            for k in KINDS
         },
         "saved_bytes": saved,
         "saved_ratio_to_standard": {k: saved[k] / saved["standard"] for k in KINDS},
@@ -131,31 +133,35 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     result = {
         "benchmark": "transformer",
-        "what": "one training step (forward, cross-entropy backward, SGD update) of a ViT: standard, "
-        "checkpointed per block, reversible (RevViT)",
+        "what": "one training step (forward, cross-entropy backward, SGD update) of a ViT: "
+        "standard, checkpointed per block, reversible (RevViT)",
         **run_metadata(device),
         **{
             k: getattr(args, k)
             for k in ("patch", "width", "depth", "heads", "batch", "repeats", "warmup", "seed")
         },
         "load_average_1min": {"start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
-        "note": "medians of interleaved repeats after warm-up; CPU timings depend on the machine's load",
+        "note": "medians of interleaved repeats after warm-up; CPU timings depend on the "
+        "machine's load",
     }
     result["lengths"] = [one_length(t, args, device) for t in args.tokens]
     if hasattr(os, "getloadavg"):
         result["load_average_1min"]["end"] = os.getloadavg()[0]
     print(
-        f"{result['device']}, torch {result['torch']}, {result['threads']} threads; depth {args.depth}, "
-        f"width {args.width}, batch {args.batch}; median of {args.repeats} after {args.warmup} warm-up"
+        f"{result['device']}, torch {result['torch']}, {result['threads']} threads; "
+        f"depth {args.depth}, width {args.width}, batch {args.batch}; "
+        f"median of {args.repeats} after {args.warmup} warm-up"
     )
     print(
-        f"{'tokens':>6s} {'model':12s} {'median ms':>10s} {'time ratio':>10s} {'paired':>7s} {'saved MiB':>10s} {'saved ratio':>11s}"
+        f"{'tokens':>6s} {'model':12s} {'median ms':>10s} {'time ratio':>10s} {'paired':>7s} "
+        f"{'saved MiB':>10s} {'saved ratio':>11s}"
     )
     for r in result["lengths"]:
         for k in KINDS:
             print(
                 f"{r['tokens']:6d} {k:12s} {1000 * r['median_seconds'][k]:10.1f} "
-                f"{r['step_time_ratio_to_standard'][k]:10.2f} {r['paired_ratio_to_standard'][k]:7.2f} "
+                f"{r['step_time_ratio_to_standard'][k]:10.2f} "
+                f"{r['paired_ratio_to_standard'][k]:7.2f} "
                 f"{r['saved_bytes'][k] / 2**20:10.2f} "
                 f"{r['saved_ratio_to_standard'][k]:11.3f}"
             )

@@ -6,15 +6,26 @@ is :mod:`revlib.harness`, imported on demand and installed with the
 ``revlib[train]`` extra.
 """
 
-from . import models  # noqa: E402
-from .core import memcalc, memory, ode, smoothness, stability  # noqa: E402  (submodules as attributes)
+# Submodules as attributes: revlib.models, revlib.memory, revlib.ode, ...
+from . import models as models
+from .core import downsampling as downsampling
+from .core import memcalc as memcalc
+from .core import memory as memory
+from .core import momentum as momentum
+from .core import ode as ode
+from .core import smoothness as smoothness
+from .core import stability as stability
+from .core import transformer as transformer
 from .core.blocks import ReversibleBlock
 from .core.checks import check_inverse
 from .core.couplings import AdditiveCoupling, AffineCoupling, HalfSwap, NICECoupling
 from .core.device import default_device
+from .core.downsampling import InjectivePad, SpaceToDepth
 from .core.modes import MODES, Mode, get_mode, set_mode
+from .core.momentum import MomentumBlock, MomentumNet
 from .core.ode import HamiltonianBlock, LeapfrogBlock, MidpointBlock
 from .core.sequence import ReversibleSequence
+from .core.transformer import ReversibleTransformerBlock, TransformerBlock
 
 __version__ = "0.2.0"
 
@@ -35,15 +46,8 @@ __all__ = [
     "check_inverse",
     "default_device",
     "__version__",
-]
-
-# Beyond RevNet (chapter 8): invertible downsampling, reversible transformers, momentum networks.
-from .core import downsampling, momentum, transformer  # noqa: E402
-from .core.downsampling import InjectivePad, SpaceToDepth  # noqa: E402
-from .core.momentum import MomentumBlock, MomentumNet  # noqa: E402
-from .core.transformer import ReversibleTransformerBlock, TransformerBlock  # noqa: E402
-
-__all__ += [
+    # Beyond RevNet (chapter 8): invertible downsampling, reversible transformers, momentum
+    # networks.
     "SpaceToDepth",
     "InjectivePad",
     "ReversibleTransformerBlock",

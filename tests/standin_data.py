@@ -1,4 +1,5 @@
-"""Small stand-ins for CIFAR-10, CIFAR-100 and STL-10, in the exact on-disk formats torchvision reads.
+"""Small stand-ins for CIFAR-10, CIFAR-100 and STL-10, in the exact on-disk formats torchvision
+reads.
 
 No data set can be downloaded in CI, so the tests write these instead: a few
 hundred random images each, in the official folders and file formats
@@ -82,7 +83,8 @@ def write_cifar10(
         _labels(rng, n_test, 10),
     )
     for i, (x, y) in enumerate(
-        zip(np.array_split(s.train_images, 5), np.array_split(s.train_labels, 5)), start=1
+        zip(np.array_split(s.train_images, 5), np.array_split(s.train_labels, 5), strict=True),
+        start=1,
     ):
         _pickle(
             folder / f"data_batch_{i}",
@@ -147,7 +149,8 @@ def write_cifar100(
 def write_stl10(
     root: Path, n_train: int = SIZES["stl10"][0], n_test: int = SIZES["stl10"][1], seed: int = 96
 ) -> StandIn:
-    """``root/stl10_binary``: train/test/unlabeled ``_X.bin`` (column-major images), ``_y.bin`` (labels 1..10)."""
+    """``root/stl10_binary``: train/test/unlabeled ``_X.bin`` (column-major images), ``_y.bin``
+    (labels 1..10)."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "stl10_binary"
     folder.mkdir(parents=True, exist_ok=True)

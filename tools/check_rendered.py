@@ -71,7 +71,8 @@ def visible_text(html: str) -> str:
 
 
 def check_html(html: str, page: str = "<page>", context: int = 60) -> list[Finding]:
-    """Every place in the page's text outside math and code that looks like unrendered TeX or an unresolved role."""
+    """Every place in the page's text outside math and code that looks like unrendered TeX or an
+    unresolved role."""
     text = re.sub(r"\s+", " ", visible_text(html))
     findings = []
     for name, pattern in PATTERNS.items():

@@ -1,4 +1,5 @@
-"""Run every chapter the way a Colab reader does, in an environment like Colab's (``make colab-check``).
+"""Run every chapter the way a Colab reader does, in an environment like Colab's
+(``make colab-check``).
 
 1. A clean virtual environment (no system site-packages) gets only what a fresh
    Colab runtime provides and the notebooks may rely on (:data:`COLAB_PACKAGES`:
@@ -18,10 +19,10 @@
 
 A chapter that imports a package Colab lacks, or a revlib module that does so at
 import time (say ``import myst_nb``), fails here. The unit test
-tests/test_dependencies.py checks the same statically, in a second.
+tests/book/test_dependencies.py checks the same statically, in a second.
 
-    python tools/colab_check.py                # reuse the environment in ~/.cache if it is complete
-    python tools/colab_check.py --fresh        # build it from scratch (what CI on a fresh clone does)
+    python tools/colab_check.py            # reuse the environment in ~/.cache if it is complete
+    python tools/colab_check.py --fresh    # build it from scratch (what CI on a fresh clone does)
     python tools/colab_check.py book/01_introduction.ipynb   # only some notebooks
 """
 
@@ -56,13 +57,15 @@ COLAB_PACKAGES = {
     "ipykernel": "ipykernel",
 }
 CONSTRAINTS = ROOT / "tools" / "colab_constraints.txt"
-# What differs between machines, reproduced on one: PyTorch's generic CPU kernels (no AVX2/AVX-512), one thread.
+# What differs between machines, reproduced on one: PyTorch's generic CPU kernels (no
+# AVX2/AVX-512), one thread.
 PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def default_venv() -> Path:
-    """Where the environment lives: in the user's cache, keyed by what it holds, so that every clone on
-    this machine shares it (built once, in minutes: torch with its CUDA libraries is gigabytes)."""
+    """Where the environment lives: in the user's cache, keyed by what it holds, so that every
+    clone on this machine shares it (built once, in minutes: torch with its CUDA libraries is
+    gigabytes)."""
     import hashlib
 
     key = hashlib.sha1(
@@ -76,7 +79,8 @@ def default_venv() -> Path:
 
 
 def imports_of(source: str) -> set[str]:
-    """Top-level names imported by ``source``, except inside ``try: ... except ImportError`` (optional imports)."""
+    """Top-level names imported by ``source``, except inside ``try: ... except ImportError``
+    (optional imports)."""
     tree = ast.parse(source)
     optional: set[int] = set()
     for node in ast.walk(tree):
@@ -109,7 +113,8 @@ def third_party(names: set[str], own: tuple[str, ...] = ("revlib",)) -> set[str]
 def declared_distributions(
     pyproject: Path = ROOT / "pyproject.toml", extras: tuple[str, ...] = ("train",)
 ) -> set[str]:
-    """Distribution names in ``dependencies`` and the given extras of pyproject.toml, lower-cased."""
+    """Distribution names in ``dependencies`` and the given extras of pyproject.toml,
+    lower-cased."""
     import tomllib
 
     project = tomllib.loads(pyproject.read_text())["project"]
@@ -128,7 +133,8 @@ def run(cmd: list[str], **kwargs) -> None:
 
 
 def clean_env() -> dict[str, str]:
-    """os.environ without what would let the checkout or the book's venv leak into the Colab-like one."""
+    """os.environ without what would let the checkout or the book's venv leak into the
+    Colab-like one."""
     env = dict(os.environ)
     for key in (
         "PYTHONPATH",
@@ -182,7 +188,8 @@ def make_venv(venv: Path, fresh: bool) -> Path:
 
 
 def copy_of_checkout(dest: Path) -> Path:
-    """What a pip install of the repository sees: pyproject.toml, README.md and the revlib package."""
+    """What a pip install of the repository sees: pyproject.toml, README.md and the revlib
+    package."""
     dest.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dest / name)
@@ -193,7 +200,8 @@ def copy_of_checkout(dest: Path) -> Path:
 
 
 def kernel_spec(python: Path, where: Path) -> str:
-    """A Jupyter kernel named colab-check that runs ``python``; returns its name (set JUPYTER_PATH=where)."""
+    """A Jupyter kernel named colab-check that runs ``python``; returns its name (set
+    JUPYTER_PATH=where)."""
     spec = where / "kernels" / "colab-check"
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(
@@ -212,7 +220,8 @@ def kernel_spec(python: Path, where: Path) -> str:
 COLAB_STARTUP = (
     "import sys, types\n"
     "google = sys.modules.setdefault('google', types.ModuleType('google'))\n"
-    "google.colab = sys.modules['google.colab'] = types.ModuleType('google.colab')  # simulated: this is not Colab\n"
+    "google.colab = sys.modules['google.colab'] = types.ModuleType('google.colab')"
+    "  # simulated: this is not Colab\n"
 )
 
 
@@ -229,7 +238,8 @@ def readme_snippet(readme: Path = ROOT / "README.md") -> str:
 
 
 def check(notebook_paths: list[Path], venv: Path, fresh: bool, timeout: int) -> int:
-    """Build the environment, run nbval over the notebooks in its kernel, run the README example; 0 if all pass."""
+    """Build the environment, run nbval over the notebooks in its kernel, run the README example;
+    0 if all pass."""
     t0 = time.perf_counter()
     python = make_venv(venv, fresh)
     t_env = time.perf_counter() - t0
@@ -243,7 +253,8 @@ def check(notebook_paths: list[Path], venv: Path, fresh: bool, timeout: int) -> 
         env = {
             **clean_env(),
             **PORTABLE_ENV,
-            "REVLIB_INSTALL": f"revlib[train] @ {checkout.as_uri()}",  # the setup cell installs this copy
+            # the setup cell installs this copy
+            "REVLIB_INSTALL": f"revlib[train] @ {checkout.as_uri()}",
             "JUPYTER_PATH": str(tmp / "jupyter"),
             "IPYTHONDIR": str(tmp / "ipython"),
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
@@ -288,9 +299,8 @@ def check(notebook_paths: list[Path], venv: Path, fresh: bool, timeout: int) -> 
         )
         t_readme = time.perf_counter() - start
         if proc.returncode != 0:
-            failures.append(
-                f"README.md snippet: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}"
-            )
+            last = proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode
+            failures.append(f"README.md snippet: {last}")
             print(proc.stderr, flush=True)
     versions = subprocess.run(
         [
@@ -305,14 +315,15 @@ def check(notebook_paths: list[Path], venv: Path, fresh: bool, timeout: int) -> 
         env=clean_env(),
     ).stdout.strip()
     print(
-        f"\ncolab-check ({versions}): environment {t_env:.0f} s, notebooks {t_nb:.0f} s, README example "
-        f"{t_readme:.0f} s, total {time.perf_counter() - t0:.0f} s"
+        f"\ncolab-check ({versions}): environment {t_env:.0f} s, notebooks {t_nb:.0f} s, "
+        f"README example {t_readme:.0f} s, total {time.perf_counter() - t0:.0f} s"
     )
     if failures:
         print("FAILED:\n  " + "\n  ".join(failures))
         return 1
     print(
-        f"all {len(notebook_paths)} notebooks and the README example ran in the Colab-like environment"
+        f"all {len(notebook_paths)} notebooks and the README example ran in the Colab-like "
+        "environment"
     )
     return 0
 

@@ -14,7 +14,7 @@ script reads it with jupytext, puts the standard setup cell first, and writes
 ``sync`` rewrites a committed notebook's cells from its source without executing
 it, and only where nothing can change an output: the same cells and tags, the
 same Markdown, and code whose syntax tree is unchanged (a formatter's or a
-comment's change). Anything else must be rebuilt.
+comment's change, or a function's docstring rewrapped). Anything else must be rebuilt.
 
 The setup cell installs revlib from the repository named once in _config.yml,
 at the version named once in revlib/__init__.py (see :func:`setup_cell_source`).
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+import yaml
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,22 +39,28 @@ SRC = ROOT / "book" / "src"
 BOOK = ROOT / "book"
 
 
+def config() -> dict:
+    """The book's ``_config.yml``, parsed."""
+    return yaml.safe_load((ROOT / "_config.yml").read_text())
+
+
+def _config_value(*keys: str) -> str:
+    value = config()
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    if not isinstance(value, str) or not value:
+        raise SystemExit(f"_config.yml has no {'.'.join(keys)}")
+    return value
+
+
 def repository_url() -> str:
-    """The repository URL from _config.yml (read without a YAML dependency)."""
-    text = (ROOT / "_config.yml").read_text()
-    match = re.search(r"^repository:\s*\n\s+url:\s*(\S+)", text, flags=re.M)
-    if not match:
-        raise SystemExit("_config.yml has no repository.url")
-    return match.group(1)
+    """The repository URL: ``repository.url`` in _config.yml."""
+    return _config_value("repository", "url")
 
 
 def book_url() -> str:
     """Where the rendered book is published: ``html.baseurl`` in _config.yml."""
-    text = (ROOT / "_config.yml").read_text()
-    match = re.search(r"^html:\s*\n(?:\s+.*\n)*?\s+baseurl:\s*(\S+)", text, flags=re.M)
-    if not match:
-        raise SystemExit("_config.yml has no html.baseurl")
-    return match.group(1)
+    return _config_value("html", "baseurl")
 
 
 def revlib_version() -> str:
@@ -77,13 +84,18 @@ def setup_cell_source() -> str:
     says how to install revlib instead of installing anything.
     """
     url = repository_url()
+    # Every line fits the chapters' code width (tools/check_code_width.py checks this cell too).
     return (
-        "# Setup: make `import revlib` give the version this notebook was written for. On Colab it is\n"
-        "# installed from the book's repository (or from $REVLIB_INSTALL, e.g. a fork); elsewhere it must be.\n"
+        "# Setup: make `import revlib` give the version this notebook was written for. On\n"
+        "# Colab it is installed from the book's repository (or from $REVLIB_INSTALL, e.g. a\n"
+        "# fork); elsewhere it must be.\n"
         "import importlib, os, subprocess, sys\n"
         "\n"
         f'REVLIB_VERSION = "{revlib_version()}"\n'
-        f'REVLIB_INSTALL = os.environ.get("REVLIB_INSTALL") or "revlib[train] @ git+{url}"\n'
+        'REVLIB_INSTALL = os.environ.get("REVLIB_INSTALL") or (\n'
+        '    "revlib[train] @ "\n'
+        f'    "git+{url}"\n'
+        ")\n"
         "\n"
         "\n"
         "def installed_revlib():\n"
@@ -95,11 +107,16 @@ def setup_cell_source() -> str:
         "\n"
         "if installed_revlib() != REVLIB_VERSION:\n"
         '    if "google.colab" not in sys.modules:\n'
-        '        raise ImportError(f"this notebook needs revlib {REVLIB_VERSION} (found {installed_revlib()}): in a "\n'
-        "                          \"checkout of the book run  pip install -e '.[train]'  (see its README)\")\n"
+        "        raise ImportError(\n"
+        '            f"this notebook needs revlib {REVLIB_VERSION} "\n'
+        '            f"(found {installed_revlib()}): in a checkout of the book run  "\n'
+        "            \"pip install -e '.[train]'  (see its README)\"\n"
+        "        )\n"
         '    for name in [m for m in sys.modules if m == "revlib" or m.startswith("revlib.")]:\n'
         "        del sys.modules[name]  # forget a stale import\n"
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", REVLIB_INSTALL], check=True)\n'
+        "    subprocess.run(\n"
+        '        [sys.executable, "-m", "pip", "install", "-q", REVLIB_INSTALL], check=True\n'
+        "    )\n"
         "    importlib.invalidate_caches()\n"
         "import revlib\n"
         "\n"
@@ -108,7 +125,8 @@ def setup_cell_source() -> str:
 
 
 def read_source(src: Path) -> list[nbformat.NotebookNode]:
-    """The cells of a percent-format chapter, read by jupytext; only their tags are kept as metadata."""
+    """The cells of a percent-format chapter, read by jupytext; only their tags are kept as
+    metadata."""
     nb = jupytext.read(src, fmt="py:percent")
     cells = []
     for cell in nb.cells:
@@ -180,12 +198,35 @@ def check() -> list[str]:
     return problems
 
 
+class _DocstringWords(ast.NodeTransformer):
+    """Reduce each function's and class's docstring to its words: rewrapping a docstring (as a
+    formatter or a line-length fix does) changes its line breaks and indentation, not what runs.
+    A string at the top of a cell is left alone: as a cell's last expression it is its output."""
+
+    def _words(self, node: ast.AST) -> ast.AST:
+        self.generic_visit(node)
+        body = getattr(node, "body", [])
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            body[0].value.value = " ".join(body[0].value.value.split())
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _words
+
+
 def _same_program(new: str, old: str) -> bool:
-    """Whether code cell ``new`` runs as ``old`` does: the same syntax tree, comments and layout
-    aside, except that its imports may be sorted or fewer (lint removes an import only when the
-    whole chapter leaves it unused)."""
+    """Whether code cell ``new`` runs as ``old`` does: the same syntax tree, comments, layout and
+    the line breaks of docstrings aside, except that its imports may be sorted or fewer (lint
+    removes an import only when the whole chapter leaves it unused)."""
     try:
-        trees = ast.parse(new).body, ast.parse(old).body
+        trees = (
+            _DocstringWords().visit(ast.parse(new)).body,
+            _DocstringWords().visit(ast.parse(old)).body,
+        )
     except SyntaxError:
         return False
     imports = [
@@ -205,7 +246,8 @@ def _same_program(new: str, old: str) -> bool:
 
 
 def sync(src: Path) -> str:
-    """Copy ``src``'s cells into its executed notebook where no output can change; say what happened."""
+    """Copy ``src``'s cells into its executed notebook where no output can change; say what
+    happened."""
     path = BOOK / (src.stem + ".ipynb")
     expected = notebook_from_source(src)
     actual = nbformat.read(path, as_version=4)

@@ -11,6 +11,8 @@
 # be recomputed from their outputs {cite:p}`gomez2017revnet`.
 
 # %%
+from itertools import pairwise
+
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
@@ -63,7 +65,8 @@ with SavedTensorMeter(exclude=layer.parameters()) as meter:
     out = layer(a)
 input_bytes = a.numel() * a.element_size()
 print(
-    f"saved for backward: {meter.bytes} bytes in {meter.count} tensor; the input has {input_bytes} bytes"
+    f"saved for backward: {meter.bytes} bytes in {meter.count} tensor; "
+    f"the input has {input_bytes} bytes"
 )
 assert meter.bytes == input_bytes and meter.count == 1
 
@@ -77,7 +80,8 @@ out.backward(grad_out)
 by_hand = grad_out.T @ a
 weight_grad_error = (layer.weight.grad - by_hand).abs().max().item()
 print(
-    f"largest difference between autograd's weight gradient and grad_out^T a: {weight_grad_error:.1e}"
+    "largest difference between autograd's weight "
+    f"gradient and grad_out^T a: {weight_grad_error:.1e}"
 )
 assert weight_grad_error < 1e-5
 
@@ -119,7 +123,8 @@ for depth in depths:
     net = nn.Sequential(*[ResidualBlock(CHANNELS) for _ in range(depth)])
     plain_bytes[depth] = saved_tensor_bytes(net, x)
     print(
-        f"depth {depth:2d}: {plain_bytes[depth]:>10,d} bytes = {plain_bytes[depth] / activation_bytes:7.3f} A"
+        f"depth {depth:2d}: {plain_bytes[depth]:>10,d} bytes "
+        f"= {plain_bytes[depth] / activation_bytes:7.3f} A"
     )
 
 # %% [markdown]
@@ -136,7 +141,7 @@ for depth in depths:
 
 # %%
 increments = [
-    (plain_bytes[b] - plain_bytes[a]) / (b - a) for a, b in zip(depths, depths[1:])
+    (plain_bytes[b] - plain_bytes[a]) / (b - a) for a, b in pairwise(depths)
 ]
 per_block = increments[0]
 bn_stats_bytes = (
@@ -157,7 +162,8 @@ assert (
 glue("intro_weights32_kib", weight_bytes32 / 1024, display=False)
 glue("intro_act_to_weights32", plain_bytes[32] / weight_bytes32, display=False)
 print(
-    f"A = {activation_bytes:,d} bytes; each block adds {int(per_block):,d} bytes = 4 A + {bn_stats_bytes} bytes"
+    f"A = {activation_bytes:,d} bytes; each block adds "
+    f"{int(per_block):,d} bytes = 4 A + {bn_stats_bytes} bytes"
 )
 print(
     f"saved bytes = A + depth x {int(per_block):,d}, exactly, at every depth measured"
@@ -180,7 +186,8 @@ RESNET110_ACTIVATIONS_MB = 810.7  # MemCNN README (quoted)
 RESNET110_PARAMETERS = 1_727_962  # official code, CIFAR-10 (quoted)
 resnet110_weights_mb = RESNET110_PARAMETERS * 4 / 1e6  # float32
 print(
-    f"ResNet-110 (quoted): activations {RESNET110_ACTIVATIONS_MB} MB, weights {resnet110_weights_mb:.1f} MB"
+    f"ResNet-110 (quoted): activations {RESNET110_ACTIVATIONS_MB} MB, "
+    f"weights {resnet110_weights_mb:.1f} MB"
 )
 glue("resnet110_act_mb", RESNET110_ACTIVATIONS_MB, display=False)
 glue("resnet110_weights_mb", resnet110_weights_mb, display=False)
@@ -233,14 +240,15 @@ for depth in depths:
     chain.mode = "autograd"
     autograd_bytes[depth] = saved_tensor_bytes(chain, x)
     print(
-        f"depth {depth:2d}: reversible {rev_bytes[depth]:>9,d} bytes   same blocks with autograd {autograd_bytes[depth]:>10,d} bytes"
+        f"depth {depth:2d}: reversible {rev_bytes[depth]:>9,d} bytes   "
+        f"same blocks with autograd {autograd_bytes[depth]:>10,d} bytes"
     )
 
 assert (
     len(set(rev_bytes.values())) == 1
 )  # flat: the same number of bytes at every depth
 assert rev_bytes[1] == activation_bytes  # only the chain's output is kept
-assert all(autograd_bytes[b] > autograd_bytes[a] for a, b in zip(depths, depths[1:]))
+assert all(autograd_bytes[b] > autograd_bytes[a] for a, b in pairwise(depths))
 glue("intro_rev_bytes", rev_bytes[32], display=False)
 glue("intro_autograd32_bytes", autograd_bytes[32], display=False)
 
@@ -351,7 +359,8 @@ a_in = torch.randn(32, 64)
 saved_lt = saved_tensor_bytes(linear_tanh, a_in)
 one_activation = a_in.numel() * a_in.element_size()
 print(
-    f"Linear + tanh: saved {saved_lt:,} bytes = {saved_lt / one_activation:g} activations (input and output)"
+    f"Linear + tanh: saved {saved_lt:,} bytes "
+    f"= {saved_lt / one_activation:g} activations (input and output)"
 )
 assert saved_lt == 2 * one_activation
 
@@ -382,7 +391,8 @@ inplace_bytes = saved_tensor_bytes(
     nn.Sequential(*[ResidualBlockInplace(CHANNELS) for _ in range(4)]), x
 )
 print(
-    f"4 blocks: {plain_bytes[4]:,} bytes with nn.ReLU(), {inplace_bytes:,} bytes with nn.ReLU(inplace=True)"
+    f"4 blocks: {plain_bytes[4]:,} bytes with nn.ReLU(), "
+    f"{inplace_bytes:,} bytes with nn.ReLU(inplace=True)"
 )
 assert inplace_bytes == plain_bytes[4]
 
@@ -416,7 +426,8 @@ for batch, size in [(BATCH, SIZE), (2 * BATCH, SIZE), (2 * BATCH, 2 * SIZE)]:
     A_here = batch * CHANNELS * size * size * 4
     scaling_rows.append((batch, size, inc, (inc - 4 * A_here)))
     print(
-        f"batch {batch:2d}, {size} x {size}: per block {inc:,} bytes = 4 A + {inc - 4 * A_here} bytes"
+        f"batch {batch:2d}, {size} x {size}: "
+        f"per block {inc:,} bytes = 4 A + {inc - 4 * A_here} bytes"
     )
 assert all(
     rest == bn_stats_bytes for *_, rest in scaling_rows
@@ -440,7 +451,8 @@ per_block_128 = 4 * A_128 + bn_stats_bytes
 blocks_autograd = (budget - A_128) // per_block_128
 rev_block = revlib.AdditiveCoupling(half(CHANNELS // 2), half(CHANNELS // 2))
 params_per_rev_block = sum(p.numel() for p in rev_block.parameters())
-# kept by the reversible chain: its output, plus one block's internals during the backward
+# kept by the reversible chain: its output, plus one block's internals during the
+# backward
 rev_chain_one = revlib.ReversibleSequence(
     [revlib.AdditiveCoupling(half(CHANNELS // 2), half(CHANNELS // 2))]
 )
@@ -449,11 +461,13 @@ x_128 = torch.randn(128, CHANNELS, 32, 32)
 fixed_rev = A_128 + saved_tensor_bytes(rev_chain_one, x_128)
 blocks_reversible = (budget - fixed_rev) // (3 * 4 * params_per_rev_block)
 print(
-    f"plain residual blocks, autograd: A = {A_128 / MiB:.0f} MiB, {per_block_128:,} bytes per block "
+    f"plain residual blocks, autograd: A = {A_128 / MiB:.0f} MiB, "
+    f"{per_block_128:,} bytes per block "
     f"-> {blocks_autograd} blocks in 16 GiB"
 )
 print(
-    f"reversible chain: {fixed_rev / MiB:.1f} MiB that do not grow, {params_per_rev_block:,} parameters x 3 copies "
+    f"reversible chain: {fixed_rev / MiB:.1f} MiB that do not grow, "
+    f"{params_per_rev_block:,} parameters x 3 copies "
     f"x 4 bytes per block -> {blocks_reversible:,} blocks"
 )
 assert 500 < blocks_autograd < 520 and blocks_reversible > 100_000
@@ -493,7 +507,8 @@ saved_scaled = saved_tensor_bytes(
 )  # an input that needs a gradient
 weight_sized = 64 * 64 * 4
 print(
-    f"ScaledLinear: saved {saved_scaled:,} bytes = input {one_activation:,} + transformed weight {weight_sized:,}"
+    f"ScaledLinear: saved {saved_scaled:,} bytes = input "
+    f"{one_activation:,} + transformed weight {weight_sized:,}"
 )
 assert saved_scaled == one_activation + weight_sized
 

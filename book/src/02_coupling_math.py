@@ -118,14 +118,19 @@ for name, block in couplings.items():
     err64 = check_inverse(block.double(), x64)
     inverse_errors[name] = (err32, err64)
     print(
-        f"{name:18s}  max |inverse(forward(x)) - x|: float32 {err32:.1e}, float64 {err64:.1e}"
+        f"{name:18s}  max |inverse(forward(x)) - x|: "
+        f"float32 {err32:.1e}, float64 {err64:.1e}"
     )
     assert err64 < 1e-13 and err32 < 1e-5
 glue(
-    "coupling_max_err64", max(e64 for _, e64 in inverse_errors.values()), display=False
+    "coupling_max_err64",
+    max(e64 for _, e64 in inverse_errors.values()),
+    display=False,
 )
 glue(
-    "coupling_max_err32", max(e32 for e32, _ in inverse_errors.values()), display=False
+    "coupling_max_err32",
+    max(e32 for e32, _ in inverse_errors.values()),
+    display=False,
 )
 
 # %% [markdown]
@@ -217,9 +222,12 @@ for name, block in couplings.items():
     sign, logabsdet = torch.linalg.slogdet(J)
     jacobians[name], logdets[name] = J, logabsdet.item()
     print(
-        f"{name:18s} J is {J.shape[0]}x{J.shape[1]}; max |upper-right block| = {J[:n1, n1:].abs().max().item():.3f}; "
-        f"diagonal blocks are identity: {torch.equal(J[:n1, :n1], torch.eye(n1, dtype=J.dtype))}, "
-        f"{torch.allclose(J[n1:, n1:], torch.eye(n1, dtype=J.dtype))}; sign of det = {sign.item():+.0f}"
+        f"{name:18s} J is {J.shape[0]}x{J.shape[1]}; "
+        f"max |upper-right block| = {J[:n1, n1:].abs().max().item():.3f}; "
+        "diagonal blocks are identity: "
+        f"{torch.equal(J[:n1, :n1], torch.eye(n1, dtype=J.dtype))}, "
+        f"{torch.allclose(J[n1:, n1:], torch.eye(n1, dtype=J.dtype))}; "
+        f"sign of det = {sign.item():+.0f}"
     )
 
 # NICE and affine: block lower-triangular, exactly.
@@ -239,12 +247,22 @@ assert jacobians["additive (RevNet)"][:n1, n1:].abs().max() > 0.01
 # %% tags=["nbval-ignore-output"]
 affine = couplings["affine (Real NVP)"]
 log_det_formula = affine.log_det(x).item()
-h_map = lambda v: torch.cat(
-    [v[:, :HALF] + couplings["additive (RevNet)"].F(v[:, HALF:]), v[:, HALF:]], dim=1
-)
-g_map = lambda v: torch.cat(
-    [v[:, :HALF], v[:, HALF:] + couplings["additive (RevNet)"].G(v[:, :HALF])], dim=1
-)
+
+
+def h_map(v):
+    return torch.cat(
+        [v[:, :HALF] + couplings["additive (RevNet)"].F(v[:, HALF:]), v[:, HALF:]],
+        dim=1,
+    )
+
+
+def g_map(v):
+    return torch.cat(
+        [v[:, :HALF], v[:, HALF:] + couplings["additive (RevNet)"].G(v[:, :HALF])],
+        dim=1,
+    )
+
+
 with torch.no_grad():
     z = h_map(x)
 J_h, J_g = full_jacobian(h_map, x), full_jacobian(g_map, z)
@@ -252,10 +270,12 @@ factor_error = (J_g @ J_h - jacobians["additive (RevNet)"]).abs().max().item()
 
 print(f"NICE:     log|det J| = {logdets['NICE']:+.2e}")
 print(
-    f"RevNet:   log|det J| = {logdets['additive (RevNet)']:+.2e};  max |J_g J_h - J| = {factor_error:.1e}"
+    f"RevNet:   log|det J| = {logdets['additive (RevNet)']:+.2e}; "
+    f" max |J_g J_h - J| = {factor_error:.1e}"
 )
 print(
-    f"affine:   log|det J| = {logdets['affine (Real NVP)']:+.12f} (from the 36x36 Jacobian)"
+    f"affine:   log|det J| = {logdets['affine (Real NVP)']:+.12f} "
+    "(from the 36x36 Jacobian)"
 )
 print(f"          sum of s   = {log_det_formula:+.12f} (AffineCoupling.log_det)")
 assert abs(logdets["NICE"]) < 1e-12
@@ -275,7 +295,7 @@ glue("affine_logdet_formula", log_det_formula, display=False)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), dpi=DPI)
-for ax, (name, J) in zip(axes, jacobians.items()):
+for ax, (name, J) in zip(axes, jacobians.items(), strict=True):
     image = ax.imshow(J.abs().numpy(), cmap="magma", vmin=0, vmax=1.5)
     ax.axhline(n1 - 0.5, color="cyan", lw=0.8)
     ax.axvline(n1 - 0.5, color="cyan", lw=0.8)
@@ -311,7 +331,8 @@ x32 = torch.randn(4, 8, 4, 4)
 float32_exp_limit = math.log(torch.finfo(torch.float32).max)
 raw_max = (60.0 * x32[:, :4]).max().item()
 print(
-    f"largest raw scale: {raw_max:.1f}; float32 exp overflows above {float32_exp_limit:.2f}"
+    f"largest raw scale: {raw_max:.1f}; "
+    f"float32 exp overflows above {float32_exp_limit:.2f}"
 )
 results = {}
 for bound in [None, 2.0]:
@@ -319,7 +340,8 @@ for bound in [None, 2.0]:
     y = block(x32)
     results[bound] = (torch.isfinite(y).all().item(), check_inverse(block, x32))
     print(
-        f"scale_bound={bound}: forward finite: {results[bound][0]}; reconstruction error: {results[bound][1]:.1e}"
+        f"scale_bound={bound}: forward finite: {results[bound][0]}; "
+        f"reconstruction error: {results[bound][1]:.1e}"
     )
 assert raw_max > float32_exp_limit
 assert results[None][0] is False and not math.isfinite(
@@ -356,12 +378,14 @@ for depth in depths:
     )
     chain_errors["float32"].append(check_inverse(chain.float(), x_chain.float()))
     chain_errors["float64"].append(check_inverse(chain.double(), x_chain))
-for d, e32, e64 in zip(depths, chain_errors["float32"], chain_errors["float64"]):
+for d, e32, e64 in zip(
+    depths, chain_errors["float32"], chain_errors["float64"], strict=True
+):
     print(f"{d:4d} blocks: float32 {e32:.1e}   float64 {e64:.1e}")
 e32, e64 = chain_errors["float32"], chain_errors["float64"]
 assert e32[-1] > 10 * e32[0]  # float32 error grows with depth
 assert all(
-    a > 1e6 * b for a, b in zip(e32, e64)
+    a > 1e6 * b for a, b in zip(e32, e64, strict=True)
 )  # float64 is many orders of magnitude smaller
 assert max(e64) < 1e-12 and max(e32) < 1e-3
 glue("chain_err32_deep", e32[-1], display=False)
@@ -424,10 +448,12 @@ for name, block in couplings.items():
         )  # unit roundoff u times max|x|
         low_precision[name, dtype] = (autocast_error, pure_error, scale)
         print(
-            f"{name:18s} {str(dtype)[6:]:9s} autocast: {autocast_error:.1e} ({autocast_error / scale:5.2f} u max|x|)"
-            f"   all in {str(dtype)[6:]}: {pure_error:.1e} ({pure_error / scale:5.2f} u max|x|)"
+            f"{name:18s} {str(dtype)[6:]:9s} autocast: "
+            f"{autocast_error:.1e} ({autocast_error / scale:5.2f} u max|x|)"
+            f"   all in {str(dtype)[6:]}: "
+            f"{pure_error:.1e} ({pure_error / scale:5.2f} u max|x|)"
         )
-for (name, dtype), (autocast_error, pure_error, scale) in low_precision.items():
+for (name, _dtype), (autocast_error, pure_error, scale) in low_precision.items():
     assert (
         pure_error > 0.1 * scale and pure_error <= 4 * scale
     )  # rounding of the low-precision sums
@@ -480,11 +506,13 @@ differ_f32 = int((x2_rebuilt.float() != x2_many).sum())
 differ_bf16 = int((x2_rebuilt.float().bfloat16() != x2_many.bfloat16()).sum())
 autocast_err = (rebuilt - x_many).abs()
 print(
-    f"x2 elements: {x2_many.numel():,}; rebuilt x2 differs in float32: {differ_f32:,}; "
+    f"x2 elements: {x2_many.numel():,}; "
+    f"rebuilt x2 differs in float32: {differ_f32:,}; "
     f"its bfloat16 cast differs: {differ_bf16}"
 )
 print(
-    f"largest reconstruction error {autocast_err.max().item():.1e}; elements off by more than 1e-5: "
+    f"largest reconstruction error {autocast_err.max().item():.1e}; "
+    "elements off by more than 1e-5: "
     f"{int((autocast_err > 1e-5).sum())} of {x_many.numel():,}"
 )
 assert differ_bf16 < 1e-3 * differ_f32  # rare: almost always the same bfloat16 input
@@ -576,7 +604,8 @@ inverse_sig_err = (
     (sigmoid_coupling_inverse(sigmoid_coupling(x_sig)) - x_sig).abs().max().item()
 )
 print(
-    f"log|det J|: from the 4x4 Jacobian {logdet_numeric:+.12f}, sum log sigmoid(s) {logdet_formula:+.12f}; "
+    f"log|det J|: from the 4x4 Jacobian {logdet_numeric:+.12f}, "
+    f"sum log sigmoid(s) {logdet_formula:+.12f}; "
     f"inverse error below 1e-12: {inverse_sig_err < 1e-12}"
 )
 assert (
@@ -620,7 +649,8 @@ Gp = torch.autograd.functional.jacobian(G_tanh, revnet_map(x_rn)[:2])
 I2 = torch.eye(2, dtype=torch.float64)
 J_blocks = torch.cat([torch.cat([I2, Fp], 1), torch.cat([Gp, I2 + Gp @ Fp], 1)], 0)
 print(
-    f"RevNet Jacobian equals [[I, F'], [G', I + G'F']]: {torch.allclose(J_rn, J_blocks, atol=1e-14)}; "
+    "RevNet Jacobian equals [[I, F'], [G', I + G'F']]: "
+    f"{torch.allclose(J_rn, J_blocks, atol=1e-14)}; "
     f"det = {torch.linalg.det(J_rn).item():.12f}"
 )
 assert (
@@ -646,7 +676,8 @@ assert (
 
 # %% tags=["hide-cell"]
 class ThreeWayCoupling(revlib.ReversibleBlock):
-    """y1 = x1 + F(x2, x3), y2 = x2 + G(y1, x3), y3 = x3 + H(y1, y2), on channel thirds."""
+    """y1 = x1 + F(x2, x3), y2 = x2 + G(y1, x3), y3 = x3 + H(y1, y2), on channel
+    thirds."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -673,7 +704,9 @@ torch.manual_seed(0)
 three_way = ThreeWayCoupling(2).double()
 x_three = torch.randn(2, 6, 5, 5, dtype=torch.float64)
 three_err = check_inverse(three_way, x_three)
-print(f"three-way coupling: inverse error below 1e-13 in float64: {three_err < 1e-13}")
+print(
+    f"three-way coupling: inverse error below 1e-13 in float64: {three_err < 1e-13}"
+)
 assert three_err < 1e-13
 
 # %% [markdown]
@@ -719,7 +752,8 @@ for depth in depths[3:]:
     )
 for depth, err, out, base in steep_rows:
     print(
-        f"{depth:4d} blocks: ReLU, weights x 3: error {err:.1e}, largest output {out:.1e}   (tanh: error {base:.1e})"
+        f"{depth:4d} blocks: ReLU, weights x 3: error {err:.1e}, "
+        f"largest output {out:.1e}   (tanh: error {base:.1e})"
     )
 finite = [r for r in steep_rows if math.isfinite(r[1])]
 assert all(err > 10 * base for _, err, _, base in finite)

@@ -18,6 +18,7 @@ import json
 import statistics
 import time
 from fractions import Fraction
+from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -148,7 +149,8 @@ plt.show()
 
 # %% tags=["nbval-ignore-output"]
 def algorithm1_step(F: nn.Module, G: nn.Module, y: torch.Tensor, dy: torch.Tensor):
-    """One backward step of a RevNet block: returns x, dx and the gradients of F's and G's parameters."""
+    """One backward step of a RevNet block: returns x, dx and the gradients of F's and
+    G's parameters."""
     y1, y2 = y.chunk(2, dim=1)
     dy1, dy2 = dy.chunk(2, dim=1)
     z1 = y1.detach().requires_grad_(True)
@@ -183,10 +185,12 @@ step_errors = {
     "x (reconstructed)": (x_rec - x).abs().max().item(),
     "dx": (dx - x.grad).abs().max().item(),
     "dW_F": max(
-        (a - p.grad).abs().max().item() for a, p in zip(dW_F, block.F.parameters())
+        (a - p.grad).abs().max().item()
+        for a, p in zip(dW_F, block.F.parameters(), strict=True)
     ),
     "dW_G": max(
-        (a - p.grad).abs().max().item() for a, p in zip(dW_G, block.G.parameters())
+        (a - p.grad).abs().max().item()
+        for a, p in zip(dW_G, block.G.parameters(), strict=True)
     ),
 }
 for name, err in step_errors.items():
@@ -250,8 +254,11 @@ chain = ReversibleSequence(
 ).double()
 x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
 params = list(chain.parameters())
-# gradcheck perturbs its inputs in place, so passing the parameters themselves checks their gradients too
-passed = torch.autograd.gradcheck(lambda x, *ps: chain(x), (x, *params), fast_mode=True)
+# gradcheck perturbs its inputs in place, so passing the parameters themselves checks
+# their gradients too
+passed = torch.autograd.gradcheck(
+    lambda x, *ps: chain(x), (x, *params), fast_mode=True
+)
 
 
 class WrongGradients(AdditiveCoupling):
@@ -272,7 +279,8 @@ broken_passed = torch.autograd.gradcheck(
     raise_exception=False,
 )
 print(
-    f"gradcheck, input and {len(params)} parameter tensors, mode 'reversible': {passed}"
+    f"gradcheck, input and {len(params)} parameter tensors, "
+    f"mode 'reversible': {passed}"
 )
 print(f"gradcheck of the deliberately wrong backward: {broken_passed}")
 assert passed is True and broken_passed is False
@@ -295,7 +303,8 @@ assert passed is True and broken_passed is False
 
 # %% tags=["nbval-ignore-output"]
 def preact_half(channels: int, dropout: float = 0.0) -> nn.Sequential:
-    """F or G of a RevNet basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 (optionally dropout)."""
+    """F or G of a RevNet basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 (optionally
+    dropout)."""
     layers = [
         nn.BatchNorm2d(channels),
         nn.ReLU(),
@@ -309,7 +318,9 @@ def preact_half(channels: int, dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def revnet_stack(depth: int, channels: int, dropout: float = 0.0) -> ReversibleSequence:
+def revnet_stack(
+    depth: int, channels: int, dropout: float = 0.0
+) -> ReversibleSequence:
     half = channels // 2
     return ReversibleSequence(
         [
@@ -322,10 +333,11 @@ def revnet_stack(depth: int, channels: int, dropout: float = 0.0) -> ReversibleS
 def run_mode(
     base: ReversibleSequence, x: torch.Tensor, mode: str, seed: int = 0, **options
 ) -> SimpleNamespace:
-    """A copy of `base` in `mode`, one forward and backward of mean(y^2) under a fixed seed.
+    """A copy of `base` in `mode`, one forward and backward of mean(y^2) under a fixed
+    seed.
 
-    Returns the model, its gradients (input and parameters), the global RNG state after
-    the step, and each ReLU's input in its last call.
+    Returns the model, its gradients (input and parameters), the global RNG state
+    after the step, and each ReLU's input in its last call.
     """
     model = copy.deepcopy(base)
     model.mode = mode
@@ -335,7 +347,8 @@ def run_mode(
     relus = {id(m): n for n, m in model.named_modules() if isinstance(m, nn.ReLU)}
 
     def remember(module, args, out):
-        # a global hook: it sees every call, the recomputation's included (a hook on the ReLU would not)
+        # a global hook: it sees every call, the recomputation's included (a hook on
+        # the ReLU would not)
         if id(module) in relus:
             relu_inputs[relus[id(module)]] = args[0].detach().clone()
 
@@ -353,7 +366,8 @@ def run_mode(
 
 
 def rel_error(run: SimpleNamespace, ref: SimpleNamespace) -> float:
-    """Largest relative error, over the input gradient and every parameter gradient."""
+    """Largest relative error, over the input gradient and every parameter
+    gradient."""
     return max(
         ((run.grads[k] - g).norm() / g.norm()).item() for k, g in ref.grads.items()
     )
@@ -388,11 +402,13 @@ for seed in range(N_INITS):
     )
 n_tensors = len(runs["autograd"].grads)
 print(
-    f"largest relative error over {n_tensors} gradient tensors, and ReLU decisions that differ in the recomputation"
+    f"largest relative error over {n_tensors} gradient tensors, "
+    "and ReLU decisions that differ in the recomputation"
 )
 for c in checks:
     print(
-        f"init {c['seed']:2d}: reversible {c['reversible']:.1e}, checkpoint {c['checkpoint']:.1e}, flips {c['flips']}"
+        f"init {c['seed']:2d}: reversible {c['reversible']:.1e}, "
+        f"checkpoint {c['checkpoint']:.1e}, flips {c['flips']}"
     )
 flip_free = [c for c in checks if c["flips"] == 0]
 flipped = [c for c in checks if c["flips"] > 0]
@@ -457,7 +473,8 @@ n_relu = sum(a.numel() for a in ref.relu_inputs.values())
 flips = relu_flips(rev, ref)
 large_error = rel_error(rev, ref)
 print(
-    f"ReLU inputs in one step: {n_relu:,d}; largest change in the recomputation: {shift:.1e}"
+    f"ReLU inputs in one step: {n_relu:,d}; "
+    f"largest change in the recomputation: {shift:.1e}"
 )
 print(
     f"inputs within that distance of zero: {at_risk}; decisions that flipped: {flips}"
@@ -502,7 +519,8 @@ inp = torch.randn(8, 4, 6, 6, requires_grad=True)
 checkpoint(conv_bn, inp, use_reentrant=False).sum().backward()
 plain_checkpoint_batches = conv_bn[1].num_batches_tracked.item()
 print(
-    f"batches counted by BatchNorm after one step through plain torch.utils.checkpoint: {plain_checkpoint_batches}"
+    "batches counted by BatchNorm after one step through "
+    f"plain torch.utils.checkpoint: {plain_checkpoint_batches}"
 )
 assert plain_checkpoint_batches == 2
 
@@ -522,10 +540,13 @@ for mode in ["reversible", "checkpoint"]:
         for k in buffers["autograd"]
     )
     counters = {
-        b.item() for k, b in buffers[mode].items() if k.endswith("num_batches_tracked")
+        b.item()
+        for k, b in buffers[mode].items()
+        if k.endswith("num_batches_tracked")
     }
     print(
-        f"mode {mode!r}: {len(buffers[mode])} buffers identical to 'autograd': {same}; batches counted: {counters}"
+        f"mode {mode!r}: {len(buffers[mode])} buffers identical "
+        f"to 'autograd': {same}; batches counted: {counters}"
     )
     assert same and counters == {1}
 
@@ -556,7 +577,8 @@ for name in ["reversible", "checkpoint", "no replay"]:
     flipped = relu_flips(drop[name], drop["autograd"])
     print(
         f"{name!r:12s}: largest relative gradient error {dropout_errors[name]:.1e}; "
-        f"RNG state after the step as autograd's: {same_rng}; ReLU decisions that differ: {flipped}"
+        "RNG state after the step as autograd's: "
+        f"{same_rng}; ReLU decisions that differ: {flipped}"
     )
     if name != "no replay":
         assert same_rng
@@ -599,8 +621,7 @@ for mode in revlib.MODES:
 
 slope = {
     mode: [
-        (memory[mode][b] - memory[mode][a]) // (b - a)
-        for a, b in zip(depths, depths[1:])
+        (memory[mode][b] - memory[mode][a]) // (b - a) for a, b in pairwise(depths)
     ]
     for mode in revlib.MODES
 }
@@ -616,7 +637,9 @@ glue("mem_rev_bytes", memory["reversible"][64], display=False)
 glue("mem_autograd_2", memory["autograd"][2], display=False)
 glue("mem_autograd_64", memory["autograd"][64], display=False)
 glue("mem_checkpoint_64", memory["checkpoint"][64], display=False)
-glue("mem_autograd_per_block_A", slope["autograd"][0] / activation_bytes, display=False)
+glue(
+    "mem_autograd_per_block_A", slope["autograd"][0] / activation_bytes, display=False
+)
 
 # %% [markdown]
 # At 64 blocks, mode `"autograd"` saves {glue:text}`mem_autograd_64:,` bytes
@@ -652,7 +675,8 @@ glue("mem_autograd_per_block_A", slope["autograd"][0] / activation_bytes, displa
 
 # %% tags=["nbval-ignore-output"]
 class SegmentCheckpointed(nn.Module):
-    """A chain of blocks checkpointed in segments of `size` blocks: only each segment's input is kept."""
+    """A chain of blocks checkpointed in segments of `size` blocks: only each
+    segment's input is kept."""
 
     def __init__(self, blocks: list[nn.Module], size: int) -> None:
         super().__init__()
@@ -679,7 +703,9 @@ peak = {
 }
 for depth in square_depths:
     size = int(depth**0.5)
-    segmented = SegmentCheckpointed(list(revnet_stack(depth, channels=32).blocks), size)
+    segmented = SegmentCheckpointed(
+        list(revnet_stack(depth, channels=32).blocks), size
+    )
     kept = saved_tensor_bytes(segmented, x)
     assert kept == depth // size * activation_bytes  # one input per segment
     peak["autograd"][depth] = memory["autograd"][depth]
@@ -691,10 +717,11 @@ show_table(
     [
         [name, *[f"{v[d] / activation_bytes:.1f} A" for d in square_depths], growth]
         for (name, v), growth in zip(
-            peak.items(), ["O(L)", "O(L)", "O(sqrt L)", "O(1)"]
+            peak.items(), ["O(L)", "O(L)", "O(sqrt L)", "O(1)"], strict=True
         )
     ],
-    caption="Modelled peak (not measured): bytes kept after the forward plus the largest recomputation, "
+    caption="Modelled peak (not measured): "
+    "bytes kept after the forward plus the largest recomputation, "
     "in activation tensors A",
 )
 growth_16_to_64 = {name: v[64] / v[16] for name, v in peak.items()}
@@ -811,7 +838,9 @@ show_table(
     rows,
 )
 assert theory["autograd"] == 1
-assert theory["reversible"] == Fraction(4, 3) and theory["checkpoint"] == Fraction(4, 3)
+assert theory["reversible"] == Fraction(4, 3) and theory["checkpoint"] == Fraction(
+    4, 3
+)
 assert theory["reversible, generic step"] == Fraction(5, 3)
 
 # %% [markdown]
@@ -837,7 +866,8 @@ assert theory["reversible, generic step"] == Fraction(5, 3)
 def time_steps(
     models: dict[str, nn.Module], x: torch.Tensor, repeats: int = 9
 ) -> dict[str, list[float]]:
-    """Seconds per training step of each model: warm-up, then `repeats` rounds, one step of each model per round."""
+    """Seconds per training step of each model: warm-up, then `repeats` rounds, one
+    step of each model per round."""
     optimizers = {
         name: torch.optim.SGD(m.parameters(), lr=0.01) for name, m in models.items()
     }
@@ -871,15 +901,17 @@ finally:
 medians = {name: statistics.median(t) for name, t in times.items()}
 # ratio within each round (steps run back to back), then the median over rounds
 ratios = {
-    name: statistics.median(a / b for a, b in zip(t, times["autograd"]))
+    name: statistics.median(a / b for a, b in zip(t, times["autograd"], strict=True))
     for name, t in times.items()
 }
 print(
-    f"CPU, 1 thread, torch {torch.__version__}; 8 blocks, 32 channels, batch 32, 16 x 16; {len(times['autograd'])} rounds"
+    f"CPU, 1 thread, torch {torch.__version__}; 8 blocks, "
+    f"32 channels, batch 32, 16 x 16; {len(times['autograd'])} rounds"
 )
 for name in medians:
     print(
-        f"{name:26s} median step {1000 * medians[name]:7.1f} ms   ratio to autograd {ratios[name]:.2f}"
+        f"{name:26s} median step {1000 * medians[name]:7.1f} ms "
+        f"  ratio to autograd {ratios[name]:.2f}"
         f"   (evaluation count: {float(theory[name]):.2f})"
     )
 assert ratios["reversible"] > 1.0  # recomputation is never free
@@ -921,7 +953,9 @@ if step_file.exists():
         "checkpoint": "revlib\ncheckpoint",
         "memcnn": "MemCNN\n(InvertibleModule)",
     }
-    shown = {k: v for k, v in labels.items() if k in bench["paired_ratio_to_autograd"]}
+    shown = {
+        k: v for k, v in labels.items() if k in bench["paired_ratio_to_autograd"]
+    }
     compiled = {
         f"compiled_{k}": labels[k]
         for k in ("autograd", "autograd_plus_forward", "reversible", "checkpoint")
@@ -982,7 +1016,8 @@ if step_file.exists():
     axes[0].legend(loc="upper left", fontsize=8)
     fig.suptitle(
         f"PyTorch {bench['torch']}, {bench['device']}, {bench['threads']} thread(s); "
-        f"benchmarks/step_time.py, run of {bench['date_utc'][:10]}, median of {bench['repeats']} rounds",
+        f"benchmarks/step_time.py, run of {bench['date_utc'][:10]}, "
+        f"median of {bench['repeats']} rounds",
         fontsize=8,
     )
     fig.tight_layout()
@@ -1010,7 +1045,8 @@ if step_file.exists():
     plt.show()
 else:
     print(
-        f"{step_file} not found: run python benchmarks/step_time.py from a clone of the repository"
+        f"{step_file} not found: "
+        "run python benchmarks/step_time.py from a clone of the repository"
     )
 
 # %% [markdown]
@@ -1134,10 +1170,14 @@ dx1r, dx2r = dya1 + dx1_vjp, dya2 * s_r.detach().exp()
 affine_err = max(
     (x2r - xa2).abs().max().item(),
     (torch.cat([dx1r, dx2r], 1) - xa.grad).abs().max().item(),
-    max((a - p.grad).abs().max().item() for a, p in zip(dW, st_net.parameters())),
+    max(
+        (a - p.grad).abs().max().item()
+        for a, p in zip(dW, st_net.parameters(), strict=True)
+    ),
 )
 print(
-    f"affine coupling, derived backward step vs autograd (float64): equal to rounding (< 1e-12): {affine_err < 1e-12}"
+    "affine coupling, derived backward step vs autograd (float64): "
+    f"equal to rounding (< 1e-12): {affine_err < 1e-12}"
 )
 assert affine_err < 1e-12
 
@@ -1321,8 +1361,9 @@ glue("seg_a_over_A", a_over_A, display=False)
 
 # %% tags=["hide-cell"]
 def recursive_schedule(n: int, stored: int = 1) -> tuple[int, int]:
-    """Block evaluations and the largest number of stored block inputs for the backward of a
-    segment of n blocks whose input is stored (`stored` inputs are already kept above it)."""
+    """Block evaluations and the largest number of stored block inputs for the
+    backward of a segment of n blocks whose input is stored (`stored` inputs are
+    already kept above it)."""
     if n == 1:
         return 1, stored  # re-run the block with autograd, then backprop through it
     half = n // 2
@@ -1340,7 +1381,8 @@ for m in range(1, 11):
     evals, peak_inputs = recursive_schedule(L_rec)
     assert evals == L_rec // 2 * m + L_rec and peak_inputs == m + 1
 print(
-    f"L = {L_rec}: {evals} evaluations in the backward (L/2 log2 L + L = {L_rec // 2 * m + L_rec}), "
+    f"L = {L_rec}: {evals} evaluations in the backward "
+    f"(L/2 log2 L + L = {L_rec // 2 * m + L_rec}), "
     f"at most {peak_inputs} stored inputs (log2 L + 1)"
 )
 

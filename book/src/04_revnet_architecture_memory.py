@@ -28,6 +28,7 @@
 # %%
 
 import copy
+from itertools import pairwise
 
 import matplotlib.pyplot as plt
 import torch
@@ -43,7 +44,8 @@ from revlib.models import count_parameters, rev_vgg, vgg19
 from revlib.models import revnet as R
 from revlib.models.vgg import LinearBlock
 
-# Set full_run=True on a GPU (e.g. Colab) to also measure CUDA peak memory at batch 128.
+# Set full_run=True on a GPU (e.g. Colab) to also measure CUDA peak memory at
+# batch 128.
 RUN = RunSettings.from_env(full_run=False)
 DEVICE = RUN.device() if RUN.full_run else torch.device("cpu")
 
@@ -108,7 +110,8 @@ plt.show()
 # {cite:t}`chang2018reversible` print for the same models (read in the paper).
 
 # %%
-OFFICIAL = {  # counted from the official code's variable shapes, at 10 and 100 classes
+# counted from the official code's variable shapes, at 10 and 100 classes
+OFFICIAL = {
     "resnet32": (464_154, 470_004),
     "revnet38": (464_890, 475_060),
     "resnet110": (1_727_962, 1_733_812),
@@ -136,9 +139,15 @@ LABEL = {
     "revnet104": "RevNet-104 (ImageNet)",
 }
 
+
+def fmt(pair):
+    return " / ".join(f"{v:,}" for v in pair if v is not None)
+
+
 ours = {}
 rows = [
-    "| model | block | units per stage | widths (stem, stages) | parameters, C-10 / C-100 or ImageNet (ours) "
+    "| model | block | units per stage | widths (stem, stages) "
+    "| parameters, C-10 / C-100 or ImageNet (ours) "
     "| official code | Chang et al. (M) |",
     "|---|---|---|---|---|---|---|",
 ]
@@ -151,10 +160,10 @@ for name in OFFICIAL:
         count_parameters(m100) if m100 is not None else None,
     )
     ref = OFFICIAL[name]
-    fmt = lambda pair: " / ".join(f"{v:,}" for v in pair if v is not None)
     rows.append(
         f"| {LABEL[name]} | {m10.block} | {'-'.join(map(str, m10.units))} | "
-        f"{'-'.join(map(str, m10.widths))} | {fmt(ours[name])} | {fmt(ref)} | {CHANG_PRINTED.get(name, '')} |"
+        f"{'-'.join(map(str, m10.widths))} | {fmt(ours[name])} "
+        f"| {fmt(ref)} | {CHANG_PRINTED.get(name, '')} |"
     )
 display(Markdown("\n".join(rows)))
 assert ours == OFFICIAL  # every count, to the last parameter
@@ -170,7 +179,7 @@ assert ours == OFFICIAL  # every count, to the last parameter
 # switch for all of them: `model.mode = "reversible" | "checkpoint" | "autograd"`
 # (or `revlib.models.set_mode(model, mode)`, which works on any model). The same
 # weights give the same outputs in every mode and the same gradients
-# (`tests/test_models_revnet.py` checks this to 1e-10 in float64).
+# (`tests/models/test_revnet.py` checks this to 1e-10 in float64).
 
 # %%
 print(
@@ -257,7 +266,8 @@ direct_128 = {
 assert direct_128["revnet38 (reversible)"] == table38.measured_at(128)
 assert direct_128["resnet32"] == memory_table(R.resnet32(), x2).measured_at(128)
 print(
-    f"{checks} batch sizes predicted exactly; direct measurements at batch 128 agree:",
+    f"{checks} batch sizes predicted exactly; "
+    "direct measurements at batch 128 agree:",
     {k: f"{v:,} bytes" for k, v in direct_128.items()},
 )
 
@@ -327,7 +337,11 @@ glue(
 
 # %% tags=["remove-output"]
 fig, ax = plt.subplots(figsize=(8, 3.6))
-mode_colors = {"autograd": "0.45", "checkpoint": "tab:orange", "reversible": "tab:blue"}
+mode_colors = {
+    "autograd": "0.45",
+    "checkpoint": "tab:orange",
+    "reversible": "tab:blue",
+}
 for i, name in enumerate(CIFAR):
     for j, mode in enumerate(MODES[::-1]):  # autograd, checkpoint, reversible
         if (name, mode) in mem:
@@ -523,7 +537,8 @@ assert (
     t_vgg.kept == PROJECT["vgg_kept"]
     and round(t_vgg.kept_bytes(128) / MiB, 2) == PROJECT["vgg_mb"]
 )
-# The project's row "(128,16,16) Maxpool2d -> (128,8,8)" lists 16,384 activations; (128,8,8) is 8,192.
+# The project's row "(128,16,16) Maxpool2d -> (128,8,8)" lists 16,384 activations;
+# (128,8,8) is 8,192.
 maxpool_2 = [r for r in t_rvgg.rows if r.kind == "MaxPool2d"][1]
 assert maxpool_2.output_shape == (128, 8, 8) and maxpool_2.kept == 8_192
 assert t_rvgg.kept == PROJECT["rev_kept"] - 8_192
@@ -548,15 +563,18 @@ for mode in MODES:
     rvgg_mem[mode] = memory_table(rvgg, x2, units=(LinearBlock,)).measured_at(128)
 rvgg.mode = "reversible"
 rows = [
-    "| | parameters | Rev-VGG project (layer-output count, MB = MiB) | our layer-output count (MiB) | measured (MiB) |",
+    "| | parameters | Rev-VGG project (layer-output count, MB = MiB) "
+    "| our layer-output count (MiB) | measured (MiB) |",
     "|---|---:|---:|---:|---:|",
-    f"| VGG-19 | {count_parameters(vgg):,} | {PROJECT['vgg_mb']:.2f} | {t_vgg.kept_bytes(128) / MiB:.2f} | {vgg_mem / MiB:.2f} |",
+    f"| VGG-19 | {count_parameters(vgg):,} | {PROJECT['vgg_mb']:.2f} "
+    f"| {t_vgg.kept_bytes(128) / MiB:.2f} | {vgg_mem / MiB:.2f} |",
 ]
 for mode in MODES:
     quoted = f"{PROJECT['rev_mb']:.2f}" if mode == "reversible" else ""
     count = f"{t_rvgg.kept_bytes(128) / MiB:.2f}" if mode == "reversible" else ""
     rows.append(
-        f"| Rev-VGG, mode {mode} | {count_parameters(rvgg):,} | {quoted} | {count} | {rvgg_mem[mode] / MiB:.2f} |"
+        f"| Rev-VGG, mode {mode} | {count_parameters(rvgg):,} "
+        f"| {quoted} | {count} | {rvgg_mem[mode] / MiB:.2f} |"
     )
 reduction_project = 100 * (
     1 - PROJECT["rev_mb"] / PROJECT["vgg_mb"]
@@ -564,7 +582,8 @@ reduction_project = 100 * (
 reduction_count = 100 * (1 - t_rvgg.kept / t_vgg.kept)
 reduction_measured = 100 * (1 - rvgg_mem["reversible"] / vgg_mem)
 rows.append(
-    f"| reduction | | {reduction_project:.2f}% (our arithmetic on these MB; the project prints "
+    f"| reduction | | {reduction_project:.2f}% "
+    "(our arithmetic on these MB; the project prints "
     f"{PROJECT['reduction']}%) | {reduction_count:.2f}% | {reduction_measured:.2f}% |"
 )
 display(Markdown("\n".join(rows)))
@@ -619,7 +638,9 @@ def bn_stat_bytes(
     model,
 ):  # mean and inverse std, float32, per BatchNorm layer that saves them
     return sum(
-        2 * 4 * m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+        2 * 4 * m.num_features
+        for m in model.modules()
+        if isinstance(m, nn.BatchNorm2d)
     )
 
 
@@ -646,7 +667,8 @@ rvgg_terms = {
     "+ second hidden output of the linear block": B * 512 * F32,
     "- logits (kept by nobody)": -logits,
 }
-# BatchNorm inside the RevBlocks saves nothing: the blocks are recomputed in the backward.
+# BatchNorm inside the RevBlocks saves nothing: the blocks are recomputed in the
+# backward.
 assert sum(rvgg_terms.values()) == t_rvgg.measured_bytes
 
 rows = [
@@ -704,7 +726,8 @@ glue(
 
 # %%
 res_units, rev_units = list(range(1, 19)), list(range(1, 10))
-res_depth = [6 * n + 2 for n in res_units]  # 2 convs per unit, plus stem and classifier
+# 2 convs per unit, plus stem and classifier
+res_depth = [6 * n + 2 for n in res_units]
 rev_depth = [12 * n + 2 for n in rev_units]  # 4 convs per unit (F and G)
 depth_mem = {
     "ResNet (autograd)": [],
@@ -713,10 +736,14 @@ depth_mem = {
     "RevNet, autograd": [],
 }
 for n in res_units:
-    res = R.PreActNet("basic", (n, n, n), (16, 16, 32, 64), (1, 2, 2), reversible=False)
+    res = R.PreActNet(
+        "basic", (n, n, n), (16, 16, 32, 64), (1, 2, 2), reversible=False
+    )
     depth_mem["ResNet (autograd)"].append(memory_table(res, x2).measured_at(128))
 for n in rev_units:
-    rev = R.PreActNet("basic", (n, n, n), (32, 32, 64, 112), (1, 2, 2), reversible=True)
+    rev = R.PreActNet(
+        "basic", (n, n, n), (32, 32, 64, 112), (1, 2, 2), reversible=True
+    )
     for mode in MODES:
         rev.mode = mode
         depth_mem[f"RevNet, {mode}"].append(memory_table(rev, x2).measured_at(128))
@@ -744,17 +771,9 @@ show_table(
     caption="Saved for backward at batch 128 (CIFAR 32x32, float32, measured)",
 )
 assert len(set(depth_mem["RevNet, reversible"])) == 1  # exactly flat
-steps = [
-    b - a
-    for a, b in zip(depth_mem["ResNet (autograd)"], depth_mem["ResNet (autograd)"][1:])
-]
+steps = [b - a for a, b in pairwise(depth_mem["ResNet (autograd)"])]
 assert len(set(steps)) == 1 and steps[0] > 0  # exactly linear in depth
-ckpt_steps = {
-    b - a
-    for a, b in zip(
-        depth_mem["RevNet, checkpoint"], depth_mem["RevNet, checkpoint"][1:]
-    )
-}
+ckpt_steps = {b - a for a, b in pairwise(depth_mem["RevNet, checkpoint"])}
 assert len(ckpt_steps) == 1  # one block input per added block
 glue("flat_rev", depth_mem["RevNet, reversible"][0] / MiB, display=False)
 glue("res_step", steps[0] / MiB, display=False)
@@ -836,12 +855,15 @@ plt.show()
 
 # %% tags=["nbval-ignore-output"]
 if RUN.full_run:
-    device = DEVICE  # CUDA; the CPU only where REVLIB_REQUIRE_GPU=0 (tests): a code-path check on two models
+    # CUDA; the CPU only where REVLIB_REQUIRE_GPU=0 (tests): a code-path check on two
+    # models
+    device = DEVICE
     batch, models = (128, CIFAR) if device.type == "cuda" else (4, CIFAR[:2])
     xb = torch.randn(batch, 3, 32, 32, device=device)
     yb = torch.randint(0, 10, (batch,), device=device)
     rows = [
-        f"| model | mode | {device.type} peak during a step at batch {batch} (MiB) | saved for backward at batch 128 (MiB) |",
+        f"| model | mode | {device.type} peak during a step at batch {batch} (MiB) "
+        "| saved for backward at batch 128 (MiB) |",
         "|---|---|---:|---:|",
     ]
     for name in models:
@@ -850,7 +872,7 @@ if RUN.full_run:
         for mode in MODES if model.reversible else ("autograd",):
             model.mode = mode
 
-            def step():
+            def step(model=model, opt=opt):
                 opt.zero_grad(set_to_none=True)
                 nn.functional.cross_entropy(model(xb), yb).backward()
                 opt.step()
@@ -869,7 +891,8 @@ if RUN.full_run:
     display(Markdown("\n".join(rows)))
 else:
     print(
-        "CUDA peak memory: not measured (set full_run=True in RunSettings on a machine with a GPU)."
+        "CUDA peak memory: "
+        "not measured (set full_run=True in RunSettings on a machine with a GPU)."
     )
 
 # %% [markdown]
@@ -978,7 +1001,8 @@ assert (
 
 # %% tags=["hide-cell"]
 def with_bias_everywhere(model: nn.Module) -> nn.Module:
-    """A copy of `model` in which every bias-free convolution inside a coupling gets a bias."""
+    """A copy of `model` in which every bias-free convolution inside a coupling gets a
+    bias."""
     model = copy.deepcopy(model)
     for coupling in [
         m for m in model.modules() if isinstance(m, revlib.AdditiveCoupling)
@@ -999,7 +1023,8 @@ predicted_extra = sum(
     (27 * C**2 + 12 * C) - (27 * C**2 + 9 * C) for C in (128, 256, 512, 512)
 )
 print(
-    f"biases added: {extra_bias:,}; 3C summed over the four RevBlocks: {predicted_extra:,}"
+    f"biases added: {extra_bias:,}; "
+    f"3C summed over the four RevBlocks: {predicted_extra:,}"
 )
 assert extra_bias == predicted_extra
 
@@ -1023,11 +1048,14 @@ def s2d_chain(units: int = 2, width: int = 16) -> revlib.ReversibleSequence:
     blocks, c = [], width
     for stage in range(3):
         blocks += [
-            revlib.AdditiveCoupling(preact_half_unit(c // 2), preact_half_unit(c // 2))
+            revlib.AdditiveCoupling(
+                preact_half_unit(c // 2), preact_half_unit(c // 2)
+            )
             for _ in range(units)
         ]
         if stage < 2:
-            blocks.append(SpaceToDepth(2))  # invertible: 4x the channels, half the side
+            # invertible: 4x the channels, half the side
+            blocks.append(SpaceToDepth(2))
             c *= 4
     return revlib.ReversibleSequence(blocks)
 
@@ -1048,7 +1076,8 @@ s2d_bytes = saved_tensor_bytes(s2d_net, x_s2d)
 stem_in, out_bytes = x_s2d.numel() * 4, chain_out.numel() * 4
 head_bytes = saved_tensor_bytes(head, chain_out.clone().requires_grad_(True))
 print(
-    f"saved: {s2d_bytes:,} bytes = stem input {stem_in:,} + head {head_bytes:,}, of which {out_bytes:,} are the "
+    f"saved: {s2d_bytes:,} bytes = stem input {stem_in:,} "
+    f"+ head {head_bytes:,}, of which {out_bytes:,} are the "
     f"chain's output (the head's BatchNorm input, kept once)"
 )
 assert s2d_bytes == stem_in + head_bytes
@@ -1079,7 +1108,8 @@ n_bn_channels = sum(
     m.num_features for m in R.revnet38().modules() if isinstance(m, nn.BatchNorm2d)
 )
 print(
-    f"b (fixed_bytes) of RevNet-38 in mode autograd: train {fixed['train']:,} bytes, eval {fixed['eval']:,} bytes; "
+    "b (fixed_bytes) of RevNet-38 in mode autograd: "
+    f"train {fixed['train']:,} bytes, eval {fixed['eval']:,} bytes; "
     f"2 x 4 bytes x {n_bn_channels:,} BatchNorm channels = {8 * n_bn_channels:,}"
 )
 assert fixed["train"] == 8 * n_bn_channels and fixed["eval"] == 0

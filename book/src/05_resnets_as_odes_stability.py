@@ -32,6 +32,7 @@
 # %%
 import math
 import statistics
+from itertools import pairwise
 
 import matplotlib.pyplot as plt
 import torch
@@ -88,9 +89,11 @@ depths = [10, 20, 40, 80, 160]
 euler_errors = [
     (residual_network(f_demo, y_start, T, n) - exact).norm().item() for n in depths
 ]
-ratios = [a / b for a, b in zip(euler_errors, euler_errors[1:])]
-for n, err in zip(depths, euler_errors):
-    print(f"{n:4d} layers (h = {T / n:.4f}): distance from the ODE solution {err:.3e}")
+ratios = [a / b for a, b in pairwise(euler_errors)]
+for n, err in zip(depths, euler_errors, strict=True):
+    print(
+        f"{n:4d} layers (h = {T / n:.4f}): distance from the ODE solution {err:.3e}"
+    )
 print("error ratios when the depth doubles:", ", ".join(f"{r:.3f}" for r in ratios))
 assert all(abs(r - 2) < 0.02 for r in ratios)  # first order: the error halves
 glue("euler_ratio_min", min(ratios), display=False)
@@ -179,7 +182,9 @@ for name, K in toy_K.items():
         )
         for i in range(3)
     ]
-    toy_rows.append((name, eig, ys[-1].norm(dim=1) / points.norm(dim=1), spread, lyap))
+    toy_rows.append(
+        (name, eig, ys[-1].norm(dim=1) / points.norm(dim=1), spread, lyap)
+    )
 
 show_table(
     [
@@ -211,7 +216,8 @@ assert spread_m < 0.2 and max(lyap_m) < -1.0  # K-: they collapse onto the origi
 assert abs(spread_0 - 1) < 0.06 and all(
     0 < v < 0.1 for v in lyap_0
 )  # K0: rotation, sizes kept
-# Euler on a rotation: |1 + h i| = sqrt(1 + h^2) per step, exponent log(1 + h^2) / (2h).
+# Euler on a rotation: |1 + h i| = sqrt(1 + h^2) per step, exponent
+# log(1 + h^2) / (2h).
 lyap_predicted = math.log(1 + h_toy**2) / (2 * h_toy)
 lyap_at_rest = stability.lyapunov_exponent(
     toy_layer(toy_K["K0"]),
@@ -240,7 +246,7 @@ glue("toy_lyap_zero_max", max(lyap_0), display=False)
 grid = torch.linspace(-1.2, 1.2, 17, **f64)
 gx, gy = torch.meshgrid(grid, grid, indexing="xy")
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
-for ax, (name, K) in zip(axes, toy_K.items()):
+for ax, (name, K) in zip(axes, toy_K.items(), strict=True):
     field = torch.tanh(torch.stack([gx, gy], -1) @ K.T)
     ax.quiver(gx, gy, field[..., 0], field[..., 1], color="0.75", angles="xy")
     for i, color in enumerate(["tab:blue", "tab:orange", "tab:green"]):
@@ -256,7 +262,8 @@ axes[0].set_ylabel("second coordinate")
 for ax in axes:
     ax.set_xlabel("first coordinate")
 fig.suptitle(
-    "Phase plane: the field tanh(K y) (grey); each point moves from its circle to its square"
+    "Phase plane: the field tanh(K y) (grey); "
+    "each point moves from its circle to its square"
 )
 fig.tight_layout(rect=(0, 0, 1, 0.95))
 plt.show()
@@ -299,7 +306,8 @@ normality_rows = []
 starts = {"y1": 0, "y2": 1, "y3": 2}
 for label, i in starts.items():
     steps_J = [
-        step_jacobian(toy_K["K0"], trajectories["K0"][j, i]) for j in range(layers_toy)
+        step_jacobian(toy_K["K0"], trajectories["K0"][j, i])
+        for j in range(layers_toy)
     ]
     sigma = [torch.linalg.matrix_norm(M, ord=2).item() for M in steps_J]
     radius = [torch.linalg.eigvals(M).abs().max().item() for M in steps_J]
@@ -396,8 +404,10 @@ spectra = {name: stability.eigenvalues(fn, state) for name, fn in rhs.items()}
 spectral_radius = {name: ev.abs().max().item() for name, ev in spectra.items()}
 for name, ev in spectra.items():
     print(
-        f"{name:22s} {ev.numel()} eigenvalues, largest |lambda| {spectral_radius[name]:.3f}, "
-        f"largest real part {ev.real.max().item():+.3e}, largest |real part| {ev.real.abs().max().item():.3e}"
+        f"{name:22s} {ev.numel()} eigenvalues, "
+        f"largest |lambda| {spectral_radius[name]:.3f}, "
+        f"largest real part {ev.real.max().item():+.3e}, "
+        f"largest |real part| {ev.real.abs().max().item():.3e}"
     )
 
 ham_max_re = spectra["Hamiltonian block"].real.abs().max().item()
@@ -417,7 +427,7 @@ glue("ham_rho", spectral_radius["Hamiltonian block"], display=False)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), sharey=True)
-for ax, (name, ev) in zip(axes, spectra.items()):
+for ax, (name, ev) in zip(axes, spectra.items(), strict=True):
     ax.axvline(0, color="0.6", lw=0.8)
     ax.axhline(0, color="0.6", lw=0.8)
     ax.plot(ev.real, ev.imag, ".", ms=5)
@@ -494,11 +504,14 @@ near_zero = ev_relu[ev_relu.abs() <= 1e-6 * rho_relu]
 relu_max_re = ev_relu.real.abs().max().item()
 relu_max_re_away = away.real.abs().max().item()
 print(
-    f"ReLU Hamiltonian block: {away.numel()} eigenvalues away from 0, largest |real part| {relu_max_re_away:.1e}"
+    f"ReLU Hamiltonian block: {away.numel()} eigenvalues away from 0, "
+    f"largest |real part| {relu_max_re_away:.1e}"
 )
 print(
-    f"{near_zero.numel()} eigenvalues within 1e-6 * rho of 0, largest |real part| {relu_max_re:.1e} "
-    f"(rho = {rho_relu:.2f}, sqrt(eps) * rho = {math.sqrt(torch.finfo(torch.float64).eps) * rho_relu:.1e})"
+    f"{near_zero.numel()} eigenvalues within 1e-6 * rho of 0, "
+    f"largest |real part| {relu_max_re:.1e} "
+    f"(rho = {rho_relu:.2f}, "
+    f"sqrt(eps) * rho = {math.sqrt(torch.finfo(torch.float64).eps) * rho_relu:.1e})"
 )
 assert relu_max_re_away < 1e-12 * rho_relu
 assert relu_max_re < 1e-6 * rho_relu
@@ -564,7 +577,9 @@ linear_anti = AntisymmetricSigma(C, activation="tanh", bias=False).double()
 linear_ham = HamiltonianBlock(C, h=h_layer, activation="tanh", bias=False).double()
 at_rest = torch.zeros(1, C, 4, 4, **f64)
 layer_maps = {
-    "plain residual layer (Euler)": lambda y: y + h_layer * torch.tanh(linear_plain(y)),
+    "plain residual layer (Euler)": lambda y: (
+        y + h_layer * torch.tanh(linear_plain(y))
+    ),
     "antisymmetric layer (Euler)": lambda y: y + h_layer * linear_anti(y),
     "Hamiltonian block (Verlet)": linear_ham,
 }
@@ -586,7 +601,8 @@ for name, layer in layer_maps.items():
         stability.eigenvalues(layer, at_rest).abs().max().item()
     )  # the whole step's Jacobian
     line = (
-        f"{name:30s} growth after {steps} layers {growth[name][-1]:9.3e}, empirical exponent {rate[name]:+.3f}, "
+        f"{name:30s} growth after {steps} layers {growth[name][-1]:9.3e}, "
+        f"empirical exponent {rate[name]:+.3f}, "
         f"spectral radius of the step {step_radius[name]:.12f}"
     )
     if "Euler" in name:
@@ -669,7 +685,8 @@ assert (
 assert all(
     abs(1 + z) > 1 for z in h_lambda[anti_key] if abs(z) > 1e-6
 )  # outside Euler's disk
-assert max(abs(z) for z in h_lambda[anti_key]) < 1  # inside Midpoint's segment i(-1, 1)
+# inside Midpoint's segment i(-1, 1)
+assert max(abs(z) for z in h_lambda[anti_key]) < 1
 fig = plot_stability_regions(h_lambda, extent=0.3, xlim=(-0.45, 0.2))
 glue("fig_stability_regions", fig, display=False)
 plt.show()
@@ -812,15 +829,19 @@ glue("rev_growth_pos", fwd_growth[0.5][-1], display=False)
 glue("rev_growth_neg", fwd_growth[-0.5][-1], display=False)
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-for a, color in zip(recon_error, ["tab:blue", "0.3", "tab:red"]):
+for a, color in zip(recon_error, ["tab:blue", "0.3", "tab:red"], strict=True):
     axes[0].plot(
         rev_depths, recon_error[a], "o-", color=color, label=f"Re λ = {a:+.1f}"
     )
-    axes[1].plot(rev_depths, fwd_growth[a], "o-", color=color, label=f"Re λ = {a:+.1f}")
+    axes[1].plot(
+        rev_depths, fwd_growth[a], "o-", color=color, label=f"Re λ = {a:+.1f}"
+    )
 axes[0].set_ylabel("reconstruction error / max |x| (float32)")
 axes[1].set_ylabel("|δ output| / |δ input| (float64)")
 for ax, title in zip(
-    axes, ["the inverse: stable needs Re λ ≥ 0", "the forward: stable needs Re λ ≤ 0"]
+    axes,
+    ["the inverse: stable needs Re λ ≥ 0", "the forward: stable needs Re λ ≤ 0"],
+    strict=True,
 ):
     ax.set_yscale("log")
     ax.set_xlabel("blocks (h = 0.1)")
@@ -915,7 +936,8 @@ for h_omega in (1.9, 2.1):
     )  # Z first, in the coordinates of the hint
     moduli = torch.linalg.eigvals(M).abs()
     print(
-        f"h omega = {h_omega}: det {torch.linalg.det(M).item():.3f}, trace {M.trace().item():.3f}, "
+        f"h omega = {h_omega}: det {torch.linalg.det(M).item():.3f}, "
+        f"trace {M.trace().item():.3f}, "
         f"eigenvalue moduli {', '.join(f'{m:.3f}' for m in moduli)}"
     )
     assert (moduli.max() - 1 < 1e-12) == (h_omega < 2)
@@ -944,13 +966,15 @@ def hamiltonian_like(
     """A copy of `block` with step size h and its kernels multiplied by `scale`."""
     new = HamiltonianBlock(C, h=h, activation="tanh", bias=False).double()
     with torch.no_grad():
-        for p_new, p_old in zip(new.parameters(), block.parameters()):
+        for p_new, p_old in zip(new.parameters(), block.parameters(), strict=True):
             p_new.copy_(scale * p_old)
     return new
 
 
 omega_max = {
-    scale: stability.eigenvalues(hamiltonian_like(linear_ham, 0.1, scale).rhs, at_rest)
+    scale: stability.eigenvalues(
+        hamiltonian_like(linear_ham, 0.1, scale).rhs, at_rest
+    )
     .abs()
     .max()
     .item()
@@ -979,7 +1003,7 @@ show_table(
         for sc, hh, hl, g in sweep_rows
     ],
 )
-for scale, h_try, h_limit, g in sweep_rows:
+for _scale, h_try, h_limit, g in sweep_rows:
     assert (g < 100) == (h_try < h_limit)  # bounded exactly below 2 / omega_max
 glue("ex3_limit_1", 2 / omega_max[1.0], display=False)
 glue("ex3_limit_10", 2 / omega_max[10.0], display=False)
@@ -1002,7 +1026,8 @@ glue("ex3_limit_10", 2 / omega_max[10.0], display=False)
 
 # %% tags=["hide-cell", "nbval-ignore-output"]
 def random_layers(kind: str, depth: int, seed: int) -> list:
-    """`depth` layers of one kind, each with its own weights and biases (spectral norm of K fixed to 1)."""
+    """`depth` layers of one kind, each with its own weights and biases (spectral norm
+    of K fixed to 1)."""
     torch.manual_seed(seed)
     layers = []
     for _ in range(depth):
@@ -1028,7 +1053,9 @@ def random_layers(kind: str, depth: int, seed: int) -> list:
     return layers
 
 
-start_state = torch.randn(1, C, 4, 4, generator=torch.Generator().manual_seed(3), **f64)
+start_state = torch.randn(
+    1, C, 4, 4, generator=torch.Generator().manual_seed(3), **f64
+)
 away_growth = {
     kind: [
         stability.perturbation_growth(
@@ -1040,13 +1067,16 @@ away_growth = {
 }
 for kind, values in away_growth.items():
     print(
-        f"{kind:14s} growth through 100 random layers, 5 seeds: {', '.join(f'{v:.2f}' for v in values)}"
+        f"{kind:14s} growth through 100 random layers, "
+        f"5 seeds: {', '.join(f'{v:.2f}' for v in values)}"
     )
 assert all(
     math.isfinite(v) and v > 0 for values in away_growth.values() for v in values
 )
 glue("ex4_plain_median", statistics.median(away_growth["plain"]), display=False)
-glue("ex4_anti_median", statistics.median(away_growth["antisymmetric"]), display=False)
+glue(
+    "ex4_anti_median", statistics.median(away_growth["antisymmetric"]), display=False
+)
 glue("ex4_ham_median", statistics.median(away_growth["Hamiltonian"]), display=False)
 
 # %% [markdown]
@@ -1074,7 +1104,8 @@ gamma_bound = (1 - math.sqrt(1 - (h_layer * omega_anti) ** 2)) / h_layer
 
 
 def damped_anti_radius(gamma: float) -> float:
-    """Spectral radius of the Euler step of the antisymmetric layer with damping -gamma Y, at rest."""
+    """Spectral radius of the Euler step of the antisymmetric layer with damping
+    -gamma Y, at rest."""
     return (
         stability.eigenvalues(
             lambda y: y + h_layer * (linear_anti(y) - gamma * y), at_rest
@@ -1088,8 +1119,10 @@ def damped_anti_radius(gamma: float) -> float:
 gammas = torch.linspace(0, 2 * gamma_bound, 201, dtype=torch.float64).tolist()
 gamma_found = next(g for g in gammas if damped_anti_radius(g) <= 1 + 1e-12)
 print(
-    f"omega_max = {omega_anti:.4f}; smallest gamma on the grid with a step of spectral radius <= 1: "
-    f"{gamma_found:.5f}; exercise 1's bound (1 - sqrt(1 - h^2 omega^2)) / h = {gamma_bound:.5f}"
+    f"omega_max = {omega_anti:.4f}; "
+    "smallest gamma on the grid with a step of spectral radius <= 1: "
+    f"{gamma_found:.5f}; exercise 1's bound "
+    f"(1 - sqrt(1 - h^2 omega^2)) / h = {gamma_bound:.5f}"
 )
 assert abs(gamma_found - gamma_bound) <= 2 * gamma_bound / 200 + 1e-12
 glue(

@@ -207,7 +207,8 @@ def randomise_biases(module: nn.Module, std: float = 0.1) -> nn.Module:
 def stack(
     kind: str, depth: int, h: float = 0.1, activation: str = "relu"
 ) -> revlib.ReversibleSequence:
-    """depth blocks on a state of 8 channels (Y, Z of 4 each; or a pair of 4-channel states)."""
+    """depth blocks on a state of 8 channels (Y, Z of 4 each; or a pair of 4-channel
+    states)."""
     make = {
         "Hamiltonian": lambda: ode.HamiltonianBlock(8, h=h, activation=activation),
         "Midpoint": lambda: ode.MidpointBlock(4, h=h, activation=activation),
@@ -217,7 +218,8 @@ def stack(
 
 
 def first_state(kind: str, dtype=torch.float64) -> torch.Tensor:
-    """A batch of 4 states of 8 x 8 pixels: (Y, Z) for Hamiltonian, the pair (Y_0, Y_0) otherwise."""
+    """A batch of 4 states of 8 x 8 pixels: (Y, Z) for Hamiltonian, the pair (Y_0,
+    Y_0) otherwise."""
     g = torch.Generator().manual_seed(1)
     if kind == "Hamiltonian":
         return torch.randn(4, 8, 8, 8, generator=g, dtype=dtype)
@@ -239,11 +241,12 @@ for kind in KINDS:
         grads[mode] = [x.grad.clone()] + [p.grad.clone() for p in model.parameters()]
     grad_error = max(
         ((a - b).abs().max() / b.abs().max()).item()
-        for a, b in zip(grads["reversible"], grads["autograd"])
+        for a, b in zip(grads["reversible"], grads["autograd"], strict=True)
     )
     check_rows.append((kind, inverse_error, grad_error))
     print(
-        f"{kind:12s} 10 blocks, float64: inverse error {inverse_error:.1e}, gradient vs autograd (relative) {grad_error:.1e}"
+        f"{kind:12s} 10 blocks, float64: inverse error {inverse_error:.1e}, "
+        f"gradient vs autograd (relative) {grad_error:.1e}"
     )
 assert all(inv < 1e-13 and grad < 1e-12 for _, inv, grad in check_rows)
 
@@ -321,7 +324,9 @@ assert (
     and worst_well["float32"] < 1e-5
     and worst_well["bfloat16"] < 0.5
 )
-assert recon["Midpoint", "bfloat16"][-1] > 10 * recon["Midpoint, tanh", "bfloat16"][-1]
+assert (
+    recon["Midpoint", "bfloat16"][-1] > 10 * recon["Midpoint, tanh", "bfloat16"][-1]
+)
 assert state_size["Midpoint"] > 20 * state_size["Midpoint, tanh"]
 assert recon["Leapfrog", "bfloat16"][-1] > 2 * recon["Hamiltonian", "bfloat16"][-1]
 for p in precisions:
@@ -335,8 +340,8 @@ glue("midpoint_relu_growth", state_size["Midpoint"], display=False)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.6), sharey=True)
-for ax, pname in zip(axes, precisions):
-    for variant, style in zip(variants, ["o-", "s-", "^-", "v--"]):
+for ax, pname in zip(axes, precisions, strict=True):
+    for variant, style in zip(variants, ["o-", "s-", "^-", "v--"], strict=True):
         ax.loglog(
             depth_marks,
             [max(e, 1e-17) for e in recon[variant, pname]],
@@ -350,7 +355,8 @@ for ax, pname in zip(axes, precisions):
 axes[0].set_ylabel("max |x - inverse(f(x))| / max |x|")
 axes[0].legend(fontsize=8)
 fig.suptitle(
-    "Reconstruction error vs depth and precision (100-block stacks, ReLU unless noted)"
+    "Reconstruction error vs depth and precision "
+    "(100-block stacks, ReLU unless noted)"
 )
 fig.tight_layout()
 plt.show()
@@ -396,7 +402,9 @@ for kind in KINDS:
         row = []
         for d in mem_depths:
             model_d = revlib.ReversibleSequence(list(model.blocks)[:d], mode=mode)
-            row.append(saved_tensor_bytes(model_d, x_mem.clone().requires_grad_(True)))
+            row.append(
+                saved_tensor_bytes(model_d, x_mem.clone().requires_grad_(True))
+            )
         memory[kind, mode] = row
         print(f"{kind:12s} {mode:10s} bytes saved at depths {mem_depths}: {row}")
     assert (
@@ -462,7 +470,8 @@ show_table(
     ],
 )
 counts = {
-    name: (ours, ours100, between) for name, ours, ours100, between, _, _ in chang_rows
+    name: (ours, ours100, between)
+    for name, ours, ours100, between, _, _ in chang_rows
 }
 assert (
     round(counts["hamiltonian74"][0] / 1e6, 2) == 0.43
@@ -488,7 +497,8 @@ glue(
     counts["hamiltonian1202"][2] - counts["hamiltonian1202"][0],
     display=False,
 )
-block_at = lambda w: 2 * 9 * (w // 2) ** 2 + w  # noqa: E731  parameters of one Hamiltonian block of width w
+# parameters of one Hamiltonian block of width w
+block_at = lambda w: 2 * 9 * (w // 2) ** 2 + w  # noqa: E731
 assert counts["hamiltonian1202"][2] - counts["hamiltonian1202"][0] == block_at(
     64
 ) - block_at(32) + block_at(128) - block_at(64)
@@ -543,7 +553,8 @@ glue("params_midpoint26_between", counts["midpoint26"][2], display=False)
 
 # %%
 def version_count(name: str, per_function: float, first_f: float) -> int:
-    """Parameters of network `name` if each F and G of width C holds per_function * C non-kernel parameters."""
+    """Parameters of network `name` if each F and G of width C holds per_function * C
+    non-kernel parameters."""
     with torch.device("meta"):
         net = getattr(chang, name)()
     ours = count_parameters(net)
@@ -571,7 +582,8 @@ for name in ("hamiltonian74", "hamiltonian218", "hamiltonian1202"):
         count = version_count(name, per_function, first_f)
         version_match[name, label] = round(count / 1e6, 2) == published
         row.append(
-            f"{count:,} ({count / 1e6:.2f} M){' = table' if version_match[name, label] else ''}"
+            f"{count:,} "
+            f"({count / 1e6:.2f} M){' = table' if version_match[name, label] else ''}"
         )
     version_rows.append(row)
 show_table(["network", "Chang et al. (M)", *versions], version_rows)
@@ -647,7 +659,8 @@ assert (
 
 # %% tags=["nbval-ignore-output"]
 def ktk_norm(kernel: torch.Tensor, iterations: int = 50) -> float:
-    """Largest eigenvalue of K^T K for a 3 x 3 convolution on 32 x 32 maps, by power iteration."""
+    """Largest eigenvalue of K^T K for a 3 x 3 convolution on 32 x 32 maps, by power
+    iteration."""
     v = torch.randn(
         1, kernel.shape[1], 32, 32, generator=torch.Generator().manual_seed(0)
     )
@@ -690,14 +703,16 @@ for h in (1.0, 0.1):
                 state = net.transitions[k](state)
     size_after[h] = state.abs().max().item() / start
     print(
-        f"Hamiltonian-218 with h = {h}: largest feature after the 54 blocks / after the stem = {size_after[h]:.3g}"
+        f"Hamiltonian-218 with h = {h}: largest feature after "
+        f"the 54 blocks / after the stem = {size_after[h]:.3g}"
     )
 assert size_after[1.0] > 1e6 and size_after[0.1] < 10
 glue("h1_growth", size_after[1.0], display=False)
 
 
 def bn_version_growth(net: nn.Module, x: torch.Tensor, h: float) -> float:
-    """The same kernels in the code's BatchNorm block, h K^T ReLU(BN(K BN(.))), in training mode (batch statistics)."""
+    """The same kernels in the code's BatchNorm block, h K^T ReLU(BN(K BN(.))), in
+    training mode (batch statistics)."""
 
     def sub(weight, v, first=False):
         v = v if first else nn.functional.batch_norm(v, None, None, training=True)
@@ -723,7 +738,8 @@ def bn_version_growth(net: nn.Module, x: torch.Tensor, h: float) -> float:
 torch.manual_seed(0)
 bn_growth = bn_version_growth(chang.hamiltonian218(h=1.0).eval(), x_img, h=1.0)
 print(
-    f"the code's BatchNorm block, same kernels, h = 1, batch statistics: largest feature grows {bn_growth:.3g} times"
+    "the code's BatchNorm block, same kernels, h = 1, "
+    f"batch statistics: largest feature grows {bn_growth:.3g} times"
 )
 assert bn_growth < 1e-3 * size_after[1.0]
 glue("h1_growth_bn", bn_growth, display=False)
@@ -758,7 +774,8 @@ for name in ("hamiltonian218", "hamiltonian1202"):
         net.mode = mode
         net_memory[name, mode] = saved_tensor_bytes(net, x_small)
     print(
-        f"{name:16s} saved bytes: reversible {net_memory[name, 'reversible']:,}, autograd {net_memory[name, 'autograd']:,}"
+        f"{name:16s} saved bytes: reversible {net_memory[name, 'reversible']:,}, "
+        f"autograd {net_memory[name, 'autograd']:,}"
     )
 assert (
     net_memory["hamiltonian218", "reversible"]
@@ -851,7 +868,10 @@ def train(model, steps=300, lr=0.02):
         opt.step()
     model.eval()
     with torch.no_grad():
-        acc = lambda x, y: (model(x).argmax(1) == y).float().mean().item()  # noqa: E731
+
+        def acc(x, y):
+            return (model(x).argmax(1) == y).float().mean().item()
+
         return loss.item(), acc(x_train, y_train), acc(x_test, y_test)
 
 
@@ -861,7 +881,8 @@ for name, make in (("ResNet", resnet), ("Hamiltonian", hamiltonian_net)):
     trained[name] = make()
     results[name] = (count_parameters(trained[name]), *train(trained[name]))
 table = [
-    "| network | parameters | final training loss | training accuracy | test accuracy |",
+    "| network | parameters | final training loss "
+    "| training accuracy | test accuracy |",
     "|---|---|---|---|---|",
 ]
 for name, (n, loss, acc_tr, acc_te) in results.items():
@@ -871,7 +892,8 @@ assert all(acc_te > 0.9 for (_, _, _, acc_te) in results.values())
 lifted = trained["Hamiltonian"][0](x_test).detach()
 with torch.no_grad():
     largest_state = trained["Hamiltonian"][1](lifted).abs().max().item()
-# float32 round-off through 12 blocks grows with the states' size: bound the error relative to it
+# float32 round-off through 12 blocks grows with the states' size: bound the error
+# relative to it
 assert revlib.check_inverse(trained["Hamiltonian"][1], lifted) / largest_state < 1e-5
 glue("spiral_acc_resnet", results["ResNet"][3], display=False)
 glue("spiral_acc_ham", results["Hamiltonian"][3], display=False)
@@ -881,7 +903,7 @@ grid = torch.linspace(-1.3, 1.3, 150)
 gx, gy = torch.meshgrid(grid, grid, indexing="xy")
 grid_points = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
 fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
-for ax, (name, model) in zip(axes, trained.items()):
+for ax, (name, model) in zip(axes, trained.items(), strict=True):
     with torch.no_grad():
         p = torch.softmax(model(grid_points), 1)[:, 1].reshape(gx.shape)
     ax.contourf(gx, gy, p, levels=[0, 0.5, 1], colors=["#c6dbef", "#fdd0a2"])
@@ -936,7 +958,8 @@ stage = [dense_block(0.0, 1.0), dense_block(1.0, 1.0), dense_block(3.0, -1.0)]
 R = weight_smoothness([stage], rate=1.0)
 by_hand = 4 * ((1 - 0) ** 2 + (3 - 1) ** 2) + 4 * ((1 - 1) ** 2 + (-1 - 1) ** 2)
 print(
-    f"R (rate 1) = {R.item():g}; by hand: 4 entries x ((1-0)^2 + (3-1)^2) + 4 x (0^2 + (-1-1)^2) = {by_hand}"
+    f"R (rate 1) = {R.item():g}; by hand: "
+    f"4 entries x ((1-0)^2 + (3-1)^2) + 4 x (0^2 + (-1-1)^2) = {by_hand}"
 )
 R.backward()
 K1 = [b.F.fn.weight for b in stage]
@@ -993,7 +1016,10 @@ torch.manual_seed(0)
 rough = nn.Sequential(
     nn.Linear(2, 4),
     revlib.ReversibleSequence(
-        [ode.HamiltonianBlock(4, kernel_size=None, activation="tanh") for _ in range(6)]
+        [
+            ode.HamiltonianBlock(4, kernel_size=None, activation="tanh")
+            for _ in range(6)
+        ]
     ),
     nn.Linear(4, 2),
 )
@@ -1016,7 +1042,8 @@ def sgd_run(model, penalty: str, steps: int = 5):
                 if previous is None
                 else rate
                 * sum(
-                    (p - q).pow(2).sum() for p, q in zip(model.parameters(), previous)
+                    (p - q).pow(2).sum()
+                    for p, q in zip(model.parameters(), previous, strict=True)
                 )
             )
         else:
@@ -1035,20 +1062,23 @@ step_model, step_values = sgd_run(rough, "step")
 depth_model, depth_values = sgd_run(rough, "depth")
 change_by_step = max(
     (a - b).abs().max().item()
-    for a, b in zip(step_model.parameters(), plain.parameters())
+    for a, b in zip(step_model.parameters(), plain.parameters(), strict=True)
 )
 change_by_depth = max(
     (a - b).abs().max().item()
-    for a, b in zip(depth_model.parameters(), plain.parameters())
+    for a, b in zip(depth_model.parameters(), plain.parameters(), strict=True)
 )
 print(
-    "step-change penalty over 5 SGD steps:", ", ".join(f"{v:.2e}" for v in step_values)
+    "step-change penalty over 5 SGD steps:",
+    ", ".join(f"{v:.2e}" for v in step_values),
 )
 print(
-    "depth penalty R over 5 SGD steps:   ", ", ".join(f"{v:.2e}" for v in depth_values)
+    "depth penalty R over 5 SGD steps:   ",
+    ", ".join(f"{v:.2e}" for v in depth_values),
 )
 print(
-    f"largest weight difference from plain SGD after 5 steps: step-change penalty {change_by_step:.1e}, "
+    "largest weight difference from plain SGD after 5 steps: "
+    f"step-change penalty {change_by_step:.1e}, "
     f"depth penalty {change_by_depth:.1e}"
 )
 assert step_values[0] == 0 and max(step_values) < 1e-3 * depth_values[0]
@@ -1121,7 +1151,8 @@ glue("change_by_depth", change_by_depth, display=False)
 for h_gamma in (0.01, 0.1, 1.0):
     mu = (-h_gamma - math.sqrt(1 + h_gamma**2), -h_gamma + math.sqrt(1 + h_gamma**2))
     print(
-        f"h gamma = {h_gamma}: roots {mu[0]:+.4f}, {mu[1]:+.4f}; the parasitic root's modulus {abs(mu[0]):.4f}"
+        f"h gamma = {h_gamma}: roots {mu[0]:+.4f}, {mu[1]:+.4f}; "
+        f"the parasitic root's modulus {abs(mu[0]):.4f}"
     )
     assert abs(mu[0]) > 1 and abs(mu[0] * mu[1] + 1) < 1e-12
 
@@ -1144,7 +1175,8 @@ for h_gamma in (0.01, 0.1, 1.0):
 torch.manual_seed(0)
 lf_K = nn.Linear(3, 3).double()
 h_lf = 0.3
-lf_F = lambda y: lf_K.weight.t() @ torch.tanh(lf_K(y))  # noqa: E731  K^T tanh(K y + b)
+# K^T tanh(K y + b)
+lf_F = lambda y: lf_K.weight.t() @ torch.tanh(lf_K(y))  # noqa: E731
 y_prev, y_now = (
     torch.randn(3, dtype=torch.float64),
     torch.randn(3, dtype=torch.float64, requires_grad=True),
@@ -1166,7 +1198,8 @@ lf_err = max(
     (y_now.grad - by_formula_now).abs().max().item(),
 )
 print(
-    f"Leapfrog backward step from the alpha, beta, gamma form equals autograd (float64): {lf_err < 1e-14}"
+    "Leapfrog backward step from the alpha, beta, "
+    f"gamma form equals autograd (float64): {lf_err < 1e-14}"
 )
 assert lf_err < 1e-14
 
@@ -1323,9 +1356,9 @@ for rate_try in (0.0, 1e-3, 1e-2):
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(300):
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x_train), y_train) + weight_smoothness(
-            model, rate=rate_try
-        )
+        loss = nn.functional.cross_entropy(
+            model(x_train), y_train
+        ) + weight_smoothness(model, rate=rate_try)
         loss.backward()
         opt.step()
     with torch.no_grad():
@@ -1342,7 +1375,11 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 show_table(
-    ["rate", "test accuracy", "sum over blocks of the squared norm of K1(j+1) - K1(j)"],
+    [
+        "rate",
+        "test accuracy",
+        "sum over blocks of the squared norm of K1(j+1) - K1(j)",
+    ],
     [[f"{r:g}", f"{a:.3f}", f"{s:.3g}"] for r, (a, s, _) in smooth_rows.items()],
 )
 assert smooth_rows[1e-2][1] < smooth_rows[1e-3][1] < smooth_rows[0.0][1]

@@ -78,7 +78,9 @@ image = torch.arange(16.0).view(1, 1, 4, 4)
 shuffled = psi(image)
 print("input (1 channel, 4x4):\n", image[0, 0].int())
 for k in range(4):
-    print(f"output channel {k} (i={k // 2}, j={k % 2}):", shuffled[0, k].int().tolist())
+    print(
+        f"output channel {k} (i={k // 2}, j={k % 2}):", shuffled[0, k].int().tolist()
+    )
 x_img = torch.randn(2, 3, 8, 8, dtype=torch.float64)
 assert torch.equal(psi.inverse(psi(x_img)), x_img)  # exact: no arithmetic at all
 assert torch.equal(
@@ -195,7 +197,8 @@ for s in (
 ratio_2 = saved["RevNet", "whole", 2, 1] / saved["i-RevNet", "whole", 2, 1]
 ratio_3 = saved["RevNet", "whole", 3, 1] / saved["i-RevNet", "whole", 3, 1]
 print(
-    f"RevNet / i-RevNet saved bytes: {ratio_2:.2f} with 2 stages, {ratio_3:.2f} with 3 stages"
+    "RevNet / i-RevNet saved bytes: "
+    f"{ratio_2:.2f} with 2 stages, {ratio_3:.2f} with 3 stages"
 )
 assert ratio_3 > ratio_2 > 3
 third_stage = saved["RevNet", "whole", 3, 1] / saved["RevNet", "whole", 2, 1] - 1
@@ -208,8 +211,10 @@ full_res = sum(
 )
 gap_2 = saved["RevNet", "whole", 2, 1] - saved["i-RevNet", "whole", 2, 1]
 print(
-    f"a third stage adds {100 * third_stage:.1f}% to the RevNet's bytes; of the RevNet's {gap_2 / 1024:.1f} KiB "
-    f"more than the i-RevNet (2 stages), {full_res / 1024:.1f} KiB are tensors saved at full resolution, 32 x 32"
+    f"a third stage adds {100 * third_stage:.1f}% to the RevNet's bytes; "
+    f"of the RevNet's {gap_2 / 1024:.1f} KiB "
+    "more than the i-RevNet (2 stages), "
+    f"{full_res / 1024:.1f} KiB are tensors saved at full resolution, 32 x 32"
 )
 assert third_stage < 0.15 and full_res > 0.6 * gap_2
 glue("third_stage_pct", 100 * third_stage, display=False)
@@ -289,7 +294,8 @@ with torch.no_grad():
     )
 invert_err = ((back - shown_x).abs().max() / shown_x.abs().max()).item()
 print(
-    f"i-RevNet on digits: test accuracy {100 * digit_acc:.1f}% after 10 epochs; features {tuple(phi.shape[1:])}; "
+    f"i-RevNet on digits: test accuracy {100 * digit_acc:.1f}% "
+    f"after 10 epochs; features {tuple(phi.shape[1:])}; "
     f"largest error of the inverted features (relative) {invert_err:.1e}"
 )
 endpoint_err = max(
@@ -313,7 +319,9 @@ rows = [
 ]
 for r, (images, label) in enumerate(rows):
     for c in range(8):
-        axes[r, c].imshow(images[c, 0].numpy(), cmap="gray_r" if r != 1 else "coolwarm")
+        axes[r, c].imshow(
+            images[c, 0].numpy(), cmap="gray_r" if r != 1 else "coolwarm"
+        )
         axes[r, c].set_xticks([])
         axes[r, c].set_yticks([])
     axes[r, 0].set_ylabel(label, fontsize=8)
@@ -417,11 +425,16 @@ ref_grads = gradients(transformer_stack("autograd").double(), tokens)
 for mode in ("reversible", "checkpoint"):
     diff = max(
         (a - b).abs().max().item()
-        for a, b in zip(gradients(transformer_stack(mode).double(), tokens), ref_grads)
+        for a, b in zip(
+            gradients(transformer_stack(mode).double(), tokens),
+            ref_grads,
+            strict=True,
+        )
     )
     assert diff < 1e-10
     print(
-        f"mode {mode!r}: gradients equal autograd's to 1e-10 (float64, dropout 0.1 replayed)"
+        f"mode {mode!r}: gradients equal autograd's "
+        "to 1e-10 (float64, dropout 0.1 replayed)"
     )
 
 # %% [markdown]
@@ -436,9 +449,13 @@ x32 = tokens.float()
 with torch.autocast("cpu", dtype=torch.bfloat16):
     bf_ref = gradients(transformer_stack("autograd").float(), x32)
     bf_rev = gradients(transformer_stack("reversible").float(), x32)
-rel = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(bf_rev, bf_ref))
+rel = max(
+    ((a - b).abs().max() / b.abs().max()).item()
+    for a, b in zip(bf_rev, bf_ref, strict=True)
+)
 print(
-    f"bf16 autocast: largest gradient difference relative to the tensor's largest entry: {rel:.1e}"
+    "bf16 autocast: largest gradient difference "
+    f"relative to the tensor's largest entry: {rel:.1e}"
 )
 assert rel < 0.05  # loose: a flipped bfloat16 cast would cost bfloat16's roundoff
 glue("bf16_rel", rel, display=False)
@@ -487,8 +504,9 @@ per_block_ckpt = (
     vit_bytes["checkpointed per block"][-1] - vit_bytes["checkpointed per block"][0]
 ) / (depths[-1] - depths[0])
 print(
-    f"bytes per extra block: standard {per_block_std / 1024:.1f} KiB, checkpointed {per_block_ckpt / 1024:.1f} KiB, "
-    f"reversible {(vit_bytes['reversible'][-1] - vit_bytes['reversible'][0]) / 1024:.1f} KiB"
+    f"bytes per extra block: standard {per_block_std / 1024:.1f} KiB, "
+    f"checkpointed {per_block_ckpt / 1024:.1f} KiB, reversible "
+    f"{(vit_bytes['reversible'][-1] - vit_bytes['reversible'][0]) / 1024:.1f} KiB"
 )
 assert len(set(vit_bytes["reversible"])) == 1  # flat in depth
 assert (
@@ -502,7 +520,7 @@ assert (
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
-for (name, values), marker in zip(vit_bytes.items(), "os^"):
+for (name, values), marker in zip(vit_bytes.items(), "os^", strict=True):
     ax.plot(depths, [v / MiB for v in values], marker + "-", label=name)
 ax.set_xlabel("transformer blocks")
 ax.set_ylabel("saved for backward (MiB)")
@@ -538,7 +556,8 @@ x_val, y_val, x_train, y_train = (
 )
 x_test, y_test = test_set.normalize(test_set.images), test_set.targets
 print(
-    f"training {len(x_train)}, validation {len(x_val)}, test {len(x_test)} images of shape {tuple(x_train.shape[1:])}"
+    f"training {len(x_train)}, validation {len(x_val)}, "
+    f"test {len(x_test)} images of shape {tuple(x_train.shape[1:])}"
 )
 assert len(x_train) + len(x_val) + len(x_test) == 1797
 
@@ -573,7 +592,8 @@ def train(kind: str, seed: int) -> dict:
 
 
 def train_model(model: nn.Module, seed: int) -> dict:
-    """AdamW with a cosine schedule; the test accuracy at the epoch of the best validation accuracy."""
+    """AdamW with a cosine schedule; the test accuracy at the epoch of the best
+    validation accuracy."""
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, EPOCHS)
     order = torch.Generator().manual_seed(seed)
@@ -600,8 +620,10 @@ for kind, rs in runs.items():
     accs = [r["test_at_best"] for r in rs]
     summary[kind] = (statistics.mean(accs), statistics.stdev(accs))
     print(
-        f"{kind:10s} test accuracy at the best validation epoch: {100 * summary[kind][0]:.1f} "
-        f"± {100 * summary[kind][1]:.1f} % (seeds {seeds}; best epochs {[r['best_epoch'] + 1 for r in rs]})"
+        f"{kind:10s} test accuracy at the best validation epoch: "
+        f"{100 * summary[kind][0]:.1f} "
+        f"± {100 * summary[kind][1]:.1f} % (seeds {seeds}; "
+        f"best epochs {[r['best_epoch'] + 1 for r in rs]})"
     )
 assert min(m for m, _ in summary.values()) > 0.9
 assert abs(summary["reversible"][0] - summary["standard"][0]) < 0.03
@@ -661,12 +683,15 @@ for rep in range(12):
         if rep >= 2:  # two warm-up rounds
             times[k].append(time.perf_counter() - start)
 ratios = {
-    k: statistics.median(a / b for a, b in zip(times[k], times["standard"]))
+    k: statistics.median(
+        a / b for a, b in zip(times[k], times["standard"], strict=True)
+    )
     for k in timed
 }
 for k in timed:
     print(
-        f"{k:24s} median step {1000 * statistics.median(times[k]):7.1f} ms, ratio to standard {ratios[k]:.2f}"
+        f"{k:24s} median step {1000 * statistics.median(times[k]):7.1f} ms, "
+        f"ratio to standard {ratios[k]:.2f}"
     )
 assert 0.8 < ratios["checkpointed per block"] < 4 and 0.8 < ratios["reversible"] < 6
 
@@ -728,7 +753,8 @@ for g in gammas:
         1 / (mom_depths[-1] - mom_depths[3])
     )
     print(
-        f"gamma {g}: error at depth 24 {mom_errors[g][-1]:.1e}; growth per block {growth[g]:.2f} "
+        f"gamma {g}: error at depth 24 {mom_errors[g][-1]:.1e}; "
+        f"growth per block {growth[g]:.2f} "
         f"(1/gamma = {1 / g:.2f})"
     )
 for g in gammas:
@@ -740,7 +766,7 @@ assert err64 > 1
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
-for g, marker in zip(gammas, "os^v"):
+for g, marker in zip(gammas, "os^v", strict=True):
     ax.semilogy(mom_depths, mom_errors[g], marker + "-", label=f"gamma = {g}")
 ax.set_xlabel("momentum blocks N")
 ax.set_ylabel("max |inverse(forward(x)) - x|, float32")
@@ -769,10 +795,11 @@ g_auto = gradients(mnet, x_m)
 mnet.zero_grad()
 mnet.mode = "reversible"
 g_rev = gradients(mnet, x_m)
-diff_m = max((a - b).abs().max().item() for a, b in zip(g_rev, g_auto))
+diff_m = max((a - b).abs().max().item() for a, b in zip(g_rev, g_auto, strict=True))
 assert diff_m < 1e-10
 print(
-    "momentum network, gamma 0.8, 6 blocks: gradients equal autograd's to 1e-10 (float64)"
+    "momentum network, gamma 0.8, 6 blocks: "
+    "gradients equal autograd's to 1e-10 (float64)"
 )
 f_calls = []
 f_modules = {id(b.f) for b in mnet.sequence.blocks}
@@ -785,7 +812,8 @@ forward_calls = len(f_calls)
 out_m.square().sum().backward()
 handle.remove()
 print(
-    f"evaluations of f: {forward_calls} in the forward, {len(f_calls) - forward_calls} in the backward"
+    f"evaluations of f: {forward_calls} in the forward, "
+    f"{len(f_calls) - forward_calls} in the backward"
 )
 assert forward_calls == len(f_calls) - forward_calls == len(mnet.sequence.blocks)
 x_big = torch.randn(4, 16, 8, requires_grad=True)
@@ -856,7 +884,8 @@ is_permutation = bool(
 )
 print(
     f"psi's 32 x 32 Jacobian is a permutation matrix: {is_permutation}; "
-    f"log|det J| = {torch.linalg.slogdet(J_psi)[1].item():g}; norm kept: {torch.isclose(psi(x_psi).norm(), x_psi.norm()).item()}"
+    f"log|det J| = {torch.linalg.slogdet(J_psi)[1].item():g}; "
+    f"norm kept: {torch.isclose(psi(x_psi).norm(), x_psi.norm()).item()}"
 )
 assert is_permutation and torch.linalg.slogdet(J_psi)[1].item() == 0
 
@@ -875,7 +904,8 @@ assert is_permutation and torch.linalg.slogdet(J_psi)[1].item() == 0
 # %% tags=["hide-cell"]
 torch.manual_seed(0)
 W_post = torch.randn(8, 8, dtype=torch.float64) / 8
-post_ln = lambda x: ln(x + x @ W_post.T)  # noqa: E731  x -> LN(x + F(x)) with F(x) = W x
+# x -> LN(x + F(x)) with F(x) = W x
+post_ln = lambda x: ln(x + x @ W_post.T)  # noqa: E731
 x_a = torch.randn(8, dtype=torch.float64)
 s_a = x_a + W_post @ x_a  # the stream before LayerNorm
 x_b = torch.linalg.solve(
@@ -883,7 +913,8 @@ x_b = torch.linalg.solve(
 )  # stream 3 s + 5
 post_gap = (post_ln(x_a) - post_ln(x_b)).abs().max().item()
 print(
-    f"two inputs {((x_a - x_b).abs().max().item()):.2f} apart (max entry) with the same post-LN output: "
+    f"two inputs {((x_a - x_b).abs().max().item()):.2f} "
+    "apart (max entry) with the same post-LN output: "
     f"output difference below 1e-12: {post_gap < 1e-12}"
 )
 assert post_gap < 1e-12 and (x_a - x_b).abs().max().item() > 1
@@ -905,7 +936,8 @@ assert post_gap < 1e-12 and (x_a - x_b).abs().max().item() > 1
 
 # %% tags=["hide-cell", "nbval-ignore-output"]
 class ConcatViT(ReversibleViT):
-    """The reversible ViT with the two output streams concatenated (width 2D) instead of averaged."""
+    """The reversible ViT with the two output streams concatenated (width 2D) instead
+    of averaged."""
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -929,8 +961,10 @@ def train_concat(seed: int) -> float:
 concat_acc = train_concat(seeds[0])  # one seed: a training run costs seconds
 average_acc = runs["reversible"][0]["test_at_best"]
 print(
-    f"seed {seeds[0]}: test accuracy {100 * concat_acc:.1f} % with the streams concatenated, "
-    f"{100 * average_acc:.1f} % averaged (three seeds of the average: {100 * summary['reversible'][0]:.1f} "
+    f"seed {seeds[0]}: test accuracy {100 * concat_acc:.1f} % "
+    "with the streams concatenated, "
+    f"{100 * average_acc:.1f} % averaged "
+    f"(three seeds of the average: {100 * summary['reversible'][0]:.1f} "
     f"± {100 * summary['reversible'][1]:.1f} %)"
 )
 assert concat_acc > 0.9 and abs(concat_acc - average_acc) < 0.03
@@ -973,7 +1007,8 @@ for name, act in (("tanh", nn.Tanh()), ("ReLU", nn.ReLU())):
     errs = {d: momentum_error_act(0.5, d, act) for d in range(8, 31, 2)}
     found[name] = next((d for d, e in errs.items() if e > 1e-3), None)
     print(
-        f"{name}: first depth (of 8, 10, ..., 30) with error above 1e-3: {found[name]}; "
+        f"{name}: first depth (of 8, 10, ..., 30) "
+        f"with error above 1e-3: {found[name]}; "
         f"errors {', '.join(f'{d}: {e:.0e}' for d, e in errs.items())}"
     )
 print(f"predicted from eps / gamma^N = 1e-3: N = {predicted_depth}")
@@ -1020,7 +1055,8 @@ chunked_bytes = saved_tensor_bytes(Chunked(mlp, 16), tokens_long)
 with torch.no_grad():
     same = torch.allclose(Chunked(mlp, 16)(tokens_long), mlp(tokens_long), atol=1e-6)
 print(
-    f"G on 4,096 tokens: saved {whole_bytes:,} bytes whole, {chunked_bytes:,} bytes in 16 chunks; "
+    f"G on 4,096 tokens: saved {whole_bytes:,} bytes whole, "
+    f"{chunked_bytes:,} bytes in 16 chunks; "
     f"one chunk's share {chunked_bytes // 16:,}; same output: {same}"
 )
 assert same and chunked_bytes == whole_bytes
@@ -1048,7 +1084,8 @@ y_bad = y_ok.clone()
 y_bad[:, 2:] = 1.0  # padded channels that are not zero: not an output of the block
 left = pad.inverse(y_bad)
 print(
-    f"inverse of an output with non-zero padding returns the first channels: {torch.equal(left, y_bad[:, :2])}; "
+    "inverse of an output with non-zero padding returns "
+    f"the first channels: {torch.equal(left, y_bad[:, :2])}; "
     f"forward(inverse(y)) == y: {torch.equal(pad(left), y_bad)}"
 )
 assert (

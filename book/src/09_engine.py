@@ -92,7 +92,8 @@ _ = torch.manual_seed(0)
 
 # %%
 class NoisyHalf(nn.Module):
-    """A half with a random activation, a buffer updated in every training forward, and dropout."""
+    """A half with a random activation, a buffer updated in every training forward,
+    and dropout."""
 
     def __init__(self, d: int = 4) -> None:
         super().__init__()
@@ -139,19 +140,25 @@ n_params = len(list(tricky.parameters()))
 for name in ["reversible", "no RNG replay"]:
     r, ref = replay[name], replay["autograd"]
     err = max(
-        ((a - b).abs().max() / b.abs().max()).item() for a, b in zip(r.grads, ref.grads)
+        ((a - b).abs().max() / b.abs().max()).item()
+        for a, b in zip(r.grads, ref.grads, strict=True)
     )
-    same_buffers = all(torch.equal(a, b) for a, b in zip(r.buffers, ref.buffers))
+    same_buffers = all(
+        torch.equal(a, b) for a, b in zip(r.buffers, ref.buffers, strict=True)
+    )
     print(
         f"{name!r:16s} gradients equal autograd's to round-off: {err < 1e-12}; "
-        f"buffers bit-equal: {same_buffers}; hook calls: {r.hooks} for {n_params} parameters"
+        f"buffers bit-equal: {same_buffers}; "
+        f"hook calls: {r.hooks} for {n_params} parameters"
     )
     replay[name].err = err
 assert replay["autograd"].hooks == replay["reversible"].hooks == n_params
 assert replay["reversible"].err < 1e-12
 assert all(
     torch.equal(a, b)
-    for a, b in zip(replay["reversible"].buffers, replay["autograd"].buffers)
+    for a, b in zip(
+        replay["reversible"].buffers, replay["autograd"].buffers, strict=True
+    )
 )
 assert replay["no RNG replay"].err > 1e-2
 
@@ -175,7 +182,8 @@ random_bytes = saved_tensor_bytes(
 plain_bytes = saved_tensor_bytes(chain_of(lambda: nn.Linear(4, 4)), tokens)
 output_bytes = tokens.numel() * tokens.element_size()
 print(
-    f"saved bytes, 3 blocks with RReLU halves: {random_bytes} = output {output_bytes} + 6 calls x {state_bytes}"
+    "saved bytes, 3 blocks with RReLU halves: "
+    f"{random_bytes} = output {output_bytes} + 6 calls x {state_bytes}"
 )
 print(f"saved bytes, 3 deterministic blocks:     {plain_bytes} = the output alone")
 assert random_bytes == output_bytes + 6 * state_bytes and plain_bytes == output_bytes

@@ -31,7 +31,8 @@ rows = []
 
 
 def two_modes(make):
-    """The same model in modes autograd and reversible, with identical weights and buffers."""
+    """The same model in modes autograd and reversible, with identical weights and
+    buffers."""
     out = {}
     for mode in ("autograd", "reversible"):
         torch.manual_seed(0)
@@ -42,7 +43,8 @@ def two_modes(make):
 
 
 def train_step(model, *inputs, **extras):
-    """Gradients and buffers after one step of sum(y**2), from the same random state (dropout masks)."""
+    """Gradients and buffers after one step of sum(y**2), from the same random state
+    (dropout masks)."""
     torch.manual_seed(1)
     model.zero_grad(set_to_none=True)
     model(*inputs, **extras).square().sum().backward()
@@ -50,13 +52,18 @@ def train_step(model, *inputs, **extras):
 
 
 def largest_difference(models, *inputs, **extras) -> float:
-    """max |reversible - autograd| over every gradient and buffer, relative to the largest gradient."""
+    """max |reversible - autograd| over every gradient and buffer, relative to the
+    largest gradient."""
     (g_ref, b_ref), (g, b) = (
         train_step(models[m], *inputs, **extras) for m in ("autograd", "reversible")
     )
     scale = max(r.abs().max().item() for r in g_ref)
-    grads = max((u - v).abs().max().item() for u, v in zip(g, g_ref)) / scale
-    buffers = max([(u - v).abs().max().item() for u, v in zip(b, b_ref)] or [0.0])
+    grads = (
+        max((u - v).abs().max().item() for u, v in zip(g, g_ref, strict=True)) / scale
+    )
+    buffers = max(
+        [(u - v).abs().max().item() for u, v in zip(b, b_ref, strict=True)] or [0.0]
+    )
     return max(grads, buffers)
 
 
@@ -91,7 +98,8 @@ print(f"BatchNorm, dropout, spectral norm: largest difference {err:.1e}")
 assert err < 1e-10
 rows.append(
     [
-        "BatchNorm (statistics once), dropout (masks replayed), spectral norm (updated once)",
+        "BatchNorm (statistics once), "
+        "dropout (masks replayed), spectral norm (updated once)",
         "this page",
         f"{err:.0e}",
     ]
@@ -159,12 +167,18 @@ for mode, model in two_modes(flow).items():
             )
         )
     train_step(model, x)
-hook_gap = max(abs(a - b) for a, b in zip(log_dets["reversible"], log_dets["autograd"]))
+hook_gap = max(
+    abs(a - b)
+    for a, b in zip(log_dets["reversible"], log_dets["autograd"], strict=True)
+)
 
 
 def attention():
     return revlib.ReversibleSequence(
-        [revlib.ReversibleTransformerBlock(4, heads=2, mlp_ratio=2.0) for _ in range(2)]
+        [
+            revlib.ReversibleTransformerBlock(4, heads=2, mlp_ratio=2.0)
+            for _ in range(2)
+        ]
     )
 
 
@@ -175,7 +189,8 @@ err_mask = largest_difference(
     two_modes(attention), tokens, attn_mask=causal, key_padding_mask=padding
 )
 print(
-    f"block hooks: {len(log_dets['reversible'])} calls in mode reversible, {len(log_dets['autograd'])} in autograd, "
+    f"block hooks: {len(log_dets['reversible'])} calls in mode reversible, "
+    f"{len(log_dets['autograd'])} in autograd, "
     f"largest log-det difference {hook_gap:.1e}"
 )
 print(f"conditioning through the chain: largest difference {err_cond:.1e}")
@@ -269,7 +284,8 @@ def autocast_grads(mode):
 g_rev, g_auto = autocast_grads("reversible"), autocast_grads("autograd")
 err_amp = ((g_rev - g_auto).abs().max() / g_auto.abs().max()).item()
 print(
-    f"bfloat16 autocast: largest gradient difference between the modes {err_amp:.1e} of the largest gradient"
+    "bfloat16 autocast: largest gradient difference "
+    f"between the modes {err_amp:.1e} of the largest gradient"
 )
 assert (
     torch.isfinite(g_rev).all() and err_amp < 2**-7
@@ -292,44 +308,52 @@ try:
     err_ddp = largest_difference(models, images)
 finally:
     dist.destroy_process_group()
-print(f"DistributedDataParallel (gloo, one process): largest difference {err_ddp:.1e}")
+print(
+    f"DistributedDataParallel (gloo, one process): largest difference {err_ddp:.1e}"
+)
 assert err_ddp < 1e-10
 rows += [
     ["bfloat16 autocast (float32 weights, CPU)", "this page", f"{err_amp:.0e}"],
     ["DistributedDataParallel, one process", "this page", f"{err_ddp:.0e}"],
     [
-        "DistributedDataParallel, two processes (gloo) vs one process on the full batch",
-        "tests/test_ddp.py",
+        "DistributedDataParallel, two processes (gloo) "
+        "vs one process on the full batch",
+        "tests/core/engine/test_distributed_ddp.py",
         "≤ 1e-12",
     ],
     [
-        "FSDP2 fully_shard per block and at the root, two processes (gloo), two steps",
-        "tests/test_fsdp.py",
+        "FSDP2 fully_shard per block and at the root, "
+        "two processes (gloo), two steps",
+        "tests/core/engine/test_distributed_fsdp.py",
         "≤ 1e-12",
     ],
     [
         "Python random, NumPy, module-owned torch.Generator, step counters",
-        "tests/test_engine_state.py",
+        "tests/core/engine/test_random_state.py, "
+        "tests/core/engine/test_buffers_and_state.py",
         "≤ 1e-12",
     ],
     [
         "buffers written without a version bump (F.batch_norm, .data)",
-        "tests/test_engine_state.py",
+        "tests/core/engine/test_buffers_and_state.py",
         "≤ 1e-12",
     ],
     [
         "hooks that change F; hooks that change a block's input or output (refused)",
-        "tests/test_engine_calls.py",
+        "tests/core/engine/test_hooks.py",
         "≤ 1e-12 / error",
     ],
     [
-        "a subclass that changes _forward but inherits a fused step (generic step used)",
-        "tests/test_engine_calls.py",
+        "a subclass that changes _forward but "
+        "inherits a fused step (generic step used)",
+        "tests/core/engine/test_block_contract.py",
         "≤ 1e-12",
     ],
     [
-        "checkpoint inside F, vmap, lazy modules, parametrize.cached() (clear errors)",
-        "tests/test_engine_state.py, tests/test_side_inputs.py",
+        "checkpoint inside F, vmap, lazy modules, "
+        "parametrize.cached() (clear errors)",
+        "tests/core/engine/test_clear_errors.py, "
+        "tests/core/engine/test_side_inputs.py",
         "error",
     ],
 ]
@@ -369,12 +393,14 @@ for _ in range(3):
     scale = max(r.abs().max().item() for r in g_ref)
     err_compile = max(
         err_compile,
-        max((u - v).abs().max().item() for u, v in zip(g, g_ref)) / scale,
-        max((u - v).abs().max().item() for u, v in zip(b, b_ref)),
+        max((u - v).abs().max().item() for u, v in zip(g, g_ref, strict=True))
+        / scale,
+        max((u - v).abs().max().item() for u, v in zip(b, b_ref, strict=True)),
     )
 graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
 print(
-    f"torch.compile, 3 steps: largest difference {err_compile:.1e}; {graphs} compiled graphs for 6 sub-functions"
+    f"torch.compile, 3 steps: largest difference {err_compile:.1e}; "
+    f"{graphs} compiled graphs for 6 sub-functions"
 )
 assert err_compile < 1e-10 and graphs >= 2
 rows.append(
@@ -386,8 +412,9 @@ rows.append(
 )
 rows.append(
     [
-        "torch.compile: no recompilation after the first steps; saved bytes flat in depth",
-        "tests/test_compile.py",
+        "torch.compile: no recompilation after the first steps; "
+        "saved bytes flat in depth",
+        "tests/core/engine/test_compile.py",
         "≤ 1e-10",
     ]
 )

@@ -1,9 +1,13 @@
 """Run one row of the accuracy tables and write a results JSON.
 
-    python -m revlib.harness.experiments --model revnet38 --dataset cifar10            # the paper recipe (80k iterations)
-    python -m revlib.harness.experiments --model hamiltonian74 --dataset cifar100      # Chang et al.'s recipe (+ smoothness)
-    python -m revlib.harness.experiments --model resnet32 --dataset cifar10 --fraction 0.05   # small-data experiment
-    python -m revlib.harness.experiments --model revnet38 --dataset digits --fast       # CPU smoke run, offline
+    # the paper recipe (80k iterations)
+    python -m revlib.harness.experiments --model revnet38 --dataset cifar10
+    # Chang et al.'s recipe (+ smoothness)
+    python -m revlib.harness.experiments --model hamiltonian74 --dataset cifar100
+    # small-data experiment
+    python -m revlib.harness.experiments --model resnet32 --dataset cifar10 --fraction 0.05
+    # CPU smoke run, offline
+    python -m revlib.harness.experiments --model revnet38 --dataset digits --fast
 
 The recipe is ``revnet`` for ResNets and RevNets and ``chang`` (the same plus
 weight smoothness 2e-4) for the Hamiltonian, Midpoint and Leapfrog networks,
@@ -177,7 +181,8 @@ def run(args: argparse.Namespace) -> dict:
     }
     if resumed:
         result["note"] = (
-            "resumed from a checkpoint: wall_time_s covers this session only, train_time_s all sessions"
+            "resumed from a checkpoint: wall_time_s covers this session only, "
+            "train_time_s all sessions"
         )
     train.atomic_write_text(json.dumps(result, indent=1) + "\n", out)
     result["path"] = str(out)
@@ -246,7 +251,8 @@ def parser() -> argparse.ArgumentParser:
         "--bn-momentum",
         type=float,
         default=None,
-        help="BatchNorm momentum (default: the model's, 0.01 = the official decay 0.99; --fast: 0.1)",
+        help="BatchNorm momentum "
+        "(default: the model's, 0.01 = the official decay 0.99; --fast: 0.1)",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
@@ -282,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit(f"error: {exc}") from None
     print(
         f"{result['model']} on {result['dataset']}: test accuracy {result['accuracy']:.4f} "
-        f"after {result['iterations']} iterations, {result['wall_time_s']:.1f} s on {result['hardware']['name']}"
+        f"after {result['iterations']} iterations, {result['wall_time_s']:.1f} s "
+        f"on {result['hardware']['name']}"
         f" -> {result['path']}"
     )
     return result

@@ -80,13 +80,15 @@ def plot_series(
     ax: Axes | None = None,
     figsize: tuple[float, float] = (6.0, 3.8),
 ) -> Figure | SubFigure:
-    """Curves ``series[label]`` against ``x`` with markers, a grid and a legend; returns the figure."""
+    """Curves ``series[label]`` against ``x`` with markers, a grid and a legend; returns the
+    figure."""
     fig: Figure | SubFigure  # the figure of the Axes given: a SubFigure if it lies in one
     if ax is None:
         fig, ax = plt.subplots(figsize=figsize, dpi=DPI)
     else:
         fig = ax.figure
-    for (label, ys), marker in zip(series.items(), "o^sDvP*X" * 4):
+    # A marker per curve; beyond 32 curves the rest would not be drawn.
+    for (label, ys), marker in zip(series.items(), "o^sDvP*X" * 4, strict=False):
         ax.plot(x, ys, marker + "-", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -350,7 +352,7 @@ def draw_hamiltonian_block() -> Figure:
         ),
     ):
         xs = [start + 1.15 * k for k in range(4)]
-        for k, (x, name) in enumerate(zip(xs, names)):
+        for k, (x, name) in enumerate(zip(xs, names, strict=True)):
             _box(
                 ax,
                 x,
@@ -403,13 +405,12 @@ def draw_revnet_stages(
     Boxes whose input is stored for the backward are orange; reversible units,
     whose activations are rebuilt, are blue.
     """
-    n = len(units)
     width = 1.6 + sum(min(u, 3) * 0.75 + 1.0 for u in units) + 1.6
     fig, ax = _canvas(11, 2.6, (-0.3, width + 0.2), (-0.9, 1.5))
     x = 0.5
     _box(ax, x, 0.3, f"conv 3x3\n{channels[0]} ch", _STORED, w=1.0, h=0.8, fontsize=8)
     x += 0.5
-    for s, (u, c) in enumerate(zip(units, channels)):
+    for s, (u, c) in enumerate(zip(units, channels, strict=True)):
         if s > 0:
             _arrow(ax, (x, 0.3), (x + 0.2, 0.3))
             _box(ax, x + 0.6, 0.3, "stride 2\n+ pad", _STORED, w=0.75, h=0.8, fontsize=8)
@@ -500,7 +501,8 @@ def plot_stability_regions(
         solid_capstyle="butt",
         label="Midpoint: $h\\lambda \\in i(-1, 1)$",
     )
-    for (label, z), marker in zip((points or {}).items(), "ox^sD"):
+    # A marker per set of points; beyond 5 sets the rest would not be drawn.
+    for (label, z), marker in zip((points or {}).items(), "ox^sD", strict=False):
         z = np.asarray(z, dtype=complex)
         ax.plot(z.real, z.imag, marker, ms=4, mfc="none", alpha=0.8, label=label)
     ax.axhline(0, color="gray", lw=0.6)

@@ -28,7 +28,8 @@ GLUE_PREFIX = "application/papermill.record/"
 
 
 def glue(name: str, value: Any, display: bool = True) -> None:
-    """Store ``value`` under ``name`` for the rendered book: the output ``myst_nb.glue`` writes, without myst-nb.
+    """Store ``value`` under ``name`` for the rendered book: the output ``myst_nb.glue`` writes,
+    without myst-nb.
 
     myst-nb's ``glue`` displays the value's MIME bundle, with each type prefixed by
     ``application/papermill.record/`` when ``display=False`` (a front end shows

@@ -31,7 +31,7 @@ checkpointing) and everything in mode ``"autograd"``.
 
 Parameter counts equal the official code's exactly (conv weights without bias,
 BN scale and shift, FC weight and bias), e.g. 464,154 for ResNet-32 and 464,890
-for RevNet-38 at 10 classes; ``tests/test_models_revnet.py`` checks all eight.
+for RevNet-38 at 10 classes; ``tests/models/test_revnet.py`` checks all eight.
 
 Choices where PyTorch and the official TensorFlow code differ, stated once:
 

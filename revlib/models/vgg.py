@@ -30,7 +30,7 @@ where it can be:
   6 x (2 x 9(C/2)^2 + 2(C/2) + C/2) = 27C^2 + 9C as well.
 
 The per-block counts 517,632 / 2,067,456 / 8,263,680 / 9,443,328 and the total
-20,824,330 are the table's exactly (checked in ``tests/test_vgg.py``).
+20,824,330 are the table's exactly (checked in ``tests/models/test_vgg.py``).
 The table's RevBlock_1 has four convolutions (64->128 and three 128->128) where
 VGG-19's second stage has two; its RevBlock_4 (512->512) makes VGG-19's fifth
 stage of four convolutions reversible too, and the 64->64 second convolution

@@ -1,4 +1,5 @@
-"""The data sets: CIFAR-10/100, STL-10 and Fashion-MNIST through torchvision, scikit-learn's digits offline.
+"""The data sets: CIFAR-10/100, STL-10 and Fashion-MNIST through torchvision, scikit-learn's
+digits offline.
 
 Every data set is held in memory as one ``uint8`` image tensor (N, C, H, W) and
 its labels (:class:`ImageData`).
@@ -111,7 +112,8 @@ class DataUnavailableError(RuntimeError):
 
 
 def _key(name: str) -> str:
-    """A data set's name as :data:`DATASETS` spells it: ``"CIFAR-10"`` and ``"cifar_10"`` are ``"cifar10"``."""
+    """A data set's name as :data:`DATASETS` spells it: ``"CIFAR-10"`` and ``"cifar_10"`` are
+    ``"cifar10"``."""
     return name.lower().replace("-", "").replace("_", "")
 
 
@@ -174,7 +176,8 @@ class ImageData(torch.utils.data.Dataset):
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError(
-                f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} {tuple(self.images.shape)}"
+                "images must be a uint8 (N, C, H, W) tensor, "
+                f"got {self.images.dtype} {tuple(self.images.shape)}"
             )
         if len(self.images) != len(self.targets):
             raise ValueError(f"{len(self.images)} images but {len(self.targets)} targets")
@@ -339,7 +342,8 @@ def _unavailable(name: str, root: Path, reason: str) -> DataUnavailableError:
         f"{src.title} is not in {root} and could not be downloaded ({reason}).\n"
         f"To get it, do one of these:\n"
         f"  * on a machine with internet access run\n"
-        f"      python -c \"import torchvision; torchvision.datasets.{src.torchvision_class}('data', download=True)\"\n"
+        f'      python -c "import torchvision; '
+        f"torchvision.datasets.{src.torchvision_class}('data', download=True)\"\n"
         f"    and copy the folder data/{src.folder} to {root / src.folder};\n"
         f"  * download {src.url} and extract it into {root} (so that {root / src.folder} exists);\n"
         f"  * pass root= (or set $REVLIB_DATA to) a folder that already holds {src.folder}.\n"
@@ -422,7 +426,8 @@ def load(
     normalization: Normalization = "pixel_mean",
     seed: int = 0,
 ) -> tuple[ImageData, ImageData]:
-    """(train, test) :class:`ImageData` for ``"cifar10"``, ``"cifar100"``, ``"stl10"``, ``"digits"`` or ``"fashion_mnist"``.
+    """(train, test) :class:`ImageData` for ``"cifar10"``, ``"cifar100"``, ``"stl10"``,
+    ``"digits"`` or ``"fashion_mnist"``.
 
     Args:
         root: folder of the torchvision data sets (default :func:`default_root`).
@@ -493,11 +498,15 @@ def _idx_folder(folder: Path) -> dict[str, tuple[Path, Path]] | None:
 def _fmnist_unavailable(root: Path, debian: Path, reason: str) -> DataUnavailableError:
     raw = root.resolve() / "FashionMNIST" / "raw"
     return DataUnavailableError(
-        f"Fashion-MNIST is neither in {raw} nor in {debian}, and could not be downloaded ({reason}).\n"
+        f"Fashion-MNIST is neither in {raw} nor in {debian}, and could not be downloaded "
+        f"({reason}).\n"
         f"To get it, do one of these:\n"
-        f"  * on Debian or Ubuntu, as root: apt-get install dataset-fashion-mnist (files in {FASHION_MNIST_DEBIAN});\n"
-        f"  * online: python -c \"import torchvision; torchvision.datasets.FashionMNIST('{root}', download=True)\";\n"
-        f"  * copy the four *-ubyte.gz files of https://github.com/zalandoresearch/fashion-mnist into {raw}\n"
+        f"  * on Debian or Ubuntu, as root: apt-get install dataset-fashion-mnist "
+        f"(files in {FASHION_MNIST_DEBIAN});\n"
+        f'  * online: python -c "import torchvision; '
+        f"torchvision.datasets.FashionMNIST('{root}', download=True)\";\n"
+        f"  * copy the four *-ubyte.gz files of https://github.com/zalandoresearch/fashion-mnist "
+        f"into {raw}\n"
         f"    (or pass root= / set $REVLIB_DATA to a folder whose FashionMNIST/raw holds them)."
     )
 
@@ -510,7 +519,8 @@ def load_fashion_mnist(
     normalization: Normalization = "pixel_mean",
     debian: str | os.PathLike | None = FASHION_MNIST_DEBIAN,
 ) -> tuple[ImageData, ImageData]:
-    """Fashion-MNIST (Xiao et al. 2017) as (train, test) :class:`ImageData`: 60,000 and 10,000 grey 28x28 images.
+    """Fashion-MNIST (Xiao et al. 2017) as (train, test) :class:`ImageData`: 60,000 and 10,000
+    grey 28x28 images.
 
     Looks, in order, in ``root/FashionMNIST/raw`` (torchvision's layout, plain
     or ``.gz`` files), in ``debian`` (the folder of Debian's package
@@ -563,7 +573,8 @@ def load_fashion_mnist(
 def validation_split(
     train: ImageData, per_class: int, seed: int = 0, normalization: Normalization = "pixel_mean"
 ) -> tuple[ImageData, ImageData]:
-    """A class-stratified (train, validation) split of a training set: ``per_class`` images of each class held out.
+    """A class-stratified (train, validation) split of a training set: ``per_class`` images of
+    each class held out.
 
     The images of each class are permuted by ``numpy.random.RandomState(seed)``
     (a stream NumPy keeps fixed across versions) and the first ``per_class``
@@ -585,16 +596,19 @@ def validation_split(
     mask[held] = False
     keep, out = torch.from_numpy(np.flatnonzero(mask)), torch.from_numpy(np.sort(np.asarray(held)))
     mean, std = _normalization(train.images[keep], train.scale, normalization)
-    part = lambda idx, split: ImageData(
-        train.images[idx].contiguous(),
-        train.targets[idx].contiguous(),  # noqa: E731
-        train.num_classes,
-        train.scale,
-        mean,
-        std,
-        train.name,
-        split,
-    )
+
+    def part(idx: Tensor, split: str) -> ImageData:
+        return ImageData(
+            train.images[idx].contiguous(),
+            train.targets[idx].contiguous(),
+            train.num_classes,
+            train.scale,
+            mean,
+            std,
+            train.name,
+            split,
+        )
+
     return part(keep, "train"), part(out, "val")
 
 

@@ -32,7 +32,8 @@ __all__ = ["TensorLoader", "RandomCropFlip", "pad_crop_flip"]
 
 
 def pad_crop_flip(x: Tensor, pad: int, oy: Tensor, ox: Tensor, flip: Tensor | None) -> Tensor:
-    """Zero-pad a (B, C, H, W) batch by ``pad``, crop each image at its own (oy, ox), flip where ``flip``.
+    """Zero-pad a (B, C, H, W) batch by ``pad``, crop each image at its own (oy, ox), flip where
+    ``flip``.
 
     One ``gather`` for the whole batch instead of a crop per image. Kept
     beside torchvision's transforms because it is faster and runs on the
@@ -87,7 +88,8 @@ class RandomCropFlip:
 
 
 class TensorLoader:
-    """Batches of an :class:`~revlib.harness.data.ImageData`, shuffled, augmented and normalised on ``device``.
+    """Batches of an :class:`~revlib.harness.data.ImageData`, shuffled, augmented and normalised
+    on ``device``.
 
     Args:
         data: the images and labels.
@@ -153,6 +155,7 @@ class TensorLoader:
 
     def __repr__(self) -> str:
         return (
-            f"TensorLoader({self.data.name}/{self.data.split}: {len(self.data)} images, batch {self.batch_size}, "
-            f"shuffle={self.shuffle}, augment={self.augment} (pad {self.pad}, flip {self.flip}), device={self.device})"
+            f"TensorLoader({self.data.name}/{self.data.split}: {len(self.data)} images, "
+            f"batch {self.batch_size}, shuffle={self.shuffle}, augment={self.augment} "
+            f"(pad {self.pad}, flip {self.flip}), device={self.device})"
         )

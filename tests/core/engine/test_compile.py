@@ -1,0 +1,214 @@
+"""``torch.compile(model)`` in mode "reversible": F and G compiled, the engine eager, autograd's
+gradients.
+
+One model (BatchNorm, dropout, in float64) is compiled as users call it and
+trained 12 steps beside an eager autograd copy: gradients and buffers must
+agree to rounding, the step must not recompile after the first two steps
+(forward and backward graphs are made on first use), and the sub-functions
+must run compiled (the control, with the compiled path bypassed, makes no
+graph for them). Saved bytes stay flat in depth, compiled.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import revlib
+from revlib.core import compiled as compiled_module
+from revlib.core import recompute
+from revlib.core.memory import saved_tensor_bytes
+
+
+def half(channels: int = 4, dropout: float = 0.2) -> nn.Module:
+    return nn.Sequential(
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.Dropout(dropout),
+    )
+
+
+def net(depth: int = 3, dropout: float = 0.2) -> revlib.ReversibleSequence:
+    torch.manual_seed(0)
+    return revlib.ReversibleSequence(
+        [
+            revlib.AdditiveCoupling(half(dropout=dropout), half(dropout=dropout))
+            for _ in range(depth)
+        ]
+    ).double()
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled_module._CACHE.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def train(model, compiled, steps: int, x: torch.Tensor):
+    """``steps`` SGD steps of mean(y^2) on ``compiled`` (which runs ``model``); graphs made after
+    each step."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    graphs, grads = [], []
+    for i in range(steps):
+        torch.manual_seed(100 + i)  # the same dropout masks for both runs
+        opt.zero_grad()
+        compiled(x).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        opt.step()
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    return graphs, grads
+
+
+X = torch.randn(4, 8, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+
+def test_compiled_reversible_equals_eager_autograd_and_does_not_recompile(caplog):
+    eager = net()
+    eager.mode = "autograd"
+    model = copy.deepcopy(eager)
+    model.mode = "reversible"
+    _, expected = train(eager, eager, 12, X)
+    with caplog.at_level(logging.WARNING):
+        graphs, got = train(model, torch.compile(model), 12, X)
+    assert not [r for r in caplog.records if "recompile" in r.getMessage()]
+    assert graphs[1] == graphs[-1]  # nothing compiled after the second step
+    assert graphs[-1] >= 2  # the sub-functions were compiled: a forward graph and a replay graph
+    worst = max(
+        (a - b).abs().max().item()
+        for s, e in zip(got, expected, strict=True)
+        for a, b in zip(s, e, strict=True)
+    )
+    assert worst < 1e-10
+    for a, b in zip(model.buffers(), eager.buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert len(compiled_module._CACHE) == 6  # F and G of three blocks, each compiled once
+
+
+def test_control_with_the_compiled_path_bypassed_no_subfunction_graph(monkeypatch):
+    monkeypatch.setattr(recompute.Tape, "_callable", lambda self, fn: fn)
+    model = net()
+    graphs, _ = train(model, torch.compile(model), 3, X)
+    assert graphs[-1] < 2 and len(compiled_module._CACHE) == 0
+
+
+def test_compiled_saved_bytes_are_flat_in_depth():
+    def saved(depth):
+        model = net(depth, dropout=0.0)
+        compiled = torch.compile(model)
+        compiled(X).sum().backward()  # compile first
+        return saved_tensor_bytes(compiled, X)
+
+    assert saved(2) == saved(5)
+
+
+def one_step_gap(
+    model_mode: str = "reversible", autocast: bool = False, dtype=torch.float64
+) -> float:
+    """Largest gradient difference of one compiled step against eager autograd, relative to the
+    largest gradient."""
+    eager = net().to(dtype)
+    eager.mode = "autograd"
+    model = copy.deepcopy(eager)
+    model.mode = model_mode
+    x = X.to(dtype)
+    grads = []
+    for m, run in ((eager, eager), (model, torch.compile(model))):
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            run(x).float().square().mean().backward()
+        grads.append([p.grad for p in m.parameters()])
+    scale = max(g.abs().max().item() for g in grads[0])
+    return max((a - b).abs().max().item() for a, b in zip(grads[1], grads[0], strict=True)) / scale
+
+
+def test_compiled_dropout_is_replayed_with_eager_random_draws():
+    assert one_step_gap() < 1e-10
+
+
+def test_control_without_eager_random_draws_compiled_dropout_differs(monkeypatch):
+    monkeypatch.setattr(compiled_module, "COMPILE_OPTIONS", {})
+    assert one_step_gap() > 1e-3
+
+
+def test_compiled_under_bfloat16_autocast_agrees_with_eager_autograd():
+    # float32 weights under bf16 autocast: both runs compute in bfloat16; the tolerance is
+    # bfloat16's (2^-8)
+    assert one_step_gap(autocast=True, dtype=torch.float32) < 2**-7
+
+
+def test_parametrized_subfunctions_run_eagerly_without_recompiles(caplog):
+    """Each parametrized module has a class of its own: compiled, every block would recompile the
+    graph."""
+
+    def half_sn():
+        return nn.Sequential(
+            nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 3, padding=1)), nn.Tanh()
+        )
+
+    def make():
+        torch.manual_seed(0)
+        return revlib.ReversibleSequence(
+            [revlib.AdditiveCoupling(half_sn(), half_sn()) for _ in range(9)]
+        ).double()
+
+    eager, model = make(), make()
+    eager.mode = "autograd"
+    with caplog.at_level(logging.WARNING):
+        _, got = train(model, torch.compile(model), 3, X)
+    _, expected = train(eager, eager, 3, X)
+    assert not [r for r in caplog.records if "recompile" in r.getMessage()]
+    assert (
+        max(
+            (a - b).abs().max().item()
+            for s, e in zip(got, expected, strict=True)
+            for a, b in zip(s, e, strict=True)
+        )
+        < 1e-10
+    )
+    assert len(compiled_module._CACHE) == 0
+
+
+def test_control_compiling_parametrized_subfunctions_recompiles_per_block(monkeypatch):
+    monkeypatch.setattr(compiled_module, "_runs_eagerly", lambda fn: False)
+
+    def half_sn():
+        return nn.Sequential(
+            nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 3, padding=1)), nn.Tanh()
+        )
+
+    torch.manual_seed(0)
+    model = revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(half_sn(), half_sn()) for _ in range(9)]
+    ).double()
+    train(model, torch.compile(model), 1, X)
+    assert (
+        torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 8
+    )  # one graph per parametrized module
+
+
+class AttributeConditioned(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.cond = None
+
+    def forward(self, h):
+        return torch.tanh(self.lin(h)) * self.cond
+
+
+def test_compiled_side_inputs_are_refused_too():
+    halves = [AttributeConditioned() for _ in range(2)]
+    model = revlib.ReversibleSequence([revlib.AdditiveCoupling(*halves, dim=-1)]).double()
+    c = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    for h in halves:
+        h.cond = c * 2  # made from a leaf that requires grad: its gradient would be lost
+    with pytest.raises(RuntimeError, match=r"tensor of shape \(3,\) that requires grad"):
+        torch.compile(model)(torch.randn(4, 6, dtype=torch.float64, requires_grad=True))

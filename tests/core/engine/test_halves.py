@@ -1,0 +1,159 @@
+"""The coupling's backward passes halves between steps: the same bits as whole tensors, fewer
+copies."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from helpers import revnet_stack
+from torch import nn
+
+import revlib
+from revlib.core import blocks, couplings
+from revlib.core.blocks import Halves, halves_of_difference, join_halves_with_sum
+
+
+def float64_grads(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    model = copy.deepcopy(model)
+    x = x.clone().requires_grad_(True)
+    model(x).square().mean().backward()
+    return [x.grad, *(p.grad for p in model.parameters())]
+
+
+def bit_equal(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+@pytest.fixture
+def stack_and_input():
+    torch.manual_seed(0)
+    return revnet_stack(4, channels=16).double(), torch.randn(4, 16, 6, 6, dtype=torch.float64)
+
+
+def test_chain_gradients_are_bit_equal_to_stepping_with_whole_tensors(stack_and_input, monkeypatch):
+    model, x = stack_and_input
+    with_halves = float64_grads(model, x)
+    monkeypatch.setattr(revlib.AdditiveCoupling, "backward_step_takes_halves", False)
+    whole = float64_grads(model, x)
+    assert bit_equal(with_halves, whole)
+
+
+def test_control_the_buffer_layout_is_what_keeps_the_bits(stack_and_input, monkeypatch):
+    """Without the full-size buffer (x1 a tensor of its own), BatchNorm reduces in another order."""
+    model, x = stack_and_input
+    reference = float64_grads(model, x)
+
+    def contiguous_first_half(block, y, f, second):
+        return Halves(
+            y.first - f, second, torch.cat([y.first - f, second], blocks.split_dim(block)), 1
+        )
+
+    monkeypatch.setattr(couplings, "halves_of_difference", contiguous_first_half)
+    assert not bit_equal(float64_grads(model, x), reference)
+
+
+def test_the_chain_makes_no_concatenation_between_couplings(stack_and_input, monkeypatch):
+    model, x = stack_and_input
+    counts = {}
+    real_cat = torch.cat
+
+    def counting_cat(*args, **kwargs):
+        counts["cat"] = counts.get("cat", 0) + 1
+        return real_cat(*args, **kwargs)
+
+    y = model(x.clone().requires_grad_(True))
+    monkeypatch.setattr(torch, "cat", counting_cat)
+    y.square().mean().backward()
+    assert counts.get("cat", 0) == 0
+    monkeypatch.setattr(revlib.AdditiveCoupling, "backward_step_takes_halves", False)
+    model(
+        x.clone().requires_grad_(True)
+    ).square().mean().backward()  # control: whole tensors concatenate
+    assert counts["cat"] > 0
+
+
+def test_halves_join_equals_cat_in_value_and_layout():
+    torch.manual_seed(1)
+    block = revlib.AdditiveCoupling(nn.Identity(), nn.Identity())
+    y = torch.randn(2, 8, 3, 3)
+    f, second = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    halves = halves_of_difference(block, Halves.of(block, y), f, second)
+    expected = torch.cat([y[:, :4] - f, second], 1)
+    joined = halves.join()
+    assert torch.equal(joined, expected) and joined.stride() == expected.stride()
+    dy, first, addend = torch.randn(2, 8, 3, 3), torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    summed = join_halves_with_sum(block, first, dy, addend)
+    assert torch.equal(summed, torch.cat([first, dy[:, 4:] + addend], 1))
+
+
+def test_non_contiguous_or_mixed_dtypes_fall_back_to_concatenation():
+    block = revlib.AdditiveCoupling(nn.Identity(), nn.Identity())
+    y = torch.randn(2, 3, 3, 8).permute(0, 3, 1, 2)  # channels_last
+    f, second = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    halves = halves_of_difference(block, Halves.of(block, y), f, second)
+    assert torch.equal(halves.join(), torch.cat([y[:, :4] - f, second], 1))
+    mixed = join_halves_with_sum(
+        block, torch.randn(2, 4, 3, 3), torch.randn(2, 8, 3, 3), torch.randn(2, 4, 3, 3).double()
+    )
+    assert mixed.dtype == torch.float64
+
+
+def test_a_block_that_takes_whole_tensors_gets_them_joined():
+    """Couplings around a HalfSwap and a dim=-1 coupling: each step gets what it takes; gradients
+    equal autograd."""
+    torch.manual_seed(2)
+
+    def net():
+        return nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+
+    layers = [
+        revlib.AdditiveCoupling(net(), net(), dim=-1),
+        revlib.HalfSwap(dim=-1),
+        revlib.AdditiveCoupling(net(), net(), dim=-1),
+        revlib.AdditiveCoupling(net(), net(), dim=-1),
+    ]
+    reversible = revlib.ReversibleSequence(layers).double()
+    autograd = copy.deepcopy(reversible)
+    autograd.mode = "autograd"
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    for a, b in zip(float64_grads(reversible, x), float64_grads(autograd, x), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_backward_step_called_with_a_tensor_returns_a_tensor():
+    torch.manual_seed(3)
+    block = revlib.AdditiveCoupling(
+        nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+    ).double()
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    tape = revlib.core.recompute.Tape.start(x)
+    with torch.no_grad():
+        y = block.forward_recorded(x, tape)
+    with torch.enable_grad():
+        x_rec, dx, _ = block.backward_step(y, torch.ones_like(y), tape)
+    assert isinstance(x_rec, torch.Tensor) and isinstance(dx, torch.Tensor)
+    torch.testing.assert_close(x_rec, x, rtol=0, atol=1e-14)
+
+
+def test_a_subclass_that_overrides_the_step_gets_whole_tensors():
+    class GenericStep(revlib.AdditiveCoupling):
+        backward_step = revlib.ReversibleBlock.backward_step
+
+    class OwnFlag(GenericStep):
+        backward_step_takes_halves = True  # the flag without a step of its own does not count
+
+    torch.manual_seed(4)
+    F, G = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+    assert blocks.takes_halves(revlib.AdditiveCoupling(F, G))
+    assert not blocks.takes_halves(GenericStep(F, G))
+    assert not blocks.takes_halves(OwnFlag(F, G))
+    chain = revlib.ReversibleSequence(
+        [GenericStep(copy.deepcopy(F), copy.deepcopy(G)) for _ in range(2)]
+    ).double()
+    autograd = copy.deepcopy(chain)
+    autograd.mode = "autograd"
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    for a, b in zip(float64_grads(chain, x), float64_grads(autograd, x), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
