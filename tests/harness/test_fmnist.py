@@ -1,4 +1,5 @@
-"""Fashion-MNIST: the real files (a missing file fails, it does not skip), where they are looked for, the split, the study."""
+"""Fashion-MNIST: the real files (a missing file fails, it does not skip), where they are looked
+for, the split, the one-epoch study."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from revlib.harness.data import datasets
 
 
 def _write_idx(path, array: np.ndarray) -> None:
-    """An MNIST-format (IDX) file of uint8 values: magic 0x08 (ubyte), the dimensions, big endian."""
+    """An MNIST-format (IDX) file of uint8 values: magic 0x08 (ubyte), the dimensions, big
+    endian."""
     header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(
         struct.pack(">I", n) for n in array.shape
     )
@@ -34,7 +36,8 @@ def _fake_fmnist(folder, n_train: int = 30, n_test: int = 20, gz: bool = True) -
 
 
 def test_the_real_fashion_mnist_is_installed_and_complete():
-    """The real data set (``make data`` installs it): both splits, their shapes and the per-class counts.
+    """The real data set (``make data`` installs it): both splits, their shapes and the
+    per-class counts.
 
     A missing file makes this test fail: the chapter's tables come from this data.
     """
@@ -52,7 +55,8 @@ def test_the_real_fashion_mnist_is_installed_and_complete():
 
 
 def test_nothing_anywhere_is_a_clear_error(tmp_path, monkeypatch):
-    """Control: an empty root, no Debian folder and no network give DataUnavailableError naming the three ways."""
+    """Control: an empty root, no Debian folder and no network give DataUnavailableError naming
+    the three ways."""
     monkeypatch.setattr(datasets, "_probe", lambda url, timeout: "no network (test)")
     with pytest.raises(data.DataUnavailableError) as err:
         data.load_fashion_mnist(tmp_path / "empty", debian=tmp_path / "no-debian")
@@ -66,7 +70,8 @@ def test_nothing_anywhere_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_the_users_root_comes_before_the_debian_folder(tmp_path):
-    """Files in root/FashionMNIST/raw (plain, as torchvision leaves them) win over the Debian folder's."""
+    """Files in root/FashionMNIST/raw (plain, as torchvision leaves them) win over the Debian
+    folder's."""
     _fake_fmnist(tmp_path / "root" / "FashionMNIST" / "raw", gz=False)
     _fake_fmnist(tmp_path / "debian", n_train=40, n_test=10)
     train, test = data.load_fashion_mnist(
@@ -134,7 +139,7 @@ def test_schedule_jobs_and_statistics():
     jobs = fmnist_study.jobs(fmnist_study.GRID)
     first = jobs[
         :5
-    ]  # seed 0 of every network on the full set comes first, the reversible ones in mode "reversible"
+    ]  # seed 0 of every network on the full set first, the reversible ones in mode "reversible"
     assert [j[0] for j in first] == list(fmnist_study.NETWORKS) and {j[1] for j in first} == {1.0}
     assert [j[3] for j in first] == ["autograd"] + ["reversible"] * 4
     full = [j for j in jobs if j[1] == 1.0]
@@ -150,7 +155,8 @@ def test_schedule_jobs_and_statistics():
 
 
 def test_a_run_is_cached_and_collected(tmp_path, monkeypatch):
-    """A tiny grid on fake data: each run lands in its own JSON, a rerun skips it, missing runs are listed."""
+    """A tiny grid on fake data: each run lands in its own JSON, a rerun skips it, missing runs
+    are listed."""
     _fake_fmnist(tmp_path / "d", n_train=70, n_test=20)
     full, test = data.load_fashion_mnist(tmp_path / "r", debian=tmp_path / "d", download=False)
     tr, val = data.validation_split(full, 1)
@@ -187,7 +193,8 @@ def test_a_run_is_cached_and_collected(tmp_path, monkeypatch):
 
 
 def test_the_shipped_results_hold_the_whole_grid():
-    """The results file shipped with revlib (chapter 7's tables) has every run of the grid, with its mode recorded."""
+    """The results file shipped with revlib (chapter 7's tables) has every run of the grid, with
+    its mode recorded."""
     r = fmnist_study.load_results()
     assert not r["missing"] and r["grid"]["width"] == 0.25
     full = [x for x in r["runs"] if x["fraction"] == 1.0]

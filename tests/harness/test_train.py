@@ -1,4 +1,5 @@
-"""revlib.harness.train: recipes, weight-decay groups, training on digits, atomic checkpoints, exact resume."""
+"""revlib.harness.train: recipes, weight-decay groups, training on digits, atomic checkpoints,
+exact resume."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from revlib.harness import data, train
 
 
 def tiny_net(dropout: float = 0.1) -> nn.Module:
-    """A small CNN for 8x8 digits: conv, BN, dropout, a reversible stage, FC on the 4x4 map (4,466 parameters)."""
+    """A small CNN for 8x8 digits: conv, BN, dropout, a reversible stage, FC on the 4x4 map
+    (4,466 parameters)."""
     half = 4
 
     def f():
@@ -38,7 +40,8 @@ def tiny_net(dropout: float = 0.1) -> nn.Module:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    # Tiny tensors: one thread is as fast, and on a busy 2-core machine several spinning threads are 10x slower.
+    # Tiny tensors: one thread is as fast, and on a busy 2-core machine several spinning threads
+    # are 10x slower.
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -133,7 +136,7 @@ def test_weight_decay_only_on_conv_and_fc_weights():
 
 
 def test_weight_decay_acts_only_on_its_group():
-    # With zero data gradient, one SGD step shrinks decayed weights by lr*wd and leaves the rest alone.
+    # With zero data gradient, one SGD step shrinks decayed weights by lr*wd, the rest not at all.
     model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(train.parameter_groups(model, 0.5), lr=0.1, momentum=0.9)
@@ -299,17 +302,19 @@ def test_resume_continues_exactly(digits, tmp_path, kind, stop):
     straight = _run(digits, kind, n)
     first = _run(digits, kind, n, stop_at=stop, ckpt=tmp_path / "c.pt")
     assert first.step == stop
-    # fresh objects, as after a restart: another init and another global RNG state, which the resume overwrites
+    # fresh objects, as after a restart: another init and another global RNG state, which the
+    # resume overwrites
     torch.manual_seed(999)
     resumed = _run(digits, kind, n, ckpt=tmp_path / "c.pt", resume=True, init_seed=5)
     assert resumed.step == n
     for (name, a), b in zip(
-        straight.model.state_dict().items(), resumed.model.state_dict().values()
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name  # bit for bit, BN running statistics included
     for a, b in zip(
         straight.optimizer.state_dict()["state"].values(),
         resumed.optimizer.state_dict()["state"].values(),
+        strict=True,
     ):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
     timing = ("images_per_s", "epoch_time_s", "elapsed_s")
