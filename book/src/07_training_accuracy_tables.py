@@ -50,7 +50,8 @@ RUN = RunSettings.from_env(
     full_run=False
 )  # set full_run=True on a GPU (Colab): fills every row of the papers' tables
 
-# Small tensors: one thread is as fast as two, and on a busy machine spinning threads are much slower.
+# Small tensors: one thread is as fast as two, and on a busy machine spinning threads
+# are much slower.
 torch.set_num_threads(1)
 HARDWARE = experiments.hardware("cpu")["name"]
 STUDY = (
@@ -59,11 +60,14 @@ STUDY = (
 G = STUDY["grid"]
 WIDTH = G["width"]
 print(
-    f"results file: {len(STUDY['runs'])} runs, {len(STUDY['missing'])} missing, made by `{STUDY['command']}` "
-    f"on {STUDY['hardware']['name']}, {STUDY['threads']} thread, torch {STUDY['torch']}"
+    f"results file: {len(STUDY['runs'])} runs, {len(STUDY['missing'])} missing, "
+    f"made by `{STUDY['command']}` "
+    f"on {STUDY['hardware']['name']}, {STUDY['threads']} thread, "
+    f"torch {STUDY['torch']}"
 )
 print(
-    f"width factor {WIDTH:g}; {G['updates']} updates per full-training-set run, {G['small_updates']} per subset run"
+    f"width factor {WIDTH:g}; {G['updates']} updates per full-training-set run, "
+    f"{G['small_updates']} per subset run"
 )
 assert not STUDY["missing"]
 assert (
@@ -101,7 +105,8 @@ for step in (0, 39_999, 40_000, 60_000):
     print(f"  paper, update {step:>6,}: learning rate {paper.lr_at(step):g}")
 for step in (0, 214, 215, 322, 323, 429):
     print(
-        f"  here,  update {step:>6,} of {G['updates']}: learning rate {schedule.lr_at(step, G['updates']):g}"
+        f"  here,  update {step:>6,} of {G['updates']}: "
+        f"learning rate {schedule.lr_at(step, G['updates']):g}"
     )
 assert [paper.lr_at(s) for s in (39_999, 40_000, 60_000)] == [
     0.1,
@@ -114,7 +119,8 @@ assert [schedule.lr_at(s, 430) for s in (214, 215, 323)] == [
     0.1 * 0.1 * 0.1,
 ]
 assert (
-    STUDY["schedule"]["batch_size"] == 128 and STUDY["schedule"]["weight_decay"] == 2e-4
+    STUDY["schedule"]["batch_size"] == 128
+    and STUDY["schedule"]["weight_decay"] == 2e-4
 )
 
 # %% [markdown]
@@ -134,8 +140,9 @@ assert (
 SPLITS = fmnist_study.fmnist_splits()
 sizes = {k: len(getattr(SPLITS, k)) for k in ("train", "val", "test")}
 print(
-    f"Fashion-MNIST: {sizes['train']:,} training, {sizes['val']:,} validation, {sizes['test']:,} test images "
-    f"of {SPLITS.train.image_size}; validation per class {SPLITS.val.class_counts()}"
+    f"Fashion-MNIST: {sizes['train']:,} training, {sizes['val']:,} validation, "
+    f"{sizes['test']:,} test images of {SPLITS.train.image_size}; "
+    f"validation per class {SPLITS.val.class_counts()}"
 )
 assert (
     sizes == STUDY["split"]
@@ -163,7 +170,8 @@ for i, ax in enumerate(axes):
     ax.set_xticks([])
     ax.set_yticks([])
 fig.suptitle(
-    "a training batch after augmentation (mean image subtracted; pad 2, random crop, flip)",
+    "a training batch after augmentation "
+    "(mean image subtracted; pad 2, random crop, flip)",
     fontsize=9,
 )
 plt.tight_layout()
@@ -187,14 +195,17 @@ built = {n: fmnist_study.build(n, WIDTH) for n in NAMES}
 full_width = {n: fmnist_study.build(n, 1.0) for n in NAMES}
 params = {n: models.count_parameters(m) for n, m in built.items()}
 rows = [
-    "| network | blocks per stage | widths in the papers | widths here | parameters here "
+    "| network | blocks per stage | widths in the papers | widths here "
+    "| parameters here "
     "| parameters at the papers' width (10 classes, 1 channel) |",
     "|---|---|---|---|---|---|",
 ]
 for n in NAMES:
     rows.append(
-        f"| {n} | {'-'.join(map(str, built[n].units))} | {'-'.join(map(str, full_width[n].widths))} "
-        f"| {'-'.join(map(str, built[n].widths))} | {params[n]:,} | {models.count_parameters(full_width[n]):,} |"
+        f"| {n} | {'-'.join(map(str, built[n].units))} "
+        f"| {'-'.join(map(str, full_width[n].widths))} "
+        f"| {'-'.join(map(str, built[n].widths))} | {params[n]:,} "
+        f"| {models.count_parameters(full_width[n]):,} |"
     )
 display(Markdown(f"Width factor {WIDTH:g} for every network\n\n" + "\n".join(rows)))
 assert all(
@@ -246,7 +257,8 @@ ax.set_xlabel("update (batch 128); dotted: learning rate / 10")
 ax.set_ylabel("training loss, mean of 10 updates")
 ax.set_yscale("log")
 ax.set_title(
-    f'every full-data run (dashed: mode="reversible"), Fashion-MNIST, width x{WIDTH:g}, CPU',
+    'every full-data run (dashed: mode="reversible"), '
+    f"Fashion-MNIST, width x{WIDTH:g}, CPU",
     fontsize=10,
 )
 ax.grid(alpha=0.3)
@@ -257,7 +269,9 @@ modes = {n: {r["seed"]: r["mode"] for r in FULL if r["model"] == n} for n in NAM
 print("mode per seed:", modes)
 assert all(len(m) >= 3 for m in modes.values())
 assert all(
-    "reversible" in m.values() for n, m in modes.items() if n in fmnist_study.REVERSIBLE
+    "reversible" in m.values()
+    for n, m in modes.items()
+    if n in fmnist_study.REVERSIBLE
 )
 cpu_minutes = STUDY["wall_seconds"] / 60
 glue("cpu_minutes", cpu_minutes, display=False)
@@ -277,13 +291,16 @@ glue("cpu_minutes", cpu_minutes, display=False)
 # the full-run section below.
 
 # %%
-GOMEZ_ERRORS = {  # Gomez et al. 2017, CIFAR top-1 error (%): (C-10, C-100); the same numbers in Chang et al.'s table
+# Gomez et al. 2017, CIFAR top-1 error (%): (C-10, C-100); the same numbers in Chang
+# et al.'s table
+GOMEZ_ERRORS = {
     "ResNet-32": (7.14, 29.95),
     "RevNet-38": (7.24, 28.96),
     "ResNet-110": (5.74, 26.44),
     "RevNet-110": (5.76, 25.40),
 }
-CHANG_ACC = {  # Chang et al. 2018, their CIFAR table, test accuracy (%): (C-10, C-100)
+# Chang et al. 2018, their CIFAR table, test accuracy (%): (C-10, C-100)
+CHANG_ACC = {
     "ResNet-32": (92.86, 70.05),
     "RevNet-38": (92.76, 71.04),
     "Hamiltonian-74": (92.76, 69.78),
@@ -297,17 +314,20 @@ CHANG_ACC = {  # Chang et al. 2018, their CIFAR table, test accuracy (%): (C-10,
     "ResNet-1202": (92.07, None),
     "Hamiltonian-1202": (93.84, None),
 }
-for n in (
-    GOMEZ_ERRORS
-):  # Chang et al. reprint Gomez et al.'s ResNet and RevNet rows: accuracy = 100 - error
-    assert all(abs(100 - e - a) < 1e-9 for e, a in zip(GOMEZ_ERRORS[n], CHANG_ACC[n]))
+# Chang et al. reprint Gomez et al.'s ResNet and RevNet rows: accuracy = 100 - error
+for n in GOMEZ_ERRORS:
+    assert all(
+        abs(100 - e - a) < 1e-9
+        for e, a in zip(GOMEZ_ERRORS[n], CHANG_ACC[n], strict=True)
+    )
 
 STATS = {n: fmnist_study.compare_to(STUDY, n) for n in NAMES}
 LABEL = f"this book, Fashion-MNIST (width x{WIDTH:g}, {G['updates']} updates, CPU)"
 
 
 def cell(n: str, error: bool = False) -> tuple[str, str, str]:
-    """(mean ± std over seeds, difference to ResNet-32 ± its standard error, minimal detectable difference)."""
+    """(mean ± std over seeds, difference to ResNet-32 ± its standard error, minimal
+    detectable difference)."""
     s = STATS[n]
     mean, diff = (100 - s["mean"], -s["diff"]) if error else (s["mean"], s["diff"])
     first = f"{mean:.2f} ± {s['std']:.2f} (n={s['n']})"
@@ -317,7 +337,8 @@ def cell(n: str, error: bool = False) -> tuple[str, str, str]:
 
 
 rows = [
-    f"| network | paper, C-10 error (%) | paper, C-100 error (%) | {LABEL}: error (%) "
+    f"| network | paper, C-10 error (%) | paper, C-100 error (%) "
+    f"| {LABEL}: error (%) "
     "| difference to ResNet-32 (points) | detectable at 80 % power (points) |",
     "|---|---|---|---|---|---|",
 ]
@@ -329,14 +350,16 @@ for n in ("ResNet-32", "RevNet-38"):
     )
 display(
     Markdown(
-        "**Gomez et al. (2017), the paper's CIFAR error, beside this book's Fashion-MNIST error**\n\n"
-        + "\n".join(rows)
+        "**Gomez et al. (2017), the paper's CIFAR error, "
+        "beside this book's Fashion-MNIST error**\n\n" + "\n".join(rows)
     )
 )
 
 rows = [
-    f"| network | paper, C-10 accuracy (%) | paper, C-100 accuracy (%) | {LABEL}: accuracy (%) "
-    "| difference to ResNet-32 (points) | detectable at 80 % power (points) | validation accuracy, mean (%) |",
+    "| network | paper, C-10 accuracy (%) | paper, C-100 accuracy (%) "
+    f"| {LABEL}: accuracy (%) "
+    "| difference to ResNet-32 (points) | detectable at 80 % power (points) "
+    "| validation accuracy, mean (%) |",
     "|---|---|---|---|---|---|---|",
 ]
 for n in NAMES:
@@ -348,8 +371,8 @@ for n in NAMES:
     )
 display(
     Markdown(
-        "**Chang et al. (2018), the paper's CIFAR accuracy, beside this book's Fashion-MNIST accuracy**\n\n"
-        + "\n".join(rows)
+        "**Chang et al. (2018), the paper's CIFAR accuracy, "
+        "beside this book's Fashion-MNIST accuracy**\n\n" + "\n".join(rows)
     )
 )
 for n in NAMES:
@@ -441,7 +464,8 @@ assert (
 
 # %%
 rows = [
-    "| network | seed 0, reversible: test accuracy (%) | seeds 1, 2, autograd: test accuracy (%) "
+    "| network | seed 0, reversible: test accuracy (%) "
+    "| seeds 1, 2, autograd: test accuracy (%) "
     "| reversible - autograd mean (points) | std over all seeds (points) |",
     "|---|---|---|---|---|",
 ]
@@ -452,7 +476,8 @@ for n in fmnist_study.REVERSIBLE:
     ag_acc = [100 * r["test_acc"] for r in runs if r["mode"] == "autograd"]
     mode_gap[n] = statistics.mean(rev_acc) - statistics.mean(ag_acc)
     rows.append(
-        f"| {n} | {', '.join(f'{a:.2f}' for a in rev_acc)} | {', '.join(f'{a:.2f}' for a in ag_acc)} "
+        f"| {n} | {', '.join(f'{a:.2f}' for a in rev_acc)} "
+        f"| {', '.join(f'{a:.2f}' for a in ag_acc)} "
         f"| {mode_gap[n]:+.2f} | {STATS[n]['std']:.2f} |"
     )
 display(
@@ -531,14 +556,15 @@ for f in FRACTIONS:
     ]
     label = f"{f:.1%}" if f < 1 else "all"
     rows.append(
-        f"| {label}: {images[f]:,} ({images[f] // 10:,}) | {s['n']} | {cells[0]} | {cells[1]} "
+        f"| {label}: {images[f]:,} ({images[f] // 10:,}) | {s['n']} "
+        f"| {cells[0]} | {cells[1]} "
         f"| {s['diff']:+.2f} ± {s['se']:.2f} | {s['mdd']:.2f} |"
     )
 display(
     Markdown(
         f"Test accuracy, mean ± std over seeds; Fashion-MNIST, width x{WIDTH:g}, "
-        f"{G['small_updates']} updates per subset run ({G['updates']} on the full split), CPU\n\n"
-        + "\n".join(rows)
+        f"{G['small_updates']} updates per subset run "
+        f"({G['updates']} on the full split), CPU\n\n" + "\n".join(rows)
     )
 )
 fig, ax = plt.subplots(figsize=(7, 3.8))
@@ -580,9 +606,12 @@ assert {r["test_images"] for r in STUDY["runs"] if r["fraction"] < 1} == {
 }
 glue("passes_min", G["small_updates"] * 128 / images[FRACTIONS[0]], display=False)
 glue("passes_max", G["small_updates"] * 128 / images[FRACTIONS[-2]], display=False)
-glue("small_z_5", small_stats[0.005]["diff"] / small_stats[0.005]["se"], display=False)
+glue(
+    "small_z_5", small_stats[0.005]["diff"] / small_stats[0.005]["se"], display=False
+)
 gain = {
-    n: statistics.mean(small[n][0.1]) - statistics.mean(small[n][0.005]) for n in SMALL
+    n: statistics.mean(small[n][0.1]) - statistics.mean(small[n][0.005])
+    for n in SMALL
 }
 glue("small_gain_max", max(gain.values()), display=False)
 diffs = {f: small_stats[f]["diff"] for f in FRACTIONS}
@@ -665,8 +694,10 @@ shipped = fmnist_study.select(STUDY, "ResNet-32", f0)
 tolerance = 2 * statistics.stdev(shipped.values()) + 100 / again["test_images"]
 gap = abs(100 * again["test_acc"] - shipped[0])
 print(
-    f"ResNet-32, {f0:.1%} ({again['train_images']} images), seed 0: {100 * again['test_acc']:.2f} % now, "
-    f"{shipped[0]:.2f} % shipped; tolerance {tolerance:.2f} points; {time.perf_counter() - start:.0f} s on {HARDWARE}"
+    f"ResNet-32, {f0:.1%} ({again['train_images']} images), seed 0: "
+    f"{100 * again['test_acc']:.2f} % now, "
+    f"{shipped[0]:.2f} % shipped; tolerance {tolerance:.2f} points; "
+    f"{time.perf_counter() - start:.0f} s on {HARDWARE}"
 )
 assert gap <= tolerance, (gap, tolerance)
 
@@ -708,7 +739,9 @@ CIFAR_MODELS = [
 FULL_ROWS = [(m, d, 1.0) for d in ("cifar10", "cifar100") for m in CIFAR_MODELS]
 FULL_ROWS += [("hamiltonian1202", "cifar10", 1.0), ("hamiltonian74", "stl10", 1.0)]
 FULL_ROWS += [
-    (m, "cifar10", f) for f in (0.01, 0.05, 0.2) for m in ("resnet32", "hamiltonian74")
+    (m, "cifar10", f)
+    for f in (0.01, 0.05, 0.2)
+    for m in ("resnet32", "hamiltonian74")
 ]
 FMNIST_FULL = RUN.runs_dir / "fmnist_study_full_width.json"
 
@@ -761,7 +794,9 @@ if RUN.full_run:
     fmnist_args += ["--device", device.type]
     if RUN.max_iterations is not None:
         fmnist_args[fmnist_args.index("--updates") + 1] = str(RUN.max_iterations)
-        fmnist_args[fmnist_args.index("--small-updates") + 1] = str(RUN.max_iterations)
+        fmnist_args[fmnist_args.index("--small-updates") + 1] = str(
+            RUN.max_iterations
+        )
         fmnist_args.append("--quick")
     for row in FULL_ROWS:
         if not row_path(*row).exists():
@@ -769,29 +804,37 @@ if RUN.full_run:
     fmnist_study.main(fmnist_args)
     if os.environ.get("REVLIB_IMAGENET"):
         print(
-            f"ImageNet at {os.environ['REVLIB_IMAGENET']}: not run, revlib's harness has no ImageNet pipeline yet."
+            f"ImageNet at {os.environ['REVLIB_IMAGENET']}: not run, "
+            "revlib's harness has no ImageNet pipeline yet."
         )
 else:
     print(
-        f"full_run is False: none of the {len(FULL_ROWS)} CIFAR/STL-10 rows runs here. On a GPU, e.g."
+        f"full_run is False: none of the {len(FULL_ROWS)} CIFAR/STL-10 rows "
+        "runs here. On a GPU, e.g."
     )
-    print("  python -m revlib.harness.experiments " + " ".join(row_args(*FULL_ROWS[1])))
+    print(
+        "  python -m revlib.harness.experiments " + " ".join(row_args(*FULL_ROWS[1]))
+    )
     print("  python -m revlib.harness.fmnist_study " + " ".join(fmnist_args))
 print(
-    "ImageNet (ResNet-101 / RevNet-104) is skipped: it needs a local copy and a pipeline the harness does not have."
+    "ImageNet (ResNet-101 / RevNet-104) is skipped: it needs a local copy and "
+    "a pipeline the harness does not have."
 )
 
 # %%
 if RUN.full_run:
     import json  # noqa: E402
 
-    rows = ["| row | test accuracy (%) | iterations | hardware |", "|---|---|---|---|"]
+    rows = [
+        "| row | test accuracy (%) | iterations | hardware |",
+        "|---|---|---|---|",
+    ]
     for row in FULL_ROWS:
         if row_path(*row).exists():
             r = json.loads(row_path(*row).read_text())
             rows.append(
-                f"| {' '.join(map(str, row))} | {100 * r['accuracy']:.2f} | {r['iterations']:,} "
-                f"| {r['hardware']['name']} |"
+                f"| {' '.join(map(str, row))} | {100 * r['accuracy']:.2f} "
+                f"| {r['iterations']:,} | {r['hardware']['name']} |"
             )
     display(
         Markdown(
@@ -842,16 +885,22 @@ else:
 rows = ["| setting | value |", "|---|---|"]
 rows += [
     f"| width factor (every network) | {WIDTH:g} |",
-    f"| updates per full-split run | {G['updates']} (one epoch of 55,000 images at batch 128) |",
-    f"| updates per subset run | {G['small_updates']}, tested on {G['small_test_images']:,} test images |",
-    f'| seeds, full split | {len(G["seeds"])} per network; mode="reversible" for seed(s) {G["reversible_seeds"]} |',
-    f"| subsets | {', '.join(f'{100 * f:g} %' for f in G['fractions'])}; seeds {len(G['small_seeds'])} "
+    f"| updates per full-split run | {G['updates']} "
+    "(one epoch of 55,000 images at batch 128) |",
+    f"| updates per subset run | {G['small_updates']}, "
+    f"tested on {G['small_test_images']:,} test images |",
+    f"| seeds, full split | {len(G['seeds'])} per network; "
+    f'mode="reversible" for seed(s) {G["reversible_seeds"]} |',
+    f"| subsets | {', '.join(f'{100 * f:g} %' for f in G['fractions'])}; "
+    f"seeds {len(G['small_seeds'])} "
     f"(+{len(G['small_seeds_more'])} up to {100 * G['more_seeds_below']:g} %) |",
-    f"| runs, total run time | {len(STUDY['runs'])}, {cpu_minutes:.0f} min on {STUDY['hardware']['name']} |",
+    f"| runs, total run time | {len(STUDY['runs'])}, {cpu_minutes:.0f} min "
+    f"on {STUDY['hardware']['name']} |",
 ]
 display(Markdown("\n".join(rows)))
 print(
-    f"{'network':16s} {'test accuracy (%)':>20s} {'- ResNet-32':>16s} {'detectable':>11s}"
+    f"{'network':16s} {'test accuracy (%)':>20s} "
+    f"{'- ResNet-32':>16s} {'detectable':>11s}"
 )
 for n in NAMES:
     s = STATS[n]
