@@ -23,9 +23,9 @@ replayed (:mod:`~revlib.core.recompute`, :mod:`~revlib.core.sidestate`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import threading
-import types
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
@@ -45,7 +45,7 @@ from .blocks import (
     trainable_parameters,
 )
 from .recompute import ModuleState, Tape, cached_walks
-from .sidestate import check_no_kept_outputs
+from .sidestate import check_no_kept_outputs, forward_reads
 
 if TYPE_CHECKING:
     from .sequence import ReversibleSequence  # it imports this module
@@ -149,7 +149,7 @@ def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> 
     """
     registered = {id(p) for p in block.parameters()} | allowed
     for m in block.modules():
-        for v in _forward_reads(m):
+        for v in forward_reads(m):
             if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
                 raise _side_input_error(owner, v)
         for key, value in vars(m).items():
@@ -165,26 +165,6 @@ def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> 
             for v in values:
                 if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
                     raise _side_input_error(owner, v)
-
-
-def _forward_reads(m: nn.Module) -> Iterator[Any]:
-    """The closure cells and global names that ``m.forward``'s code (and the functions defined in
-    it) reads; nothing for torch's own modules."""
-    fn = getattr(m.forward, "__func__", m.forward)
-    if type(m).__module__.startswith("torch.") or not hasattr(fn, "__code__"):
-        return
-    for cell in fn.__closure__ or ():
-        try:
-            yield cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-    codes = [fn.__code__]
-    while codes:
-        code = codes.pop()
-        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
-        for name in code.co_names:
-            if name in fn.__globals__:
-                yield fn.__globals__[name]
 
 
 def _forward_error(err: RuntimeError, owner: str) -> RuntimeError | None:
@@ -319,9 +299,13 @@ class _Call:
     index: int
     block: ReversibleBlock
     ran: bool = False
+    received: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, x: Tensor, extras: dict[str, Any]) -> Tensor:
         self.ran = True
+        # what the block received (a pre-hook with kwargs may have changed it), with containers
+        # and objects copied: the backward step replays the values of the forward
+        self.received = {k: _as_of_now(v) for k, v in extras.items()}
         owner = f"{OWNER}, block {self.index} ({type(self.block).__name__})"
         if not isinstance(x, Tensor) or _signature(x) != self.chain.expected_input:
             raise RuntimeError(
@@ -333,6 +317,17 @@ class _Call:
         params = trainable_parameters([self.block])
         y: Tensor = _BlockStep.apply(x, self, keys, *(extras[k] for k in keys), *params)
         return y
+
+
+def _as_of_now(value: Any) -> Any:
+    """``value`` if a tensor or immutable; else a deep copy (a dict, a list, an object that the
+    caller may change before the backward), or ``value`` itself if it cannot be copied."""
+    if isinstance(value, Tensor | int | float | bool | str | bytes | type(None)):
+        return value
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # noqa: BLE001 (an object that refuses to be copied is kept as it is)
+        return value
 
 
 def _checksum(y: Tensor) -> Tensor:
@@ -352,7 +347,7 @@ class _BlockStep(torch.autograd.Function):
         chain, block = call.chain, call.block
         owner = f"{OWNER}, block {call.index} ({type(block).__name__})"
         extra_tensors, params = tensors[: len(keys)], tensors[len(keys) :]
-        extras = {k: v for k, v in chain.extras.items() if k not in keys}
+        extras = {k: v for k, v in call.received.items() if k not in keys}
         extras.update(zip(keys, extra_tensors, strict=True))
         tape = Tape.start(x, chain.record_rng, extras)
         tape.names = chain.names

@@ -27,8 +27,10 @@ cover; this module records it around a recorded call and replays it:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import sys
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -71,16 +73,72 @@ def _own_state(m: nn.Module) -> bool:
     return not type(m).__module__.startswith("torch.nn.modules.")
 
 
-def _generators(modules: list[nn.Module]) -> list[tuple[nn.Module, str, torch.Generator]]:
-    # type() rather than isinstance: torch.Generator's metaclass makes isinstance slow, and this
-    # runs per call
-    return [
-        (m, k, v)
-        for m in modules
-        if _own_state(m)
-        for k, v in vars(m).items()
-        if type(v) is torch.Generator
-    ]
+def forward_reads(m: nn.Module) -> Iterator[Any]:
+    """The closure cells and global names that ``m.forward``'s code (and the functions defined in
+    it) reads; nothing for torch's own modules."""
+    fn = getattr(m.forward, "__func__", m.forward)
+    if type(m).__module__.startswith("torch.") or not hasattr(fn, "__code__"):
+        return
+    for cell in fn.__closure__ or ():
+        try:
+            yield cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    codes = [fn.__code__]
+    while codes:
+        code = codes.pop()
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+        for name in code.co_names:
+            if name in fn.__globals__:
+                yield fn.__globals__[name]
+
+
+class _Generator:
+    """A random generator a module reaches, with its state's getter and setter: a
+    ``torch.Generator``, a ``random.Random``, a NumPy ``Generator`` or ``RandomState``."""
+
+    __slots__ = ("obj", "get", "set")
+
+    def __init__(self, obj: Any, get: Callable[[], Any], set: Callable[[Any], Any]) -> None:
+        self.obj, self.get, self.set = obj, get, set
+
+    @staticmethod
+    def of(v: Any) -> _Generator | None:
+        # type() first: torch.Generator's metaclass makes isinstance slow, and this runs per call
+        if type(v) is torch.Generator:
+            return _Generator(v, v.get_state, v.set_state)
+        if isinstance(v, random.Random):
+            return _Generator(v, v.getstate, v.setstate)
+        np = sys.modules.get("numpy")
+        if np is not None:
+            if isinstance(v, np.random.Generator):
+                bits = v.bit_generator
+                return _Generator(v, lambda: bits.state, lambda s: setattr(bits, "state", s))
+            if isinstance(v, np.random.RandomState):
+                return _Generator(v, v.get_state, v.set_state)
+        return None
+
+
+def _candidates(m: nn.Module) -> Iterator[Any]:
+    """Attribute values of ``m`` and what its forward reads from closures and globals, with the
+    items of those that are lists, tuples or dicts."""
+    for v in itertools.chain(vars(m).values(), forward_reads(m)):
+        if isinstance(v, list | tuple):
+            yield from v
+        elif isinstance(v, dict):
+            yield from v.values()
+        else:
+            yield v
+
+
+def _generators(modules: list[nn.Module]) -> list[_Generator]:
+    found: dict[int, _Generator] = {}
+    for m in modules:
+        if _own_state(m):
+            for v in _candidates(m):
+                if id(v) not in found and (g := _Generator.of(v)) is not None:
+                    found[id(v)] = g
+    return list(found.values())
 
 
 def _attributes(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
@@ -93,6 +151,36 @@ def _attributes(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
     }
 
 
+def _kept_state(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
+    """Lists and tensors a module keeps as plain attributes: a forward must not change them."""
+    return {
+        (i, k): (list(v) if isinstance(v, list) else v)
+        for i, m in enumerate(modules)
+        if _own_state(m)
+        for k, v in vars(m).items()
+        if isinstance(v, list | Tensor) and not k.startswith("_")
+    }
+
+
+def _same_state(a: Any, b: Any) -> bool:
+    """Equality of generator states: tensors, NumPy arrays, and containers of them."""
+    if isinstance(a, Tensor):
+        return isinstance(b, Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict) and a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, list | tuple):
+        return (
+            isinstance(b, list | tuple)
+            and len(a) == len(b)
+            and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if hasattr(a, "shape") and hasattr(a, "dtype"):  # a NumPy array
+        return bool(getattr(a == b, "all", lambda: a == b)()) and a.shape == b.shape
+    return bool(a == b)
+
+
 @dataclass
 class HostState:
     """The host generators' states and the modules' scalar attributes, before a call."""
@@ -100,8 +188,9 @@ class HostState:
     modules: list[nn.Module]
     python: Any
     numpy: Any
-    generators: list[tuple[nn.Module, str, torch.Generator, Tensor]]
+    generators: list[tuple[_Generator, Any]]
     attributes: dict[tuple[int, str], Any]
+    kept: dict[tuple[int, str], Any]
 
     @classmethod
     def capture(cls, fn: Any) -> HostState:
@@ -111,12 +200,14 @@ class HostState:
             modules,
             random.getstate(),
             np_random.get_state() if np_random is not None else None,
-            [(m, k, g, g.get_state()) for m, k, g in _generators(modules)],
+            [(g, g.get()) for g in _generators(modules)],
             _attributes(modules),
+            _kept_state(modules),
         )
 
-    def changes(self) -> HostChanges | None:
-        """What the call changed since :meth:`capture` (``None`` for nothing)."""
+    def changes(self, owner: str = "ReversibleSequence(mode='reversible')") -> HostChanges | None:
+        """What the call changed since :meth:`capture`, and every scalar attribute as the call
+        left it (``None`` for nothing). Raises if the call changed a list or tensor it keeps."""
         out = HostChanges()
         if random.getstate() != self.python:
             out.python = self.python
@@ -127,18 +218,36 @@ class HostState:
             and not _same_numpy_state(np_random.get_state(), self.numpy)
         ):
             out.numpy = self.numpy
-        out.generators = [
-            (g, state)
-            for _, _, g, state in self.generators
-            if not torch.equal(g.get_state(), state)
-        ]
+        out.generators = [(g, s) for g, s in self.generators if not _same_state(g.get(), s)]
         now = _attributes(self.modules)
+        # all of them: one the user sets between forward and backward is replayed as the call saw it
         out.attributes = [
-            (self.modules[i], k, before, now.get((i, k)))
+            (self.modules[i], k, before, now.get((i, k), before))
             for (i, k), before in self.attributes.items()
-            if now.get((i, k), before) != before
         ]
+        kept = _kept_state(self.modules)
+        for (i, k), before in self.kept.items():
+            after = kept.get((i, k))
+            same = (
+                after is before
+                if isinstance(before, Tensor)
+                else isinstance(after, list)
+                and len(after) == len(before)
+                and all(x is y for x, y in zip(after, before, strict=True))
+            )
+            if not same:
+                raise _kept_state_error(owner, self.modules[i], k, before)
         return out if out else None
+
+
+def _kept_state_error(owner: str, m: nn.Module, key: str, value: Any) -> RuntimeError:
+    kind = "tensor" if isinstance(value, Tensor) else "list"
+    return RuntimeError(
+        f"{owner}: the forward of {type(m).__name__} changed its {kind} attribute {key!r}. The "
+        "backward step runs the forward again, which would see it changed and compute something "
+        "else. Keep running state in a buffer (register_buffer: updated once, replayed), return "
+        "what a later loss needs as part of the output, or use mode='autograd'."
+    )
 
 
 def _same_numpy_state(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
@@ -152,7 +261,7 @@ class HostChanges:
 
     python: Any = None
     numpy: Any = None
-    generators: list[tuple[torch.Generator, Tensor]] = field(default_factory=list)
+    generators: list[tuple[_Generator, Any]] = field(default_factory=list)
     attributes: list[tuple[nn.Module, str, Any, Any]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -169,14 +278,14 @@ class HostChanges:
         np_random = _numpy_random() if self.numpy is not None else None
         now_python = random.getstate() if self.python is not None else None
         now_numpy = np_random.get_state() if np_random is not None else None
-        now_generators = [(g, g.get_state()) for g, _ in self.generators]
+        now_generators = [(g, g.get()) for g, _ in self.generators]
         now_attributes = [(m, k, getattr(m, k)) for m, k, _, _ in self.attributes]
         if self.python is not None:
             random.setstate(self.python)
         if np_random is not None:
             np_random.set_state(self.numpy)
         for g, state in self.generators:
-            g.set_state(state)
+            g.set(state)
         for m, k, before, _ in self.attributes:
             object.__setattr__(m, k, before)
         try:
@@ -187,7 +296,7 @@ class HostChanges:
             if np_random is not None:
                 np_random.set_state(now_numpy)
             for g, state in now_generators:
-                g.set_state(state)
+                g.set(state)
             for m, k, value in now_attributes:
                 object.__setattr__(m, k, value)
 
