@@ -101,7 +101,8 @@ def setup_cell_source() -> str:
         "def installed_revlib():\n"
         "    try:\n"
         '        return importlib.import_module("revlib").__version__\n'
-        "    except (ImportError, AttributeError):  # absent, or PyPI's unrelated 'revlib'\n"
+        "    # absent, or PyPI's revlib: HomebrewNLP's RevNet library, same import name\n"
+        "    except (ImportError, AttributeError):\n"
         "        return None\n"
         "\n"
         "\n"

@@ -60,5 +60,6 @@ def test_notebooks_hold_no_machine_paths_or_errors(path):
 def test_readme_warns_about_the_other_revlib_on_pypi():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make book" in readme
-    assert "different, unrelated package" in readme
+    assert "PyPI's `revlib` is another" in readme and "HomebrewNLP" in readme
+    assert "revlib.ReversibleSequential" in readme  # how to tell the two apart
     assert notebooks.repository_url() in readme
