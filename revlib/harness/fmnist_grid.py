@@ -79,7 +79,7 @@ __all__ = [
 FORMAT = "revlib.harness.fmnist_grid/1"
 WIDTH = 0.5
 """Every network's widths times this (Chang et al.'s and Gomez et al.'s CIFAR widths halved)."""
-PILOT_EPOCHS: tuple[int, ...] = (2, 4, 8, 16)
+PILOT_EPOCHS: tuple[int, ...] = (2, 4, 8, 16, 32)
 PLATEAU_TOLERANCE = 0.003
 """0.3 points of validation accuracy (the rule of :func:`plateau_epochs`)."""
 NETWORKS: tuple[str, ...] = tuple(networks.PAPER_NAMES)
@@ -258,18 +258,33 @@ def _perform_modes(run: Run, splits: FmnistSplits) -> dict[str, Any]:
 
 def pilot_jobs() -> list[Run]:
     """ResNet-32, seed 0, validation only, one run per schedule length."""
-    order = (16, 8, 2, 4)  # two shards: 16 + 2 and 8 + 4 epochs
+    order = (16, 8, 2, 4, 32)  # two shards: 16 + 2 + 32 and 8 + 4 epochs; 32 only if needed
     return [Run("pilot", "ResNet-32", 0, e, test=False) for e in order if e in PILOT_EPOCHS]
 
 
 def plateau_epochs(results: dict[str, Any] | Sequence[dict[str, Any]]) -> int | None:
     """The rule: the shortest pilot length E whose validation accuracy is within
-    :data:`PLATEAU_TOLERANCE` of the length 2E; ``None`` if no pair of finished runs meets it."""
+    :data:`PLATEAU_TOLERANCE` of the length 2E; ``None`` while a shorter pair is unfinished, or
+    if no pair meets it."""
     acc = {r["epochs"]: r["val_acc"] for r in grid.select(results, study="pilot")}
-    for e in sorted(acc):
-        if 2 * e in acc and round(abs(acc[2 * e] - acc[e]), 9) <= PLATEAU_TOLERANCE:
+    for e in sorted(PILOT_EPOCHS):
+        if 2 * e not in PILOT_EPOCHS:
+            break
+        if e not in acc or 2 * e not in acc:
+            return None
+        if round(abs(acc[2 * e] - acc[e]), 9) <= PLATEAU_TOLERANCE:
             return e
     return None
+
+
+def independent_jobs() -> list[Run]:
+    """The runs that do not depend on the pilot's E: the mode comparisons and the baselines
+    (on the full training split and on each seed's subsets)."""
+    jobs = [Run("modes", m, 0, 0, mode="both") for m in NETWORKS if networks.is_reversible(m)]
+    jobs += [Run("baseline", b, 0, 0) for b in BASELINES]
+    for seed in SMALL_SEEDS:
+        jobs += [Run("baseline", BASELINES[0], seed, 0, fraction=f) for f in FRACTIONS]
+    return jobs
 
 
 def main_jobs(epochs: int) -> list[Run]:
@@ -284,12 +299,10 @@ def main_jobs(epochs: int) -> list[Run]:
                 jobs.append(Run("main", m, seed, epochs, mode=mode))
         if seed in SEEDS:
             jobs.append(Run("stepsize", "Hamiltonian-74", seed, epochs, block_lr=10.0))
-    jobs += [Run("modes", m, 0, 0, mode="both") for m in NETWORKS if networks.is_reversible(m)]
-    jobs += [Run("baseline", b, 0, 0) for b in BASELINES]
+    jobs += independent_jobs()
     for seed in SMALL_SEEDS:
         for f in FRACTIONS:
             jobs += [Run("small", m, seed, epochs, fraction=f) for m in SMALL_NETWORKS]
-            jobs.append(Run("baseline", BASELINES[0], seed, 0, fraction=f))
     return jobs
 
 
@@ -328,7 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists():  # the runs committed so far need not run again
         shipped = grid.load(out, FORMAT, "python -m revlib.harness.fmnist_grid collect")
         grid.restore(
-            pilot_jobs() + main_jobs(shipped["epochs"]) if shipped.get("epochs") else pilot_jobs(),
+            pilot_jobs()
+            + (main_jobs(shipped["epochs"]) if shipped.get("epochs") else independent_jobs()),
             shipped,
             args.cache,
         )
@@ -338,11 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         i, n = grid.parse_shard(args.shard)
         grid.run(grid.shard(pilot_jobs(), i, n), args.cache, perform)
         return 0
-    if epochs is None and args.command == "grid":
-        raise SystemExit(
-            "fmnist_grid: the pilot has not chosen E yet; run the pilot or pass --epochs"
-        )
-    jobs = main_jobs(epochs) if epochs is not None else []
+    # before the pilot has chosen E, only the runs that do not depend on it
+    jobs = main_jobs(epochs) if epochs is not None else independent_jobs()
     if args.command == "grid":
         i, n = grid.parse_shard(args.shard)
         grid.run(grid.shard(jobs, i, n), args.cache, perform)

@@ -32,6 +32,7 @@ def test_the_plateau_rule_takes_the_shortest_length_close_to_twice_as_long():
 
     assert G.plateau_epochs(pilot({2: 0.880, 4: 0.900, 8: 0.912, 16: 0.914})) == 8
     assert G.plateau_epochs(pilot({2: 0.880, 4: 0.900, 8: 0.912})) is None  # 8 vs 16 not run
+    assert G.plateau_epochs(pilot({2: 0.88, 8: 0.912, 16: 0.913})) is None  # 4 not run yet
     assert G.plateau_epochs(pilot({2: 0.900, 4: 0.903, 8: 0.950})) == 2  # the shortest wins
 
 
