@@ -12,9 +12,10 @@ script reads it with jupytext, puts the standard setup cell first, and writes
     python tools/notebooks.py sync --all    # take reformatted code into the notebooks, outputs kept
 
 ``sync`` rewrites a committed notebook's cells from its source without executing
-it, and only where nothing can change an output: the same cells and tags, the
-same Markdown, and code whose syntax tree is unchanged (a formatter's or a
-comment's change, or a function's docstring rewrapped). Anything else must be rebuilt.
+it, and only where nothing can change an output: the same cells and tags, any
+Markdown (it has no outputs), and code whose syntax tree is unchanged (a
+formatter's or a comment's change, or a function's docstring rewrapped).
+Anything else must be rebuilt.
 
 The setup cell installs revlib from the repository named once in _config.yml,
 at the version named once in revlib/__init__.py (see :func:`setup_cell_source`).
@@ -264,13 +265,13 @@ def sync(src: Path) -> str:
             return f"{path.name}: cell {i} changed its type or tags (rebuild)"
         if want.source == have.source:
             continue
-        if want.cell_type != "code" or not _same_program(want.source, have.source):
+        if want.cell_type == "code" and not _same_program(want.source, have.source):
             return f"{path.name}: cell {i} changed more than its layout (rebuild)"
         have.source = want.source
         changed += 1
     if changed:
         nbformat.write(actual, path)
-    return f"{path.name}: {changed} code cell(s) synced"
+    return f"{path.name}: {changed} cell(s) synced"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -992,7 +992,7 @@ assert (
 # basic ResNet unit has two $C$-to-$C$ convolutions, $18C^2$, and two BatchNorms,
 # $4C$: twice the weights at the same width (the folded cell checks both formulas
 # with `count_parameters`). To have as many parameters, RevNet-38 widens its
-# stages (32-64-112 instead of 16-32-64, roughly $\sqrt 2$ to 2 times), which
+# stages (32-64-112 instead of 16-32-64: 2, 2 and 1.75 times), which
 # more than compensates the halving, and then needs fewer units (3 instead of 5)
 # to land near ResNet-32's count: $3 \cdot 9 \cdot (32^2 + 64^2 + 112^2)$ against
 # $5 \cdot 18 \cdot (16^2 + 32^2 + 64^2)$ convolution weights.
