@@ -418,6 +418,46 @@ rows.append(
         "≤ 1e-10",
     ]
 )
+rows += [
+    [
+        "hook-based weight_norm / spectral_norm inside F; a forward hook that edits "
+        "its output in place; a hook removed between forward and backward",
+        "tests/core/engine/test_hooks_that_set_state.py",
+        "≤ 1e-9",
+    ],
+    [
+        "random.Random, NumPy Generator or RandomState as an attribute, in a list, "
+        "or a module-level global",
+        "tests/core/engine/test_host_state.py",
+        "≤ 1e-9",
+    ],
+    [
+        "an attribute or a mutable extra changed between forward and backward; "
+        "a pre-hook that changes an extra",
+        "tests/core/engine/test_host_state.py",
+        "≤ 1e-9",
+    ],
+    [
+        "a forward that appends to a list or replaces a tensor it keeps",
+        "tests/core/engine/test_host_state.py",
+        "error",
+    ],
+    [
+        "torch.func.jvp and dual tensors (forward-mode derivatives)",
+        "tests/core/engine/test_forward_mode.py",
+        "≤ 1e-12",
+    ],
+    [
+        "a tensor read from a closure or a global under torch.compile",
+        "tests/core/engine/test_side_inputs_compiled.py",
+        "error",
+    ],
+    [
+        "an extra argument nothing takes; an instance-level forward (every mode)",
+        "tests/core/engine/test_refusals_in_every_mode.py",
+        "error",
+    ],
+]
 
 # %% [markdown]
 # ## The list
