@@ -237,6 +237,11 @@ class HostState:
             )
             if not same:
                 raise _kept_state_error(owner, self.modules[i], k, before)
+        out.tensors = [
+            (self.modules[i], k, t, t._version)
+            for (i, k), t in self.kept.items()
+            if isinstance(t, Tensor)
+        ]
         return out if out else None
 
 
@@ -263,6 +268,7 @@ class HostChanges:
     numpy: Any = None
     generators: list[tuple[_Generator, Any]] = field(default_factory=list)
     attributes: list[tuple[nn.Module, str, Any, Any]] = field(default_factory=list)
+    tensors: list[tuple[nn.Module, str, Tensor, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return (
@@ -270,11 +276,27 @@ class HostChanges:
             or self.numpy is not None
             or bool(self.generators)
             or bool(self.attributes)
+            or bool(self.tensors)
         )
+
+    def check_tensors(self, owner: str = "ReversibleSequence(mode='reversible')") -> None:
+        """Raise if a tensor a module keeps as a plain attribute (a mask, a table) was replaced
+        or changed in place since the forward: the replay would compute with the new one."""
+        for m, k, t, version in self.tensors:
+            if getattr(m, k, None) is not t or t._version != version:
+                raise RuntimeError(
+                    f"{owner}: the tensor attribute {k!r} of {type(m).__name__} was replaced or "
+                    "changed in place between the forward and the backward (e.g. a mask refilled "
+                    "for the next micro-batch). The backward step runs the forward again and "
+                    "would use the new one. Pass it through the chain instead (seq(x, mask=m): "
+                    "the engine keeps what the forward received), run backward before changing "
+                    "it, or use mode='autograd'."
+                )
 
     @contextlib.contextmanager
     def replay(self) -> Iterator[None]:
         """Run the body from the states before the call; put back the states of now afterwards."""
+        self.check_tensors()
         np_random = _numpy_random() if self.numpy is not None else None
         now_python = random.getstate() if self.python is not None else None
         now_numpy = np_random.get_state() if np_random is not None else None

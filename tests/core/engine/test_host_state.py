@@ -161,3 +161,28 @@ def test_a_forward_that_changes_a_list_or_tensor_it_keeps_is_refused(kept):
     with pytest.raises(RuntimeError, match=f"changed its {kept} attribute"):
         _grads(lambda: _Counts(kept), "reversible")
     _grads(lambda: _Counts(kept), "autograd")  # control: autograd mode runs it
+
+
+class _Masked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4, dtype=torch.double)
+        self.mask = torch.ones(4, dtype=torch.double)
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x)) * self.mask
+
+
+@pytest.mark.parametrize("how", ["refilled in place", "replaced"])
+def test_a_tensor_attribute_changed_before_the_backward_is_refused(how):
+    def change(seq):
+        for b in seq.blocks:
+            if how == "replaced":
+                b.F.mask = torch.zeros(4, dtype=torch.double)
+            else:
+                b.F.mask.zero_()
+
+    with pytest.raises(RuntimeError, match="'mask' of _Masked was replaced or changed in place"):
+        _grads(_Masked, "reversible", between=change)
+    # control: left alone, the same model trains as in autograd mode
+    _assert_same(_grads(_Masked, "reversible"), _grads(_Masked, "autograd"))
