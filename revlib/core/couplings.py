@@ -26,7 +26,7 @@ from .blocks import (
     halves_of_difference,
     join_halves,
     join_halves_with_sum,
-    plain_run,
+    run_with,
     split_halves,
 )
 from .recompute import Tape
@@ -188,16 +188,17 @@ class AffineCoupling(ReversibleBlock):
         s, t = self._scale_shift(y1, run)
         return join_halves(self, y1, (y2 - t) * torch.exp(-s))
 
-    def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``y`` and :math:`\\log|\\det \\partial y/\\partial x| = \\sum s(x_1)` per sample."""
+    def forward_and_log_det(self, x: Tensor, **extras: object) -> tuple[Tensor, Tensor]:
+        """``y`` and :math:`\\log|\\det \\partial y/\\partial x| = \\sum s(x_1)` per sample;
+        ``extras`` (a conditioning tensor) reach ``net`` as in the forward."""
         x1, x2 = split_halves(self, x)
-        s, t = self._scale_shift(x1, plain_run)
+        s, t = self._scale_shift(x1, run_with(extras))
         y = join_halves(self, x1, x2 * torch.exp(s) + t)
         return y, s.flatten(1).sum(dim=1)
 
-    def log_det(self, x: Tensor) -> Tensor:
+    def log_det(self, x: Tensor, **extras: object) -> Tensor:
         """The log-determinant of the Jacobian at ``x``, one value per sample."""
-        return self.forward_and_log_det(x)[1]
+        return self.forward_and_log_det(x, **extras)[1]
 
     def backward_step(self, y: Tensor, dy: Tensor, tape: Tape) -> tuple[Tensor, Tensor, ParamGrads]:
         r"""Recompute ``s, t`` once; :math:`\bar x_2 = \bar y_2 \odot e^{s}` and
