@@ -87,3 +87,24 @@ def test_both_modes_take_the_same_first_step_and_gradients_agree(batches):
     # control: a 0.1 % change of the weights (far above float32 rounding) shows at update 0
     p = mode_compare.compare_modes(_revnet, batches, recipe, perturb=1e-3)
     assert p["first_difference"] == 0 and p["max_difference"] > 1e-6
+
+
+def test_the_shipped_results_are_runs_of_the_plan():
+    """The committed results file (revlib/harness/results/fmnist_grid.json) holds only runs of
+    the plan, each with its history, and the pilot's rule reads it."""
+    from importlib.resources import files
+
+    from revlib.harness import grid
+
+    path = files("revlib.harness").joinpath("results/fmnist_grid.json")
+    shipped = grid.load(str(path), G.FORMAT, "python -m revlib.harness.fmnist_grid collect")
+    plan = G.pilot_jobs() + (
+        G.main_jobs(shipped["epochs"]) if shipped.get("epochs") else G.independent_jobs()
+    )
+    keys = {j.key() for j in plan}
+    for run in shipped["runs"]:
+        job = G.Run(**{k: run[k] for k in G.Run.__dataclass_fields__})
+        assert job.key() in keys
+        if run["study"] in ("pilot", "main", "stepsize", "small"):
+            assert run["history"] and 0 < run["val_acc"] <= 1
+    assert G.plateau_epochs(shipped) in (None, *G.PILOT_EPOCHS)
