@@ -287,7 +287,8 @@ plt.show()
 # The price is compute: the backward pass evaluates F and G a second time.
 # {ref}`ch-backprop` derives the
 # backward, checks that its gradients equal autograd's, and measures the extra time
-# (at least a third of a normal training step, for reasons explained there).
+# (by count, four evaluations of each layer where autograd makes three, 4/3 of
+# the work; the chapter times it on a CPU).
 #
 # ## What this book covers
 #
@@ -307,9 +308,10 @@ plt.show()
 #    or shrink with depth.
 # 6. {ref}`ch-hamiltonian`: reversible discretisations of ODEs
 #    {cite:p}`chang2018reversible` that can be made arbitrarily deep.
-# 7. {ref}`ch-training`: ResNet, RevNet and the ODE networks trained to
-#    convergence on real data at equal size, reversible against autograd
-#    training, and the papers' accuracies, labelled as theirs.
+# 7. {ref}`ch-training`: ResNet, RevNet and the ODE networks trained on real data
+#    (Fashion-MNIST) at equal size, so far for one epoch at a quarter width,
+#    reversible against autograd training, and the papers' accuracies, labelled
+#    as theirs.
 # 8. {ref}`ch-beyond`: i-RevNet, reversible transformers and momentum networks.
 #
 # ## What we learned
