@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from .recompute import submodules
 
 __all__ = [
+    "HostGenerator",
     "HostState",
     "HostChanges",
     "HookLog",
@@ -93,7 +94,7 @@ def forward_reads(m: nn.Module) -> Iterator[Any]:
                 yield fn.__globals__[name]
 
 
-class _Generator:
+class HostGenerator:
     """A random generator a module reaches, with its state's getter and setter: a
     ``torch.Generator``, a ``random.Random``, a NumPy ``Generator`` or ``RandomState``."""
 
@@ -103,19 +104,19 @@ class _Generator:
         self.obj, self.get, self.set = obj, get, set
 
     @staticmethod
-    def of(v: Any) -> _Generator | None:
+    def of(v: Any) -> HostGenerator | None:
         # type() first: torch.Generator's metaclass makes isinstance slow, and this runs per call
         if type(v) is torch.Generator:
-            return _Generator(v, v.get_state, v.set_state)
+            return HostGenerator(v, v.get_state, v.set_state)
         if isinstance(v, random.Random):
-            return _Generator(v, v.getstate, v.setstate)
+            return HostGenerator(v, v.getstate, v.setstate)
         np = sys.modules.get("numpy")
         if np is not None:
             if isinstance(v, np.random.Generator):
                 bits = v.bit_generator
-                return _Generator(v, lambda: bits.state, lambda s: setattr(bits, "state", s))
+                return HostGenerator(v, lambda: bits.state, lambda s: setattr(bits, "state", s))
             if isinstance(v, np.random.RandomState):
-                return _Generator(v, v.get_state, v.set_state)
+                return HostGenerator(v, v.get_state, v.set_state)
         return None
 
 
@@ -131,12 +132,12 @@ def _candidates(m: nn.Module) -> Iterator[Any]:
             yield v
 
 
-def _generators(modules: list[nn.Module]) -> list[_Generator]:
-    found: dict[int, _Generator] = {}
+def _generators(modules: list[nn.Module]) -> list[HostGenerator]:
+    found: dict[int, HostGenerator] = {}
     for m in modules:
         if _own_state(m):
             for v in _candidates(m):
-                if id(v) not in found and (g := _Generator.of(v)) is not None:
+                if id(v) not in found and (g := HostGenerator.of(v)) is not None:
                     found[id(v)] = g
     return list(found.values())
 
@@ -188,7 +189,7 @@ class HostState:
     modules: list[nn.Module]
     python: Any
     numpy: Any
-    generators: list[tuple[_Generator, Any]]
+    generators: list[tuple[HostGenerator, Any]]
     attributes: dict[tuple[int, str], Any]
     kept: dict[tuple[int, str], Any]
 
@@ -266,7 +267,7 @@ class HostChanges:
 
     python: Any = None
     numpy: Any = None
-    generators: list[tuple[_Generator, Any]] = field(default_factory=list)
+    generators: list[tuple[HostGenerator, Any]] = field(default_factory=list)
     attributes: list[tuple[nn.Module, str, Any, Any]] = field(default_factory=list)
     tensors: list[tuple[nn.Module, str, Tensor, int]] = field(default_factory=list)
 

@@ -22,6 +22,7 @@ from .train.checkpoints import atomic_write_text
 
 __all__ = [
     "Job",
+    "JobT",
     "parse_shard",
     "shard",
     "result_path",
@@ -48,7 +49,8 @@ class Job:
         )
 
 
-J = TypeVar("J", bound=Job)
+JobT = TypeVar("JobT", bound=Job)
+"""A study's own kind of :class:`Job`: :func:`run` hands each job to ``perform`` as it is."""
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -62,7 +64,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def shard(jobs: Sequence[J], index: int, count: int) -> list[J]:
+def shard(jobs: Sequence[JobT], index: int, count: int) -> list[JobT]:
     """Every ``count``-th job from ``index``: ``count`` shards are disjoint and cover ``jobs``.
 
     Striding keeps each shard in the grid's order of priority, so shards that
@@ -77,9 +79,9 @@ def result_path(cache: Path, job: Job) -> Path:
 
 
 def run(
-    jobs: Sequence[J],
+    jobs: Sequence[JobT],
     cache: str | Path,
-    perform: Callable[[J, Path], dict[str, Any] | None],
+    perform: Callable[[JobT, Path], dict[str, Any] | None],
     *,
     log: Callable[[str], None] = print,
 ) -> int:

@@ -95,7 +95,7 @@ def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> 
 def tost(
     a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05
 ) -> dict[str, float | bool]:
-    """Two one-sided Welch tests of |mean(a) - mean(b)| < ``margin`` (equivalence at ``alpha``).
+    """Two one-sided Welch tests of ``|mean(a) - mean(b)| < margin`` (equivalence at ``alpha``).
 
     The same as the (1 - 2 alpha) t interval of the difference lying inside
     (-margin, margin); ``p`` is the larger one-sided p value.
