@@ -14,11 +14,9 @@ its labels (:class:`ImageData`).
   1,347 training and 450 test images.
 * ``"fashion_mnist"``: Fashion-MNIST (Xiao et al. 2017; 60,000 training and
   10,000 test images, grey 28x28, 10 classes), read with torchvision's own
-  MNIST-format reader. :func:`load_fashion_mnist` looks in ``root`` (torchvision's
-  layout, ``root/FashionMNIST/raw``), then in the Debian package's folder
-  :data:`FASHION_MNIST_DEBIAN` (``apt-get install dataset-fashion-mnist``), then
-  downloads where the network allows. :func:`validation_split` carves a
-  class-stratified validation split from a training set.
+  MNIST-format reader (:mod:`~revlib.harness.data.fashion_mnist`). A
+  class-stratified validation split of a training set:
+  :func:`~revlib.harness.data.splits.validation_split`.
 
 Normalisation: ``"pixel_mean"`` (default) subtracts the per-pixel mean image of
 the training set, as the official RevNet code does; ``"channel"`` subtracts the
@@ -49,10 +47,6 @@ __all__ = [
     "normalize",
     "load",
     "load_digits",
-    "load_fashion_mnist",
-    "FASHION_MNIST_DEBIAN",
-    "validation_split",
-    "balanced_subset",
     "default_root",
     "augmentation_for",
 ]
@@ -442,6 +436,8 @@ def load(
     if key == "digits":
         return load_digits(seed=seed, normalization=normalization)
     if key == "fashionmnist":
+        from .fashion_mnist import load_fashion_mnist
+
         return load_fashion_mnist(
             root, download=download, timeout=timeout, normalization=normalization
         )
@@ -451,201 +447,3 @@ def load(
     if key == "stl10":
         return _stl10(root, download, timeout, normalization)
     return _cifar(key, root, download, timeout, normalization)
-
-
-# ----------------------------------------------------------------- Fashion-MNIST
-
-FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
-"""Where Debian's package ``dataset-fashion-mnist`` puts the four ``*-ubyte.gz`` files."""
-
-_FMNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-
-
-def _read_idx(path: Path) -> Tensor:
-    """One MNIST-format (IDX) file, plain or ``.gz``, through torchvision's reader."""
-    import gzip
-    import tempfile
-
-    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
-
-    if path.suffix != ".gz":
-        return read_sn3_pascalvincent_tensor(str(path), strict=False)
-    with tempfile.TemporaryDirectory() as tmp:  # torchvision's reader opens a file by name
-        plain = Path(tmp) / path.stem
-        with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
-            dst.write(src.read())
-        return read_sn3_pascalvincent_tensor(str(plain), strict=False)
-
-
-def _idx_folder(folder: Path) -> dict[str, tuple[Path, Path]] | None:
-    """The four files in ``folder`` (plain or ``.gz``), or None if one is missing."""
-    found = {}
-    for split, names in _FMNIST_FILES.items():
-        paths = []
-        for name in names:
-            options = [folder / name, folder / f"{name}.gz"]
-            hit = next((p for p in options if p.is_file()), None)
-            if hit is None:
-                return None
-            paths.append(hit)
-        found[split] = (paths[0], paths[1])
-    return found
-
-
-def _fmnist_unavailable(root: Path, debian: Path, reason: str) -> DataUnavailableError:
-    raw = root.resolve() / "FashionMNIST" / "raw"
-    return DataUnavailableError(
-        f"Fashion-MNIST is neither in {raw} nor in {debian}, and could not be downloaded "
-        f"({reason}).\n"
-        f"To get it, do one of these:\n"
-        f"  * on Debian or Ubuntu, as root: apt-get install dataset-fashion-mnist "
-        f"(files in {FASHION_MNIST_DEBIAN});\n"
-        f'  * online: python -c "import torchvision; '
-        f"torchvision.datasets.FashionMNIST('{root}', download=True)\";\n"
-        f"  * copy the four *-ubyte.gz files of https://github.com/zalandoresearch/fashion-mnist "
-        f"into {raw}\n"
-        f"    (or pass root= / set $REVLIB_DATA to a folder whose FashionMNIST/raw holds them)."
-    )
-
-
-def load_fashion_mnist(
-    root: str | os.PathLike | None = None,
-    *,
-    download: bool = True,
-    timeout: float = 10.0,
-    normalization: Normalization = "pixel_mean",
-    debian: str | os.PathLike | None = FASHION_MNIST_DEBIAN,
-) -> tuple[ImageData, ImageData]:
-    """Fashion-MNIST (Xiao et al. 2017) as (train, test) :class:`ImageData`: 60,000 and 10,000
-    grey 28x28 images.
-
-    Looks, in order, in ``root/FashionMNIST/raw`` (torchvision's layout, plain
-    or ``.gz`` files), in ``debian`` (the folder of Debian's package
-    ``dataset-fashion-mnist``; ``None`` skips it), then downloads with
-    ``torchvision.datasets.FashionMNIST(root, download=True)`` if ``download``
-    and the host answers within ``timeout`` seconds. Otherwise raises
-    :class:`DataUnavailableError` naming the three ways to get the files.
-    Every file is parsed by torchvision's MNIST-format reader. Pixels are
-    stored as ``uint8`` with ``scale = 1/255``; the normalisation comes from
-    the training split.
-    """
-    root = Path(root) if root is not None else default_root()
-    raw = root / "FashionMNIST" / "raw"
-    debian_path = Path(debian) if debian is not None else None
-    files = _idx_folder(raw) or (_idx_folder(debian_path) if debian_path is not None else None)
-    if files is None:
-        if not download:
-            raise _fmnist_unavailable(
-                root, debian_path or FASHION_MNIST_DEBIAN, "downloading was switched off"
-            )
-        reason = _probe(_SOURCES["fashionmnist"].url, timeout)
-        if reason is not None:
-            raise _fmnist_unavailable(root, debian_path or FASHION_MNIST_DEBIAN, reason)
-        import torchvision
-
-        old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(timeout)
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
-        except Exception as exc:  # network errors, HTTP errors, checksum failures
-            raise _fmnist_unavailable(
-                root, debian_path or FASHION_MNIST_DEBIAN, f"{type(exc).__name__}: {exc}"
-            ) from None
-        finally:
-            socket.setdefaulttimeout(old)
-        files = _idx_folder(raw)
-        if files is None:
-            raise _fmnist_unavailable(
-                root, debian_path or FASHION_MNIST_DEBIAN, "the download left no files"
-            )
-    parts = []
-    for split in ("train", "test"):
-        images, labels = files[split]
-        parts += [_read_idx(images).unsqueeze(1).contiguous(), _read_idx(labels).long()]
-    train_x, train_y, test_x, test_y = parts
-    return _pair("fashion_mnist", train_x, train_y, test_x, test_y, 10, 1.0 / 255.0, normalization)
-
-
-def validation_split(
-    train: ImageData, per_class: int, seed: int = 0, normalization: Normalization = "pixel_mean"
-) -> tuple[ImageData, ImageData]:
-    """A class-stratified (train, validation) split of a training set: ``per_class`` images of
-    each class held out.
-
-    The images of each class are permuted by ``numpy.random.RandomState(seed)``
-    (a stream NumPy keeps fixed across versions) and the first ``per_class``
-    become the validation split. The normalisation is recomputed from the
-    remaining training images, and both parts use it: no statistic of the
-    validation (or test) images enters training.
-    """
-    labels = train.targets.numpy()
-    rng = np.random.RandomState(seed)
-    held: list[int] = []
-    for c in range(train.num_classes):
-        members = np.flatnonzero(labels == c)
-        if len(members) <= per_class:
-            raise ValueError(
-                f"validation_split: class {c} has {len(members)} images, not more than {per_class}"
-            )
-        held += rng.permutation(members)[:per_class].tolist()
-    mask = np.ones(len(labels), dtype=bool)
-    mask[held] = False
-    keep, out = torch.from_numpy(np.flatnonzero(mask)), torch.from_numpy(np.sort(np.asarray(held)))
-    mean, std = _normalization(train.images[keep], train.scale, normalization)
-
-    def part(idx: Tensor, split: str) -> ImageData:
-        return ImageData(
-            train.images[idx].contiguous(),
-            train.targets[idx].contiguous(),
-            train.num_classes,
-            train.scale,
-            mean,
-            std,
-            train.name,
-            split,
-        )
-
-    return part(keep, "train"), part(out, "val")
-
-
-# ----------------------------------------------------------------------- subsets
-
-
-def balanced_subset(
-    targets: Tensor | Sequence[int] | ImageData,
-    fraction: float,
-    seed: int = 0,
-    num_classes: int | None = None,
-) -> Tensor:
-    """Indices of a class-balanced random subset holding ``fraction`` of the data.
-
-    Every class contributes the same number of examples,
-    ``k = round(fraction * N / num_classes)`` (at least 1), drawn without
-    replacement with a ``torch.Generator`` seeded by ``seed``; the indices come
-    back sorted. For CIFAR-10's 50,000 training images, 0.5 % gives 25 per class
-    and 20 % gives 1,000 per class. Raises ``ValueError`` if a class has fewer
-    than ``k`` examples.
-    """
-    if isinstance(targets, ImageData):
-        num_classes = num_classes or targets.num_classes
-        targets = targets.targets
-    y = torch.as_tensor(targets, dtype=torch.long)
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    num_classes = num_classes or int(y.max()) + 1
-    k = max(1, int(round(fraction * len(y) / num_classes)))
-    g = torch.Generator().manual_seed(seed)
-    chosen = []
-    for c in range(num_classes):
-        members = torch.nonzero(y == c).flatten()
-        if len(members) < k:
-            raise ValueError(
-                f"class {c} has {len(members)} examples, fewer than the {k} per class "
-                f"that fraction {fraction} asks for"
-            )
-        chosen.append(members[torch.randperm(len(members), generator=g)[:k]])
-    return torch.cat(chosen).sort().values
