@@ -1139,6 +1139,8 @@ glue(
 # smallest value whose step has spectral radius at most 1: it matches exercise
 # 1's bound $\big(1 - \sqrt{1 - h^2\omega_{\max}^2}\big)/h = $
 # {glue:text}`ex5_gamma:.4f` to the grid's resolution. Any damping below it lets
-# the fastest mode grow; any damping at all makes the layer contract its slow
-# modes, which is what reversibility forbids.
+# the fastest mode grow; any damping at all also contracts the slow modes. That
+# does not make the layer irreversible: its inverse still exists, but it expands
+# those modes by the same factor, so rounding errors grow as the inverse
+# reconstructs the states, and the reversible backward becomes less exact.
 # ```
