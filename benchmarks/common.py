@@ -36,8 +36,9 @@ def _cpu_seconds() -> tuple[float, float, float]:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     ticks = [int(v) for v in fields]
     busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)  # less idle and iowait
-    own = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+    own = os.times()  # children: the compiler processes this run waited for
+    mine = own.user + own.system + own.children_user + own.children_system
+    return busy / os.sysconf("SC_CLK_TCK"), mine, time.monotonic()
 
 
 def _others_cores(start: tuple[float, float, float]) -> float:

@@ -57,6 +57,8 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Compile in this process: a pool of compile workers would count as another process's load.
+    torch._inductor.config.compile_threads = 1
     g = torch.Generator().manual_seed(args.seed)
     batches = [
         (torch.randn(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g))
