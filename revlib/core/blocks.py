@@ -4,7 +4,7 @@ A block is a bijection ``y = forward(x)`` with ``x = inverse(y)``. Subclasses
 write the two directions once, as ``_forward(x, run)`` and ``_inverse(y, run)``,
 calling every learned sub-function through ``run(name, fn, tensor)``. The same
 code then serves a plain forward (:func:`plain_run`), a forward that records
-on a :class:`~revlib.core.recompute.Tape` (``tape.record``), and a
+on a :class:`~revlib.core.replay.Tape` (``tape.record``), and a
 recomputation that replays it (``tape.replay``). The rules an implementer must
 follow are in :class:`ReversibleBlock`'s docstring.
 
@@ -19,29 +19,23 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from .recompute import Tape, keywords_for, submodules
-
-if TYPE_CHECKING:
-    from .engine import _Call  # the engine imports this module
+from . import refusals
+from .replay import Slot, Tape, keywords_for, submodules, swapped
 
 __all__ = [
     "ReversibleBlock",
-    "Halves",
     "Run",
     "ParamGrads",
     "plain_run",
     "PlainRun",
     "run_with",
     "fused_step_applies",
-    "split_dim",
-    "split_halves",
-    "join_halves",
     "check_same_shape",
     "implements_contract",
     "detached_parameters",
@@ -92,16 +86,22 @@ def check_extras_taken(extras: Iterable[str], taken: set[str]) -> None:
     refuses one alike: it would silently do nothing)."""
     unused = set(extras) - taken
     if unused:
-        raise TypeError(
-            f"ReversibleSequence: no sub-function of any block takes the extra argument(s) "
-            f"{sorted(unused)} by name; give F or G a parameter of that name (or **kwargs)."
-        )
+        raise refusals.extras_not_taken(unused)
 
 
 def run_with(extras: dict[str, object]) -> Run:
     """The run function of a plain forward: :func:`plain_run`, or :class:`PlainRun` with extra
     arguments."""
     return PlainRun(extras) if extras else plain_run
+
+
+class EngineStep(Protocol):
+    """The engine's step for one block call (:class:`revlib.core.engine.chain.BlockCall`)."""
+
+    @property
+    def block(self) -> nn.Module: ...
+
+    def __call__(self, x: Tensor, extras: dict[str, Any]) -> Tensor: ...
 
 
 class _EngineCall(threading.local):
@@ -112,97 +112,10 @@ class _EngineCall(threading.local):
     finds the engine's step here and runs it instead of a plain forward.
     """
 
-    step: _Call | None = None
+    step: EngineStep | None = None
 
 
 ENGINE_CALL = _EngineCall()
-
-
-def split_dim(block: nn.Module) -> int:
-    """The dimension ``block`` splits into halves: its ``dim`` attribute, 1 (channels) by
-    default."""
-    return getattr(block, "dim", 1)
-
-
-def split_halves(block: nn.Module, x: Tensor, what: str = "input") -> tuple[Tensor, Tensor]:
-    """Split ``x`` into two equal halves along the block's split dimension.
-
-    The dimension is :func:`split_dim` of ``block``: 1 for images of shape
-    (N, C, H, W), -1 for token sequences of shape (B, T, D). Raises
-    ``ValueError`` naming the block, the dimension and the shape when ``x`` has
-    no such dimension or an odd size along it.
-    """
-    name = type(block).__name__
-    dim = split_dim(block)
-    layout = (
-        "(batch, channels, ...)"
-        if dim == 1
-        else f"at least {dim + 1 if dim >= 0 else -dim + 1} dimensions"
-    )
-    if x.dim() < 2 or not -x.dim() <= dim < x.dim():
-        raise ValueError(
-            f"{name}: expected an {what} of shape {layout} to split along dimension {dim}, "
-            f"got shape {tuple(x.shape)}"
-        )
-    size = x.shape[dim]
-    if size % 2 and dim == 1:
-        raise ValueError(
-            f"{name}: the {what} has an odd number of channels ({size}, shape {tuple(x.shape)}); "
-            "a coupling splits the channels into two equal halves"
-        )
-    if size % 2:
-        raise ValueError(
-            f"{name}: the {what} has an odd size ({size}) along dimension {dim} (shape "
-            f"{tuple(x.shape)}); a coupling splits that dimension into two equal halves"
-        )
-    x1, x2 = x.chunk(2, dim=dim)
-    return x1, x2
-
-
-def join_halves(block: nn.Module, first: Tensor, second: Tensor) -> Tensor:
-    """Concatenate two halves along the block's split dimension (the inverse of
-    :func:`split_halves`)."""
-    return torch.cat([first, second], dim=split_dim(block))
-
-
-class Halves(NamedTuple):
-    """A block's input, carried as its two halves from one backward step of a chain to the next.
-
-    ``buffer`` is a full-size tensor whose first half along ``dim`` is
-    ``first``; its second half need not hold ``second`` (a tensor of its own).
-    A coupling's backward step writes its reconstructed first half straight
-    into such a buffer (:func:`halves_of_difference`), so the step before it
-    reads that half with the strides a concatenation would have given it, and
-    no concatenation is spent on a tensor the next step splits again.
-    :meth:`join` gives the full tensor, equal in value and layout to
-    ``torch.cat([first, second], dim)``, for a block that takes whole tensors.
-    """
-
-    first: Tensor
-    second: Tensor
-    buffer: Tensor
-    dim: int
-
-    @classmethod
-    def of(cls, block: nn.Module, y: Tensor | Halves, what: str = "output") -> Halves:
-        """``y`` as halves along the block's split dimension (views of ``y`` if it is a whole
-        tensor)."""
-        if isinstance(y, Halves):
-            if y.dim % y.buffer.dim() == split_dim(block) % y.buffer.dim():
-                return y
-            y = y.join()
-        first, second = split_halves(block, y, what)
-        return cls(first, second, y, split_dim(block))
-
-    def join(self) -> Tensor:
-        """Write ``second`` into the buffer's second half (unless it is that half) and return the
-        buffer."""
-        half = self.buffer.chunk(2, dim=self.dim)[1]
-        if not (
-            half.data_ptr() == self.second.data_ptr() and half.stride() == self.second.stride()
-        ):
-            half.copy_(self.second)
-        return self.buffer
 
 
 def _step_owner(block: nn.Module) -> type:
@@ -237,61 +150,6 @@ def takes_halves(block: nn.Module) -> bool:
     return vars(_step_owner(block)).get(
         "backward_step_takes_halves", False
     ) is True and fused_step_applies(block)
-
-
-def _same_dtype_contiguous(*tensors: Tensor | None) -> bool:
-    first = tensors[0]
-    if first is None:
-        return False
-    return all(t is not None and t.is_contiguous() and t.dtype == first.dtype for t in tensors)
-
-
-def _empty_whole(block: nn.Module, half: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """An unwritten contiguous tensor made of two ``half``-shaped halves, and the two halves."""
-    dim = split_dim(block)
-    shape = list(half.shape)
-    shape[dim] *= 2
-    whole = torch.empty(shape, dtype=half.dtype, device=half.device)
-    first, second = whole.chunk(2, dim=dim)
-    return whole, first, second
-
-
-def halves_of_difference(block: nn.Module, y: Halves, f: Tensor, second: Tensor) -> Halves:
-    """``Halves(y.first - f, second)``, the difference written into the first half of a full-size
-    buffer.
-
-    Bit for bit (values and strides) the halves of
-    ``join_halves(block, y.first - f, second)``: an elementwise result does not
-    depend on the layout it is written in. Falls back to that concatenation
-    unless the tensors are contiguous and of one dtype. For a backward step:
-    the result carries no graph.
-    """
-    if not (
-        y.buffer.is_contiguous() and _same_dtype_contiguous(f, second) and y.first.dtype == f.dtype
-    ):
-        return Halves.of(block, join_halves(block, y.first - f, second))
-    buffer, first, _ = _empty_whole(block, f)
-    torch.sub(y.first.detach(), f.detach(), out=first)
-    return Halves(first, second, buffer, split_dim(block))
-
-
-def join_halves_with_sum(
-    block: nn.Module, first: Tensor, whole: Tensor, addend: Tensor | None
-) -> Tensor:
-    """``join_halves(block, first, second + addend)`` with ``second`` the second half of ``whole``.
-
-    The sum is written straight into the result (no concatenation copies it);
-    bit for bit the concatenation. Falls back to it unless the tensors are
-    contiguous and of one dtype. ``addend=None`` adds nothing. For a
-    backward step: the result carries no graph.
-    """
-    second = whole.chunk(2, dim=split_dim(block))[1]
-    if addend is None or not _same_dtype_contiguous(whole, first, addend):
-        return join_halves(block, first, second if addend is None else second + addend)
-    out, out_first, out_second = _empty_whole(block, first)
-    out_first.copy_(first.detach())
-    torch.add(second.detach(), addend.detach(), out=out_second)
-    return out
 
 
 def check_same_shape(block: nn.Module, fn_name: str, out: Tensor, like: Tensor) -> Tensor:
@@ -479,8 +337,9 @@ def implements_contract(block: ReversibleBlock) -> bool:
     )
 
 
-@contextlib.contextmanager
-def detached_parameters(module: nn.Module, aliases: dict[int, Tensor]) -> Iterator[None]:
+def detached_parameters(
+    module: nn.Module, aliases: dict[int, Tensor]
+) -> contextlib.AbstractContextManager[None]:
     """Run the body with each parameter of ``module`` listed in ``aliases`` swapped for its alias.
 
     ``aliases`` maps ``id(parameter)`` to a detached leaf sharing its storage
@@ -490,16 +349,11 @@ def detached_parameters(module: nn.Module, aliases: dict[int, Tensor]) -> Iterat
     there; the engine fires them once, when the chain's autograd function
     returns the summed gradients for the real parameters.
     """
-    swapped = []
-    for m in submodules(module):
-        for name, p in m._parameters.items():
-            if p is not None and id(p) in aliases:
-                swapped.append((m, name, p))
-                # a plain tensor where torch types a Parameter (torch's own
-                # _named_member_accessor swaps tensors in the same way, ignore included)
-                m._parameters[name] = aliases[id(p)]  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        for m, name, p in swapped:
-            m._parameters[name] = p
+    # a plain tensor where torch types a Parameter (torch's own _named_member_accessor swaps
+    # tensors in the same way)
+    return swapped(
+        (Slot.item(m._parameters, name), aliases[id(p)])
+        for m in submodules(module)
+        for name, p in m._parameters.items()
+        if p is not None and id(p) in aliases
+    )

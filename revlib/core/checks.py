@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .recompute import RNGState
+from .replay import RNGState
 
 __all__ = ["check_inverse"]
 

@@ -17,19 +17,15 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import (
-    Halves,
     ParamGrads,
     ReversibleBlock,
     Run,
     check_same_shape,
     grads_for,
-    halves_of_difference,
-    join_halves,
-    join_halves_with_sum,
     run_with,
-    split_halves,
 )
-from .recompute import Tape
+from .halves import Halves, halves_of_difference, join_halves, join_halves_with_sum, split_halves
+from .replay import Tape
 
 __all__ = ["AdditiveCoupling", "NICECoupling", "AffineCoupling", "HalfSwap"]
 

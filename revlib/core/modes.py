@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .engine import in_reversible_block
-from .recompute import checkpoint_updating_stats_once
+from .replay import checkpoint_updating_stats_once
 
 __all__ = [
     "Mode",

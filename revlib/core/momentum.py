@@ -33,11 +33,10 @@ from .blocks import (
     Run,
     check_same_shape,
     grads_for,
-    join_halves,
-    split_halves,
 )
+from .halves import join_halves, split_halves
 from .modes import Mode, ModelMode
-from .recompute import Tape
+from .replay import Tape
 from .sequence import ReversibleSequence
 
 __all__ = ["MomentumBlock", "MomentumNet", "AMPLIFICATION_LIMIT"]

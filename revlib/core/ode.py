@@ -58,10 +58,10 @@ from .blocks import (
     Run,
     check_same_shape,
     grads_for,
-    split_halves,
 )
 from .couplings import AdditiveCoupling
-from .recompute import Tape
+from .halves import split_halves
+from .replay import Tape
 
 __all__ = [
     "KTransposeSigmaK",

@@ -3,7 +3,7 @@
 In mode ``"reversible"`` the forward calls every block as PyTorch calls a
 module (``block(h, **extras)``, so hooks and FSDP2 run), and each block runs
 without building a graph, keeping only what a
-:class:`~revlib.core.recompute.Tape` must replay (generator states of the
+:class:`~revlib.core.replay.Tape` must replay (generator states of the
 calls that drew random numbers, copies of buffers the forward changed); the
 chain keeps its last output. The backward walks the blocks in reverse, one
 autograd node per block (:mod:`~revlib.core.engine`); each reconstructs its
@@ -41,10 +41,10 @@ from .blocks import (
     implements_contract,
     trainable_parameters,
 )
-from .compiled import run_compiled
+from .compiled import compiled_function, run_compiled
 from .engine import Chain
 from .modes import HasMode, Mode
-from .recompute import Tape, checkpoint_updating_stats_once, submodules
+from .replay import Tape, checkpoint_updating_stats_once, submodules
 
 __all__ = ["ReversibleSequence"]
 
@@ -181,7 +181,9 @@ class ReversibleSequence(HasMode):
                 "(revlib.set_mode(model, 'autograd')) for functional transforms."
             )
         _check_reversible_blocks(self.blocks)
-        return Chain(self, extras, self._records_rng(), compiled=compiled).run(x)
+        return Chain(
+            self, extras, self._records_rng(), call=compiled_function if compiled else None
+        ).run(x)
 
     def inverse(self, y: Tensor, **extras: Any) -> Tensor:
         """Apply the blocks' inverses in reverse order (with the forward's extra arguments)."""

@@ -47,7 +47,7 @@ def test_the_probe_sees_a_harness_dependency():
 
 
 @pytest.mark.parametrize(
-    "name", ["blocks", "recompute", "couplings", "sequence", "modes", "memory", "checks"]
+    "name", ["blocks", "replay", "couplings", "sequence", "modes", "memory", "checks"]
 )
 def test_core_modules_live_in_revlib_core(name):
     import importlib

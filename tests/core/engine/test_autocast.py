@@ -9,7 +9,7 @@ import copy
 import torch
 from helpers import copies_by_mode, grads_of, max_rel_error, revnet_stack, worst_rel_error
 
-from revlib.core import recompute
+from revlib.core.replay import rng as recompute
 
 
 def test_recomputation_runs_under_the_forward_autocast_state():
@@ -27,7 +27,7 @@ def test_recomputation_runs_under_the_forward_autocast_state():
     )
     assert err < 2e-2  # bf16 noise; a float32 recomputation would reconstruct wrong inputs
     # A recomputation in float32 (autocast forgotten) is measurably further off:
-    from revlib.core import recompute
+    from revlib.core.replay import rng as recompute
 
     original = recompute.AutocastState.context
     recompute.AutocastState.context = lambda self: torch.autocast("cpu", enabled=False)

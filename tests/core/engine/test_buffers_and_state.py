@@ -17,7 +17,8 @@ from helpers import copies_by_mode, grads_of, revnet_stack, run_step, worst_rel_
 from torch import nn
 
 import revlib
-from revlib.core import recompute, sidestate
+from revlib.core import engine
+from revlib.core.replay import buffers, host
 
 # ---- running statistics, updated once ------------------------------------------------------------
 
@@ -78,7 +79,7 @@ def test_train_eval_switch_before_backward_replays_the_forward_mode(device):
 
 def test_control_without_the_forward_mode_an_eval_switch_gives_wrong_gradients(monkeypatch):
     monkeypatch.setattr(
-        recompute.ModuleState, "forward_training_flags", lambda self: contextlib.nullcontext()
+        engine.ModuleState, "forward_training_flags", lambda self: contextlib.nullcontext()
     )
     base = revnet_stack(depth=3).double()
     x = torch.randn(4, 8, 5, 5, dtype=torch.float64)
@@ -124,7 +125,7 @@ def test_stateful_buffers_are_updated_once_and_replayed(kind, device):
 
 @pytest.mark.parametrize("kind", STATEFUL_HALVES)
 def test_control_without_buffer_copies_state_advances_twice(kind, monkeypatch):
-    monkeypatch.setattr(recompute, "updated_once_buffers", lambda module: [])
+    monkeypatch.setattr(buffers, "updated_once_buffers", lambda module: [])
     chain = token_chain(STATEFUL_HALVES[kind]).double()
     err, same_buffers = mode_error(chain, torch.randn(3, 5, 8, dtype=torch.float64))
     assert err > 1e-6 or not same_buffers
@@ -169,7 +170,7 @@ def test_buffers_changed_without_a_version_bump_are_updated_once(half):
 
 
 def test_control_comparing_versions_only_updates_them_twice(monkeypatch):
-    monkeypatch.setattr(recompute, "_same_values", lambda a, b: True)
+    monkeypatch.setattr(buffers, "_same_values", lambda a, b: True)
     grad_err, buffer_err = agree(pair(DataEMA))
     assert buffer_err > 1e-3
 
@@ -202,7 +203,7 @@ def test_python_attributes_are_replayed_and_left_as_the_forward_left_them():
 
 
 def test_control_without_attribute_replay_the_counter_moves_twice(monkeypatch):
-    monkeypatch.setattr(sidestate, "_attributes", lambda modules: {})
+    monkeypatch.setattr(host, "_attributes", lambda modules: {})
     models = pair(Counter)
     grad_err, _ = agree(models)
     assert grad_err > 1e-3

@@ -20,8 +20,8 @@ from torch import nn
 
 import revlib
 from revlib.core import compiled as compiled_module
-from revlib.core import recompute
 from revlib.core.memory import saved_tensor_bytes
+from revlib.core.replay import tape as recompute
 
 
 def half(channels: int = 4, dropout: float = 0.2) -> nn.Module:

@@ -174,8 +174,8 @@ def _rank_without_module_call(rank: int, port: int, out: str) -> None:
         # the old engine: the block's step is run directly, not through nn.Module.__call__
         def direct(self, x):
             for i, block in enumerate(self.seq.blocks):
-                step = engine._Call(self, i, block)
-                self.expected_input = engine._signature(x)
+                step = engine.BlockCall(self, i, block)
+                self.expected_input = engine.guards.signature(x)
                 x = step(x, self.extras)
             return x
 

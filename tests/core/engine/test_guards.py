@@ -10,7 +10,7 @@ from engine_helpers import X, pair, step_in_mode
 from helpers import revnet_stack, worst_rel_error
 from torch import nn
 
-from revlib.core import recompute
+from revlib.core import engine
 
 
 def test_weights_changed_before_backward_raise_instead_of_a_wrong_gradient():
@@ -45,7 +45,7 @@ def test_eval_batchnorm_statistics_changed_in_place_raise():
 
 
 def test_control_without_the_guard_a_frozen_weight_edit_gives_wrong_gradients(monkeypatch):
-    monkeypatch.setattr(recompute.ModuleState, "check", lambda self, module, owner, prefix="": None)
+    monkeypatch.setattr(engine.ModuleState, "check", lambda self, module, owner, prefix="": None)
     base = revnet_stack(depth=2).double()
     base.blocks[0].F[2].weight.requires_grad_(False)
 

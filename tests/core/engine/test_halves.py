@@ -12,7 +12,7 @@ from torch import nn
 
 import revlib
 from revlib.core import blocks, couplings
-from revlib.core.blocks import Halves, halves_of_difference, join_halves_with_sum
+from revlib.core.halves import Halves, halves_of_difference, join_halves_with_sum, split_dim
 
 
 def float64_grads(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -46,9 +46,7 @@ def test_control_the_buffer_layout_is_what_keeps_the_bits(stack_and_input, monke
     reference = float64_grads(model, x)
 
     def contiguous_first_half(block, y, f, second):
-        return Halves(
-            y.first - f, second, torch.cat([y.first - f, second], blocks.split_dim(block)), 1
-        )
+        return Halves(y.first - f, second, torch.cat([y.first - f, second], split_dim(block)), 1)
 
     monkeypatch.setattr(couplings, "halves_of_difference", contiguous_first_half)
     assert not bit_equal(float64_grads(model, x), reference)
@@ -128,7 +126,7 @@ def test_backward_step_called_with_a_tensor_returns_a_tensor():
         nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
     ).double()
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
-    tape = revlib.core.recompute.Tape.start(x)
+    tape = revlib.core.replay.Tape.start(x)
     with torch.no_grad():
         y = block.forward_recorded(x, tape)
     with torch.enable_grad():

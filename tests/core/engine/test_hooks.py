@@ -15,8 +15,9 @@ from helpers import grads_of, revnet_stack, worst_rel_error
 from torch import nn
 
 import revlib
-from revlib.core import engine, sidestate
+from revlib.core import engine
 from revlib.core.blocks import ReversibleBlock
+from revlib.core.replay import hooks as replay_hooks
 
 # ---- hooks on the block --------------------------------------------------------------------------
 
@@ -106,7 +107,9 @@ def test_hooks_on_f_and_g_run_once_per_step_as_in_autograd():
 
 
 def test_control_replaying_observer_hooks_runs_them_twice(monkeypatch):
-    monkeypatch.setattr(sidestate, "replaying_hooks", lambda fn, log: contextlib.nullcontext())
+    monkeypatch.setattr(
+        replay_hooks, "_replaying_hooks", lambda fn, acting: contextlib.nullcontext()
+    )
     m = chain()
     calls = count_calls(m)
     grads(m, X)
@@ -161,7 +164,7 @@ def test_parameter_hooks_fire_once_with_the_full_gradient(device):
 
 def test_control_without_parameter_aliases_hooks_fire_inside_the_backward(monkeypatch):
     monkeypatch.setattr(
-        engine, "detached_parameters", lambda block, aliases: contextlib.nullcontext()
+        engine.function, "detached_parameters", lambda block, aliases: contextlib.nullcontext()
     )
     calls, _, grads = hooked_step("reversible", "cpu")
     _, _, grads_ref = hooked_step("autograd", "cpu")

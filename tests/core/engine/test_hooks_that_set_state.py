@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import revlib
-from revlib.core import sidestate
+from revlib.core.replay import hooks as replay_hooks
 
 
 def _conv(wrap):
@@ -61,7 +61,7 @@ def test_hook_based_weight_norm_and_spectral_norm_train_as_in_autograd(wrap):
 
 def test_control_a_state_setting_hook_taken_for_an_observer_loses_the_gradient(monkeypatch):
     """Without the check for changed tensor attributes, weight_g and weight_v get no gradient."""
-    monkeypatch.setattr(sidestate, "_tensor_attributes", lambda m: {})
+    monkeypatch.setattr(replay_hooks, "_tensor_attributes", lambda m: {})
     grads, _ = _run("reversible", WRAPS["weight_norm"])
     assert all(grads[n] is None for n in grads if n.endswith(("weight_g", "weight_v")))
 

@@ -1,0 +1,143 @@
+"""A chain in mode ``"reversible"``: each block called as PyTorch calls a module.
+
+:class:`Chain` calls every block through ``nn.Module.__call__``
+(``block(h, **extras)``), so the block's forward hooks and pre-hooks run once,
+and FSDP2's hooks unshard the block's parameters around its forward and,
+through the hooks FSDP puts on the block's output, around its backward step.
+Inside that call the block's ``forward`` finds the :class:`BlockCall` in
+:data:`~revlib.core.blocks.ENGINE_CALL` and runs it: one
+:class:`~revlib.core.engine.function.BlockFunction` node per block. Block
+``i + 1``'s backward step hands the input it rebuilt to block ``i``'s step
+through :attr:`Chain.reconstructed`; only the last output is saved.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+
+from torch import Tensor, nn
+
+from .. import refusals
+from ..blocks import ENGINE_CALL, ReversibleBlock, check_extras_taken, trainable_parameters
+from ..halves import Halves
+from .function import BlockFunction
+from .guards import Signature, signature
+
+if TYPE_CHECKING:
+    from ..sequence import ReversibleSequence  # it imports this module
+
+__all__ = ["BlockCall", "Chain"]
+
+_T = TypeVar("_T")
+
+
+class _ModuleNames(dict[int, str]):
+    """``{id(module): its name in the chain}``, computed on first use (only error messages need
+    it)."""
+
+    def __init__(self, root: nn.Module) -> None:
+        super().__init__()
+        self.root = root
+
+    @overload
+    def get(self, key: int, default: None = None) -> str | None: ...
+
+    @overload
+    def get(self, key: int, default: str) -> str: ...
+
+    @overload
+    def get(self, key: int, default: _T) -> str | _T: ...
+
+    def get(self, key: int, default: object = None) -> object:
+        if not self:
+            self.update({id(m): n or type(m).__name__ for n, m in self.root.named_modules()})
+        return super().get(key, default)
+
+
+@dataclass
+class Chain:
+    """One forward of a sequence in mode ``"reversible"``: the calls of its blocks and what they
+    hand back.
+
+    ``reconstructed[i]`` is block ``i``'s output as rebuilt by block
+    ``i + 1``'s backward step, kept until block ``i``'s step takes it.
+    """
+
+    seq: ReversibleSequence
+    extras: dict[str, Any]
+    record_rng: bool
+    reconstructed: dict[int, Tensor | Halves] = field(default_factory=dict)
+    used_extras: set[str] = field(default_factory=set)
+    names: dict[int, str] = field(default_factory=dict)  # filled by run() with a _ModuleNames
+    expected_input: Signature | None = None
+    output: Signature | None = None
+    call: Callable[[Callable[..., Tensor]], Callable[..., Tensor]] | None = None
+    """How every sub-function is wrapped before a call (under ``torch.compile``: compiled)."""
+
+    @property
+    def count(self) -> int:
+        return len(self.seq.blocks)
+
+    def run(self, x: Tensor) -> Tensor:
+        """Call each block through ``nn.Module.__call__``, checking that hooks did not change what
+        flows."""
+        self.names = _ModuleNames(self.seq.blocks)
+        self.expected_input = signature(x)
+        h = x
+        for i, block in enumerate(self.seq.blocks):
+            # a ReversibleBlock: the sequence accepts no other block, and the step runs only
+            # from ReversibleBlock.forward (a block that does not run it raises below)
+            step = BlockCall(self, i, cast(ReversibleBlock, block))
+            ENGINE_CALL.step = step
+            try:
+                out = block(h, **self.extras)
+            except ValueError as err:
+                raise ValueError(f"ReversibleSequence block {i}: {err}") from err
+            finally:
+                ENGINE_CALL.step = None
+            if not step.ran:
+                raise refusals.forward_overridden(refusals.owner(i, block))
+            if not isinstance(out, Tensor) or signature(out) != self.output:
+                raise refusals.output_changed_by_hook(refusals.owner(i, block))
+            self.expected_input = signature(out)
+            h = out
+        check_extras_taken(self.extras, self.used_extras)
+        return h
+
+
+@dataclass
+class BlockCall:
+    """The engine's step for one block call, run by the block's ``forward``
+    (:class:`~revlib.core.blocks.EngineStep`)."""
+
+    chain: Chain
+    index: int
+    block: ReversibleBlock
+    ran: bool = False
+    received: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, x: Tensor, extras: dict[str, Any]) -> Tensor:
+        self.ran = True
+        # what the block received (a pre-hook with kwargs may have changed it), with containers
+        # and objects copied: the backward step replays the values of the forward
+        self.received = {k: _as_of_now(v) for k, v in extras.items()}
+        if not isinstance(x, Tensor) or signature(x) != self.chain.expected_input:
+            raise refusals.input_changed_by_hook(refusals.owner(self.index, self.block))
+        keys = tuple(k for k, v in extras.items() if isinstance(v, Tensor))
+        params = trainable_parameters([self.block])
+        y: Tensor = BlockFunction.apply(x, self, keys, *(extras[k] for k in keys), *params)
+        return y
+
+
+def _as_of_now(value: Any) -> Any:
+    """``value`` if a tensor or immutable; else a deep copy (a dict, a list, an object that the
+    caller may change before the backward), or ``value`` itself if it cannot be copied."""
+    if isinstance(value, Tensor | int | float | bool | str | bytes | type(None)):
+        return value
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # an object that refuses to be copied is kept as it is
+        return value

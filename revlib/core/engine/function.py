@@ -1,0 +1,226 @@
+"""The autograd node of one block: a forward without a graph, and one step of Algorithm 1 back.
+
+:class:`BlockFunction` is what :class:`~revlib.core.engine.chain.BlockCall`
+applies. Its forward runs the block under :func:`torch.no_grad` and the
+guards, recording a :class:`~revlib.core.replay.Tape`, and saves nothing but
+the tape (and the chain's last output). Its backward is one step of Algorithm 1
+of Gomez et al. (2017): from the block's output, which the next block's step
+rebuilt, and its gradient, the block's input, its gradient, and the gradients
+of its parameters and of the extra arguments. The parameters and the
+tensor-valued extras are inputs of the node (as MemCNN's ``revop`` passes
+them), so their gradients reach autograd's accumulation (hooks, DDP's reducer,
+FSDP's reduce-scatter) as in mode ``"autograd"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+from torch import Tensor
+
+from .. import refusals
+from ..blocks import ReversibleBlock, detached_parameters, fused_step_applies, takes_halves
+from ..halves import Halves
+from ..replay import Tape, cached_walks
+from .guards import ModuleState, SideInputGuard, check_attribute_tensors, signature
+
+if TYPE_CHECKING:
+    from .chain import BlockCall  # it imports this module
+
+__all__ = ["BlockFunction", "in_reversible_block"]
+
+
+class _Depth(threading.local):
+    value = 0
+
+
+_INSIDE = _Depth()
+
+
+def in_reversible_block() -> bool:
+    """True while the engine runs a block's forward or backward step (a recomputation is already
+    under way)."""
+    return _INSIDE.value > 0
+
+
+@contextlib.contextmanager
+def _inside() -> Iterator[None]:
+    _INSIDE.value += 1
+    try:
+        yield
+    finally:
+        _INSIDE.value -= 1
+
+
+def _checksum(y: Tensor) -> Tensor:
+    """One float64 sum over the chain's output: a write through ``y.data`` that moves no version
+    counter changes it (one pass, no allocation; a write that keeps the sum exactly is not seen)."""
+    return y.sum(dtype=torch.float64) if y.numel() else y.new_zeros(())
+
+
+class BlockFunction(torch.autograd.Function):
+    """Forward without a graph; backward: reconstruct the input, one step of Algorithm 1."""
+
+    # ctx: autograd's context object, which carries the attributes set on it (untyped in torch)
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, call: BlockCall, keys: tuple[str, ...], *tensors: Tensor
+    ) -> Tensor:
+        chain, block = call.chain, call.block
+        owner = refusals.owner(call.index, block)
+        extra_tensors, params = tensors[: len(keys)], tensors[len(keys) :]
+        extras = {k: v for k, v in call.received.items() if k not in keys}
+        extras.update(zip(keys, extra_tensors, strict=True))
+        tape = Tape.start(x, chain.record_rng, extras)
+        tape.names = chain.names
+        tape.call = chain.call
+        y = _forward(block, x, tape, (x, *tensors), owner, compiled=chain.call is not None)
+        for record in tape.hook_records():
+            for name, shape in record.kept_outputs(keep=y):
+                raise refusals.hook_kept_output(owner, name, shape)
+        chain.used_extras |= tape.used_extras
+        if y is x:
+            y = y.clone()
+        ctx.call, ctx.keys, ctx.params = call, keys, params
+        ctx.state = ModuleState.capture(block, [tape])
+        last = call.index == chain.count - 1
+        kept = tape.tensors()
+        ctx.n_kept = len(kept)
+        ctx.save_for_backward(*kept, *extra_tensors, *((y,) if last else ()))
+        # the tape without its tensors (saved above; backward puts them back with with_tensors)
+        ctx.tape = tape.with_tensors(itertools.repeat(None))  # type: ignore[arg-type]
+        ctx.checksum = _checksum(y.detach()) if last else None
+        chain.output = signature(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        call: BlockCall = ctx.call
+        chain, block, i = call.chain, call.block, call.index
+        _check_plain_backward(dy)
+        kept, extra_tensors, y = _unpack(ctx, chain.reconstructed.pop(i, None), call)
+        ctx.state.check(block, refusals.OWNER, prefix=f"{i}.")
+        tape = ctx.tape.with_tensors(iter(kept))
+        aliases = {id(p): p.detach().requires_grad_(True) for p in ctx.params}
+        extra_aliases = [t.detach().requires_grad_(t.requires_grad) for t in extra_tensors]
+        tape.extras = {**tape.extras, **dict(zip(ctx.keys, extra_aliases, strict=True))}
+        with ctx.state.forward_training_flags():
+            x, dx, grads = _step(block, y, dy, tape, aliases, refusals.owner(i, block))
+        # the step's gradients are paired with the aliases: sum them onto the node's inputs
+        slot = {id(a): k for k, a in enumerate(aliases.values())}
+        slot.update({id(p): k for k, p in enumerate(ctx.params)})
+        slot.update({id(a): len(ctx.params) + k for k, a in enumerate(extra_aliases)})
+        summed: list[Tensor | None] = [None] * (len(ctx.params) + len(ctx.keys))
+        for target, g in grads:
+            k = slot.get(id(target))
+            if g is not None and k is not None:
+                before = summed[k]
+                summed[k] = g if before is None else before + g
+        if i > 0:
+            chain.reconstructed[i - 1] = x
+        dx = dx if ctx.needs_input_grad[0] else None
+        param_grads, extra_grads = summed[: len(ctx.params)], summed[len(ctx.params) :]
+        return (dx, None, None, *extra_grads, *param_grads)
+
+
+def _forward(
+    block: ReversibleBlock,
+    x: Tensor,
+    tape: Tape,
+    inputs: tuple[Tensor, ...],
+    owner: str,
+    compiled: bool,
+) -> Tensor:
+    """The block's forward, recorded on ``tape``, with no graph, under the side-input guard."""
+    allowed = {id(t) for t in inputs} | {id(t._base) for t in inputs if t._is_view()}
+    if compiled:
+        # Dynamo runs under an active torch function mode too: a static scan of the attributes
+        check_attribute_tensors(block, allowed, owner)
+        guard: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    else:
+        guard = SideInputGuard(allowed, owner)
+    try:
+        with torch.no_grad(), _inside(), guard, cached_walks():
+            return block.forward_recorded(x, tape)
+    except RuntimeError as err:
+        clear = refusals.explain_forward_error(err, owner)
+        if clear is None:
+            raise
+        raise clear from err
+
+
+def _check_plain_backward(dy: Tensor) -> None:
+    """Refuse a double backward and a backward under vmap (both need a graph of the step)."""
+    if torch.is_grad_enabled():
+        raise refusals.double_backward()
+    if (
+        torch._C._functorch.peek_interpreter_stack() is not None
+        or torch._C._functorch.is_batchedtensor(dy)
+    ):
+        raise refusals.vmap()
+
+
+def _unpack(
+    ctx: Any, rebuilt: Tensor | Halves | None, call: BlockCall
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Tensor | Halves]:
+    """The tape's tensors, the extra tensors and the block's output: the saved output (checked)
+    for the chain's last block, else the one the next block's step rebuilt."""
+    try:
+        saved = ctx.saved_tensors
+    except RuntimeError as err:
+        if "inplace operation" not in str(err):
+            raise
+        raise refusals.output_modified_in_place() from err
+    kept, rest = saved[: ctx.n_kept], saved[ctx.n_kept :]
+    extra_tensors = rest[: len(ctx.keys)]
+    if ctx.checksum is not None:
+        y = rest[len(ctx.keys)]
+        if not _same_checksum(_checksum(y.detach()), ctx.checksum):
+            raise refusals.output_changed_unseen()
+        return kept, extra_tensors, y
+    if rebuilt is None:
+        raise refusals.backward_before_rebuilt(refusals.owner(call.index, call.block))
+    return kept, extra_tensors, rebuilt
+
+
+def _step(
+    block: ReversibleBlock,
+    y: Tensor | Halves,
+    dy: Tensor,
+    tape: Tape,
+    aliases: dict[int, Tensor],
+    owner: str,
+) -> tuple[Tensor | Halves, Tensor | None, list[tuple[Tensor, Tensor | None]]]:
+    """One step of Algorithm 1 (the block's fused ``backward_step`` where it applies), with the
+    parameters swapped for their detached aliases."""
+    try:
+        with torch.enable_grad(), _inside(), cached_walks():
+            if takes_halves(block):
+                y = Halves.of(block, y)
+            elif isinstance(y, Halves):
+                y = y.join()
+            with detached_parameters(block, aliases):
+                step = (
+                    block.backward_step
+                    if fused_step_applies(block)
+                    else ReversibleBlock.backward_step.__get__(block)
+                )
+                return step(cast(Tensor, y), dy, tape)  # Halves where takes_halves(block)
+    except Exception as err:  # re-raised, with the cause named where it is known
+        clear = refusals.explain_backward_error(err, owner)
+        if clear is None:
+            raise
+        raise clear from err
+
+
+def _same_checksum(a: Tensor, b: Tensor) -> bool:
+    return bool(
+        torch.equal(a, b)
+        or (a.isnan() == b.isnan()).all()
+        and torch.equal(a.nan_to_num(), b.nan_to_num())
+    )

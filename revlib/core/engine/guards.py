@@ -1,0 +1,181 @@
+"""The engine's guards: what may reach a block's forward, and what must not change before its
+backward.
+
+:class:`SideInputGuard` refuses a tensor that requires grad and reaches F other
+than as an input (its gradient would be lost; :func:`check_attribute_tensors`
+is its static form under ``torch.compile``). :class:`ModuleState` refuses a
+parameter or buffer replaced or modified in place between the forward and the
+backward (the reconstruction would be silently wrong), and puts the
+train/eval flags back as the forward had them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from .. import refusals
+from ..replay import Slot, Tape, forward_reads, submodules, swapped
+from ..replay.buffers import NORM_STATS, updating_norm
+
+__all__ = ["ModuleState", "SideInputGuard", "Signature", "check_attribute_tensors", "signature"]
+
+Signature = tuple[int, torch.Size, tuple[int, ...], int]
+
+
+def signature(t: Tensor) -> Signature:
+    return (t.data_ptr(), t.shape, t.stride(), t._version)
+
+
+class SideInputGuard(TorchFunctionMode):
+    """Refuse a tensor that requires grad and reaches a block's forward other than as an input.
+
+    In the engine's forward no graph is built, so the gradient of a tensor F
+    reads from an attribute (a conditioning tensor set on F, an unregistered
+    ``nn.Parameter``) would silently be lost. Allowed: the block's input, the
+    chain's extra arguments and the block's registered parameters.
+    """
+
+    def __init__(self, allowed: set[int], owner: str) -> None:
+        super().__init__()
+        self.allowed = allowed
+        self.owner = owner
+
+    def _check(self, value: Any) -> None:
+        if isinstance(value, Tensor):
+            if (
+                value.requires_grad
+                and id(value) not in self.allowed
+                and not (value._is_view() and id(value._base) in self.allowed)
+            ):
+                raise refusals.side_input(self.owner, value)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                if isinstance(v, Tensor):
+                    self._check(v)
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Collection[type],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        for a in args:
+            self._check(a)
+        for a in kwargs.values():
+            self._check(a)
+        return func(*args, **kwargs)
+
+
+def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> None:
+    """The static form of :class:`SideInputGuard`, used under ``torch.compile``: scan the modules'
+    attributes.
+
+    A tensor that requires grad and is not a registered parameter raises when a
+    module of the block holds it as a plain attribute or inside a list, tuple
+    or dict attribute, or when the ``forward`` of a module defined outside
+    torch reads it from a closure cell or a global name (what the eager guard
+    sees as it happens; a tensor reached by a deeper path is not seen here).
+    """
+    registered = {id(p) for p in block.parameters()} | allowed
+    for m in block.modules():
+        for v in forward_reads(m):
+            if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
+                raise refusals.side_input(owner, v)
+        for key, value in vars(m).items():
+            if key in ("_parameters", "_buffers", "_modules"):
+                continue
+            values = (
+                value.values()
+                if isinstance(value, dict)
+                else value
+                if isinstance(value, (list, tuple))
+                else (value,)
+            )
+            for v in values:
+                if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
+                    raise refusals.side_input(owner, v)
+
+
+@dataclass
+class ModuleState:
+    """What a recomputation of ``module`` reads besides its input, as the forward left it.
+
+    The train/eval flag of every submodule, and every parameter and buffer
+    (frozen ones included) with its version counter. A buffer the
+    recomputation does not read from the module (the running statistics of a
+    BatchNorm in training mode, a buffer that a tape replays from its copy)
+    is checked for identity only.
+    """
+
+    modules: list[nn.Module]
+    training: list[bool]
+    tensors: list[tuple[int, str, Tensor, int | None]]
+
+    @classmethod
+    def capture(cls, module: nn.Module, tapes: Iterable[Tape] = ()) -> ModuleState:
+        replayed = {key for tape in tapes for key in tape.replayed_buffers()}
+        modules = submodules(module)
+        tensors: list[tuple[int, str, Tensor, int | None]] = []
+        for i, m in enumerate(modules):
+            for name, p in m._parameters.items():
+                if p is not None:
+                    tensors.append((i, name, p, p._version))
+            stats = NORM_STATS if updating_norm(m) else ()
+            for name, b in m._buffers.items():
+                if b is not None:
+                    unread = name in stats or (id(m), name) in replayed
+                    tensors.append((i, name, b, None if unread else b._version))
+        return cls(modules, [m.training for m in modules], tensors)
+
+    def check(self, module: nn.Module, owner: str, prefix: str = "") -> None:
+        """Raise ``RuntimeError`` naming the tensor if a parameter or buffer was replaced or
+        modified in place.
+
+        ``prefix`` is the module's name in the model the user sees (``"3."`` for block 3), put
+        before each name.
+        """
+        modules = submodules(module)
+        if len(modules) != len(self.modules) or any(
+            a is not b for a, b in zip(modules, self.modules, strict=True)
+        ):
+            raise refusals.submodules_changed(owner)
+        replaced_at: list[tuple[nn.Module, str]] = []
+        modified_at: list[tuple[nn.Module, str]] = []
+        for i, name, t, version in self.tensors:
+            m = modules[i]
+            now = m._parameters.get(name) if name in m._parameters else m._buffers.get(name)
+            if now is not t:
+                replaced_at.append((m, name))
+            elif version is not None and t._version != version:
+                modified_at.append((m, name))
+        if not replaced_at and not modified_at:
+            return
+        names = {id(m): n for n, m in module.named_modules()}
+        replaced, modified = (
+            [prefix + f"{names[id(m)]}.{name}".lstrip(".") for m, name in found]
+            for found in (replaced_at, modified_at)
+        )
+        if replaced:
+            raise refusals.weights_replaced(owner, replaced)
+        if modified:
+            raise refusals.weights_modified(owner, modified)
+
+    @contextlib.contextmanager
+    def forward_training_flags(self) -> Iterator[None]:
+        """Run the body with every submodule in the train/eval mode it had in the forward."""
+        changed = [
+            (m, m.training)
+            for m, flag in zip(self.modules, self.training, strict=True)
+            if m.training != flag
+        ]
+        with swapped((Slot.attribute(m, "training"), not now) for m, now in changed):
+            yield

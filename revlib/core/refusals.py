@@ -1,0 +1,206 @@
+"""Every refusal of mode ``"reversible"``: one function per cause, each message written once.
+
+Each returns the exception (the caller raises it), naming what was seen, why
+the reversible backward cannot give autograd's gradient with it, and the fix.
+``owner`` names the sequence and the block (:func:`owner`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+OWNER = "ReversibleSequence(mode='reversible')"
+_AUTOGRAD = "use mode='autograd' (revlib.set_mode(model, 'autograd'))"
+
+
+def owner(index: int, block: nn.Module) -> str:
+    """How an error names block ``index`` of a chain in mode ``"reversible"``."""
+    return f"{OWNER}, block {index} ({type(block).__name__})"
+
+
+def side_input(owner: str, t: Tensor) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: a tensor of shape {tuple(t.shape)} that requires grad reaches the block without "
+        "being an input of the chain or a registered parameter (e.g. a conditioning tensor set as "
+        "an attribute of F, or an nn.Parameter kept in a plain list). The reversible forward "
+        "builds no graph, so its gradient would be lost. Pass it through the chain (seq(x, "
+        "cond=c): F and G receive it by keyword), register it as a parameter, or use "
+        "mode='autograd'."
+    )
+
+
+def graph_needed(owner: str, err: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: code inside the block needs a graph in the forward "
+        f"({_first_line(err)}), e.g. register_hook on an activation or torch.autograd.grad "
+        "inside F. The reversible forward runs without a graph (its backward rebuilds the "
+        "activations). Put the hook on the block's output, or use mode='autograd'."
+    )
+
+
+def vmap(err: Exception | None = None) -> RuntimeError:
+    cause = f" ({_first_line(err)})" if err is not None else ""
+    return RuntimeError(
+        f"{OWNER} cannot run its backward under vmap "
+        "(torch.autograd.functional.jacobian(vectorize=True), "
+        "torch.autograd.grad(is_grads_batched=True)): it reconstructs activations outside the "
+        f"graph. Use mode='autograd' (revlib.set_mode(model, 'autograd')) for batched "
+        f"gradients.{cause}"
+    )
+
+
+def checkpoint_inside(owner: str, err: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: torch.utils.checkpoint inside a reversible block is not supported: its "
+        "recomputation runs outside the engine's replay (random state, autocast, running "
+        "statistics), and it saves nothing here anyway, since the block's activations are not "
+        "stored. Remove the checkpoint from F/G (revlib's CheckpointedModule runs plainly "
+        "inside a block), or use mode='checkpoint' for the whole sequence. "
+        f"({_first_line(err)})"
+    )
+
+
+def explain_forward_error(err: RuntimeError, owner: str) -> RuntimeError | None:
+    """The refusal that a RuntimeError raised inside a block's forward stands for, if known."""
+    text = str(err)
+    if "doesn't require gradient" in text or "does not require grad" in text:
+        return graph_needed(owner, err)
+    return None
+
+
+def explain_backward_error(err: Exception, owner: str) -> Exception | None:
+    """The refusal that an error raised inside a block's backward step stands for, if known."""
+    text = str(err)
+    if "Batching rule not implemented" in text or "vmap" in text:
+        return vmap(err)
+    if isinstance(err, torch.utils.checkpoint.CheckpointError) or "heckpoint" in text:
+        return checkpoint_inside(owner, err)
+    return None
+
+
+def forward_overridden(owner: str) -> TypeError:
+    return TypeError(
+        f"{owner}: the block's forward did not run the engine's step; its class overrides "
+        "forward(). In mode='reversible' a block's function is its _forward(x, run) and its "
+        "inverse _inverse(y, run), so an override would be inverted wrongly. Move the change "
+        "into _forward/_inverse, or use mode='autograd'."
+    )
+
+
+def output_changed_by_hook(owner: str) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: a forward hook on the block replaced or changed its output. The reversible "
+        "backward rebuilds each block's input from its output, so the block must return what "
+        "its _forward computed. Observe in the hook (return None) or use mode='autograd'."
+    )
+
+
+def input_changed_by_hook(owner: str) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: a forward pre-hook on the block changed its input. The reversible backward "
+        "hands each block the output of the block before it, so a block must receive it "
+        "unchanged. Observe in the hook (return None) or use mode='autograd'."
+    )
+
+
+def double_backward() -> RuntimeError:
+    return RuntimeError(
+        f"{OWNER} does not support double backward (create_graph=True): its backward "
+        "reconstructs activations outside the graph. Use mode='autograd' or mode='checkpoint' "
+        "for higher-order gradients."
+    )
+
+
+def output_modified_in_place() -> RuntimeError:
+    return RuntimeError(
+        f"{OWNER}: the sequence's output was modified in place (e.g. relu_) before backward; "
+        "the backward reconstructs every activation from that output. Use the out-of-place op "
+        "(relu) or clone the output first."
+    )
+
+
+def output_changed_unseen() -> RuntimeError:
+    return RuntimeError(
+        f"{OWNER}: the sequence's output was changed after the forward without autograd seeing "
+        "it (a write through y.data or y.detach()); the backward reconstructs every activation "
+        "from that output. Change a clone instead."
+    )
+
+
+def backward_before_rebuilt(owner: str) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: the backward reached this block before the next block's step rebuilt its "
+        "output: a gradient flows into an inner block's output from outside the chain, without "
+        "the chain's output (e.g. a loss on a block output kept by a hook alone). Include the "
+        "sequence's output in the loss, or use mode='autograd'."
+    )
+
+
+def submodules_changed(owner: str) -> RuntimeError:
+    return RuntimeError(f"{owner}: the blocks' submodules changed between forward and backward")
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def weights_replaced(owner: str, names: list[str]) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: parameters or buffers were replaced between forward and backward "
+        f"({_listed(names)}; e.g. by torch.func.functional_call or a weight swap). The "
+        "reconstruction needs the forward's weights and buffers. Use mode='autograd' for "
+        "functional calls."
+    )
+
+
+def weights_modified(owner: str, names: list[str]) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: parameters or buffers were modified in place between forward and backward "
+        f"({_listed(names)}; e.g. an optimizer step before backward). The reconstruction would "
+        "use the new values and give wrong gradients. Call backward first. (A fused optimizer "
+        "step, which moves no version counter, cannot be detected: PyTorch limitation.)"
+    )
+
+
+def kept_state_changed(owner: str, m: nn.Module, key: str, value: Any) -> RuntimeError:
+    kind = "tensor" if isinstance(value, Tensor) else "list"
+    return RuntimeError(
+        f"{owner}: the forward of {type(m).__name__} changed its {kind} attribute {key!r}. The "
+        "backward step runs the forward again, which would see it changed and compute something "
+        "else. Keep running state in a buffer (register_buffer: updated once, replayed), return "
+        "what a later loss needs as part of the output, or use mode='autograd'."
+    )
+
+
+def tensor_attribute_changed(owner: str, m: nn.Module, key: str) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: the tensor attribute {key!r} of {type(m).__name__} was replaced or changed in "
+        "place between the forward and the backward (e.g. a mask refilled for the next "
+        "micro-batch). The backward step runs the forward again and would use the new one. Pass "
+        "it through the chain instead (seq(x, mask=m): the engine keeps what the forward "
+        "received), run backward before changing it, or use mode='autograd'."
+    )
+
+
+def hook_kept_output(owner: str, name: str, shape: tuple[int, ...]) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: a forward hook on {name} kept its output (shape {shape}) after the block's "
+        "forward. In mode='reversible' the forward builds no graph, so a loss on that tensor "
+        f"would get no gradient. Take the activation from the block's output instead, or "
+        f"{_AUTOGRAD}."
+    )
+
+
+def extras_not_taken(unused: set[str]) -> TypeError:
+    return TypeError(
+        f"ReversibleSequence: no sub-function of any block takes the extra argument(s) "
+        f"{sorted(unused)} by name; give F or G a parameter of that name (or **kwargs)."
+    )
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err)
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,257 @@
+"""Host state: what a call changes besides torch's default generators and its buffers.
+
+Code ported from elsewhere reaches state that torch's own bookkeeping does not
+cover (DropPath implementations use all of these):
+
+* **host random generators**: Python's :mod:`random`, NumPy's global
+  generator, and every ``torch.Generator``, ``random.Random`` or NumPy
+  generator a module reaches as an attribute, in a list, tuple or dict, or
+  from its ``forward``'s closures and globals. One the call drew from is
+  replayed from its state before the call, then put back;
+* **scalar attributes** (``int``, ``float``, ``bool``, ``str``) of the call's
+  modules: replayed as the call saw them, then set to their values of now;
+* **kept lists and tensors**: a forward that changes one is refused (the
+  replay would see it changed), and a tensor attribute replaced or refilled
+  between the forward and the backward is refused at the replay.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from .. import refusals
+from .calls import forward_reads, submodules
+from .swap import Slot, swapped
+
+__all__ = ["HostGenerator", "HostRecord", "HostWatch"]
+
+_SCALARS = (int, float, bool, str)
+
+
+class _NumpyRandom(Protocol):
+    """What this module uses of ``numpy.random`` (the global generator's state)."""
+
+    def get_state(self) -> Any: ...
+
+    def set_state(self, state: Any) -> Any: ...
+
+
+def _numpy_random() -> _NumpyRandom | None:
+    """NumPy's global generator module if NumPy is imported (the core does not import it)."""
+    np = sys.modules.get("numpy")
+    return getattr(np, "random", None) if np is not None else None
+
+
+def _own_state(m: nn.Module) -> bool:
+    """False for torch's own layers (``torch.nn.modules``), whose forward changes no attribute and
+    draws no host RNG."""
+    return not type(m).__module__.startswith("torch.nn.modules.")
+
+
+class HostGenerator:
+    """A random generator a module reaches, with its state's getter and setter: a
+    ``torch.Generator``, a ``random.Random``, a NumPy ``Generator`` or ``RandomState``."""
+
+    __slots__ = ("obj", "get", "set")
+
+    def __init__(self, obj: Any, get: Callable[[], Any], set: Callable[[Any], Any]) -> None:
+        self.obj, self.get, self.set = obj, get, set
+
+    @staticmethod
+    def of(v: Any) -> HostGenerator | None:
+        # type() first: torch.Generator's metaclass makes isinstance slow, and this runs per call
+        if type(v) is torch.Generator:
+            return HostGenerator(v, v.get_state, v.set_state)
+        if isinstance(v, random.Random):
+            return HostGenerator(v, v.getstate, v.setstate)
+        np = sys.modules.get("numpy")
+        if np is not None:
+            if isinstance(v, np.random.Generator):
+                bits = v.bit_generator
+                return HostGenerator(v, lambda: bits.state, lambda s: setattr(bits, "state", s))
+            if isinstance(v, np.random.RandomState):
+                return HostGenerator(v, v.get_state, v.set_state)
+        return None
+
+
+def _candidates(m: nn.Module) -> Iterator[Any]:
+    """Attribute values of ``m`` and what its forward reads from closures and globals, with the
+    items of those that are lists, tuples or dicts."""
+    for v in itertools.chain(vars(m).values(), forward_reads(m)):
+        if isinstance(v, list | tuple):
+            yield from v
+        elif isinstance(v, dict):
+            yield from v.values()
+        else:
+            yield v
+
+
+def _generators(modules: list[nn.Module]) -> list[HostGenerator]:
+    found: dict[int, HostGenerator] = {}
+    for m in modules:
+        if _own_state(m):
+            for v in _candidates(m):
+                if id(v) not in found and (g := HostGenerator.of(v)) is not None:
+                    found[id(v)] = g
+    return list(found.values())
+
+
+def _attributes(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
+    return {
+        (i, k): v
+        for i, m in enumerate(modules)
+        if _own_state(m)
+        for k, v in vars(m).items()
+        if type(v) in _SCALARS and not k.startswith("_")
+    }
+
+
+def _kept_state(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
+    """Lists and tensors a module keeps as plain attributes: a forward must not change them."""
+    return {
+        (i, k): (list(v) if isinstance(v, list) else v)
+        for i, m in enumerate(modules)
+        if _own_state(m)
+        for k, v in vars(m).items()
+        if isinstance(v, list | Tensor) and not k.startswith("_")
+    }
+
+
+def _same_state(a: Any, b: Any) -> bool:
+    """Equality of generator states: tensors, NumPy arrays, and containers of them."""
+    if isinstance(a, Tensor):
+        return isinstance(b, Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict) and a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, list | tuple):
+        return (
+            isinstance(b, list | tuple)
+            and len(a) == len(b)
+            and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if hasattr(a, "shape") and hasattr(a, "dtype"):  # a NumPy array
+        return bool(getattr(a == b, "all", lambda: a == b)()) and a.shape == b.shape
+    return bool(a == b)
+
+
+def _same_numpy_state(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return a[0] == b[0] and a[2:] == b[2:] and (a[1] == b[1]).all()
+
+
+class HostWatch:
+    """The :class:`~revlib.core.replay.protocol.Watch` of the host state a call of a module
+    reaches."""
+
+    def __init__(self, fn: Callable[..., Any], x: Tensor, names: dict[int, str]) -> None:
+        self.modules = submodules(fn) if isinstance(fn, nn.Module) else []
+        np_random = _numpy_random()
+        self.python = random.getstate()
+        self.numpy = np_random.get_state() if np_random is not None else None
+        self.generators = [(g, g.get()) for g in _generators(self.modules)]
+        self.attributes = _attributes(self.modules)
+        self.kept = _kept_state(self.modules)
+
+    def __enter__(self) -> HostWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def record(self) -> HostRecord | None:
+        """What the call changed, and every scalar attribute as the call left it. Raises if the
+        call changed a list or tensor it keeps."""
+        out = HostRecord()
+        if random.getstate() != self.python:
+            out.python = self.python
+        np_random = _numpy_random()
+        if (
+            self.numpy is not None
+            and np_random is not None
+            and not _same_numpy_state(np_random.get_state(), self.numpy)
+        ):
+            out.numpy = self.numpy
+        out.generators = [(g, s) for g, s in self.generators if not _same_state(g.get(), s)]
+        now = _attributes(self.modules)
+        # all of them: one the user sets between forward and backward is replayed as the call saw it
+        out.attributes = [
+            (self.modules[i], k, before, now.get((i, k), before))
+            for (i, k), before in self.attributes.items()
+        ]
+        kept = _kept_state(self.modules)
+        for (i, k), before in self.kept.items():
+            after = kept.get((i, k))
+            same = (
+                after is before
+                if isinstance(before, Tensor)
+                else isinstance(after, list)
+                and len(after) == len(before)
+                and all(x is y for x, y in zip(after, before, strict=True))
+            )
+            if not same:
+                raise refusals.kept_state_changed(refusals.OWNER, self.modules[i], k, before)
+        out.attribute_tensors = [
+            (self.modules[i], k, t, t._version)
+            for (i, k), t in self.kept.items()
+            if isinstance(t, Tensor)
+        ]
+        return out if out else None
+
+
+@dataclass
+class HostRecord:
+    """The host generators' states and the scalar attributes as a recorded call saw them, and the
+    tensor attributes it read (checked before a replay)."""
+
+    python: Any = None
+    numpy: Any = None
+    generators: list[tuple[HostGenerator, Any]] = field(default_factory=list)
+    attributes: list[tuple[nn.Module, str, Any, Any]] = field(default_factory=list)
+    attribute_tensors: list[tuple[nn.Module, str, Tensor, int]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return (
+            self.python is not None
+            or self.numpy is not None
+            or bool(self.generators)
+            or bool(self.attributes)
+            or bool(self.attribute_tensors)
+        )
+
+    def check_tensors(self) -> None:
+        """Raise if a tensor a module keeps as a plain attribute (a mask, a table) was replaced
+        or changed in place since the forward: the replay would compute with the new one."""
+        for m, k, t, version in self.attribute_tensors:
+            if getattr(m, k, None) is not t or t._version != version:
+                raise refusals.tensor_attribute_changed(refusals.OWNER, m, k)
+
+    def _slots(self) -> Iterator[tuple[Slot, Any]]:
+        if self.python is not None:
+            yield Slot(random.getstate, random.setstate), self.python
+        np_random = _numpy_random() if self.numpy is not None else None
+        if np_random is not None:
+            yield Slot(np_random.get_state, np_random.set_state), self.numpy
+        for g, state in self.generators:
+            yield Slot(g.get, g.set), state
+        for m, k, before, _ in self.attributes:
+            yield Slot.attribute(m, k), before
+
+    def replay(self) -> AbstractContextManager[object]:
+        self.check_tensors()
+        return swapped(self._slots())
+
+    def tensors(self) -> list[Tensor]:
+        return []
+
+    def with_tensors(self, tensors: Iterator[Tensor]) -> HostRecord:
+        return self

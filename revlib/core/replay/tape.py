@@ -1,0 +1,132 @@
+"""The tape: one block's sub-function calls, recorded so that a second run computes the same.
+
+A reversible backward runs every sub-function (F, G, ...) a second time. The
+second run must compute the very function the first run computed, or the
+reconstruction and the gradients are silently wrong (chapter 3 of the book).
+:meth:`Tape.record` makes the first call with every kind of state watched
+(:data:`WATCHES`) and keeps, per call, the records of those the call needs
+replayed; :meth:`Tape.replay` makes the second call with those records, the
+autocast state of the forward, and normalisation statistics left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torch import Tensor, nn
+
+from .buffers import BufferCopies, BufferWatch, norm_stats_not_updated
+from .calls import keywords_for, submodules
+from .hooks import HookRecord, HookWatch
+from .host import HostWatch
+from .protocol import Record, Watch
+from .rng import AutocastState, RNGWatch
+
+__all__ = ["WATCHES", "Tape"]
+
+WATCHES: tuple[type[Watch], ...] = (RNGWatch, HostWatch, BufferWatch, HookWatch)
+"""Every kind of state a recorded call is watched for, in the order its records are replayed."""
+_RANDOM_KINDS = (RNGWatch, HostWatch)  # skipped when the user opts out of RNG bookkeeping
+
+
+@dataclass
+class Tape:
+    """Everything one block's forward records so that a later recomputation matches it.
+
+    ``records`` maps the name of a sub-function call (``"F"``, ``"G"``) to the
+    records its call left; for a deterministic, stateless, hookless function
+    there are none. ``record_rng=False`` skips the random and host state (the
+    user's opt-out). ``extras`` are the chain's extra arguments (conditioning,
+    masks): every sub-function receives those it takes by name, in the forward
+    and in the replay (where the engine swaps in detached leaves, to
+    differentiate). ``call`` wraps each sub-function before it is called (the
+    engine's compiled version, :mod:`~revlib.core.compiled`).
+    """
+
+    autocast: AutocastState
+    record_rng: bool
+    records: dict[str, list[Record]] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    used_extras: set[str] = field(default_factory=set)
+    names: dict[int, str] = field(default_factory=dict)
+    call: Callable[[Callable[..., Tensor]], Callable[..., Tensor]] | None = None
+
+    @classmethod
+    def start(
+        cls, x: Tensor, record_rng: bool = True, extras: dict[str, Any] | None = None
+    ) -> Tape:
+        """A tape for a forward pass on ``x`` in the current autocast state."""
+        return cls(AutocastState.capture(x.device.type), record_rng, extras=dict(extras or {}))
+
+    def _callable(self, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        return fn if self.call is None else self.call(fn)
+
+    def record(self, name: str, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """First run of ``fn(x)``, keeping what a second run must replay."""
+        kinds = WATCHES if self.record_rng else tuple(k for k in WATCHES if k not in _RANDOM_KINDS)
+        watches = [kind(fn, x, self.names) for kind in kinds]
+        with contextlib.ExitStack() as stack:
+            for w in watches:
+                stack.enter_context(w)
+            out = self._callable(fn)(x, **keywords_for(fn, self.extras, self.used_extras))
+        records = [r for w in watches if (r := w.record()) is not None]
+        if records:
+            self.records[name] = records
+        return out
+
+    def replay(self, name: str, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """Second run of ``fn(x)``: what the first run saw, and no state updated."""
+        with contextlib.ExitStack() as stack:
+            for record in self.records.get(name, ()):
+                stack.enter_context(record.replay())
+            stack.enter_context(self.autocast.context())
+            if isinstance(fn, nn.Module):
+                stack.enter_context(norm_stats_not_updated(fn))
+                if not any(isinstance(r, HookRecord) for r in self.records.get(name, ())):
+                    stack.enter_context(HookRecord(fn).replay())  # hooks added since: not run
+            return self._callable(fn)(x, **keywords_for(fn, self.extras))
+
+    def recorded(self, kind: type) -> dict[str, Any]:
+        """``{call name: its record of this kind}`` (e.g. ``tape.recorded(RNGState)``)."""
+        return {
+            name: r
+            for name, records in self.records.items()
+            for r in records
+            if isinstance(r, kind)
+        }
+
+    def hook_records(self) -> list[HookRecord]:
+        return list(self.recorded(HookRecord).values())
+
+    def replayed_buffers(self) -> set[tuple[int, str]]:
+        """``(id(module), name)`` of every buffer a replay reads from its copy, not the module."""
+        return {key for r in self.recorded(BufferCopies).values() for key in r.buffers()}
+
+    def grad_targets(self, fn: nn.Module) -> list[Tensor]:
+        """What a backward step differentiates a call of ``fn`` with respect to, besides its input.
+
+        ``fn``'s trainable parameters and the extra arguments it takes that
+        require gradients (conditioning tensors).
+        """
+        params = [
+            p
+            for m in submodules(fn)
+            for p in m._parameters.values()
+            if p is not None and p.requires_grad
+        ]
+        params = list({id(p): p for p in params}.values())
+        extras = keywords_for(fn, self.extras)
+        return params + [v for v in extras.values() if isinstance(v, Tensor) and v.requires_grad]
+
+    def tensors(self) -> list[Tensor]:
+        """The tensors the records keep (generator states, buffer copies), in a fixed order."""
+        return [t for records in self.records.values() for r in records for t in r.tensors()]
+
+    def with_tensors(self, tensors: Iterator[Tensor]) -> Tape:
+        """This tape with :meth:`tensors` replaced, in order, by ``tensors`` (as unpacked by
+        autograd)."""
+        records = {name: [r.with_tensors(tensors) for r in rs] for name, rs in self.records.items()}
+        return replace(self, records=records)
