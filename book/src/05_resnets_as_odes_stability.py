@@ -664,8 +664,9 @@ plt.show()
 # $-1$. Verlet on an oscillation $\lambda = \pm i\omega$ is stable for
 # $h\omega < 2$ by {eq}`eq-verlet-mode`, the segment $i(-2, 2)$; the Midpoint
 # rule of {ref}`ch-hamiltonian` is stable on the shorter segment $i(-1, 1)$ (derived
-# there). {numref}`fig-stability-regions` draws the three regions with $h\lambda$
-# for the three layers' Jacobians at rest and $h = 0.1$: every eigenvalue of the
+# there). {numref}`fig-stability-regions` draws the three regions (left) with $h\lambda$
+# for the three layers' Jacobians at rest and $h = 0.1$, and zooms in on these
+# (right): every eigenvalue of the
 # plain layer with positive real part lies outside all of them, the
 # antisymmetric layer's lie on the imaginary axis, outside Euler's disk, and the
 # Hamiltonian block's spectrum is what Verlet is stable for. The antisymmetric
@@ -687,7 +688,16 @@ assert all(
 )  # outside Euler's disk
 # inside Midpoint's segment i(-1, 1)
 assert max(abs(z) for z in h_lambda[anti_key]) < 1
-fig = plot_stability_regions(h_lambda, extent=0.3, xlim=(-0.45, 0.2))
+assert all(
+    abs(z.imag) < 0.45 and -0.6 < z.real < 0.3 for zs in h_lambda.values() for z in zs
+)  # the zoomed window holds every point
+fig, (ax_whole, ax_zoom) = plt.subplots(1, 2, figsize=(10.8, 5.0))
+plot_stability_regions(h_lambda, ax=ax_whole, extent=2.3, xlim=(-2.3, 1.0))
+plot_stability_regions(h_lambda, ax=ax_zoom, extent=0.45, xlim=(-0.6, 0.3))
+ax_whole.set_title("the whole regions: both segments end inside the window")
+ax_zoom.set_title("zoom on the layers' hλ: both segments run past the edges")
+ax_whole.get_legend().remove()  # the zoom's legend serves both
+fig.tight_layout()
 glue("fig_stability_regions", fig, display=False)
 plt.show()
 
@@ -699,7 +709,10 @@ plt.show()
 # $\lvert 1 + h\lambda \rvert \le 1$, Verlet's segment $h\lambda \in i(-2, 2)$
 # (for oscillations $\lambda = \pm i\omega$) and the explicit Midpoint rule's
 # segment $i(-1, 1)$, with $h\lambda$ ($h = 0.1$) of the three layers' Jacobians at
-# rest. The segments are drawn only where they fit in the window.
+# rest. Left, a window of $\pm 2.3$ that holds the whole disk and both segments,
+# each ending at its own endpoint; the layers' $h\lambda$ crowd near the origin.
+# Right, a zoom on $\lvert \operatorname{Im} h\lambda \rvert \le 0.45$ that
+# separates them: there both segments cover the whole height of the window.
 # ```
 #
 # (sec-reversible-stability)=
