@@ -552,8 +552,8 @@ glue("bf16_flip_error", autocast_err.max().item(), display=False)
 #
 # 1. **Derivation.** Derive the inverse and $\log|\det J|$ of the affine
 #    coupling with a *sigmoid* scale, $y_2 = x_2 \odot \sigma(s(x_1)) + t(x_1)$.
-#    Why can this coupling only shrink, never expand, the $x_2$ directions?
-#    (Hint: $0 < \sigma < 1$; the log-determinant is $\sum_i \log \sigma(s_i)$.)
+#    Can this coupling expand volumes along $x_2$, or only shrink them?
+#    (Hint: what values does $\sigma$ take?)
 # 2. **Derivation.** Show that a RevNet block with $G = 0$ is a NICE coupling
 #    with the halves exchanged, and compute $J_{\text{RevNet}}$ in
 #    {eq}`eq-revnet-jacobian` explicitly as a block matrix. Which block makes it
