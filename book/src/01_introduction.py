@@ -329,10 +329,7 @@ plt.show()
 #
 # 1. **Derivation.** For $a_{l+1} = \tanh(W_l a_l)$, write out $\bar a_l$ and
 #    $\bar W_l$ from {eq}`eq-backward-recursion`. Which tensor must autograd
-#    save: the input $a_l$, the output $a_{l+1}$, or both? (Answer: both. The
-#    nonlinearity needs only its output, since $\tanh' = 1 - \tanh^2$, but the
-#    weight gradient $\bar W_l = (\bar a_{l+1} \odot (1 - a_{l+1}^2))\, a_l^\top$
-#    needs the input.)
+#    save: the input $a_l$, the output $a_{l+1}$, or both?
 # 2. **Counting.** The plain residual block above keeps four activation-sized
 #    tensors. Replace `nn.ReLU()` by `nn.ReLU(inplace=True)` inside the block and
 #    measure again with `saved_tensor_bytes`. Does the count change? Explain
@@ -370,8 +367,8 @@ assert saved_lt == 2 * one_activation
 # ```{admonition} Solution 1 (what tanh layers save)
 # :class: dropdown
 #
-# With $u_l = W_l a_l$ and $a_{l+1} = \tanh(u_l)$, the chain rule gives
-# $\bar u_l = \bar a_{l+1} \odot (1 - a_{l+1}^2)$, then
+# With $u_l = W_l a_l$ and $a_{l+1} = \tanh(u_l)$, the chain rule and
+# $\tanh' = 1 - \tanh^2$ give $\bar u_l = \bar a_{l+1} \odot (1 - a_{l+1}^2)$, then
 # $\bar a_l = W_l^\top \bar u_l$ and $\bar W_l = \bar u_l\, a_l^\top$ (summed over
 # the batch). $\bar u_l$ needs the output $a_{l+1}$, $\bar W_l$ needs the input
 # $a_l$, and $\bar a_l$ needs only the weight. So autograd keeps both: the folded

@@ -25,7 +25,12 @@ from torch import nn
 
 import revlib
 from revlib import AdditiveCoupling, AffineCoupling, NICECoupling, check_inverse
-from revlib.harness.figures import DPI, draw_additive_coupling, plot_series
+from revlib.harness.figures import (
+    DPI,
+    draw_additive_coupling,
+    draw_affine_coupling,
+    plot_series,
+)
 from revlib.harness.notebook import glue
 
 _ = torch.manual_seed(0)
@@ -80,13 +85,34 @@ plt.show()
 #
 # $$
 # y_1 = x_1, \qquad y_2 = x_2 \odot \exp\big(s(x_1)\big) + t(x_1),
-# $$
+# $$ (eq-affine-forward)
 #
 # and since $\exp(s) > 0$ never vanishes,
 #
 # $$
 # x_1 = y_1, \qquad x_2 = \big(y_2 - t(y_1)\big) \odot \exp\big(-s(y_1)\big).
-# $$
+# $$ (eq-affine-inverse)
+#
+# {numref}`fig-affine-coupling` draws it in the layout of
+# {numref}`fig-additive-coupling`. Only the second half changes, and one network
+# computes both $s$ and $t$ from the first half, which passes through unchanged.
+# The inverse undoes the two operations in the opposite order: it subtracts the
+# shift first and then divides by the scale, multiplying by $\exp(-s)$.
+
+# %% tags=["remove-output"]
+fig = draw_affine_coupling()
+glue("fig_affine_coupling", fig, display=False)
+plt.show()
+
+# %% [markdown]
+# ```{glue:figure} fig_affine_coupling
+# :name: fig-affine-coupling
+#
+# Real NVP's affine coupling {eq}`eq-affine-forward` (left) and its inverse
+# {eq}`eq-affine-inverse` (right), drawn like {numref}`fig-additive-coupling`.
+# The network $(s, t)$ reads only the half that passes unchanged, so the inverse
+# can recompute it from the output; $\odot$ is the elementwise product.
+# ```
 #
 # In `revlib`, `NICECoupling(m)`, `AdditiveCoupling(F, G)` and `AffineCoupling(net)`
 # implement these (`net` returns $s$ and $t$ stacked along the channels). Each has
@@ -552,8 +578,8 @@ glue("bf16_flip_error", autocast_err.max().item(), display=False)
 #
 # 1. **Derivation.** Derive the inverse and $\log|\det J|$ of the affine
 #    coupling with a *sigmoid* scale, $y_2 = x_2 \odot \sigma(s(x_1)) + t(x_1)$.
-#    Why can this coupling only shrink, never expand, the $x_2$ directions?
-#    (Hint: $0 < \sigma < 1$; the log-determinant is $\sum_i \log \sigma(s_i)$.)
+#    Can this coupling expand volumes along $x_2$, or only shrink them?
+#    (Hint: what values does $\sigma$ take?)
 # 2. **Derivation.** Show that a RevNet block with $G = 0$ is a NICE coupling
 #    with the halves exchanged, and compute $J_{\text{RevNet}}$ in
 #    {eq}`eq-revnet-jacobian` explicitly as a block matrix. Which block makes it

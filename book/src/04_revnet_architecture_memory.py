@@ -921,8 +921,8 @@ else:
 #    $C$ (F and G each BN-ReLU-conv3x3-BN-ReLU-conv3x3 on $C/2$ channels, no
 #    conv bias) and of a basic ResNet unit at width $C$. Use it to explain why
 #    RevNet-38 needs 3 units per stage and wider stages to match ResNet-32.
-#    (Hint: a RevNet unit has $4 \cdot 9 (C/2)^2 = 9C^2$ convolution weights, half
-#    those of a ResNet unit at the same width.)
+#    (Hint: count the weights of one $3 \times 3$ convolution from $C/2$ to $C/2$
+#    channels first.)
 # 2. **Code change.** Give the Rev-VGG couplings a bias in *both* convolutions of
 #    F and G and count the parameters with `count_parameters`. Check the
 #    difference against $27C^2 + 12C - (27C^2 + 9C)$ summed over the four blocks.

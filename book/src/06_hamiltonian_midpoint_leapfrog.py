@@ -141,14 +141,18 @@ plt.show()
 # pair makes a two-step scheme reversible: the step is an additive coupling
 # followed by a swap of the halves.
 #
-# The first step can also be written
-# $Y_1 = 2Y_0 - h^2 K_0^\top\sigma(K_0 Y_0 + b_0)$, as a course report on Chang
-# et al.'s paper does {cite:p}`masin_reversible` (its cases "for $j = 1$" and
-# "for $j > 0$" overlap; the first step is meant). That is the general step with
-# $Y_{-1} = 0$: it doubles the state and starts the ODE
+# Another first step is in circulation. The course report of
+# {cite:t}`masin_reversible`, which restates Chang et al.'s equations, writes the
+# Leapfrog network with a separate first case,
+# $Y_1 = 2Y_0 - h^2 K_0^\top\sigma(K_0 Y_0 + b_0)$ (its cases read "$j = 1$" and
+# "$j > 0$", which overlap; the first step must be meant). That is the general
+# step with $Y_{-1} = 0$: it doubles the state and starts the ODE
 # $\ddot Y = -K^\top\sigma(KY + b)$ with the velocity $(Y_0 - Y_{-1})/h = Y_0/h$
-# instead of 0. We keep $Y_{-1} = Y_0$, the start at rest; exercise 4 compares
-# the two.
+# instead of 0. We have not matched that case against the text of
+# {cite:t}`chang2018reversible` itself, so we credit it to the report that states
+# it and not to the paper. The Meganet code, whose `LeapFrogNN` cites Chang et
+# al., starts at rest. So do we, $Y_{-1} = Y_0$; exercise 4 compares the two
+# starts.
 
 # %% tags=["remove-output"]
 fig = draw_two_step_coupling()

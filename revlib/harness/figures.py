@@ -6,9 +6,9 @@ calls. Only matplotlib, numpy and IPython are used (the ``revlib[train]`` extra)
 * :func:`markdown_table` renders a list of rows as a Markdown table.
 * :func:`plot_series` draws one or more curves against a shared x axis
   (memory against depth, error against depth, ...).
-* :func:`draw_additive_coupling`, :func:`draw_reversible_backward`,
-  :func:`draw_two_step_coupling` and :func:`draw_revnet_stages` draw the book's
-  schematics with patches and arrows.
+* :func:`draw_additive_coupling`, :func:`draw_affine_coupling`,
+  :func:`draw_reversible_backward`, :func:`draw_two_step_coupling` and
+  :func:`draw_revnet_stages` draw the book's schematics with patches and arrows.
 * :func:`plot_stability_regions` draws the stability regions of forward Euler,
   the explicit Midpoint rule and Leapfrog/Verlet in the plane of :math:`h\\lambda`,
   with a block's :math:`h\\lambda` on top.
@@ -30,6 +30,7 @@ __all__ = [
     "show_table",
     "plot_series",
     "draw_additive_coupling",
+    "draw_affine_coupling",
     "draw_reversible_backward",
     "draw_two_step_coupling",
     "draw_hamiltonian_block",
@@ -220,6 +221,51 @@ def draw_additive_coupling() -> Figure:
             _arrow(ax, (left + 2.7, bottom), (left + 3.4, 1.28))
             _arrow(ax, (left + 3.4, 1.92), (left + 4.2, top - 0.18))
             ax.text((left + right) / 2, 3.35, "inverse", ha="center", fontsize=12, weight="bold")
+        ax.text(right + 0.1, top, f"${names_out[0]}$", ha="left", va="center", fontsize=13)
+        ax.text(right + 0.1, bottom, f"${names_out[1]}$", ha="left", va="center", fontsize=13)
+    return fig
+
+
+def draw_affine_coupling() -> Figure:
+    """Real NVP's affine coupling: forward (left) and its inverse (right).
+
+    Drawn like :func:`draw_additive_coupling`. Forward: :math:`y_1 = x_1`,
+    :math:`y_2 = x_2 \\odot \\exp(s(x_1)) + t(x_1)`. Inverse: :math:`x_1 = y_1`,
+    :math:`x_2 = (y_2 - t(y_1)) \\odot \\exp(-s(y_1))`. One network returns both
+    :math:`s` and :math:`t`.
+    """
+    fig, ax = _canvas(10, 3.2, (-0.6, 13.2), (-0.4, 3.6))
+    for x0, inverse in ((0.0, False), (7.0, True)):
+        top, bottom = 2.8, 0.4
+        left, right = x0, x0 + 5.2
+        names_in = ("x_1", "x_2") if not inverse else ("y_1", "y_2")
+        names_out = ("y_1", "y_2") if not inverse else ("x_1", "x_2")
+        ax.text(left - 0.1, top, f"${names_in[0]}$", ha="right", va="center", fontsize=13)
+        ax.text(left - 0.1, bottom, f"${names_in[1]}$", ha="right", va="center", fontsize=13)
+        # the first half passes unchanged and feeds the network that returns s and t
+        _box(ax, left + 1.6, 1.6, "$s,\\ t$", _FUNCTION, w=1.0)
+        _arrow(ax, (left, top), (right, top))
+        _arrow(ax, (left + 0.7, top), (left + 1.4, 1.92))
+        # forward: scale, then shift; inverse: unshift, then unscale. The network's
+        # output used first leaves from the box's bottom, the other from its right side.
+        near, far = left + 2.4, left + 3.9
+        scale_label = "$\\exp(s)$" if not inverse else "$\\exp(-s)$"
+        (near_sign, near_label), (far_sign, far_label) = (
+            (("⊙", scale_label), ("+", "$t$"))
+            if not inverse
+            else (("−", "$t$"), ("⊙", scale_label))
+        )
+        _plus(ax, near, bottom, near_sign)
+        _plus(ax, far, bottom, far_sign)
+        _arrow(ax, (left, bottom), (near - 0.18, bottom))
+        _arrow(ax, (near + 0.18, bottom), (far - 0.18, bottom))
+        _arrow(ax, (far + 0.18, bottom), (right, bottom))
+        _arrow(ax, (left + 1.6, 1.28), (near - 0.08, bottom + 0.17))
+        _arrow(ax, (left + 2.12, 1.6), (far - 0.08, bottom + 0.17))
+        ax.text(left + 1.95, 0.75, near_label, ha="right", va="center", fontsize=11)
+        ax.text(left + 3.15, 1.3, far_label, ha="left", va="center", fontsize=11)
+        title = "forward" if not inverse else "inverse"
+        ax.text((left + right) / 2, 3.35, title, ha="center", fontsize=12, weight="bold")
         ax.text(right + 0.1, top, f"${names_out[0]}$", ha="left", va="center", fontsize=13)
         ax.text(right + 0.1, bottom, f"${names_out[1]}$", ha="left", va="center", fontsize=13)
     return fig

@@ -25,6 +25,7 @@ def test_markdown_table_refuses_a_short_row():
     "draw",
     [
         figures.draw_additive_coupling,
+        figures.draw_affine_coupling,
         figures.draw_reversible_backward,
         figures.draw_two_step_coupling,
         figures.draw_revnet_stages,
