@@ -148,11 +148,9 @@ plt.show()
 # "$j > 0$", which overlap; the first step must be meant). That is the general
 # step with $Y_{-1} = 0$: it doubles the state and starts the ODE
 # $\ddot Y = -K^\top\sigma(KY + b)$ with the velocity $(Y_0 - Y_{-1})/h = Y_0/h$
-# instead of 0. We have not matched that case against the text of
-# {cite:t}`chang2018reversible` itself, so we credit it to the report that states
-# it and not to the paper. The Meganet code, whose `LeapFrogNN` cites Chang et
-# al., starts at rest. So do we, $Y_{-1} = Y_0$; exercise 4 compares the two
-# starts.
+# instead of 0. The Meganet code, whose `LeapFrogNN` cites
+# {cite:t}`chang2018reversible`, starts at rest instead. So do we, $Y_{-1} = Y_0$;
+# exercise 4 compares the two starts.
 
 # %% tags=["remove-output"]
 fig = draw_two_step_coupling()
