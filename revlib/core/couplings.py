@@ -90,7 +90,7 @@ class AdditiveCoupling(ReversibleBlock):
         halves = Halves.of(self, y)
         y1, y2 = halves.first.detach(), halves.second.detach()
         dy1, dy2 = dy.chunk(2, dim=self.dim)
-        z1 = y1.requires_grad_(True)
+        z1 = _as_forward_saw(y1).requires_grad_(True)
         g = tape.replay("G", self.G, z1)
         (dz1_from_g,), g_grads = grads_for([g], [dy2], [z1], tape.grad_targets(self.G))
         x2 = (y2 - g.detach()).requires_grad_(True)
@@ -100,6 +100,14 @@ class AdditiveCoupling(ReversibleBlock):
         x = halves_of_difference(self, halves, f.detach(), x2.detach())  # x1 = y1 - F(x2)
         dx = join_halves_with_sum(self, dz1, dy, dx2_from_f)  # dx2 = dy2 + (dF/dx2)^T dz1
         return (x if isinstance(y, Halves) else x.join()), dx, f_grads + g_grads
+
+
+def _as_forward_saw(half: Tensor) -> Tensor:
+    """``y_1`` in the layout the forward's G received, ``x_1 + F(x_2)``: contiguous, where the
+    rebuilt output is a strided half of a full-size tensor. So G's replay runs the forward's
+    kernels in the forward's order (on the strided half BatchNorm reduces in another order, and
+    runs up to 1.7x slower on one CPU thread)."""
+    return half.contiguous()
 
 
 class NICECoupling(ReversibleBlock):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+import torch.nn.modules.module as _global_hooks
 from torch import Tensor, nn
 
 from .. import refusals
@@ -54,7 +55,24 @@ def _numpy_random() -> _NumpyRandom | None:
 def _own_state(m: nn.Module) -> bool:
     """False for torch's own layers (``torch.nn.modules``), whose forward changes no attribute and
     draws no host RNG."""
-    return not type(m).__module__.startswith("torch.nn.modules.")
+    cls = type(m)
+    own = _OWN_STATE.get(cls)
+    if own is None:
+        own = _OWN_STATE[cls] = not cls.__module__.startswith("torch.nn.modules.")
+    return own
+
+
+_OWN_STATE: dict[type, bool] = {}
+
+
+def _reaches_no_host_state(fn: Any, modules: list[nn.Module]) -> bool:
+    """True if a call of ``fn`` cannot touch host state: a module made only of torch's own layers,
+    with no hook on any of them and no global module hook (a hook may draw or set anything)."""
+    return (
+        isinstance(fn, nn.Module)
+        and not (_global_hooks._global_forward_hooks or _global_hooks._global_forward_pre_hooks)
+        and not any(_own_state(m) or m._forward_hooks or m._forward_pre_hooks for m in modules)
+    )
 
 
 class HostGenerator:
@@ -155,6 +173,9 @@ class HostWatch:
 
     def __init__(self, fn: Callable[..., Any], x: Tensor, names: dict[int, str]) -> None:
         self.modules = submodules(fn) if isinstance(fn, nn.Module) else []
+        self.idle = _reaches_no_host_state(fn, self.modules)
+        if self.idle:
+            return
         np_random = _numpy_random()
         self.python = random.getstate()
         self.numpy = np_random.get_state() if np_random is not None else None
@@ -171,6 +192,8 @@ class HostWatch:
     def record(self) -> HostRecord | None:
         """What the call changed, and every scalar attribute as the call left it. Raises if the
         call changed a list or tensor it keeps."""
+        if self.idle:
+            return None
         out = HostRecord()
         if random.getstate() != self.python:
             out.python = self.python

@@ -186,3 +186,53 @@ def test_a_tensor_attribute_changed_before_the_backward_is_refused(how):
         _grads(_Masked, "reversible", between=change)
     # control: left alone, the same model trains as in autograd mode
     _assert_same(_grads(_Masked, "reversible"), _grads(_Masked, "autograd"))
+
+
+# ---- the fast path: F made only of torch's own layers reaches no host state, unless hooked ----
+
+
+def _torch_only_f_with_a_drawing_pre_hook(where: str):
+    def draw(module, args):
+        return (args[0] * random.uniform(0.5, 1.5),)  # acts: replayed, from Python's generator
+
+    def make():
+        f = _half()
+        if where == "on a layer":
+            f[0].register_forward_pre_hook(draw)
+        return f
+
+    return make
+
+
+@pytest.mark.parametrize("where", ["on a layer", "global"])
+def test_a_hook_that_draws_on_a_torch_only_f_is_replayed(where):
+    make = _torch_only_f_with_a_drawing_pre_hook(where)
+    handle = (
+        nn.modules.module.register_module_forward_pre_hook(
+            lambda m, a: (a[0] * random.uniform(0.5, 1.5),) if isinstance(m, nn.Linear) else None
+        )
+        if where == "global"
+        else None
+    )
+    try:
+        grads = {}
+        for mode in ("reversible", "autograd"):
+            random.seed(0)
+            grads[mode] = _grads(make, mode)
+    finally:
+        if handle is not None:
+            handle.remove()
+    _assert_same(grads["reversible"], grads["autograd"])
+
+
+def test_control_without_the_hook_check_the_fast_path_loses_the_draw(monkeypatch):
+    from revlib.core.replay import host
+
+    monkeypatch.setattr(host, "_reaches_no_host_state", lambda fn, modules: True)
+    make = _torch_only_f_with_a_drawing_pre_hook("on a layer")
+    grads = {}
+    for mode in ("reversible", "autograd"):
+        random.seed(0)
+        grads[mode] = _grads(make, mode)
+    diff = max((u - v).abs().max().item() for u, v in zip(*grads.values(), strict=True))
+    assert diff > 1e-3
