@@ -33,6 +33,7 @@ from revlib import AdditiveCoupling, ReversibleSequence
 from revlib.core.blocks import ReversibleBlock
 from revlib.core.memory import saved_tensor_bytes
 from revlib.core.recompute import checkpoint_updating_stats_once
+from revlib.harness import alive
 from revlib.harness.figures import draw_reversible_backward, show_table
 from revlib.harness.notebook import glue
 
@@ -100,7 +101,8 @@ _ = torch.manual_seed(0)
 # evaluates F and G *once each*, plus the two backward passes that ordinary
 # backprop would do anyway. Applied from the last block to the first, it needs
 # only the chain's output: nothing inside the chain is stored
-# ({numref}`fig-reversible-backward`).
+# ({numref}`fig-reversible-backward`; {numref}`fig-alive-animation` steps through
+# what is held in memory meanwhile, beside autograd and checkpointing).
 #
 # Substituting {eq}`eq-alg1-dz1` into {eq}`eq-alg1-dx2` gives, in one line,
 #
@@ -139,6 +141,95 @@ plt.show()
 # takes the two vector-Jacobian products {eq}`eq-alg1-dz1`--{eq}`eq-alg1-dW`,
 # and hands the rebuilt input and its gradient to the step below. At any time
 # one block's internals are alive.
+# ```
+#
+# ### What each schedule holds, step by step
+#
+# "Nothing inside the chain is stored" is a statement about lifetimes: which
+# tensors exist at each moment of a training step. We can work the lifetimes out
+# rather than draw them. `revlib.harness.alive` writes one training step of a chain
+# of blocks as a list of steps, each naming the tensors it *uses* and those it
+# *creates*, for three schedules: autograd (every block keeps its internals for the
+# backward), checkpointing (every block keeps its input and recomputes its
+# internals in the backward) and Algorithm 1 (only the output is kept; each block's
+# input is rebuilt from its output). No step says what to free. The replay frees
+# each tensor after the last step that uses it, as reference counting does, and
+# that gives the set of tensors alive during every step. The names: $x_0$ is the
+# chain's input and $x_i$ block $i$'s output, $a_i$ stands for everything autograd
+# saves inside block $i$ (one box, however many tensors that is in a real block;
+# {ref}`sec-memory-depth` counts the bytes), and $g_i$ is the gradient
+# $\bar x_i$. Parameters and their gradients are the same in all three schedules
+# and are left out. Here is Algorithm 1's schedule for four blocks, as the replay
+# receives it:
+
+# %%
+for step in alive.schedule("reversible", blocks=4):
+    uses, makes = ", ".join(step.uses), ", ".join(step.creates)
+    print(f"{step.action:31s} uses {uses:8s}  makes {makes}")
+chain_lengths = range(1, 65)
+peaks = {m: [alive.peak(m, n) for n in chain_lengths] for m in alive.SCHEDULES}
+print("largest number of tensors alive during a step, for 4 and 64 blocks:")
+for m in alive.SCHEDULES:
+    print(f"  {m:10s} {peaks[m][3]:4g} {peaks[m][63]:5g}")
+# autograd: x0..xN, a1..aN and two gradients at once
+assert peaks["autograd"] == [2 * n + 2 for n in chain_lengths]
+# checkpointing: the N block inputs, one block's internals and two gradients
+assert peaks["checkpoint"] == [n + 3 for n in chain_lengths]
+# Algorithm 1: one block's internals and three activation-sized tensors, whatever N
+assert set(peaks["reversible"]) == {4}
+
+# %% [markdown]
+# For every length from 1 to 64 blocks the replay's peaks follow simple formulas,
+# which the cell asserts: autograd holds $2N + 2$ tensors at its peak (all $N + 1$
+# activations, all $N$ blocks' internals and a gradient), checkpointing $N + 3$
+# (the block inputs, one block's internals, two gradients), and Algorithm 1 four,
+# whatever $N$: one block's internals and three tensors of an activation's size
+# (while a block's input is rebuilt: its output, the rebuilt input and the
+# output's gradient; while its products are taken: the rebuilt input and two
+# gradients). {numref}`fig-alive-animation` plays the three schedules side by
+# side, one frame per step.
+
+# %% tags=["remove-output", "nbval-ignore-output"]
+fig, anim = alive.animate_schedules(blocks=4, dpi=80)
+movie = alive.animation_html(  # matplotlib's to_jshtml, frames in 32 colours
+    anim,
+    "[An animation, shown on the book's web page and in Jupyter: "
+    "the next figure draws the same counts.]",
+)
+plt.close(fig)
+glue("anim_alive", movie)  # shown here in Jupyter; the book shows it below
+
+# %% [markdown]
+# ```{glue:figure} anim_alive
+# :name: fig-alive-animation
+#
+# One training step of a chain of four blocks under autograd (left),
+# checkpointing (middle) and Algorithm 1 (right); press play, or step with the
+# arrows. A filled box is a tensor alive during the step (orange: made in the
+# forward, blue: made again in the backward, green: a gradient); a bold edge
+# marks what the step uses or makes. Autograd's column fills during the forward
+# and empties during the backward; checkpointing keeps a row of inputs and one
+# block's internals at a time; Algorithm 1 never holds more than four boxes. In
+# a static copy of this page (a PDF) the animation is missing:
+# {numref}`fig-alive-counts` plots the same counts.
+# ```
+
+# %% tags=["remove-output"]
+fig, counts = alive.plot_alive_counts(blocks=4, depths=[1, 2, 4, 8, 16, 32, 64])
+assert all(max(counts[m]) == peaks[m][3] for m in alive.SCHEDULES)
+glue("fig_alive_counts", fig, display=False)
+plt.show()
+
+# %% [markdown]
+# ```{glue:figure} fig_alive_counts
+# :name: fig-alive-counts
+#
+# The counts of {numref}`fig-alive-animation`, computed by the replay. Left:
+# tensors alive during each step of one training step of four blocks (F: a
+# forward step, L: the loss, R: the backward's recomputation, B: its
+# vector-Jacobian products; autograd has nothing to recompute and holds what it
+# held). Right: the largest count against the number of blocks: $2N + 2$ for
+# autograd, $N + 3$ for checkpointing, 4 for Algorithm 1.
 # ```
 #
 # ## The equations, as code
@@ -1252,6 +1343,9 @@ if (
 # - Memory: reversible is flat in depth, autograd and per-block checkpointing grow
 #   linearly, checkpointing in $\sqrt{L}$ segments grows like $\sqrt{L}$ (saved
 #   bytes counted exactly; the peaks are a model built from them).
+# - Memory over time: replaying the three schedules step by step, autograd holds
+#   at most $2N + 2$ tensors, checkpointing $N + 3$ and Algorithm 1 four, for
+#   any number $N$ of blocks ({numref}`fig-alive-animation`).
 # - Time: 4/3 of an ordinary step by the evaluation count (5/3 for the generic
 #   inverse-then-reforward), an estimate rather than a bound, since a backward
 #   costs two forwards only roughly. In the benchmark's run on one CPU thread the
