@@ -32,7 +32,7 @@ import revlib
 from revlib import AdditiveCoupling, ReversibleSequence
 from revlib.core.blocks import ReversibleBlock
 from revlib.core.memory import saved_tensor_bytes
-from revlib.core.recompute import checkpoint_updating_stats_once
+from revlib.core.replay import checkpoint_updating_stats_once
 from revlib.harness import alive
 from revlib.harness.figures import draw_reversible_backward, show_table
 from revlib.harness.notebook import glue
@@ -305,9 +305,10 @@ assert max(step_errors.values()) < 1e-12
 # `algorithm1_step` without copying: inside a chain, the step before this one
 # splits `x` again at once, so `x` travels as `Halves`, with $x_1$ written
 # straight into the first half of a full-size buffer (where a concatenation would
-# have put it: BatchNorm's reduction order depends on the strides it reads, so the
-# layout is kept to keep the gradients' bits), and the gradient's second half is
-# added straight into its place.
+# have put it), and the gradient's second half is added straight into its place.
+# G's replay takes $y_1$ contiguous, the layout the forward's G received: BatchNorm's
+# reduction order depends on the strides it reads, so the replay runs the
+# forward's kernels in the forward's order.
 
 # %% tags=["nbval-ignore-output"]
 print(inspect.getsource(AdditiveCoupling.backward_step))
@@ -323,7 +324,7 @@ print(inspect.getsource(AdditiveCoupling.backward_step))
 # checks around the step are the subject of the appendix {ref}`app-engine`.)
 
 # %% tags=["nbval-ignore-output"]
-print(inspect.getsource(revlib.core.engine._BlockStep.backward))
+print(inspect.getsource(revlib.core.engine.function.BlockFunction.backward))
 
 # %% [markdown]
 # ## Gradient checks
