@@ -41,6 +41,7 @@ from .blocks import (
     implements_contract,
     trainable_parameters,
 )
+from .budget import BudgetPlan, MemoryBudget, check_budget, input_signature, plan_budget
 from .compiled import compiled_function, run_compiled
 from .engine import Chain
 from .modes import HasMode, Mode
@@ -78,6 +79,15 @@ class ReversibleSequence(HasMode):
             for a deterministic call.
         ndim: if given, the number of dimensions the input must have
             (4 for images), checked at every forward.
+        memory_budget: in mode ``"reversible"``, the activation memory the
+            chain may keep: bytes (``int``) or a fraction of what mode
+            ``"autograd"`` would save (``float`` in [0, 1]). The blocks that
+            spare the most recomputation per byte keep their activations (run
+            as in mode ``"autograd"``) while they fit; the rest run reversibly
+            (:mod:`~revlib.core.budget`). The first training step with a new
+            input shape runs every block reversibly and measures them; its
+            choice is :attr:`budget_plan`. ``None`` (default) or 0: every block
+            reversible.
 
     In eval mode, or when no gradient is being recorded, the forward is a
     plain forward of the blocks. Mode ``"reversible"`` raises
@@ -93,6 +103,7 @@ class ReversibleSequence(HasMode):
         mode: Mode = "reversible",
         preserve_rng_state: bool | None = True,
         ndim: int | None = None,
+        memory_budget: MemoryBudget | None = None,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
@@ -112,6 +123,19 @@ class ReversibleSequence(HasMode):
         self.mode = mode
         self.preserve_rng_state = preserve_rng_state
         self.ndim = ndim
+        self.budget_plan: BudgetPlan | None = None
+        """Which blocks keep their activations under :attr:`memory_budget` (after a step)."""
+        self.memory_budget = memory_budget
+
+    @property
+    def memory_budget(self) -> MemoryBudget | None:
+        """The activation memory mode ``"reversible"`` may keep (see the class docstring)."""
+        return self._memory_budget
+
+    @memory_budget.setter
+    def memory_budget(self, budget: MemoryBudget | None) -> None:
+        self._memory_budget = check_budget(budget)
+        self.budget_plan = None  # measured again at the next training step
 
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
@@ -181,9 +205,22 @@ class ReversibleSequence(HasMode):
                 "(revlib.set_mode(model, 'autograd')) for functional transforms."
             )
         _check_reversible_blocks(self.blocks)
-        return Chain(
-            self, extras, self._records_rng(), call=compiled_function if compiled else None
-        ).run(x)
+        budget, plan = self.memory_budget, self.budget_plan
+        signature = input_signature(x, extras)
+        measure = bool(budget) and (plan is None or plan.signature != signature)
+        chain = Chain(
+            self,
+            extras,
+            self._records_rng(),
+            call=compiled_function if compiled else None,
+            stored=plan.stored if budget and plan is not None and not measure else frozenset(),
+            costs=[] if measure else None,
+        )
+        y = chain.run(x)
+        if chain.costs is not None:
+            saved, seconds = zip(*chain.costs, strict=True)
+            self.budget_plan = plan_budget(budget or 0, saved, seconds, signature)
+        return y
 
     def inverse(self, y: Tensor, **extras: Any) -> Tensor:
         """Apply the blocks' inverses in reverse order (with the forward's extra arguments)."""

@@ -17,7 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("halves", "blocks"),  # what a block is
     ("couplings", "ode", "downsampling", "transformer"),  # the blocks of the papers
     ("engine",),  # how autograd drives blocks backwards
-    ("compiled", "modes", "sequence", "checks", "memcalc", "momentum", "smoothness"),
+    ("budget", "compiled", "modes", "sequence", "checks", "memcalc", "momentum", "smoothness"),
 )
 """From the bottom up: a module may import its own layer and the layers listed before it."""
 

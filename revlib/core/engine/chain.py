@@ -23,8 +23,10 @@ from torch import Tensor, nn
 from .. import refusals
 from ..blocks import ENGINE_CALL, ReversibleBlock, check_extras_taken, trainable_parameters
 from ..halves import Halves
+from ..replay import keywords_for
 from .function import BlockFunction
 from .guards import Signature, signature
+from .measure import BlockCost
 
 if TYPE_CHECKING:
     from ..sequence import ReversibleSequence  # it imports this module
@@ -76,10 +78,19 @@ class Chain:
     output: Signature | None = None
     call: Callable[[Callable[..., Tensor]], Callable[..., Tensor]] | None = None
     """How every sub-function is wrapped before a call (under ``torch.compile``: compiled)."""
+    stored: frozenset[int] = frozenset()
+    """The blocks that run with stored activations (plain autograd), under a memory budget."""
+    costs: list[BlockCost] | None = None
+    """If a list, each reversible block's :func:`~revlib.core.engine.measure.measure_block`."""
 
     @property
     def count(self) -> int:
         return len(self.seq.blocks)
+
+    def keeps_output(self, i: int) -> bool:
+        """Whether reversible block ``i`` saves its output: the chain's last block, and a block
+        whose successor is stored (that block's graph holds the tensor anyway)."""
+        return i == self.count - 1 or i + 1 in self.stored
 
     def run(self, x: Tensor) -> Tensor:
         """Call each block through ``nn.Module.__call__``, checking that hooks did not change what
@@ -88,6 +99,10 @@ class Chain:
         self.expected_input = signature(x)
         h = x
         for i, block in enumerate(self.seq.blocks):
+            if i in self.stored:  # plain autograd: hooks, FSDP and extras as in mode "autograd"
+                h = block(h, **self.extras)
+                self.expected_input = signature(h)
+                continue
             # a ReversibleBlock: the sequence accepts no other block, and the step runs only
             # from ReversibleBlock.forward (a block that does not run it raises below)
             step = BlockCall(self, i, cast(ReversibleBlock, block))
@@ -104,6 +119,8 @@ class Chain:
                 raise refusals.output_changed_by_hook(refusals.owner(i, block))
             self.expected_input = signature(out)
             h = out
+        if self.stored:
+            self.used_extras |= _taken_by(self.seq.blocks, self.stored, self.extras)
         check_extras_taken(self.extras, self.used_extras)
         return h
 
@@ -130,6 +147,15 @@ class BlockCall:
         params = trainable_parameters([self.block])
         y: Tensor = BlockFunction.apply(x, self, keys, *(extras[k] for k in keys), *params)
         return y
+
+
+def _taken_by(blocks: nn.ModuleList, stored: frozenset[int], extras: dict[str, Any]) -> set[str]:
+    """The extra arguments some sub-function of the stored blocks takes by name."""
+    taken: set[str] = set()
+    for i in stored:
+        for fn in blocks[i].children():
+            keywords_for(fn, extras, taken)
+    return taken
 
 
 def _as_of_now(value: Any) -> Any:

@@ -28,6 +28,7 @@ from ..blocks import ReversibleBlock, detached_parameters, fused_step_applies, t
 from ..halves import Halves
 from ..replay import Tape, cached_walks
 from .guards import ModuleState, SideInputGuard, check_attribute_tensors, signature
+from .measure import measure_block
 
 if TYPE_CHECKING:
     from .chain import BlockCall  # it imports this module
@@ -80,6 +81,8 @@ class BlockFunction(torch.autograd.Function):
         tape.names = chain.names
         tape.call = chain.call
         y = _forward(block, x, tape, (x, *tensors), owner, compiled=chain.call is not None)
+        if chain.costs is not None:
+            chain.costs.append(measure_block(block, x, tape))
         for record in tape.hook_records():
             for name, shape in record.kept_outputs(keep=y):
                 raise refusals.hook_kept_output(owner, name, shape)
@@ -89,9 +92,10 @@ class BlockFunction(torch.autograd.Function):
         ctx.call, ctx.keys, ctx.params = call, keys, params
         ctx.state = ModuleState.capture(block, [tape])
         last = call.index == chain.count - 1
+        ctx.keeps_output = chain.keeps_output(call.index)
         kept = tape.tensors()
         ctx.n_kept = len(kept)
-        ctx.save_for_backward(*kept, *extra_tensors, *((y,) if last else ()))
+        ctx.save_for_backward(*kept, *extra_tensors, *((y,) if ctx.keeps_output else ()))
         # the tape without its tensors (saved above; backward puts them back with with_tensors)
         ctx.tape = tape.with_tensors(itertools.repeat(None))  # type: ignore[arg-type]
         ctx.checksum = _checksum(y.detach()) if last else None
@@ -121,7 +125,7 @@ class BlockFunction(torch.autograd.Function):
             if g is not None and k is not None:
                 before = summed[k]
                 summed[k] = g if before is None else before + g
-        if i > 0:
+        if i > 0 and i - 1 not in chain.stored:
             chain.reconstructed[i - 1] = x
         dx = dx if ctx.needs_input_grad[0] else None
         param_grads, extra_grads = summed[: len(ctx.params)], summed[len(ctx.params) :]
@@ -168,8 +172,9 @@ def _check_plain_backward(dy: Tensor) -> None:
 def _unpack(
     ctx: Any, rebuilt: Tensor | Halves | None, call: BlockCall
 ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Tensor | Halves]:
-    """The tape's tensors, the extra tensors and the block's output: the saved output (checked)
-    for the chain's last block, else the one the next block's step rebuilt."""
+    """The tape's tensors, the extra tensors and the block's output: the saved output (the
+    chain's last, checked; or the input of a stored block), else the one the next block's step
+    rebuilt."""
     try:
         saved = ctx.saved_tensors
     except RuntimeError as err:
@@ -178,9 +183,9 @@ def _unpack(
         raise refusals.output_modified_in_place() from err
     kept, rest = saved[: ctx.n_kept], saved[ctx.n_kept :]
     extra_tensors = rest[: len(ctx.keys)]
-    if ctx.checksum is not None:
+    if ctx.keeps_output:
         y = rest[len(ctx.keys)]
-        if not _same_checksum(_checksum(y.detach()), ctx.checksum):
+        if ctx.checksum is not None and not _same_checksum(_checksum(y.detach()), ctx.checksum):
             raise refusals.output_changed_unseen()
         return kept, extra_tensors, y
     if rebuilt is None:

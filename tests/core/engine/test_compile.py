@@ -212,3 +212,20 @@ def test_compiled_side_inputs_are_refused_too():
         h.cond = c * 2  # made from a leaf that requires grad: its gradient would be lost
     with pytest.raises(RuntimeError, match=r"tensor of shape \(3,\) that requires grad"):
         torch.compile(model)(torch.randn(4, 6, dtype=torch.float64, requires_grad=True))
+
+
+def test_compiled_under_a_memory_budget_equals_eager_autograd():
+    eager = net(depth=4)
+    eager.mode = "autograd"
+    model = copy.deepcopy(eager)
+    model.mode = "reversible"
+    model.memory_budget = 0.5
+    _, expected = train(eager, eager, 3, X)
+    _, got = train(model, torch.compile(model), 3, X)
+    assert model.budget_plan is not None and 0 < len(model.budget_plan.stored) < 4
+    worst = max(
+        (a - b).abs().max().item()
+        for s, e in zip(got, expected, strict=True)
+        for a, b in zip(s, e, strict=True)
+    )
+    assert worst < 1e-10
