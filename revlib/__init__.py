@@ -16,6 +16,7 @@ from .core import ode as ode
 from .core import smoothness as smoothness
 from .core import stability as stability
 from .core import transformer as transformer
+from .core.aux_losses import add_aux_loss
 from .core.blocks import ReversibleBlock
 from .core.checks import check_inverse
 from .core.couplings import AdditiveCoupling, AffineCoupling, HalfSwap, NICECoupling
@@ -44,6 +45,7 @@ __all__ = [
     "MidpointBlock",
     "LeapfrogBlock",
     "check_inverse",
+    "add_aux_loss",
     "default_device",
     "__version__",
     # Beyond RevNet (chapter 8): invertible downsampling, reversible transformers, momentum

@@ -170,8 +170,19 @@ def kept_state_changed(owner: str, m: nn.Module, key: str, value: Any) -> Runtim
     return RuntimeError(
         f"{owner}: the forward of {type(m).__name__} changed its {kind} attribute {key!r}. The "
         "backward step runs the forward again, which would see it changed and compute something "
-        "else. Keep running state in a buffer (register_buffer: updated once, replayed), return "
-        "what a later loss needs as part of the output, or use mode='autograd'."
+        "else. Keep running state in a buffer (register_buffer: updated once, replayed), report "
+        "a loss with revlib.add_aux_loss(loss) (seq.aux_losses, with its gradient), return what "
+        "a later step needs as part of the output, or use mode='autograd'."
+    )
+
+
+def tensor_kept_from_forward(owner: str, m: nn.Module, key: str, t: Tensor) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: the forward of {type(m).__name__} stored a tensor of shape {tuple(t.shape)} "
+        f"in its attribute {key!r}. In mode='reversible' the forward builds no graph, so a loss "
+        "on that tensor would get no gradient. Report a loss with revlib.add_aux_loss(loss) "
+        "(collected in seq.aux_losses, with its gradient), keep running state in a buffer, or "
+        "use mode='autograd'."
     )
 
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
+from .aux_losses import add_aux_loss, collecting
 from .blocks import (
     TAKEN_EXTRAS,
     ReversibleBlock,
@@ -161,6 +162,20 @@ class ReversibleSequence(HasMode):
     def forward(self, x: Tensor, **extras: Any) -> Tensor:
         """Apply the blocks in order; ``extras`` (conditioning, masks) reach every F and G that
         takes them by name."""
+        with collecting() as losses:
+            y = self._forward_in_mode(x, extras)
+        self._aux_losses = losses
+        for loss in losses:  # an enclosing sequence collects them too
+            add_aux_loss(loss)
+        return y
+
+    @property
+    def aux_losses(self) -> list[Tensor]:
+        """The losses the sub-functions reported with :func:`revlib.add_aux_loss` in the last
+        forward, with autograd's gradients in every mode (:mod:`revlib.core.aux_losses`)."""
+        return list(getattr(self, "_aux_losses", []))
+
+    def _forward_in_mode(self, x: Tensor, extras: dict[str, Any]) -> Tensor:
         self._check_input(x)
         if len(self.blocks) == 0:
             return x

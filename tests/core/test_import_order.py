@@ -12,7 +12,7 @@ from helpers import ROOT
 CORE = ROOT / "revlib" / "core"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("device", "memory", "stability", "refusals"),  # leaves: no revlib import but refusals
+    ("device", "memory", "stability", "refusals", "aux_losses"),  # leaves
     ("replay",),  # how a sub-function runs twice alike; knows nothing of blocks
     ("halves", "blocks"),  # what a block is
     ("couplings", "ode", "downsampling", "transformer"),  # the blocks of the papers

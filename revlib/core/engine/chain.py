@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from torch import Tensor, nn
 
 from .. import refusals
+from ..aux_losses import add_aux_loss
 from ..blocks import ENGINE_CALL, ReversibleBlock, check_extras_taken, trainable_parameters
 from ..halves import Halves
 from ..replay import keywords_for
@@ -145,7 +146,12 @@ class BlockCall:
             raise refusals.input_changed_by_hook(refusals.owner(self.index, self.block))
         keys = tuple(k for k, v in extras.items() if isinstance(v, Tensor))
         params = trainable_parameters([self.block])
-        y: Tensor = BlockFunction.apply(x, self, keys, *(extras[k] for k in keys), *params)
+        out = BlockFunction.apply(x, self, keys, *(extras[k] for k in keys), *params)
+        if isinstance(out, Tensor):
+            return out
+        for loss in out[1:]:  # the block's auxiliary losses, outputs of its node
+            add_aux_loss(loss)
+        y: Tensor = out[0]
         return y
 
 

@@ -24,7 +24,14 @@ import torch
 from torch import Tensor
 
 from .. import refusals
-from ..blocks import ReversibleBlock, detached_parameters, fused_step_applies, takes_halves
+from ..aux_losses import collecting
+from ..blocks import (
+    ReversibleBlock,
+    detached_parameters,
+    fused_step_applies,
+    grads_for,
+    takes_halves,
+)
 from ..halves import Halves
 from ..replay import Tape, cached_walks
 from .guards import ModuleState, SideInputGuard, check_attribute_tensors, signature
@@ -71,7 +78,7 @@ class BlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, x: Tensor, call: BlockCall, keys: tuple[str, ...], *tensors: Tensor
-    ) -> Tensor:
+    ) -> Tensor | tuple[Tensor, ...]:
         chain, block = call.chain, call.block
         owner = refusals.owner(call.index, block)
         extra_tensors, params = tensors[: len(keys)], tensors[len(keys) :]
@@ -80,9 +87,11 @@ class BlockFunction(torch.autograd.Function):
         tape = Tape.start(x, chain.record_rng, extras)
         tape.names = chain.names
         tape.call = chain.call
-        y = _forward(block, x, tape, (x, *tensors), owner, compiled=chain.call is not None)
+        with collecting() as aux:
+            y = _forward(block, x, tape, (x, *tensors), owner, compiled=chain.call is not None)
         if chain.costs is not None:
-            chain.costs.append(measure_block(block, x, tape))
+            with collecting():
+                chain.costs.append(measure_block(block, x, tape))
         for record in tape.hook_records():
             for name, shape in record.kept_outputs(keep=y):
                 raise refusals.hook_kept_output(owner, name, shape)
@@ -100,12 +109,17 @@ class BlockFunction(torch.autograd.Function):
         ctx.tape = tape.with_tensors(itertools.repeat(None))  # type: ignore[arg-type]
         ctx.checksum = _checksum(y.detach()) if last else None
         chain.output = signature(y)
-        return y
+        ctx.output_shape, ctx.output_dtype, ctx.output_device = y.shape, y.dtype, y.device
+        ctx.n_aux = len(aux)
+        ctx.set_materialize_grads(False)  # an auxiliary loss left out of the loss: None, no replay
+        return (y, *(a.detach().clone() for a in aux)) if aux else y
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, dy: Tensor, *daux: Tensor | None) -> tuple[Tensor | None, ...]:
         call: BlockCall = ctx.call
         chain, block, i = call.chain, call.block, call.index
+        if dy is None:  # only the block's auxiliary losses reach the loss
+            dy = torch.zeros(ctx.output_shape, dtype=ctx.output_dtype, device=ctx.output_device)
         _check_plain_backward(dy)
         kept, extra_tensors, y = _unpack(ctx, chain.reconstructed.pop(i, None), call)
         ctx.state.check(block, refusals.OWNER, prefix=f"{i}.")
@@ -115,6 +129,10 @@ class BlockFunction(torch.autograd.Function):
         tape.extras = {**tape.extras, **dict(zip(ctx.keys, extra_aliases, strict=True))}
         with ctx.state.forward_training_flags():
             x, dx, grads = _step(block, y, dy, tape, aliases, refusals.owner(i, block))
+            if any(d is not None for d in daux):
+                x_aux, aux_grads = _aux_step(block, x, daux, tape, aliases)
+                dx = x_aux if dx is None else dx + x_aux
+                grads = [*grads, *aux_grads]
         # the step's gradients are paired with the aliases: sum them onto the node's inputs
         slot = {id(a): k for k, a in enumerate(aliases.values())}
         slot.update({id(p): k for k, p in enumerate(ctx.params)})
@@ -130,6 +148,27 @@ class BlockFunction(torch.autograd.Function):
         dx = dx if ctx.needs_input_grad[0] else None
         param_grads, extra_grads = summed[: len(ctx.params)], summed[len(ctx.params) :]
         return (dx, None, None, *extra_grads, *param_grads)
+
+
+def _aux_step(
+    block: ReversibleBlock,
+    x: Tensor | Halves,
+    daux: tuple[Tensor | None, ...],
+    tape: Tape,
+    aliases: dict[int, Tensor],
+) -> tuple[Tensor, list[tuple[Tensor, Tensor | None]]]:
+    """The gradients of the block's auxiliary losses, weighted by theirs: the block's forward
+    replayed once more on its rebuilt input, with autograd (:mod:`revlib.core.aux_losses`)."""
+    whole = x.join() if isinstance(x, Halves) else x
+    leaf = whole.detach().requires_grad_(True)
+    with torch.enable_grad(), _inside(), cached_walks(), detached_parameters(block, aliases):
+        with collecting() as aux:
+            block._forward(leaf, tape.replay)
+        pairs = [(a, d) for a, d in zip(aux, daux, strict=True) if d is not None]
+        (dx,), grads = grads_for(
+            [a for a, _ in pairs], [d for _, d in pairs], [leaf], tape.grad_targets(block)
+        )
+    return (torch.zeros_like(whole) if dx is None else dx), grads
 
 
 def _forward(
@@ -204,7 +243,7 @@ def _step(
     """One step of Algorithm 1 (the block's fused ``backward_step`` where it applies), with the
     parameters swapped for their detached aliases."""
     try:
-        with torch.enable_grad(), _inside(), cached_walks():
+        with torch.enable_grad(), _inside(), cached_walks(), collecting():
             if takes_halves(block):
                 y = Halves.of(block, y)
             elif isinstance(y, Halves):

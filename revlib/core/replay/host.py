@@ -212,6 +212,9 @@ class HostWatch:
             for (i, k), before in self.attributes.items()
         ]
         kept = _kept_state(self.modules)
+        for (i, k), t in kept.items():
+            if (i, k) not in self.kept and isinstance(t, Tensor) and t.is_floating_point():
+                raise refusals.tensor_kept_from_forward(refusals.OWNER, self.modules[i], k, t)
         for (i, k), before in self.kept.items():
             after = kept.get((i, k))
             same = (
