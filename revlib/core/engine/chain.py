@@ -14,11 +14,12 @@ through :attr:`Chain.reconstructed`; only the last output is saved.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from torch import Tensor, nn
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from .. import refusals
 from ..aux_losses import add_aux_loss
@@ -135,24 +136,37 @@ class BlockCall:
     index: int
     block: ReversibleBlock
     ran: bool = False
-    received: dict[str, Any] = field(default_factory=dict)
+    received: list[Any] = field(default_factory=list)
+    """The leaves of the extras the block received, tensors left out (``None``)."""
+    layout: TreeSpec | None = None
 
     def __call__(self, x: Tensor, extras: dict[str, Any]) -> Tensor:
         self.ran = True
-        # what the block received (a pre-hook with kwargs may have changed it), with containers
-        # and objects copied: the backward step replays the values of the forward
-        self.received = {k: _as_of_now(v) for k, v in extras.items()}
         if not isinstance(x, Tensor) or signature(x) != self.chain.expected_input:
             raise refusals.input_changed_by_hook(refusals.owner(self.index, self.block))
-        keys = tuple(k for k, v in extras.items() if isinstance(v, Tensor))
+        # what the block received (a pre-hook with kwargs may have changed it): tensors, also
+        # inside lists, tuples and dicts, become inputs of the node (gradients, version checks);
+        # other values are copied, since the backward step replays the values of the forward
+        leaves, self.layout = tree_flatten(extras)
+        slots = tuple(k for k, v in enumerate(leaves) if isinstance(v, Tensor))
+        self.received = [None if isinstance(v, Tensor) else _as_of_now(v) for v in leaves]
         params = trainable_parameters([self.block])
-        out = BlockFunction.apply(x, self, keys, *(extras[k] for k in keys), *params)
+        tensors = (leaves[k] for k in slots)
+        out = BlockFunction.apply(x, self, slots, *tensors, *params)
         if isinstance(out, Tensor):
             return out
         for loss in out[1:]:  # the block's auxiliary losses, outputs of its node
             add_aux_loss(loss)
         y: Tensor = out[0]
         return y
+
+    def extras_with(self, slots: tuple[int, ...], tensors: Sequence[Tensor]) -> dict[str, Any]:
+        """The extras the block received, with ``tensors`` at the tensor leaves ``slots``."""
+        leaves = list(self.received)
+        for k, t in zip(slots, tensors, strict=True):
+            leaves[k] = t
+        extras: dict[str, Any] = tree_unflatten(leaves, cast(TreeSpec, self.layout))
+        return extras
 
 
 def _taken_by(blocks: nn.ModuleList, stored: frozenset[int], extras: dict[str, Any]) -> set[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -77,13 +78,12 @@ class BlockFunction(torch.autograd.Function):
     # ctx: autograd's context object, which carries the attributes set on it (untyped in torch)
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, call: BlockCall, keys: tuple[str, ...], *tensors: Tensor
+        ctx: Any, x: Tensor, call: BlockCall, slots: tuple[int, ...], *tensors: Tensor
     ) -> Tensor | tuple[Tensor, ...]:
         chain, block = call.chain, call.block
         owner = refusals.owner(call.index, block)
-        extra_tensors, params = tensors[: len(keys)], tensors[len(keys) :]
-        extras = {k: v for k, v in call.received.items() if k not in keys}
-        extras.update(zip(keys, extra_tensors, strict=True))
+        extra_tensors, params = tensors[: len(slots)], tensors[len(slots) :]
+        extras = call.extras_with(slots, extra_tensors)
         tape = Tape.start(x, chain.record_rng, extras)
         tape.names = chain.names
         tape.call = chain.call
@@ -98,7 +98,8 @@ class BlockFunction(torch.autograd.Function):
         chain.used_extras |= tape.used_extras
         if y is x:
             y = y.clone()
-        ctx.call, ctx.keys, ctx.params = call, keys, params
+        ctx.call, ctx.slots, ctx.params = call, slots, params
+        ctx.extra_versions = [(weakref.ref(t), t._version) for t in extra_tensors]
         ctx.state = ModuleState.capture(block, [tape])
         last = call.index == chain.count - 1
         ctx.keeps_output = chain.keeps_output(call.index)
@@ -126,7 +127,7 @@ class BlockFunction(torch.autograd.Function):
         tape = ctx.tape.with_tensors(iter(kept))
         aliases = {id(p): p.detach().requires_grad_(True) for p in ctx.params}
         extra_aliases = [t.detach().requires_grad_(t.requires_grad) for t in extra_tensors]
-        tape.extras = {**tape.extras, **dict(zip(ctx.keys, extra_aliases, strict=True))}
+        tape.extras = call.extras_with(ctx.slots, extra_aliases)
         with ctx.state.forward_training_flags():
             x, dx, grads = _step(block, y, dy, tape, aliases, refusals.owner(i, block))
             if any(d is not None for d in daux):
@@ -137,7 +138,7 @@ class BlockFunction(torch.autograd.Function):
         slot = {id(a): k for k, a in enumerate(aliases.values())}
         slot.update({id(p): k for k, p in enumerate(ctx.params)})
         slot.update({id(a): len(ctx.params) + k for k, a in enumerate(extra_aliases)})
-        summed: list[Tensor | None] = [None] * (len(ctx.params) + len(ctx.keys))
+        summed: list[Tensor | None] = [None] * (len(ctx.params) + len(ctx.slots))
         for target, g in grads:
             k = slot.get(id(target))
             if g is not None and k is not None:
@@ -217,19 +218,26 @@ def _unpack(
     try:
         saved = ctx.saved_tensors
     except RuntimeError as err:
-        if "inplace operation" not in str(err):
-            raise
+        if "inplace operation" not in str(err) or _an_extra_changed(ctx):
+            raise  # autograd's own error, as in mode "autograd"
         raise refusals.output_modified_in_place() from err
     kept, rest = saved[: ctx.n_kept], saved[ctx.n_kept :]
-    extra_tensors = rest[: len(ctx.keys)]
+    extra_tensors = rest[: len(ctx.slots)]
     if ctx.keeps_output:
-        y = rest[len(ctx.keys)]
+        y = rest[len(ctx.slots)]
         if ctx.checksum is not None and not _same_checksum(_checksum(y.detach()), ctx.checksum):
             raise refusals.output_changed_unseen()
         return kept, extra_tensors, y
     if rebuilt is None:
         raise refusals.backward_before_rebuilt(refusals.owner(call.index, call.block))
     return kept, extra_tensors, rebuilt
+
+
+def _an_extra_changed(ctx: Any) -> bool:
+    """Whether a tensor among the extra arguments was modified in place since the forward."""
+    return any(
+        (t := ref()) is not None and t._version != version for ref, version in ctx.extra_versions
+    )
 
 
 def _step(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
 
 from .buffers import BufferCopies, BufferWatch, norm_stats_not_updated
 from .calls import keywords_for, submodules
@@ -108,8 +109,8 @@ class Tape:
     def grad_targets(self, fn: nn.Module) -> list[Tensor]:
         """What a backward step differentiates a call of ``fn`` with respect to, besides its input.
 
-        ``fn``'s trainable parameters and the extra arguments it takes that
-        require gradients (conditioning tensors).
+        ``fn``'s trainable parameters and the tensors among the extra arguments it
+        takes that require gradients (conditioning tensors, also inside containers).
         """
         params = [
             p
@@ -118,8 +119,8 @@ class Tape:
             if p is not None and p.requires_grad
         ]
         params = list({id(p): p for p in params}.values())
-        extras = keywords_for(fn, self.extras)
-        return params + [v for v in extras.values() if isinstance(v, Tensor) and v.requires_grad]
+        leaves = tree_leaves(keywords_for(fn, self.extras))  # also inside lists, tuples, dicts
+        return params + [v for v in leaves if isinstance(v, Tensor) and v.requires_grad]
 
     def tensors(self) -> list[Tensor]:
         """The tensors the records keep (generator states, buffer copies), in a fixed order."""

@@ -1,0 +1,80 @@
+"""Extra arguments that hold tensors inside lists, tuples and dicts: the tensors are inputs of
+each block's node, so they get autograd's gradients and its in-place checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import revlib
+from revlib.core.engine import chain as chain_module
+
+
+class _Conditioned(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x, cond=None):
+        scale = cond["scale"][0] if isinstance(cond, dict) else cond[0][1]
+        return torch.tanh(self.lin(x)) * scale
+
+
+def _run(mode, make_cond, between=None):
+    torch.manual_seed(0)
+    blocks = [revlib.AdditiveCoupling(_Conditioned(), _Conditioned(), dim=-1) for _ in range(2)]
+    seq = revlib.ReversibleSequence(blocks, mode=mode).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 6, dtype=torch.double, generator=g, requires_grad=True)
+    t = torch.randn(4, 3, dtype=torch.double, generator=g, requires_grad=True)
+    y = seq(x, cond=make_cond(t))
+    if between is not None:
+        between(t)
+    y.square().sum().backward()
+    return [x.grad, t.grad, *(p.grad for p in seq.parameters())]
+
+
+CONTAINERS = {
+    "dict of a list": lambda t: {"scale": [t * 1.0], "note": "kept as it was"},
+    "list of a tuple": lambda t: [(0, t * 1.0)],
+}
+
+
+@pytest.mark.parametrize("kind", list(CONTAINERS))
+def test_tensors_inside_containers_get_autograds_gradients(kind):
+    got = _run("reversible", CONTAINERS[kind])
+    want = _run("autograd", CONTAINERS[kind])
+    for u, v in zip(got, want, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["autograd", "reversible"])
+def test_a_tensor_in_a_container_changed_in_place_is_caught_as_autograd_catches_it(mode):
+    def refill(t):
+        with torch.no_grad():
+            held.add_(1.0)
+
+    held = torch.ones(4, 3, dtype=torch.double)
+
+    def make(t):
+        nonlocal held
+        held = t * 1.0
+        return {"scale": [held]}
+
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        _run(mode, make, between=refill)
+
+
+def test_control_containers_as_opaque_values_lose_the_tensor(monkeypatch):
+    monkeypatch.setattr(chain_module, "tree_flatten", lambda extras: _opaque(extras))
+    with pytest.raises(RuntimeError, match="requires grad reaches the block"):
+        _run("reversible", CONTAINERS["dict of a list"])
+
+
+def _opaque(extras):
+    from torch.utils._pytree import tree_flatten
+
+    leaves, _ = tree_flatten(extras)
+    keys = list(extras)
+    return [extras[k] for k in keys], tree_flatten(dict.fromkeys(keys))[1]
