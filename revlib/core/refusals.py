@@ -122,6 +122,15 @@ def output_modified_in_place() -> RuntimeError:
     )
 
 
+def extra_modified_in_place(owner: str, name: str, shape: tuple[int, ...]) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: the extra argument {name} (shape {shape}) was modified in place between the "
+        "forward and the backward (e.g. a mask refilled for the next micro-batch). The backward "
+        "step runs F and G again with it, so it needs the values of the forward. Run backward "
+        "before refilling it, pass a clone (seq(x, mask=m.clone())), or use mode='autograd'."
+    )
+
+
 def output_changed_unseen() -> RuntimeError:
     return RuntimeError(
         f"{OWNER}: the sequence's output was changed after the forward without autograd seeing "

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from torch import Tensor, nn
-from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+from torch.utils._pytree import TreeSpec, keystr, tree_flatten_with_path, tree_unflatten
 
 from .. import refusals
 from ..aux_losses import add_aux_loss
@@ -139,6 +139,8 @@ class BlockCall:
     received: list[Any] = field(default_factory=list)
     """The leaves of the extras the block received, tensors left out (``None``)."""
     layout: TreeSpec | None = None
+    names: list[str] = field(default_factory=list)
+    """How each tensor among the extras is reached (``mask``, ``cond[0]``), for errors."""
 
     def __call__(self, x: Tensor, extras: dict[str, Any]) -> Tensor:
         self.ran = True
@@ -147,8 +149,10 @@ class BlockCall:
         # what the block received (a pre-hook with kwargs may have changed it): tensors, also
         # inside lists, tuples and dicts, become inputs of the node (gradients, version checks);
         # other values are copied, since the backward step replays the values of the forward
-        leaves, self.layout = tree_flatten(extras)
+        paths, self.layout = tree_flatten_with_path(extras)
+        leaves = [v for _, v in paths]
         slots = tuple(k for k, v in enumerate(leaves) if isinstance(v, Tensor))
+        self.names = [keystr(paths[k][0]).replace("['", "", 1).replace("']", "", 1) for k in slots]
         self.received = [None if isinstance(v, Tensor) else _as_of_now(v) for v in leaves]
         params = trainable_parameters([self.block])
         tensors = (leaves[k] for k in slots)

@@ -218,8 +218,14 @@ def _unpack(
     try:
         saved = ctx.saved_tensors
     except RuntimeError as err:
-        if "inplace operation" not in str(err) or _an_extra_changed(ctx):
-            raise  # autograd's own error, as in mode "autograd"
+        if "inplace operation" not in str(err):
+            raise
+        changed = _changed_extra(ctx)
+        if changed is not None:
+            name, shape = changed
+            raise refusals.extra_modified_in_place(
+                refusals.owner(call.index, call.block), name, shape
+            ) from err
         raise refusals.output_modified_in_place() from err
     kept, rest = saved[: ctx.n_kept], saved[ctx.n_kept :]
     extra_tensors = rest[: len(ctx.slots)]
@@ -233,11 +239,13 @@ def _unpack(
     return kept, extra_tensors, rebuilt
 
 
-def _an_extra_changed(ctx: Any) -> bool:
-    """Whether a tensor among the extra arguments was modified in place since the forward."""
-    return any(
-        (t := ref()) is not None and t._version != version for ref, version in ctx.extra_versions
-    )
+def _changed_extra(ctx: Any) -> tuple[str, tuple[int, ...]] | None:
+    """The name and shape of a tensor among the extras modified in place since the forward."""
+    for name, (ref, version) in zip(ctx.call.names, ctx.extra_versions, strict=True):
+        t = ref()
+        if t is not None and t._version != version:
+            return name, tuple(t.shape)
+    return None
 
 
 def _step(

@@ -49,8 +49,14 @@ def test_tensors_inside_containers_get_autograds_gradients(kind):
         torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("mode", ["autograd", "reversible"])
-def test_a_tensor_in_a_container_changed_in_place_is_caught_as_autograd_catches_it(mode):
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("autograd", "modified by an inplace operation"),
+        ("reversible", r"the extra argument cond\['scale'\]\[0\] \(shape \(4, 3\)\) was modified"),
+    ],
+)
+def test_a_tensor_in_a_container_changed_in_place_is_caught_and_named(mode, message):
     def refill(t):
         with torch.no_grad():
             held.add_(1.0)
@@ -62,19 +68,17 @@ def test_a_tensor_in_a_container_changed_in_place_is_caught_as_autograd_catches_
         held = t * 1.0
         return {"scale": [held]}
 
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+    with pytest.raises(RuntimeError, match=message):
         _run(mode, make, between=refill)
 
 
 def test_control_containers_as_opaque_values_lose_the_tensor(monkeypatch):
-    monkeypatch.setattr(chain_module, "tree_flatten", lambda extras: _opaque(extras))
+    real = chain_module.tree_flatten_with_path
+
+    def opaque(extras):  # each extra one leaf, as the engine treated containers before
+        paths, _ = real(dict.fromkeys(extras))
+        return [(k, extras[k[0].key]) for k, _ in paths], real(dict.fromkeys(extras))[1]
+
+    monkeypatch.setattr(chain_module, "tree_flatten_with_path", opaque)
     with pytest.raises(RuntimeError, match="requires grad reaches the block"):
         _run("reversible", CONTAINERS["dict of a list"])
-
-
-def _opaque(extras):
-    from torch.utils._pytree import tree_flatten
-
-    leaves, _ = tree_flatten(extras)
-    keys = list(extras)
-    return [extras[k] for k in keys], tree_flatten(dict.fromkeys(keys))[1]
