@@ -81,13 +81,91 @@ def explain_backward_error(err: Exception, owner: str) -> Exception | None:
     return None
 
 
-def forward_overridden(owner: str) -> TypeError:
+def forward_overridden(owner: str, block: nn.Module) -> TypeError:
+    cls = next(c for c in type(block).__mro__ if "forward" in vars(c)).__name__
     return TypeError(
-        f"{owner}: the block's forward did not run the engine's step; its class overrides "
-        "forward(). In mode='reversible' a block's function is its _forward(x, run) and its "
-        "inverse _inverse(y, run), so an override would be inverted wrongly. Move the change "
-        "into _forward/_inverse, or use mode='autograd'."
+        f"{owner}: {cls} overrides forward(). In mode='reversible' a block's function is its "
+        "_forward(x, run) and its inverse _inverse(y, run), so the override would be inverted "
+        "wrongly. Move the change into _forward/_inverse, or use mode='autograd'."
     )
+
+
+def not_a_block(index: int, module: nn.Module) -> TypeError:
+    if _is_compiled(module):
+        return TypeError(
+            f"ReversibleSequence: block {index} is torch.compile'd ({type(module).__name__}). "
+            "Compile the whole model instead (torch.compile(model)): in mode 'reversible' the "
+            "engine then runs compiled versions of every F and G (revlib.core.compiled), and "
+            "the other modes compile as usual."
+        )
+    return TypeError(
+        f"ReversibleSequence: block {index} is a {type(module).__name__}, not a ReversibleBlock "
+        "(use a coupling such as revlib.AdditiveCoupling)"
+    )
+
+
+def contract_missing(index: int, block: nn.Module) -> TypeError:
+    return TypeError(
+        f"ReversibleSequence: block {index} ({type(block).__name__}) does not implement "
+        "_forward(x, run) and _inverse(y, run); a ReversibleBlock writes its two directions "
+        "there, calling each sub-function as run(name, fn, h) (see ReversibleBlock's docstring)"
+    )
+
+
+def forward_replaced_on_instance(index: int, block: nn.Module) -> TypeError:
+    return TypeError(
+        f"ReversibleSequence block {index} ({type(block).__name__}): an instance attribute "
+        "'forward' replaces the block's forward (block.forward = ...). A reversible block "
+        "computes its _forward(x, run) and inverts it with _inverse(y, run), in every mode; put "
+        "the change into F or G, or subclass the block and override both _forward and _inverse."
+    )
+
+
+def compiled_inside(owner: str, name: str) -> TypeError:
+    return TypeError(
+        f"{owner}: {name} is torch.compile'd (an OptimizedModule inside a block). The engine "
+        "runs each F and G itself, in the forward and again in the backward step, and compiles "
+        "them when the model is compiled: compile the whole model (torch.compile(model)) and "
+        "keep F and G eager modules, or use mode='autograd'."
+    )
+
+
+def scripted_inside(owner: str, name: str) -> TypeError:
+    return TypeError(
+        f"{owner}: {name} is a TorchScript module (torch.jit.script or trace). The engine swaps "
+        "and checks a sub-function's parameters and buffers around its replay, which a "
+        "ScriptModule does not allow. Use the eager module (and torch.compile(model) for "
+        "speed), or use mode='autograd'."
+    )
+
+
+def lazy_inside(module: nn.Module) -> RuntimeError:
+    return RuntimeError(
+        f"{OWNER}: {type(module).__name__} has uninitialized parameters (a lazy module). Run one "
+        "forward under torch.no_grad() (or in mode='autograd') to initialise them before "
+        "training in mode 'reversible'."
+    )
+
+
+def parametrize_cached() -> RuntimeError:
+    return RuntimeError(
+        f"{OWNER}: torch.nn.utils.parametrize.cached() is active around a parametrized module in "
+        "a block. The cached weight would be computed once, in the forward that builds no graph, "
+        "and its parameters would get no gradient. Leave the forward and backward outside "
+        "cached(), or use mode='autograd'."
+    )
+
+
+def functional_transform() -> RuntimeError:
+    return RuntimeError(
+        f"{OWNER} cannot run inside torch.func transforms (grad, vjp, vmap, jacrev): its "
+        "backward reconstructs activations outside the graph. Set mode='autograd' "
+        "(revlib.set_mode(model, 'autograd')) for functional transforms."
+    )
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    return type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod")
 
 
 def output_changed_by_hook(owner: str) -> RuntimeError:
@@ -207,10 +285,11 @@ def tensor_attribute_changed(owner: str, m: nn.Module, key: str) -> RuntimeError
 
 def hook_kept_output(owner: str, name: str, shape: tuple[int, ...]) -> RuntimeError:
     return RuntimeError(
-        f"{owner}: a forward hook on {name} kept its output (shape {shape}) after the block's "
-        "forward. In mode='reversible' the forward builds no graph, so a loss on that tensor "
-        f"would get no gradient. Take the activation from the block's output instead, or "
-        f"{_AUTOGRAD}."
+        f"{owner}: a hook on {name} kept a tensor of shape {shape} (its output or input, a view "
+        "of it, or a value computed from it) after the block's forward. In mode='reversible' "
+        "the forward builds no graph, so a loss on that tensor would get no gradient. Report a "
+        "loss with revlib.add_aux_loss(loss) from inside F, take the activation from the "
+        f"block's output, or {_AUTOGRAD}."
     )
 
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
+from . import refusals
 from .aux_losses import add_aux_loss, collecting
 from .blocks import (
     TAKEN_EXTRAS,
@@ -49,8 +50,6 @@ from .modes import HasMode, Mode
 from .replay import Tape, checkpoint_updating_stats_once, submodules
 
 __all__ = ["ReversibleSequence"]
-
-_OWNER = "ReversibleSequence(mode='reversible')"
 
 
 class ReversibleSequence(HasMode):
@@ -110,17 +109,9 @@ class ReversibleSequence(HasMode):
         self.blocks = nn.ModuleList(blocks)
         for i, block in enumerate(self.blocks):
             if not isinstance(block, ReversibleBlock):
-                raise TypeError(
-                    f"ReversibleSequence: block {i} is a {type(block).__name__}, not a "
-                    "ReversibleBlock (use a coupling such as revlib.AdditiveCoupling)"
-                )
+                raise refusals.not_a_block(i, block)
             if not implements_contract(block):
-                raise TypeError(
-                    f"ReversibleSequence: block {i} ({type(block).__name__}) does not implement "
-                    "_forward(x, run) and _inverse(y, run); a ReversibleBlock writes its two "
-                    "directions there, calling each sub-function as run(name, fn, h) (see "
-                    "ReversibleBlock's docstring)"
-                )
+                raise refusals.contract_missing(i, block)
         self.mode = mode
         self.preserve_rng_state = preserve_rng_state
         self.ndim = ndim
@@ -147,14 +138,10 @@ class ReversibleSequence(HasMode):
                 f"got shape {tuple(x.shape)}"
             )
         for i, block in enumerate(self.blocks):
+            if not isinstance(block, ReversibleBlock):  # replaced after construction
+                raise refusals.not_a_block(i, block)
             if "forward" in vars(block):
-                raise TypeError(
-                    f"ReversibleSequence block {i} ({type(block).__name__}): an instance attribute "
-                    "'forward' replaces the block's forward (block.forward = ...). A reversible "
-                    "block computes its _forward(x, run) and inverts it with _inverse(y, run), in "
-                    "every mode; put the change into F or G, or subclass the block and override "
-                    "both _forward and _inverse."
-                )
+                raise refusals.forward_replaced_on_instance(i, block)
 
     def _records_rng(self) -> bool:
         return self.preserve_rng_state is not False
@@ -214,11 +201,7 @@ class ReversibleSequence(HasMode):
         if not wants_grad and not params:
             return _each_block(self.blocks, x, lambda block, h: block(h, **extras))
         if torch._C._functorch.peek_interpreter_stack() is not None:
-            raise RuntimeError(
-                f"{_OWNER} cannot run inside torch.func transforms (grad, vjp, vmap, jacrev): its "
-                "backward reconstructs activations outside the graph. Set mode='autograd' "
-                "(revlib.set_mode(model, 'autograd')) for functional transforms."
-            )
+            raise refusals.functional_transform()
         _check_reversible_blocks(self.blocks)
         budget, plan = self.memory_budget, self.budget_plan
         signature = input_signature(x, extras)
@@ -320,24 +303,15 @@ def _check_reversible_blocks(blocks: nn.ModuleList) -> None:
     for i, block in enumerate(blocks):
         owner = next(cls for cls in type(block).__mro__ if "forward" in vars(cls))
         if owner is not ReversibleBlock:
-            raise TypeError(
-                f"{_OWNER}, block {i} ({type(block).__name__}): {owner.__name__} overrides "
-                "forward(). In mode 'reversible' a block's function is its _forward(x, run) and "
-                "its inverse _inverse(y, run), so the override would be inverted wrongly. Move "
-                "the change into _forward/_inverse, or use mode='autograd'."
-            )
+            raise refusals.forward_overridden(refusals.owner(i, block), block)
+        for name, m in block.named_modules():
+            if isinstance(m, torch.jit.ScriptModule):
+                raise refusals.scripted_inside(refusals.owner(i, block), name)
+            if type(m).__name__ == "OptimizedModule" and hasattr(m, "_orig_mod"):
+                raise refusals.compiled_inside(refusals.owner(i, block), name)
     modules = submodules(blocks)
     lazy = [m for m in modules if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()]
     if lazy:
-        raise RuntimeError(
-            f"{_OWNER}: {type(lazy[0]).__name__} has uninitialized parameters (a lazy module). Run "
-            "one forward under torch.no_grad() (or in mode='autograd') to initialise them before "
-            "training in mode 'reversible'."
-        )
+        raise refusals.lazy_inside(lazy[0])
     if parametrize._cache_enabled and any(parametrize.is_parametrized(m) for m in modules):
-        raise RuntimeError(
-            f"{_OWNER}: torch.nn.utils.parametrize.cached() is active around a parametrized module "
-            "in a block. The cached weight would be computed once, in the forward that builds no "
-            "graph, and its parameters would get no gradient. Leave the forward and backward "
-            "outside cached(), or use mode='autograd'."
-        )
+        raise refusals.parametrize_cached()

@@ -116,7 +116,7 @@ class Chain:
             finally:
                 ENGINE_CALL.step = None
             if not step.ran:
-                raise refusals.forward_overridden(refusals.owner(i, block))
+                raise refusals.forward_overridden(refusals.owner(i, block), block)
             if not isinstance(out, Tensor) or signature(out) != self.output:
                 raise refusals.output_changed_by_hook(refusals.owner(i, block))
             self.expected_input = signature(out)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from .calls import submodules
 from .swap import Slot, swapped
@@ -129,7 +130,8 @@ def _logged(
         out = _output_of(which, args, kwargs)
         version = out._version if isinstance(out, Tensor) else None
         attributes = _tensor_attributes(m)
-        result = hook(*args, **kwargs)
+        with _Created() as created:
+            result = hook(*args, **kwargs)
         acted = (
             result is not None
             or _tensor_attributes(m) != attributes
@@ -137,13 +139,41 @@ def _logged(
         )
         if acted:
             log.acting[(id(m), which, key)] = (hook, with_kwargs)
-        elif isinstance(out, Tensor):
-            log.kept.append(
-                (names.get(id(m), type(m).__name__), tuple(out.shape), weakref.ref(out))
-            )
+        else:  # what an observer could keep: the module's output and inputs, what it computed
+            inputs = args[1] if len(args) > 1 and isinstance(args[1], tuple) else ()
+            seen = [out, *inputs] if isinstance(out, Tensor) else list(inputs)
+            name = names.get(id(m), type(m).__name__)
+            for t in [*seen, *created.tensors]:
+                if isinstance(t, Tensor):
+                    log.kept.append((name, tuple(t.shape), weakref.ref(t)))
         return result
 
     return call
+
+
+class _Created(TorchFunctionMode):
+    """Weak references to the tensors torch functions return inside the body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[weakref.ref[Tensor]] = []
+
+    @property
+    def tensors(self) -> list[Tensor]:
+        return [t for ref in self.refs if (t := ref()) is not None]
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Collection[type],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, Tensor):
+                self.refs.append(weakref.ref(t))
+        return out
 
 
 def _replaying_hooks(

@@ -187,9 +187,7 @@ def test_an_activation_kept_by_a_hook_on_f_is_refused():
     ).double()
     kept = []
     m.blocks[0].F.register_forward_hook(lambda mod, a, out: kept.append(out))
-    with pytest.raises(
-        RuntimeError, match=r"forward hook on 0.F kept its output \(shape \(4, 3\)\)"
-    ):
+    with pytest.raises(RuntimeError, match=r"hook on 0.F kept a tensor of shape \(4, 3\)"):
         step(m, X.clone().requires_grad_(True))
 
 
