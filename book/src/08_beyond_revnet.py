@@ -104,14 +104,19 @@ print("reconstruction error of psi:", revlib.check_inverse(psi, x_img))
 # * the **stem** is a $\psi$ of factor 2: an RGB image ($3$ channels, odd) becomes
 #   $12$ channels at half the resolution, so the couplings can split it. With
 #   `stem_factor=1` an odd channel count is refused with a message that points to
-#   `pad=1`, an `InjectivePad` that appends zero channels, $x \mapsto (x, 0)$. It is
+#   `pad=1`, an `InjectivePad` that adds zero channels, $x \mapsto (0, x)$. It is
 #   injective, not onto, and its left inverse drops the zeros: the i-RevNet's
-#   *injective* variant pads the input this way. One caution: a zero channel has zero
-#   variance, so the BatchNorm of the next coupling's branch maps it to its bias,
-#   which starts at 0, right on the kink of the ReLU after it
-#   ({ref}`sec-relu-kink`); the reconstructed zeros are only zero to rounding, so
-#   in mode `"reversible"` the gradient of that bias differs from autograd's, which
-#   takes ReLU's slope at 0 to be 0 (the test suite pins this case);
+#   *injective* variant pads the input this way. Where the zeros go matters. A zero
+#   channel has zero variance, so a branch's first BatchNorm would map it to its
+#   bias, which starts at 0, right on the kink of the ReLU after it
+#   ({ref}`sec-relu-kink`): the reconstructed zeros are only zero to rounding, so in
+#   mode `"reversible"` that bias's gradient would differ from autograd's, which
+#   takes ReLU's slope at 0 to be 0. `IRevNet` therefore puts the zeros *first*, in
+#   the first coupling's half $x_1$, which that coupling only adds to
+#   ($y_1 = x_1 + F(x_2)$): no branch reads an exact zero. (With more zeros than
+#   the stem has channels some reach $x_2$, and the first $F$ then starts with its
+#   convolution, as in the official code's first block; the test suite counts the
+#   zeros entering every ReLU, none, and has the appended padding as its control.)
 # * each **stage** after the first starts with a $\psi$ (stride 2, channels $\times 4$)
 #   followed by `AdditiveCoupling`s whose $F$ and $G$ are BN-ReLU-conv-BN-ReLU-conv
 #   on half the channels;
@@ -1263,6 +1268,6 @@ assert (
 # numbers: `inverse` is a left inverse ($f^{-1}(f(x)) = x$), not a right one. The
 # reversible backward only ever inverts outputs that the forward produced, or
 # reconstructions of them, so the padded channels it drops are zeros, up to the
-# rounding of the reconstruction ({ref}`sec-relu-kink` meets the one consequence
-# of that rounding).
+# rounding of the reconstruction: the reason `IRevNet` puts its zeros where no
+# branch reads them, off ReLU's kink ({ref}`sec-relu-kink`).
 # ```

@@ -328,6 +328,19 @@ rows += [
         "≤ 1e-12",
     ],
     [
+        "FSDP2 with a bfloat16 MixedPrecisionPolicy on the blocks only, the "
+        "sequence's input cast to bfloat16 by the model, two processes (gloo), "
+        "vs the same setup in mode autograd",
+        "tests/core/engine/test_distributed_fsdp_mixed_precision.py",
+        "≤ 8 x 2^-8 in norm (bfloat16)",
+    ],
+    [
+        "FSDP2 mixed precision that casts between the blocks "
+        "(cast_forward_inputs on a float32 input, output_dtype)",
+        "tests/core/engine/test_distributed_fsdp_mixed_precision.py",
+        "error",
+    ],
+    [
         "Python random, NumPy, module-owned torch.Generator, step counters",
         "tests/core/engine/test_random_state.py, "
         "tests/core/engine/test_buffers_and_state.py",
@@ -456,6 +469,12 @@ rows += [
         "an extra argument nothing takes; an instance-level forward (every mode)",
         "tests/core/engine/test_refusals_in_every_mode.py",
         "error",
+    ],
+    [
+        "an i-RevNet with injective zero padding (pad=1, a bottleneck's pad, more "
+        "zeros than channels), default initialisation: no exact zero enters a ReLU",
+        "tests/models/test_irevnet_vit.py",
+        "≤ 1e-10",
     ],
 ]
 

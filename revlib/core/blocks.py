@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -101,6 +101,9 @@ class EngineStep(Protocol):
     @property
     def block(self) -> nn.Module: ...
 
+    @property
+    def index(self) -> int: ...
+
     def __call__(self, x: Tensor, extras: dict[str, Any]) -> Tensor: ...
 
 
@@ -116,6 +119,33 @@ class _EngineCall(threading.local):
 
 
 ENGINE_CALL = _EngineCall()
+
+
+def _fsdp_mixed_precision(block: nn.Module) -> Any:
+    """The ``MixedPrecisionPolicy`` FSDP2's ``fully_shard`` gave ``block`` (read from FSDP's
+    private state: ``None`` where a torch version keeps it elsewhere)."""
+    try:
+        return getattr(cast(Any, block)._get_fsdp_state(), "_mp_policy", None)
+    except Exception:  # noqa: BLE001  (a torch without that state: the generic refusal stands)
+        return None
+
+
+def _step_under_fsdp(
+    block: nn.Module, step: EngineStep, x: Tensor, extras: dict[str, Any]
+) -> Tensor:
+    """Run ``step``; where FSDP2's mixed precision casts the tensors between the blocks (the
+    engine then refuses a changed input, or the chain a changed output), say so."""
+    policy = _fsdp_mixed_precision(block)
+    try:
+        y = step(x, extras)
+    except refusals.InputChangedByHook as err:
+        if policy is not None and policy.cast_forward_inputs and policy.param_dtype == x.dtype:
+            raise refusals.fsdp_mixed_precision(err.owner, "input", x.dtype) from err
+        raise
+    out_dtype = getattr(policy, "output_dtype", None)
+    if out_dtype is not None and out_dtype != y.dtype and y.is_floating_point():
+        raise refusals.fsdp_mixed_precision(refusals.owner(step.index, block), "output", out_dtype)
+    return y
 
 
 def _step_owner(block: nn.Module) -> type:
@@ -284,12 +314,17 @@ class ReversibleBlock(nn.Module):
         Called by a :class:`~revlib.core.sequence.ReversibleSequence` in mode
         ``"reversible"``, this runs the engine's recorded step instead (the
         call still passes through ``nn.Module.__call__``, so the block's hooks
-        and FSDP's unshard/reshard run as in autograd mode).
+        and FSDP's unshard/reshard run as in autograd mode). An FSDP2
+        ``MixedPrecisionPolicy`` that casts the tensors between the blocks
+        (``cast_forward_inputs`` on an input of another dtype, ``output_dtype``)
+        is refused by :func:`~revlib.core.refusals.fsdp_mixed_precision`.
         """
         step = ENGINE_CALL.step
         if step is not None and step.block is self:
             ENGINE_CALL.step = None
-            return step(x, extras)
+            if not hasattr(type(self), "_get_fsdp_state"):  # not sharded by FSDP2's fully_shard
+                return step(x, extras)
+            return _step_under_fsdp(self, step, x, extras)
         return self._forward(x, run_with(extras))
 
     def inverse(self, y: Tensor, **extras: object) -> Tensor:

@@ -22,6 +22,8 @@ network uses it to start from zero velocity.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
@@ -78,20 +80,35 @@ class SpaceToDepth(ReversibleBlock):
 
 
 class InjectivePad(ReversibleBlock):
-    """Append ``pad`` zero entries along ``dim``: ``x -> cat(x, 0)``; the inverse drops them.
+    """Add ``pad`` zero entries along ``dim``: ``x -> cat(x, 0)`` (or ``cat(0, x)``); the inverse
+    drops them.
 
     Injective, not onto: :meth:`inverse` is a left inverse, exact on the
     outputs of :meth:`forward`. The i-RevNet's injective variant pads the
     input channels this way (Jacobsen et al. 2018); a momentum network starts
     its velocity at zero with ``pad`` equal to the input's size along ``dim``.
+
+    ``at="end"`` (the default) appends the zeros, ``at="start"`` puts them
+    first. Where they go matters before a coupling: a channel that is exactly
+    zero has zero variance, so a BatchNorm maps it to its bias (0 at
+    initialisation), exactly on the kink of the ReLU after it, where the
+    reversible backward's reconstruction (zero only to rounding) and autograd
+    take different slopes. Appended zeros land in the second half, which the
+    coupling's F reads; zeros put first land in the first half, which the
+    coupling only adds to (:math:`y_1 = x_1 + F(x_2)`), so no branch reads them
+    as long as ``pad`` is at most the input's size along ``dim``
+    (:class:`~revlib.models.irevnet.IRevNet` pads so).
     """
 
-    def __init__(self, pad: int, dim: int = 1) -> None:
+    def __init__(self, pad: int, dim: int = 1, at: Literal["end", "start"] = "end") -> None:
         super().__init__()
         if not isinstance(pad, int) or pad < 0:
             raise ValueError(f"InjectivePad: pad must be a non-negative integer, got {pad!r}")
+        if at not in ("end", "start"):
+            raise ValueError(f"InjectivePad: at must be 'end' or 'start', got {at!r}")
         self.pad = pad
         self.dim = dim
+        self.at = at
 
     def _forward(self, x: Tensor, run: Run) -> Tensor:
         if not -x.dim() <= self.dim < x.dim():
@@ -100,7 +117,8 @@ class InjectivePad(ReversibleBlock):
             )
         shape = list(x.shape)
         shape[self.dim] = self.pad
-        return torch.cat([x, x.new_zeros(shape)], dim=self.dim)
+        zeros = x.new_zeros(shape)
+        return torch.cat([zeros, x] if self.at == "start" else [x, zeros], dim=self.dim)
 
     def _inverse(self, y: Tensor, run: Run) -> Tensor:
         if not -y.dim() <= self.dim < y.dim() or y.shape[self.dim] < self.pad:
@@ -108,7 +126,8 @@ class InjectivePad(ReversibleBlock):
                 f"InjectivePad: output of shape {tuple(y.shape)} has fewer than pad={self.pad} "
                 f"entries along dimension {self.dim}"
             )
-        return y.narrow(self.dim, 0, y.shape[self.dim] - self.pad)
+        start = self.pad if self.at == "start" else 0
+        return y.narrow(self.dim, start, y.shape[self.dim] - self.pad)
 
     def extra_repr(self) -> str:
-        return f"pad={self.pad}, dim={self.dim}"
+        return f"pad={self.pad}, dim={self.dim}" + (", at='start'" if self.at == "start" else "")

@@ -176,11 +176,21 @@ def output_changed_by_hook(owner: str) -> RuntimeError:
     )
 
 
-def input_changed_by_hook(owner: str) -> RuntimeError:
-    return RuntimeError(
+class InputChangedByHook(RuntimeError):
+    """:func:`input_changed_by_hook`'s error; ``owner`` names the block (a block's forward that
+    knows the cause, e.g. FSDP's mixed precision, raises :func:`fsdp_mixed_precision` from it)."""
+
+    def __init__(self, owner: str, message: str) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
+def input_changed_by_hook(owner: str) -> InputChangedByHook:
+    return InputChangedByHook(
+        owner,
         f"{owner}: a forward pre-hook on the block changed its input. The reversible backward "
         "hands each block the output of the block before it, so a block must receive it "
-        "unchanged. Observe in the hook (return None) or use mode='autograd'."
+        "unchanged. Observe in the hook (return None) or use mode='autograd'.",
     )
 
 
@@ -297,6 +307,31 @@ def extras_not_taken(unused: set[str]) -> TypeError:
     return TypeError(
         f"ReversibleSequence: no sub-function of any block takes the extra argument(s) "
         f"{sorted(unused)} by name; give F or G a parameter of that name (or **kwargs)."
+    )
+
+
+def fsdp_mixed_precision(owner: str, what: str, dtype: torch.dtype) -> RuntimeError:
+    """FSDP2's ``MixedPrecisionPolicy`` on a block casts the tensor that flows into it (``what``:
+    ``"input"``, ``cast_forward_inputs`` to ``param_dtype``) or out of it (``"output"``,
+    ``output_dtype``) to ``dtype``."""
+    name = str(dtype).removeprefix("torch.")
+    if what == "input":
+        setting = "cast_forward_inputs with param_dtype"
+        fix = (
+            f"Give the sequence its input in {name} already (seq(h.to(torch.{name})), or the same "
+            "policy on the module that holds the sequence)"
+        )
+    else:
+        setting = "output_dtype"
+        fix = (
+            "Leave output_dtype unset on the blocks and cast the sequence's output instead "
+            f"(seq(h).to(torch.{name}))"
+        )
+    return RuntimeError(
+        f"{owner}: FSDP2's MixedPrecisionPolicy on the block casts its {what} to {name} "
+        f"({setting}). In mode='reversible' each block's backward step rebuilds its input from "
+        "its output and hands it to the block before it as that block's output, so the tensors "
+        f"between the blocks must pass unchanged, in one dtype. {fix}, or {_AUTOGRAD}."
     )
 
 

@@ -7,7 +7,8 @@ the space-to-depth bijection :math:`\psi` (:class:`~revlib.core.downsampling.Spa
 
 * stem: :math:`\psi` with ``stem_factor`` (3 channels -> 12; 1 -> 4), then an
   optional :class:`~revlib.core.downsampling.InjectivePad` of ``pad`` zero
-  channels (the i-RevNet's injective variant; also makes an odd count even);
+  channels (the i-RevNet's injective variant; also makes an odd count even),
+  put *first* (see "Off ReLU's kink" below);
 * stage ``s``: :math:`\psi` (stride 2, channels x4) except in the first stage,
   then ``units[s]`` :class:`~revlib.core.couplings.AdditiveCoupling`\ s with
   pre-activation branches on half the channels: basic (two 3x3 convolutions)
@@ -20,11 +21,25 @@ stores only its output, and :math:`\psi` keeps the number of entries
 :math:`C H W`: the bytes saved do not depend on the depth nor on the number of stages.
 The paper's block is a coupling with one branch and a swap; here both halves
 get a branch (F and G), as in a RevNet.
+
+**Off ReLU's kink.** A padded channel is exactly zero, so a BatchNorm maps it
+to its bias, 0 at initialisation, exactly on the kink of the ReLU after it:
+there the reversible backward, whose reconstructed zeros are zero only to
+rounding, and autograd (which takes ReLU's slope at 0 as 0) give that bias
+different gradients. So the zeros go in front of the stem's channels, into the
+first coupling's first half, which that coupling only adds to
+(:math:`y_1 = x_1 + F(x_2)`): with ``pad`` at most the stem's channels (``pad=1``
+for an odd count, the few channels a bottleneck needs) no branch ever reads an
+exact zero. With more padding than that, some zeros reach :math:`x_2`; the
+first coupling's F then starts with its convolution, without the BN-ReLU in
+front, as the official code's first block does, and the convolution mixes them
+with the stem's channels. ``tests/models/test_irevnet_vit.py`` counts the
+exact zeros that enter a ReLU (none) and compares the gradients with autograd's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from torch import Tensor, nn
@@ -40,13 +55,14 @@ from .revnet import PreActNet, basic_branch
 __all__ = ["IRevNet", "matching_revnet", "irevnet_bottleneck_branch"]
 
 
-def irevnet_bottleneck_branch(channels: int, mult: int = 4) -> nn.Sequential:
+def irevnet_bottleneck_branch(channels: int, mult: int = 4, preact: bool = True) -> nn.Sequential:
     """The i-RevNet's bottleneck branch (Jacobsen et al. 2018, official code), shape-preserving.
 
     BN-ReLU-conv3x3 to ``channels // mult``, BN-ReLU-conv3x3, BN-ReLU-conv3x3
     back to ``channels``: three 3x3 convolutions, unlike a ResNet bottleneck's
-    1x1-3x3-1x1. (The official first block omits the first BN-ReLU; every
-    branch here keeps it.)
+    1x1-3x3-1x1. ``preact=False`` omits the first BN-ReLU, as the official
+    first block does; :class:`IRevNet` does so only where padded zeros reach
+    the first branch.
     """
     if channels % mult:
         raise ValueError(
@@ -55,9 +71,9 @@ def irevnet_bottleneck_branch(channels: int, mult: int = 4) -> nn.Sequential:
             "branch='basic')"
         )
     mid = channels // mult
+    front: list[nn.Module] = [batch_norm(channels), nn.ReLU()] if preact else []
     return nn.Sequential(
-        batch_norm(channels),
-        nn.ReLU(),
+        *front,
         conv2d(channels, mid, 3),
         batch_norm(mid),
         nn.ReLU(),
@@ -76,12 +92,10 @@ class IRevNet(ModelMode, nn.Module):
         in_channels: channels of the input images.
         num_classes: outputs of the head.
         stem_factor: the stem's space-to-depth factor (1: no stem psi).
-        pad: zero channels appended after the stem (injective padding). A
-            caution: the next coupling's first BatchNorm maps a zero channel to
-            its bias, 0 at initialisation, on the kink of the ReLU after it; the
-            reversible backward reconstructs those zeros only to rounding, so the
-            gradient of that bias is not autograd's (which takes ReLU's slope at
-            0 as 0) until the bias moves off 0.
+        pad: zero channels put in front of the stem's channels (injective
+            padding), where no branch reads them if ``pad`` is at most the
+            stem's channels; beyond that the first coupling's F has no first
+            BN-ReLU (the module docstring, "Off ReLU's kink").
         branch: ``"basic"`` (two 3x3 convolutions, the default) or
             ``"bottleneck"`` (:func:`irevnet_bottleneck_branch`; half of every stage's
             width must divide by 4).
@@ -102,8 +116,8 @@ class IRevNet(ModelMode, nn.Module):
     ) -> None:
         super().__init__()
         validate_mode("IRevNet", mode)
-        branches = {
-            "basic": lambda half: basic_branch(half, half),
+        branches: dict[str, Callable[..., nn.Sequential]] = {
+            "basic": lambda half, preact=True: basic_branch(half, half, preact=preact),
             "bottleneck": irevnet_bottleneck_branch,
         }
         if branch not in branches:
@@ -113,18 +127,17 @@ class IRevNet(ModelMode, nn.Module):
         if stem_factor > 1:
             blocks.append(SpaceToDepth(stem_factor))
             c *= stem_factor**2
+        # Zeros beyond the first half reach the first F: then it starts with its convolution.
+        first_preact = pad <= c
         if pad:
-            blocks.append(InjectivePad(pad))
+            blocks.append(InjectivePad(pad, at="start"))
             c += pad
         if c % 2:
             raise ValueError(
                 f"IRevNet: the stem gives {c} channels (in_channels={in_channels}, "
                 f"stem_factor={stem_factor}, pad={pad}); couplings need an even count: use "
-                "stem_factor=2 (exact in every mode), or pad=1. With pad=1 the padded channel is "
-                "exactly zero, so the first coupling's BatchNorm maps it to its bias (0 at "
-                "initialisation) and the ReLU after it sits on its kink: until that bias moves "
-                "off 0, the reversible backward's rounding (1e-17) can pick another subgradient "
-                "than autograd, and that bias's gradient may differ by O(1) in mode 'reversible'"
+                "stem_factor=2, or pad=1 (a zero channel put first, where the first coupling "
+                "adds to it and no branch reads it, so no ReLU sits on its kink)"
             )
         widths = []
         for s, n in enumerate(units):
@@ -140,7 +153,10 @@ class IRevNet(ModelMode, nn.Module):
                     "branch='basic'"
                 )
             make = branches[branch]
-            blocks += [AdditiveCoupling(make(half), make(half)) for _ in range(n)]
+            for _ in range(n):
+                first = not any(isinstance(b, AdditiveCoupling) for b in blocks)
+                f = make(half, preact=first_preact or not first)
+                blocks.append(AdditiveCoupling(f, make(half)))
         self.widths = tuple(widths)
         self.units = tuple(units)
         self.sequence = ReversibleSequence(blocks, mode=mode, ndim=4)

@@ -7,16 +7,16 @@ stride-2 average pooling and symmetric zero-padding of the channels, then BN,
 ReLU, global average pooling and a fully connected layer. Global pooling makes
 any input of at least 8x8 work (e.g. scikit-learn's 8x8 digits).
 
-* **Hamiltonian** blocks (:class:`revlib.core.ode.HamiltonianBlock`) act on a state
+* **Hamiltonian** blocks (:class:`revlib.core.ode.hamiltonian.HamiltonianBlock`) act on a state
   of ``width`` channels, split into ``Y`` and ``Z``; each K is a 3x3 kernel
   from ``width/2`` to ``width/2`` channels with one bias, no BN inside.
 * **Midpoint / Leapfrog** blocks act on the pair :math:`(Y_{j-1}, Y_j)`; the
   table's width is that of one state :math:`Y_j` (the stem's output), so the
   pair holds twice as many channels and each K is a ``width x width`` 3x3
   kernel with a bias. The pair is formed once after the stem by the first-step
-  rule :math:`Y_{-1} = Y_0` (:func:`revlib.core.ode.start_pair`), kept through the
+  rule :math:`Y_{-1} = Y_0` (:func:`revlib.core.ode.twostep.start_pair`), kept through the
   stage transitions (both states pooled and padded alike) and reduced to
-  :math:`Y_N` before the head (:func:`revlib.core.ode.end_pair`).
+  :math:`Y_N` before the head (:func:`revlib.core.ode.twostep.end_pair`).
 
 Where the transition sits (``transition=``):
 

@@ -84,3 +84,20 @@ def test_injective_pad_appends_zeros_and_its_left_inverse_drops_them():
     seq = revlib.ReversibleSequence([pad])
     (seq(x) * torch.arange(7.0)).sum().backward()
     assert torch.equal(x.grad, torch.arange(4.0).expand(2, 5, 4))
+
+
+def test_injective_pad_at_the_start_puts_the_zeros_first_and_its_left_inverse_drops_them():
+    pad = revlib.InjectivePad(2, at="start")
+    x = torch.randn(2, 3, 4, 4)
+    y = pad(x)
+    assert torch.equal(y[:, :2], torch.zeros(2, 2, 4, 4)) and torch.equal(y[:, 2:], x)
+    assert torch.equal(pad.inverse(y), x)
+    # control: the default appends, and its inverse of this output is not x
+    assert not torch.equal(revlib.InjectivePad(2).inverse(y), x)
+    x.requires_grad_(True)
+    seq = revlib.ReversibleSequence([pad])
+    (seq(x) * torch.arange(5.0).view(1, 5, 1, 1)).sum().backward()
+    assert torch.equal(x.grad, torch.arange(2.0, 5.0).view(1, 3, 1, 1).expand(2, 3, 4, 4))
+    assert repr(pad) == "InjectivePad(pad=2, dim=1, at='start')"
+    with pytest.raises(ValueError, match="at must be 'end' or 'start'"):
+        revlib.InjectivePad(2, at="front")

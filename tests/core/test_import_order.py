@@ -15,7 +15,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("device", "memory", "stability", "refusals", "aux_losses"),  # leaves
     ("replay",),  # how a sub-function runs twice alike; knows nothing of blocks
     ("halves", "blocks"),  # what a block is
-    ("couplings", "ode", "downsampling", "transformer"),  # the blocks of the papers
+    ("couplings", "ode", "downsampling", "transformer"),  # the blocks of the papers; ode/ a package
     ("engine",),  # how autograd drives blocks backwards
     ("budget", "compiled", "modes", "sequence", "checks", "memcalc", "momentum", "smoothness"),
 )

@@ -80,7 +80,7 @@ def _imported_packages(path: Path) -> set[str]:
 def test_no_deferred_import_of_a_harness_dependency(layer):
     """The subprocess probe sees imports done at import time; this sees the ones deferred into
     functions too."""
-    for path in sorted((REVLIB / layer).glob("*.py")):
+    for path in sorted((REVLIB / layer).rglob("*.py")):  # subpackages too (core/ode, core/engine)
         bad = _imported_packages(path) & {*HARNESS_ONLY, "revlib.harness", "numpy"}
         assert not bad, f"{path.relative_to(REVLIB.parent)} imports {sorted(bad)}"
 
@@ -92,8 +92,22 @@ def test_the_import_scan_sees_deferred_imports():
     assert {"sklearn", "torchvision"} <= found
 
 
-# The public names of revlib.harness.train and .data when each was one module (chapter 7 uses them).
+# The public names of revlib.harness.train and .data (chapter 7 uses them) and revlib.core.ode
+# (chapters 5 and 6, revlib.ode) when each was one module.
 PUBLIC_BEFORE_THE_SPLIT = {
+    "revlib.core.ode": [
+        "KTransposeSigmaK",
+        "AntisymmetricSigma",
+        "StepScaled",
+        "HamiltonianBlock",
+        "TwoStepBlock",
+        "MidpointBlock",
+        "LeapfrogBlock",
+        "start_pair",
+        "end_pair",
+        "StartPair",
+        "EndPair",
+    ],
     "revlib.harness.train": [
         "Recipe",
         "RECIPES",
@@ -126,7 +140,7 @@ PUBLIC_BEFORE_THE_SPLIT = {
 
 
 @pytest.mark.parametrize("package", sorted(PUBLIC_BEFORE_THE_SPLIT))
-def test_harness_packages_keep_their_public_names(package):
+def test_split_packages_keep_their_public_names(package):
     """``from revlib.harness.train import Trainer`` keeps working: each public name is one
     submodule's."""
     import importlib
@@ -141,3 +155,40 @@ def test_harness_packages_keep_their_public_names(package):
     for name in pkg.__all__:
         homes = [m for m in modules if name in m.__all__]
         assert len(homes) == 1 and getattr(pkg, name) is getattr(homes[0], name), (name, homes)
+
+
+def test_revlib_ode_is_the_ode_package():
+    import revlib
+    import revlib.core.ode
+
+    assert revlib.ode is revlib.core.ode
+    assert revlib.HamiltonianBlock is revlib.core.ode.hamiltonian.HamiltonianBlock
+    assert revlib.MidpointBlock is revlib.core.ode.twostep.MidpointBlock
+    assert revlib.LeapfrogBlock is revlib.core.ode.twostep.LeapfrogBlock
+
+
+# ------------------------------------------------------------ file length
+
+MAX_CORE_LINES = 400
+"""Issue 26: a core file longer than this is split by concern (as ``core/ode/`` was)."""
+
+
+def long_files(root: Path, limit: int = MAX_CORE_LINES) -> list[str]:
+    """``path: lines`` for every ``.py`` file under ``root`` with more than ``limit`` lines."""
+    return [
+        f"{p.relative_to(root)}: {n}"
+        for p in sorted(root.rglob("*.py"))
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > limit
+    ]
+
+
+def test_no_core_file_is_over_the_limit():
+    assert long_files(REVLIB / "core") == []
+
+
+def test_control_the_length_check_sees_a_long_file(tmp_path):
+    """Control: the one-module ``ode.py`` before the split (497 lines) is reported."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "ode.py").write_text("x = 1\n" * 497, encoding="utf-8")
+    (tmp_path / "short.py").write_text("x = 1\n" * MAX_CORE_LINES, encoding="utf-8")
+    assert long_files(tmp_path) == ["sub/ode.py: 497"]

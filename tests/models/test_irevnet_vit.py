@@ -8,6 +8,8 @@ from helpers import run_step
 from torch import nn
 
 import revlib
+from revlib.core.couplings import AdditiveCoupling
+from revlib.core.downsampling import InjectivePad
 from revlib.core.memory import saved_tensor_bytes
 from revlib.models import IRevNet, ReversibleViT, ViT, irevnet_bottleneck_branch, matching_revnet
 
@@ -133,15 +135,92 @@ def test_irevnet_bottleneck_needs_halves_divisible_by_four_and_says_how():
         IRevNet((1,), branch="wide")
 
 
-def test_irevnet_padding_puts_the_first_branch_on_relus_kink():
-    """Zero channels: BN maps them to its bias (0 at init), ReLU's kink; only that bias's gradient
-    differs."""
+# ---------------------------------------------- padding off ReLU's kink (issue 26)
+
+# As the library recommends: pad=1 for an odd stem, the pad a bottleneck asks for, and more padding
+# than the stem has channels (the first F then starts with its convolution).
+PADDED = {
+    "odd stem, pad=1": dict(in_channels=3, stem_factor=1, pad=1),
+    "basic, pad=4": dict(in_channels=3, pad=4),
+    "bottleneck, pad=4": dict(in_channels=3, pad=4, branch="bottleneck"),
+    "bottleneck, pad=7 > 1 channel": dict(in_channels=1, stem_factor=1, pad=7, branch="bottleneck"),
+}
+
+
+def zeros_into_relus(net: nn.Module, x: torch.Tensor) -> int:
+    """How many entries of a forward are exactly 0 where they enter a ReLU (its kink)."""
+    count = [0]
+
+    def hook(_module, args):
+        count[0] += int((args[0] == 0).sum())
+
+    handles = [m.register_forward_pre_hook(hook) for m in net.modules() if isinstance(m, nn.ReLU)]
+    try:
+        net(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return count[0]
+
+
+def _padded(kind: str, mode: str = "reversible") -> tuple[IRevNet, torch.Tensor]:
+    """The network as documented, with its default initialisation, and an input for it."""
     torch.manual_seed(0)
-    ref = IRevNet((1, 1), in_channels=3, pad=4, mode="autograd").double()
-    other = IRevNet((1, 1), in_channels=3, pad=4).double()
+    net = IRevNet((1, 1), mode=mode, **PADDED[kind]).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, PADDED[kind]["in_channels"], 8, 8, generator=g, dtype=torch.float64)
+    return net, x
+
+
+def _with_padding_at_the_end(net: IRevNet) -> IRevNet:
+    """Control: the zeros appended, into the half that the first coupling's F reads."""
+    for block in net.sequence.blocks:
+        if isinstance(block, InjectivePad):
+            block.at = "end"
+    return net
+
+
+@pytest.mark.parametrize("kind", sorted(PADDED))
+def test_padded_irevnet_puts_no_exact_zero_into_a_relu(kind):
+    net, x = _padded(kind)
+    assert zeros_into_relus(net, x) == 0
+    assert revlib.check_inverse(net.sequence, x) < 1e-12
+    assert zeros_into_relus(_with_padding_at_the_end(net), x) > 0  # control
+
+
+def test_control_more_padding_than_channels_needs_the_first_f_without_bn_relu():
+    """Zeros put first still reach the first F when pad exceeds the stem's channels: a first F with
+    its BN-ReLU in front would sit on the kink."""
+    net, x = _padded("bottleneck, pad=7 > 1 channel")
+    first = net.sequence.blocks[1]  # no stem psi: the padding, then the first coupling
+    assert isinstance(first, AdditiveCoupling) and isinstance(first.F[0], nn.Conv2d)
+    assert isinstance(net.sequence.blocks[3].F[0], nn.BatchNorm2d)  # only the first F
+    first.F = irevnet_bottleneck_branch(4).double()
+    assert zeros_into_relus(net, x) > 0
+
+
+@pytest.mark.parametrize("kind", sorted(PADDED))
+def test_padded_irevnet_gradients_equal_autograd_float64(kind):
+    ref, x = _padded(kind, mode="autograd")
+    other, _ = _padded(kind)
     other.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
-    _, dx0, g0 = run_step(ref, x)
+    _, dx0, g0 = run_step(ref, x.requires_grad_(True))
+    _, dx1, g1 = run_step(other, x)
+    torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-10)
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_control_appended_padding_puts_the_first_branch_on_relus_kink():
+    """Without the placement, the zeros' BN bias (0 at init) sits on the kink: the reversible
+    backward's reconstructed zeros (zero to rounding) take another slope than autograd for that
+    one bias."""
+    ref, x = _padded("basic, pad=4", mode="autograd")
+    other, _ = _padded("basic, pad=4")
+    other.load_state_dict(ref.state_dict())
+    _with_padding_at_the_end(ref)
+    _with_padding_at_the_end(other)
+    _, dx0, g0 = run_step(ref, x.requires_grad_(True))
     _, dx1, g1 = run_step(other, x)
     torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-10)
     differ = {
@@ -150,18 +229,3 @@ def test_irevnet_padding_puts_the_first_branch_on_relus_kink():
         if not torch.allclose(a, b, rtol=0, atol=1e-10)
     }
     assert differ == {"sequence.blocks.2.F.0.bias"}  # the first coupling's F, first BatchNorm
-    bias_ref = g0[[n for n, _ in ref.named_parameters()].index("sequence.blocks.2.F.0.bias")]
-    assert torch.equal(
-        bias_ref[4:], torch.zeros(4, dtype=torch.float64)
-    )  # the padded channels: slope 0 at the kink
-    with (
-        torch.no_grad()
-    ):  # control: a bias off 0 takes the zero channels off the kink, and the gradients agree
-        for net in (ref, other):
-            net.sequence.blocks[2].F[0].bias.fill_(0.1)
-    ref.zero_grad(set_to_none=True)
-    other.zero_grad(set_to_none=True)
-    _, _, g0 = run_step(ref, x)
-    _, _, g1 = run_step(other, x)
-    for a, b in zip(g1, g0, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
