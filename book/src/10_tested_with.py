@@ -476,6 +476,48 @@ rows += [
         "tests/models/test_irevnet_vit.py",
         "≤ 1e-10",
     ],
+    [
+        "a memory budget (fractions 0 to 1 of autograd's bytes, and bytes): kept "
+        "blocks as in autograd, the rest reversed; BatchNorm, dropout, conditioning",
+        "tests/core/engine/test_budget.py",
+        "≤ 1e-9",
+    ],
+    [
+        "a memory budget under torch.compile(model)",
+        "tests/core/engine/test_compile.py",
+        "≤ 1e-10",
+    ],
+    [
+        "auxiliary losses from inside F (a mixture-of-experts balancing loss) with "
+        "revlib.add_aux_loss, in modes checkpoint and reversible and under a budget",
+        "tests/core/engine/test_aux_losses.py",
+        "≤ 1e-9",
+    ],
+    [
+        "a loss stored on a module attribute in F's forward",
+        "tests/core/engine/test_aux_losses.py",
+        "error",
+    ],
+    [
+        "tensors inside lists, tuples and dicts passed through the chain",
+        "tests/core/engine/test_extras_in_containers.py",
+        "≤ 1e-9",
+    ],
+    [
+        "a tensor among the extras refilled in place before the backward (named)",
+        "tests/core/engine/test_extras_in_containers.py",
+        "error",
+    ],
+    [
+        "a hook in F that keeps its input, a view, or a statistic it computed",
+        "tests/core/engine/test_refusals_name_the_cause.py",
+        "error",
+    ],
+    [
+        "torch.compile(block.F), torch.compile(block), torch.jit.script(block.G)",
+        "tests/core/engine/test_refusals_name_the_cause.py",
+        "error",
+    ],
 ]
 
 # %% [markdown]
