@@ -149,6 +149,8 @@ class ReversibleSequence(HasMode):
     def forward(self, x: Tensor, **extras: Any) -> Tensor:
         """Apply the blocks in order; ``extras`` (conditioning, masks) reach every F and G that
         takes them by name."""
+        if torch.compiler.is_compiling():  # traced: no collection (add_aux_loss refuses there)
+            return self._forward_in_mode(x, extras)
         with collecting() as losses:
             y = self._forward_in_mode(x, extras)
         self._aux_losses = losses

@@ -229,3 +229,18 @@ def test_compiled_under_a_memory_budget_equals_eager_autograd():
         for a, b in zip(s, e, strict=True)
     )
     assert worst < 1e-10
+
+
+@pytest.mark.parametrize("mode", ["autograd", "checkpoint"])
+def test_compiling_the_other_modes_traces_the_sequence(mode):
+    from revlib.core import aux_losses
+
+    model = net(depth=2, dropout=0.0)
+    model.mode = mode
+    reference = copy.deepcopy(model)
+    _, expected = train(reference, reference, 2, X)
+    aux_losses._SINK.__dict__.pop("losses", None)  # as in a fresh thread
+    _, got = train(model, torch.compile(model), 2, X)
+    for s, e in zip(got, expected, strict=True):
+        for a, b in zip(s, e, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
