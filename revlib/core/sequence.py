@@ -47,7 +47,7 @@ from .budget import BudgetPlan, MemoryBudget, check_budget, input_signature, pla
 from .compiled import compiled_function, run_compiled
 from .engine import Chain
 from .modes import HasMode, Mode
-from .replay import Tape, checkpoint_updating_stats_once, submodules
+from .replay import Tape, cached_walks, checkpoint_updating_stats_once, submodules
 
 __all__ = ["ReversibleSequence"]
 
@@ -204,6 +204,10 @@ class ReversibleSequence(HasMode):
             return _each_block(self.blocks, x, lambda block, h: block(h, **extras))
         if torch._C._functorch.peek_interpreter_stack() is not None:
             raise refusals.functional_transform()
+        with cached_walks():  # one walk of each module for the checks and the whole forward
+            return self._run_chain(x, extras, compiled)
+
+    def _run_chain(self, x: Tensor, extras: dict[str, Any], compiled: bool) -> Tensor:
         _check_reversible_blocks(self.blocks)
         budget, plan = self.memory_budget, self.budget_plan
         signature = input_signature(x, extras)
@@ -303,15 +307,18 @@ def _check_reversible_blocks(blocks: nn.ModuleList) -> None:
     """Refuse, before anything runs, what the reversible engine cannot reproduce; each error names
     the fix."""
     for i, block in enumerate(blocks):
-        owner = next(cls for cls in type(block).__mro__ if "forward" in vars(cls))
-        if owner is not ReversibleBlock:
+        if next(c for c in type(block).__mro__ if "forward" in vars(c)) is not ReversibleBlock:
             raise refusals.forward_overridden(refusals.owner(i, block), block)
-        for name, m in block.named_modules():
-            if isinstance(m, torch.jit.ScriptModule):
-                raise refusals.scripted_inside(refusals.owner(i, block), name)
-            if type(m).__name__ == "OptimizedModule" and hasattr(m, "_orig_mod"):
-                raise refusals.compiled_inside(refusals.owner(i, block), name)
     modules = submodules(blocks)
+    for m in modules:
+        if isinstance(m, torch.jit.ScriptModule) or type(m).__name__ == "OptimizedModule":
+            i, name = next(
+                (i, n) for i, b in enumerate(blocks) for n, sub in b.named_modules() if sub is m
+            )
+            where = refusals.owner(i, blocks[i])
+            if isinstance(m, torch.jit.ScriptModule):
+                raise refusals.scripted_inside(where, name)
+            raise refusals.compiled_inside(where, name)
     lazy = [m for m in modules if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()]
     if lazy:
         raise refusals.lazy_inside(lazy[0])

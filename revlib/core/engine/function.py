@@ -117,6 +117,11 @@ class BlockFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, *daux: Tensor | None) -> tuple[Tensor | None, ...]:
+        with cached_walks():  # one walk of each module for the whole step (the first is fresh)
+            return BlockFunction._backward(ctx, dy, *daux)
+
+    @staticmethod
+    def _backward(ctx: Any, dy: Tensor, *daux: Tensor | None) -> tuple[Tensor | None, ...]:
         call: BlockCall = ctx.call
         chain, block, i = call.chain, call.block, call.index
         if dy is None:  # only the block's auxiliary losses reach the loss

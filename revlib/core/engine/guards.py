@@ -67,12 +67,16 @@ class SideInputGuard(TorchFunctionMode):
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        kwargs = kwargs or {}
-        for a in args:
-            self._check(a)
-        for a in kwargs.values():
-            self._check(a)
-        return func(*args, **kwargs)
+        # the common case in one pass: tensors that need no gradient (activations under
+        # no_grad) or are allowed (parameters, inputs); anything else goes to _check
+        allowed = self.allowed
+        for a in (*args, *kwargs.values()) if kwargs else args:
+            if isinstance(a, Tensor):
+                if a.requires_grad and id(a) not in allowed:
+                    self._check(a)
+            elif isinstance(a, list | tuple):
+                self._check(a)
+        return func(*args, **(kwargs or {}))
 
 
 def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> None:

@@ -31,9 +31,7 @@ def submodules(module: nn.Module) -> list[nn.Module]:
     """
     cache = _WALKS.cache
     if cache is not None:
-        hit = cache.get(id(module))
-        if hit is not None and hit[0] is module:
-            return hit[1]
+        return _cached_walk(module, cache)
     out: list[nn.Module] = []
     seen: set[int] = set()
     stack = [module]
@@ -44,13 +42,31 @@ def submodules(module: nn.Module) -> list[nn.Module]:
         seen.add(id(m))
         out.append(m)
         stack.extend(reversed([c for c in m._modules.values() if c is not None]))
-    if cache is not None:
-        cache[id(module)] = (module, out)
+    return out
+
+
+_Cache = dict[int, tuple[nn.Module, list[nn.Module]]]
+
+
+def _cached_walk(module: nn.Module, cache: _Cache) -> list[nn.Module]:
+    """:func:`submodules`, caching the walk of every module below ``module`` too (the same
+    pre-order: a module's list, then each child's, skipping what was already listed)."""
+    hit = cache.get(id(module))
+    if hit is not None and hit[0] is module:
+        return hit[1]
+    out, seen = [module], {id(module)}
+    for child in module._modules.values():
+        if child is not None:
+            for m in _cached_walk(child, cache):
+                if id(m) not in seen:
+                    seen.add(id(m))
+                    out.append(m)
+    cache[id(module)] = (module, out)
     return out
 
 
 class _Walks(threading.local):
-    cache: dict[int, tuple[nn.Module, list[nn.Module]]] | None = None
+    cache: _Cache | None = None
 
 
 _WALKS = _Walks()

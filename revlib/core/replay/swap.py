@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,15 +27,29 @@ class Slot:
         return Slot(lambda: getattr(obj, name), lambda v: object.__setattr__(obj, name, v))
 
 
-@contextlib.contextmanager
-def swapped(values: Iterable[tuple[Slot, Any]]) -> Iterator[None]:
-    """Run the body with each slot holding its value; restore every slot, in reverse order."""
-    now: list[tuple[Slot, Any]] = []
-    try:
-        for slot, value in values:
-            now.append((slot, slot.get()))
-            slot.set(value)
-        yield
-    finally:
+class swapped:  # noqa: N801 (used as a function: ``with swapped(...)``)
+    """Run the body with each slot holding its value; restore every slot, in reverse order.
+
+    A class rather than a generator context manager: the engine enters several per
+    sub-function call, and most swap nothing.
+    """
+
+    __slots__ = ("values", "now")
+
+    def __init__(self, values: Iterable[tuple[Slot, Any]]) -> None:
+        self.values = values
+        self.now: list[tuple[Slot, Any]] = []
+
+    def __enter__(self) -> None:
+        try:
+            for slot, value in self.values:
+                self.now.append((slot, slot.get()))
+                slot.set(value)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        now, self.now = self.now, []
         for slot, value in reversed(now):
             slot.set(value)
