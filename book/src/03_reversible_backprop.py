@@ -1120,13 +1120,14 @@ else:
     # the floor is 1 + (one forward) / (autograd's step), by construction
     assert abs(ratio[floor] - (1 + extra_forward / seconds["autograd"])) < 1e-9
     assert rest_in_forwards < 2 and ratio[floor] > 4 / 3
-    # reversible above the floor's median, checkpointing below; both in its interval
-    assert ratio["checkpoint"] < ratio[floor] < ratio["reversible"]
-    assert all(
-        interval[floor][0] < ratio[k] < interval[floor][1]
-        for k in ("reversible", "checkpoint")
-    )
-    assert interval["reversible"][0] > 1 and interval["checkpoint"][0] > 1
+    # checkpointing's interval overlaps the floor's; reversible's lies above it
+    assert interval["checkpoint"][0] < interval[floor][1]
+    assert interval[floor][0] < interval["checkpoint"][1]
+    assert interval["reversible"][0] > interval[floor][1]
+    rev_over_floor = seconds["reversible"] / seconds[floor]
+    assert 1.0 < rev_over_floor < 1.1
+    old_engine = seconds["reversible@8abb1ff"] / seconds[floor]
+    assert abs(old_engine - 1) < 0.03  # an engine with fewer checks: at the floor
     # compiled checkpointing: no faster than eager checkpointing; autograd sped up
     compile_speedup = seconds["autograd"] / seconds["compiled_autograd"]
     ckpt_compiled_vs_eager = seconds["compiled_checkpoint"] / seconds["checkpoint"]
@@ -1151,11 +1152,11 @@ else:
     glue("bench_cores", bench["hardware"]["cpu_count"], display=False)
     glue("bench_extra_forward_ms", 1000 * extra_forward, display=False)
     glue("bench_autograd_ms", 1000 * seconds["autograd"], display=False)
-    early = statistics.median(bench["all_seconds"]["autograd"][:5])
-    late = statistics.median(bench["all_seconds"]["autograd"][5:])
-    assert early < 0.8 * late  # the machine's load rose during the run
-    glue("bench_autograd_early_ms", 1000 * early, display=False)
-    glue("bench_autograd_late_ms", 1000 * late, display=False)
+    others = bench["load"]["other_cores_during"]
+    assert others < bench["load"]["max_other_cores"]  # an idle machine
+    glue("bench_other_cores", others, display=False)
+    glue("bench_rev_over_floor", rev_over_floor, display=False)
+    glue("bench_old_engine", old_engine, display=False)
     glue("bench_rest_in_forwards", rest_in_forwards, display=False)
     glue("bench_saved_autograd_mib", saved["autograd"] / 2**20, display=False)
     glue("bench_saved_checkpoint_mib", saved["checkpoint"] / 2**20, display=False)
@@ -1191,14 +1192,11 @@ if bench is not None:
 # {glue:text}`bench_memcnn:.2f`; autograd plus one extra forward cost
 # {glue:text}`bench_autograd_plus_forward:.2f`
 # ({glue:text}`bench_autograd_plus_forward_low:.2f` to
-# {glue:text}`bench_autograd_plus_forward_high:.2f`). The intervals are wide
-# because the machine was not idle: the file records a load average of
-# {glue:text}`bench_load:.1f` on {glue:text}`bench_cores` cores, and the load
-# changed during the run (autograd's median step was
-# {glue:text}`bench_autograd_early_ms:.0f` ms over the first five rounds and
-# {glue:text}`bench_autograd_late_ms:.0f` ms over the rest). Interleaving keeps
-# the comparison fair, but differences smaller than the intervals are not
-# resolved by one run on a shared machine.
+# {glue:text}`bench_autograd_plus_forward_high:.2f`). The machine was idle:
+# other processes used {glue:text}`bench_other_cores:.2f` of its
+# {glue:text}`bench_cores` cores during the run (the benchmark measures this and
+# refuses to write its results above 0.2 cores), which is why the intervals are
+# narrow.
 #
 # Why the floor sits above 4/3: its ratio is $1 + f/s$, where $f$ is the time of
 # one forward without a graph and $s$ that of an autograd step, and here $f$ was
@@ -1223,12 +1221,14 @@ if bench is not None:
 # checkpointing's interval overlaps the floor's, and by the process's CPU time,
 # which other processes disturb less, the two came to
 # {glue:text}`bench_checkpoint_cpu:.2f` and
-# {glue:text}`bench_autograd_plus_forward_cpu:.2f`. What the run does show is that
-# the medians of both recomputing backwards of `revlib` lie inside the floor's
-# interval: they cost about one more forward, as counted for this machine. The
-# reversible step's median sits above the floor's, as the engine's own work
-# (rebuilding inputs, recording and replaying random-number states) would
-# suggest, by less than the run resolves.
+# {glue:text}`bench_autograd_plus_forward_cpu:.2f`: checkpointing costs about one
+# more forward, as counted. The reversible step does not quite: it costs
+# {glue:text}`bench_rev_over_floor:.3f` times the floor, above the floor's
+# interval. That is the engine's own work, in Python, around each block:
+# rebuilding inputs, recording and replaying what F and G saw, and the checks that
+# turn a silently wrong gradient into an error (the appendix {ref}`app-engine`).
+# An earlier version of the engine with fewer of them, timed in the same run, cost
+# {glue:text}`bench_old_engine:.3f` times the floor.
 #
 # {cite:t}`gomez2017revnet` make the same count: about $4N$ operations for a
 # reversible step against $3N$ for backprop, 33% more, the same overhead as
