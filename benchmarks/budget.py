@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # compile in this process: a pool of compile workers would count as another process's load
+    torch._inductor.config.compile_threads = 1
     device = torch.device(args.device or "cpu")
     _, x = base_model(args)
     x = x.to(device)
