@@ -1319,7 +1319,7 @@ if (
 # time per byte while they fit; the rest run reversibly. A kept block runs exactly
 # as in mode `"autograd"`, so the gradients are autograd's at every budget.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 budgeted = ReversibleSequence(
     [AdditiveCoupling(preact_half(8), preact_half(8)) for _ in range(6)],
     memory_budget=0.5,
