@@ -4,7 +4,7 @@ A block is a bijection ``y = forward(x)`` with ``x = inverse(y)``. Subclasses
 write the two directions once, as ``_forward(x, run)`` and ``_inverse(y, run)``,
 calling every learned sub-function through ``run(name, fn, tensor)``. The same
 code then serves a plain forward (:func:`plain_run`), a forward that records
-on a :class:`~revlib.core.replay.Tape` (``tape.record``), and a
+on a :class:`~revlib.core.replay.tape.Tape` (``tape.record``), and a
 recomputation that replays it (``tape.replay``). The rules an implementer must
 follow are in :class:`ReversibleBlock`'s docstring.
 
@@ -30,6 +30,7 @@ from .replay import Slot, Tape, keywords_for, submodules, swapped
 
 __all__ = [
     "ReversibleBlock",
+    "EngineStep",
     "Run",
     "ParamGrads",
     "plain_run",

@@ -81,7 +81,7 @@ class AdditiveCoupling(ReversibleBlock):
         :math:`\bar x_1 = \bar z_1`, :math:`\bar w_G = (\partial G/\partial w_G)^\top \bar y_2`,
         :math:`\bar w_F = (\partial F/\partial w_F)^\top \bar z_1`.
 
-        ``y`` may be :class:`~revlib.core.blocks.Halves`; ``x`` is then
+        ``y`` may be :class:`~revlib.core.halves.Halves`; ``x`` is then
         returned as ``Halves`` too, :math:`x_1` written into the first half
         of a full-size buffer and :math:`x_2` beside it, so a chain spends no
         concatenation on a tensor the next step splits again. The results are

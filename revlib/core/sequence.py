@@ -3,7 +3,7 @@
 In mode ``"reversible"`` the forward calls every block as PyTorch calls a
 module (``block(h, **extras)``, so hooks and FSDP2 run), and each block runs
 without building a graph, keeping only what a
-:class:`~revlib.core.replay.Tape` must replay (generator states of the
+:class:`~revlib.core.replay.tape.Tape` must replay (generator states of the
 calls that drew random numbers, copies of buffers the forward changed); the
 chain keeps its last output. The backward walks the blocks in reverse, one
 autograd node per block (:mod:`~revlib.core.engine`); each reconstructs its

@@ -5,7 +5,7 @@
 and FSDP2's hooks unshard the block's parameters around its forward and,
 through the hooks FSDP puts on the block's output, around its backward step.
 Inside that call the block's ``forward`` finds the :class:`BlockCall` in
-:data:`~revlib.core.blocks.ENGINE_CALL` and runs it: one
+``blocks.ENGINE_CALL`` and runs it: one
 :class:`~revlib.core.engine.function.BlockFunction` node per block. Block
 ``i + 1``'s backward step hands the input it rebuilt to block ``i``'s step
 through :attr:`Chain.reconstructed`; only the last output is saved.

@@ -2,7 +2,7 @@
 
 :class:`BlockFunction` is what :class:`~revlib.core.engine.chain.BlockCall`
 applies. Its forward runs the block under :func:`torch.no_grad` and the
-guards, recording a :class:`~revlib.core.replay.Tape`, and saves nothing but
+guards, recording a :class:`~revlib.core.replay.tape.Tape`, and saves nothing but
 the tape (and the chain's last output). Its backward is one step of Algorithm 1
 of Gomez et al. (2017): from the block's output, which the next block's step
 rebuilt, and its gradient, the block's input, its gradient, and the gradients
@@ -80,6 +80,8 @@ class BlockFunction(torch.autograd.Function):
     def forward(
         ctx: Any, x: Tensor, call: BlockCall, slots: tuple[int, ...], *tensors: Tensor
     ) -> Tensor | tuple[Tensor, ...]:
+        """Run the block without a graph, recording its tape; return its output, and its
+        auxiliary losses when it reported any."""
         chain, block = call.chain, call.block
         owner = refusals.owner(call.index, block)
         extra_tensors, params = tensors[: len(slots)], tensors[len(slots) :]
@@ -117,6 +119,8 @@ class BlockFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, *daux: Tensor | None) -> tuple[Tensor | None, ...]:
+        """One step of Algorithm 1: rebuild the block's input, return its gradient and those of
+        the extras and parameters."""
         with cached_walks():  # one walk of each module for the whole step (the first is fresh)
             return BlockFunction._backward(ctx, dy, *daux)
 

@@ -3,7 +3,7 @@
 A memory budget (:mod:`revlib.core.budget`) keeps the activations of some
 blocks and reverses the rest. To choose, the chain measures each block once:
 right after the block's recorded forward, :func:`measure_block` replays it
-(:meth:`~revlib.core.replay.Tape.replay`: same random draws, no state updated)
+(:meth:`~revlib.core.replay.tape.Tape.replay`: same random draws, no state updated)
 with autograd on, counting the bytes it saves for backward
 (:class:`~revlib.core.memory.SavedTensorMeter`) and timing it, the cost of the
 recomputation that storing the block would spare.
