@@ -1349,7 +1349,7 @@ assert saved_by_budget[0.0] < saved_by_budget[0.5] < saved_by_budget[1.0]
 # (`torch._functorch.config.activation_memory_budget`), against the bytes each
 # step saves for backward.
 
-# %%
+# %% tags=["remove-output"]
 budget_runs = {}
 for name in ("stack", "revnet38"):
     path = Path("..") / "benchmarks" / "results" / f"budget_{name}_cpu.json"
@@ -1419,9 +1419,8 @@ glue("budget_compiled_mib", least_compiled, display=False)
 glue("budget_all_ms", bchain[-1][1], display=False)
 glue("budget_none_ms", bchain[0][1], display=False)
 glue("budget_compiled_ms", max(ms for _, ms, _ in bcompiled), display=False)
-plain = dict((label, ms) for _, ms, label in bckpt)[
-    "1"
-]  # one segment: nothing checkpointed
+plain_step = {label: ms for _, ms, label in bckpt}
+plain = plain_step["1"]  # one segment: nothing checkpointed
 assert plain < bchain[-1][1]
 glue("budget_plain_ms", plain, display=False)
 
