@@ -108,3 +108,16 @@ def test_the_shipped_results_are_runs_of_the_plan():
         if run["study"] in ("pilot", "main", "stepsize", "small"):
             assert run["history"] and 0 < run["val_acc"] <= 1
     assert G.plateau_epochs(shipped) in (None, *G.PILOT_EPOCHS)
+
+
+def test_without_a_plateau_the_grid_takes_the_budget_length_once_the_pilot_is_done():
+    def pilot(accs):
+        return [{"study": "pilot", "epochs": e, "val_acc": a} for e, a in accs.items()]
+
+    rising = dict(zip(G.PILOT_EPOCHS, (0.87, 0.89, 0.91, 0.92, 0.93, 0.94), strict=True))
+    assert G.plateau_epochs(pilot(rising)) is None
+    assert G.grid_epochs(pilot(rising)) == G.BUDGET_EPOCHS
+    unfinished = {e: a for e, a in rising.items() if e != max(rising)}
+    assert G.grid_epochs(pilot(unfinished)) is None
+    flat = {**rising, 32: 0.9395}  # within 0.3 points of 64 epochs: the rule decides
+    assert G.grid_epochs(pilot(flat)) == 32
