@@ -11,7 +11,7 @@ from those objects, whatever a library calls its parameters). The libraries
   mode ``"reversible"`` (default settings);
 * ``checkpoint``: :func:`torch.utils.checkpoint.checkpoint` around each block
   (non-reentrant, ``preserve_rng_state=True``: torch's defaults);
-* ``memcnn``: MemCNN :cite:`leemput2019memcnn`, ``InvertibleModuleWrapper(
+* ``memcnn``: MemCNN (van de Leemput et al., 2019), ``InvertibleModuleWrapper(
   AdditiveCoupling(F, G), keep_input=False, preserve_rng_state=True)`` per block;
 * ``revtorch``: RevTorch, ``ReversibleSequence`` of
   ``ReversibleBlock(F, G, fix_random_seed=True)``;
@@ -51,7 +51,7 @@ import random
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -453,31 +453,53 @@ def training_step(
     return loss.detach()
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to the null device: the profiler's C++ side prints a line at
+    every start and stop, which a notebook would show as the cell's output."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(null)
+        os.close(saved)
+
+
 def held_bytes(model: nn.Module, x: Tensor, calls: int = 2) -> int:
-    """Bytes that one forward of ``model(x)`` leaves allocated (its output included): what the
-    CPU allocator allocated during the call and had not freed when it returned; the smallest
-    over ``calls`` calls (a library's first call may allocate something it keeps, once).
+    """Bytes that one forward of ``model`` on a copy of ``x`` leaves allocated (its output
+    included, the input not): what the CPU allocator allocated during the call and had not
+    freed when it returned, at the last of ``calls`` calls: the steady state of a training
+    loop (a first call may allocate something the library then keeps for good: PyPI's
+    revlib keeps a generator state on each half-step module, which later calls replace).
 
     Counted from the profiler's memory events, so every tensor counts however a
     library keeps it (saved for backward, an attribute of its autograd node, a
-    closure), once; tensors made before the call (the input, the weights) do
-    not. A tensor made before the call and freed inside it (MemCNN frees its
-    block inputs) is not subtracted. The graph is freed afterwards.
+    closure), once. The copy of ``x`` is made inside the profiled region, so that
+    a library that frees its input (MemCNN does) is seen freeing it, and its bytes
+    are then subtracted if it is still allocated. (A block allocated before the
+    profiler started and freed while it runs may be reported with the size of an
+    older block at the same address; nothing allocated outside is freed inside here.)
+    The graph is freed afterwards.
     """
     from torch.profiler import ProfilerActivity, profile
 
     counts = []
     for _ in range(calls):
-        fresh = x.detach().clone().requires_grad_(x.requires_grad)  # MemCNN frees its input
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_stderr():
             warnings.simplefilter("ignore")
             with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                fresh = x.detach().clone().requires_grad_(x.requires_grad)
                 with torch.enable_grad():
                     out = model(fresh)
         # every allocation and free is charged, once, to the innermost event running it
-        counts.append(sum(int(e.self_cpu_memory_usage) for e in prof.events()))
+        total = sum(int(e.self_cpu_memory_usage) for e in prof.events())
+        counts.append(total - fresh.untyped_storage().nbytes())
         del out, fresh
-    return min(counts)
+    return counts[-1]
 
 
 # ---------------------------------------------------------------------------- the checks
