@@ -231,7 +231,7 @@ for key in ("memcnn", "revtorch", "revlib_pypi"):
 # - **Dropout.** Checkpointing and PyPI's revlib restore the generator state before
 #   the recomputation and pass. MemCNN restores it before the inverse, which runs $G$
 #   first, so $G$ draws $F$'s numbers, and the recomputation runs outside the restored
-#   state: its gradients are not those of any masks. RevTorch's gradients are correct
+#   state: its gradients are not those of the masks its forward drew. RevTorch's gradients are correct
 #   for the masks it drew, but those are not the masks of the same seed without it.
 # - **Hooks.** A hook that changes $F$ is part of $F$ and is rerun by everyone, as it
 #   must be. An observer runs twice per step under checkpointing, RevTorch and PyPI's
