@@ -96,12 +96,12 @@ _ = torch.manual_seed(0)
 LIBS = list(peers.LIBRARIES)
 REASON = {key: peers.missing(key) for key in LIBS}  # None: available here
 show_table(
-    ["library", "what this page builds", "source"],
+    ["library", "what this page builds", "repository"],
     [
         [
             p.label,
             f"`{p.settings}`",
-            p.url or "this repository",
+            (p.url or "this repository").removeprefix("https://github.com/"),
         ]
         for p in peers.PEERS.values()
     ],
@@ -113,20 +113,32 @@ for key, reason in REASON.items():
 # %% [markdown]
 # ## What each library offers, from its source
 #
-# The rows that a check can settle are measured in the next section; this table
-# says what the code at the pinned version does, read from it.
+# The rows that a check can settle are measured in the next section; these tables
+# say what the code at the pinned version does, read from it.
 #
-# | | revlib | `torch.utils.checkpoint` | MemCNN 1.5.2 | RevTorch 0.2.4 | PyPI revlib 1.7.2 | FrEIA 0.2 |
-# |---|---|---|---|---|---|---|
-# | saves memory by | inverting each block in the backward | keeping each block's input, recomputing the block | inverting each wrapped module | inverting each block | inverting each half-step | nothing (autograd) |
-# | blocks | any `ReversibleBlock` (a forward and its inverse) | any module | any module with an `inverse` | $F$, $G$ of an additive coupling only | any module, as the $f$ of $y_0 = x_0 + f(x_1)$ | any `InvertibleModule` |
-# | couplings shipped | additive, NICE, affine, Hamiltonian, midpoint, leapfrog, momentum | none needed | additive, affine | additive | additive; coupling functions replaceable (e.g. momentum) | NICE, Real NVP, GLOW, GIN, all-in-one, ... |
-# | BatchNorm's running statistics | updated once (the replay leaves them) | updated again by the recomputation | updated again by the inverse and by the recomputation | updated again by the recomputation | updated again by the recomputation | updated once |
-# | random layers | generator states replayed for each call that drew (default) | generator states replayed (default) | `preserve_rng_state` (off by default) restores the state for the inverse only | `fix_random_seed` (off by default) reseeds torch from Python's `random` before each $F$ and $G$ | the CPU (and CUDA) state restored for the recomputation | nothing to replay |
-# | hooks on modules inside $F$ | run once per step, again in the replay only if they change the output | run again in the recomputation | run again in the inverse and in the recomputation | run again in the recomputation | run again in the recomputation | run once |
-# | conditioning, extras | keywords reach every $F$ and $G$ that takes them, with gradients | any arguments | several inputs to the wrapped module | none | `*args, **kwargs` to every module | conditions concatenated to the sub-networks' input |
-# | data parallel | DDP and FSDP2, tested in the repository's suite | PyTorch's own | weights are inputs of its autograd function, so their gradients reach autograd like any layer's (not run here) | gradients of $F$, $G$ set by a nested `backward()` inside its backward (not run here) | gradients by a nested `torch.autograd.backward` inside its backward (not run here) | autograd |
-# | memory options | a mode per sequence: `"autograd"`, `"reversible"`, `"checkpoint"` | selective checkpointing policies; `torch.compile`'s activation memory budget | `keep_input` per wrapper; `disable` | `eagerly_discard_variables` | four memory modes; parameter offload (`target_device`); an optimizer step fused into the backward | none |
+# |  | revlib | `torch.utils.checkpoint` | MemCNN 1.5.2 |
+# |---|---|---|---|
+# | saves memory by | inverting each block in the backward | keeping each block's input, recomputing the block | inverting each wrapped module |
+# | blocks | any `ReversibleBlock` (a forward and its inverse) | any module | any module with an `inverse` |
+# | couplings shipped | additive, NICE, affine, Hamiltonian, midpoint, leapfrog, momentum | none needed | additive, affine |
+# | BatchNorm's running statistics | updated once (the replay leaves them) | updated again by the recomputation | updated again by the inverse and by the recomputation |
+# | random layers | generator states replayed for each call that drew (default) | generator states replayed (default) | `preserve_rng_state` (off by default) restores the state for the inverse only |
+# | hooks on modules inside $F$ | run once per step, again in the replay only if they change the output | run again in the recomputation | run again in the inverse and in the recomputation |
+# | conditioning, extras | keywords reach every $F$ and $G$ that takes them, with gradients | any arguments | several inputs to the wrapped module |
+# | data parallel | DDP and FSDP2, tested in the repository's suite | PyTorch's own | weights are inputs of its autograd function, so their gradients reach autograd like any layer's (not run here) |
+# | memory options | a mode per sequence: `"autograd"`, `"reversible"`, `"checkpoint"` | selective checkpointing policies; `torch.compile`'s activation memory budget | `keep_input` per wrapper; `disable` |
+#
+# |  | RevTorch 0.2.4 | PyPI revlib 1.7.2 | FrEIA 0.2 |
+# |---|---|---|---|
+# | saves memory by | inverting each block | inverting each half-step | nothing (autograd) |
+# | blocks | $F$, $G$ of an additive coupling only | any module, as the $f$ of $y_0 = x_0 + f(x_1)$ | any `InvertibleModule` |
+# | couplings shipped | additive | additive; coupling functions replaceable (e.g. momentum) | NICE, Real NVP, GLOW, GIN, all-in-one, ... |
+# | BatchNorm's running statistics | updated again by the recomputation | updated again by the recomputation | updated once |
+# | random layers | `fix_random_seed` (off by default) reseeds torch from Python's `random` before each $F$ and $G$ | the CPU (and CUDA) state restored for the recomputation | nothing to replay |
+# | hooks on modules inside $F$ | run again in the recomputation | run again in the recomputation | run once |
+# | conditioning, extras | none | `*args, **kwargs` to every module | conditions concatenated to the sub-networks' input |
+# | data parallel | gradients of $F$, $G$ set by a nested `backward()` inside its backward (not run here) | gradients by a nested `torch.autograd.backward` inside its backward (not run here) | autograd |
+# | memory options | `eagerly_discard_variables` | four memory modes; parameter offload (`target_device`); an optimizer step fused into the backward | none |
 #
 # Two consequences of the sources are worth stating before the measurements. RevTorch
 # and PyPI's revlib call their `autograd.Function` with the activations only, not the
