@@ -264,8 +264,9 @@ for key in ("memcnn", "revtorch", "revlib_pypi"):
 # - **torch.compile.** Every library gives autograd's gradients under `aot_eager`;
 #   the graph breaks are where Dynamo stops tracing and hands control back to Python:
 #   at revlib's engine (which runs eagerly and compiles $F$ and $G$ itself,
-#   {ref}`app-engine`), at each generator-state call of MemCNN and PyPI's revlib, and
-#   at each reseeding of RevTorch.
+#   {ref}`app-engine`), at MemCNN's and PyPI's revlib's calls of
+#   `torch.get_rng_state` and at RevTorch's of `torch.manual_seed`, functions that
+#   Dynamo does not trace.
 
 # %% [markdown]
 # ## Memory: what one forward leaves for the backward
@@ -337,9 +338,9 @@ assert memory["revlib"][6][0] - block_io < 64
 assert per_block["checkpoint"] == block_io + rng_state
 if "memcnn" in available:  # no input kept: one generator state per block
     assert per_block["memcnn"] == rng_state
+    assert memory["memcnn"][6][1] == 0  # invisible to saved-tensor hooks
 if "revlib_pypi" in available:  # one generator state per half-step
     assert per_block["revlib_pypi"] == 2 * rng_state
-    assert memory["memcnn"][6][1] == 0  # invisible to saved-tensor hooks
 assert (
     per_block["autograd"] > 4 * block_io
     and per_block["freia"] == per_block["autograd"]
@@ -352,10 +353,10 @@ assert (
 # {glue:text}`peer_rng_state_bytes`-byte generator state it saves to replay random
 # numbers; the reversible libraries keep the output and nothing that grows with depth,
 # except MemCNN's generator state per block (saved because `preserve_rng_state=True`;
-# it is off by default) and PyPI's revlib's per half-step. The bytes that the
-# saved-tensor hooks see are the same for the libraries that save with
-# `save_for_backward`, and zero for MemCNN and RevTorch: a memory comparison by hooks
-# alone would flatter them.
+# it is off by default) and PyPI's revlib's per half-step. The saved-tensor hooks see
+# all of it for autograd, FrEIA and revlib, all but the generator states for
+# checkpointing, part of it for PyPI's revlib, and none of it for MemCNN and
+# RevTorch: a memory comparison by hooks alone would flatter the last three.
 #
 # All of them need one more thing in the backward that this table does not show: the
 # activations of the one block being recomputed, autograd's per-block bytes, for the
