@@ -48,8 +48,10 @@ import importlib.util
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -288,29 +290,9 @@ def load_revlib_pypi(install: bool = True, folder: Path | None = None) -> Module
     if not (core.exists() and stamp.exists()):
         if not install:
             raise PeerUnavailable(f"PyPI revlib {version} is not installed in {target}")
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--upgrade",
-                "--target",
-                str(target),
-                f"revlib=={version}",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0 or not core.exists():
-            lines = (proc.stderr or proc.stdout or "no output").strip().splitlines()
-            raise PeerUnavailable(
-                f"PyPI revlib {version} could not be installed into {target} "
-                f"(pip: {lines[-1] if lines else proc.returncode})"
-            )
+        _install_into(target, f"revlib=={version}")
+        if not core.exists():
+            raise PeerUnavailable(f"PyPI revlib {version}: no revlib/core.py in {target}")
     spec = importlib.util.spec_from_file_location(_PYPI_REVLIB_MODULE, core)
     if spec is None or spec.loader is None:  # pragma: no cover
         raise PeerUnavailable(f"cannot load {core}")
@@ -323,6 +305,46 @@ def load_revlib_pypi(install: bool = True, folder: Path | None = None) -> Module
         raise PeerUnavailable(f"PyPI revlib {version}: {type(err).__name__}: {err}") from err
     setattr(module, "__version__", version)  # noqa: B010 (a module, not a class)
     return module
+
+
+def _install_into(target: Path, requirement: str) -> None:
+    """``pip install --no-deps --target`` into a new folder beside ``target``, renamed to
+    ``target`` when complete (pip writes the ``.dist-info`` folder last): two processes
+    installing at once (the two nbval passes of ``make test``) never see a half-written
+    folder, and the second one's copy is dropped."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}-", dir=target.parent) as tmp:
+        staging = Path(tmp) / "target"
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--target",
+                str(staging),
+                requirement,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            lines = (proc.stderr or proc.stdout or "no output").strip().splitlines()
+            raise PeerUnavailable(
+                f"{requirement} could not be installed into {target} "
+                f"(pip: {lines[-1] if lines else proc.returncode})"
+            )
+        if any(target.glob("*.dist-info")):
+            return  # another process finished first: keep its copy, drop this one
+        shutil.rmtree(target, ignore_errors=True)  # a folder left incomplete, if any
+        try:
+            staging.rename(target)
+        except OSError:
+            if not any(target.glob("*.dist-info")):  # not another process's copy
+                raise
 
 
 _IMPORT_NAMES = {"memcnn": "memcnn", "revtorch": "revtorch", "freia": "FrEIA"}

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import revlib
+from revlib.core.memory import saved_tensor_bytes
 from revlib.harness import peers
 
 SHAPE = (8, 6, 6)
@@ -153,3 +154,53 @@ def test_every_case_is_described_and_the_pins_are_the_peers_versions():
     for name in ("memcnn", "revtorch", "FrEIA"):
         assert f"{name}=={peers.PINNED[name]}" in requirements.splitlines()
     assert not any(line.startswith("revlib==") for line in requirements.splitlines())
+
+
+def fake_pip(written: list[str]):
+    """A stand-in for ``pip install --target DIR``: writes revlib/core.py and a dist-info."""
+
+    def run(cmd, **kwargs):
+        target = peers.Path(cmd[cmd.index("--target") + 1])
+        (target / "revlib").mkdir(parents=True)
+        (target / "revlib" / "core.py").write_text("MARK = 1\n")
+        (target / f"revlib-{peers.PINNED['revlib']}.dist-info").mkdir()
+        written.append(str(target))
+        return peers.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    return run
+
+
+def test_the_private_install_is_renamed_into_place_whole(tmp_path, monkeypatch):
+    written: list[str] = []
+    monkeypatch.setattr(peers.subprocess, "run", fake_pip(written))
+    target = tmp_path / "revlib-x"
+    peers._install_into(target, "revlib==x")
+    assert (target / "revlib" / "core.py").exists() and written[0] != str(target)
+    # a second process that finishes later keeps the first one's copy
+    (target / "revlib" / "core.py").write_text("MARK = 'first'\n")
+    peers._install_into(target, "revlib==x")
+    assert (target / "revlib" / "core.py").read_text() == "MARK = 'first'\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["revlib-x"]  # no staging left
+
+
+def test_a_failed_private_install_is_unavailable_with_pips_last_line(tmp_path, monkeypatch):
+    def offline(cmd, **kwargs):
+        return peers.subprocess.CompletedProcess(cmd, 1, "", "Collecting\nERROR: no network")
+
+    monkeypatch.setattr(peers.subprocess, "run", offline)
+    with pytest.raises(peers.PeerUnavailable, match="pip: ERROR: no network"):
+        peers._install_into(tmp_path / "revlib-x", "revlib==x")
+    assert not (tmp_path / "revlib-x").exists()
+
+
+def test_held_bytes_sees_memcnns_node_attributes():
+    """MemCNN keeps its tensors on its autograd node, where saved-tensor hooks do not look: the
+    allocator's count has the output and one generator state per block; its input is freed."""
+    available("memcnn")
+    pairs = stack_pairs()
+    model = peers.build("memcnn", pairs, SHAPE).train()
+    x = torch.randn(3, *SHAPE, dtype=torch.float64, requires_grad=True)
+    state = torch.get_rng_state().numel()
+    assert peers.held_bytes(model, x) == x.numel() * x.element_size() + 2 * state
+    assert saved_tensor_bytes(model, x.detach().clone().requires_grad_()) == 0
+    assert x.untyped_storage().nbytes() > 0  # held_bytes works on a copy
