@@ -126,7 +126,7 @@ for key, reason in REASON.items():
 # | hooks on modules inside $F$ | run once per step, again in the replay only if they change the output | run again in the recomputation | run again in the inverse and in the recomputation |
 # | conditioning, extras | keywords reach every $F$ and $G$ that takes them, with gradients | any arguments | several inputs to the wrapped module |
 # | data parallel | DDP and FSDP2, tested in the repository's suite | PyTorch's own | weights are inputs of its autograd function, so their gradients reach autograd like any layer's (not run here) |
-# | memory options | a mode per sequence: `"autograd"`, `"reversible"`, `"checkpoint"` | selective checkpointing policies; `torch.compile`'s activation memory budget | `keep_input` per wrapper; `disable` |
+# | memory options | a mode per sequence (`"autograd"`, `"reversible"`, `"checkpoint"`); a `memory_budget`, spent on the blocks that spare the most recomputation per byte | selective checkpointing policies; `torch.compile`'s activation memory budget | `keep_input` per wrapper; `disable` |
 #
 # |  | RevTorch 0.2.4 | PyPI revlib 1.7.2 | FrEIA 0.2 |
 # |---|---|---|---|
@@ -480,8 +480,11 @@ if step is not None:
 #    the faster of the two whenever it fits.
 # 3. **Reversible blocks** when even $L x$ does not fit, or when the batch or the
 #    resolution is what must grow: memory flat in depth, for a step that costs more
-#    than checkpointing's. The depth at which a fixed budget $B$ forces
-#    the switch is $B / x$ blocks, against $B / a$ for autograd.
+#    than checkpointing's. The depth at which a fixed budget $B$ forces the switch is
+#    $B / x$ blocks, against $B / a$ for autograd. Between the two, revlib's
+#    `memory_budget` mixes them block by block: the blocks that spare the most
+#    recomputation per byte keep their activations while they fit, and the rest run
+#    reversibly (`benchmarks/budget.py` times it against checkpointing).
 # 4. **Offloading** when the device is the bottleneck and the bus is idle: it keeps
 #    autograd's gradients with no recomputation, at the price of the copies. On a CPU
 #    there is nothing to offload to, so this page cannot measure it; the GPU run
