@@ -391,6 +391,7 @@ else:
             "median step (ms)",
             "/ autograd (95% interval)",
             "CPU time ratio",
+            "held after the forward (MiB)",
         ],
         [
             [
@@ -401,6 +402,7 @@ else:
                     *bench["paired_ratio_95_interval"][k],
                 ),
                 f"{bench['cpu_time_ratio_to_autograd'][k]:.2f}",
+                f"{bench['held_bytes_after_forward'][k] / MiB:.1f}",
             ]
             for k in bench["variants"]
         ],
