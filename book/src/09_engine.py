@@ -9,6 +9,8 @@
 # `revlib`'s engine records and checks, with one example that exercises most of it
 # at once and the memory the records cost. It is library engineering rather than
 # mathematics; nothing in the other chapters depends on reading it.
+# {ref}`app-peers` puts four other libraries, and `torch.utils.checkpoint`, through
+# the same checks.
 
 # %%
 import copy
