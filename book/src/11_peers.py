@@ -95,14 +95,10 @@ _ = torch.manual_seed(0)
 # %%
 LIBS = list(peers.LIBRARIES)
 REASON = {key: peers.missing(key) for key in LIBS}  # None: available here
-show_table(
-    ["library", "what this page builds", "repository"],
+show_table(  # each library's name links to its repository
+    ["library", "what this page builds"],
     [
-        [
-            p.label,
-            f"`{p.settings}`",
-            (p.url or "this repository").removeprefix("https://github.com/"),
-        ]
+        [f"[{p.label}]({p.url})" if p.url else p.label, f"`{p.settings}`"]
         for p in peers.PEERS.values()
     ],
 )
