@@ -58,20 +58,9 @@ from torch import nn
 
 import revlib
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
+from revlib.harness.peers import preact_half
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def preact_half(channels: int) -> nn.Sequential:
-    """F or G: BN-ReLU-conv3x3-BN-ReLU-conv3x3 on one half of the channels."""
-    return nn.Sequential(
-        nn.BatchNorm2d(channels),
-        nn.ReLU(),
-        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(channels),
-        nn.ReLU(),
-        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-    )
 
 
 def halves(depth: int, width: int) -> list[tuple[nn.Module, nn.Module]]:
