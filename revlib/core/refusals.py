@@ -21,9 +21,9 @@ def owner(index: int, block: nn.Module) -> str:
     return f"{OWNER}, block {index} ({type(block).__name__})"
 
 
-def side_input(owner: str, t: Tensor) -> RuntimeError:
+def side_input(owner: str, shape: tuple[int, ...]) -> RuntimeError:
     return RuntimeError(
-        f"{owner}: a tensor of shape {tuple(t.shape)} that requires grad reaches the block without "
+        f"{owner}: a tensor of shape {shape} that requires grad reaches the block without "
         "being an input of the chain or a registered parameter (e.g. a conditioning tensor set as "
         "an attribute of F, or an nn.Parameter kept in a plain list). The reversible forward "
         "builds no graph, so its gradient would be lost. Pass it through the chain (seq(x, "

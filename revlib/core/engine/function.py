@@ -1,7 +1,7 @@
 """The autograd node of one block: a forward without a graph, and one step of Algorithm 1 back.
 
 :class:`BlockFunction` is what :class:`~revlib.core.engine.chain.BlockCall`
-applies. Its forward runs the block under :func:`torch.no_grad` and the
+applies. Its forward runs the block without a graph, under the
 guards, recording a :class:`~revlib.core.replay.tape.Tape`, and saves nothing but
 the tape (and the chain's last output). Its backward is one step of Algorithm 1
 of Gomez et al. (2017): from the block's output, which the next block's step
@@ -85,12 +85,14 @@ class BlockFunction(torch.autograd.Function):
         chain, block = call.chain, call.block
         owner = refusals.owner(call.index, block)
         extra_tensors, params = tensors[: len(slots)], tensors[len(slots) :]
-        extras = call.extras_with(slots, extra_tensors)
-        tape = Tape.start(x, chain.record_rng, extras)
+        # detached: the forward runs in grad mode, where only a side input builds a graph
+        x_in = x.detach()
+        extras = call.extras_with(slots, [t.detach() for t in extra_tensors])
+        tape = Tape.start(x_in, chain.record_rng, extras)
         tape.names = chain.names
         tape.call = chain.call
         with collecting() as aux:
-            y = _forward(block, x, tape, (x, *tensors), owner, compiled=chain.call is not None)
+            y = _forward(block, x_in, tape, params, aux, owner, compiled=chain.call is not None)
         if chain.costs is not None:
             with collecting():
                 chain.costs.append(measure_block(block, x, tape))
@@ -98,7 +100,7 @@ class BlockFunction(torch.autograd.Function):
             for name, shape in record.kept_outputs(keep=y):
                 raise refusals.hook_kept_output(owner, name, shape)
         chain.used_extras |= tape.used_extras
-        if y is x:
+        if y is x_in:
             y = y.clone()
         ctx.call, ctx.slots, ctx.params = call, slots, params
         ctx.extra_versions = [(weakref.ref(t), t._version) for t in extra_tensors]
@@ -185,21 +187,25 @@ def _forward(
     block: ReversibleBlock,
     x: Tensor,
     tape: Tape,
-    inputs: tuple[Tensor, ...],
+    params: tuple[Tensor, ...],
+    aux: list[Tensor],
     owner: str,
     compiled: bool,
 ) -> Tensor:
-    """The block's forward, recorded on ``tape``, with no graph, under the side-input guard."""
-    allowed = {id(t) for t in inputs} | {id(t._base) for t in inputs if t._is_view()}
-    if compiled:
-        # Dynamo runs under an active torch function mode too: a static scan of the attributes
-        check_attribute_tensors(block, allowed, owner)
-        guard: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-    else:
-        guard = SideInputGuard(allowed, owner)
+    """The block's forward, recorded on ``tape``, with no graph, under the side-input guard
+    (``x`` and the tape's extras detached; ``aux``: the auxiliary losses it reports)."""
     try:
-        with torch.no_grad(), _inside(), guard, cached_walks():
-            return block.forward_recorded(x, tape)
+        if compiled:
+            # a static scan of the attributes: swapping in detached parameters would recompile
+            check_attribute_tensors(block, {id(t) for t in params}, owner)
+            with torch.no_grad(), _inside(), cached_walks():
+                return block.forward_recorded(x, tape)
+        guard = SideInputGuard(owner)
+        detached = {id(p): p.detach() for p in params}
+        with torch.enable_grad(), _inside(), cached_walks(), detached_parameters(block, detached):
+            y = block.forward_recorded(x, tape)
+        guard.check((y, *aux))
+        return y
     except RuntimeError as err:
         clear = refusals.explain_forward_error(err, owner)
         if clear is None:

@@ -12,13 +12,12 @@ train/eval flags back as the forward had them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from .. import refusals
 from ..replay import Slot, Tape, forward_reads, submodules, swapped
@@ -33,50 +32,44 @@ def signature(t: Tensor) -> Signature:
     return (t.data_ptr(), t.shape, t.stride(), t._version)
 
 
-class SideInputGuard(TorchFunctionMode):
+class SideInputGuard:
     """Refuse a tensor that requires grad and reaches a block's forward other than as an input.
 
-    In the engine's forward no graph is built, so the gradient of a tensor F
-    reads from an attribute (a conditioning tensor set on F, an unregistered
-    ``nn.Parameter``) would silently be lost. Allowed: the block's input, the
-    chain's extra arguments and the block's registered parameters.
+    The engine's forward builds no graph, so the gradient of a tensor F reads
+    from an attribute (a conditioning tensor set on F, an unregistered
+    ``nn.Parameter``) would silently be lost. The forward therefore runs with
+    grad mode on but with its input, the chain's extra arguments and the
+    block's parameters detached: no graph is built unless some other tensor
+    that requires grad is used, and then an output requires grad.
+    :meth:`check` refuses that output, naming the tensor where the graph
+    leaves the forward (autograd's sequence numbers tell which nodes the
+    forward made). Nothing is paid per operation.
     """
 
-    def __init__(self, allowed: set[int], owner: str) -> None:
-        super().__init__()
-        self.allowed = allowed
+    def __init__(self, owner: str) -> None:
         self.owner = owner
+        self.start = torch._C._autograd._get_sequence_nr()
 
-    def _check(self, value: Any) -> None:
-        if isinstance(value, Tensor):
-            if (
-                value.requires_grad
-                and id(value) not in self.allowed
-                and not (value._is_view() and id(value._base) in self.allowed)
-            ):
-                raise refusals.side_input(self.owner, value)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                if isinstance(v, Tensor):
-                    self._check(v)
+    def check(self, outputs: Iterable[Tensor]) -> None:
+        for t in outputs:
+            if t.requires_grad:
+                raise refusals.side_input(self.owner, self._entry_shape(t))
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Collection[type],
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        # the common case in one pass: tensors that need no gradient (activations under
-        # no_grad) or are allowed (parameters, inputs); anything else goes to _check
-        allowed = self.allowed
-        for a in (*args, *kwargs.values()) if kwargs else args:
-            if isinstance(a, Tensor):
-                if a.requires_grad and id(a) not in allowed:
-                    self._check(a)
-            elif isinstance(a, list | tuple):
-                self._check(a)
-        return func(*args, **(kwargs or {}))
+    def _entry_shape(self, t: Tensor) -> tuple[int, ...]:
+        """The shape of a tensor from outside the forward that ``t``'s graph reaches."""
+        todo: list[tuple[Any, int]] = [(t.grad_fn, 0)]
+        seen: set[int] = set()
+        while todo:
+            node, nr = todo.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if hasattr(node, "variable"):  # AccumulateGrad: a leaf, e.g. a stray nn.Parameter
+                return tuple(node.variable.shape)
+            if node._sequence_nr() < self.start:  # made before the forward: a side input
+                return tuple(node._input_metadata[nr].shape)
+            todo.extend(node.next_functions)
+        return tuple(t.shape)
 
 
 def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> None:
@@ -93,7 +86,7 @@ def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> 
     for m in block.modules():
         for v in forward_reads(m):
             if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
-                raise refusals.side_input(owner, v)
+                raise refusals.side_input(owner, tuple(v.shape))
         for key, value in vars(m).items():
             if key in ("_parameters", "_buffers", "_modules"):
                 continue
@@ -106,7 +99,7 @@ def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> 
             )
             for v in values:
                 if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
-                    raise refusals.side_input(owner, v)
+                    raise refusals.side_input(owner, tuple(v.shape))
 
 
 @dataclass

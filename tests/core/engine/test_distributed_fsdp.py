@@ -104,9 +104,10 @@ def _rank(rank: int, port: int, out: str) -> None:
 
         def note(module, args):
             if id(module) in subs:
-                seen.append(
-                    (torch.is_grad_enabled(), subs[id(module)], [not _sharded(b) for b in blocks])
-                )
+                # the engine's forward runs F on detached parameters, its replay on leaves that
+                # require grad
+                replay = any(p.requires_grad for p in module.parameters())
+                seen.append((replay, subs[id(module)], [not _sharded(b) for b in blocks]))
 
         handle = torch.nn.modules.module.register_module_forward_pre_hook(note)
         xs, targets = batches()

@@ -116,7 +116,7 @@ def test_a_tensor_reaching_f_by_an_attribute_is_refused():
 
 
 def test_control_without_the_guard_the_attribute_loses_its_gradient(monkeypatch):
-    monkeypatch.setattr(engine.SideInputGuard, "_check", lambda self, value: None)
+    monkeypatch.setattr(engine.SideInputGuard, "check", lambda self, outputs: None)
     m = AttributeConditioned().double()
     g = step(m, X, T)
     assert g[0] is None  # the embedder silently got no gradient
@@ -255,3 +255,24 @@ def test_reversible_vit_takes_an_attention_mask():
         < 1e-12
     )
     assert not torch.allclose(rev(images, attn_mask=mask), rev(images))
+
+
+class StrayInAuxLoss(nn.Module):
+    """A half whose output is clean but whose auxiliary loss reads an unregistered parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.stray = [nn.Parameter(torch.ones(5, dtype=torch.float64))]
+
+    def forward(self, h):
+        revlib.add_aux_loss(self.stray[0].square().sum())
+        return torch.tanh(self.lin(h))
+
+
+def test_a_side_input_reaching_only_an_auxiliary_loss_is_refused():
+    m = revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(StrayInAuxLoss(), nn.Linear(3, 3), dim=-1)]
+    ).double()
+    with pytest.raises(RuntimeError, match=r"tensor of shape \(5,\) that requires grad"):
+        m(X.clone().requires_grad_(True))
