@@ -28,7 +28,13 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from common import add_run_options, run_metadata, time_interleaved, write_result
+from common import (
+    add_run_options,
+    compile_from_scratch,
+    run_metadata,
+    time_interleaved,
+    write_result,
+)
 from step_time import halves
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
@@ -129,8 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    # compile in this process: a pool of compile workers would count as another process's load
-    torch._inductor.config.compile_threads = 1
+    compile_from_scratch()
     device = torch.device(args.device or "cpu")
     _, x = base_model(args)
     x = x.to(device)

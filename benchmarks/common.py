@@ -31,6 +31,21 @@ MAX_OTHER_CORES = 0.2
 """The CPU that other processes may use, in cores, averaged over a benchmark run."""
 
 
+def compile_from_scratch() -> None:
+    """Make ``torch.compile``'s time in this process a cold compile, counted as this process's.
+
+    A fresh Inductor cache folder and no cached graphs (a cache left warm by an
+    earlier run would make the first steps' time that of a lookup), and one
+    compiler thread (a pool of compile workers would count as another process's load).
+    """
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="revlib-bench-inductor-")
+    torch._inductor.config.compile_threads = 1
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
+
+
 def _cpu_seconds() -> tuple[float, float, float]:
     """(busy seconds of every core, this process's CPU seconds, wall time), from /proc/stat."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]

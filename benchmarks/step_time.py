@@ -53,7 +53,13 @@ import time
 from pathlib import Path
 
 import torch
-from common import add_run_options, run_metadata, time_interleaved, write_result
+from common import (
+    add_run_options,
+    compile_from_scratch,
+    run_metadata,
+    time_interleaved,
+    write_result,
+)
 from torch import nn
 
 import revlib
@@ -77,21 +83,23 @@ def engine_before(revision: str):
     (target / "__init__.py").write_text("")
     try:
         names = subprocess.run(
-            ["git", "-C", str(REPO), "ls-tree", "--name-only", revision, "revlib/core/"],
+            ["git", "-C", str(REPO), "ls-tree", "-r", "--name-only", revision, "revlib/core/"],
             check=True,
             capture_output=True,
             text=True,
         ).stdout.split()
         for path in names:
-            if not path.endswith(".py") or path.endswith("__init__.py"):
-                continue
+            inside = Path(path).relative_to("revlib/core")
+            if not path.endswith(".py") or str(inside) == "__init__.py":
+                continue  # the package's own __init__ imports beyond the engine
             source = subprocess.run(
                 ["git", "-C", str(REPO), "show", f"{revision}:{path}"],
                 check=True,
                 capture_output=True,
                 text=True,
             ).stdout
-            (target / Path(path).name).write_text(source)
+            (target / inside).parent.mkdir(parents=True, exist_ok=True)
+            (target / inside).write_text(source)
     except (OSError, subprocess.CalledProcessError):
         return None
     sys.path.insert(0, str(target.parent))
@@ -227,6 +235,8 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device) if args.device else revlib.default_device()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile:
+        compile_from_scratch()
     load_before = os.getloadavg()
     models = build_variants(args, device)
     names = list(models)

@@ -18,7 +18,13 @@ import statistics
 
 import torch
 import torch.nn.functional as F
-from common import add_run_options, run_metadata, time_interleaved, write_result
+from common import (
+    add_run_options,
+    compile_from_scratch,
+    run_metadata,
+    time_interleaved,
+    write_result,
+)
 
 from revlib.harness import fmnist_grid, networks, train
 
@@ -57,8 +63,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    # Compile in this process: a pool of compile workers would count as another process's load.
-    torch._inductor.config.compile_threads = 1
+    compile_from_scratch()
     g = torch.Generator().manual_seed(args.seed)
     batches = [
         (torch.randn(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g))
