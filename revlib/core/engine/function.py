@@ -66,10 +66,17 @@ def _inside() -> Iterator[None]:
         _INSIDE.value -= 1
 
 
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def _checksum(y: Tensor) -> Tensor:
-    """One float64 sum over the chain's output: a write through ``y.data`` that moves no version
-    counter changes it (one pass, no allocation; a write that keeps the sum exactly is not seen)."""
-    return y.sum(dtype=torch.float64) if y.numel() else y.new_zeros(())
+    """The wrapping sum of the chain's output's bit patterns: a write through ``y.data`` that moves
+    no version counter changes it (any one changed element does; NaNs compare as bits). One pass
+    in the output's own width (a float64 sum first converted the whole output)."""
+    if y.is_complex():
+        y = torch.view_as_real(y)
+    bits = y.view(_SAME_SIZE_INT[y.element_size()])
+    return bits.sum(dtype=torch.int64 if y.element_size() == 8 else torch.int32)
 
 
 class BlockFunction(torch.autograd.Function):
@@ -246,7 +253,7 @@ def _unpack(
     extra_tensors = rest[: len(ctx.slots)]
     if ctx.keeps_output:
         y = rest[len(ctx.slots)]
-        if ctx.checksum is not None and not _same_checksum(_checksum(y.detach()), ctx.checksum):
+        if ctx.checksum is not None and not torch.equal(_checksum(y.detach()), ctx.checksum):
             raise refusals.output_changed_unseen()
         return kept, extra_tensors, y
     if rebuilt is None:
@@ -291,11 +298,3 @@ def _step(
         if clear is None:
             raise
         raise clear from err
-
-
-def _same_checksum(a: Tensor, b: Tensor) -> bool:
-    return bool(
-        torch.equal(a, b)
-        or (a.isnan() == b.isnan()).all()
-        and torch.equal(a.nan_to_num(), b.nan_to_num())
-    )

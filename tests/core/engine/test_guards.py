@@ -99,6 +99,15 @@ def test_output_changed_through_data_raises():
         y.sum().backward()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_one_ulp_change_through_data_raises(dtype):
+    model = pair(lambda: nn.Linear(3, 3))["reversible"].to(dtype)
+    y = model(X.to(dtype).clone().requires_grad_(True))
+    y.data[0, 0] = torch.nextafter(y.data[0, 0], torch.tensor(float("inf"), dtype=dtype))
+    with pytest.raises(RuntimeError, match=r"changed after the forward"):
+        y.sum().backward()
+
+
 def test_control_an_unchanged_output_backpropagates():
     model = pair(lambda: nn.Linear(3, 3))["reversible"]
     model(X.clone().requires_grad_(True)).sum().backward()
