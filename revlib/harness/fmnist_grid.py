@@ -10,7 +10,7 @@ one JSON per finished run under ``--cache``, a checkpoint after every epoch
 :class:`revlib.harness.train.Trainer`), so a stopped run resumes bit-identically
 on the same machine and a stopped grid goes on where it stopped.
 
-**Data.** Fashion-MNIST (Xiao et al. 2017): :func:`revlib.harness.fmnist_study.fmnist_splits`
+**Data.** Fashion-MNIST (Xiao et al. 2017): :func:`revlib.harness.data.fmnist_splits`
 holds out 500 training images per class for validation (55,000 / 5,000); every
 choice is made on the validation split, and the 10,000 test images are
 evaluated once per run, on the final weights.
@@ -59,7 +59,6 @@ from torch import nn
 from ..core.modes import validate_mode
 from . import data, grid, mode_compare, networks, train
 from .baselines import BASELINES, fit_baseline
-from .fmnist_study import FmnistSplits, fmnist_splits
 
 __all__ = [
     "FORMAT",
@@ -165,7 +164,7 @@ def recipe_for(run: Run, images: int) -> train.Recipe:
     )
 
 
-def _subset(run: Run, splits: FmnistSplits) -> data.ImageData:
+def _subset(run: Run, splits: data.FmnistSplits) -> data.ImageData:
     """The run's training images. A subset depends on the seed only: a seed's networks share it."""
     if run.fraction == 1:
         return splits.train
@@ -186,7 +185,7 @@ def _build(run: Run, mode: str) -> nn.Module:
 def perform(
     run: Run,
     checkpoint: Path | None,
-    splits: FmnistSplits | None = None,
+    splits: data.FmnistSplits | None = None,
     *,
     stop_at: int | None = None,
     compile: bool = False,
@@ -205,7 +204,7 @@ def perform(
     ``benchmarks/results/train_compile_cpu.json``; the runs differ by float rounding,
     as on another CPU); the result records it.
     """
-    splits = splits if splits is not None else fmnist_splits()
+    splits = splits if splits is not None else data.fmnist_splits()
     if run.study == "baseline":
         return fit_baseline(run.model, _subset(run, splits), splits.val, splits.test, run.seed)
     if run.study == "modes":
@@ -252,7 +251,7 @@ def perform(
     return result
 
 
-def _perform_modes(run: Run, splits: FmnistSplits) -> dict[str, Any]:
+def _perform_modes(run: Run, splits: data.FmnistSplits) -> dict[str, Any]:
     recipe = train.Recipe(
         name=f"fmnist {MODE_UPDATES} updates",
         iterations=MODE_UPDATES,

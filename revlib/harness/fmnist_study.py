@@ -56,6 +56,7 @@ from torch import nn
 from ..core.modes import validate_mode
 from ..models.common import count_parameters
 from . import data, networks, train
+from .data import FmnistSplits, fmnist_splits
 
 __all__ = [
     "NETWORKS",
@@ -103,31 +104,6 @@ def build(name: str, width: float = 1.0, mode: str = "autograd", in_channels: in
     :func:`revlib.harness.networks.build` makes it; a ResNet has only mode ``"autograd"``)."""
     valid = validate_mode("fmnist_study.build", mode)
     return networks.build(name, in_channels=in_channels, width=width, mode=valid)
-
-
-# ------------------------------------------------------------------------ data
-
-
-@dataclass(frozen=True)
-class FmnistSplits:
-    """Fashion-MNIST's training (55,000), validation (5,000, held out of the training set) and
-    test (10,000) splits."""
-
-    train: data.ImageData
-    val: data.ImageData
-    test: data.ImageData
-
-
-def fmnist_splits(val_per_class: int = 500, seed: int = 0, root: str | None = None) -> FmnistSplits:
-    """Fashion-MNIST with ``val_per_class`` training images of each class held out for validation.
-
-    The normalisation (per-pixel mean image, as in the official RevNet code) is
-    computed from the remaining training images only.
-    """
-    full, test = data.load_fashion_mnist(root)
-    tr, val = data.validation_split(full, val_per_class, seed=seed)
-    test = data.ImageData(test.images, test.targets, 10, tr.scale, tr.mean, tr.std, tr.name, "test")
-    return FmnistSplits(tr, val, test)
 
 
 # -------------------------------------------------------------------- training

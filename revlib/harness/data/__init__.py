@@ -6,7 +6,8 @@ The package's modules, whose public names it re-exports:
   as ``uint8``, labels, normalisation), :func:`load` for ``"cifar10"``,
   ``"cifar100"``, ``"stl10"`` (torchvision) and ``"digits"`` (scikit-learn,
   offline), :func:`augmentation_for`;
-* :mod:`~revlib.harness.data.fashion_mnist`: :func:`load_fashion_mnist`;
+* :mod:`~revlib.harness.data.fashion_mnist`: :func:`load_fashion_mnist` and
+  :func:`fmnist_splits` (training, validation and test splits);
 * :mod:`~revlib.harness.data.splits`: :func:`validation_split` and
   :func:`balanced_subset`, class-stratified;
 * :mod:`~revlib.harness.data.loader`: :class:`TensorLoader` (shuffles,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
@@ -18,8 +19,9 @@ from .datasets import (
     _pair,
     default_root,
 )
+from .splits import validation_split
 
-__all__ = ["FASHION_MNIST_DEBIAN", "load_fashion_mnist"]
+__all__ = ["FASHION_MNIST_DEBIAN", "FmnistSplits", "fmnist_splits", "load_fashion_mnist"]
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's package ``dataset-fashion-mnist`` puts the four ``*-ubyte.gz`` files."""
@@ -134,3 +136,25 @@ def load_fashion_mnist(
         parts += [_read_idx(images).unsqueeze(1).contiguous(), _read_idx(labels).long()]
     train_x, train_y, test_x, test_y = parts
     return _pair("fashion_mnist", train_x, train_y, test_x, test_y, 10, 1.0 / 255.0, normalization)
+
+
+@dataclass(frozen=True)
+class FmnistSplits:
+    """Fashion-MNIST's training (55,000), validation (5,000, held out of the training set) and
+    test (10,000) splits."""
+
+    train: ImageData
+    val: ImageData
+    test: ImageData
+
+
+def fmnist_splits(val_per_class: int = 500, seed: int = 0, root: str | None = None) -> FmnistSplits:
+    """Fashion-MNIST with ``val_per_class`` training images of each class held out for validation.
+
+    The normalisation (per-pixel mean image, as in the official RevNet code) is
+    computed from the remaining training images only.
+    """
+    full, test = load_fashion_mnist(root)
+    tr, val = validation_split(full, val_per_class, seed=seed)
+    test = ImageData(test.images, test.targets, 10, tr.scale, tr.mean, tr.std, tr.name, "test")
+    return FmnistSplits(tr, val, test)
