@@ -46,6 +46,15 @@ def compile_from_scratch() -> None:
     torch._functorch.config.enable_autograd_cache = False
 
 
+def print_setting(result: dict, args: argparse.Namespace) -> None:
+    """The first line a benchmark prints: the machine, and the stack it timed."""
+    print(
+        f"{result['device']}, torch {result['torch']}, {result['threads']} threads; "
+        f"depth {args.depth}, width {args.width}, batch {args.batch}, {args.size}x{args.size}; "
+        f"median of {args.repeats} after {args.warmup} warm-up"
+    )
+
+
 def _cpu_seconds() -> tuple[float, float, float]:
     """(busy seconds of every core, this process's CPU seconds, wall time), from /proc/stat."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]

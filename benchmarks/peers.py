@@ -43,7 +43,7 @@ import statistics
 import sys
 
 import torch
-from common import add_run_options, run_metadata, time_interleaved, write_result
+from common import add_run_options, print_setting, run_metadata, time_interleaved, write_result
 from step_time import bootstrap_median, halves
 
 import revlib
@@ -179,11 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     result = run(args)
-    print(
-        f"{result['device']}, torch {result['torch']}, {result['threads']} threads; "
-        f"depth {args.depth}, width {args.width}, batch {args.batch}, {args.size}x{args.size}; "
-        f"median of {args.repeats} after {args.warmup} warm-up"
-    )
+    print_setting(result, args)
     for key, verdicts in result["checks"].items():
         print(f"{key}: " + "; ".join(f"{case} {v.split(':')[0]}" for case, v in verdicts.items()))
     for key, reason in result["left_out"].items():

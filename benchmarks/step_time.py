@@ -56,6 +56,7 @@ import torch
 from common import (
     add_run_options,
     compile_from_scratch,
+    print_setting,
     run_metadata,
     time_interleaved,
     write_result,
@@ -377,11 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     result = run(args)
-    print(
-        f"{result['device']}, torch {result['torch']}, {result['threads']} threads; "
-        f"depth {args.depth}, width {args.width}, batch {args.batch}, {args.size}x{args.size}; "
-        f"median of {args.repeats} after {args.warmup} warm-up"
-    )
+    print_setting(result, args)
     print(
         f"{'variant':22s} {'median ms':>10s} {'ratio':>7s} {'paired (95 %)':>20s} "
         f"{'CPU ratio':>9s} {'saved MiB':>10s}"

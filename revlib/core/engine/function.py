@@ -99,7 +99,9 @@ class BlockFunction(torch.autograd.Function):
         tape.names = chain.names
         tape.call = chain.call
         with collecting() as aux:
-            y = _forward(block, x_in, tape, params, aux, owner, compiled=chain.call is not None)
+            y = _forward(
+                block, x_in, tape, (x, *tensors), params, aux, owner, chain.call is not None
+            )
         if chain.costs is not None:
             with collecting():
                 chain.costs.append(measure_block(block, x, tape))
@@ -194,17 +196,20 @@ def _forward(
     block: ReversibleBlock,
     x: Tensor,
     tape: Tape,
+    inputs: tuple[Tensor, ...],
     params: tuple[Tensor, ...],
     aux: list[Tensor],
     owner: str,
     compiled: bool,
 ) -> Tensor:
     """The block's forward, recorded on ``tape``, with no graph, under the side-input guard
-    (``x`` and the tape's extras detached; ``aux``: the auxiliary losses it reports)."""
+    (``x`` and the tape's extras detached; ``inputs``: the node's inputs, which the compiled
+    path's static scan allows; ``aux``: the auxiliary losses it reports)."""
     try:
         if compiled:
             # a static scan of the attributes: swapping in detached parameters would recompile
-            check_attribute_tensors(block, {id(t) for t in params}, owner)
+            allowed = {id(t) for t in inputs} | {id(t._base) for t in inputs if t._is_view()}
+            check_attribute_tensors(block, allowed, owner)
             with torch.no_grad(), _inside(), cached_walks():
                 return block.forward_recorded(x, tape)
         guard = SideInputGuard(owner)
