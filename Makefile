@@ -20,7 +20,7 @@ NBVAL := $(NB_ENV) $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-
 PORTABLE_ENV := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 STANDIN_TESTS := tests/harness/test_standin_data.py tests/book/test_full_runs.py
 
-.PHONY: all env data book notebooks lint typecheck test unit standins nbval nbval-portable colab-check book-strict rendered workflows benchmark clean
+.PHONY: all env data book notebooks lint typecheck test unit standins nbval nbval-portable colab-check book-strict book-checked standin-rows full-runs rendered workflows benchmark clean
 
 all: book
 
@@ -74,9 +74,15 @@ typecheck: env
 unit: env data
 	$(PY) -m pytest tests -p no:cacheprovider $(addprefix --ignore=,$(STANDIN_TESTS))
 
-# CIFAR-10/100 and STL-10 code paths on small stand-ins (listed one by one).
-standins: env
-	$(PY) -m pytest -rA -p no:cacheprovider $(STANDIN_TESTS)
+# CIFAR-10/100 and STL-10 code paths on small stand-ins (listed one by one): the harness's rows, and
+# the chapters' full-run branches (two jobs, so that make -j2 can run them side by side).
+standins: standin-rows full-runs
+
+standin-rows: env
+	$(PY) -m pytest -rA -p no:cacheprovider $(word 1,$(STANDIN_TESTS))
+
+full-runs: env
+	$(PY) -m pytest -rA -p no:cacheprovider $(word 2,$(STANDIN_TESTS))
 
 nbval: env data
 	$(NBVAL) $(NOTEBOOKS)
@@ -97,10 +103,18 @@ rendered: env
 workflows: env
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
-# The two nbval passes run side by side: the chapters compute on one thread, and a 2-core machine has two.
-test: lint unit standins
+# The strict build, then the check of its pages (one job of make test's first group).
+book-checked: env
+	$(MAKE) --no-print-directory book-strict
+	$(MAKE) --no-print-directory rendered
+
+# Two jobs at a time, for a 2-core machine: the chapters' full-run branches (the longest job)
+# beside the unit tests, the harness's stand-in rows and the book's build and page check; then
+# the two nbval passes side by side (the chapters compute on one thread).
+test: lint data
+	$(MAKE) --no-print-directory -j2 full-runs unit standin-rows book-checked
 	$(MAKE) --no-print-directory -j2 nbval colab-check
-	$(MAKE) --no-print-directory book-strict rendered workflows
+	$(MAKE) --no-print-directory workflows
 
 benchmark: env
 	$(PY) benchmarks/step_time.py
