@@ -225,6 +225,17 @@ def same_gradients(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, b
     return out
 
 
+def _floors(names: list[str]) -> dict[str, str]:
+    """Each reversible variant and the floor it is measured against (eager or compiled)."""
+    out = {}
+    for n in names:
+        compiled = n.startswith("compiled_")
+        floor = "compiled_autograd_plus_forward" if compiled else "autograd_plus_forward"
+        if "reversible" in n and floor in names:
+            out[n] = floor
+    return out
+
+
 def bootstrap_median(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
     """A 95 % percentile-bootstrap interval for the median of ``values``."""
     gen = random.Random(seed)
@@ -283,6 +294,13 @@ def run(args: argparse.Namespace) -> dict:
     }
     paired = {n: statistics.median(r) for n, r in per_round.items()}
     paired_interval = {n: bootstrap_median(r) for n, r in per_round.items()}
+    # the engine's own cost: each reversible variant against its floor in the same round
+    to_floor = {
+        n: [a / b for a, b in zip(times[n], times[floor], strict=True)]
+        for n, floor in _floors(names).items()
+    }
+    floor_paired = {n: statistics.median(r) for n, r in to_floor.items()}
+    floor_interval = {n: bootstrap_median(r) for n, r in to_floor.items()}
     # CPU time of this process (all its threads): less sensitive than wall time to other
     # processes' load
     cpu_medians = {n: statistics.median(t) for n, t in cpu_times.items()}
@@ -317,6 +335,8 @@ def run(args: argparse.Namespace) -> dict:
         "ratio_to_autograd": ratio,
         "paired_ratio_to_autograd": paired,
         "paired_ratio_95_interval": paired_interval,
+        "paired_ratio_to_floor": floor_paired,
+        "paired_ratio_to_floor_95_interval": floor_interval,
         "median_cpu_seconds": cpu_medians,
         "cpu_time_ratio_to_autograd": cpu_ratio,
         "ratio_to_compiled_autograd": to_compiled,
@@ -393,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['cpu_time_ratio_to_autograd'][n]:9.2f} "
             f"{'' if saved is None else f'{saved / 2**20:10.2f}'}"
         )
+    for n, r in result["paired_ratio_to_floor"].items():
+        low, high = result["paired_ratio_to_floor_95_interval"][n]
+        print(f"{n:30s} / its floor: paired {r:.3f} ({low:.3f}-{high:.3f})")
     for n, r in result["ratio_to_compiled_autograd"].items():
         low, high = result["paired_ratio_to_compiled_autograd_95_interval"][n]
         print(

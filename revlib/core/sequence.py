@@ -41,7 +41,6 @@ from .blocks import (
     ReversibleBlock,
     check_extras_taken,
     implements_contract,
-    trainable_parameters,
 )
 from .budget import BudgetPlan, MemoryBudget, check_budget, input_signature, plan_budget
 from .compiled import compiled_function, run_compiled
@@ -196,11 +195,10 @@ class ReversibleSequence(HasMode):
     def _run_reversible(self, x: Tensor, extras: dict[str, Any], compiled: bool = False) -> Tensor:
         """Mode ``"reversible"`` in training: the checks, then the engine
         (:class:`~revlib.core.engine.Chain`)."""
-        params = trainable_parameters(self.blocks)
         wants_grad = x.requires_grad or any(
             isinstance(v, Tensor) and v.requires_grad for v in extras.values()
         )
-        if not wants_grad and not params:
+        if not wants_grad and not any(p.requires_grad for p in self.blocks.parameters()):
             return _each_block(self.blocks, x, lambda block, h: block(h, **extras))
         if torch._C._functorch.peek_interpreter_stack() is not None:
             raise refusals.functional_transform()
@@ -311,7 +309,7 @@ def _check_reversible_blocks(blocks: nn.ModuleList) -> None:
             raise refusals.forward_overridden(refusals.owner(i, block), block)
     modules = submodules(blocks)
     for m in modules:
-        if isinstance(m, torch.jit.ScriptModule) or type(m).__name__ == "OptimizedModule":
+        if _compiled_kind(type(m)):
             i, name = next(
                 (i, n) for i, b in enumerate(blocks) for n, sub in b.named_modules() if sub is m
             )
@@ -324,3 +322,16 @@ def _check_reversible_blocks(blocks: nn.ModuleList) -> None:
         raise refusals.lazy_inside(lazy[0])
     if parametrize._cache_enabled and any(parametrize.is_parametrized(m) for m in modules):
         raise refusals.parametrize_cached()
+
+
+_COMPILED_KIND: dict[type, bool] = {}
+
+
+def _compiled_kind(cls: type) -> bool:
+    """A scripted or compiled module class (checked once per class: every forward walks them;
+    ``isinstance`` with ScriptModule's metaclass is slow)."""
+    kind = _COMPILED_KIND.get(cls)
+    if kind is None:
+        kind = issubclass(cls, torch.jit.ScriptModule) or cls.__name__ == "OptimizedModule"
+        _COMPILED_KIND[cls] = kind
+    return kind

@@ -3,28 +3,55 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Slot", "swapped"]
 
 
-@dataclass(frozen=True)
 class Slot:
-    """A place that holds a value: how to read it and how to write it."""
+    """A place that holds a value: how to read it (``get``) and how to write it (``set``)."""
 
-    get: Callable[[], Any]
-    set: Callable[[Any], Any]
+    __slots__ = ("get", "set")
+
+    def __init__(self, get: Callable[[], Any], set: Callable[[Any], Any]) -> None:
+        self.get, self.set = get, set
 
     @staticmethod
     def item(mapping: MutableMapping[str, Any], key: str) -> Slot:
         """``mapping[key]`` (a module's ``_buffers`` or ``_parameters``)."""
-        return Slot(lambda: mapping[key], lambda v: mapping.__setitem__(key, v))
+        return _Item(mapping, key)
 
     @staticmethod
     def attribute(obj: object, name: str) -> Slot:
         """``obj.name``, written with ``object.__setattr__`` (no ``nn.Module`` bookkeeping)."""
-        return Slot(lambda: getattr(obj, name), lambda v: object.__setattr__(obj, name, v))
+        return _Attribute(obj, name)
+
+
+class _Item(Slot):
+    # no closures: the engine makes one per parameter of a block, twice per step
+    __slots__ = ("mapping", "key")
+
+    def __init__(self, mapping: MutableMapping[str, Any], key: str) -> None:
+        self.mapping, self.key = mapping, key
+
+    def get(self) -> Any:
+        return self.mapping[self.key]
+
+    def set(self, value: Any) -> None:
+        self.mapping[self.key] = value
+
+
+class _Attribute(Slot):
+    __slots__ = ("obj", "name")
+
+    def __init__(self, obj: object, name: str) -> None:
+        self.obj, self.name = obj, name
+
+    def get(self) -> Any:
+        return getattr(self.obj, self.name)
+
+    def set(self, value: Any) -> None:
+        object.__setattr__(self.obj, self.name, value)
 
 
 class swapped:  # noqa: N801 (used as a function: ``with swapped(...)``)

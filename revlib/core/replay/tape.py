@@ -31,6 +31,7 @@ __all__ = ["WATCHES", "Tape"]
 WATCHES: tuple[type[Watch], ...] = (RNGWatch, HostWatch, BufferWatch, HookWatch)
 """Every kind of state a recorded call is watched for, in the order its records are replayed."""
 _RANDOM_KINDS = (RNGWatch, HostWatch)  # skipped when the user opts out of RNG bookkeeping
+_NOT_RANDOM = tuple(k for k in WATCHES if k not in _RANDOM_KINDS)
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Tape:
 
     def record(self, name: str, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         """First run of ``fn(x)``, keeping what a second run must replay."""
-        kinds = WATCHES if self.record_rng else tuple(k for k in WATCHES if k not in _RANDOM_KINDS)
+        kinds = WATCHES if self.record_rng else _NOT_RANDOM
         watches = [kind(fn, x, self.names) for kind in kinds]
         with contextlib.ExitStack() as stack:
             for w in watches:
