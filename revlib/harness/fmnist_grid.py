@@ -3,6 +3,8 @@
     OMP_NUM_THREADS=1 python -m revlib.harness.fmnist_grid pilot --shard 0/2   # and 1/2 beside it
     OMP_NUM_THREADS=1 python -m revlib.harness.fmnist_grid grid --shard 0/2    # and 1/2
     python -m revlib.harness.fmnist_grid collect --out revlib/harness/results/fmnist_grid.json
+    python -m revlib.harness.fmnist_grid grid --width 1 --device cuda --epochs 16 \
+        --cache runs/fmnist_w1 --out runs/fmnist_w1.json   # the papers' widths, on a GPU
 
 Each run is a :class:`Run` of the resumable grid (:mod:`revlib.harness.grid`):
 one JSON per finished run under ``--cache``, a checkpoint after every epoch
@@ -79,6 +81,7 @@ __all__ = [
     "pilot_jobs",
     "plateau_epochs",
     "main_jobs",
+    "code_path_jobs",
     "main",
 ]
 
@@ -147,13 +150,15 @@ def small_updates(fraction: float, epochs: int) -> int:
     return max(epochs * steps_per_epoch(round(fraction * TRAIN_IMAGES)), MIN_SMALL_UPDATES)
 
 
-def recipe_for(run: Run, images: int) -> train.Recipe:
-    """The papers' recipe over the run's updates, drops after 50 % and 75 % of them."""
+def recipe_for(run: Run, images: int, max_updates: int | None = None) -> train.Recipe:
+    """The papers' recipe over the run's updates, drops after 50 % and 75 % of them (at most
+    ``max_updates`` updates: a code-path check)."""
     updates = (
         run.epochs * steps_per_epoch(images)
         if run.fraction == 1
         else small_updates(run.fraction, run.epochs)
     )
+    updates = updates if max_updates is None else min(updates, max_updates)
     return train.Recipe(
         name=f"fmnist {updates} updates",
         iterations=updates,
@@ -189,6 +194,8 @@ def perform(
     *,
     stop_at: int | None = None,
     compile: bool = False,
+    device: str = "cpu",
+    max_updates: int | None = None,
 ) -> dict[str, Any] | None:
     """Do ``run``: a training run (resumed from ``checkpoint`` if it exists), a baseline
     (``study="baseline"``) or a mode comparison (``study="modes"``).
@@ -202,22 +209,24 @@ def perform(
     ``compile`` runs the forward of a ``mode="autograd"`` run through ``torch.compile``
     (0.69x the eager step time of ResNet-32 and Hamiltonian-74 on one CPU thread,
     ``benchmarks/results/train_compile_cpu.json``; the runs differ by float rounding,
-    as on another CPU); the result records it.
+    as on another CPU); the result records it. ``device`` trains there (the full-width
+    run on a GPU); ``max_updates`` caps every training run and mode comparison (a
+    code-path check, whose numbers are no result).
     """
     splits = splits if splits is not None else data.fmnist_splits()
     if run.study == "baseline":
         return fit_baseline(run.model, _subset(run, splits), splits.val, splits.test, run.seed)
     if run.study == "modes":
-        return _perform_modes(run, splits)
+        return _perform_modes(run, splits, device, max_updates)
     train_set = _subset(run, splits)
-    recipe = recipe_for(run, len(train_set))
+    recipe = recipe_for(run, len(train_set), max_updates)
     train.seed_everything(run.seed)
     model = _build(run, run.mode)
     epochs_total = math.ceil(recipe.iterations / steps_per_epoch(len(train_set)))
     trainer = train.Trainer(
         model,
         recipe,
-        device="cpu",
+        device=device,
         progress=False,
         checkpoint_path=checkpoint,
         eval_every=max(1, epochs_total // 16),
@@ -251,12 +260,15 @@ def perform(
     return result
 
 
-def _perform_modes(run: Run, splits: data.FmnistSplits) -> dict[str, Any]:
+def _perform_modes(
+    run: Run, splits: data.FmnistSplits, device: str, max_updates: int | None
+) -> dict[str, Any]:
+    updates = MODE_UPDATES if max_updates is None else min(MODE_UPDATES, max_updates)
     recipe = train.Recipe(
-        name=f"fmnist {MODE_UPDATES} updates",
-        iterations=MODE_UPDATES,
+        name=f"fmnist {updates} updates",
+        iterations=updates,
         batch_size=BATCH,
-        milestones=(MODE_UPDATES // 2, (3 * MODE_UPDATES) // 4),
+        milestones=(updates // 2, (3 * updates) // 4),
     )
     extra = train.smoothness_hook(2e-4) if networks.is_ode(run.model) else None
     return mode_compare.compare_modes(
@@ -264,18 +276,19 @@ def _perform_modes(run: Run, splits: data.FmnistSplits) -> dict[str, Any]:
         lambda: data.TensorLoader(splits.train, BATCH, seed=run.seed),
         recipe,
         seed=run.seed,
-        cosine_at=COSINE_AT,
+        cosine_at=[u for u in COSINE_AT if u < updates],
         extra_loss=extra,
+        device=device,
     )
 
 
 # ------------------------------------------------------------------------ jobs
 
 
-def pilot_jobs() -> list[Run]:
+def pilot_jobs(width: float = WIDTH) -> list[Run]:
     """ResNet-32, seed 0, validation only, one run per schedule length."""
     order = (16, 8, 2, 4, 32, 64)  # two shards: 16 + 2 + 32 and 8 + 4 + 64 epochs
-    return [Run("pilot", "ResNet-32", 0, e, test=False) for e in order if e in PILOT_EPOCHS]
+    return [Run("pilot", "ResNet-32", 0, e, width, test=False) for e in order if e in PILOT_EPOCHS]
 
 
 def plateau_epochs(results: dict[str, Any] | Sequence[dict[str, Any]]) -> int | None:
@@ -303,17 +316,32 @@ def grid_epochs(results: dict[str, Any] | Sequence[dict[str, Any]]) -> int | Non
     return BUDGET_EPOCHS if done >= set(PILOT_EPOCHS) else None
 
 
-def independent_jobs() -> list[Run]:
+def independent_jobs(width: float = WIDTH) -> list[Run]:
     """The runs that do not depend on the pilot's E: the mode comparisons and the baselines
     (on the full training split and on each seed's subsets)."""
-    jobs = [Run("modes", m, 0, 0, mode="both") for m in NETWORKS if networks.is_reversible(m)]
-    jobs += [Run("baseline", b, 0, 0) for b in BASELINES]
+    jobs = [
+        Run("modes", m, 0, 0, width, mode="both") for m in NETWORKS if networks.is_reversible(m)
+    ]
+    jobs += [Run("baseline", b, 0, 0, width) for b in BASELINES]
     for seed in SMALL_SEEDS:
-        jobs += [Run("baseline", BASELINES[0], seed, 0, fraction=f) for f in FRACTIONS]
+        jobs += [Run("baseline", BASELINES[0], seed, 0, width, fraction=f) for f in FRACTIONS]
     return jobs
 
 
-def main_jobs(epochs: int) -> list[Run]:
+def code_path_jobs(jobs: Sequence[Run]) -> list[Run]:
+    """One job of each kind among ``jobs`` (study, mode, learning-rate scale, subset or not,
+    baseline): what a code-path check of the grid runs."""
+    first: dict[tuple[Any, ...], Run] = {}
+    for j in jobs:
+        if j.study == "baseline" and j.fraction == 1:
+            continue  # the full-split fits take minutes; a subset's takes the same path
+        # both networks of a small-data pair: they share the subset
+        kind = (j.study, j.model) if j.study == "small" else (j.study, j.mode, j.block_lr)
+        first.setdefault(kind, j)
+    return list(first.values())
+
+
+def main_jobs(epochs: int, width: float = WIDTH) -> list[Run]:
     """Every run after the pilot at ``epochs``, essential runs first: the main table and the
     step-size arm seed by seed, the mode comparisons, the baselines, the small-data runs."""
     jobs = []
@@ -322,31 +350,49 @@ def main_jobs(epochs: int) -> list[Run]:
             if seed in SEEDS or m in ("ResNet-32", "RevNet-38"):
                 # seed 0 of every reversible network trains in mode "reversible"
                 mode = "reversible" if seed == 0 and networks.is_reversible(m) else "autograd"
-                jobs.append(Run("main", m, seed, epochs, mode=mode))
+                jobs.append(Run("main", m, seed, epochs, width, mode=mode))
         if seed in SEEDS:
-            jobs.append(Run("stepsize", "Hamiltonian-74", seed, epochs, block_lr=10.0))
-    jobs += independent_jobs()
+            jobs.append(Run("stepsize", "Hamiltonian-74", seed, epochs, width, block_lr=10.0))
+    jobs += independent_jobs(width)
     for seed in SMALL_SEEDS:
         for f in FRACTIONS:
-            jobs += [Run("small", m, seed, epochs, fraction=f) for m in SMALL_NETWORKS]
+            jobs += [Run("small", m, seed, epochs, width, fraction=f) for m in SMALL_NETWORKS]
     return jobs
 
 
 # ------------------------------------------------------------------------- CLI
 
 
-def _meta(command: str) -> dict[str, Any]:
+QUICK_UPDATES = 2
+"""Updates of every run under ``--quick`` (a code-path check: its numbers are no result)."""
+QUICK_IMAGES = 1000
+"""Validation and test images under ``--quick`` (class-balanced)."""
+
+
+def quick_splits() -> data.FmnistSplits:
+    """The splits of ``--quick``: validation and test cut to :data:`QUICK_IMAGES` each."""
+    full = data.fmnist_splits()
+
+    def cut(d: data.ImageData) -> data.ImageData:
+        return d.subset(data.balanced_subset(d, QUICK_IMAGES / len(d)))
+
+    return data.FmnistSplits(full.train, cut(full.val), cut(full.test))
+
+
+def _meta(command: str, width: float, device: str, quick: bool) -> dict[str, Any]:
     from ..core.device import hardware
 
     return {
         "command": command,
-        "width": WIDTH,
+        "width": width,
+        "device": device,
+        "quick": quick,
         "pilot_epochs": list(PILOT_EPOCHS),
         "plateau_tolerance": PLATEAU_TOLERANCE,
         "split": {"train": TRAIN_IMAGES, "val": 5000, "test": 10000},
-        "hardware": hardware(torch.device("cpu")),
+        "hardware": hardware(torch.device(device)),
         "torch": torch.__version__,
-        "threads_per_run": 1,
+        "threads_per_run": 1 if device == "cpu" else None,
     }
 
 
@@ -362,35 +408,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="the grid's E (default: the pilot's rule)")
     p.add_argument("--out", default="revlib/harness/results/fmnist_grid.json")
     p.add_argument("--compile", action="store_true", help="torch.compile autograd-mode runs")
+    p.add_argument("--width", type=float, default=WIDTH, help="factor on every width (1: papers')")
+    p.add_argument("--device", default="cpu", help="where to train (a GPU: cuda)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a code-path check: one job of each kind, {QUICK_UPDATES} updates each, "
+        f"validation and test cut to {QUICK_IMAGES} images; its numbers are no result",
+    )
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    torch.set_num_threads(1)
-    out = Path(args.out)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    width, out = args.width, Path(args.out)
     if out.exists():  # the runs committed so far need not run again
         shipped = grid.load(out, FORMAT, "python -m revlib.harness.fmnist_grid collect")
         grid.restore(
-            pilot_jobs()
-            + (main_jobs(shipped["epochs"]) if shipped.get("epochs") else independent_jobs()),
+            pilot_jobs(width)
+            + (
+                main_jobs(shipped["epochs"], width)
+                if shipped.get("epochs")
+                else independent_jobs(width)
+            ),
             shipped,
             args.cache,
         )
-    pilot = grid.collect(pilot_jobs(), args.cache, FORMAT)
+    pilot = grid.collect(pilot_jobs(width), args.cache, FORMAT)
     epochs = args.epochs or grid_epochs(pilot)
-    do = functools.partial(perform, compile=args.compile)
+    do = functools.partial(
+        perform,
+        splits=quick_splits() if args.quick else None,
+        compile=args.compile,
+        device=args.device,
+        max_updates=QUICK_UPDATES if args.quick else None,
+    )
     if args.command == "pilot":
         i, n = grid.parse_shard(args.shard)
-        grid.run(grid.shard(pilot_jobs(), i, n), args.cache, do)
+        grid.run(grid.shard(pilot_jobs(width), i, n), args.cache, do)
         return 0
     # before the pilot has chosen E, only the runs that do not depend on it
-    jobs = main_jobs(epochs) if epochs is not None else independent_jobs()
+    jobs = main_jobs(epochs, width) if epochs is not None else independent_jobs(width)
+    if args.quick:
+        jobs = code_path_jobs(jobs)
     if args.command == "grid":
         i, n = grid.parse_shard(args.shard)
         grid.run(grid.shard(jobs, i, n), args.cache, do)
         return 0
     result = grid.collect(
-        pilot_jobs() + jobs,
+        ([] if args.quick else pilot_jobs(width)) + jobs,
         args.cache,
         FORMAT,
-        **_meta("python -m revlib.harness.fmnist_grid"),
+        **_meta("python -m revlib.harness.fmnist_grid", width, args.device, args.quick),
         epochs=epochs,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ def _gradient(
     model: nn.Module, x: Tensor, y: Tensor, extra: ExtraLoss | None, bf16: bool
 ) -> Tensor:
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(x)
     loss = F.cross_entropy(out.float(), y)
     (loss + extra(model) if extra is not None else loss).backward()
@@ -49,7 +49,7 @@ def gradient_cosine(
     """Cosines between gradients of copies of ``model`` (a reversible network) on one batch.
 
     ``fp32``: reversible against autograd, float32. ``bf16``: the same pair
-    under CPU bfloat16 autocast. ``bf16_vs_fp32``: autograd in bfloat16
+    under bfloat16 autocast (on ``x``'s device). ``bf16_vs_fp32``: autograd in bfloat16
     against autograd in float32, the scale of bfloat16's own rounding.
     ``model`` is not changed (copies absorb the BatchNorm updates).
     """
@@ -86,8 +86,10 @@ def compare_modes(
     cosine_at: Sequence[int] = (),
     extra_loss: ExtraLoss | None = None,
     perturb: float = 0.0,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Train ``build(mode)`` from ``seed`` in both modes for ``recipe.iterations`` updates.
+    """Train ``build(mode)`` from ``seed`` in both modes for ``recipe.iterations`` updates on
+    ``device``.
 
     ``batches()`` makes a fresh loader that yields the same batches each time
     it is made. Returns per-update ``loss`` of each mode, ``first_difference``
@@ -101,7 +103,7 @@ def compare_modes(
     for mode in ("autograd", "reversible"):
         t0 = time.perf_counter()
         train.seed_everything(seed)
-        model = train.set_bn_momentum(build(mode), 0.1)
+        model = train.set_bn_momentum(build(mode), 0.1).to(device)
         if mode == "reversible" and perturb:
             with torch.no_grad():
                 for p in model.parameters():
@@ -114,6 +116,7 @@ def compare_modes(
         losses = []
         model.train()
         for step, (x, y) in zip(range(recipe.iterations), _forever(batches()), strict=False):
+            x, y = x.to(device), y.to(device)
             if mode == "reversible" and step in cosine_at:
                 out["cosine"].append({"step": step, **gradient_cosine(model, x, y, extra_loss)})
             for g in opt.param_groups:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -121,3 +123,64 @@ def test_without_a_plateau_the_grid_takes_the_budget_length_once_the_pilot_is_do
     assert G.grid_epochs(pilot(unfinished)) is None
     flat = {**rising, 32: 0.9395}  # within 0.3 points of 64 epochs: the rule decides
     assert G.grid_epochs(pilot(flat)) == 32
+
+
+def test_a_code_path_check_runs_one_job_of_each_kind_capped_and_says_so(tmp_path, monkeypatch):
+    """``--quick``: one job of each kind at the asked width, every run capped at
+    QUICK_UPDATES on cut splits, and the results file says it is a check."""
+    jobs = G.code_path_jobs(G.main_jobs(16, width=1.0))
+    kinds = {(j.study, j.mode, j.block_lr) for j in jobs if j.study != "small"}
+    assert kinds == {
+        ("main", "autograd", 1.0),
+        ("main", "reversible", 1.0),
+        ("stepsize", "autograd", 10.0),
+        ("modes", "both", 1.0),
+        ("baseline", "autograd", 1.0),
+    }
+    small = [j for j in jobs if j.study == "small"]
+    assert {j.model for j in small} == set(G.SMALL_NETWORKS) and len({j.seed for j in small}) == 1
+    assert all(j.width == 1.0 for j in jobs)
+    assert all(not (j.study == "baseline" and j.fraction == 1) for j in jobs)
+    calls = []
+
+    def fake(run, checkpoint, splits=None, **kw):
+        calls.append((run, kw, splits))
+        return {"test_acc": 0.5}
+
+    monkeypatch.setattr(G, "perform", fake)
+    monkeypatch.setattr(G, "quick_splits", lambda: "cut splits")
+    out = tmp_path / "quick.json"
+    argv = ["--cache", str(tmp_path / "c"), "--out", str(out), "--epochs", "16", "--width", "1"]
+    assert G.main(["grid", "--quick", *argv]) == 0
+    assert [c[0] for c in calls] == jobs
+    assert all(kw["max_updates"] == G.QUICK_UPDATES and kw["device"] == "cpu" for _, kw, _ in calls)
+    assert {s for *_, s in calls} == {"cut splits"}
+    assert G.main(["collect", "--quick", *argv]) == 0
+    result = json.loads(out.read_text())
+    assert result["quick"] is True and result["width"] == 1.0 and not result["missing"]
+    # control: without --quick the same command plans the whole grid (nothing capped)
+    calls.clear()
+    G.main(
+        [
+            "grid",
+            "--cache",
+            str(tmp_path / "d"),
+            "--out",
+            str(tmp_path / "x.json"),
+            "--epochs",
+            "16",
+        ]
+    )
+    assert len(calls) == len(G.main_jobs(16)) and calls[0][1]["max_updates"] is None
+
+
+def test_a_capped_run_and_mode_comparison_stop_at_the_cap(tiny_splits):
+    torch.set_num_threads(1)
+    run = G.Run("main", "ResNet-32", 0, 16, width=0.25)
+    assert G.recipe_for(run, 55_000, max_updates=2).iterations == 2
+    assert G.recipe_for(run, 55_000).iterations == 16 * 430  # control: no cap, the plan's
+    r = G.perform(run, None, tiny_splits, max_updates=2)
+    assert r["updates"] == 2 and r["history"][-1]["step"] == 2
+    m = G.perform(G.Run("modes", "RevNet-38", 0, 0, 0.25, mode="both"), None, tiny_splits,
+                  max_updates=2)  # fmt: skip
+    assert m["updates"] == 2 and [c["step"] for c in m["cosine"]] == [0]

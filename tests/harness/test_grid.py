@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from revlib.harness import fmnist_grid, fmnist_study, grid
+from revlib.harness import fmnist_grid, grid
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,6 @@ def test_run_skips_what_the_cache_holds_and_collect_lists_the_rest(tmp_path):
         grid.load(path, "other/1", "make it")
     with pytest.raises(FileNotFoundError, match="make it"):
         grid.load(tmp_path / "absent.json", "toy/1", "make it")
-
-
-@pytest.fixture(scope="module")
-def tiny_splits():
-    s = fmnist_study.fmnist_splits()
-    return fmnist_study.FmnistSplits(
-        s.train.subset(torch.arange(384)),
-        s.val.subset(torch.arange(100)),
-        s.test.subset(torch.arange(100)),
-    )
 
 
 def test_a_stopped_run_resumes_to_the_result_of_an_unstopped_one(tiny_splits, tmp_path):
