@@ -329,8 +329,8 @@ def independent_jobs(width: float = WIDTH) -> list[Run]:
 
 
 def code_path_jobs(jobs: Sequence[Run]) -> list[Run]:
-    """One job of each kind among ``jobs`` (study, mode, learning-rate scale, subset or not,
-    baseline): what a code-path check of the grid runs."""
+    """One job of each kind among ``jobs`` (a study with its mode and learning-rate scale; a
+    subset's baseline; both networks of one small-data pair): what a code-path check runs."""
     first: dict[tuple[Any, ...], Run] = {}
     for j in jobs:
         if j.study == "baseline" and j.fraction == 1:
