@@ -309,7 +309,7 @@ def _check_reversible_blocks(blocks: nn.ModuleList) -> None:
             raise refusals.forward_overridden(refusals.owner(i, block), block)
     modules = submodules(blocks)
     for m in modules:
-        if _compiled_kind(type(m)):
+        if isinstance(m, torch.jit.ScriptModule) or type(m).__name__ == "OptimizedModule":
             i, name = next(
                 (i, n) for i, b in enumerate(blocks) for n, sub in b.named_modules() if sub is m
             )
@@ -322,16 +322,3 @@ def _check_reversible_blocks(blocks: nn.ModuleList) -> None:
         raise refusals.lazy_inside(lazy[0])
     if parametrize._cache_enabled and any(parametrize.is_parametrized(m) for m in modules):
         raise refusals.parametrize_cached()
-
-
-_COMPILED_KIND: dict[type, bool] = {}
-
-
-def _compiled_kind(cls: type) -> bool:
-    """A scripted or compiled module class (checked once per class: every forward walks them;
-    ``isinstance`` with ScriptModule's metaclass is slow)."""
-    kind = _COMPILED_KIND.get(cls)
-    if kind is None:
-        kind = issubclass(cls, torch.jit.ScriptModule) or cls.__name__ == "OptimizedModule"
-        _COMPILED_KIND[cls] = kind
-    return kind

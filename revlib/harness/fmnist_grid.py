@@ -436,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     epochs = args.epochs or grid_epochs(pilot)
     do = functools.partial(
         perform,
-        splits=quick_splits() if args.quick else None,
+        splits=quick_splits() if args.quick and args.command != "collect" else None,
         compile=args.compile,
         device=args.device,
         max_updates=QUICK_UPDATES if args.quick else None,

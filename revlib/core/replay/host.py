@@ -263,12 +263,12 @@ class HostRecord:
 
     def _slots(self) -> Iterator[tuple[Slot, Any]]:
         if self.python is not None:
-            yield Slot(random.getstate, random.setstate), self.python
+            yield Slot.of(random.getstate, random.setstate), self.python
         np_random = _numpy_random() if self.numpy is not None else None
         if np_random is not None:
-            yield Slot(np_random.get_state, np_random.set_state), self.numpy
+            yield Slot.of(np_random.get_state, np_random.set_state), self.numpy
         for g, state in self.generators:
-            yield Slot(g.get, g.set), state
+            yield Slot.of(g.get, g.set), state
         for m, k, before, _ in self.attributes:
             yield Slot.attribute(m, k), before
 

@@ -9,12 +9,20 @@ __all__ = ["Slot", "swapped"]
 
 
 class Slot:
-    """A place that holds a value: how to read it (``get``) and how to write it (``set``)."""
+    """A place that holds a value: how to read it (:meth:`get`) and how to write it
+    (:meth:`set`).
 
-    __slots__ = ("get", "set")
+    Built with :meth:`item`, :meth:`attribute` or :meth:`of`; the first two keep no closures
+    (the engine makes one per parameter of a block, twice per step).
+    """
 
-    def __init__(self, get: Callable[[], Any], set: Callable[[Any], Any]) -> None:
-        self.get, self.set = get, set
+    __slots__ = ()
+
+    def get(self) -> Any:
+        raise NotImplementedError
+
+    def set(self, value: Any) -> None:
+        raise NotImplementedError
 
     @staticmethod
     def item(mapping: MutableMapping[str, Any], key: str) -> Slot:
@@ -26,9 +34,13 @@ class Slot:
         """``obj.name``, written with ``object.__setattr__`` (no ``nn.Module`` bookkeeping)."""
         return _Attribute(obj, name)
 
+    @staticmethod
+    def of(get: Callable[[], Any], set: Callable[[Any], Any]) -> Slot:
+        """A place read by ``get()`` and written by ``set(value)`` (a generator's state)."""
+        return _Accessors(get, set)
+
 
 class _Item(Slot):
-    # no closures: the engine makes one per parameter of a block, twice per step
     __slots__ = ("mapping", "key")
 
     def __init__(self, mapping: MutableMapping[str, Any], key: str) -> None:
@@ -52,6 +64,19 @@ class _Attribute(Slot):
 
     def set(self, value: Any) -> None:
         object.__setattr__(self.obj, self.name, value)
+
+
+class _Accessors(Slot):
+    __slots__ = ("getter", "setter")
+
+    def __init__(self, get: Callable[[], Any], set: Callable[[Any], Any]) -> None:
+        self.getter, self.setter = get, set
+
+    def get(self) -> Any:
+        return self.getter()
+
+    def set(self, value: Any) -> None:
+        self.setter(value)
 
 
 class swapped:  # noqa: N801 (used as a function: ``with swapped(...)``)
