@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
+
+from .replay import submodules
 
 if TYPE_CHECKING:
     from .sequence import ReversibleSequence  # it imports this module
@@ -53,9 +54,13 @@ def _runs_eagerly(fn: nn.Module) -> bool:
     """Module hooks inside (the engine swaps their dictionaries per call) or a parametrization (each
     parametrized module has a class of its own, so every instance would recompile the shared
     graph)."""
+    # parametrize registers a ModuleDict named "parametrizations" (what is_parametrized reads, here
+    # without nn.Module.__getattr__); submodules: the engine's walk, cached for the step
     return any(
-        m._forward_hooks or m._forward_pre_hooks or parametrize.is_parametrized(m)
-        for m in fn.modules()
+        m._forward_hooks
+        or m._forward_pre_hooks
+        or isinstance(m._modules.get("parametrizations"), nn.ModuleDict)
+        for m in submodules(fn)
     )
 
 

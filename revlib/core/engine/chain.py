@@ -149,14 +149,20 @@ class BlockCall:
         # what the block received (a pre-hook with kwargs may have changed it): tensors, also
         # inside lists, tuples and dicts, become inputs of the node (gradients, version checks);
         # other values are copied, since the backward step replays the values of the forward
-        paths, self.layout = tree_flatten_with_path(extras)
-        leaves = [v for _, v in paths]
-        slots = tuple(k for k, v in enumerate(leaves) if isinstance(v, Tensor))
-        self.names = [keystr(paths[k][0]).replace("['", "", 1).replace("']", "", 1) for k in slots]
-        self.received = [None if isinstance(v, Tensor) else _as_of_now(v) for v in leaves]
         params = trainable_parameters([self.block])
-        tensors = (leaves[k] for k in slots)
-        out = BlockFunction.apply(x, self, slots, *tensors, *params)
+        if not extras:  # the common case: nothing to flatten
+            self.layout = _EMPTY_LAYOUT
+            out = BlockFunction.apply(x, self, (), *params)
+        else:
+            paths, self.layout = tree_flatten_with_path(extras)
+            leaves = [v for _, v in paths]
+            slots = tuple(k for k, v in enumerate(leaves) if isinstance(v, Tensor))
+            self.names = [
+                keystr(paths[k][0]).replace("['", "", 1).replace("']", "", 1) for k in slots
+            ]
+            self.received = [None if isinstance(v, Tensor) else _as_of_now(v) for v in leaves]
+            tensors = (leaves[k] for k in slots)
+            out = BlockFunction.apply(x, self, slots, *tensors, *params)
         if isinstance(out, Tensor):
             return out
         for loss in out[1:]:  # the block's auxiliary losses, outputs of its node
@@ -166,11 +172,16 @@ class BlockCall:
 
     def extras_with(self, slots: tuple[int, ...], tensors: Sequence[Tensor]) -> dict[str, Any]:
         """The extras the block received, with ``tensors`` at the tensor leaves ``slots``."""
+        if self.layout is _EMPTY_LAYOUT:
+            return {}
         leaves = list(self.received)
         for k, t in zip(slots, tensors, strict=True):
             leaves[k] = t
         extras: dict[str, Any] = tree_unflatten(leaves, cast(TreeSpec, self.layout))
         return extras
+
+
+_EMPTY_LAYOUT: TreeSpec = tree_flatten_with_path({})[1]
 
 
 def _taken_by(blocks: nn.ModuleList, stored: frozenset[int], extras: dict[str, Any]) -> set[str]:

@@ -82,8 +82,9 @@ def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> 
     torch reads it from a closure cell or a global name (what the eager guard
     sees as it happens; a tensor reached by a deeper path is not seen here).
     """
-    registered = {id(p) for p in block.parameters()} | allowed
-    for m in block.modules():
+    modules = submodules(block)
+    registered = {id(p) for m in modules for p in m._parameters.values()} | allowed
+    for m in modules:
         for v in forward_reads(m):
             if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
                 raise refusals.side_input(owner, tuple(v.shape))

@@ -113,13 +113,15 @@ class Tape:
         ``fn``'s trainable parameters and the tensors among the extra arguments it
         takes that require gradients (conditioning tensors, also inside containers).
         """
-        params = [
-            p
+        distinct: dict[int, Tensor] = {
+            id(p): p
             for m in submodules(fn)
             for p in m._parameters.values()
             if p is not None and p.requires_grad
-        ]
-        params = list({id(p): p for p in params}.values())
+        }
+        params = list(distinct.values())
+        if not self.extras:
+            return params
         leaves = tree_leaves(keywords_for(fn, self.extras))  # also inside lists, tuples, dicts
         return params + [v for v in leaves if isinstance(v, Tensor) and v.requires_grad]
 
