@@ -1244,9 +1244,10 @@ if bench is not None:
 # eager autograd: Dynamo traces the whole chain as one graph, which the compiler
 # turns into fused code for the forward and the backward. `revlib` keeps its
 # reversible engine eager under `torch.compile` and compiles each F and G on its
-# own (the appendix {ref}`app-engine` says why), so the additions, splits and
-# concatenations between them run eagerly and no compiled graph spans two
-# sub-functions: the compiled reversible step cost
+# own (the appendix {ref}`app-engine` says why). Only a block's forward, when its
+# tape would record nothing (as here), is one compiled graph; in the backward
+# step the additions, splits and concatenations between the compiled F and G run
+# eagerly: the compiled reversible step cost
 # {glue:text}`bench_compiled_reversible:.2f` times compiled autograd's, against a
 # compiled floor of {glue:text}`bench_compiled_autograd_plus_forward:.2f`.
 # Compiled checkpointing came off worst, at

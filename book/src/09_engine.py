@@ -80,7 +80,9 @@ _ = torch.manual_seed(0)
 # - **`torch.compile`.** Dynamo reaches the sequence and calls the engine
 #   eagerly (one graph break); the engine calls a compiled version of each F and
 #   G in the forward, the replay and the backward step, so the guarantees above
-#   hold compiled.
+#   hold compiled. A block whose tape would record nothing (revlib's own block,
+#   made only of torch's plain layers, with no hook) runs its whole forward as
+#   one compiled graph.
 #
 # The appendix {ref}`app-tested-with` lists what each of these is checked with.
 #

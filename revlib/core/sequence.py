@@ -43,7 +43,7 @@ from .blocks import (
     implements_contract,
 )
 from .budget import BudgetPlan, MemoryBudget, check_budget, input_signature, plan_budget
-from .compiled import compiled_function, run_compiled
+from .compiled import compiled_block_forward, compiled_function, run_compiled
 from .engine import Chain
 from .modes import HasMode, Mode
 from .replay import Tape, cached_walks, checkpoint_updating_stats_once, submodules
@@ -215,6 +215,7 @@ class ReversibleSequence(HasMode):
             extras,
             self._records_rng(),
             call=compiled_function if compiled else None,
+            whole=compiled_block_forward if compiled else None,
             stored=plan.stored if budget and plan is not None and not measure else frozenset(),
             costs=[] if measure else None,
         )

@@ -80,6 +80,9 @@ class Chain:
     output: Signature | None = None
     call: Callable[[Callable[..., Tensor]], Callable[..., Tensor]] | None = None
     """How every sub-function is wrapped before a call (under ``torch.compile``: compiled)."""
+    whole: Callable[[ReversibleBlock], Callable[[Tensor], Tensor] | None] | None = None
+    """Under ``torch.compile``: a block's whole forward as one compiled call, where its tape would
+    record nothing (else ``None``)."""
     stored: frozenset[int] = frozenset()
     """The blocks that run with stored activations (plain autograd), under a memory budget."""
     costs: list[BlockCost] | None = None

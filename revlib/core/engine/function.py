@@ -39,7 +39,7 @@ from .guards import ModuleState, SideInputGuard, check_attribute_tensors, signat
 from .measure import measure_block
 
 if TYPE_CHECKING:
-    from .chain import BlockCall  # it imports this module
+    from .chain import BlockCall, Chain  # it imports this module
 
 __all__ = ["BlockFunction", "in_reversible_block"]
 
@@ -99,9 +99,7 @@ class BlockFunction(torch.autograd.Function):
         tape.names = chain.names
         tape.call = chain.call
         with collecting() as aux:
-            y = _forward(
-                block, x_in, tape, (x, *tensors), params, aux, owner, chain.call is not None
-            )
+            y = _forward(block, x_in, tape, (x, *tensors), params, aux, owner, chain)
         if chain.costs is not None:
             with collecting():
                 chain.costs.append(measure_block(block, x, tape))
@@ -200,18 +198,20 @@ def _forward(
     params: tuple[Tensor, ...],
     aux: list[Tensor],
     owner: str,
-    compiled: bool,
+    chain: Chain,
 ) -> Tensor:
     """The block's forward, recorded on ``tape``, with no graph, under the side-input guard
     (``x`` and the tape's extras detached; ``inputs``: the node's inputs, which the compiled
     path's static scan allows; ``aux``: the auxiliary losses it reports)."""
     try:
-        if compiled:
+        if chain.call is not None:  # under torch.compile
             # a static scan of the attributes: swapping in detached parameters would recompile
             allowed = {id(t) for t in inputs} | {id(t._base) for t in inputs if t._is_view()}
             check_attribute_tensors(block, allowed, owner)
             with torch.no_grad(), _inside(), cached_walks():
-                return block.forward_recorded(x, tape)
+                whole = None if chain.whole is None or tape.extras else chain.whole(block)
+                # a tape that would record nothing: one graph for the whole block
+                return whole(x) if whole is not None else block.forward_recorded(x, tape)
         guard = SideInputGuard(owner)
         detached = {id(p): p.detach() for p in params}
         with torch.enable_grad(), _inside(), cached_walks(), detached_parameters(block, detached):

@@ -15,7 +15,7 @@ from .calls import cached_walks, forward_reads, keywords_for, submodules
 from .protocol import Record, Watch
 from .rng import AutocastState, RNGState, has_random_layers
 from .swap import Slot, swapped
-from .tape import Tape
+from .tape import Tape, records_nothing
 
 __all__ = [
     "AutocastState",
@@ -30,6 +30,7 @@ __all__ = [
     "frozen_norm_stats",
     "has_random_layers",
     "keywords_for",
+    "records_nothing",
     "submodules",
     "swapped",
     "updated_once_buffers",

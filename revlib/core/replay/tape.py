@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch.nn.modules.module as _global_hooks
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
@@ -26,12 +27,45 @@ from .host import HostWatch
 from .protocol import Record, Watch
 from .rng import AutocastState, RNGWatch
 
-__all__ = ["WATCHES", "Tape"]
+__all__ = ["PLAIN_LAYERS", "WATCHES", "Tape", "records_nothing"]
 
 WATCHES: tuple[type[Watch], ...] = (RNGWatch, HostWatch, BufferWatch, HookWatch)
 """Every kind of state a recorded call is watched for, in the order its records are replayed."""
 _RANDOM_KINDS = (RNGWatch, HostWatch)  # skipped when the user opts out of RNG bookkeeping
 _NOT_RANDOM = tuple(k for k in WATCHES if k not in _RANDOM_KINDS)
+
+
+PLAIN_LAYERS: frozenset[type[nn.Module]] = frozenset(
+    (
+        nn.Sequential, nn.Identity, nn.Flatten, nn.Unflatten, nn.Linear,
+        nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+        nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm,
+        nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+        nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus,
+        nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+        nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d,
+        nn.ReplicationPad1d, nn.ReplicationPad2d, nn.Upsample, nn.PixelShuffle,
+    )
+)  # fmt: skip
+"""torch layers (these exact classes; a subclass may do anything) whose call draws no random
+number, reaches no host state and changes no buffer but normalisation statistics."""
+
+
+def records_nothing(module: nn.Module) -> bool:
+    """True if a recorded call of any sub-function inside ``module`` keeps no record: every module
+    below it is one of :data:`PLAIN_LAYERS`, none has a hook, and no global module hook is set.
+
+    Then every :data:`WATCHES` kind would come back empty, so a recording may be skipped (the
+    compiled whole-block forward, :mod:`~revlib.core.compiled`). ``module`` itself (the block)
+    is not a sub-function and is not checked.
+    """
+    if _global_hooks._global_forward_hooks or _global_hooks._global_forward_pre_hooks:
+        return False
+    return all(
+        type(m) in PLAIN_LAYERS and not (m._forward_hooks or m._forward_pre_hooks)
+        for m in submodules(module)[1:]
+    )
 
 
 @dataclass

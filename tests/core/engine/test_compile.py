@@ -48,6 +48,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     compiled_module._CACHE.clear()
+    compiled_module._WHOLE.clear()
     yield
     torch._dynamo.reset()
 
@@ -97,6 +98,65 @@ def test_control_with_the_compiled_path_bypassed_no_subfunction_graph(monkeypatc
     model = net()
     graphs, _ = train(model, torch.compile(model), 3, X)
     assert graphs[-1] < 2 and len(compiled_module._CACHE) == 0
+
+
+# ---- a block whose tape would record nothing: its whole forward is one compiled graph ----------
+
+
+class OwnCoupling(revlib.AdditiveCoupling):
+    """A user's subclass: its forward may do more than call F and G, so it is not fused."""
+
+
+def _plain_net(block=revlib.AdditiveCoupling, hook: bool = False) -> revlib.ReversibleSequence:
+    torch.manual_seed(0)
+    model = revlib.ReversibleSequence([block(half()[:3], half()[:3]) for _ in range(3)]).double()
+    if hook:
+        model.blocks[1].G[2].register_forward_pre_hook(lambda m, a: (a[0] * 2,))  # the conv
+    return model
+
+
+@pytest.mark.parametrize(
+    "case, fused",
+    [
+        ("plain layers", 3),
+        ("dropout in every block", 0),
+        ("a hook in one block", 2),
+        ("a user's block class", 0),
+    ],
+)
+def test_blocks_that_record_nothing_run_their_forward_as_one_graph(case, fused):
+    model = {
+        "plain layers": lambda: _plain_net(),
+        "dropout in every block": lambda: net(dropout=0.2),
+        "a hook in one block": lambda: _plain_net(hook=True),
+        "a user's block class": lambda: _plain_net(OwnCoupling),
+    }[case]()
+    eager = copy.deepcopy(model)
+    eager.mode = "autograd"
+    _, expected = train(eager, eager, 3, X)
+    _, got = train(model, torch.compile(model), 3, X)
+    assert len(compiled_module._WHOLE) == fused
+    worst = max(
+        (a - b).abs().max().item()
+        for s, e in zip(got, expected, strict=True)
+        for a, b in zip(s, e, strict=True)
+    )
+    assert worst < 1e-10
+    for a, b in zip(model.buffers(), eager.buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_control_fusing_a_block_with_a_hook_gives_wrong_gradients(monkeypatch):
+    """The hook acts in the fused forward, but no tape recorded it, so the replay runs G without
+    it: the check that keeps such a block out of the fused path is what makes it exact."""
+    monkeypatch.setattr(compiled_module, "records_nothing", lambda block: True)
+    model = _plain_net(hook=True)
+    eager = copy.deepcopy(model)
+    eager.mode = "autograd"
+    _, expected = train(eager, eager, 1, X)
+    _, got = train(model, torch.compile(model), 1, X)
+    assert len(compiled_module._WHOLE) == 3
+    assert max((a - b).abs().max().item() for a, b in zip(got[0], expected[0], strict=True)) > 1e-3
 
 
 def test_compiled_saved_bytes_are_flat_in_depth():
