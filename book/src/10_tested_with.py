@@ -433,6 +433,13 @@ rows.append(
 )
 rows += [
     [
+        "a block of torch's plain layers: its forward writes no tape (compiled: "
+        "one graph); dropout, a hook, a user's layer or block class keep the "
+        "recorded path",
+        "tests/core/engine/test_tapeless_forward.py, test_compile.py",
+        "≤ 1e-10",
+    ],
+    [
         "hook-based weight_norm / spectral_norm inside F; a forward hook that edits "
         "its output in place; a hook removed between forward and backward",
         "tests/core/engine/test_hooks_that_set_state.py",

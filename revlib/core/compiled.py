@@ -40,7 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import ReversibleBlock, plain_run
-from .replay import records_nothing, submodules
+from .engine.function import needs_no_tape
+from .replay import submodules
 
 if TYPE_CHECKING:
     from .sequence import ReversibleSequence  # it imports this module
@@ -120,13 +121,12 @@ def compiled_block_forward(block: ReversibleBlock) -> Callable[[Tensor], Tensor]
     """The block's whole forward compiled as one graph (made once, cached), or ``None`` where the
     tape must record its sub-functions.
 
-    Only for revlib's own blocks (whose ``_forward`` does nothing but call its sub-functions and
-    combine their outputs) when no sub-function call could leave a record
-    (:func:`~revlib.core.replay.tape.records_nothing`): the recording would come back empty,
-    and the eager arithmetic and the concatenation between the separately compiled F and G
-    (about 7 % of a compiled step on the benchmark stack) are fused.
+    Only where the recording would come back empty
+    (:func:`~revlib.core.engine.function.needs_no_tape`): then the eager arithmetic and the
+    concatenation between the separately compiled F and G (about 7 % of a compiled step on the
+    benchmark stack) are fused.
     """
-    if not type(block).__module__.startswith("revlib.core.") or not records_nothing(block):
+    if not needs_no_tape(block):
         return None
     compiled = _WHOLE.get(block)
     if compiled is None:

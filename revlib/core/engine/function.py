@@ -31,17 +31,18 @@ from ..blocks import (
     detached_parameters,
     fused_step_applies,
     grads_for,
+    plain_run,
     takes_halves,
 )
 from ..halves import Halves
-from ..replay import Tape, cached_walks
+from ..replay import Tape, cached_walks, records_nothing
 from .guards import ModuleState, SideInputGuard, check_attribute_tensors, signature
 from .measure import measure_block
 
 if TYPE_CHECKING:
     from .chain import BlockCall, Chain  # it imports this module
 
-__all__ = ["BlockFunction", "in_reversible_block"]
+__all__ = ["BlockFunction", "in_reversible_block", "needs_no_tape"]
 
 
 class _Depth(threading.local):
@@ -190,6 +191,15 @@ def _aux_step(
     return (torch.zeros_like(whole) if dx is None else dx), grads
 
 
+def needs_no_tape(block: ReversibleBlock) -> bool:
+    """True if a recording of the block's forward would keep nothing: revlib's own block (whose
+    ``_forward`` only runs its sub-modules and combines their outputs) and
+    :func:`~revlib.core.replay.tape.records_nothing` of it. Then its forward calls the
+    sub-functions plainly (the watches cost more than F's call on small tensors), and under
+    ``torch.compile`` runs as one graph (:mod:`~revlib.core.compiled`)."""
+    return type(block).__module__.startswith("revlib.core.") and records_nothing(block)
+
+
 def _forward(
     block: ReversibleBlock,
     x: Tensor,
@@ -215,7 +225,8 @@ def _forward(
         guard = SideInputGuard(owner)
         detached = {id(p): p.detach() for p in params}
         with torch.enable_grad(), _inside(), cached_walks(), detached_parameters(block, detached):
-            y = block.forward_recorded(x, tape)
+            quiet = not tape.extras and needs_no_tape(block)
+            y = block._forward(x, plain_run) if quiet else block.forward_recorded(x, tape)
         guard.check((y, *aux))
         return y
     except RuntimeError as err:

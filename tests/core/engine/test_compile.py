@@ -149,7 +149,7 @@ def test_blocks_that_record_nothing_run_their_forward_as_one_graph(case, fused):
 def test_control_fusing_a_block_with_a_hook_gives_wrong_gradients(monkeypatch):
     """The hook acts in the fused forward, but no tape recorded it, so the replay runs G without
     it: the check that keeps such a block out of the fused path is what makes it exact."""
-    monkeypatch.setattr(compiled_module, "records_nothing", lambda block: True)
+    monkeypatch.setattr(compiled_module, "needs_no_tape", lambda block: True)
     model = _plain_net(hook=True)
     eager = copy.deepcopy(model)
     eager.mode = "autograd"
