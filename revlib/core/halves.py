@@ -154,12 +154,13 @@ def join_halves_with_sum(
     """``join_halves(block, first, second + addend)`` with ``second`` the second half of ``whole``.
 
     The sum is written straight into the result (no concatenation copies it);
-    bit for bit the concatenation. Falls back to it unless the tensors are
-    contiguous and of one dtype. ``addend=None`` adds nothing. For a
-    backward step: the result carries no graph.
+    bit for bit the concatenation. Falls back to it unless ``whole`` and ``first``
+    are contiguous and all three of one dtype (``addend`` may have any layout: a
+    compiled F's input gradient comes channels-last). ``addend=None`` adds
+    nothing. For a backward step: the result carries no graph.
     """
     second = whole.chunk(2, dim=split_dim(block))[1]
-    if addend is None or not _same_dtype_contiguous(whole, first, addend):
+    if addend is None or addend.dtype != whole.dtype or not _same_dtype_contiguous(whole, first):
         return join_halves(block, first, second if addend is None else second + addend)
     out, out_first, out_second = _empty_whole(block, first)
     out_first.copy_(first.detach())

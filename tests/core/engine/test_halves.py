@@ -106,6 +106,18 @@ def test_halves_join_equals_cat_in_value_and_layout():
     assert torch.equal(summed, torch.cat([first, dy[:, 4:] + addend], 1))
 
 
+def test_a_channels_last_addend_is_summed_without_a_concatenation(monkeypatch):
+    """A compiled F's input gradient comes channels-last: summed in place, bit for bit."""
+    from revlib.core import halves
+
+    block = revlib.AdditiveCoupling(nn.Identity(), nn.Identity())
+    dy, first, addend = torch.randn(2, 8, 3, 3), torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    expected = torch.cat([first, dy[:, 4:] + addend], 1)
+    monkeypatch.setattr(halves, "join_halves", lambda *a: pytest.fail("concatenated"))
+    summed = join_halves_with_sum(block, first, dy, addend.to(memory_format=torch.channels_last))
+    assert torch.equal(summed, expected) and summed.stride() == expected.stride()
+
+
 def test_non_contiguous_or_mixed_dtypes_fall_back_to_concatenation():
     block = revlib.AdditiveCoupling(nn.Identity(), nn.Identity())
     y = torch.randn(2, 3, 3, 8).permute(0, 3, 1, 2)  # channels_last
