@@ -8,9 +8,11 @@ reaches a :class:`~revlib.core.sequence.ReversibleSequence` in mode
 ``"reversible"`` it calls :func:`run_compiled`, which Dynamo does not trace
 (``torch.compiler.disable``): one graph break per sequence. Inside, the engine
 runs as in eager mode, but each sub-function it calls through ``run`` (every
-F and G, in the forward, in the replay and in the backward step) is a
-``torch.compile`` of that module, made once and cached, so the work of a step
-is compiled while the engine's guarantees stay those of eager mode. Where a
+F and G, in the forward, in the replay and in the backward step) runs through
+one shared ``torch.compile``'d call that takes the module as an argument (so
+modules of one structure share graphs, and nothing keeps a module alive), so
+the work of a step is compiled while the engine's guarantees stay those of
+eager mode. Where a
 block's tape would record nothing (revlib's own block, made only of torch's
 plain layers, no hook: :func:`compiled_block_forward`), its whole forward is
 one compiled graph instead, F, G and the arithmetic between them fused.
@@ -52,8 +54,6 @@ COMPILE_OPTIONS: dict[str, Any] = {"fallback_random": True}
 """Inductor options for the sub-functions: random draws as in eager mode, so the replay draws the
 same numbers."""
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, Callable[..., Tensor]] = weakref.WeakKeyDictionary()
-
 
 def _options() -> dict[str, Any]:
     options = dict(COMPILE_OPTIONS)
@@ -79,42 +79,64 @@ def _runs_eagerly(fn: nn.Module) -> bool:
     )
 
 
-def compiled_function(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """``torch.compile(fn)`` for a module ``fn`` (made once, cached), or ``fn`` itself if it should
-    run eagerly."""
-    if not isinstance(fn, nn.Module) or _runs_eagerly(fn):
-        return fn
-    compiled = _CACHE.get(fn)
+def _call(fn: nn.Module, x: Tensor, kwargs: dict[str, Any]) -> Tensor:
+    out: Tensor = fn(x, **kwargs)
+    return out
+
+
+def _whole_forward(block: ReversibleBlock, x: Tensor) -> Tensor:
+    """A block's forward with its sub-functions called plainly: one graph spans the block (the
+    halves, F, G and the coupling's arithmetic)."""
+    return block._forward(x, plain_run)
+
+
+_SHARED: dict[tuple[Any, ...], Callable[..., Tensor]] = {}
+
+
+def _shared(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``torch.compile(fn)``, one per process. The module is an argument, so modules of one
+    structure share its graphs (Dynamo guards on their structure) and the compiled function keeps
+    no module alive (a per-module ``torch.compile`` held its module for the process's life)."""
+    options = _options()
+    key = (fn.__name__, *sorted(options.items()))
+    compiled = _SHARED.get(key)
     if compiled is None:
         # torch's default shapes: static graphs first, a dynamic one only once a shape changes
         # (dynamic=True from the start made every step of the benchmark stack 7 % slower)
-        inner = torch.compile(fn, options=_options())
-
-        def compiled(x: Tensor, **kwargs: Any) -> Tensor:
-            # one layout for every call (the forward passes views, the backward step fresh tensors),
-            # so the sub-functions of a network share a few graphs instead of one per stride pattern
-            out: Tensor = inner(x.contiguous(), **kwargs)
-            return out
-
-        _CACHE[fn] = compiled
+        compiled = _SHARED[key] = torch.compile(fn, options=options)
     return compiled
 
 
-class _WholeForward(nn.Module):
-    """A block's forward with its sub-functions called plainly, so that one graph spans the
-    block: the halves, F, G and the coupling's arithmetic."""
+class _Bound:
+    """A module's compiled call: the shared compiled function with a weak reference to the
+    module (a cache value must not keep its key alive)."""
 
-    def __init__(self, block: ReversibleBlock) -> None:
-        super().__init__()
-        self.block = block
+    __slots__ = ("module", "shared")
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.block._forward(x, plain_run)
+    def __init__(self, module: nn.Module, shared: Callable[..., Tensor]) -> None:
+        self.module, self.shared = weakref.ref(module), shared
+
+    def __call__(self, x: Tensor, **kwargs: Any) -> Tensor:
+        # one layout for every call (the forward passes views, the backward step fresh tensors),
+        # so the sub-functions of a network share a few graphs instead of one per stride pattern
+        return self.shared(self.module(), x.contiguous(), kwargs)
 
 
+_CACHE: weakref.WeakKeyDictionary[nn.Module, _Bound] = weakref.WeakKeyDictionary()
 _WHOLE: weakref.WeakKeyDictionary[nn.Module, Callable[[Tensor], Tensor]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def compiled_function(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """The compiled call of a module ``fn`` (made once, cached), or ``fn`` itself if it should
+    run eagerly."""
+    if not isinstance(fn, nn.Module) or _runs_eagerly(fn):
+        return fn
+    bound = _CACHE.get(fn)
+    if bound is None:
+        bound = _CACHE[fn] = _Bound(fn, _shared(_call))
+    return bound
 
 
 def compiled_block_forward(block: ReversibleBlock) -> Callable[[Tensor], Tensor] | None:
@@ -128,10 +150,11 @@ def compiled_block_forward(block: ReversibleBlock) -> Callable[[Tensor], Tensor]
     """
     if not needs_no_tape(block):
         return None
-    compiled = _WHOLE.get(block)
-    if compiled is None:
-        compiled = _WHOLE[block] = torch.compile(_WholeForward(block), options=_options())
-    return compiled
+    whole = _WHOLE.get(block)
+    if whole is None:
+        shared, ref = _shared(_whole_forward), weakref.ref(block)
+        whole = _WHOLE[block] = lambda x: shared(ref(), x)
+    return whole
 
 
 _P = ParamSpec("_P")

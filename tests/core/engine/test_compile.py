@@ -12,7 +12,9 @@ graph for them). Saved bytes stay flat in depth, compiled.
 from __future__ import annotations
 
 import copy
+import gc
 import logging
+import weakref
 
 import pytest
 import torch
@@ -157,6 +159,41 @@ def test_control_fusing_a_block_with_a_hook_gives_wrong_gradients(monkeypatch):
     _, got = train(model, torch.compile(model), 1, X)
     assert len(compiled_module._WHOLE) == 3
     assert max((a - b).abs().max().item() for a, b in zip(got[0], expected[0], strict=True)) > 1e-3
+
+
+def _compiled_model_is_freed() -> bool:
+    def train_and_forget():
+        model = _plain_net()
+        model.blocks[0].F = half().double()  # dropout: sub-functions compiled, not the block
+        train(model, torch.compile(model), 1, X)
+        assert compiled_module._CACHE and compiled_module._WHOLE
+        return weakref.ref(model.blocks[0].F), weakref.ref(model.blocks[1])
+
+    refs = train_and_forget()
+    gc.collect()
+    return all(r() is None for r in refs)
+
+
+def test_a_compiled_model_is_freed_with_its_last_reference():
+    """The compiled calls are cached per module without keeping it alive (the cache's values
+    hold weak references)."""
+    assert _compiled_model_is_freed()
+
+
+def test_control_a_cache_value_that_holds_its_module_keeps_it_alive(monkeypatch):
+    monkeypatch.setattr(compiled_module, "_CACHE", _StrongValues())
+    assert not _compiled_model_is_freed()
+
+
+class _StrongValues(weakref.WeakKeyDictionary):
+    """A cache whose values also hold their keys, as a per-module torch.compile did."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, (value, key))
+
+    def get(self, key, default=None):
+        found = super().get(key)
+        return default if found is None else found[0]
 
 
 def test_compiled_saved_bytes_are_flat_in_depth():
