@@ -70,6 +70,18 @@ def train(model, compiled, steps: int, x: torch.Tensor):
     return graphs, grads
 
 
+def assert_as_eager(model, got, eager, expected) -> None:
+    """Every step's gradients within 1e-10 of eager autograd's, and the buffers alike."""
+    worst = max(
+        (a - b).abs().max().item()
+        for s, e in zip(got, expected, strict=True)
+        for a, b in zip(s, e, strict=True)
+    )
+    assert worst < 1e-10
+    for a, b in zip(model.buffers(), eager.buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 X = torch.randn(4, 8, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
 
 
@@ -84,14 +96,7 @@ def test_compiled_reversible_equals_eager_autograd_and_does_not_recompile(caplog
     assert not [r for r in caplog.records if "recompile" in r.getMessage()]
     assert graphs[1] == graphs[-1]  # nothing compiled after the second step
     assert graphs[-1] >= 2  # the sub-functions were compiled: a forward graph and a replay graph
-    worst = max(
-        (a - b).abs().max().item()
-        for s, e in zip(got, expected, strict=True)
-        for a, b in zip(s, e, strict=True)
-    )
-    assert worst < 1e-10
-    for a, b in zip(model.buffers(), eager.buffers(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert_as_eager(model, got, eager, expected)
     assert len(compiled_module._CACHE) == 6  # F and G of three blocks, each compiled once
 
 
@@ -138,14 +143,7 @@ def test_blocks_that_record_nothing_run_their_forward_as_one_graph(case, fused):
     _, expected = train(eager, eager, 3, X)
     _, got = train(model, torch.compile(model), 3, X)
     assert len(compiled_module._WHOLE) == fused
-    worst = max(
-        (a - b).abs().max().item()
-        for s, e in zip(got, expected, strict=True)
-        for a, b in zip(s, e, strict=True)
-    )
-    assert worst < 1e-10
-    for a, b in zip(model.buffers(), eager.buffers(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert_as_eager(model, got, eager, expected)
 
 
 def test_control_fusing_a_block_with_a_hook_gives_wrong_gradients(monkeypatch):
