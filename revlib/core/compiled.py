@@ -12,10 +12,10 @@ F and G, in the forward, in the replay and in the backward step) runs through
 one shared ``torch.compile``'d call that takes the module as an argument (so
 modules of one structure share graphs, and nothing keeps a module alive), so
 the work of a step is compiled while the engine's guarantees stay those of
-eager mode. Where a
-block's tape would record nothing (revlib's own block, made only of torch's
-plain layers, no hook: :func:`compiled_block_forward`), its whole forward is
-one compiled graph instead, F, G and the arithmetic between them fused.
+eager mode. Where a block's tape would record nothing (revlib's own block, made
+only of torch's plain layers, no hook: :func:`compiled_block_forward`), its
+whole forward is one compiled graph instead, F, G and the arithmetic between
+them fused.
 
 Three choices keep the replay exact and portable. The sub-functions are compiled with
 Inductor's ``fallback_random``, so a compiled dropout draws the numbers eager
