@@ -180,11 +180,10 @@ def _replaying_hooks(
     fn: Any, acting: dict[HookKey, tuple[Callable[..., Any], bool]]
 ) -> contextlib.AbstractContextManager[None]:
     """Exactly the hooks that acted in the recorded call, as they were then, and no other."""
-    modules = submodules(fn) if isinstance(fn, nn.Module) else []
-    if not acting and not any(m._forward_hooks or m._forward_pre_hooks for m in modules):
+    if not acting and not _hooked(fn):
         return contextlib.nullcontext()  # no hook then, none now: nothing to swap
     slots = []
-    for m in modules:
+    for m in submodules(fn) if isinstance(fn, nn.Module) else []:
         for which in _HOOK_DICTS:
             recorded = {k: v for (i, w, k), v in acting.items() if i == id(m) and w == which}
             hooks = getattr(m, which)

@@ -57,8 +57,8 @@ def records_nothing(module: nn.Module) -> bool:
     below it is one of :data:`PLAIN_LAYERS`, none has a hook, and no global module hook is set.
 
     Then every :data:`WATCHES` kind would come back empty, so a recording may be skipped (the
-    compiled whole-block forward, :mod:`~revlib.core.compiled`). ``module`` itself (the block)
-    is not a sub-function and is not checked.
+    engine's tapeless and compiled whole-block forwards). ``module`` itself (the block) is not a
+    sub-function and is not checked.
     """
     if _global_hooks._global_forward_hooks or _global_hooks._global_forward_pre_hooks:
         return False
