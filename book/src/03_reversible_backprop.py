@@ -304,10 +304,10 @@ assert max(step_errors.values()) < 1e-12
 # `torch.autograd.grad` that returns the input gradient and the parameter
 # gradients together. The two lines before `return` do what `torch.cat` did in
 # `algorithm1_step` without copying: inside a chain, the step before this one
-# splits `x` again at once, so `x` travels as `Halves`, with $x_1$ written
-# straight into the first half of a full-size buffer (where a concatenation would
-# have put it), and the gradient's second half is added straight into its place.
-# G's replay takes $y_1$ contiguous, the layout the forward's G received: BatchNorm's
+# splits `x` again at once, so `x` travels as `Halves`, two tensors of their own,
+# and the gradient's second half is added straight into its place. G's replay
+# takes $y_1$ contiguous, the layout the forward's G received (the halves a step
+# hands on already are; only the chain's saved output is copied): BatchNorm's
 # reduction order depends on the strides it reads, so the replay runs the
 # forward's kernels in the forward's order.
 

@@ -82,10 +82,10 @@ class AdditiveCoupling(ReversibleBlock):
         :math:`\bar w_F = (\partial F/\partial w_F)^\top \bar z_1`.
 
         ``y`` may be :class:`~revlib.core.halves.Halves`; ``x`` is then
-        returned as ``Halves`` too, :math:`x_1` written into the first half
-        of a full-size buffer and :math:`x_2` beside it, so a chain spends no
-        concatenation on a tensor the next step splits again. The results are
-        bit for bit those of whole tensors.
+        returned as ``Halves`` too (:math:`x_1` and :math:`x_2`, contiguous), so a
+        chain spends no concatenation on a tensor the next step splits again,
+        nor a copy of :math:`y_1` for G. The results are bit for bit those of
+        whole tensors.
         """
         halves = Halves.of(self, y)
         y1, y2 = halves.first.detach(), halves.second.detach()

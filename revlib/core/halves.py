@@ -3,9 +3,9 @@
 A coupling splits its input into two equal halves along one dimension
 (:func:`split_dim`: channels for images, features for token sequences). In a
 chain's backward pass a coupling may hand its reconstructed input to the step
-before it as :class:`Halves`, written straight into a full-size buffer, so no
-concatenation is spent on a tensor the next step splits again and every
-layout, and so every bit, is what a concatenation would give.
+before it as :class:`Halves`, two tensors of their own, so no concatenation is
+spent on a tensor the next step splits again and the step's sub-functions
+read contiguous halves, as in the forward.
 """
 
 from __future__ import annotations
@@ -75,19 +75,19 @@ def join_halves(block: nn.Module, first: Tensor, second: Tensor) -> Tensor:
 class Halves(NamedTuple):
     """A block's input, carried as its two halves from one backward step of a chain to the next.
 
-    ``buffer`` is a full-size tensor whose first half along ``dim`` is
-    ``first``; its second half need not hold ``second`` (a tensor of its own).
-    A coupling's backward step writes its reconstructed first half straight
-    into such a buffer (:func:`halves_of_difference`), so the step before it
-    reads that half with the strides a concatenation would have given it, and
-    no concatenation is spent on a tensor the next step splits again.
-    :meth:`join` gives the full tensor, equal in value and layout to
-    ``torch.cat([first, second], dim)``, for a block that takes whole tensors.
+    ``buffer`` is ``None`` (the halves are tensors of their own, as a coupling's
+    backward step makes them) or a full-size tensor whose first half along
+    ``dim`` is ``first`` (the halves of a whole tensor; its second half need not
+    hold ``second``). So the step before reads contiguous halves, the layout
+    the forward gave its sub-functions, and no concatenation is spent on a
+    tensor the next step splits again. :meth:`join` gives the full tensor,
+    equal in value and layout to ``torch.cat([first, second], dim)``, for a
+    block that takes whole tensors.
     """
 
     first: Tensor
     second: Tensor
-    buffer: Tensor
+    buffer: Tensor | None
     dim: int
 
     @classmethod
@@ -95,15 +95,17 @@ class Halves(NamedTuple):
         """``y`` as halves along the block's split dimension (views of ``y`` if it is a whole
         tensor)."""
         if isinstance(y, Halves):
-            if y.dim % y.buffer.dim() == split_dim(block) % y.buffer.dim():
+            if y.dim % y.first.dim() == split_dim(block) % y.first.dim():
                 return y
             y = y.join()
         first, second = split_halves(block, y, what)
         return cls(first, second, y, split_dim(block))
 
     def join(self) -> Tensor:
-        """Write ``second`` into the buffer's second half (unless it is that half) and return the
-        buffer."""
+        """The full tensor: the concatenation, or the buffer with ``second`` written into its
+        second half (unless it is that half)."""
+        if self.buffer is None:
+            return torch.cat([self.first, self.second], dim=self.dim)
         half = self.buffer.chunk(2, dim=self.dim)[1]
         if not (
             half.data_ptr() == self.second.data_ptr() and half.stride() == self.second.stride()
@@ -130,22 +132,14 @@ def _empty_whole(block: nn.Module, half: Tensor) -> tuple[Tensor, Tensor, Tensor
 
 
 def halves_of_difference(block: nn.Module, y: Halves, f: Tensor, second: Tensor) -> Halves:
-    """``Halves(y.first - f, second)``, the difference written into the first half of a full-size
-    buffer.
+    """``Halves(y.first - f, second)``, both tensors of their own: for a backward step, no graph.
 
-    Bit for bit (values and strides) the halves of
-    ``join_halves(block, y.first - f, second)``: an elementwise result does not
-    depend on the layout it is written in. Falls back to that concatenation
-    unless the tensors are contiguous and of one dtype. For a backward step:
-    the result carries no graph.
+    The first half comes contiguous, as the forward gave it to the next
+    sub-function, so that step's replay needs no copy of it (a half of a
+    full-size buffer is strided); :meth:`Halves.join` concatenates, bit for bit
+    ``join_halves(block, y.first - f, second)``.
     """
-    if not (
-        y.buffer.is_contiguous() and _same_dtype_contiguous(f, second) and y.first.dtype == f.dtype
-    ):
-        return Halves.of(block, join_halves(block, y.first - f, second))
-    buffer, first, _ = _empty_whole(block, f)
-    torch.sub(y.first.detach(), f.detach(), out=first)
-    return Halves(first, second, buffer, split_dim(block))
+    return Halves(y.first.detach() - f.detach(), second, None, split_dim(block))
 
 
 def join_halves_with_sum(

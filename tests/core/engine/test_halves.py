@@ -72,6 +72,39 @@ def test_control_without_the_layout_the_replay_of_g_sees_a_strided_view(
     assert not all(_layouts_seen_by_g(model, x))
 
 
+def _first_halves_contiguous(model: nn.Module, x: torch.Tensor) -> list[bool]:
+    """For each coupling step that got halves from the step after it: was its first half (G's
+    replay input) contiguous?"""
+    seen = []
+    real_step = revlib.AdditiveCoupling.backward_step
+
+    def spy(self, y, dy, tape):
+        if isinstance(y, Halves) and y.buffer is None:
+            seen.append(y.first.is_contiguous())
+        return real_step(self, y, dy, tape)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(revlib.AdditiveCoupling, "backward_step", spy)
+        model(x.clone().requires_grad_(True)).square().mean().backward()
+    return seen
+
+
+def test_a_step_hands_on_contiguous_halves(stack_and_input):
+    """So G's replay reads its input without a copy (a half of a full-size tensor is strided)."""
+    model, x = stack_and_input
+    assert _first_halves_contiguous(model, x) == [True] * 3  # the last block's comes saved
+
+
+def test_control_halves_of_a_concatenation_are_strided(stack_and_input, monkeypatch):
+    def concatenating(block, y, f, second):
+        whole = torch.cat([y.first - f, second], 1)
+        return Halves(*whole.chunk(2, 1), None, 1)
+
+    monkeypatch.setattr(couplings, "halves_of_difference", concatenating)
+    model, x = stack_and_input
+    assert _first_halves_contiguous(model, x) == [False] * 3
+
+
 def test_the_chain_makes_no_concatenation_between_couplings(stack_and_input, monkeypatch):
     model, x = stack_and_input
     counts = {}
