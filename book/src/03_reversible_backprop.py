@@ -1127,6 +1127,12 @@ else:
     assert 1.0 < rev_over_floor < 1.1
     old_engine = seconds["reversible@8abb1ff"] / seconds[floor]
     assert abs(old_engine - 1) < 0.03  # an engine with fewer checks: at the floor
+    # paired per-round ratios to the floor: the two engines' intervals overlap
+    (rev_low, rev_high), (old_low, old_high) = (
+        bench["paired_ratio_to_floor_95_interval"][k]
+        for k in ["reversible", "reversible@8abb1ff"]
+    )
+    assert rev_low < old_high and old_low < rev_high
     # compiled checkpointing: no faster than eager checkpointing; autograd sped up
     compile_speedup = seconds["autograd"] / seconds["compiled_autograd"]
     ckpt_compiled_vs_eager = seconds["compiled_checkpoint"] / seconds["checkpoint"]
@@ -1156,6 +1162,9 @@ else:
     glue("bench_other_cores", others, display=False)
     glue("bench_rev_over_floor", rev_over_floor, display=False)
     glue("bench_old_engine", old_engine, display=False)
+    for name, value in [("rev", (rev_low, rev_high)), ("old", (old_low, old_high))]:
+        glue(f"bench_{name}_floor_low", value[0], display=False)
+        glue(f"bench_{name}_floor_high", value[1], display=False)
     glue("bench_rest_in_forwards", rest_in_forwards, display=False)
     glue("bench_saved_autograd_mib", saved["autograd"] / 2**20, display=False)
     glue("bench_saved_checkpoint_mib", saved["checkpoint"] / 2**20, display=False)
@@ -1221,14 +1230,18 @@ if bench is not None:
 # {glue:text}`bench_autograd_plus_forward:.2f`, and by the process's CPU time, which
 # other processes disturb less, {glue:text}`bench_checkpoint_cpu:.2f` against
 # {glue:text}`bench_autograd_plus_forward_cpu:.2f`: checkpointing costs about one
-# more forward, as counted. The reversible step does not quite: it costs
+# more forward, as counted. So does the reversible step: it costs
 # {glue:text}`bench_rev_over_floor:.3f` times the floor (the ratio of the two
-# medians). That is the engine's own work around each block, in Python and in
-# tensor copies: rebuilding inputs, recording and replaying what F and G saw, and
-# the checks that turn a silently wrong gradient into an error (the appendix
-# {ref}`app-engine`).
+# medians; the per-round ratios give {glue:text}`bench_rev_floor_low:.3f` to
+# {glue:text}`bench_rev_floor_high:.3f` at 95 %). What it adds is the engine's own
+# work around each block, in Python and in tensor copies: rebuilding inputs,
+# recording and replaying what F and G saw, and the checks that turn a silently
+# wrong gradient into an error (the appendix {ref}`app-engine`).
 # An earlier version of the engine with fewer of them, timed in the same run, cost
-# {glue:text}`bench_old_engine:.3f` times the floor.
+# {glue:text}`bench_old_engine:.3f` times the floor
+# ({glue:text}`bench_old_floor_low:.3f` to {glue:text}`bench_old_floor_high:.3f`):
+# the two intervals overlap, so at this size the benchmark cannot tell the checks'
+# cost from its noise.
 #
 # {cite:t}`gomez2017revnet` make the same count: about $4N$ operations for a
 # reversible step against $3N$ for backprop, 33% more, the same overhead as
@@ -1246,8 +1259,9 @@ if bench is not None:
 # reversible engine eager under `torch.compile` and compiles each F and G on its
 # own (the appendix {ref}`app-engine` says why). Only a block's forward, when its
 # tape would record nothing (as here), is one compiled graph; in the backward
-# step the additions, splits and concatenations between the compiled F and G run
-# eagerly: the compiled reversible step cost
+# step each F and G is two compiled calls (its replay and its backward), and the
+# additions, subtractions and copies between them run eagerly: the compiled
+# reversible step cost
 # {glue:text}`bench_compiled_reversible:.2f` times compiled autograd's, against a
 # compiled floor of {glue:text}`bench_compiled_autograd_plus_forward:.2f`.
 # Compiled checkpointing came off worst, at

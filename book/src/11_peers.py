@@ -488,7 +488,9 @@ if step is not None:
     )
     glue("peer_time_checkpoint", r["checkpoint"], display=False)
     glue("peer_time_reversible", r["reversible"], display=False)
-    assert r["checkpoint"] < r["reversible"]  # point 2 below
+    # point 2 below: each pays one recomputed forward; neither is 10 % dearer
+    assert abs(r["checkpoint"] - r["reversible"]) < 0.1
+    assert min(r["checkpoint"], r["reversible"]) > 1.2
 
 # %% [markdown]
 # Read as a decision, for a stack that does not fit in memory with autograd:
@@ -499,14 +501,14 @@ if step is not None:
 #    keeps {glue:text}`peer_bf16_fraction:.2f` of float32's bytes. It does not
 #    change how memory grows with depth.
 # 2. **Checkpointing** when $L x$ fits: it recomputes the same forward a reversible
-#    step does, needs no inverse, and its step costs
+#    step does and needs no inverse, so it takes any block. Its step costs
 #    {glue:text}`peer_time_checkpoint:.2f` times autograd's against
 #    {glue:text}`peer_time_reversible:.2f` for revlib's reversible mode in the
-#    step-time benchmark of {ref}`ch-backprop` (on the CPU printed above), so it is
-#    the faster of the two whenever it fits.
+#    step-time benchmark of {ref}`ch-backprop` (on the CPU printed above): the same
+#    price within that benchmark's run-to-run scatter, one recomputed forward each.
 # 3. **Reversible blocks** when even $L x$ does not fit, or when the batch or the
-#    resolution is what must grow: memory flat in depth, for a step that costs more
-#    than checkpointing's. The depth at which a fixed budget $B$ forces the switch is
+#    resolution is what must grow: memory flat in depth, for about checkpointing's
+#    step time. The depth at which a fixed budget $B$ forces the switch is
 #    $B / x$ blocks, against $B / a$ for autograd. Between the two, revlib's
 #    `memory_budget` mixes them block by block: the blocks that spare the most
 #    recomputation per byte keep their activations while they fit, and the rest run
