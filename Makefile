@@ -20,7 +20,7 @@ NBVAL := $(NB_ENV) $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-
 PORTABLE_ENV := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 STANDIN_TESTS := tests/harness/test_standin_data.py tests/book/test_full_runs.py
 
-.PHONY: all env data book notebooks lint typecheck test unit standins nbval nbval-portable colab-check book-strict book-checked standin-rows full-runs rendered workflows benchmark clean
+.PHONY: all env data book notebooks code-overflow lint typecheck test unit standins nbval nbval-portable colab-check book-strict book-checked standin-rows full-runs rendered workflows benchmark clean
 
 all: book
 
@@ -99,6 +99,11 @@ book-strict: env
 # The built pages (make book or book-strict first): no raw TeX or unresolved role outside math and code.
 rendered: env
 	$(PY) tools/check_rendered.py
+
+# The built chapters in headless Chromium: no code cell scrolls sideways at 1366 pixels.
+# Local only (needs a chromium; the CI machine has none).
+code-overflow: env
+	$(PY) tools/check_code_overflow.py
 
 workflows: env
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
