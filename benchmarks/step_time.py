@@ -17,6 +17,9 @@ backward of mean(y^2) and an SGD update. The variants, side by side in one run:
   the revision is missing). The default compares with 8abb1ff (before the
   "never a silently wrong gradient" work) and 5ad9f31 (before the halves
   travelled between coupling steps);
+* ``compiled_reversible@REV``: the same under ``torch.compile``, for each of
+  ``--compiled-before`` (default a358f0e, the engine when issues 25-27 were
+  filed);
 * ``checkpoint``: revlib, mode "checkpoint" (torch.utils.checkpoint per block);
 * ``memcnn``: MemCNN 1.5.2's ``InvertibleModuleWrapper(AdditiveCoupling(F, G))``
   per block, when installed (optional: ``pip install --no-deps memcnn==1.5.2``;
@@ -155,7 +158,7 @@ def build_variants(args: argparse.Namespace, device: torch.device) -> dict[str, 
     torch.manual_seed(args.seed)
     if args.model == "revnet38":
         models = revnet38_variants()
-        args.before = []
+        args.before = args.compiled_before = []
         if args.compile:
             for name in ("autograd", "autograd_plus_forward", "reversible", "checkpoint"):
                 models[f"compiled_{name}"] = CompiledVariant(copy.deepcopy(models[name]))
@@ -189,6 +192,16 @@ def build_variants(args: argparse.Namespace, device: torch.device) -> dict[str, 
         for name in ("autograd", "autograd_plus_forward", "reversible", "checkpoint"):
             eager = copy.deepcopy(models[name])
             models[f"compiled_{name}"] = CompiledVariant(eager)
+        for revision in args.compiled_before:
+            before = engine_before(revision)
+            if before is not None:
+                sequence = importlib.import_module(f"{before.__name__}.sequence")
+                coupling = importlib.import_module(f"{before.__name__}.couplings")
+                models[f"compiled_reversible@{revision}"] = CompiledVariant(
+                    sequence.ReversibleSequence(
+                        [coupling.AdditiveCoupling(*copy.deepcopy(p)) for p in pairs]
+                    )
+                )
     return {name: m.to(device) for name, m in models.items()}
 
 
@@ -330,6 +343,7 @@ def run(args: argparse.Namespace) -> dict:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "before_revisions": args.before,
+        "compiled_before_revisions": args.compiled_before,
         "variants": names,
         "median_seconds": medians,
         "ratio_to_autograd": ratio,
@@ -381,6 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=["8abb1ff", "5ad9f31"],
         help="git revisions of earlier engines to time and compare bit for bit (none: --before)",
+    )
+    parser.add_argument(
+        "--compiled-before",
+        nargs="*",
+        default=["a358f0e"],
+        help="git revisions of earlier engines to time under torch.compile too (default: the "
+        "engine when issues 25-27 were filed; none: --compiled-before)",
     )
     parser.add_argument(
         "--compile",

@@ -1173,6 +1173,11 @@ else:
     glue(
         "bench_compiled_ckpt_ms", 1000 * seconds["compiled_checkpoint"], display=False
     )
+    # the engine of 3 December 2026 (a358f0e), compiled in the same run
+    early = bench["ratio_to_compiled_autograd"].get("compiled_reversible@a358f0e")
+    if early is not None:
+        assert early > ratio["compiled_reversible"]
+        glue("bench_compiled_early_engine", early, display=False)
 
 # %% tags=["remove-output"]
 if bench is not None:
@@ -1263,7 +1268,9 @@ if bench is not None:
 # additions, subtractions and copies between them run eagerly: the compiled
 # reversible step cost
 # {glue:text}`bench_compiled_reversible:.2f` times compiled autograd's, against a
-# compiled floor of {glue:text}`bench_compiled_autograd_plus_forward:.2f`.
+# compiled floor of {glue:text}`bench_compiled_autograd_plus_forward:.2f` (the
+# engine of 3 December 2026, which compiled F and G but no whole block, cost
+# {glue:text}`bench_compiled_early_engine:.2f` in the same run).
 # Compiled checkpointing came off worst, at
 # {glue:text}`bench_compiled_checkpoint:.2f`, and not because checkpointing costs
 # more: nothing of it was compiled. Its step took
