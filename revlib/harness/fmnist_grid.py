@@ -82,6 +82,7 @@ __all__ = [
     "plateau_epochs",
     "main_jobs",
     "code_path_jobs",
+    "load_results",
     "main",
 ]
 
@@ -369,6 +370,16 @@ QUICK_IMAGES = 1000
 """Validation and test images under ``--quick`` (class-balanced)."""
 
 
+COMMAND = "python -m revlib.harness.fmnist_grid collect"
+"""What makes the results file (from the runs' cache; see the module's docstring)."""
+
+
+def load_results(path: str | Path | None = None) -> dict[str, Any]:
+    """The grid's results file: ``path``, or the one shipped with revlib (``None``, what chapter 7
+    reads)."""
+    return grid.load(path, FORMAT, COMMAND, packaged="results/fmnist_grid.json")
+
+
 def quick_splits() -> data.FmnistSplits:
     """The splits of ``--quick``: validation and test cut to :data:`QUICK_IMAGES` each."""
     full = data.fmnist_splits()
@@ -421,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(1)
     width, out = args.width, Path(args.out)
     if out.exists():  # the runs committed so far need not run again
-        shipped = grid.load(out, FORMAT, "python -m revlib.harness.fmnist_grid collect")
+        shipped = load_results(out)
         grid.restore(
             pilot_jobs(width)
             + (

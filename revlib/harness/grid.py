@@ -144,14 +144,25 @@ def restore(jobs: Iterable[Job], results: dict[str, Any], cache: str | Path) -> 
     return written
 
 
-def load(path: str | Path, fmt: str, command: str) -> dict[str, Any]:
-    """A results file of format ``fmt``; if absent, the error names ``command``, which makes it."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"grid: no results file {path}; make it with `{command}`")
-    result = json.loads(path.read_text())
+def load(path: str | Path | None, fmt: str, command: str, packaged: str = "") -> dict[str, Any]:
+    """A results file of format ``fmt``: ``path``, or with ``path=None`` the file ``packaged``
+    shipped inside ``revlib.harness`` (``results/...``, pyproject's package data), which is there
+    wherever revlib is installed (Colab's checkout-free install included). If absent, the error
+    names ``command``, which makes it."""
+    if path is None:
+        from importlib.resources import files
+
+        resource = files("revlib.harness").joinpath(packaged)
+        where: str | Path = f"revlib.harness/{packaged}"
+        text = resource.read_text() if packaged and resource.is_file() else None
+    else:
+        where = Path(path)
+        text = where.read_text() if where.exists() else None
+    if text is None:
+        raise FileNotFoundError(f"grid: no results file {where}; make it with `{command}`")
+    result: dict[str, Any] = json.loads(text)
     if result.get("format") != fmt:
-        raise ValueError(f"grid: {path} is not a {fmt} results file")
+        raise ValueError(f"grid: {where} is not a {fmt} results file")
     return result
 
 

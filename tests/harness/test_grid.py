@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +85,22 @@ def test_a_results_file_restores_the_cache_it_was_collected_from(tmp_path):
     assert grid.restore(jobs, shipped, tmp_path / "two") == 0  # already there
     again = grid.collect(jobs, tmp_path / "two", "toy/1")
     assert again["runs"] == shipped["runs"] and again["missing"] == [jobs[2].fields()]
+
+
+def test_the_shipped_results_file_loads_from_the_installed_package():
+    """What chapter 7 reads where no checkout is (Colab): the package's copy, the committed file."""
+    shipped = fmnist_grid.load_results()
+    assert shipped["format"] == fmnist_grid.FORMAT and shipped["runs"]
+    repo = Path(__file__).resolve().parents[2]
+    committed = fmnist_grid.load_results(repo / "revlib/harness/results/fmnist_grid.json")
+    assert shipped == committed
+
+
+def test_a_missing_or_foreign_results_file_names_what_makes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="fmnist_grid collect"):
+        fmnist_grid.load_results(tmp_path / "absent.json")
+    with pytest.raises(FileNotFoundError, match="revlib.harness/results/absent.json"):
+        grid.load(None, "toy/1", "make it", packaged="results/absent.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "toy/1"}))
+    with pytest.raises(ValueError, match="is not a revlib.harness.fmnist_grid/1"):
+        fmnist_grid.load_results(tmp_path / "other.json")
