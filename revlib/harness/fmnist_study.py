@@ -55,7 +55,7 @@ from torch import nn
 
 from ..core.modes import validate_mode
 from ..models.common import count_parameters
-from . import data, networks, train
+from . import data, grid, networks, train
 from .data import FmnistSplits, fmnist_splits
 
 __all__ = [
@@ -370,23 +370,8 @@ PACKAGED_RESULTS = "results/fmnist_study.json"
 
 def load_results(path: str | Path | None = None) -> dict[str, Any]:
     """A results file of :func:`main`: ``path``, or the one shipped with revlib (``None``)."""
-    if path is None:
-        from importlib.resources import files
-
-        text = files("revlib.harness").joinpath(PACKAGED_RESULTS).read_text()
-    else:
-        if not Path(path).exists():
-            raise FileNotFoundError(
-                f"fmnist_study: no results file {path}; make it with "
-                f"`python -m revlib.harness.fmnist_study grid --out {path}`"
-            )
-        text = Path(path).read_text()
-    result = json.loads(text)
-    if result.get("format") != "revlib.harness.fmnist_study/1":
-        raise ValueError(
-            f"fmnist_study: {path or PACKAGED_RESULTS} is not a fmnist_study results file"
-        )
-    return result
+    command = f"python -m revlib.harness.fmnist_study grid --out {path or PACKAGED_RESULTS}"
+    return grid.load(path, "revlib.harness.fmnist_study/1", command, packaged=PACKAGED_RESULTS)
 
 
 def select(
