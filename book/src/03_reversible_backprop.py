@@ -1174,10 +1174,9 @@ else:
         "bench_compiled_ckpt_ms", 1000 * seconds["compiled_checkpoint"], display=False
     )
     # the engine of 3 December 2026 (a358f0e), compiled in the same run
-    early = bench["ratio_to_compiled_autograd"].get("compiled_reversible@a358f0e")
-    if early is not None:
-        assert early > ratio["compiled_reversible"]
-        glue("bench_compiled_early_engine", early, display=False)
+    early = bench["ratio_to_compiled_autograd"]["compiled_reversible@a358f0e"]
+    assert early > ratio["compiled_reversible"]
+    glue("bench_compiled_early_engine", early, display=False)
 
 # %% tags=["remove-output"]
 if bench is not None:
