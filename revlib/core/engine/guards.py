@@ -72,6 +72,40 @@ class SideInputGuard:
         return tuple(t.shape)
 
 
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+"""What ``nn.Module.__init__`` sets on every module (the registries of parameters, buffers and
+children, the hook dictionaries, the train flag): scanned elsewhere or never a tensor."""
+
+_PLAIN = frozenset({int, float, bool, str, type(None)})
+
+
+def _grad_tensors(m: nn.Module) -> Iterator[Tensor]:
+    """The tensors that require grad among ``m``'s own attributes (one level into lists, tuples
+    and dicts) and what its ``forward`` reads from closures and globals."""
+    attributes = vars(m)
+    for key in attributes.keys() - _MODULE_INTERNALS:
+        value = attributes[key]
+        if type(value) in _PLAIN:
+            continue
+        if isinstance(value, Tensor):
+            if value.requires_grad:
+                yield value
+            continue
+        values = (
+            value.values()
+            if isinstance(value, dict)
+            else value
+            if isinstance(value, (list, tuple))
+            else ()
+        )
+        for v in values:
+            if isinstance(v, Tensor) and v.requires_grad:
+                yield v
+    for v in forward_reads(m):
+        if isinstance(v, Tensor) and v.requires_grad:
+            yield v
+
+
 def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> None:
     """The static form of :class:`SideInputGuard`, used under ``torch.compile``: scan the modules'
     attributes.
@@ -83,24 +117,13 @@ def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> 
     sees as it happens; a tensor reached by a deeper path is not seen here).
     """
     modules = submodules(block)
-    registered = {id(p) for m in modules for p in m._parameters.values()} | allowed
+    registered: set[int] | None = None  # built only when a candidate is found
     for m in modules:
-        for v in forward_reads(m):
-            if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
+        for v in _grad_tensors(m):
+            if registered is None:
+                registered = {id(p) for m in modules for p in m._parameters.values()} | allowed
+            if id(v) not in registered:
                 raise refusals.side_input(owner, tuple(v.shape))
-        for key, value in vars(m).items():
-            if key in ("_parameters", "_buffers", "_modules"):
-                continue
-            values = (
-                value.values()
-                if isinstance(value, dict)
-                else value
-                if isinstance(value, (list, tuple))
-                else (value,)
-            )
-            for v in values:
-                if isinstance(v, Tensor) and v.requires_grad and id(v) not in registered:
-                    raise refusals.side_input(owner, tuple(v.shape))
 
 
 @dataclass
