@@ -184,11 +184,14 @@ def takes_halves(block: nn.Module) -> bool:
 
 
 def check_same_shape(block: nn.Module, fn_name: str, out: Tensor, like: Tensor) -> Tensor:
-    """Raise ``ValueError`` unless sub-function ``fn_name`` kept the shape of its argument.
-
-    A reversible block must not change shapes: a strided or channel-changing
-    layer inside F or G breaks invertibility.
-    """
+    """Raise unless sub-function ``fn_name`` returned one tensor of its argument's shape (a
+    strided or channel-changing layer inside F or G breaks invertibility)."""
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"{type(block).__name__}: {fn_name} returned a {type(out).__name__}, not one tensor "
+            "of its argument's shape (a Hugging Face layer returns a tuple: wrap it in a module "
+            "whose forward returns layer(h)[0])"
+        )
     if out.shape != like.shape:
         raise ValueError(
             f"{type(block).__name__}: {fn_name} maps a half of shape {tuple(like.shape)} to "
@@ -275,10 +278,10 @@ class ReversibleBlock(nn.Module):
        reshard) run once per forward; a hook on a module inside F runs once
        per step, and again in the replay only if it returned a value (it
        changed F). A hook on the block that changes its input or output, or a
-       hook inside F that keeps an activation (which has no graph in this
-       mode), raises. A global module hook
-       (``torch.nn.modules.module.register_module_forward_hook``) sees every
-       evaluation, the replay included: use it to count evaluations.
+       hook inside F that keeps what would carry a gradient in mode
+       ``"autograd"`` (it has no graph in this mode), raises. A global module
+       hook (``register_module_forward_hook``) sees every evaluation, the replay
+       included (use it to count); in the replay only those that changed F act.
     7. Optionally override :meth:`backward_step` with a fused version; it
        calls sub-functions through ``tape.replay(name, fn, h)`` and returns the
        gradients as pairs with the tensors ``tape.grad_targets(fn)`` gives

@@ -197,8 +197,10 @@ def input_changed_by_hook(owner: str) -> InputChangedByHook:
 def double_backward() -> RuntimeError:
     return RuntimeError(
         f"{OWNER} does not support double backward (create_graph=True): its backward "
-        "reconstructs activations outside the graph. Use mode='autograd' or mode='checkpoint' "
-        "for higher-order gradients."
+        "reconstructs activations outside the graph. Use mode='autograd' for higher-order "
+        "gradients (mode='checkpoint' too, unless a layer changes state in its forward: "
+        "checkpointing runs the forward twice, so spectral_norm's power iteration would step "
+        "twice)."
     )
 
 
@@ -216,6 +218,17 @@ def extra_modified_in_place(owner: str, name: str, shape: tuple[int, ...]) -> Ru
         "forward and the backward (e.g. a mask refilled for the next micro-batch). The backward "
         "step runs F and G again with it, so it needs the values of the forward. Run backward "
         "before refilling it, pass a clone (seq(x, mask=m.clone())), or use mode='autograd'."
+    )
+
+
+def extra_changed_by_forward(owner: str, name: str) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: the block's forward changed the extra argument {name!r} in place (e.g. "
+        "appended an auxiliary loss to a list passed in). In mode='reversible' the forward "
+        "receives rebuilt containers and copies of mutable objects, and builds no graph: the "
+        "change would not reach your object, and a tensor stored there would get no gradient. "
+        "Report a loss with revlib.add_aux_loss(loss) (collected in seq.aux_losses, with its "
+        "gradient), return what you need as part of the output, or use mode='autograd'."
     )
 
 

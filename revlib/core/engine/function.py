@@ -36,7 +36,13 @@ from ..blocks import (
 )
 from ..halves import Halves
 from ..replay import Tape, cached_walks, records_nothing
-from .guards import ModuleState, SideInputGuard, check_attribute_tensors, signature
+from .guards import (
+    ModuleState,
+    SideInputGuard,
+    check_attribute_tensors,
+    fingerprint,
+    signature,
+)
 from .measure import measure_block
 
 if TYPE_CHECKING:
@@ -99,8 +105,12 @@ class BlockFunction(torch.autograd.Function):
         tape = Tape.start(x_in, chain.record_rng, extras)
         tape.names = chain.names
         tape.call = chain.call
+        before = {k: fingerprint(v) for k, v in extras.items()}
         with collecting() as aux:
             y = _forward(block, x_in, tape, (x, *tensors), params, aux, owner, chain)
+        for name, value in extras.items():  # what the forward stored there would be lost
+            if fingerprint(value) != before[name]:
+                raise refusals.extra_changed_by_forward(owner, name)
         if chain.costs is not None:
             with collecting():
                 chain.costs.append(measure_block(block, x, tape))

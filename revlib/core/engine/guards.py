@@ -23,7 +23,14 @@ from .. import refusals
 from ..replay import Slot, Tape, forward_reads, submodules, swapped
 from ..replay.buffers import NORM_STATS, updating_norm
 
-__all__ = ["ModuleState", "SideInputGuard", "Signature", "check_attribute_tensors", "signature"]
+__all__ = [
+    "ModuleState",
+    "SideInputGuard",
+    "Signature",
+    "check_attribute_tensors",
+    "fingerprint",
+    "signature",
+]
 
 Signature = tuple[int, torch.Size, tuple[int, ...], int]
 
@@ -124,6 +131,31 @@ def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> 
                 registered = {id(p) for m in modules for p in m._parameters.values()} | allowed
             if id(v) not in registered:
                 raise refusals.side_input(owner, tuple(v.shape))
+
+
+def fingerprint(value: Any, depth: int = 2) -> Any:
+    """What a forward could change in place in an extra argument, in a comparable form: the
+    structure of lists, tuples, dicts and sets, each tensor's identity and version counter, plain
+    values, and the attributes of other objects (``depth`` objects deep; below, identity).
+
+    The engine compares an extra's fingerprint before and after a block's forward: in mode
+    ``"reversible"`` the forward receives rebuilt containers (and copies of mutable objects), so
+    what it stores there never reaches the caller, and a tensor it stores has no graph.
+    """
+    if isinstance(value, Tensor):
+        return (id(value), value._version)
+    if isinstance(value, list | tuple):
+        return (type(value), tuple(fingerprint(v, depth) for v in value))
+    if isinstance(value, dict):
+        return (type(value), tuple((k, fingerprint(v, depth)) for k, v in value.items()))
+    if isinstance(value, set | frozenset):
+        return (type(value), frozenset(fingerprint(v, 0) for v in value))
+    if type(value) in _PLAIN:
+        return value
+    attributes = getattr(value, "__dict__", None)
+    if depth > 0 and isinstance(attributes, dict) and not isinstance(value, nn.Module | type):
+        return (type(value), tuple((k, fingerprint(v, depth - 1)) for k, v in attributes.items()))
+    return id(value)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["cached_walks", "forward_reads", "keywords_for", "submodules"]
+__all__ = ["cached_walks", "forward_globals", "forward_reads", "keywords_for", "submodules"]
 
 
 def submodules(module: nn.Module) -> list[nn.Module]:
@@ -133,21 +133,77 @@ def keywords_for(
     return out
 
 
-def forward_reads(m: nn.Module) -> Iterator[Any]:
-    """The closure cells and global names that ``m.forward``'s code (and the functions defined in
-    it) reads; nothing for torch's own modules."""
-    fn = getattr(m.forward, "__func__", m.forward)
-    if type(m).__module__.startswith("torch.") or not hasattr(fn, "__code__"):
-        return
-    for cell in fn.__closure__ or ():
-        try:
-            yield cell.cell_contents
-        except ValueError:  # an empty cell
+def _read_names(code: types.CodeType) -> tuple[str, ...]:
+    """The names ``code`` and the functions defined in it read (cached per code object)."""
+    names = _NAMES.get(code)
+    if names is None:
+        found: dict[str, None] = {}
+        codes = [code]
+        while codes:
+            c = codes.pop()
+            codes += [k for k in c.co_consts if isinstance(k, types.CodeType)]
+            found.update(dict.fromkeys(c.co_names))
+        names = _NAMES[code] = tuple(found)
+    return names
+
+
+_NAMES: weakref.WeakKeyDictionary[types.CodeType, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def _outside_torch(obj: Any) -> bool:
+    """Defined outside torch and outside revlib's core (whose code reads no user state)."""
+    return not (getattr(obj, "__module__", None) or "").startswith(("torch.", "revlib.core."))
+
+
+def _own_code(m: nn.Module) -> list[types.FunctionType]:
+    """``m.forward``'s function and every function of ``m``'s classes defined outside torch (the
+    methods a forward calls); none for torch's own modules (cached per class)."""
+    forward = getattr(m.forward, "__func__", m.forward)
+    if not _outside_torch(type(m)) or not isinstance(forward, types.FunctionType):
+        return []
+    methods = _METHODS.get(type(m))
+    if methods is None:
+        methods = _METHODS[type(m)] = [
+            f
+            for cls in type(m).__mro__
+            if cls is not object and _outside_torch(cls)
+            for v in vars(cls).values()
+            if isinstance(f := getattr(v, "__func__", getattr(v, "fget", v)), types.FunctionType)
+        ]
+    return [forward, *(f for f in methods if f is not forward)]
+
+
+_METHODS: weakref.WeakKeyDictionary[type, list[types.FunctionType]] = weakref.WeakKeyDictionary()
+
+
+def forward_globals(m: nn.Module) -> Iterator[tuple[dict[str, Any], str]]:
+    """``(namespace, name)`` of each bound global name that ``m``'s forward reads: in its code,
+    its class's methods and the functions defined in them, and the module-level functions they
+    call (defined outside torch, followed by name); nothing for torch's own modules."""
+    todo, seen = _own_code(m), set()
+    while todo:
+        fn = todo.pop()
+        if fn in seen:
             continue
-    codes = [fn.__code__]
-    while codes:
-        code = codes.pop()
-        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
-        for name in code.co_names:
-            if name in fn.__globals__:
-                yield fn.__globals__[name]
+        seen.add(fn)
+        namespace = fn.__globals__
+        for name in _read_names(fn.__code__):
+            if name in namespace:
+                yield namespace, name
+                v = namespace[name]
+                if isinstance(v, types.FunctionType) and _outside_torch(v):
+                    todo.append(v)
+
+
+def forward_reads(m: nn.Module) -> Iterator[Any]:
+    """The closure cells and global names that ``m``'s forward reads (:func:`forward_globals`);
+    nothing for torch's own modules."""
+    code = _own_code(m)
+    for fn in code[:1]:  # the forward's closure
+        for cell in fn.__closure__ or ():
+            try:
+                yield cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+    for namespace, name in forward_globals(m):
+        yield namespace[name]

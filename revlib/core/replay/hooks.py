@@ -1,6 +1,7 @@
 """Module hooks inside a sub-function: replayed when they are part of its function.
 
-A forward hook or pre-hook inside F runs once per step, as in autograd mode,
+A forward hook or pre-hook inside F (also a global one,
+``register_module_forward_hook``) runs once per step, as in autograd mode,
 unless it is part of the function: it returned a value (a new input or
 output), set a tensor attribute of its module (the hook-based
 ``torch.nn.utils.weight_norm`` and ``spectral_norm`` compute ``module.weight``
@@ -15,12 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+import torch.nn.modules.module as _torch_module
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from .calls import submodules
 from .swap import Slot, swapped
@@ -32,7 +36,16 @@ _KWARGS_SETS = {
     "_forward_pre_hooks": "_forward_pre_hooks_with_kwargs",
     "_forward_hooks": "_forward_hooks_with_kwargs",
 }
+_GLOBAL_DICTS = ("_global_forward_pre_hooks", "_global_forward_hooks")
+_GLOBAL_KWARGS = {"_global_forward_hooks": "_global_forward_hooks_with_kwargs"}
+_POST = ("_forward_hooks", "_global_forward_hooks")
+_GLOBAL = 0  # the "module id" of torch's global hooks in a HookKey
 HookKey = tuple[int, str, int]  # (id of the module, which hook dict, the hook's handle id)
+
+
+def _global_hooks() -> list[str]:
+    """The global hook dictionaries that hold hooks now."""
+    return [which for which in _GLOBAL_DICTS if getattr(_torch_module, which)]
 
 
 @dataclass
@@ -98,6 +111,13 @@ def _recording_hooks(
 ) -> contextlib.AbstractContextManager[None]:
     """The hooks inside ``fn`` wrapped, noting in ``log`` which acted and what observers saw."""
     slots = []
+    for which in _global_hooks():
+        hooks = getattr(_torch_module, which)
+        kwargs_keys = getattr(_torch_module, _GLOBAL_KWARGS.get(which, ""), {})
+        wrapped = type(hooks)(
+            (k, _logged(None, which, k, h, k in kwargs_keys, log, names)) for k, h in hooks.items()
+        )
+        slots.append((Slot.item(vars(_torch_module), which), wrapped))
     for m in _hooked(fn):
         for which in _HOOK_DICTS:
             hooks = getattr(m, which)
@@ -112,13 +132,13 @@ def _recording_hooks(
 
 
 def _output_of(which: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if which != "_forward_hooks":
+    if which not in _POST:
         return None
     return args[2] if len(args) > 2 else kwargs.get("output", args[-1] if args else None)
 
 
 def _logged(
-    m: nn.Module,
+    hooked: nn.Module | None,
     which: str,
     key: int,
     hook: Callable[..., Any],
@@ -127,10 +147,13 @@ def _logged(
     names: dict[int, str],
 ) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
+        m = hooked if hooked is not None else args[0]  # a global hook: the module it fires on
         out = _output_of(which, args, kwargs)
         version = out._version if isinstance(out, Tensor) else None
         attributes = _tensor_attributes(m)
-        with _Created() as created:
+        inputs = args[1] if len(args) > 1 and isinstance(args[1], tuple) else ()
+        seen = [t for t in (out, *inputs) if isinstance(t, Tensor)]
+        with _Created([*seen, *m.parameters(recurse=False)]) as created:
             result = hook(*args, **kwargs)
         acted = (
             result is not None
@@ -138,24 +161,28 @@ def _logged(
             or (isinstance(out, Tensor) and out._version != version)
         )
         if acted:
-            log.acting[(id(m), which, key)] = (hook, with_kwargs)
+            log.acting[(id(hooked) if hooked is not None else _GLOBAL, which, key)] = (
+                hook,
+                with_kwargs,
+            )
         else:  # what an observer could keep: the module's output and inputs, what it computed
-            inputs = args[1] if len(args) > 1 and isinstance(args[1], tuple) else ()
-            seen = [out, *inputs] if isinstance(out, Tensor) else list(inputs)
             name = names.get(id(m), type(m).__name__)
             for t in [*seen, *created.tensors]:
-                if isinstance(t, Tensor):
-                    log.kept.append((name, tuple(t.shape), weakref.ref(t)))
+                log.kept.append((name, tuple(t.shape), weakref.ref(t)))
         return result
 
     return call
 
 
 class _Created(TorchFunctionMode):
-    """Weak references to the tensors torch functions return inside the body."""
+    """Weak references to the tensors that torch functions compute inside the body from ``live``
+    ones (a module's output, inputs and parameters) with grad mode on and no ``detach``: those
+    that would require grad in mode ``"autograd"``. A detached copy kept for inspection is not
+    one of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: Iterable[Tensor]) -> None:
         super().__init__()
+        self.live = {id(t) for t in live}
         self.refs: list[weakref.ref[Tensor]] = []
 
     @property
@@ -170,19 +197,53 @@ class _Created(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, tuple | list) else (out,):
-            if isinstance(t, Tensor):
-                self.refs.append(weakref.ref(t))
+        if func in _DETACHING or not torch.is_grad_enabled():
+            return out
+        if any(isinstance(t, Tensor) and id(t) in self.live for t in tree_leaves((args, kwargs))):
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(t, Tensor):
+                    self.live.add(id(t))
+                    self.refs.append(weakref.ref(t))
         return out
+
+
+# reading ``.data`` reaches torch functions as the getter of Tensor's "data" descriptor
+_DETACHING = frozenset(
+    {Tensor.detach, Tensor.detach_, torch.detach, vars(torch._C.TensorBase)["data"].__get__}
+)
+
+
+def _observing(hook: Callable[..., Any]) -> Callable[..., None]:
+    """``hook``, called for what it sees; what it returns is dropped."""
+
+    def call(*args: Any, **kwargs: Any) -> None:
+        hook(*args, **kwargs)
+
+    return call
 
 
 def _replaying_hooks(
     fn: Any, acting: dict[HookKey, tuple[Callable[..., Any], bool]]
 ) -> contextlib.AbstractContextManager[None]:
     """Exactly the hooks that acted in the recorded call, as they were then, and no other."""
-    if not acting and not _hooked(fn):
+    if not acting and not _hooked(fn) and not _global_hooks():
         return contextlib.nullcontext()  # no hook then, none now: nothing to swap
     slots = []
+    for which in _GLOBAL_DICTS:
+        # the global hooks that acted, as they were then; the others of now only observe (a
+        # global hook sees every evaluation: it may count the replay's)
+        recorded = {k: v for (i, w, k), v in acting.items() if i == _GLOBAL and w == which}
+        hooks = getattr(_torch_module, which)
+        if not hooks and not recorded:
+            continue
+        replayed = type(hooks)((k, h) for k, (h, _) in recorded.items())
+        replayed.update((k, _observing(h)) for k, h in hooks.items() if k not in recorded)
+        slots.append((Slot.item(vars(_torch_module), which), replayed))
+        if which in _GLOBAL_KWARGS:
+            now = getattr(_torch_module, _GLOBAL_KWARGS[which])
+            kwargs_keys = {k: True for k, (_, kw) in recorded.items() if kw}
+            kwargs_keys.update((k, True) for k in now if k not in recorded)
+            slots.append((Slot.item(vars(_torch_module), _GLOBAL_KWARGS[which]), kwargs_keys))
     for m in submodules(fn) if isinstance(fn, nn.Module) else []:
         for which in _HOOK_DICTS:
             recorded = {k: v for (i, w, k), v in acting.items() if i == id(m) and w == which}

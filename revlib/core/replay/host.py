@@ -9,7 +9,10 @@ cover (DropPath implementations use all of these):
   from its ``forward``'s closures and globals. One the call drew from is
   replayed from its state before the call, then put back;
 * **scalar attributes** (``int``, ``float``, ``bool``, ``str``) of the call's
-  modules: replayed as the call saw them, then set to their values of now;
+  modules, **list, tuple and dict attributes and plain objects** (a config) of
+  modules defined outside torch,
+  and the **globals** their ``forward`` reads (scalars and containers): replayed
+  as the call saw them (containers one level deep), then put back;
 * **kept lists and tensors**: a forward that changes one is refused (the
   replay would see it changed), and a tensor attribute replaced or refilled
   between the forward and the backward is refused at the replay.
@@ -17,9 +20,12 @@ cover (DropPath implementations use all of these):
 
 from __future__ import annotations
 
+import copy
+import functools
 import itertools
 import random
 import sys
+import types
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -30,12 +36,13 @@ import torch.nn.modules.module as _global_hooks
 from torch import Tensor, nn
 
 from .. import refusals
-from .calls import forward_reads, submodules
+from .calls import forward_globals, forward_reads, submodules
 from .swap import Slot, swapped
 
 __all__ = ["HostGenerator", "HostRecord", "HostWatch"]
 
 _SCALARS = (int, float, bool, str)
+_CONTAINERS = (list, tuple, dict)
 
 
 class _NumpyRandom(Protocol):
@@ -124,13 +131,62 @@ def _generators(modules: list[nn.Module]) -> list[HostGenerator]:
 
 
 def _attributes(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
+    """The scalar attributes of every module (torch's too: a hook may read one)."""
     return {
         (i, k): v
         for i, m in enumerate(modules)
-        if _own_state(m)
         for k, v in vars(m).items()
         if type(v) in _SCALARS and not k.startswith("_")
     }
+
+
+def _containers(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
+    """A shallow copy of each list, tuple and dict attribute and each plain object (a config) of
+    the modules defined outside torch."""
+    out = {}
+    for i, m in enumerate(modules):
+        if _own_state(m):
+            for k, v in vars(m).items():
+                if not k.startswith("_") and (type(v) in _CONTAINERS or _plain_object(v)):
+                    try:
+                        out[(i, k)] = copy.copy(v)
+                    except Exception:  # an object that refuses to be copied is not replayed
+                        continue
+    return out
+
+
+def _plain_object(v: Any) -> bool:
+    """An object with attributes of its own that is not a module, tensor, function, class or
+    random generator (those are handled elsewhere or hold no state of F's)."""
+    return (
+        isinstance(getattr(v, "__dict__", None), dict)
+        and not isinstance(v, _NOT_PLAIN)
+        and HostGenerator.of(v) is None
+    )
+
+
+_NOT_PLAIN = (
+    nn.Module,
+    Tensor,
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.MethodType,
+    types.BuiltinFunctionType,
+    functools.partial,
+)
+
+
+def _globals(modules: list[nn.Module]) -> list[tuple[dict[str, Any], str, Any]]:
+    """``(namespace, name, shallow copy)`` of each scalar or container global that the forwards
+    of the modules defined outside torch read."""
+    found: dict[tuple[int, str], tuple[dict[str, Any], str, Any]] = {}
+    for m in modules:
+        for namespace, name in forward_globals(m):
+            v = namespace[name]
+            if type(v) in _SCALARS or type(v) in _CONTAINERS:
+                found[(id(namespace), name)] = (namespace, name, copy.copy(v))
+    return list(found.values())
 
 
 def _kept_state(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
@@ -181,6 +237,8 @@ class HostWatch:
         self.numpy = np_random.get_state() if np_random is not None else None
         self.generators = [(g, g.get()) for g in _generators(self.modules)]
         self.attributes = _attributes(self.modules)
+        self.containers = _containers(self.modules)
+        self.globals = _globals(self.modules)
         self.kept = _kept_state(self.modules)
 
     def __enter__(self) -> HostWatch:
@@ -211,6 +269,19 @@ class HostWatch:
             (self.modules[i], k, before, now.get((i, k), before))
             for (i, k), before in self.attributes.items()
         ]
+        out.containers = [
+            (self.modules[i], k, before) for (i, k), before in self.containers.items()
+        ]
+        out.globals = self.globals
+        for (i, k), before in self.containers.items():
+            after = vars(self.modules[i]).get(k)
+            if isinstance(after, dict):  # a tensor the forward put there has no graph
+                for key, t in after.items():
+                    if isinstance(t, Tensor) and t.is_floating_point() and before.get(key) is not t:
+                        m = self.modules[i]
+                        raise refusals.tensor_kept_from_forward(
+                            refusals.OWNER, m, f"{k}[{key!r}]", t
+                        )
         kept = _kept_state(self.modules)
         for (i, k), t in kept.items():
             if (i, k) not in self.kept and isinstance(t, Tensor) and t.is_floating_point():
@@ -236,13 +307,15 @@ class HostWatch:
 
 @dataclass
 class HostRecord:
-    """The host generators' states and the scalar attributes as a recorded call saw them, and the
-    tensor attributes it read (checked before a replay)."""
+    """The host generators' states, the scalar and container attributes and the globals as a
+    recorded call saw them, and the tensor attributes it read (checked before a replay)."""
 
     python: Any = None
     numpy: Any = None
     generators: list[tuple[HostGenerator, Any]] = field(default_factory=list)
     attributes: list[tuple[nn.Module, str, Any, Any]] = field(default_factory=list)
+    containers: list[tuple[nn.Module, str, Any]] = field(default_factory=list)
+    globals: list[tuple[dict[str, Any], str, Any]] = field(default_factory=list)
     attribute_tensors: list[tuple[nn.Module, str, Tensor, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -251,6 +324,8 @@ class HostRecord:
             or self.numpy is not None
             or bool(self.generators)
             or bool(self.attributes)
+            or bool(self.containers)
+            or bool(self.globals)
             or bool(self.attribute_tensors)
         )
 
@@ -271,6 +346,10 @@ class HostRecord:
             yield Slot.of(g.get, g.set), state
         for m, k, before, _ in self.attributes:
             yield Slot.attribute(m, k), before
+        for m, k, before in self.containers:  # a copy: the replay may change it
+            yield Slot.attribute(m, k), copy.copy(before)
+        for namespace, name, before in self.globals:
+            yield Slot.item(namespace, name), copy.copy(before)
 
     def replay(self) -> AbstractContextManager[object]:
         self.check_tensors()

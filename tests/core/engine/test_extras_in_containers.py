@@ -82,3 +82,39 @@ def test_control_containers_as_opaque_values_lose_the_tensor(monkeypatch):
     monkeypatch.setattr(chain_module, "tree_flatten_with_path", opaque)
     with pytest.raises(RuntimeError, match="requires grad reaches the block"):
         _run("reversible", CONTAINERS["dict of a list"])
+
+
+class _AppendsALoss(nn.Module):
+    """F that reports an auxiliary loss by appending it to a list (or an object) passed in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x, losses):
+        y = self.lin(x)
+        target = losses if isinstance(losses, list) else losses.items
+        target.append(y.square().mean())
+        return torch.tanh(y)
+
+
+class _Box:
+    def __init__(self) -> None:
+        self.items: list[torch.Tensor] = []
+
+
+@pytest.mark.parametrize("holder", ["a list", "an object"])
+def test_an_extra_the_forward_changes_in_place_is_refused_and_named(holder):
+    def run(mode):
+        torch.manual_seed(0)
+        blocks = [revlib.AdditiveCoupling(_AppendsALoss(), _Conditioned(), dim=-1)]
+        seq = revlib.ReversibleSequence(blocks, mode=mode).double()
+        losses = [] if holder == "a list" else _Box()
+        x = torch.randn(4, 6, dtype=torch.double, requires_grad=True)
+        seq(x, losses=losses, cond=[(0, torch.ones(4, 3, dtype=torch.double))])
+        return losses if holder == "a list" else losses.items
+
+    # control: autograd gives the caller the losses, with their graph
+    assert all(loss.requires_grad for loss in run("autograd")) and run("autograd")
+    with pytest.raises(RuntimeError, match="changed the extra argument 'losses' in place"):
+        run("reversible")
