@@ -517,8 +517,54 @@ rows += [
     ],
     [
         "a hook in F that keeps its input, a view, or a statistic it computed",
-        "tests/core/engine/test_refusals_name_the_cause.py",
+        "tests/core/engine/test_refusals_name_the_cause.py, test_reaching_f_more.py",
         "error",
+    ],
+    [
+        "hooks with keyword arguments; a hook replaced before the backward; global "
+        "module hooks (replayed as at the forward, refused when they keep what would "
+        "carry a gradient); a hook that keeps detached copies",
+        "tests/core/engine/test_reaching_f_more.py",
+        "≤ 1e-9",
+    ],
+    [
+        "a torch.Generator in a list, a dict or a global; a generator drawn in a "
+        "method forward calls; a pre-hook that scales a tensor extra; an object "
+        "extra changed before the backward",
+        "tests/core/engine/test_reaching_f_more.py",
+        "≤ 1e-9",
+    ],
+    [
+        "list, tuple, dict and config-object attributes, and module-level dicts and "
+        "scalars F reads, changed between forward and backward",
+        "tests/core/engine/test_host_containers.py",
+        "≤ 1e-12",
+    ],
+    [
+        "an extra the forward changes in place (a loss appended to a list passed "
+        "in); a tensor stored in a dict attribute; a mask extra refilled in place",
+        "tests/core/engine/test_extras_in_containers.py, test_host_containers.py",
+        "error",
+    ],
+    [
+        "check_inverse with extras and on complex inputs; AffineCoupling.log_det "
+        "with conditioning",
+        "tests/core/engine/test_check_inverse_inputs.py",
+        "≤ 1e-9",
+    ],
+    [
+        "a momentum network whose gamma^-N is large (warned with the numbers)",
+        "tests/core/engine/test_refusals_in_every_mode.py",
+        "warning",
+    ],
+    [
+        "ported models: a Hugging Face-style reversible transformer (mask, dropout, "
+        "head mask, shared config, shared and frozen layers); a GAN with spectral "
+        "norm (its gradient penalty refused with the fix); a conditional flow; "
+        "gradient accumulation with clipping",
+        "tests/core/engine/test_pattern_transformer.py, test_pattern_gan.py, "
+        "test_pattern_flow.py",
+        "≤ 1e-9",
     ],
     [
         "torch.compile(block.F), torch.compile(block), torch.jit.script(block.G)",
