@@ -18,7 +18,14 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["cached_walks", "forward_globals", "forward_reads", "keywords_for", "submodules"]
+__all__ = [
+    "cached_walks",
+    "forward_cells",
+    "forward_globals",
+    "forward_reads",
+    "keywords_for",
+    "submodules",
+]
 
 
 def submodules(module: nn.Module) -> list[nn.Module]:
@@ -195,15 +202,21 @@ def forward_globals(m: nn.Module) -> Iterator[tuple[dict[str, Any], str]]:
                     todo.append(v)
 
 
+def forward_cells(m: nn.Module) -> Iterator[types.CellType]:
+    """The filled cells of ``m.forward``'s closure; none for torch's own modules."""
+    for fn in _own_code(m)[:1]:
+        for cell in fn.__closure__ or ():
+            try:
+                _ = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            yield cell
+
+
 def forward_reads(m: nn.Module) -> Iterator[Any]:
     """The closure cells and global names that ``m``'s forward reads (:func:`forward_globals`);
     nothing for torch's own modules."""
-    code = _own_code(m)
-    for fn in code[:1]:  # the forward's closure
-        for cell in fn.__closure__ or ():
-            try:
-                yield cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
+    for cell in forward_cells(m):
+        yield cell.cell_contents
     for namespace, name in forward_globals(m):
         yield namespace[name]

@@ -11,7 +11,8 @@ cover (DropPath implementations use all of these):
 * **scalar attributes** (``int``, ``float``, ``bool``, ``str``) of the call's
   modules, **list, tuple and dict attributes and plain objects** (a config) of
   modules defined outside torch,
-  and the **globals** their ``forward`` reads (scalars and containers): replayed
+  and the **globals and closure cells** their ``forward`` reads (scalars and
+  containers): replayed
   as the call saw them (containers one level deep), then put back;
 * **kept lists and tensors**: a forward that changes one is refused (the
   replay would see it changed), and a tensor attribute replaced or refilled
@@ -36,7 +37,7 @@ import torch.nn.modules.module as _global_hooks
 from torch import Tensor, nn
 
 from .. import refusals
-from .calls import forward_globals, forward_reads, submodules
+from .calls import forward_cells, forward_globals, forward_reads, submodules
 from .swap import Slot, swapped
 
 __all__ = ["HostGenerator", "HostRecord", "HostWatch"]
@@ -177,16 +178,29 @@ _NOT_PLAIN = (
 )
 
 
-def _globals(modules: list[nn.Module]) -> list[tuple[dict[str, Any], str, Any]]:
-    """``(namespace, name, shallow copy)`` of each scalar or container global that the forwards
-    of the modules defined outside torch read."""
-    found: dict[tuple[int, str], tuple[dict[str, Any], str, Any]] = {}
+def _globals(modules: list[nn.Module]) -> list[tuple[Slot, Any]]:
+    """The place and a shallow copy of each scalar or container global, or cell of its closure,
+    that the forward of a module defined outside torch reads."""
+    found: dict[tuple[int, str], tuple[Slot, Any]] = {}
     for m in modules:
         for namespace, name in forward_globals(m):
             v = namespace[name]
             if type(v) in _SCALARS or type(v) in _CONTAINERS:
-                found[(id(namespace), name)] = (namespace, name, copy.copy(v))
+                found[(id(namespace), name)] = (Slot.item(namespace, name), copy.copy(v))
+        for cell in forward_cells(m):
+            v = cell.cell_contents
+            if type(v) in _SCALARS or type(v) in _CONTAINERS:
+                slot = Slot.of(functools.partial(_contents, cell), functools.partial(_fill, cell))
+                found[(id(cell), "")] = (slot, copy.copy(v))
     return list(found.values())
+
+
+def _contents(cell: types.CellType) -> Any:
+    return cell.cell_contents
+
+
+def _fill(cell: types.CellType, value: Any) -> None:
+    cell.cell_contents = value
 
 
 def _kept_state(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
@@ -315,7 +329,7 @@ class HostRecord:
     generators: list[tuple[HostGenerator, Any]] = field(default_factory=list)
     attributes: list[tuple[nn.Module, str, Any, Any]] = field(default_factory=list)
     containers: list[tuple[nn.Module, str, Any]] = field(default_factory=list)
-    globals: list[tuple[dict[str, Any], str, Any]] = field(default_factory=list)
+    globals: list[tuple[Slot, Any]] = field(default_factory=list)
     attribute_tensors: list[tuple[nn.Module, str, Tensor, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -348,8 +362,8 @@ class HostRecord:
             yield Slot.attribute(m, k), before
         for m, k, before in self.containers:  # a copy: the replay may change it
             yield Slot.attribute(m, k), copy.copy(before)
-        for namespace, name, before in self.globals:
-            yield Slot.item(namespace, name), copy.copy(before)
+        for slot, before in self.globals:
+            yield slot, copy.copy(before)
 
     def replay(self) -> AbstractContextManager[object]:
         self.check_tensors()

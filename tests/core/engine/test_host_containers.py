@@ -1,7 +1,7 @@
 """Containers and globals that F reads, changed between the forward and the backward: list, tuple
-and dict attributes, module-level scalars and dicts, and a scalar attribute of one of torch's
-own modules read by a hook. Each is replayed as the forward saw it; each test has a control
-that switches the replay off and sees the gradients differ."""
+and dict attributes, module-level scalars and dicts, a dict in forward's closure, and a scalar
+attribute of one of torch's own modules read by a hook. Each is replayed as the forward saw it;
+each test has a control that switches the replay off and sees the gradients differ."""
 
 from __future__ import annotations
 
@@ -39,6 +39,27 @@ class _GlobalGain(nn.Module):
         return torch.tanh(self.lin(x)) * SETTINGS["gain"] + OFFSET
 
 
+def _closure_gain():
+    """An F whose forward reads a dict from its closure (a class defined in a factory)."""
+    gains = {"gain": 1.5}
+
+    class ClosureGain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4, dtype=torch.double)
+            self.gains = gains  # kept for the test's change, which goes through the closure
+
+        def forward(self, x):
+            return torch.tanh(self.lin(x)) * gains["gain"]
+
+    return ClosureGain()
+
+
+def _change_closure(seq):
+    for b in seq.blocks:
+        vars(b.F)["gains"]["gain"] = 4.0
+
+
 def _scaled_by_a_hook():
     """A torch-only F whose hook reads a scalar attribute the user set on the nn.Sequential."""
     f = nn.Sequential(nn.Linear(4, 4, dtype=torch.double), nn.Tanh())
@@ -68,6 +89,7 @@ def _change_hooked_scale(seq):
 CASES = {
     "list, tuple and dict attributes": (_ContainerGain, _change_containers, "_containers"),
     "module-level dict and scalar": (_GlobalGain, _change_globals, "_globals"),
+    "dict in forward's closure": (_closure_gain, _change_closure, "_globals"),
     "scalar attribute of a torch module, read by a hook": (
         _scaled_by_a_hook,
         _change_hooked_scale,
