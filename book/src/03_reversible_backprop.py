@@ -1124,7 +1124,7 @@ else:
     # checkpointing: about one more forward
     assert abs(ratio["checkpoint"] - ratio[floor]) < 0.1
     rev_over_floor = seconds["reversible"] / seconds[floor]
-    assert 1.0 < rev_over_floor < 1.1
+    assert abs(rev_over_floor - 1) < 0.03  # at the floor, within the scatter
     old_engine = seconds["reversible@8abb1ff"] / seconds[floor]
     assert abs(old_engine - 1) < 0.03  # an engine with fewer checks: at the floor
     # paired per-round ratios to the floor: the two engines' intervals overlap
@@ -1237,10 +1237,10 @@ if bench is not None:
 # more forward, as counted. So does the reversible step: it costs
 # {glue:text}`bench_rev_over_floor:.3f` times the floor (the ratio of the two
 # medians; the per-round ratios give {glue:text}`bench_rev_floor_low:.3f` to
-# {glue:text}`bench_rev_floor_high:.3f` at 95 %). What it adds is the engine's own
-# work around each block, in Python and in tensor copies: rebuilding inputs,
-# recording and replaying what F and G saw, and the checks that turn a silently
-# wrong gradient into an error (the appendix {ref}`app-engine`).
+# {glue:text}`bench_rev_floor_high:.3f` at 95 %). All it can add beyond the floor
+# is the engine's own work around each block, in Python and in tensor copies:
+# rebuilding inputs, recording and replaying what F and G saw, and the checks that
+# turn a silently wrong gradient into an error (the appendix {ref}`app-engine`).
 # An earlier version of the engine with fewer of them, timed in the same run, cost
 # {glue:text}`bench_old_engine:.3f` times the floor
 # ({glue:text}`bench_old_floor_low:.3f` to {glue:text}`bench_old_floor_high:.3f`):
