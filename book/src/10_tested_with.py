@@ -560,8 +560,8 @@ rows += [
     [
         "ported models: a Hugging Face-style reversible transformer (mask, dropout, "
         "head mask, shared config, shared and frozen layers); a GAN with spectral "
-        "norm (its gradient penalty refused with the fix); a conditional flow; "
-        "gradient accumulation with clipping",
+        "norm (its gradient penalty refused; in mode checkpoint the power iteration "
+        "steps once); a conditional flow; gradient accumulation with clipping",
         "tests/core/engine/test_pattern_transformer.py, test_pattern_gan.py, "
         "test_pattern_flow.py",
         "≤ 1e-9",

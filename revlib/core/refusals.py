@@ -197,10 +197,8 @@ def input_changed_by_hook(owner: str) -> InputChangedByHook:
 def double_backward() -> RuntimeError:
     return RuntimeError(
         f"{OWNER} does not support double backward (create_graph=True): its backward "
-        "reconstructs activations outside the graph. Use mode='autograd' for higher-order "
-        "gradients (mode='checkpoint' too, unless a layer changes state in its forward: "
-        "checkpointing runs the forward twice, so spectral_norm's power iteration would step "
-        "twice)."
+        "reconstructs activations outside the graph. Use mode='autograd' or mode='checkpoint' "
+        "for higher-order gradients."
     )
 
 

@@ -163,20 +163,29 @@ class BufferWatch:
 def checkpoint_updating_stats_once(
     module: nn.Module, fn: Callable[[Tensor], Tensor], x: Tensor
 ) -> Tensor:
-    """``fn(x)`` under non-reentrant :func:`torch.utils.checkpoint.checkpoint`, BatchNorm-safe.
+    """``fn(x)`` under non-reentrant :func:`torch.utils.checkpoint.checkpoint`, each buffer
+    updated once.
 
     Plain checkpointing updates the running statistics of ``module``'s
     BatchNorm layers twice per step (forward and recomputation; PyTorch issue
-    96136). Here the recomputation runs under :func:`frozen_norm_stats`.
+    96136), and the hook-based ``spectral_norm`` steps its power iteration
+    twice, so the recomputed weight is not the forward's. Here the
+    recomputation runs under :func:`frozen_norm_stats`, with every other
+    buffer the forward changed put back as it was before the forward
+    (:class:`BufferWatch`).
     """
+    record: BufferCopies | None = None
     calls = 0
 
     def run(h: Tensor) -> Tensor:
-        nonlocal calls
+        nonlocal calls, record
         calls += 1
         if calls == 1:
-            return fn(h)
-        with frozen_norm_stats(module):
+            watch = BufferWatch(module, h, {})
+            out = fn(h)
+            record = watch.record()
+            return out
+        with frozen_norm_stats(module), record.replay() if record else contextlib.nullcontext():
             return fn(h)
 
     return checkpoint(run, x, use_reentrant=False, preserve_rng_state=True)
