@@ -580,7 +580,12 @@ rows += [
 # every gradient and buffer, relative to the largest gradient (float64); a
 # test's entry is the tolerance it asserts, and "error" means the engine refuses
 # the case with a message that names the mode and the fix. The test files are in
-# the repository's `tests/` folder and run in its CI.
+# the repository's `tests/core/engine/` folder (others in `tests/` with their
+# folder) and run in its CI.
 
 # %% tags=["nbval-ignore-output"]
-show_table(["what users do", "checked in", "largest difference"], rows)
+short = [
+    [what, where.replace("tests/core/engine/", ""), diff]
+    for what, where, diff in rows
+]
+show_table(["what users do", "checked in", "largest difference"], short)
