@@ -1,15 +1,17 @@
 """Module hooks inside a sub-function: replayed when they are part of its function.
 
-A forward hook or pre-hook inside F (also a global one,
-``register_module_forward_hook``) runs once per step, as in autograd mode,
+A forward hook or pre-hook inside F runs once per step, as in autograd mode,
 unless it is part of the function: it returned a value (a new input or
 output), set a tensor attribute of its module (the hook-based
 ``torch.nn.utils.weight_norm`` and ``spectral_norm`` compute ``module.weight``
 so), or changed its module's output in place. Such a hook runs again in the
 replay: the very hook the forward ran, even if it was removed or replaced
-since. A hook that only observes does not run again; one that keeps its
-module's output (for a loss) keeps a tensor without a graph, which the engine
-refuses (:meth:`HookRecord.kept_outputs`).
+since. A hook that only observes does not run again; one that keeps what
+would carry a gradient in autograd mode (its module's output, or a value
+computed from it without ``detach``) keeps a tensor without a graph, which the
+engine refuses (:meth:`HookRecord.kept_outputs`). Global hooks
+(``register_module_forward_hook``) are recorded alike, except that those set
+at the replay also observe it (a global hook sees every evaluation).
 """
 
 from __future__ import annotations

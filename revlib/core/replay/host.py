@@ -9,11 +9,10 @@ cover (DropPath implementations use all of these):
   from its ``forward``'s closures and globals. One the call drew from is
   replayed from its state before the call, then put back;
 * **scalar attributes** (``int``, ``float``, ``bool``, ``str``) of the call's
-  modules, **list, tuple and dict attributes and plain objects** (a config) of
-  modules defined outside torch,
-  and the **globals and closure cells** their ``forward`` reads (scalars and
-  containers): replayed
-  as the call saw them (containers one level deep), then put back;
+  modules; **list, tuple and dict attributes and plain objects** (a config) of
+  the modules defined outside torch; the **globals and closure cells** their
+  ``forward`` reads (scalars and containers): replayed as the call saw them
+  (containers one level deep), then put back;
 * **kept lists and tensors**: a forward that changes one is refused (the
   replay would see it changed), and a tensor attribute replaced or refilled
   between the forward and the backward is refused at the replay.
