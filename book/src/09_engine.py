@@ -64,9 +64,12 @@ _ = torch.manual_seed(0)
 #   unshard its parameters around its forward and its backward step. Inside the
 #   block the forward runs without a graph as one autograd node per block; a hook
 #   on a module inside F runs once per step too, and again in the replay only if
-#   it returned a value (then it changes F). A hook that changes a block's input
-#   or output, or keeps an activation from inside F (which has no graph here),
-#   is refused.
+#   it returned a value (then it changes F), as the forward ran it even if it was
+#   removed since. A hook that changes a block's input or output, or keeps what
+#   would carry a gradient in mode `"autograd"` (an activation from inside F, or a
+#   statistic of one, which have no graph here), is refused; a detached copy kept
+#   for inspection is not. A global module hook is treated alike, and it also sees
+#   the replay, so it can count evaluations.
 # - **Inputs from outside.** A conditioning tensor or a mask goes through the
 #   chain, `seq(x, cond=c, mask=m)`, to every F and G that takes that keyword, and
 #   gets its gradient. A tensor that requires grad and reaches F any other way
@@ -76,7 +79,10 @@ _ = torch.manual_seed(0)
 #   (`F.batch_norm` on one's own buffers, `.data` writes) are found by value;
 #   Python's `random`, NumPy's global generator, a `torch.Generator` held by a
 #   module, and scalar attributes a call changes (a step counter) are replayed
-#   from their values before the call.
+#   from their values before the call; so are the lists, dicts and config objects
+#   a module keeps and the globals its code reads, if they change before the
+#   backward. An extra argument the forward changes in place (a loss appended to
+#   a list passed in) is refused.
 # - **`torch.compile`.** Dynamo reaches the sequence and calls the engine
 #   eagerly (one graph break); the engine calls a compiled version of each F and
 #   G in the forward, the replay and the backward step, so the guarantees above
