@@ -13,8 +13,8 @@ does.
 
 Three sections, in this order:
 
-1. **Correctness** (``--checks``, default on): revlib.harness.peers.check_all,
-   every library against plain autograd in the cases of revlib.harness.peers.CASES
+1. **Correctness** (``--checks``, default on): revlib.harness.peer_checks.check_all,
+   every library against plain autograd in the cases of revlib.harness.peer_checks.CASES
    (float64, small tensors): pass, fail (what differs), error or n/a.
 2. **Timing**, the one that the load watch covers (common.run_metadata to
    common.write_result, which refuses to write when other processes used the
@@ -48,7 +48,7 @@ from step_time import bootstrap_median, halves
 
 import revlib
 from revlib.core.memory import cuda_peak_bytes, saved_tensor_bytes
-from revlib.harness import peers
+from revlib.harness import peer_checks, peers
 
 
 def build_variants(
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
     checks = (
         {
             key: {case: str(v) for case, v in verdicts.items()}
-            for key, verdicts in peers.check_all(args.libraries[1:]).items()
+            for key, verdicts in peer_checks.check_all(args.libraries[1:]).items()
         }
         if args.checks
         else {}
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
         "output_bytes": x.numel() * x.element_size(),
         "cuda_peak_bytes": peak,
         "checks": checks,
-        "cases": {k: c.question for k, c in peers.CASES.items()},
+        "cases": {k: c.question for k, c in peer_checks.CASES.items()},
         "note": "medians of interleaved repeats (rotating order) after warm-up; compare ratios "
         "within one run. " + (args.note or ""),
     }

@@ -25,13 +25,9 @@ from torch import nn
 
 import revlib
 from revlib import AdditiveCoupling, AffineCoupling, NICECoupling, check_inverse
-from revlib.harness.figures import (
-    DPI,
-    draw_additive_coupling,
-    draw_affine_coupling,
-    plot_series,
-)
+from revlib.harness.figures import DPI, plot_series
 from revlib.harness.notebook import glue
+from revlib.harness.schematics import draw_additive_coupling, draw_affine_coupling
 
 _ = torch.manual_seed(0)
 

@@ -35,8 +35,9 @@ from revlib.core.blocks import ReversibleBlock
 from revlib.core.memory import saved_tensor_bytes
 from revlib.core.replay import checkpoint_updating_stats_once
 from revlib.harness import alive
-from revlib.harness.figures import draw_reversible_backward, show_table
+from revlib.harness.figures import show_table
 from revlib.harness.notebook import glue
+from revlib.harness.schematics import draw_reversible_backward
 
 _ = torch.manual_seed(0)
 

@@ -38,8 +38,9 @@ from torch import nn
 import revlib
 from revlib.core.memcalc import memory_table
 from revlib.core.memory import MiB, saved_tensor_bytes
-from revlib.harness.figures import draw_revnet_stages, show_table
+from revlib.harness.figures import show_table
 from revlib.harness.notebook import RunSettings, glue, peak_memory_bytes
+from revlib.harness.schematics import draw_revnet_stages
 from revlib.models import count_parameters, rev_vgg, vgg19
 from revlib.models import revnet as R
 from revlib.models.vgg import LinearBlock

@@ -32,12 +32,9 @@ import revlib
 from revlib import ode
 from revlib.core.memory import saved_tensor_bytes
 from revlib.core.smoothness import weight_smoothness
-from revlib.harness.figures import (
-    draw_hamiltonian_block,
-    draw_two_step_coupling,
-    show_table,
-)
+from revlib.harness.figures import show_table
 from revlib.harness.notebook import glue
+from revlib.harness.schematics import draw_hamiltonian_block, draw_two_step_coupling
 from revlib.models import count_parameters
 from revlib.models import ode as chang
 

@@ -19,8 +19,8 @@
 # $y_2 = x_2 + G(y_1)$, in each library around the *same* modules $F$ and $G$,
 # and measures all of them against plain autograd, side by side. Every statement
 # below about a library is either measured on this page or read from its source at
-# the pinned version; the harness is `revlib.harness.peers`, the timing
-# `benchmarks/peers.py`.
+# the pinned version; the harness is `revlib.harness.peers` (the checks:
+# `revlib.harness.peer_checks`), the timing `benchmarks/peers.py`.
 
 # %%
 # The peers, at the versions this page was measured with. On Colab they are
@@ -72,7 +72,7 @@ import torch
 
 from revlib.core.device import synchronize
 from revlib.core.memory import MiB, saved_tensor_bytes
-from revlib.harness import peers
+from revlib.harness import peer_checks, peers
 from revlib.harness.figures import show_table
 from revlib.harness.notebook import RunSettings, glue, peak_memory_bytes
 
@@ -178,20 +178,22 @@ for key, reason in REASON.items():
 # `n/a` (with the reason, e.g. a library that could not be installed).
 
 # %%
-verdicts = peers.check_all(LIBS[1:])
+verdicts = peer_checks.check_all(LIBS[1:])
 MARK = {"pass": "✓", "fail": "✗", "error": "error", "n/a": "n/a"}
 show_table(
     ["case", *(peers.PEERS[k].label for k in LIBS[1:])],
     [
         [case.title, *(MARK[verdicts[k][c].status] for k in LIBS[1:])]
-        for c, case in peers.CASES.items()
+        for c, case in peer_checks.CASES.items()
     ],
     caption="One training step against plain autograd (✓ pass, ✗ fail)",
 )
 for key in LIBS[1:]:
     for c, verdict in verdicts[key].items():
         if verdict.detail and verdict.status != "n/a":
-            print(f"{peers.PEERS[key].label}, {peers.CASES[c].title}: {verdict}")
+            print(
+                f"{peers.PEERS[key].label}, {peer_checks.CASES[c].title}: {verdict}"
+            )
 
 
 # %%
@@ -204,7 +206,9 @@ def detail(key, case):
 
 
 # revlib and the autograd-based FrEIA pass everything
-assert all(status(k, c) == "pass" for k in ("revlib", "freia") for c in peers.CASES)
+assert all(
+    status(k, c) == "pass" for k in ("revlib", "freia") for c in peer_checks.CASES
+)
 # plain checkpointing: random numbers replayed, statistics and hooks not
 assert status("checkpoint", "dropout") == "pass"
 assert detail("checkpoint", "batchnorm") == "BatchNorm counted 2 batches, autograd 1"

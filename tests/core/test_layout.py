@@ -182,8 +182,16 @@ def long_files(root: Path, limit: int = MAX_CORE_LINES) -> list[str]:
     ]
 
 
+MAX_HARNESS_LINES = 500
+"""Issue 25: no harness file over about 500 lines (peers.py and figures.py were split)."""
+
+
 def test_no_core_file_is_over_the_limit():
     assert long_files(REVLIB / "core") == []
+
+
+def test_no_harness_file_is_over_the_limit():
+    assert long_files(REVLIB / "harness", MAX_HARNESS_LINES) == []
 
 
 def test_control_the_length_check_sees_a_long_file(tmp_path):

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from revlib.harness import figures  # noqa: E402
+from revlib.harness import figures, schematics  # noqa: E402
 
 
 def test_markdown_table_rows_and_header():
@@ -24,12 +24,12 @@ def test_markdown_table_refuses_a_short_row():
 @pytest.mark.parametrize(
     "draw",
     [
-        figures.draw_additive_coupling,
-        figures.draw_affine_coupling,
-        figures.draw_reversible_backward,
-        figures.draw_two_step_coupling,
-        figures.draw_revnet_stages,
-        figures.draw_hamiltonian_block,
+        schematics.draw_additive_coupling,
+        schematics.draw_affine_coupling,
+        schematics.draw_reversible_backward,
+        schematics.draw_two_step_coupling,
+        schematics.draw_revnet_stages,
+        schematics.draw_hamiltonian_block,
     ],
 )
 def test_schematics_draw_patches_at_the_book_dpi(draw):

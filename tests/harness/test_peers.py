@@ -12,7 +12,7 @@ import torch
 
 import revlib
 from revlib.core.memory import saved_tensor_bytes
-from revlib.harness import peers
+from revlib.harness import peer_checks, peers
 
 SHAPE = (8, 6, 6)
 
@@ -52,19 +52,19 @@ def test_the_adapter_wraps_the_modules_it_is_given(key):
 
 def test_revlib_passes_every_case_but_compile():
     """This library's promise: autograd's gradients (and statistics updated once) in each case."""
-    for case in peers.CASES:
+    for case in peer_checks.CASES:
         if case != "compile":
-            assert peers.check("revlib", case).status == "pass", case
+            assert peer_checks.check("revlib", case).status == "pass", case
 
 
 def test_the_checks_catch_a_second_running_statistics_update_and_a_second_hook_call():
     """Control: plain torch.utils.checkpoint recomputes BatchNorm in train mode and reruns the
     hooks, which the checks must report."""
-    bn = peers.check("checkpoint", "batchnorm")
+    bn = peer_checks.check("checkpoint", "batchnorm")
     assert bn.status == "fail" and "counted 2 batches, autograd 1" in bn.detail
-    hook = peers.check("checkpoint", "hook")
+    hook = peer_checks.check("checkpoint", "hook")
     assert hook.status == "fail" and "ran 2x per block" in hook.detail
-    assert peers.check("checkpoint", "dropout").status == "pass"
+    assert peer_checks.check("checkpoint", "dropout").status == "pass"
 
 
 def test_the_checks_catch_a_gradient_that_differs(monkeypatch):
@@ -77,16 +77,16 @@ def test_the_checks_catch_a_gradient_that_differs(monkeypatch):
         blocks = [revlib.AdditiveCoupling(f, g) for f, g in pairs]
         return revlib.ReversibleSequence(blocks, preserve_rng_state=False)
 
-    monkeypatch.setattr(peers, "build", no_rng_replay)
-    verdict = peers.check("revlib", "dropout")
+    monkeypatch.setattr(peer_checks, "build", no_rng_replay)
+    verdict = peer_checks.check("revlib", "dropout")
     assert verdict.status == "fail"
     assert "gradients differ" in verdict.detail
     assert "not even the gradient of the masks its forward drew" in verdict.detail
 
 
 def test_an_unavailable_library_is_na_with_the_reason(monkeypatch):
-    monkeypatch.setattr(peers, "missing", lambda key, install=True: "not installed here")
-    verdict = peers.check("memcnn", "plain")
+    monkeypatch.setattr(peer_checks, "missing", lambda key, install=True: "not installed here")
+    verdict = peer_checks.check("memcnn", "plain")
     assert verdict.status == "n/a" and verdict.detail == "not installed here"
     assert str(verdict) == "n/a: not installed here"
 
@@ -95,11 +95,11 @@ def test_an_exception_is_an_error_verdict(monkeypatch):
     def broken(key, pairs, shape):
         raise ValueError("cannot split\nsecond line")
 
-    monkeypatch.setattr(peers, "missing", lambda key, install=True: None)
-    peers.check("autograd", "plain")  # the reference, built before build breaks
-    monkeypatch.setattr(peers, "build", broken)
-    verdict = peers.check("revtorch", "plain")
-    assert verdict == peers.Verdict("error", "ValueError: cannot split")
+    monkeypatch.setattr(peer_checks, "missing", lambda key, install=True: None)
+    peer_checks.check("autograd", "plain")  # the reference, built before build breaks
+    monkeypatch.setattr(peer_checks, "build", broken)
+    verdict = peer_checks.check("revtorch", "plain")
+    assert verdict == peer_checks.Verdict("error", "ValueError: cannot split")
 
 
 def test_pypi_revlib_loads_under_its_own_name_without_shadowing_this_one():
@@ -144,7 +144,7 @@ def test_held_bytes_sees_what_a_library_keeps_on_its_node():
 
 
 def test_every_case_is_described_and_the_pins_are_the_peers_versions():
-    for case in peers.CASES.values():
+    for case in peer_checks.CASES.values():
         assert case.question.endswith("?") and case.title
     for key in ("memcnn", "revtorch", "revlib_pypi", "freia"):
         peer = peers.PEERS[key]
