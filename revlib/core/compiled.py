@@ -21,11 +21,12 @@ Three choices keep the replay exact and portable. The sub-functions are compiled
 Inductor's ``fallback_random``, so a compiled dropout draws the numbers eager
 PyTorch would from the same generator state (the inference graph of the
 forward and the training graph of the replay would otherwise draw
-differently). A sub-function with module hooks inside runs eagerly (the
-engine swaps hook dictionaries, which would recompile it every call), and so
-does one with a parametrization (spectral norm, weight norm: torch gives each
-parametrized module a class of its own, so each block would recompile the
-shared graph until Dynamo's recompile limit). And
+differently). A sub-function with module hooks inside, or any while a global
+module hook is set, runs eagerly (the engine swaps hook dictionaries, which
+would recompile it every call), and so does one with a parametrization
+(spectral norm, weight norm: torch gives each parametrized module a class of
+its own, so each block would recompile the shared graph until Dynamo's
+recompile limit). And
 with PyTorch's generic CPU kernels (``ATEN_CPU_CAPABILITY=default``, how the
 book checks that its outputs do not depend on the machine's vector unit) the
 sub-functions are compiled to scalar C++, since Inductor's vectorised C++ does
@@ -39,6 +40,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import torch
+import torch.nn.modules.module as _torch_module
 from torch import Tensor, nn
 
 from .blocks import ReversibleBlock, plain_run
@@ -66,9 +68,11 @@ def _options() -> dict[str, Any]:
 
 
 def _runs_eagerly(fn: nn.Module) -> bool:
-    """Module hooks inside (the engine swaps their dictionaries per call) or a parametrization (each
-    parametrized module has a class of its own, so every instance would recompile the shared
-    graph)."""
+    """Module hooks inside or global ones (the engine swaps their dictionaries per call) or a
+    parametrization (each parametrized module has a class of its own, so every instance would
+    recompile the shared graph)."""
+    if _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks:
+        return True
     # parametrize registers a ModuleDict named "parametrizations" (what is_parametrized reads, here
     # without nn.Module.__getattr__); submodules: the engine's walk, cached for the step
     return any(

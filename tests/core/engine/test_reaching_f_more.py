@@ -558,3 +558,28 @@ def test_an_eager_refusal_is_also_raised_compiled_with_the_same_cause(case):
     assert str(compiled.value) == str(eager.value)
     assert model.seq.blocks[0].F in compiled_module._CACHE  # F itself ran compiled
     _Model(make_f, mode="autograd")(x).sum().backward()  # control: mode "autograd" runs it
+
+
+@pytest.mark.filterwarnings("ignore:Using `torch.compile.module.` when there are global hooks")
+def test_under_compile_a_global_hook_runs_f_eagerly_and_is_replayed_as_eagerly():
+    """A global hook that changes F, under torch.compile(model): F runs eagerly (the engine swaps
+    the global hook dictionaries per call, which would recompile a compiled F every call), and
+    the gradients are autograd's."""
+    x = X.clone().requires_grad_(True)
+    grads = {}
+    torch._dynamo.reset()
+    try:
+        with _global_hook(_bend_linears):
+            for mode in ("reversible", "autograd"):
+                model = _Model(_half, mode=mode)
+                run = torch.compile(model) if mode == "reversible" else model
+                x.grad = None
+                run(x).square().sum().backward()
+                grads[mode] = [x.grad.clone(), *(p.grad for p in model.parameters())]
+                if mode == "reversible":
+                    f = model.seq.blocks[0].F
+                    assert compiled_module.compiled_function(f) is f  # eager while hooked
+        assert compiled_module.compiled_function(f) is not f  # control: compiled once unhooked
+    finally:
+        torch._dynamo.reset()
+    _assert_same(grads["reversible"], grads["autograd"])
