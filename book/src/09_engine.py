@@ -68,8 +68,9 @@ _ = torch.manual_seed(0)
 #   removed since. A hook that changes a block's input or output, or keeps what
 #   would carry a gradient in mode `"autograd"` (an activation from inside F, or a
 #   statistic of one, which have no graph here), is refused; a detached copy kept
-#   for inspection is not. A global module hook is treated alike, and it also sees
-#   the replay, so it can count evaluations.
+#   for inspection is not. A hook that acts by a counter sees the count it saw in
+#   the forward. A global module hook is treated alike, and it also sees the
+#   replay, so it can count evaluations.
 # - **Inputs from outside.** A conditioning tensor or a mask goes through the
 #   chain, `seq(x, cond=c, mask=m)`, to every F and G that takes that keyword, and
 #   gets its gradient. A tensor that requires grad and reaches F any other way
@@ -79,10 +80,12 @@ _ = torch.manual_seed(0)
 #   (`F.batch_norm` on one's own buffers, `.data` writes) are found by value;
 #   Python's `random`, NumPy's global generator, a `torch.Generator` held by a
 #   module, and scalar attributes a call changes (a step counter) are replayed
-#   from their values before the call; so are the lists, dicts and config objects
-#   a module keeps and the globals its code reads, if they change before the
-#   backward. An extra argument the forward changes in place (a loss appended to
-#   a list passed in) is refused.
+#   from their values before the call, and so is a generator passed in as an
+#   extra argument; so are the lists, dicts and config objects a module keeps and
+#   the globals, class attributes and closures its code reads, if they change
+#   before the backward. A tensor the forward stores outside its output (a loss
+#   appended to a list, global or passed in, or set on a config) is refused: it
+#   would have no graph. `revlib/core/replay/host.py` lists what is not reached.
 # - **`torch.compile`.** Dynamo reaches the sequence and calls the engine
 #   eagerly (one graph break); the engine calls a compiled version of each F and
 #   G in the forward, the replay and the backward step, so the guarantees above

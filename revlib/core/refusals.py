@@ -294,6 +294,16 @@ def tensor_kept_from_forward(owner: str, m: nn.Module, key: str, t: Tensor) -> R
     )
 
 
+def tensor_kept_in_shared_list(owner: str, m: nn.Module, t: Tensor) -> RuntimeError:
+    return RuntimeError(
+        f"{owner}: the forward of {type(m).__name__} appended a tensor of shape "
+        f"{tuple(t.shape)} to a list it reads from a global name or its closure (e.g. a list "
+        "collecting auxiliary losses). In mode='reversible' the forward builds no graph, so a "
+        "loss on that tensor would get no gradient. Report a loss with revlib.add_aux_loss(loss) "
+        "(collected in seq.aux_losses, with its gradient), or use mode='autograd'."
+    )
+
+
 def tensor_attribute_changed(owner: str, m: nn.Module, key: str) -> RuntimeError:
     return RuntimeError(
         f"{owner}: the tensor attribute {key!r} of {type(m).__name__} was replaced or changed in "

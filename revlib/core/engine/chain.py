@@ -25,7 +25,7 @@ from .. import refusals
 from ..aux_losses import add_aux_loss
 from ..blocks import ENGINE_CALL, ReversibleBlock, check_extras_taken, trainable_parameters
 from ..halves import Halves
-from ..replay import keywords_for
+from ..replay import generators_in, keywords_for
 from .function import BlockFunction
 from .guards import Signature, signature
 from .measure import BlockCost
@@ -197,11 +197,16 @@ def _taken_by(blocks: nn.ModuleList, stored: frozenset[int], extras: dict[str, A
 
 
 def _as_of_now(value: Any) -> Any:
-    """``value`` if a tensor or immutable; else a deep copy (a dict, a list, an object that the
-    caller may change before the backward), or ``value`` itself if it cannot be copied."""
+    """``value`` if a tensor, immutable or a random generator; else a deep copy (a dict, a list,
+    an object that the caller may change before the backward) that shares the random generators
+    it holds (they draw for the caller, as in mode ``"autograd"``; the step replays their state),
+    or ``value`` itself if it cannot be copied."""
     if isinstance(value, Tensor | int | float | bool | str | bytes | type(None)):
         return value
+    shared = generators_in([value])
+    if any(g.obj is value for g in shared):
+        return value
     try:
-        return copy.deepcopy(value)
+        return copy.deepcopy(value, {id(g.obj): g.obj for g in shared})
     except Exception:  # an object that refuses to be copied is kept as it is
         return value

@@ -13,12 +13,14 @@ from .buffers import (
 )
 from .calls import cached_walks, forward_reads, keywords_for, submodules
 from .protocol import Record, Watch
+from .reaches import HostGenerator, generators_in
 from .rng import AutocastState, RNGState, has_random_layers
 from .swap import Slot, swapped
 from .tape import Tape, records_nothing
 
 __all__ = [
     "AutocastState",
+    "HostGenerator",
     "RNGState",
     "Record",
     "Slot",
@@ -28,6 +30,7 @@ __all__ = [
     "checkpoint_updating_stats_once",
     "forward_reads",
     "frozen_norm_stats",
+    "generators_in",
     "has_random_layers",
     "keywords_for",
     "records_nothing",

@@ -139,7 +139,13 @@ class BufferWatch:
 
     __slots__ = ("before",)
 
-    def __init__(self, fn: Callable[..., Any], x: Tensor, names: dict[int, str]) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        x: Tensor,
+        names: dict[int, str],
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         watched = updated_once_buffers(fn) if isinstance(fn, nn.Module) else []
         self.before = [(m, n, b, b._version, b.clone()) for m, n, b in watched]
 

@@ -24,6 +24,7 @@ __all__ = [
     "forward_globals",
     "forward_reads",
     "keywords_for",
+    "read_names",
     "submodules",
 ]
 
@@ -140,7 +141,7 @@ def keywords_for(
     return out
 
 
-def _read_names(code: types.CodeType) -> tuple[str, ...]:
+def read_names(code: types.CodeType) -> tuple[str, ...]:
     """The names ``code`` and the functions defined in it read (cached per code object)."""
     names = _NAMES.get(code)
     if names is None:
@@ -194,7 +195,7 @@ def forward_globals(m: nn.Module) -> Iterator[tuple[dict[str, Any], str]]:
             continue
         seen.add(fn)
         namespace = fn.__globals__
-        for name in _read_names(fn.__code__):
+        for name in read_names(fn.__code__):
             if name in namespace:
                 yield namespace, name
                 v = namespace[name]
@@ -203,8 +204,9 @@ def forward_globals(m: nn.Module) -> Iterator[tuple[dict[str, Any], str]]:
 
 
 def forward_cells(m: nn.Module) -> Iterator[types.CellType]:
-    """The filled cells of ``m.forward``'s closure; none for torch's own modules."""
-    for fn in _own_code(m)[:1]:
+    """The filled cells of the closures of ``m.forward`` and its class's methods; none for torch's
+    own modules."""
+    for fn in _own_code(m):
         for cell in fn.__closure__ or ():
             try:
                 _ = cell.cell_contents

@@ -29,6 +29,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from .calls import submodules
+from .reaches import function_state, snapshot
 from .swap import Slot, swapped
 
 __all__ = ["HookRecord", "HookWatch"]
@@ -59,11 +60,13 @@ class HookRecord:
     fn: Any
     acting: dict[HookKey, tuple[Callable[..., Any], bool]] = field(default_factory=dict)
     kept: list[tuple[str, tuple[int, ...], weakref.ref[Tensor]]] = field(default_factory=list)
+    states: dict[HookKey, list[tuple[Slot, Any]]] = field(default_factory=dict)
+    """Per acting call (keyed by the module it fired on): the state its hook read then."""
 
     def replay(self) -> contextlib.AbstractContextManager[None]:
-        """Exactly the hooks that acted, as they were then (observers ran once, in the
-        forward)."""
-        return _replaying_hooks(self.fn, self.acting)
+        """Exactly the hooks that acted, as they were then, each seeing the state it read then
+        (observers ran once, in the forward)."""
+        return _replaying_hooks(self.fn, self.acting, self.states)
 
     def tensors(self) -> list[Tensor]:
         return []
@@ -82,7 +85,13 @@ class HookRecord:
 class HookWatch:
     """The :class:`~revlib.core.replay.protocol.Watch` of the hooks inside a module ``fn``."""
 
-    def __init__(self, fn: Callable[..., Any], x: Tensor, names: dict[int, str]) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        x: Tensor,
+        names: dict[int, str],
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self.log = HookRecord(fn)
         self.recording = _recording_hooks(fn, self.log, names)
 
@@ -155,6 +164,7 @@ def _logged(
         attributes = _tensor_attributes(m)
         inputs = args[1] if len(args) > 1 and isinstance(args[1], tuple) else ()
         seen = [t for t in (out, *inputs) if isinstance(t, Tensor)]
+        state = function_state(hook)  # what it reads now: a counter, a flag
         with _Created([*seen, *m.parameters(recurse=False)]) as created:
             result = hook(*args, **kwargs)
         acted = (
@@ -167,6 +177,7 @@ def _logged(
                 hook,
                 with_kwargs,
             )
+            log.states[(id(m), which, key)] = state
         else:  # what an observer could keep: the module's output and inputs, what it computed
             name = names.get(id(m), type(m).__name__)
             for t in [*seen, *created.tensors]:
@@ -224,8 +235,23 @@ def _observing(hook: Callable[..., Any]) -> Callable[..., None]:
     return call
 
 
+def _as_then(
+    hook: Callable[..., Any], which: str, key: int, states: dict[HookKey, list[tuple[Slot, Any]]]
+) -> Callable[..., Any]:
+    """``hook``, called with the state it read when it acted on that module in the forward."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        state = states.get((id(args[0]), which, key), [])
+        with swapped((slot, snapshot(value)) for slot, value in state):
+            return hook(*args, **kwargs)
+
+    return call
+
+
 def _replaying_hooks(
-    fn: Any, acting: dict[HookKey, tuple[Callable[..., Any], bool]]
+    fn: Any,
+    acting: dict[HookKey, tuple[Callable[..., Any], bool]],
+    states: dict[HookKey, list[tuple[Slot, Any]]] | None = None,
 ) -> contextlib.AbstractContextManager[None]:
     """Exactly the hooks that acted in the recorded call, as they were then, and no other."""
     if not acting and not _hooked(fn) and not _global_hooks():
@@ -238,7 +264,9 @@ def _replaying_hooks(
         hooks = getattr(_torch_module, which)
         if not hooks and not recorded:
             continue
-        replayed = type(hooks)((k, h) for k, (h, _) in recorded.items())
+        replayed = type(hooks)(
+            (k, _as_then(h, which, k, states or {})) for k, (h, _) in recorded.items()
+        )
         replayed.update((k, _observing(h)) for k, h in hooks.items() if k not in recorded)
         slots.append((Slot.item(vars(_torch_module), which), replayed))
         if which in _GLOBAL_KWARGS:
@@ -252,9 +280,10 @@ def _replaying_hooks(
             hooks = getattr(m, which)
             if not hooks and not recorded:
                 continue
-            slots.append(
-                (Slot.attribute(m, which), type(hooks)((k, h) for k, (h, _) in recorded.items()))
+            replayed_here = (
+                (k, _as_then(h, which, k, states or {})) for k, (h, _) in recorded.items()
             )
+            slots.append((Slot.attribute(m, which), type(hooks)(replayed_here)))
             slots.append(
                 (
                     Slot.attribute(m, _KWARGS_SETS[which]),

@@ -1,31 +1,32 @@
 """Host state: what a call changes besides torch's default generators and its buffers.
 
 Code ported from elsewhere reaches state that torch's own bookkeeping does not
-cover (DropPath implementations use all of these):
+cover (what it reaches is found by :mod:`.reaches`):
 
-* **host random generators**: Python's :mod:`random`, NumPy's global
-  generator, and every ``torch.Generator``, ``random.Random`` or NumPy
-  generator a module reaches as an attribute, in a list, tuple or dict, or
-  from its ``forward``'s closures and globals. One the call drew from is
-  replayed from its state before the call, then put back;
-* **scalar attributes** (``int``, ``float``, ``bool``, ``str``) of the call's
-  modules; **list, tuple and dict attributes and plain objects** (a config) of
-  the modules defined outside torch; the **globals and closure cells** their
-  ``forward`` reads (scalars and containers): replayed as the call saw them
-  (containers one level deep), then put back;
-* **kept lists and tensors**: a forward that changes one is refused (the
-  replay would see it changed), and a tensor attribute replaced or refilled
+* **random generators**: Python's :mod:`random`, NumPy's global generator, and
+  every ``torch.Generator``, ``random.Random`` or NumPy generator a module
+  reaches (an attribute, a container, a config, its code's closures and
+  globals) or the call is passed (an extra argument). One the call drew from
+  is replayed from its state before the call, then put back;
+* **settings**: the scalar attributes of the call's modules, and the
+  containers, plain objects (a config), globals, class attributes and closure
+  cells that code defined outside torch reads: replayed as the call saw them
+  (two levels deep), then put back;
+* **kept state**: a forward that changes a list it keeps, or stores a tensor in
+  its attributes, containers, objects, or a global or closure list, is refused
+  (that tensor would have no graph); a tensor attribute replaced or refilled
   between the forward and the backward is refused at the replay.
+
+Not reached: attributes of imported modules (``config.TEMP``), code of other
+classes, objects with ``__slots__``, and the items of a container with more
+than :data:`~.reaches.MAX_ITEMS` of them (copied, not looked into).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import itertools
 import random
 import sys
-import types
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -36,13 +37,20 @@ import torch.nn.modules.module as _global_hooks
 from torch import Tensor, nn
 
 from .. import refusals
-from .calls import forward_cells, forward_globals, forward_reads, submodules
+from .calls import submodules
+from .reaches import (
+    SCALARS,
+    HostGenerator,
+    generators_in,
+    generators_reached,
+    kept_containers,
+    own_state,
+    read_globals,
+    stored_tensors,
+)
 from .swap import Slot, swapped
 
-__all__ = ["HostGenerator", "HostRecord", "HostWatch"]
-
-_SCALARS = (int, float, bool, str)
-_CONTAINERS = (list, tuple, dict)
+__all__ = ["HostRecord", "HostWatch"]
 
 
 class _NumpyRandom(Protocol):
@@ -59,75 +67,14 @@ def _numpy_random() -> _NumpyRandom | None:
     return getattr(np, "random", None) if np is not None else None
 
 
-def _own_state(m: nn.Module) -> bool:
-    """False for torch's own layers (``torch.nn.modules``), whose forward changes no attribute and
-    draws no host RNG."""
-    cls = type(m)
-    own = _OWN_STATE.get(cls)
-    if own is None:
-        own = _OWN_STATE[cls] = not cls.__module__.startswith("torch.nn.modules.")
-    return own
-
-
-_OWN_STATE: dict[type, bool] = {}
-
-
 def _reaches_no_host_state(fn: Any, modules: list[nn.Module]) -> bool:
     """True if a call of ``fn`` cannot touch host state: a module made only of torch's own layers,
     with no hook on any of them and no global module hook (a hook may draw or set anything)."""
     return (
         isinstance(fn, nn.Module)
         and not (_global_hooks._global_forward_hooks or _global_hooks._global_forward_pre_hooks)
-        and not any(_own_state(m) or m._forward_hooks or m._forward_pre_hooks for m in modules)
+        and not any(own_state(m) or m._forward_hooks or m._forward_pre_hooks for m in modules)
     )
-
-
-class HostGenerator:
-    """A random generator a module reaches, with its state's getter and setter: a
-    ``torch.Generator``, a ``random.Random``, a NumPy ``Generator`` or ``RandomState``."""
-
-    __slots__ = ("obj", "get", "set")
-
-    def __init__(self, obj: Any, get: Callable[[], Any], set: Callable[[Any], Any]) -> None:
-        self.obj, self.get, self.set = obj, get, set
-
-    @staticmethod
-    def of(v: Any) -> HostGenerator | None:
-        # type() first: torch.Generator's metaclass makes isinstance slow, and this runs per call
-        if type(v) is torch.Generator:
-            return HostGenerator(v, v.get_state, v.set_state)
-        if isinstance(v, random.Random):
-            return HostGenerator(v, v.getstate, v.setstate)
-        np = sys.modules.get("numpy")
-        if np is not None:
-            if isinstance(v, np.random.Generator):
-                bits = v.bit_generator
-                return HostGenerator(v, lambda: bits.state, lambda s: setattr(bits, "state", s))
-            if isinstance(v, np.random.RandomState):
-                return HostGenerator(v, v.get_state, v.set_state)
-        return None
-
-
-def _candidates(m: nn.Module) -> Iterator[Any]:
-    """Attribute values of ``m`` and what its forward reads from closures and globals, with the
-    items of those that are lists, tuples or dicts."""
-    for v in itertools.chain(vars(m).values(), forward_reads(m)):
-        if isinstance(v, list | tuple):
-            yield from v
-        elif isinstance(v, dict):
-            yield from v.values()
-        else:
-            yield v
-
-
-def _generators(modules: list[nn.Module]) -> list[HostGenerator]:
-    found: dict[int, HostGenerator] = {}
-    for m in modules:
-        if _own_state(m):
-            for v in _candidates(m):
-                if id(v) not in found and (g := HostGenerator.of(v)) is not None:
-                    found[id(v)] = g
-    return list(found.values())
 
 
 def _attributes(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
@@ -136,70 +83,8 @@ def _attributes(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
         (i, k): v
         for i, m in enumerate(modules)
         for k, v in vars(m).items()
-        if type(v) in _SCALARS and not k.startswith("_")
+        if type(v) in SCALARS and not k.startswith("_")
     }
-
-
-def _containers(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
-    """A shallow copy of each list, tuple and dict attribute and each plain object (a config) of
-    the modules defined outside torch."""
-    out = {}
-    for i, m in enumerate(modules):
-        if _own_state(m):
-            for k, v in vars(m).items():
-                if not k.startswith("_") and (type(v) in _CONTAINERS or _plain_object(v)):
-                    try:
-                        out[(i, k)] = copy.copy(v)
-                    except Exception:  # an object that refuses to be copied is not replayed
-                        continue
-    return out
-
-
-def _plain_object(v: Any) -> bool:
-    """An object with attributes of its own that is not a module, tensor, function, class or
-    random generator (those are handled elsewhere or hold no state of F's)."""
-    return (
-        isinstance(getattr(v, "__dict__", None), dict)
-        and not isinstance(v, _NOT_PLAIN)
-        and HostGenerator.of(v) is None
-    )
-
-
-_NOT_PLAIN = (
-    nn.Module,
-    Tensor,
-    type,
-    types.ModuleType,
-    types.FunctionType,
-    types.MethodType,
-    types.BuiltinFunctionType,
-    functools.partial,
-)
-
-
-def _globals(modules: list[nn.Module]) -> list[tuple[Slot, Any]]:
-    """The place and a shallow copy of each scalar or container global, or cell of its closure,
-    that the forward of a module defined outside torch reads."""
-    found: dict[tuple[int, str], tuple[Slot, Any]] = {}
-    for m in modules:
-        for namespace, name in forward_globals(m):
-            v = namespace[name]
-            if type(v) in _SCALARS or type(v) in _CONTAINERS:
-                found[(id(namespace), name)] = (Slot.item(namespace, name), copy.copy(v))
-        for cell in forward_cells(m):
-            v = cell.cell_contents
-            if type(v) in _SCALARS or type(v) in _CONTAINERS:
-                slot = Slot.of(functools.partial(_contents, cell), functools.partial(_fill, cell))
-                found[(id(cell), "")] = (slot, copy.copy(v))
-    return list(found.values())
-
-
-def _contents(cell: types.CellType) -> Any:
-    return cell.cell_contents
-
-
-def _fill(cell: types.CellType, value: Any) -> None:
-    cell.cell_contents = value
 
 
 def _kept_state(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
@@ -207,7 +92,7 @@ def _kept_state(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
     return {
         (i, k): (list(v) if isinstance(v, list) else v)
         for i, m in enumerate(modules)
-        if _own_state(m)
+        if own_state(m)
         for k, v in vars(m).items()
         if isinstance(v, list | Tensor) and not k.startswith("_")
     }
@@ -240,7 +125,13 @@ class HostWatch:
     """The :class:`~revlib.core.replay.protocol.Watch` of the host state a call of a module
     reaches."""
 
-    def __init__(self, fn: Callable[..., Any], x: Tensor, names: dict[int, str]) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        x: Tensor,
+        names: dict[int, str],
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self.modules = submodules(fn) if isinstance(fn, nn.Module) else []
         self.idle = _reaches_no_host_state(fn, self.modules)
         if self.idle:
@@ -248,10 +139,12 @@ class HostWatch:
         np_random = _numpy_random()
         self.python = random.getstate()
         self.numpy = np_random.get_state() if np_random is not None else None
-        self.generators = [(g, g.get()) for g in _generators(self.modules)]
+        # the generators the modules reach, and those passed in (an extra argument, a config)
+        passed = generators_in(kwargs.values()) if kwargs else []
+        self.generators = [(g, g.get()) for g in generators_reached(self.modules) + passed]
         self.attributes = _attributes(self.modules)
-        self.containers = _containers(self.modules)
-        self.globals = _globals(self.modules)
+        self.containers = kept_containers(self.modules)
+        self.globals = read_globals(self.modules)
         self.kept = _kept_state(self.modules)
 
     def __enter__(self) -> HostWatch:
@@ -286,15 +179,16 @@ class HostWatch:
             (self.modules[i], k, before) for (i, k), before in self.containers.items()
         ]
         out.globals = self.globals
+        # a tensor the forward stored in a container or object it keeps has no graph
         for (i, k), before in self.containers.items():
-            after = vars(self.modules[i]).get(k)
-            if isinstance(after, dict):  # a tensor the forward put there has no graph
-                for key, t in after.items():
-                    if isinstance(t, Tensor) and t.is_floating_point() and before.get(key) is not t:
-                        m = self.modules[i]
-                        raise refusals.tensor_kept_from_forward(
-                            refusals.OWNER, m, f"{k}[{key!r}]", t
-                        )
+            for where, t in stored_tensors(before, vars(self.modules[i]).get(k)):
+                raise refusals.tensor_kept_from_forward(
+                    refusals.OWNER, self.modules[i], k + where, t
+                )
+        for slot, before in self.globals:
+            if isinstance(before, list):  # a global or closure list collecting losses
+                for _, t in stored_tensors(before, slot.get()):
+                    raise refusals.tensor_kept_in_shared_list(refusals.OWNER, self.modules[0], t)
         kept = _kept_state(self.modules)
         for (i, k), t in kept.items():
             if (i, k) not in self.kept and isinstance(t, Tensor) and t.is_floating_point():

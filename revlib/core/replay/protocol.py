@@ -1,7 +1,8 @@
 """The one protocol of every kind of state a recorded call may see.
 
 A kind of state is a :class:`Watch` class, built before the call as
-``Kind(fn, x, names)`` and entered around it. After the call, :meth:`Watch.record`
+``Kind(fn, x, names, kwargs)`` (the keyword arguments the call gets) and
+entered around it. After the call, :meth:`Watch.record`
 gives a :class:`Record` of what a second run needs, or ``None`` when the call
 left nothing to replay. :class:`~revlib.core.replay.tape.Tape` keeps the records
 per sub-function call and enters each one's :meth:`Record.replay` around the
@@ -38,7 +39,13 @@ class Record(Protocol):
 class Watch(Protocol):
     """One kind of state watched across a recorded call of ``fn`` on ``x``."""
 
-    def __init__(self, fn: Callable[..., Any], x: Tensor, names: dict[int, str]) -> None: ...
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        x: Tensor,
+        names: dict[int, str],
+        kwargs: dict[str, Any] | None = None,
+    ) -> None: ...
 
     def __enter__(self) -> object: ...
 

@@ -141,7 +141,13 @@ class RNGWatch:
 
     __slots__ = ("before",)
 
-    def __init__(self, fn: Callable[..., Any], x: Tensor, names: dict[int, str]) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        x: Tensor,
+        names: dict[int, str],
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self.before = RNGState.capture(x)
 
     def __enter__(self) -> RNGWatch:

@@ -103,11 +103,12 @@ class Tape:
     def record(self, name: str, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         """First run of ``fn(x)``, keeping what a second run must replay."""
         kinds = WATCHES if self.record_rng else _NOT_RANDOM
-        watches = [kind(fn, x, self.names) for kind in kinds]
+        kwargs = keywords_for(fn, self.extras, self.used_extras)
+        watches = [kind(fn, x, self.names, kwargs) for kind in kinds]
         with contextlib.ExitStack() as stack:
             for w in watches:
                 stack.enter_context(w)
-            out = self._callable(fn)(x, **keywords_for(fn, self.extras, self.used_extras))
+            out = self._callable(fn)(x, **kwargs)
         records = [r for w in watches if (r := w.record()) is not None]
         if records:
             self.records[name] = records

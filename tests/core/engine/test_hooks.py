@@ -108,7 +108,7 @@ def test_hooks_on_f_and_g_run_once_per_step_as_in_autograd():
 
 def test_control_replaying_observer_hooks_runs_them_twice(monkeypatch):
     monkeypatch.setattr(
-        replay_hooks, "_replaying_hooks", lambda fn, acting: contextlib.nullcontext()
+        replay_hooks, "_replaying_hooks", lambda fn, acting, states=None: contextlib.nullcontext()
     )
     m = chain()
     calls = count_calls(m)

@@ -87,9 +87,9 @@ def _change_hooked_scale(seq):
 
 
 CASES = {
-    "list, tuple and dict attributes": (_ContainerGain, _change_containers, "_containers"),
-    "module-level dict and scalar": (_GlobalGain, _change_globals, "_globals"),
-    "dict in forward's closure": (_closure_gain, _change_closure, "_globals"),
+    "list, tuple and dict attributes": (_ContainerGain, _change_containers, "kept_containers"),
+    "module-level dict and scalar": (_GlobalGain, _change_globals, "read_globals"),
+    "dict in forward's closure": (_closure_gain, _change_closure, "read_globals"),
     "scalar attribute of a torch module, read by a hook": (
         _scaled_by_a_hook,
         _change_hooked_scale,
@@ -131,7 +131,7 @@ def test_state_changed_between_forward_and_backward_is_replayed_as_the_forward_s
 @pytest.mark.parametrize("case", list(CASES))
 def test_control_without_its_replay_the_change_reaches_the_gradients(case, monkeypatch):
     make, change, recorder = CASES[case]
-    empty = [] if recorder == "_globals" else {}
+    empty = [] if recorder == "read_globals" else {}
     monkeypatch.setattr(host, recorder, lambda modules: empty)
     ref = _grads(make, "autograd", between=change)
     assert _worst(_grads(make, "reversible", between=change), ref) > 1e-3

@@ -284,9 +284,9 @@ def test_a_config_field_changed_before_backward_is_replayed_as_the_forward_saw_i
 def test_control_without_replaying_plain_objects_the_config_change_reaches_the_gradients(
     monkeypatch,
 ):
-    from revlib.core.replay import host
+    from revlib.core.replay import reaches
 
-    monkeypatch.setattr(host, "_plain_object", lambda v: False)
+    monkeypatch.setattr(reaches, "plain_object", lambda v: False)
     change = CONFIG_CHANGES["hidden_act switched after the forward"]
     want, _, _ = _lm_step(_reformer(), "autograd", between=change)
     got, _, _ = _lm_step(_reformer(), "reversible", between=change)
