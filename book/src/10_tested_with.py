@@ -548,7 +548,9 @@ rows += [
     ],
     [
         "a generator passed as an extra or held by a config; settings nested in a "
-        "config, at class level or in a helper's closure; a hook acting by a counter",
+        "config, global, at class level or in a helper's closure, NumPy scalars, "
+        "None, a swapped activation; a hook acting by a counter (in a closure, a "
+        "partial, a module); mode checkpoint with model.eval() before the backward",
         "tests/core/engine/test_reached_state.py",
         "≤ 1e-12",
     ],

@@ -61,7 +61,8 @@ class ReversibleSequence(HasMode):
             sub-function once more; ``"autograd"`` runs the blocks with ordinary
             autograd (everything stored), for A/B checks; ``"checkpoint"`` wraps
             every block in non-reentrant :func:`torch.utils.checkpoint.checkpoint`
-            (block inputs stored, running statistics still updated once).
+            (block inputs stored; buffers updated once and the forward's train/eval
+            flags in the recomputation; host state outside torch is not replayed).
         preserve_rng_state: ``True`` (default) records the generator states
             before every sub-function call and keeps them for the calls that
             drew random numbers (dropout of any kind, RReLU, attention dropout,

@@ -178,21 +178,26 @@ def checkpoint_updating_stats_once(
     twice, so the recomputed weight is not the forward's. Here the
     recomputation runs under :func:`frozen_norm_stats`, with every other
     buffer the forward changed put back as it was before the forward
-    (:class:`BufferWatch`).
+    (:class:`BufferWatch`) and the train/eval flags of the forward.
     """
     record: BufferCopies | None = None
+    flags: list[tuple[Slot, bool]] = []
     calls = 0
 
     def run(h: Tensor) -> Tensor:
         nonlocal calls, record
         calls += 1
         if calls == 1:
+            flags.extend((Slot.attribute(m, "training"), m.training) for m in submodules(module))
             watch = BufferWatch(module, h, {})
             out = fn(h)
             record = watch.record()
             return out
-        with frozen_norm_stats(module), record.replay() if record else contextlib.nullcontext():
-            return fn(h)
+        # as the forward ran: its train/eval flags (model.eval() may come before the backward),
+        # its buffers, and running statistics left alone
+        with swapped(flags), frozen_norm_stats(module):
+            with record.replay() if record else contextlib.nullcontext():
+                return fn(h)
 
     return checkpoint(run, x, use_reentrant=False, preserve_rng_state=True)
 

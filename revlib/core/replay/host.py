@@ -18,15 +18,19 @@ cover (what it reaches is found by :mod:`.reaches`):
   between the forward and the backward is refused at the replay.
 
 Not reached: attributes of imported modules (``config.TEMP``), code of other
-classes, objects with ``__slots__``, and the items of a container with more
-than :data:`~.reaches.MAX_ITEMS` of them (copied, not looked into).
+classes, class attributes of a config's class, objects with ``__slots__``,
+settings nested three levels or deeper, a tensor a hook object counts with in
+place, and the items of a container with more than :data:`~.reaches.MAX_ITEMS`
+of them (copied, not looked into).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import random
 import sys
+import types
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -77,13 +81,19 @@ def _reaches_no_host_state(fn: Any, modules: list[nn.Module]) -> bool:
     )
 
 
+_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, functools.partial)
+"""Attributes that name a function (an activation, ``self.act = torch.relu``)."""
+
+
 def _attributes(modules: list[nn.Module]) -> dict[tuple[int, str], Any]:
     """The scalar attributes of every module (torch's too: a hook may read one)."""
     return {
         (i, k): v
         for i, m in enumerate(modules)
         for k, v in vars(m).items()
-        if type(v) in SCALARS and not k.startswith("_")
+        if isinstance(v, SCALARS + _FUNCTIONS)
+        and not isinstance(v, Tensor)
+        and not k.startswith("_")
     }
 
 

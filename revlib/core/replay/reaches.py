@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import numbers
 import random
 import sys
 import types
@@ -41,7 +42,8 @@ __all__ = [
     "stored_tensors",
 ]
 
-SCALARS = (int, float, bool, str)
+SCALARS = (numbers.Number, str, type(None))
+"""Settings a call may read: numbers (NumPy's too), strings, ``None``."""
 CONTAINERS = (list, tuple, dict)
 MAX_ITEMS = 256
 """A container with more items (a vocabulary) is copied but not looked into: per call, every
@@ -200,14 +202,12 @@ def read_globals(modules: list[nn.Module]) -> list[tuple[Slot, Any]]:
     for m in modules:
         for namespace, name in forward_globals(m):
             v = namespace[name]
-            if type(v) in SCALARS or isinstance(v, CONTAINERS):
+            if _setting(v):
                 found[(id(namespace), name)] = (Slot.item(namespace, name), snapshot(v))
         for cls in type(m).__mro__:  # class attributes of the module's own classes
             if cls is not object and own_state_class(cls):
                 for name, v in vars(cls).items():
-                    if not name.startswith("_") and (
-                        type(v) in SCALARS or isinstance(v, CONTAINERS)
-                    ):
+                    if not name.startswith("_") and (_setting(v)):
                         slot = Slot.of(
                             functools.partial(getattr, cls, name),
                             functools.partial(setattr, cls, name),
@@ -215,10 +215,15 @@ def read_globals(modules: list[nn.Module]) -> list[tuple[Slot, Any]]:
                         found[(id(cls), name)] = (slot, snapshot(v))
         for cell in forward_cells(m):
             v = cell.cell_contents
-            if type(v) in SCALARS or isinstance(v, CONTAINERS):
+            if _setting(v):
                 slot = Slot.of(functools.partial(_contents, cell), functools.partial(_fill, cell))
                 found[(id(cell), "")] = (slot, snapshot(v))
     return list(found.values())
+
+
+def _setting(v: Any) -> bool:
+    """A value a call may read as a setting: a scalar, a container or a plain object."""
+    return (isinstance(v, SCALARS + CONTAINERS) and not isinstance(v, Tensor)) or plain_object(v)
 
 
 def function_state(fn: Any) -> list[tuple[Slot, Any]]:
@@ -226,27 +231,34 @@ def function_state(fn: Any) -> list[tuple[Slot, Any]]:
     a function ``fn`` (a hook) reads, and of the attributes of the object of a bound method or a
     callable object: its state, which a second call must see as the first did."""
     out: list[tuple[Slot, Any]] = []
+    if isinstance(fn, functools.partial):  # its bound keyword values, then its function
+        for k, v in fn.keywords.items():
+            if _setting(v):
+                out.append((Slot.item(fn.keywords, k), snapshot(v)))
+        fn = fn.func
     owner = getattr(fn, "__self__", None) if isinstance(fn, types.MethodType) else None
     if owner is None and not isinstance(fn, types.FunctionType) and plain_object(fn):
         owner, fn = fn, vars(type(fn)).get("__call__")  # a callable object's own __call__
-    if owner is not None and plain_object(owner):
+    if owner is not None and (plain_object(owner) or isinstance(owner, nn.Module)):
         for k, v in vars(owner).items():
-            if type(v) in SCALARS or isinstance(v, CONTAINERS):
+            if not k.startswith("_") and _setting(v):
                 out.append((Slot.attribute(owner, k), snapshot(v)))
     fn = getattr(fn, "__func__", fn)
     if not isinstance(fn, types.FunctionType):
         return out
     namespace = fn.__globals__
     for name in read_names(fn.__code__):
-        v = namespace.get(name)
-        if type(v) in SCALARS or isinstance(v, CONTAINERS):
+        if name not in namespace:  # an attribute's name, or a builtin
+            continue
+        v = namespace[name]
+        if _setting(v):
             out.append((Slot.item(namespace, name), snapshot(v)))
     for cell in fn.__closure__ or ():
         try:
             v = cell.cell_contents
         except ValueError:  # an empty cell
             continue
-        if type(v) in SCALARS or isinstance(v, CONTAINERS):
+        if _setting(v):
             slot = Slot.of(functools.partial(_contents, cell), functools.partial(_fill, cell))
             out.append((slot, snapshot(v)))
     return out

@@ -258,3 +258,124 @@ def test_control_without_the_hooks_state_the_replay_counts_on(monkeypatch):
 
         grads[mode] = _grads(make, mode)
     assert _gap(grads["reversible"], grads["autograd"]) > 1e-3
+
+
+# ---- more settings: a global config, NumPy scalars, None, a function --------------------------
+
+GLOBAL_CONFIG = types.SimpleNamespace(scale=1.5)
+
+
+class _Settings(_Lin):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = np.float64(1.5)
+        self.temp = None
+        self.act = torch.tanh
+
+    def forward(self, x):
+        temp = 1.0 if self.temp is None else self.temp
+        return self.act(self.lin(x)) * self.gain * GLOBAL_CONFIG.scale / temp
+
+
+def _change_settings(seq):
+    GLOBAL_CONFIG.scale = 4.0
+    for b in seq.blocks:
+        b.F.gain, b.F.temp, b.F.act = np.float64(3.0), 2.0, torch.sin
+
+
+def test_a_global_config_numpy_scalar_none_and_function_are_replayed():
+    GLOBAL_CONFIG.scale = 1.5
+    want = _grads(_Settings, "autograd", between=_change_settings)
+    GLOBAL_CONFIG.scale = 1.5
+    got = _grads(_Settings, "reversible", between=_change_settings)
+    GLOBAL_CONFIG.scale = 1.5
+    assert _gap(got, want) < 1e-12
+
+
+# ---- hooks whose state is an object's, or a partial's ------------------------------------------
+
+
+class _Monitor(nn.Module):
+    """A module outside F whose method is the hook: its counter is an attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def hook(self, module, args, out):
+        self.calls += 1
+        return out * 0.1 if self.calls <= 2 else None
+
+
+def _by_partial(module, args, out, state):
+    state["calls"] += 1
+    return out * 0.1 if state["calls"] <= 2 else None
+
+
+HOOK_OWNERS = {
+    "a method of a module": lambda: _Monitor().hook,
+    "a functools.partial": lambda: __import__("functools").partial(_by_partial, state={"calls": 0}),
+}
+
+
+@pytest.mark.parametrize("owner", list(HOOK_OWNERS))
+def test_a_hook_whose_counter_is_an_objects_is_replayed_with_the_count_it_saw(owner):
+    grads = {}
+    for mode in ("reversible", "autograd"):
+        hook = HOOK_OWNERS[owner]()
+
+        def make(hook=hook):
+            m = _Lin()
+            m.lin.register_forward_hook(hook)
+            return m
+
+        grads[mode] = _grads(make, mode)
+    assert _gap(grads["reversible"], grads["autograd"]) < 1e-12
+
+
+# ---- mode "checkpoint": model.eval() between the forward and the backward ----------------------
+
+
+class _EMA(_Lin):
+    """A buffer replaced in every training forward, read by the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("ema", torch.zeros(4, dtype=D))
+
+    def forward(self, x):
+        h = self.lin(x)
+        if self.training:
+            self.ema = 0.9 * self.ema + 0.1 * h.detach().mean(0)
+        return torch.tanh(h + self.ema)
+
+
+def _norm_and_ema():
+    return nn.Sequential(_EMA(), nn.BatchNorm1d(4, dtype=D))
+
+
+def _eval_between(mode):
+    torch.manual_seed(0)
+    seq = revlib.ReversibleSequence(
+        [revlib.AdditiveCoupling(_norm_and_ema(), _norm_and_ema(), dim=-1) for _ in range(2)],
+        mode=mode,
+    )
+    x = torch.randn(3, 8, dtype=D, generator=torch.Generator().manual_seed(1))
+    y = seq(x.requires_grad_(True))
+    seq.eval()
+    y.square().sum().backward()
+    return [x.grad, *(p.grad for p in seq.parameters()), *(b.clone() for b in seq.buffers())]
+
+
+def test_checkpoint_recomputes_with_the_forwards_train_flags():
+    assert _gap(_eval_between("checkpoint"), _eval_between("autograd")) < 1e-12
+
+
+def test_control_without_the_flags_the_recomputation_runs_in_eval_mode(monkeypatch):
+    from torch.utils.checkpoint import CheckpointError
+
+    from revlib.core.replay import buffers
+
+    monkeypatch.setattr(buffers, "submodules", lambda module: [])
+    with pytest.raises(CheckpointError, match="different metadata"):  # BatchNorm saves less
+        _eval_between("checkpoint")
