@@ -2,10 +2,12 @@
 
 Random generators (:class:`HostGenerator`), one level into containers and
 objects; the list, tuple and dict attributes and plain objects (a config) of
-modules defined outside torch (:func:`kept_containers`); the scalar and container
-globals and closure cells their code reads (:func:`read_globals`). Copies are
-taken two levels deep (:func:`snapshot`): a config holding a dict, a dict of
-dicts. :mod:`.host` records and replays them.
+modules defined outside torch (:func:`kept_containers`); the settings their code
+reads from globals, class attributes and closure cells (:func:`read_globals`),
+and those a hook's code reads (:func:`function_state`). Copies are taken two
+levels deep (:func:`snapshot`): a config holding a dict, a dict of dicts.
+:func:`stored_tensors` finds a tensor a call stored in them. :mod:`.host`
+records and replays all of these.
 """
 
 from __future__ import annotations
