@@ -25,6 +25,7 @@ __all__ = [
     "forward_reads",
     "keywords_for",
     "read_names",
+    "user_code",
     "submodules",
 ]
 
@@ -158,7 +159,7 @@ def read_names(code: types.CodeType) -> tuple[str, ...]:
 _NAMES: weakref.WeakKeyDictionary[types.CodeType, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 
-def _outside_torch(obj: Any) -> bool:
+def user_code(obj: Any) -> bool:
     """Defined outside torch and outside revlib's core (whose code reads no user state)."""
     return not (getattr(obj, "__module__", None) or "").startswith(("torch.", "revlib.core."))
 
@@ -167,14 +168,14 @@ def _own_code(m: nn.Module) -> list[types.FunctionType]:
     """``m.forward``'s function and every function of ``m``'s classes defined outside torch (the
     methods a forward calls); none for torch's own modules (cached per class)."""
     forward = getattr(m.forward, "__func__", m.forward)
-    if not _outside_torch(type(m)) or not isinstance(forward, types.FunctionType):
+    if not user_code(type(m)) or not isinstance(forward, types.FunctionType):
         return []
     methods = _METHODS.get(type(m))
     if methods is None:
         methods = _METHODS[type(m)] = [
             f
             for cls in type(m).__mro__
-            if cls is not object and _outside_torch(cls)
+            if cls is not object and user_code(cls)
             for v in vars(cls).values()
             if isinstance(f := getattr(v, "__func__", getattr(v, "fget", v)), types.FunctionType)
         ]
@@ -199,7 +200,7 @@ def forward_globals(m: nn.Module) -> Iterator[tuple[dict[str, Any], str]]:
             if name in namespace:
                 yield namespace, name
                 v = namespace[name]
-                if isinstance(v, types.FunctionType) and _outside_torch(v):
+                if isinstance(v, types.FunctionType) and user_code(v):
                     todo.append(v)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .calls import forward_cells, forward_globals, forward_reads, read_names
+from .calls import forward_cells, forward_globals, forward_reads, read_names, user_code
 from .swap import Slot
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "generators_reached",
     "kept_containers",
     "own_state",
-    "own_state_class",
     "plain_object",
     "read_globals",
     "snapshot",
@@ -63,11 +62,6 @@ def own_state(m: nn.Module) -> bool:
 
 
 _OWN_STATE: dict[type, bool] = {}
-
-
-def own_state_class(cls: type) -> bool:
-    """A class defined outside torch and revlib's core (its class attributes are the user's)."""
-    return not cls.__module__.startswith(("torch.", "revlib.core.", "builtins"))
 
 
 class HostGenerator:
@@ -207,7 +201,7 @@ def read_globals(modules: list[nn.Module]) -> list[tuple[Slot, Any]]:
             if _setting(v):
                 found[(id(namespace), name)] = (Slot.item(namespace, name), snapshot(v))
         for cls in type(m).__mro__:  # class attributes of the module's own classes
-            if cls is not object and own_state_class(cls):
+            if cls is not object and user_code(cls):
                 for name, v in vars(cls).items():
                     if not name.startswith("_") and (_setting(v)):
                         slot = Slot.of(
@@ -218,8 +212,7 @@ def read_globals(modules: list[nn.Module]) -> list[tuple[Slot, Any]]:
         for cell in forward_cells(m):
             v = cell.cell_contents
             if _setting(v):
-                slot = Slot.of(functools.partial(_contents, cell), functools.partial(_fill, cell))
-                found[(id(cell), "")] = (slot, snapshot(v))
+                found[(id(cell), "")] = (_cell_slot(cell), snapshot(v))
     return list(found.values())
 
 
@@ -261,9 +254,13 @@ def function_state(fn: Any) -> list[tuple[Slot, Any]]:
         except ValueError:  # an empty cell
             continue
         if _setting(v):
-            slot = Slot.of(functools.partial(_contents, cell), functools.partial(_fill, cell))
-            out.append((slot, snapshot(v)))
+            out.append((_cell_slot(cell), snapshot(v)))
     return out
+
+
+def _cell_slot(cell: types.CellType) -> Slot:
+    """The place a closure cell is: read and written through ``cell_contents``."""
+    return Slot.of(functools.partial(_contents, cell), functools.partial(_fill, cell))
 
 
 def _contents(cell: types.CellType) -> Any:
