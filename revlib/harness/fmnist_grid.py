@@ -58,6 +58,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.device import hardware
 from ..core.modes import validate_mode
 from . import data, grid, mode_compare, networks, train
 from .baselines import BASELINES, fit_baseline
@@ -212,13 +213,17 @@ def perform(
     ``benchmarks/results/train_compile_cpu.json``; the runs differ by float rounding,
     as on another CPU); the result records it. ``device`` trains there (the full-width
     run on a GPU); ``max_updates`` caps every training run and mode comparison (a
-    code-path check, whose numbers are no result).
+    code-path check, whose numbers are no result). Every result records where it ran
+    (``hardware``; on a CPU ``cpu_capability``; runs made before 2026-12-06 lack both).
     """
     splits = splits if splits is not None else data.fmnist_splits()
+    where = {"hardware": hardware(torch.device(device))["name"]}  # the CPU's kernels, too:
+    where |= {"cpu_capability": torch.backends.cpu.get_cpu_capability()} if device == "cpu" else {}
     if run.study == "baseline":
-        return fit_baseline(run.model, _subset(run, splits), splits.val, splits.test, run.seed)
+        fit = fit_baseline(run.model, _subset(run, splits), splits.val, splits.test, run.seed)
+        return {**fit, **where}
     if run.study == "modes":
-        return _perform_modes(run, splits, device, max_updates)
+        return {**_perform_modes(run, splits, device, max_updates), **where}
     train_set = _subset(run, splits)
     recipe = recipe_for(run, len(train_set), max_updates)
     train.seed_everything(run.seed)
@@ -252,6 +257,7 @@ def perform(
         "history": rows,
         "val_acc": rows[-1]["val_acc"],
         "compiled": trainer.compiled,
+        **where,
     }
     t0 = time.perf_counter()
     if run.test:
@@ -391,8 +397,6 @@ def quick_splits() -> data.FmnistSplits:
 
 
 def _meta(command: str, width: float, device: str, quick: bool) -> dict[str, Any]:
-    from ..core.device import hardware
-
     return {
         "command": command,
         "width": width,

@@ -184,3 +184,5 @@ def test_a_capped_run_and_mode_comparison_stop_at_the_cap(tiny_splits):
     m = G.perform(G.Run("modes", "RevNet-38", 0, 0, 0.25, mode="both"), None, tiny_splits,
                   max_updates=2)  # fmt: skip
     assert m["updates"] == 2 and [c["step"] for c in m["cosine"]] == [0]
+    here = torch.backends.cpu.get_cpu_capability()
+    assert all(x["hardware"].startswith("CPU: ") and x["cpu_capability"] == here for x in (r, m))
