@@ -270,12 +270,14 @@ def perform(
 def _perform_modes(
     run: Run, splits: data.FmnistSplits, device: str, max_updates: int | None
 ) -> dict[str, Any]:
+    """Both modes from the run's seed; capped at ``max_updates``, the first updates of the
+    uncapped comparison (the same learning rates: chapter 7 re-runs a prefix)."""
     updates = MODE_UPDATES if max_updates is None else min(MODE_UPDATES, max_updates)
     recipe = train.Recipe(
-        name=f"fmnist {updates} updates",
+        name=f"fmnist {updates} of {MODE_UPDATES} updates",
         iterations=updates,
         batch_size=BATCH,
-        milestones=(updates // 2, (3 * updates) // 4),
+        milestones=(MODE_UPDATES // 2, (3 * MODE_UPDATES) // 4),
     )
     extra = train.smoothness_hook(2e-4) if networks.is_ode(run.model) else None
     return mode_compare.compare_modes(

@@ -186,3 +186,24 @@ def test_a_capped_run_and_mode_comparison_stop_at_the_cap(tiny_splits):
     assert m["updates"] == 2 and [c["step"] for c in m["cosine"]] == [0]
     here = torch.backends.cpu.get_cpu_capability()
     assert all(x["hardware"].startswith("CPU: ") and x["cpu_capability"] == here for x in (r, m))
+
+
+def test_a_capped_mode_comparison_is_the_prefix_of_a_longer_one(tiny_splits):
+    """Chapter 7 re-runs the first updates of a shipped comparison: a cap keeps the learning rates
+    of the uncapped run (the drops stay at 150 and 225 of 300). Control: with drops placed by the
+    cap (at 1, 2 of 3 and 2, 3 of 4) the third losses differ."""
+    torch.set_num_threads(1)
+    job = G.Run("modes", "RevNet-38", 0, 0, 0.25, mode="both")
+    three, four = (G.perform(job, None, tiny_splits, max_updates=n) for n in (3, 4))
+    for mode in ("autograd", "reversible"):
+        assert three[mode]["loss"] == four[mode]["loss"][:3]
+    capped = [
+        G.mode_compare.compare_modes(
+            lambda mode: G._build(job, mode),
+            lambda: G.data.TensorLoader(tiny_splits.train, G.BATCH, seed=0),
+            G.train.Recipe(name="control", iterations=n, batch_size=G.BATCH,
+                           milestones=(n // 2, (3 * n) // 4)),
+        )["autograd"]["loss"]
+        for n in (3, 4)
+    ]  # fmt: skip
+    assert capped[0][:2] == capped[1][:2] and capped[0][2] != capped[1][2]
