@@ -3,7 +3,7 @@
 # # Training, and the accuracy tables
 #
 # The earlier chapters showed that reversible networks save memory
-# ({ref}`ch-revnet`) and what the reversible backward costs in time
+# ({ref}`ch-architectures`) and what the reversible backward costs in time
 # ({ref}`ch-backprop`). Both papers also make a claim about accuracy: a RevNet
 # classifies CIFAR as well as a ResNet with about as many parameters
 # {cite}`gomez2017revnet`; the Hamiltonian network of Chang et al. does too, and
@@ -573,7 +573,7 @@ for n, r in MODES.items():
     ax.plot(gap, lw=0.8, color=f"C{NAMES.index(n)}", label=n)
 ax.set_yscale("log")
 ax.set_xlabel("update")
-ax.set_ylabel("|loss, reversible - autograd|")
+ax.set_ylabel("|loss, reversible - autograd|\n(zero drawn at 1e-9)")
 ax.set_title(
     "the same seed in both modes: rounding, amplified by training", fontsize=10
 )
