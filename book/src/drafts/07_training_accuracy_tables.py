@@ -946,12 +946,15 @@ counts = {s: sum(r["study"] == s for r in RUNS) for s in studies}
 print(f"{len(RUNS)} runs, {hours:.1f} CPU-thread hours in all:", counts)
 glue("grid_hours", hours, display=False)
 compile_file = Path("..") / "benchmarks" / "results" / "train_compile_cpu.json"
-speed = json.loads(compile_file.read_text())["models"]
-ratios = {n: m["ratio_compiled_to_eager"] for n, m in speed.items()}
-print("compiled / eager step time, one CPU thread:", ratios)
-glue("compile_ratio", statistics.mean(ratios.values()), display=False)
-assert set(ratios) == {"ResNet-32", "Hamiltonian-74"}
-assert all(abs(r - 0.69) < 0.01 for r in ratios.values())
+if compile_file.exists():  # in the repository (not beside a notebook on Colab)
+    speed = json.loads(compile_file.read_text())["models"]
+    ratios = {n: m["ratio_compiled_to_eager"] for n, m in speed.items()}
+    print("compiled / eager step time, one CPU thread:", ratios)
+    glue("compile_ratio", statistics.mean(ratios.values()), display=False)
+    assert set(ratios) == {"ResNet-32", "Hamiltonian-74"}
+    assert all(abs(r - 0.69) < 0.01 for r in ratios.values())
+else:
+    print("benchmarks/results/train_compile_cpu.json is in revlib's repository")
 
 # %% [markdown]
 # <!-- TODO(grid complete): what we learned, from the final tables -->
