@@ -5,7 +5,7 @@ Not part of the core: these modules need the ``revlib[train]`` extra
 demand, e.g. ``from revlib.harness import train``. ``python -m
 revlib.harness.experiments`` runs one experiment of the book;
 ``python -m revlib.harness.fmnist_grid`` runs chapter 7's Fashion-MNIST grid,
-trained to a plateau (:mod:`revlib.harness.fmnist_grid`, on the resumable grid
-of :mod:`revlib.harness.grid`); :mod:`revlib.harness.fmnist_study` is the
+its length chosen by a pilot (:mod:`revlib.harness.fmnist_grid`, on the
+resumable grid of :mod:`revlib.harness.grid`); :mod:`revlib.harness.fmnist_study` is the
 one-epoch study that chapter 7 shows until that grid is complete.
 """

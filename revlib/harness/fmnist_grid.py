@@ -1,7 +1,7 @@
-"""Chapter 7's Fashion-MNIST grid: the papers' five networks trained to a plateau, with baselines.
+"""Chapter 7's Fashion-MNIST grid: the papers' five networks, a pilot for the length, baselines.
 
-    OMP_NUM_THREADS=1 python -m revlib.harness.fmnist_grid pilot --shard 0/2   # and 1/2 beside it
-    OMP_NUM_THREADS=1 python -m revlib.harness.fmnist_grid grid --shard 0/2    # and 1/2
+    OMP_NUM_THREADS=1 python -m revlib.harness.fmnist_grid pilot     # twice, side by side
+    OMP_NUM_THREADS=1 python -m revlib.harness.fmnist_grid grid --compile    # twice
     python -m revlib.harness.fmnist_grid collect --out revlib/harness/results/fmnist_grid.json
     python -m revlib.harness.fmnist_grid grid --width 1 --device cuda --epochs 16 \
         --cache runs/fmnist_w1 --out runs/fmnist_w1.json   # the papers' widths, on a GPU
@@ -10,7 +10,8 @@ Each run is a :class:`Run` of the resumable grid (:mod:`revlib.harness.grid`):
 one JSON per finished run under ``--cache``, a checkpoint after every epoch
 (model, optimiser, schedule position, random state, place in the data order:
 :class:`revlib.harness.train.Trainer`), so a stopped run resumes bit-identically
-on the same machine and a stopped grid goes on where it stopped.
+on the same machine and a stopped grid goes on where it stopped. Processes that
+share the cache share its jobs (:func:`revlib.harness.grid.claim`).
 
 **Data.** Fashion-MNIST (Xiao et al. 2017): :func:`revlib.harness.data.fmnist_splits`
 holds out 500 training images per class for validation (55,000 / 5,000); every
@@ -421,7 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("command", choices=("pilot", "grid", "collect"))
     p.add_argument("--cache", default="runs/fmnist_grid", help="one JSON per finished run")
-    p.add_argument("--shard", default="0/1", help="i/n: run every n-th job from the i-th")
+    p.add_argument(
+        "--shard", default="0/1", help="i/n: every n-th job from the i-th (for separate machines)"
+    )
     p.add_argument("--epochs", type=int, help="the grid's E (default: the pilot's rule)")
     p.add_argument("--out", default="revlib/harness/results/fmnist_grid.json")
     p.add_argument("--compile", action="store_true", help="torch.compile autograd-mode runs")

@@ -1,6 +1,6 @@
 """Chapter 7's one-epoch Fashion-MNIST study: the papers' networks, several seeds, small data.
 
-Superseded by :mod:`revlib.harness.fmnist_grid` (trained to a plateau); chapter 7
+Superseded by :mod:`revlib.harness.fmnist_grid` (16 epochs, chosen by a pilot); chapter 7
 shows this study until that grid is complete.
 
     python -m revlib.harness.fmnist_study grid --out revlib/harness/results/fmnist_study.json

@@ -3,18 +3,22 @@
 A study names each run as a :class:`Job` (a frozen dataclass whose fields say
 what the run is) and gives a function that performs one job. :func:`run` does
 every job of a shard that the cache does not hold yet, so a stopped grid goes
-on where it stopped, and ``--shard i/n`` lets ``n`` one-thread processes share
-the grid without sharing a job. :func:`collect` gathers the cache into a
-results file marked with the study's format tag; :func:`load` reads one back
-and :func:`select` picks runs out of it.
+on where it stopped. Processes that share a cache share its jobs: each takes
+the next job that no other live process holds (:func:`claim`), so two
+one-thread processes of the same command keep both cores busy to the end;
+``--shard i/n`` splits a grid between machines that do not share a cache.
+:func:`collect` gathers the cache into a results file marked with the study's
+format tag; :func:`load` reads one back and :func:`select` picks runs out of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +30,7 @@ __all__ = [
     "parse_shard",
     "shard",
     "result_path",
+    "claim",
     "run",
     "collect",
     "restore",
@@ -78,6 +83,35 @@ def result_path(cache: Path, job: Job) -> Path:
     return cache / f"{job.key()}.json"
 
 
+@contextlib.contextmanager
+def claim(cache: Path, job: Job) -> Iterator[bool]:
+    """Hold ``job`` for this process while the body runs: ``True`` if no other live process
+    holds it, else ``False``.
+
+    The hold is an exclusive ``flock`` on ``cache/claims/<key>.lock``, which the
+    system releases when its holder ends, however it ends: a stopped process
+    leaves no stale claim. Where ``fcntl`` is missing (Windows) every claim
+    succeeds, and processes must be given disjoint shards.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield True
+        return
+    path = cache / "claims" / f"{job.key()}.lock"
+    path.parent.mkdir(exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def run(
     jobs: Sequence[JobT],
     cache: str | Path,
@@ -85,7 +119,8 @@ def run(
     *,
     log: Callable[[str], None] = print,
 ) -> int:
-    """Perform every job of ``jobs`` whose result is not in ``cache``, in order; count them.
+    """Perform every job of ``jobs`` whose result is not in ``cache`` and that no other process
+    holds (:func:`claim`), in order; count them.
 
     ``perform(job, checkpoint)`` returns the run's result (JSON values);
     ``checkpoint`` is a path it may use to save and resume its state, removed
@@ -96,17 +131,21 @@ def run(
     done, t0 = 0, time.perf_counter()
     for i, job in enumerate(jobs, 1):
         path = result_path(cache, job)
-        if not path.exists():
-            checkpoint = cache / "checkpoints" / f"{job.key()}.pt"
-            checkpoint.parent.mkdir(exist_ok=True)
-            outcome = perform(job, checkpoint)
-            if outcome is None:
-                raise RuntimeError(f"grid.run: {job.key()} stopped before its end")
-            result = {**job.fields(), **outcome}
-            atomic_write_text(json.dumps(result) + "\n", path)
-            checkpoint.unlink(missing_ok=True)
-            done += 1
-        log(f"[{i}/{len(jobs)}] {time.perf_counter() - t0:7.0f} s  {path.name}")
+        mine = path.exists()
+        with claim(cache, job) if not mine else contextlib.nullcontext(True) as mine:
+            # checked again once held: another process may have just written the result
+            if mine and not path.exists():
+                checkpoint = cache / "checkpoints" / f"{job.key()}.pt"
+                checkpoint.parent.mkdir(exist_ok=True)
+                outcome = perform(job, checkpoint)
+                if outcome is None:
+                    raise RuntimeError(f"grid.run: {job.key()} stopped before its end")
+                result = {**job.fields(), **outcome}
+                atomic_write_text(json.dumps(result) + "\n", path)
+                checkpoint.unlink(missing_ok=True)
+                done += 1
+        held = "" if mine or path.exists() else "  (another process holds it)"
+        log(f"[{i}/{len(jobs)}] {time.perf_counter() - t0:7.0f} s  {path.name}{held}")
     return done
 
 

@@ -55,6 +55,40 @@ def test_run_skips_what_the_cache_holds_and_collect_lists_the_rest(tmp_path):
         grid.load(tmp_path / "absent.json", "toy/1", "make it")
 
 
+def test_processes_sharing_a_cache_skip_a_job_another_holds_and_take_it_once_freed(tmp_path):
+    """A job held by another process is skipped (and said so); once its holder ends, even
+    killed, the job is free. Control: the same grid with no hold performs every job."""
+    import subprocess
+    import sys
+
+    calls, lines = [], []
+
+    def perform(job, checkpoint):
+        calls.append(job)
+        return {"acc": 0.0}
+
+    jobs = [Toy("a", s) for s in range(3)]
+    lock = tmp_path / "claims" / f"{jobs[1].key()}.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen(  # another process: takes the lock, says so, and waits
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert grid.run(jobs, tmp_path, perform, log=lines.append) == 2
+        assert calls == [jobs[0], jobs[2]] and "another process holds it" in lines[1]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert grid.run(jobs, tmp_path, perform, log=lines.append) == 1  # freed by its end
+    assert calls[-1] == jobs[1]
+    control = []
+    grid.run(jobs, tmp_path / "control", lambda j, c: control.append(j) or {}, log=print)
+    assert control == jobs
+
+
 def test_a_stopped_run_resumes_to_the_result_of_an_unstopped_one(tiny_splits, tmp_path):
     torch.set_num_threads(1)
     run = fmnist_grid.Run("main", "ResNet-32", 0, 2, width=0.25)  # 3 updates an epoch, 6 in all

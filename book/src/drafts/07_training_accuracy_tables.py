@@ -911,12 +911,13 @@ else:
 # checkpoint after every epoch (weights, optimiser, place in the schedule,
 # random states, place in the data order), so that a stopped run continues
 # bit for bit on the same machine. Two processes of one thread each share the
-# jobs (`--shard 0/2` and `--shard 1/2`), and `collect` writes the results file
-# that revlib ships:
+# jobs, each taking the next one that the other does not hold
+# (`grid.claim`), and `collect` writes the results file that revlib ships:
 #
 # ```bash
-# OMP_NUM_THREADS=1 python -m revlib.harness.fmnist_grid grid --compile --shard 0/2
-# OMP_NUM_THREADS=1 python -m revlib.harness.fmnist_grid grid --compile --shard 1/2
+# for i in 0 1; do
+#   OMP_NUM_THREADS=1 python -m revlib.harness.fmnist_grid grid --compile &
+# done; wait
 # python -m revlib.harness.fmnist_grid collect
 # ```
 #
