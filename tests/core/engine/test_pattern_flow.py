@@ -213,14 +213,15 @@ def _accumulate(mode, **options):
 
 def test_gradient_accumulation_with_clipping_equals_autograd():
     """The clipped total norms (clipping active: above 0.05), then the parameters after the
-    steps (SGD with momentum and weight decay) and the BatchNorm statistics."""
+    steps (SGD with momentum and weight decay) and the BatchNorm statistics (the second step's
+    forward sees parameters that the two modes' round-off made differ: to relative 1e-9)."""
     norms_ref, ref = _accumulate("autograd")
     norms, rev = _accumulate("reversible")
     assert (norms_ref > 0.05).all()
     torch.testing.assert_close(norms, norms_ref, rtol=REL, atol=0)
     assert all(p.grad is None for p in rev.parameters())  # set_to_none
     assert_same_grads(params_after(rev), params_after(ref))
-    assert_same_buffers(rev, ref)
+    assert_same_buffers(rev, ref, rel=REL)
 
 
 def test_control_accumulation_without_rng_replay_differs():
