@@ -166,7 +166,7 @@ glue("pilot_hours_64", pilot[64]["seconds"] / 3600, display=False)
 # when no pilot length meets the rule, $E$ is the longest pilot length whose
 # whole grid fits about fifteen core-hours at this width, **$E$ = 16**. The
 # networks below are therefore **not trained to a plateau**: at 16 epochs
-# ResNet-32 reaches {glue:text}`pilot_val_E:.2f} % validation accuracy,
+# ResNet-32 reaches {glue:text}`pilot_val_E:.2f` % validation accuracy,
 # {glue:text}`pilot_short:.2f` points below the 64-epoch schedule. Every
 # comparison below is between networks trained with the same 16-epoch schedule,
 # and says nothing about longer ones.
