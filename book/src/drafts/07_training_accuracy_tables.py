@@ -75,8 +75,10 @@ assert all("2 logical cores" in m for m in machines)  # the text's two cores
 def glue_all(prefix: str, values: dict) -> None:
     """Glue every number of ``values`` as ``prefix_key`` for the text."""
     for k, v in values.items():
-        if isinstance(v, int | float):
-            glue(f"{prefix}_{k}", v, display=False)
+        if isinstance(v, int | float):  # numpy's floats printed as Python's
+            glue(
+                f"{prefix}_{k}", v if isinstance(v, int) else float(v), display=False
+            )
 
 
 # %% [markdown]
@@ -403,7 +405,7 @@ BASE = fmnist_tables.baseline_table(R)
 glue("margin", fmnist_tables.EQUIVALENCE_MARGIN, display=False)
 for k in (3, 5):  # the t interval's half-width over the normal one, k seeds
     factor = student_t.ppf(0.975, k - 1) / normal.ppf(0.975)
-    glue(f"t_factor_{k}", factor, display=False)
+    glue(f"t_factor_{k}", float(factor), display=False)
 
 
 def pm(s: dict, key: str = "mean") -> str:
