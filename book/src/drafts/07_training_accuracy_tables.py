@@ -796,10 +796,8 @@ shipped = MODES["RevNet-38"]
 for mode in ("autograd", "reversible"):
     now, then = again[mode]["loss"], shipped[mode]["loss"][:PREFIX]
     worst = max(abs(a - b) for a, b in zip(now, then, strict=True))
-    print(
-        f"{mode:10s}: first loss {now[0]:.6f} now, {then[0]:.6f} shipped; "
-        f"largest difference over {PREFIX} updates {worst:.4f}"
-    )
+    print(f"{mode}: first loss {now[0]:.6f} now, {then[0]:.6f} shipped;")
+    print(f"  largest difference over {PREFIX} updates {worst:.4f}")
     assert abs(now[0] - then[0]) < 1e-5 and worst < 0.1, (mode, worst)
 train.seed_everything(0)  # control: the same weights on the second batch
 control = train.set_bn_momentum(build("RevNet-38", WIDTH), 0.1)
@@ -907,14 +905,19 @@ else:
         f"full_run is False: none of the {len(FULL_ROWS)} CIFAR/STL-10 rows "
         "runs here. On a GPU, e.g."
     )
-    print(
-        "  python -m revlib.harness.experiments " + " ".join(row_args(*FULL_ROWS[1]))
-    )
-    print("  python -m revlib.harness.fmnist_grid grid " + " ".join(fmnist_args))
-print(
-    "ImageNet (ResNet-101 / RevNet-104) is skipped: it needs a local copy and "
-    "a pipeline the harness does not have."
-)
+    for command in (
+        ["python -m revlib.harness.experiments", *row_args(*FULL_ROWS[1])],
+        ["python -m revlib.harness.fmnist_grid grid", *fmnist_args],
+    ):
+        lines = [" "]
+        for word in command:  # wrapped as a shell command, to fit the page
+            if len(lines[-1]) + len(word) > 70:
+                lines[-1] += " \\"
+                lines.append("     ")
+            lines[-1] += " " + word
+        print("\n".join(lines))
+print("ImageNet (ResNet-101 / RevNet-104) is skipped: it needs a local copy")
+print("and a pipeline the harness does not have.")
 
 # %%
 if RUN.full_run:
