@@ -997,13 +997,15 @@ def run_seconds(r: dict) -> float:
 hours = sum(map(run_seconds, RUNS)) / 3600
 studies = ("pilot", "main", "stepsize", "modes", "baseline", "small")
 counts = {s: sum(r["study"] == s for r in RUNS) for s in studies}
-print(f"{len(RUNS)} runs, {hours:.1f} CPU-thread hours in all:", counts)
+print(f"{len(RUNS)} runs, {hours:.1f} CPU-thread hours in all")
+print("runs per study:", ", ".join(f"{k} {v}" for k, v in counts.items()))
 glue("grid_hours", hours, display=False)
 compile_file = Path("..") / "benchmarks" / "results" / "train_compile_cpu.json"
 if compile_file.exists():  # in the repository (not beside a notebook on Colab)
     speed = json.loads(compile_file.read_text())["models"]
     ratios = {n: m["ratio_compiled_to_eager"] for n, m in speed.items()}
-    print("compiled / eager step time, one CPU thread:", ratios)
+    for n, r in ratios.items():
+        print(f"{n}: compiled / eager step time, one CPU thread: {r:.3f}")
     glue("compile_ratio", statistics.mean(ratios.values()), display=False)
     assert set(ratios) == {"ResNet-32", "Hamiltonian-74"}
     assert all(abs(r - 0.69) < 0.01 for r in ratios.values())
