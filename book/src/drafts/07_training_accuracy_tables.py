@@ -545,10 +545,16 @@ BEHIND = stats.welch(list(scaled.values()), TABLE["ResNet-32"]["accuracies"])
 print(
     "Hamiltonian-74, blocks' learning rate x 1/h: "
     + ", ".join(f"{a:.2f}" for a in scaled.values())
-    + f" %; minus the paper's rate: {STEP['diff']:+.2f} "
-    f"[{STEP['low']:+.2f}, {STEP['high']:+.2f}], p = {STEP['p']:.2f}; "
-    f"equivalent within ±{margin}: p = {SAME['p']:.3f}; "
-    f"minus ResNet-32: {BEHIND['diff']:+.2f} [{BEHIND['low']:+.2f}, {BEHIND['high']:+.2f}]"
+    + " %"
+)
+print(
+    f"  minus the paper's rate: {STEP['diff']:+.2f} "
+    f"[{STEP['low']:+.2f}, {STEP['high']:+.2f}], p = {STEP['p']:.2f}"
+)
+print(f"  equivalent within ±{margin}: p = {SAME['p']:.3f}")
+print(
+    f"  minus ResNet-32: {BEHIND['diff']:+.2f} "
+    f"[{BEHIND['low']:+.2f}, {BEHIND['high']:+.2f}]"
 )
 glue_all("step", STEP)
 glue_all("step_eq", SAME)
@@ -1077,7 +1083,8 @@ need = next(
     )
     <= 0.3
 )
-print(f"standard deviations {sd}; seeds per network for 0.3 points: {need}")
+print("standard deviations:", ", ".join(f"{n} {v:.2f}" for n, v in sd.items()))
+print(f"seeds per network for 0.3 points: {need}")
 glue("ex_seeds", need, display=False)
 assert 2 < need < 100
 
@@ -1120,7 +1127,8 @@ for e in lengths:
     passes[e] = next(
         (ep for ep, a in zip(epochs, acc, strict=True) if a >= 0.92), None
     )
-print("first epoch at or above 92 % validation accuracy, per schedule:", passes)
+print("first epoch at or above 92 % validation accuracy, per schedule:")
+print(", ".join(f"{e} epochs: {p}" for e, p in passes.items()))
 glue_all("ex_passes", {str(e): p for e, p in passes.items() if p is not None})
 assert all(passes[e] is None for e in (2, 4, 8))  # never, in the short schedules
 assert passes[16] < passes[32] < passes[64]  # later, the longer the schedule
