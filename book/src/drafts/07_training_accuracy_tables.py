@@ -1128,7 +1128,7 @@ for e in lengths:
         (ep for ep, a in zip(epochs, acc, strict=True) if a >= 0.92), None
     )
 print("first epoch at or above 92 % validation accuracy, per schedule:")
-print(", ".join(f"{e} epochs: {p}" for e, p in passes.items()))
+print(", ".join(f"{e}: {p or 'never'}" for e, p in passes.items()))
 glue_all("ex_passes", {str(e): p for e, p in passes.items() if p is not None})
 assert all(passes[e] is None for e in (2, 4, 8))  # never, in the short schedules
 assert passes[16] < passes[32] < passes[64]  # later, the longer the schedule
