@@ -1017,6 +1017,14 @@ if compile_file.exists():  # in the repository (not beside a notebook on Colab)
     assert all(abs(r - 0.69) < 0.01 for r in ratios.values())
 else:
     print("benchmarks/results/train_compile_cpu.json is in revlib's repository")
+ham = MODES["Hamiltonian-74"]  # the exercises' times, from the runs above
+per_update = (ham["autograd"]["seconds"] + ham["reversible"]["seconds"]) / ham[
+    "updates"
+]
+glue("ex_modes_minutes", 60 * per_update / 60, display=False)  # 60 updates
+leapfrog = [r["seconds"] / 3600 for r in MAIN if r["model"] == "Leapfrog-26"]
+glue("ex_leapfrog_hours_min", min(leapfrog), display=False)
+glue("ex_leapfrog_hours_max", max(leapfrog), display=False)
 
 # %% [markdown]
 # ## What we learned
@@ -1059,12 +1067,15 @@ else:
 #    accuracies (`history` of each pilot run), after how many epochs does each
 #    schedule first reach 92 %? Why is a network's accuracy in the middle of a
 #    schedule a poor guide to where it ends?
-# 4. **Both modes, longer** (about 5 minutes). Re-run the seed-matched
+# 4. **Both modes, longer** (about {glue:text}`ex_modes_minutes:.0f` minutes, as
+#    the shipped comparison ran). Re-run the seed-matched
 #    comparison of Hamiltonian-74 for 60 updates with
 #    `fmnist_grid.perform(job, None, SPLITS, max_updates=60)` and plot the
 #    difference of the losses per update. At which update does it first pass
 #    0.01?
-# 5. **The step size in Leapfrog-26** (about 2 hours). Its kernels act on the
+# 5. **The step size in Leapfrog-26** ({glue:text}`ex_leapfrog_hours_min:.1f` to
+#    {glue:text}`ex_leapfrog_hours_max:.1f` hours, as the table's Leapfrog-26
+#    runs took). Its kernels act on the
 #    state with $h^2$. Which block learning-rate factor undoes that, and what
 #    does one seed of 16 epochs with it give, against the table?
 #
