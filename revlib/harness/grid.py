@@ -131,8 +131,8 @@ def run(
     done, t0 = 0, time.perf_counter()
     for i, job in enumerate(jobs, 1):
         path = result_path(cache, job)
-        mine = path.exists()
-        with claim(cache, job) if not mine else contextlib.nullcontext(True) as mine:
+        finished = path.exists()
+        with contextlib.nullcontext(False) if finished else claim(cache, job) as mine:
             # checked again once held: another process may have just written the result
             if mine and not path.exists():
                 checkpoint = cache / "checkpoints" / f"{job.key()}.pt"
@@ -144,7 +144,7 @@ def run(
                 atomic_write_text(json.dumps(result) + "\n", path)
                 checkpoint.unlink(missing_ok=True)
                 done += 1
-        held = "" if mine or path.exists() else "  (another process holds it)"
+        held = "" if finished or mine or path.exists() else "  (another process holds it)"
         log(f"[{i}/{len(jobs)}] {time.perf_counter() - t0:7.0f} s  {path.name}{held}")
     return done
 
