@@ -40,6 +40,9 @@ the updates. BatchNorm momentum 0.1 (PyTorch's default).
 3. *Step-size arm*: Hamiltonian-74 with its blocks' learning rate times 1/h.
 4. *Small data*: ResNet-32 and Hamiltonian-74 on class-balanced subsets, one
    subset per seed shared by both networks (paired), :func:`small_updates` each.
+   Its length check (``study="small_length"``, validation only): seed 0 of both
+   networks at the smallest and largest subset with twice the updates, for
+   :func:`small_plateau`'s rule (the pilot's, on the subsets).
 5. *Modes*: :mod:`revlib.harness.mode_compare` for every reversible network.
 """
 
@@ -82,6 +85,7 @@ __all__ = [
     "perform",
     "pilot_jobs",
     "plateau_epochs",
+    "small_plateau",
     "main_jobs",
     "code_path_jobs",
     "load_results",
@@ -103,6 +107,7 @@ PAIR_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 FRACTIONS: tuple[float, ...] = (0.01, 0.02, 0.05, 0.2)
 SMALL_SEEDS: tuple[int, ...] = (0, 1, 2, 3)
 SMALL_NETWORKS: tuple[str, ...] = ("ResNet-32", "Hamiltonian-74")
+SMALL_LENGTH_FRACTIONS: tuple[float, ...] = (FRACTIONS[0], FRACTIONS[-1])
 MIN_SMALL_UPDATES = 1000
 MODE_UPDATES = 300
 COSINE_AT: tuple[int, ...] = (0, 100, 200, 299)
@@ -159,7 +164,7 @@ def recipe_for(run: Run, images: int, max_updates: int | None = None) -> train.R
     updates = (
         run.epochs * steps_per_epoch(images)
         if run.fraction == 1
-        else small_updates(run.fraction, run.epochs)
+        else small_updates(run.fraction, run.epochs) * (2 if run.study == "small_length" else 1)
     )
     updates = updates if max_updates is None else min(updates, max_updates)
     return train.Recipe(
@@ -326,6 +331,29 @@ def grid_epochs(results: dict[str, Any] | Sequence[dict[str, Any]]) -> int | Non
     return BUDGET_EPOCHS if done >= set(PILOT_EPOCHS) else None
 
 
+def small_plateau(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pilot's rule on the subsets: for each ``small_length`` run, the validation accuracy of
+    seed 0's small-data run (``once``) and of the same network on the same subset with twice the
+    updates (``twice``), and whether they are within :data:`PLATEAU_TOLERANCE`."""
+    rows = []
+    for r in grid.select(results, study="small_length"):
+        (once,) = grid.select(results, study="small", model=r["model"], seed=r["seed"],
+                              fraction=r["fraction"])  # fmt: skip
+        gain = r["val_acc"] - once["val_acc"]
+        rows.append(
+            {
+                "model": r["model"],
+                "fraction": r["fraction"],
+                "updates": (once["updates"], r["updates"]),
+                "once": once["val_acc"],
+                "twice": r["val_acc"],
+                "gain": gain,
+                "plateau": round(abs(gain), 9) <= PLATEAU_TOLERANCE,
+            }
+        )
+    return rows
+
+
 def independent_jobs(width: float = WIDTH) -> list[Run]:
     """The runs that do not depend on the pilot's E: the mode comparisons and the baselines
     (on the full training split and on each seed's subsets)."""
@@ -346,14 +374,15 @@ def code_path_jobs(jobs: Sequence[Run]) -> list[Run]:
         if j.study == "baseline" and j.fraction == 1:
             continue  # the full-split fits take minutes; a subset's takes the same path
         # both networks of a small-data pair: they share the subset
-        kind = (j.study, j.model) if j.study == "small" else (j.study, j.mode, j.block_lr)
+        kind = (j.study, j.model) if j.study.startswith("small") else (j.study, j.mode, j.block_lr)
         first.setdefault(kind, j)
     return list(first.values())
 
 
 def main_jobs(epochs: int, width: float = WIDTH) -> list[Run]:
     """Every run after the pilot at ``epochs``, essential runs first: the main table and the
-    step-size arm seed by seed, the mode comparisons, the baselines, the small-data runs."""
+    step-size arm seed by seed, the mode comparisons, the baselines, the small-data runs and
+    their length check."""
     jobs = []
     for seed in PAIR_SEEDS:
         for m in NETWORKS:
@@ -367,6 +396,11 @@ def main_jobs(epochs: int, width: float = WIDTH) -> list[Run]:
     for seed in SMALL_SEEDS:
         for f in FRACTIONS:
             jobs += [Run("small", m, seed, epochs, width, fraction=f) for m in SMALL_NETWORKS]
+    jobs += [
+        Run("small_length", m, 0, epochs, width, fraction=f, test=False)
+        for f in SMALL_LENGTH_FRACTIONS
+        for m in SMALL_NETWORKS
+    ]
     return jobs
 
 

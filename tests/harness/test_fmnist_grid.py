@@ -56,6 +56,36 @@ def test_the_plan_pairs_the_small_data_runs_and_puts_the_main_table_first():
             )
     assert G.small_updates(0.01, 8) == G.MIN_SMALL_UPDATES
     assert G.small_updates(0.2, 16) == 16 * 86
+    length = [j for j in jobs if j.study == "small_length"]
+    assert {(j.model, j.fraction) for j in length} == {
+        (m, f) for m in G.SMALL_NETWORKS for f in G.SMALL_LENGTH_FRACTIONS
+    }
+    assert all(j.seed == 0 and not j.test for j in length) and jobs[-len(length) :] == length
+    for j in length:  # twice the updates of the small-data run it checks, drops at 50 and 75 %
+        once = G.recipe_for(G.Run("small", j.model, 0, 8, fraction=j.fraction), 0).iterations
+        twice = G.recipe_for(j, 0)
+        assert twice.iterations == 2 * once
+        assert twice.milestones == (once, (3 * 2 * once) // 4)
+
+
+def test_the_length_check_on_the_subsets_applies_the_pilot_rule():
+    def run(study, model, fraction, acc, updates):
+        return {"study": study, "model": model, "seed": 0, "fraction": fraction,
+                "val_acc": acc, "updates": updates}  # fmt: skip
+
+    results = {
+        "runs": [
+            run("small", "ResNet-32", 0.01, 0.780, 1000),
+            run("small_length", "ResNet-32", 0.01, 0.782, 2000),  # within 0.3 points
+            run("small", "ResNet-32", 0.2, 0.880, 1376),
+            run("small_length", "ResNet-32", 0.2, 0.886, 2752),  # 0.6 points more
+            run("small", "ResNet-32", 0.02, 0.8, 1000),  # no length check here: no row
+        ]
+    }
+    rows = {r["fraction"]: r for r in G.small_plateau(results)}
+    assert set(rows) == {0.01, 0.2}
+    assert rows[0.01]["plateau"] and rows[0.01]["updates"] == (1000, 2000)
+    assert not rows[0.2]["plateau"] and abs(rows[0.2]["gain"] - 0.006) < 1e-12
 
 
 def test_the_step_size_arm_scales_only_the_blocks():
@@ -107,7 +137,7 @@ def test_the_shipped_results_are_runs_of_the_plan():
     for run in shipped["runs"]:
         job = G.Run(**{k: run[k] for k in G.Run.__dataclass_fields__})
         assert job.key() in keys
-        if run["study"] in ("pilot", "main", "stepsize", "small"):
+        if run["study"] in ("pilot", "main", "stepsize", "small", "small_length"):
             assert run["history"] and 0 < run["val_acc"] <= 1
     assert G.plateau_epochs(shipped) in (None, *G.PILOT_EPOCHS)
 
@@ -129,7 +159,7 @@ def test_a_code_path_check_runs_one_job_of_each_kind_capped_and_says_so(tmp_path
     """``--quick``: one job of each kind at the asked width, every run capped at
     QUICK_UPDATES on cut splits, and the results file says it is a check."""
     jobs = G.code_path_jobs(G.main_jobs(16, width=1.0))
-    kinds = {(j.study, j.mode, j.block_lr) for j in jobs if j.study != "small"}
+    kinds = {(j.study, j.mode, j.block_lr) for j in jobs if not j.study.startswith("small")}
     assert kinds == {
         ("main", "autograd", 1.0),
         ("main", "reversible", 1.0),
@@ -137,8 +167,10 @@ def test_a_code_path_check_runs_one_job_of_each_kind_capped_and_says_so(tmp_path
         ("modes", "both", 1.0),
         ("baseline", "autograd", 1.0),
     }
-    small = [j for j in jobs if j.study == "small"]
-    assert {j.model for j in small} == set(G.SMALL_NETWORKS) and len({j.seed for j in small}) == 1
+    for study in ("small", "small_length"):
+        small = [j for j in jobs if j.study == study]
+        assert {j.model for j in small} == set(G.SMALL_NETWORKS)
+        assert len({(j.seed, j.fraction) for j in small}) == 1
     assert all(j.width == 1.0 for j in jobs)
     assert all(not (j.study == "baseline" and j.fraction == 1) for j in jobs)
     calls = []
