@@ -79,6 +79,7 @@ __all__ = [
     "SMALL_SEEDS",
     "Run",
     "ode_options",
+    "build_network",
     "block_lr_scale",
     "recipe_for",
     "small_updates",
@@ -184,13 +185,15 @@ def _subset(run: Run, splits: data.FmnistSplits) -> data.ImageData:
     return splits.train.subset(data.balanced_subset(splits.train, run.fraction, seed=run.seed))
 
 
-def _build(run: Run, mode: str) -> nn.Module:
+def build_network(name: str, width: float = WIDTH, mode: str = "autograd") -> nn.Module:
+    """The grid's network ``name`` for one-channel images: every width times ``width``,
+    :func:`ode_options`, BatchNorm momentum 0.1."""
     model = networks.build(
-        run.model,
+        name,
         in_channels=1,
-        width=run.width,
+        width=width,
         mode=validate_mode("fmnist_grid", mode),
-        **ode_options(run.model),
+        **ode_options(name),
     )
     return train.set_bn_momentum(model, 0.1)
 
@@ -233,7 +236,7 @@ def perform(
     train_set = _subset(run, splits)
     recipe = recipe_for(run, len(train_set), max_updates)
     train.seed_everything(run.seed)
-    model = _build(run, run.mode)
+    model = build_network(run.model, run.width, run.mode)
     epochs_total = math.ceil(recipe.iterations / steps_per_epoch(len(train_set)))
     trainer = train.Trainer(
         model,
@@ -287,7 +290,7 @@ def _perform_modes(
     )
     extra = train.smoothness_hook(2e-4) if networks.is_ode(run.model) else None
     return mode_compare.compare_modes(
-        lambda mode: _build(run, mode),
+        lambda mode: build_network(run.model, run.width, mode),
         lambda: data.TensorLoader(splits.train, BATCH, seed=run.seed),
         recipe,
         seed=run.seed,

@@ -231,7 +231,7 @@ def test_a_capped_mode_comparison_is_the_prefix_of_a_longer_one(tiny_splits):
         assert three[mode]["loss"] == four[mode]["loss"][:3]
     capped = [
         G.mode_compare.compare_modes(
-            lambda mode: G._build(job, mode),
+            lambda mode: G.build_network(job.model, job.width, mode),
             lambda: G.data.TensorLoader(tiny_splits.train, G.BATCH, seed=0),
             G.train.Recipe(name="control", iterations=n, batch_size=G.BATCH,
                            milestones=(n // 2, (3 * n) // 4)),

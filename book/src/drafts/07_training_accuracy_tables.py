@@ -231,7 +231,7 @@ plt.show()
 # %% [markdown]
 # ## The papers' networks, at half their width
 #
-# `networks.build(name, width=...)` builds ResNet-32 and RevNet-38
+# `fmnist_grid.build_network(name, width)` builds ResNet-32 and RevNet-38
 # (`revlib.models.revnet`) and Hamiltonian-74, Midpoint-26 and Leapfrog-26
 # (`revlib.models.ode`) with the papers' blocks per stage and every width
 # multiplied by one factor, the same for all five networks, so that the papers'
@@ -247,11 +247,7 @@ plt.show()
 NAMES = list(fmnist_grid.NETWORKS)
 
 
-def build(name: str, width: float) -> torch.nn.Module:
-    options = fmnist_grid.ode_options(name)
-    return networks.build(name, in_channels=1, width=width, **options)
-
-
+build = fmnist_grid.build_network  # as the grid builds them
 built = {n: build(n, WIDTH) for n in NAMES}
 full_width = {n: build(n, 1.0) for n in NAMES}
 params = {n: models.count_parameters(m) for n, m in built.items()}
@@ -761,9 +757,33 @@ plt.show()
 BY_F = {row["fraction"]: row for row in SMALL}
 assert all(len(row["seeds"]) == 4 for row in SMALL)
 assert all(min(row[RES], row[HAM]) > row["logistic_regression"] for row in SMALL)
-CONTRAST = BY_F[fmnist_tables.SMALL_CONTRAST]["paired"]
+F0 = fmnist_tables.SMALL_CONTRAST
+CONTRAST = BY_F[F0]["paired"]
 glue_all("contrast", CONTRAST)
-# TODO(grid complete): the small-data sentences and their asserts
+mdd = stats.detectable_difference(CONTRAST["se"], CONTRAST["df"])
+ham_0, res_0 = (fmnist_tables.accuracies(R, "small", n, F0) for n in (HAM, RES))
+seeds_0 = sorted(ham_0)
+narrow = stats.paired([ham_0[s] for s in seeds_0], [res_0[s] for s in seeds_0], 0.9)
+glue("contrast_mdd", mdd, display=False)
+glue("contrast_90_low", narrow["low"], display=False)
+glue("contrast_90_high", narrow["high"], display=False)
+print(f"{F0:.0%}: Hamiltonian-74 - ResNet-32 = {pm(CONTRAST, 'diff')} points, "
+      f"p = {CONTRAST['p']:.2f}; detectable: {mdd:.2f}")  # fmt: skip
+print(f"  90 % interval [{narrow['low']:+.2f}, {narrow['high']:+.2f}]")
+for f, row in BY_F.items():
+    glue_all(f"small_{round(100 * f)}", row["paired"])
+    glue(f"small_{round(100 * f)}_holm", row["p_holm"], display=False)
+LENGTH = fmnist_grid.small_plateau(R)
+for r in LENGTH:
+    print(f"{r['model']:>15} at {r['fraction']:>3.0%}: validation "
+          f"{100 * r['once']:.2f} % after {r['updates'][0]:,} updates, "
+          f"{100 * r['twice']:.2f} % after {r['updates'][1]:,}")  # fmt: skip
+    key = f"length_{r['model'][:3].lower()}_{round(100 * r['fraction'])}"
+    glue(key, 100 * r["gain"], display=False)
+assert {(r["model"], r["fraction"]) for r in LENGTH} == {
+    (n, f) for n in (HAM, RES) for f in fmnist_grid.SMALL_LENGTH_FRACTIONS
+}
+# TODO(grid complete): the asserts of the verdict below
 
 # %% [markdown]
 # <!-- TODO(grid complete): the small-data verdict -->
@@ -806,7 +826,7 @@ for mode in ("autograd", "reversible"):
     print(f"  largest difference over {PREFIX} updates {worst:.4f}")
     assert abs(now[0] - then[0]) < 1e-5 and worst < 0.1, (mode, worst)
 train.seed_everything(0)  # control: the same weights on the second batch
-control = train.set_bn_momentum(build("RevNet-38", WIDTH), 0.1)
+control = build("RevNet-38", WIDTH)
 batches = iter(data.TensorLoader(SPLITS.train, fmnist_grid.BATCH, seed=0))
 next(batches)
 x_2, y_2 = next(batches)
