@@ -6,6 +6,5 @@ demand, e.g. ``from revlib.harness import train``. ``python -m
 revlib.harness.experiments`` runs one experiment of the book;
 ``python -m revlib.harness.fmnist_grid`` runs chapter 7's Fashion-MNIST grid,
 its length chosen by a pilot (:mod:`revlib.harness.fmnist_grid`, on the
-resumable grid of :mod:`revlib.harness.grid`); :mod:`revlib.harness.fmnist_study` is the
-one-epoch study that chapter 7 shows until that grid is complete.
+resumable grid of :mod:`revlib.harness.grid`).
 """
