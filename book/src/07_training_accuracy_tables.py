@@ -679,7 +679,7 @@ assert max(r["max_difference"] for r in MODES.values()) < 0.14
 #   16 as the main table;
 # - a length check applies the pilot's rule on the subsets: seed 0 of both
 #   networks at 1 % and at 20 %, trained again with twice the updates and
-#   measured on the validation split (`fmnist_grid.small_plateau`);
+#   measured on the validation split (`fmnist_tables.small_plateau`);
 # - every run is tested on all 10,000 test images; a logistic regression
 #   fitted on each subset gives the floor;
 # - one contrast was named before any subset run had finished
@@ -811,7 +811,7 @@ assert lead == sorted(lead)  # ResNet-32's lead is smaller on the smaller subset
 # {glue:text}`small_5_holm:.2f`.
 
 # %%
-LENGTH = fmnist_grid.small_plateau(R)
+LENGTH = fmnist_tables.small_plateau(R)
 assert {(r["model"], r["fraction"]) for r in LENGTH} == {
     (n, f) for n in (HAM, RES) for f in fmnist_grid.SMALL_LENGTH_FRACTIONS
 }

@@ -23,7 +23,7 @@ evaluated once per run, on the final weights.
 ``epochs`` passes with the learning rate divided by 10 after 50 % and 75 % of
 the updates. BatchNorm momentum 0.1 (PyTorch's default).
 
-**The plan, fixed before the main runs** (:data:`PLAN`):
+**The plan, fixed before the main runs** (:func:`main_jobs`):
 
 1. *Pilot* (validation only): ResNet-32, seed 0, at :data:`WIDTH`, for each
    length of :data:`PILOT_EPOCHS`. :func:`plateau_epochs` applies the rule: the
@@ -33,16 +33,15 @@ the updates. BatchNorm momentum 0.1 (PyTorch's default).
    next pilot alone would take three core-hours, the grid at E = 64 about fifty.
    So, decided after the pilot and before any main run (:func:`grid_epochs`): when
    no pilot length meets the rule, E is :data:`BUDGET_EPOCHS`, the longest pilot
-   length whose grid fits about fifteen core-hours at this width, and the chapter
-   reports the gap to the longest pilot.
+   length whose grid was estimated to fit about fifteen core-hours at this width
+   (it took 32), and the chapter reports the gap to the longest pilot.
 2. *Main table*: the five networks at E epochs, :data:`SEEDS` each
    (:data:`PAIR_SEEDS` for ResNet-32 and RevNet-38).
 3. *Step-size arm*: Hamiltonian-74 with its blocks' learning rate times 1/h.
 4. *Small data*: ResNet-32 and Hamiltonian-74 on class-balanced subsets, one
-   subset per seed shared by both networks (paired), :func:`small_updates` each.
-   Its length check (``study="small_length"``, validation only): seed 0 of both
-   networks at the smallest and largest subset with twice the updates, for
-   :func:`small_plateau`'s rule (the pilot's, on the subsets).
+   subset per seed shared by both networks (paired), :func:`small_updates` each;
+   a length check (``study="small_length"``, validation only) trains seed 0 of
+   both at the smallest and largest subset with twice the updates.
 5. *Modes*: :mod:`revlib.harness.mode_compare` for every reversible network.
 """
 
@@ -86,7 +85,6 @@ __all__ = [
     "perform",
     "pilot_jobs",
     "plateau_epochs",
-    "small_plateau",
     "main_jobs",
     "code_path_jobs",
     "load_results",
@@ -100,8 +98,7 @@ PILOT_EPOCHS: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
 PLATEAU_TOLERANCE = 0.003
 """0.3 points of validation accuracy (the rule of :func:`plateau_epochs`)."""
 BUDGET_EPOCHS = 16
-"""E when no pilot length meets the rule: the longest whose grid fits about fifteen core-hours
-(one CPU thread per run, compiled; ResNet-32 at 80-120 s per epoch)."""
+"""E when no pilot length meets the rule (the plan above: :func:`grid_epochs`)."""
 NETWORKS: tuple[str, ...] = tuple(networks.PAPER_NAMES)
 SEEDS: tuple[int, ...] = (0, 1, 2)
 PAIR_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -334,29 +331,6 @@ def grid_epochs(results: dict[str, Any] | Sequence[dict[str, Any]]) -> int | Non
     return BUDGET_EPOCHS if done >= set(PILOT_EPOCHS) else None
 
 
-def small_plateau(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The pilot's rule on the subsets: for each ``small_length`` run, the validation accuracy of
-    seed 0's small-data run (``once``) and of the same network on the same subset with twice the
-    updates (``twice``), and whether they are within :data:`PLATEAU_TOLERANCE`."""
-    rows = []
-    for r in grid.select(results, study="small_length"):
-        (once,) = grid.select(results, study="small", model=r["model"], seed=r["seed"],
-                              fraction=r["fraction"])  # fmt: skip
-        gain = r["val_acc"] - once["val_acc"]
-        rows.append(
-            {
-                "model": r["model"],
-                "fraction": r["fraction"],
-                "updates": (once["updates"], r["updates"]),
-                "once": once["val_acc"],
-                "twice": r["val_acc"],
-                "gain": gain,
-                "plateau": round(abs(gain), 9) <= PLATEAU_TOLERANCE,
-            }
-        )
-    return rows
-
-
 def independent_jobs(width: float = WIDTH) -> list[Run]:
     """The runs that do not depend on the pilot's E: the mode comparisons and the baselines
     (on the full training split and on each seed's subsets)."""
@@ -376,7 +350,6 @@ def code_path_jobs(jobs: Sequence[Run]) -> list[Run]:
     for j in jobs:
         if j.study == "baseline" and j.fraction == 1:
             continue  # the full-split fits take minutes; a subset's takes the same path
-        # both networks of a small-data pair: they share the subset
         kind = (j.study, j.model) if j.study.startswith("small") else (j.study, j.mode, j.block_lr)
         first.setdefault(kind, j)
     return list(first.values())

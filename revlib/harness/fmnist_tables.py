@@ -13,7 +13,8 @@ finished), so that no choice below was made after seeing a difference:
 * small data: Hamiltonian-74 against ResNet-32 on the same subsets, paired by
   seed (:func:`revlib.harness.stats.paired`), Holm across the fractions,
   beside the logistic regression fitted on the same subsets; the one contrast
-  named before any small-data run had finished is :data:`SMALL_CONTRAST`.
+  named before any small-data run had finished is :data:`SMALL_CONTRAST`;
+* the subsets' length check: the pilot's rule on seed 0 (:func:`small_plateau`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 
 from . import stats
 from .baselines import BASELINES
-from .fmnist_grid import FRACTIONS, NETWORKS
+from .fmnist_grid import FRACTIONS, NETWORKS, PLATEAU_TOLERANCE
+from .grid import select
 
 __all__ = [
     "EQUIVALENCE_MARGIN",
@@ -35,6 +37,7 @@ __all__ = [
     "baseline_table",
     "stepsize_effect",
     "small_data_table",
+    "small_plateau",
 ]
 
 EQUIVALENCE_MARGIN = 0.5
@@ -130,4 +133,28 @@ def small_data_table(
     tested = [r for r in rows if r["paired"] is not None]
     for r, p in zip(tested, stats.holm([r["paired"]["p"] for r in tested]), strict=True):
         r["p_holm"] = p
+    return rows
+
+
+def small_plateau(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pilot's rule on the subsets: for each ``small_length`` run, the validation accuracy of
+    seed 0's small-data run (``once``) and of the same network on the same subset with twice the
+    updates (``twice``), and whether they are within
+    :data:`~revlib.harness.fmnist_grid.PLATEAU_TOLERANCE`."""
+    rows = []
+    for r in select(results, study="small_length"):
+        where = {k: r[k] for k in ("model", "seed", "fraction")}
+        (once,) = select(results, study="small", **where)
+        gain = r["val_acc"] - once["val_acc"]
+        rows.append(
+            {
+                "model": r["model"],
+                "fraction": r["fraction"],
+                "updates": (once["updates"], r["updates"]),
+                "once": once["val_acc"],
+                "twice": r["val_acc"],
+                "gain": gain,
+                "plateau": round(abs(gain), 9) <= PLATEAU_TOLERANCE,
+            }
+        )
     return rows

@@ -68,26 +68,6 @@ def test_the_plan_pairs_the_small_data_runs_and_puts_the_main_table_first():
         assert twice.milestones == (once, (3 * 2 * once) // 4)
 
 
-def test_the_length_check_on_the_subsets_applies_the_pilot_rule():
-    def run(study, model, fraction, acc, updates):
-        return {"study": study, "model": model, "seed": 0, "fraction": fraction,
-                "val_acc": acc, "updates": updates}  # fmt: skip
-
-    results = {
-        "runs": [
-            run("small", "ResNet-32", 0.01, 0.780, 1000),
-            run("small_length", "ResNet-32", 0.01, 0.782, 2000),  # within 0.3 points
-            run("small", "ResNet-32", 0.2, 0.880, 1376),
-            run("small_length", "ResNet-32", 0.2, 0.886, 2752),  # 0.6 points more
-            run("small", "ResNet-32", 0.02, 0.8, 1000),  # no length check here: no row
-        ]
-    }
-    rows = {r["fraction"]: r for r in G.small_plateau(results)}
-    assert set(rows) == {0.01, 0.2}
-    assert rows[0.01]["plateau"] and rows[0.01]["updates"] == (1000, 2000)
-    assert not rows[0.2]["plateau"] and abs(rows[0.2]["gain"] - 0.006) < 1e-12
-
-
 def test_the_step_size_arm_scales_only_the_blocks():
     model = networks.build("Hamiltonian-74", in_channels=1, width=0.25)
     groups = train.parameter_groups(model, 2e-4, lr_scale=G.block_lr_scale(model, 10.0))

@@ -74,3 +74,23 @@ def test_small_data_pairs_by_seed_and_sits_beside_the_logistic_regression():
     assert rows[0.05]["paired"] is None and rows[0.05]["Hamiltonian-74"] is None
     tested = [rows[0.01], rows[0.02]]
     assert [r["p_holm"] for r in tested] == stats.holm([r["paired"]["p"] for r in tested])
+
+
+def test_the_length_check_on_the_subsets_applies_the_pilot_rule():
+    def run(study, model, fraction, acc, updates):
+        return {"study": study, "model": model, "seed": 0, "fraction": fraction,
+                "val_acc": acc, "updates": updates}  # fmt: skip
+
+    results = {
+        "runs": [
+            run("small", "ResNet-32", 0.01, 0.780, 1000),
+            run("small_length", "ResNet-32", 0.01, 0.782, 2000),  # within 0.3 points
+            run("small", "ResNet-32", 0.2, 0.880, 1376),
+            run("small_length", "ResNet-32", 0.2, 0.886, 2752),  # 0.6 points more
+            run("small", "ResNet-32", 0.02, 0.8, 1000),  # no length check here: no row
+        ]
+    }
+    rows = {r["fraction"]: r for r in T.small_plateau(results)}
+    assert set(rows) == {0.01, 0.2}
+    assert rows[0.01]["plateau"] and rows[0.01]["updates"] == (1000, 2000)
+    assert not rows[0.2]["plateau"] and abs(rows[0.2]["gain"] - 0.006) < 1e-12
