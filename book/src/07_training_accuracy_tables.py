@@ -778,6 +778,7 @@ for f, row in BY_F.items():
     glue_all(f"small_{round(100 * f)}", row["paired"])
     glue(f"small_{round(100 * f)}_holm", row["p_holm"], display=False)
     glue(f"small_{round(100 * f)}_lead", -row["paired"]["diff"], display=False)
+assert round(F0 * fmnist_grid.TRAIN_IMAGES) == 550  # the text's "550, 55 per class"
 none_detected = CONTRAST["low"] < 0 < CONTRAST["high"] and CONTRAST["p"] > 0.05
 assert none_detected
 assert mdd > 2 and narrow["low"] < -0.5 and narrow["high"] > 0.5  # nor shown equal
