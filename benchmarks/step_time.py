@@ -38,7 +38,9 @@ allocator's peak).
     python benchmarks/step_time.py --device cuda --batch 128 --depth 18
 
 Writes benchmarks/results/step_time_<device>.json (``--out`` to change). CPU
-timings depend on the machine's load: compare ratios from one run only.
+timings depend on the machine's load: compare ratios from one run only. They also
+depend on the CPU: ``step_time_cpu_amd_epyc.json`` is the same run on an AMD EPYC
+(``--out`` given), which chapter 3 sets beside the Intel run of ``step_time_cpu.json``.
 """
 
 from __future__ import annotations

@@ -1329,6 +1329,100 @@ if (
 # faster. That is a property of this implementation under `torch.compile`, not
 # of checkpointing.
 #
+# #### On a second CPU
+#
+# Every ratio so far belongs to one machine. The benchmark was run once more, with
+# the same command and the same engine, on an idle machine with another CPU, an AMD
+# EPYC with two cores (`benchmarks/results/step_time_cpu_amd_epyc.json`); the next
+# cell sets the two runs side by side, each variant against its floor.
+
+
+# %%
+CPU_ROWS = {
+    "eager_floor": "floor / autograd",
+    "eager_reversible": "reversible / autograd",
+    "compiled_floor": "compiled: floor / autograd",
+    "compiled_reversible": "compiled: reversible / autograd",
+    "to_floor_eager": "reversible / floor, paired (95%)",
+    "to_floor_compiled": "compiled: reversible / floor, paired (95%)",
+}
+
+
+def floor_rows(run: dict) -> dict:
+    """The rows of CPU_ROWS from one benchmark run: ratios of medians, and the
+    95% intervals of the paired ratios to the floor."""
+    to_auto, to_compiled = run["ratio_to_autograd"], run["ratio_to_compiled_autograd"]
+    paired = run["paired_ratio_to_floor_95_interval"]
+    return {
+        "eager_floor": to_auto["autograd_plus_forward"],
+        "eager_reversible": to_auto["reversible"],
+        "compiled_floor": to_compiled["compiled_autograd_plus_forward"],
+        "compiled_reversible": to_compiled["compiled_reversible"],
+        "to_floor_eager": paired["reversible"],
+        "to_floor_compiled": paired["compiled_reversible"],
+    }
+
+
+def shown(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return f"{value[0]:.2f} to {value[1]:.2f}"
+
+
+amd_file = step_file.with_name("step_time_cpu_amd_epyc.json")
+amd = json.loads(amd_file.read_text()) if amd_file.exists() else None
+if bench is not None and amd is not None:
+    runs = {"intel": floor_rows(bench), "amd": floor_rows(amd)}
+    show_table(
+        ["", "Intel Xeon", "AMD EPYC"],
+        [
+            [label, *(shown(runs[m][k]) for m in runs)]
+            for k, label in CPU_ROWS.items()
+        ],
+        caption="Two CPUs; compiled rows relative to compiled autograd",
+    )
+    intel_rows, amd_rows = runs["intel"], runs["amd"]
+    assert amd["load"]["other_cores_during"] < amd["load"]["max_other_cores"]
+    assert amd["hardware"]["cpu"].startswith("AMD") and amd["torch"] == bench["torch"]
+    # the floors agree within 0.05; the engine is above its floor only on the AMD CPU
+    for key in ["eager_floor", "compiled_floor"]:
+        assert abs(amd_rows[key] - intel_rows[key]) < 0.05
+    assert amd_rows["to_floor_eager"][0] > 1.05 > 1 > intel_rows["to_floor_eager"][0]
+    assert amd_rows["to_floor_eager"][1] < 1.15  # about a tenth above the floor
+    gap = amd_rows["to_floor_compiled"][0] - intel_rows["to_floor_compiled"][1]
+    assert gap > 0.05
+    # an engine with fewer checks (8abb1ff) is no nearer its floor there
+    old_low, old_high = amd["paired_ratio_to_floor_95_interval"]["reversible@8abb1ff"]
+    rev_low, rev_high = amd_rows["to_floor_eager"]
+    assert old_low < rev_high and rev_low < old_high
+    for machine, rows in runs.items():
+        for key, value in rows.items():
+            if isinstance(value, float):
+                glue(f"cpu2_{machine}_{key}", value, display=False)
+            else:
+                glue(f"cpu2_{machine}_{key}_low", value[0], display=False)
+                glue(f"cpu2_{machine}_{key}_high", value[1], display=False)
+
+# %% [markdown]
+# The floors agree: one more forward cost about the same share of a step on both
+# CPUs, eager ({glue:text}`cpu2_intel_eager_floor:.2f` and
+# {glue:text}`cpu2_amd_eager_floor:.2f`) and compiled
+# ({glue:text}`cpu2_intel_compiled_floor:.2f` and
+# {glue:text}`cpu2_amd_compiled_floor:.2f`). The engine does not. On the AMD
+# machine the eager reversible step cost {glue:text}`cpu2_amd_to_floor_eager_low:.2f`
+# to {glue:text}`cpu2_amd_to_floor_eager_high:.2f` times its floor, where on the
+# Intel machine it sat at the floor; the engine of 8abb1ff, with fewer checks, was
+# no nearer the floor there. Compiled, the gap widened to
+# {glue:text}`cpu2_amd_to_floor_compiled_low:.2f` to
+# {glue:text}`cpu2_amd_to_floor_compiled_high:.2f` times the floor, and the compiled
+# reversible step cost {glue:text}`cpu2_amd_compiled_reversible:.2f` times compiled
+# autograd, against {glue:text}`cpu2_intel_compiled_reversible:.2f` on the Intel
+# machine. Since the floor adds nothing to autograd but the recomputation, what lies
+# above it is the engine's own work around each block, and that work cost a larger
+# share of the step on the second CPU. "A reversible step costs its recomputation
+# and no more" is therefore a finding about the first machine, not a property of
+# the engine; two runs cannot say which feature of a CPU decides it.
+#
 # (sec-memory-budget)=
 # ### Between the two ends: a memory budget
 #
@@ -1518,11 +1612,13 @@ glue("budget_plain_ms", plain, display=False)
 #   any number $N$ of blocks ({numref}`fig-alive-animation`).
 # - Time: 4/3 of an ordinary step by the evaluation count (5/3 for the generic
 #   inverse-then-reforward), an estimate rather than a bound, since a backward
-#   costs two forwards only roughly. In the benchmark's run on one CPU thread the
+#   costs two forwards only roughly. In the benchmark's run on an Intel CPU the
 #   reversible step cost {glue:text}`bench_reversible:.2f` times an autograd step
 #   and checkpointing {glue:text}`bench_checkpoint:.2f`, both within the
 #   interval of autograd plus one extra forward
-#   ({glue:text}`bench_autograd_plus_forward:.2f`).
+#   ({glue:text}`bench_autograd_plus_forward:.2f`). On an AMD CPU the reversible
+#   step cost {glue:text}`cpu2_amd_eager_reversible:.2f`, about a tenth above that
+#   floor: how close the engine comes to its recomputation depends on the machine.
 #
 # ## Exercises
 #
