@@ -5,7 +5,9 @@ CPU time that other processes use (``/proc/stat`` less this process's own), and
 :func:`write_result` refuses to write the JSON when, on average over the run or
 over the second before it, they used more than :data:`MAX_OTHER_CORES` cores:
 a neighbour that takes time from the benchmark changes its medians by an amount
-no interval of a single run reveals. ``REVLIB_BENCHMARK_ALLOW_LOAD=1``
+no interval of a single run reveals. So a benchmark calls ``run_metadata`` before its timed
+work (:func:`time_interleaved` refuses to start otherwise), and the file records how long the
+watch ran. ``REVLIB_BENCHMARK_ALLOW_LOAD=1``
 overrides the refusal; the file then records the load and the override.
 """
 
@@ -91,6 +93,8 @@ def load_report() -> dict:
     return {
         "other_cores_before": _WATCH["before"],
         "other_cores_during": during,
+        # how long "during" covers: at least the timed work, which starts after the watch
+        "seconds_watched": time.monotonic() - _WATCH["start"][2],  # type: ignore[index]
         "max_other_cores": MAX_OTHER_CORES,
         "loadavg_after": os.getloadavg(),
         "override": allowed,
@@ -163,7 +167,11 @@ def time_interleaved(
     each variant once, in an order rotated by one from round to round, so a
     change in the machine's load (or a cache left warm by the variant before)
     hits all variants alike. The device is synchronised around every step.
+    Refuses to start before :func:`run_metadata` has started the load watch,
+    which must cover the timing.
     """
+    if "start" not in _WATCH:
+        raise RuntimeError("benchmarks: call run_metadata() before time_interleaved()")
     for _ in range(warmup):
         for name in names:
             step(name)

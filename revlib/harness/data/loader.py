@@ -38,9 +38,9 @@ def pad_crop_flip(x: Tensor, pad: int, oy: Tensor, ox: Tensor, flip: Tensor | No
     One ``gather`` for the whole batch instead of a crop per image. Kept
     beside torchvision's transforms because it is faster and runs on the
     training device: ``benchmarks/augmentation.py`` measured an epoch of
-    CIFAR-sized batches through :class:`TensorLoader` 4.2x faster than
-    through :class:`RandomCropFlip` in a ``DataLoader`` on an idle 2-core CPU
-    (60,000 against 14,000 images/s, one thread;
+    CIFAR-sized batches through :class:`TensorLoader` 5.5x faster than
+    through :class:`RandomCropFlip` in a ``DataLoader`` on an idle 2-core AMD
+    EPYC (118,000 against 21,000 images/s, one thread;
     ``benchmarks/results/augmentation_cpu.json``).
     """
     b, c, h, w = x.shape
