@@ -12,12 +12,16 @@ interleaved run:
 * ``autograd``, ``floor``, ``reversible`` (revlib's engine), ``algorithm1`` (bare): eager;
 * ``compiled_autograd``, ``compiled_floor``, ``compiled_reversible``: ``torch.compile(model)``;
 * ``compiled_algorithm1``: the bare Algorithm 1 with the structure revlib's
-  engine has under ``torch.compile``: each block's forward one compiled graph,
-  F and G compiled one at a time in the backward step, ``torch.autograd.grad``
-  between them;
+  engine has under ``torch.compile`` for a block that does not qualify for one
+  graph per step: each block's forward one compiled graph, F and G compiled one
+  at a time in the backward step, ``torch.autograd.grad`` between them;
 * ``compiled_one_graph``: the bare Algorithm 1 with each backward step one
   compiled graph (both vector-Jacobian products inside it, through
-  ``torch.func.vjp``), so the compiler may fuse the step's arithmetic with F and G.
+  ``torch.func.vjp``: revlib's ``_additive_step``), so the compiler may fuse the
+  step's arithmetic with F and G; the halves handed between steps contiguous;
+* ``compiled_one_graph_cl``: the same with the halves channels-last, the layout
+  Inductor's convolutions use on the CPU: the structure revlib's engine has
+  under ``torch.compile`` for such blocks (``revlib.core.compiled``).
 
     python benchmarks/engine_share.py --threads 2   # --out: the file's path
 
@@ -47,9 +51,9 @@ from common import (
 )
 from step_time import AutogradPlusForward, CompiledVariant, bootstrap_median, halves
 from torch import nn
-from torch.func import functional_call, vjp
 
 import revlib
+from revlib.core.compiled import _additive_step  # the one-graph step, checks aside
 
 
 def _block_forward(f: nn.Module, g: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -62,26 +66,13 @@ def _call(fn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return fn(x)
 
 
-def _one_graph_step(f, g, f_params, g_params, y1, y2, dy):
-    """One step of Algorithm 1 as one function of tensors: x and its gradient, and the
-    parameter gradients (dicts), from the block's output halves and its gradient."""
-    dy1, dy2 = dy.chunk(2, dim=1)
-    g_out, g_vjp = vjp(lambda p, z: functional_call(g, p, (z,)), g_params, y1)
-    g_grads, dz1_from_g = g_vjp(dy2)
-    x2 = y2 - g_out
-    dz1 = dy1 + dz1_from_g
-    f_out, f_vjp = vjp(lambda p, z: functional_call(f, p, (z,)), f_params, x2)
-    f_grads, dx2_from_f = f_vjp(dz1)
-    return y1 - f_out, x2, torch.cat([dz1, dy2 + dx2_from_f], dim=1), f_grads, g_grads
-
-
 class _Compiled:
     """The compiled functions, made once per process (modules are arguments, so the blocks
     share graphs, as in revlib's engine)."""
 
     forward = torch.compile(_block_forward)
     call = torch.compile(_call)
-    step = torch.compile(_one_graph_step, fullgraph=True)
+    step = torch.compile(_additive_step, fullgraph=True)
 
 
 class _NoRunningStats:
@@ -123,7 +114,11 @@ class BareBlock(torch.autograd.Function):
         else:
             y1, y2 = chain.rebuilt.pop(i)
         with _NoRunningStats(f, g):
-            if chain.kind == "one_graph":
+            if chain.kind.startswith("one_graph"):
+                if chain.kind == "one_graph_cl":
+                    y1, y2, dy = (
+                        t.contiguous(memory_format=torch.channels_last) for t in (y1, y2, dy)
+                    )
                 detached = [{k: p.detach() for k, p in m.named_parameters()} for m in (f, g)]
                 x1, x2, dx, f_grads, g_grads = _Compiled.step(f, g, *detached, y1, y2, dy)
                 f_grads, g_grads = list(f_grads.values()), list(g_grads.values())
@@ -152,7 +147,8 @@ def _step(kind: str, f: nn.Module, g: nn.Module, y1, y2, dy):
 
 class BareChain(nn.Module):
     """A chain of additive couplings trained by the bare Algorithm 1; ``kind``: "eager",
-    "compiled" (F and G compiled one at a time) or "one_graph" (each backward step one graph)."""
+    "compiled" (F and G compiled one at a time), "one_graph" (each backward step one graph) or
+    "one_graph_cl" (the same, the halves channels-last)."""
 
     def __init__(self, pairs: list[tuple[nn.Module, nn.Module]], kind: str) -> None:
         super().__init__()
@@ -195,6 +191,7 @@ def build_variants(args: argparse.Namespace) -> dict[str, nn.Module]:
     }
     compiled["compiled_algorithm1"] = BareChain(copy.deepcopy(pairs), "compiled")
     compiled["compiled_one_graph"] = BareChain(copy.deepcopy(pairs), "one_graph")
+    compiled["compiled_one_graph_cl"] = BareChain(copy.deepcopy(pairs), "one_graph_cl")
     return {**eager, **compiled}
 
 
@@ -215,6 +212,7 @@ def gradient_differences(models: dict[str, nn.Module], x: torch.Tensor) -> dict[
         ("algorithm1", "reversible"),
         ("compiled_algorithm1", "compiled_reversible"),
         ("compiled_one_graph", "compiled_reversible"),
+        ("compiled_one_graph_cl", "compiled_reversible"),
     ]:
         a, b = _gradients(models[bare], x), _gradients(models[ref], x)
         scale = max(t.abs().max().item() for t in b)
@@ -228,11 +226,12 @@ PAIRS = {
     "compiled_reversible": "compiled_floor",
     "compiled_algorithm1": "compiled_floor",
     "compiled_one_graph": "compiled_floor",
+    "compiled_one_graph_cl": "compiled_floor",
     "floor": "autograd",
     "compiled_floor": "compiled_autograd",
 }
 """Each paired ratio the run reports: numerator, denominator (a step of each in every round)."""
-PAIRS_ENGINE = {"reversible": "algorithm1", "compiled_reversible": "compiled_algorithm1"}
+PAIRS_ENGINE = {"reversible": "algorithm1", "compiled_reversible": "compiled_one_graph_cl"}
 """The engine's own share: revlib's engine against the bare Algorithm 1 of the same structure."""
 
 

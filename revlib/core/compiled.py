@@ -15,7 +15,8 @@ the work of a step is compiled while the engine's guarantees stay those of
 eager mode. Where a block's tape would record nothing (revlib's own block, made
 only of torch's plain layers, no hook: :func:`compiled_block_forward`), its
 whole forward is one compiled graph instead, F, G and the arithmetic between
-them fused.
+them fused; and on the CPU, for an image coupling, so is its backward step
+(:func:`compiled_backward_step`).
 
 Three choices keep the replay exact and portable. The sub-functions are compiled with
 Inductor's ``fallback_random``, so a compiled dropout draws the numbers eager
@@ -37,20 +38,30 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import torch
 import torch.nn.modules.module as _torch_module
 from torch import Tensor, nn
+from torch.func import functional_call, vjp
 
-from .blocks import ReversibleBlock, plain_run
+from .blocks import ParamGrads, ReversibleBlock, plain_run
+from .couplings import AdditiveCoupling
 from .engine.function import needs_no_tape
-from .replay import submodules
+from .halves import Halves, split_dim
+from .replay import Tape, submodules
+from .replay.buffers import norm_stats_not_updated
 
 if TYPE_CHECKING:
     from .sequence import ReversibleSequence  # it imports this module
 
-__all__ = ["compiled_block_forward", "compiled_function", "run_compiled", "COMPILE_OPTIONS"]
+__all__ = [
+    "compiled_backward_step",
+    "compiled_block_forward",
+    "compiled_function",
+    "run_compiled",
+    "COMPILE_OPTIONS",
+]
 
 COMPILE_OPTIONS: dict[str, Any] = {"fallback_random": True}
 """Inductor options for the sub-functions: random draws as in eager mode, so the replay draws the
@@ -94,10 +105,11 @@ def _whole_forward(block: ReversibleBlock, x: Tensor) -> Tensor:
     return block._forward(x, plain_run)
 
 
-_SHARED: dict[tuple[Any, ...], Callable[..., Tensor]] = {}
+_SHARED: dict[tuple[Any, ...], Callable[..., Any]] = {}
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
 
-def _shared(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+def _shared(fn: _Fn) -> _Fn:
     """``torch.compile(fn)``, one per process. The module is an argument, so modules of one
     structure share its graphs (Dynamo guards on their structure) and the compiled function keeps
     no module alive (a per-module ``torch.compile`` held its module for the process's life)."""
@@ -108,7 +120,7 @@ def _shared(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         # torch's default shapes: static graphs first, a dynamic one only once a shape changes
         # (dynamic=True from the start made every step of the benchmark stack 7 % slower)
         compiled = _SHARED[key] = torch.compile(fn, options=options)
-    return compiled
+    return cast(_Fn, compiled)
 
 
 class _Bound:
@@ -157,8 +169,81 @@ def compiled_block_forward(block: ReversibleBlock) -> Callable[[Tensor], Tensor]
     whole = _WHOLE.get(block)
     if whole is None:
         shared, ref = _shared(_whole_forward), weakref.ref(block)
-        whole = _WHOLE[block] = lambda x: shared(ref(), x)
+        whole = _WHOLE[block] = lambda x: shared(cast(ReversibleBlock, ref()), x)
     return whole
+
+
+def _additive_step(
+    f: nn.Module,
+    g: nn.Module,
+    f_params: dict[str, Tensor],
+    g_params: dict[str, Tensor],
+    y1: Tensor,
+    y2: Tensor,
+    dy: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """:meth:`AdditiveCoupling.backward_step` as one function of tensors, traced as one graph:
+    ``x1``, ``x2``, ``dx`` and the gradients of the parameters in ``f_params`` and ``g_params``
+    (both vector-Jacobian products through ``torch.func.vjp``)."""
+    dy1, dy2 = dy.chunk(2, dim=1)
+    g_out, g_vjp = vjp(lambda p, z: functional_call(g, p, (z,)), g_params, y1)[:2]
+    g_grads, dz1_from_g = g_vjp(dy2)
+    x2 = y2 - g_out
+    dz1 = dy1 + dz1_from_g
+    f_out, f_vjp = vjp(lambda p, z: functional_call(f, p, (z,)), f_params, x2)[:2]
+    f_grads, dx2_from_f = f_vjp(dz1)
+    return y1 - f_out, x2, torch.cat([dz1, dy2 + dx2_from_f], dim=1), f_grads, g_grads
+
+
+def _trainable(fn: nn.Module) -> dict[str, Tensor]:
+    """``fn``'s parameters that take gradients, by name (the engine's aliases while it steps)."""
+    return {name: p for name, p in fn.named_parameters() if p.requires_grad}
+
+
+def _fused_step(
+    block: AdditiveCoupling, y: Halves, dy: Tensor, tape: Tape
+) -> tuple[Halves, Tensor, ParamGrads]:
+    f, g = block.F, block.G
+    f_params, g_params = _trainable(f), _trainable(g)
+    cl = torch.channels_last  # the layout Inductor gives convolutions on the CPU
+    halves = (y.first.detach(), y.second.detach(), dy)
+    y1, y2, dy = (t.contiguous(memory_format=cl) for t in halves)
+    # no graph around the step: torch.func.vjp differentiates inside, whatever the grad mode
+    with (
+        torch.no_grad(),
+        tape.autocast.context(),
+        norm_stats_not_updated(f),
+        norm_stats_not_updated(g),
+    ):
+        x1, x2, dx, f_grads, g_grads = _shared(_additive_step)(f, g, f_params, g_params, y1, y2, dy)
+    grads: ParamGrads = [(f_params[n], d) for n, d in f_grads.items()]
+    grads += [(g_params[n], d) for n, d in g_grads.items()]
+    return Halves(x1, x2, None, y.dim), dx, grads
+
+
+def compiled_backward_step(
+    block: ReversibleBlock, y: Tensor | Halves, tape: Tape
+) -> Callable[[Halves, Tensor, Tape], tuple[Halves, Tensor, ParamGrads]] | None:
+    """The backward step of ``block`` as one compiled graph, or ``None`` where the engine's own
+    step must run.
+
+    Only for revlib's :class:`~revlib.core.couplings.AdditiveCoupling` (this
+    class, not a subclass) whose tape records nothing
+    (:func:`~revlib.core.engine.function.needs_no_tape`), with no extra
+    arguments, on a CPU batch of images split along the channels. Its halves are
+    then carried channels-last from step to step, the layout Inductor's
+    convolutions use on the CPU: the step's arithmetic fuses with F and G and no
+    layout is converted between them (with the halves contiguous, one graph per
+    step was slower than F and G compiled one at a time;
+    ``benchmarks/engine_share.py``). Gradients are those of the engine's step,
+    to rounding.
+    """
+    if type(block) is not AdditiveCoupling or tape.extras or not isinstance(y, Halves):
+        return None
+    image = y.first.dim() == 4 and split_dim(block) % 4 == 1 and y.first.device.type == "cpu"
+    if not image or not needs_no_tape(block):
+        return None
+    return lambda halves, dy, tape: _fused_step(block, halves, dy, tape)
 
 
 _P = ParamSpec("_P")

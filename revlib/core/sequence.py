@@ -43,7 +43,12 @@ from .blocks import (
     implements_contract,
 )
 from .budget import BudgetPlan, MemoryBudget, check_budget, input_signature, plan_budget
-from .compiled import compiled_block_forward, compiled_function, run_compiled
+from .compiled import (
+    compiled_backward_step,
+    compiled_block_forward,
+    compiled_function,
+    run_compiled,
+)
 from .engine import Chain
 from .modes import HasMode, Mode
 from .replay import Tape, cached_walks, checkpoint_updating_stats_once, submodules
@@ -217,6 +222,7 @@ class ReversibleSequence(HasMode):
             self._records_rng(),
             call=compiled_function if compiled else None,
             whole=compiled_block_forward if compiled else None,
+            fused_step=compiled_backward_step if compiled else None,
             stored=plan.stored if budget and plan is not None and not measure else frozenset(),
             costs=[] if measure else None,
         )

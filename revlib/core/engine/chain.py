@@ -83,6 +83,9 @@ class Chain:
     whole: Callable[[ReversibleBlock], Callable[[Tensor], Tensor] | None] | None = None
     """Under ``torch.compile``: a block's whole forward as one compiled call, where its tape would
     record nothing (else ``None``)."""
+    fused_step: Callable[..., Any] | None = None
+    """Under ``torch.compile``: :func:`~revlib.core.compiled.compiled_backward_step`, a block's
+    backward step as one compiled call where it applies."""
     stored: frozenset[int] = frozenset()
     """The blocks that run with stored activations (plain autograd), under a memory budget."""
     costs: list[BlockCost] | None = None

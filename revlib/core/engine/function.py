@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -158,7 +158,8 @@ class BlockFunction(torch.autograd.Function):
         extra_aliases = [t.detach().requires_grad_(t.requires_grad) for t in extra_tensors]
         tape.extras = call.extras_with(ctx.slots, extra_aliases)
         with ctx.state.forward_training_flags():
-            x, dx, grads = _step(block, y, dy, tape, aliases, refusals.owner(i, block))
+            owner = refusals.owner(i, block)
+            x, dx, grads = _step(block, y, dy, tape, aliases, owner, chain.fused_step)
             if any(d is not None for d in daux):
                 x_aux, aux_grads = _aux_step(block, x, daux, tape, aliases)
                 dx = x_aux if dx is None else dx + x_aux
@@ -303,9 +304,11 @@ def _step(
     tape: Tape,
     aliases: dict[int, Tensor],
     owner: str,
+    fused_step: Callable[..., Any] | None = None,
 ) -> tuple[Tensor | Halves, Tensor | None, list[tuple[Tensor, Tensor | None]]]:
-    """One step of Algorithm 1 (the block's fused ``backward_step`` where it applies), with the
-    parameters swapped for their detached aliases."""
+    """One step of Algorithm 1 (the block's fused ``backward_step`` where it applies; under
+    ``torch.compile``, ``fused_step``'s one graph where it gives one), with the parameters
+    swapped for their detached aliases."""
     try:
         with torch.enable_grad(), _inside(), cached_walks(), collecting():
             if takes_halves(block):
@@ -313,7 +316,8 @@ def _step(
             elif isinstance(y, Halves):
                 y = y.join()
             with detached_parameters(block, aliases):
-                step = (
+                one_graph = None if fused_step is None else fused_step(block, y, tape)
+                step = one_graph or (
                     block.backward_step
                     if fused_step_applies(block)
                     else ReversibleBlock.backward_step.__get__(block)
