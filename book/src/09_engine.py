@@ -91,7 +91,9 @@ _ = torch.manual_seed(0)
 #   G in the forward, the replay and the backward step, so the guarantees above
 #   hold compiled. A block whose tape would record nothing (revlib's own block,
 #   made only of torch's plain layers, with no hook) runs its whole forward as
-#   one compiled graph.
+#   one compiled graph; on the CPU, an additive coupling of images among them
+#   also runs its backward step as one graph, through `torch.func.vjp`, with the
+#   halves carried channels-last ({ref}`sec-engine-share` measures why).
 #
 # The appendix {ref}`app-tested-with` lists what each of these is checked with.
 #
