@@ -108,11 +108,39 @@ def test_control_a_step_that_drops_gs_input_gradient_is_caught(monkeypatch, fuse
     assert compare(plain_net(), steps=1) > 1e-3
 
 
-def test_frozen_and_tied_parameters():
+def test_frozen_and_tied_parameters(fused_calls):
     model = plain_net()
     model.blocks[0].F[2].weight.requires_grad_(False)  # frozen: no gradient
     model.blocks[1].G = model.blocks[1].F  # tied: F and G are one module
+    model.blocks[2].F.requires_grad_(False)  # a whole sub-function frozen
     assert compare(model) < 1e-10
+    assert len(fused_calls) == 3 * 3
+
+
+def test_under_ddp_each_parameter_gets_autograds_gradient(fused_calls):
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        model = plain_net()
+        eager = copy.deepcopy(model)
+        eager.mode = "autograd"
+        ddp = torch.compile(DistributedDataParallel(model))
+        for _ in range(2):  # the reducer must be ready again after the first step
+            for m in (ddp, eager):
+                m.zero_grad()
+                m(X).square().mean().backward()
+        pairs = zip(model.parameters(), eager.parameters(), strict=True)
+        assert max((a.grad - b.grad).abs().max().item() for a, b in pairs) < 1e-10
+        assert len(fused_calls) == 2 * 3
+    finally:
+        dist.destroy_process_group()
 
 
 def test_in_eval_mode_the_running_statistics_normalise():
