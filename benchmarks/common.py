@@ -120,6 +120,19 @@ def add_run_options(
     )
 
 
+def add_stack_options(parser: argparse.ArgumentParser, repeats: int) -> None:
+    """The coupling stack's size and the rounds: --depth, --width, --batch, --size, --repeats and
+    --warmup (the stack of step_time.py)."""
+    parser.add_argument("--depth", type=int, default=9, help="coupling blocks (default 9)")
+    parser.add_argument("--width", type=int, default=32, help="channels, even (default 32)")
+    parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument("--size", type=int, default=32, help="height and width (default 32)")
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help=f"timed steps each (default {repeats})"
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps each (default 3)")
+
+
 def run_metadata(device: torch.device) -> dict:
     """Date, device and software of a benchmark run, for its JSON file; starts the load watch."""
     info = hardware(device)

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from common import (
     add_run_options,
+    add_stack_options,
     compile_from_scratch,
     print_setting,
     run_metadata,
@@ -294,12 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--depth", type=int, default=9, help="blocks (default 9)")
-    parser.add_argument("--width", type=int, default=32, help="channels (default 32)")
-    parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    parser.add_argument("--size", type=int, default=32, help="height and width (default 32)")
-    parser.add_argument("--repeats", type=int, default=40, help="timed rounds (default 40)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds (default 3)")
+    add_stack_options(parser, repeats=40)
     add_run_options(parser, "engine_share")
     args = parser.parse_args(argv)
     if args.device not in (None, "cpu"):

@@ -43,7 +43,14 @@ import statistics
 import sys
 
 import torch
-from common import add_run_options, print_setting, run_metadata, time_interleaved, write_result
+from common import (
+    add_run_options,
+    add_stack_options,
+    print_setting,
+    run_metadata,
+    time_interleaved,
+    write_result,
+)
 from step_time import bootstrap_median, halves
 
 import revlib
@@ -156,12 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--depth", type=int, default=9, help="coupling blocks (default 9)")
-    parser.add_argument("--width", type=int, default=32, help="channels, even (default 32)")
-    parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    parser.add_argument("--size", type=int, default=32, help="height and width (default 32)")
-    parser.add_argument("--repeats", type=int, default=30, help="timed steps each (default 30)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps each (default 3)")
+    add_stack_options(parser, repeats=30)
     parser.add_argument(
         "--libraries",
         nargs="+",
