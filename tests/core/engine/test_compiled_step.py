@@ -117,16 +117,22 @@ def test_frozen_and_tied_parameters(fused_calls):
     assert len(fused_calls) == 3 * 3
 
 
-def test_under_ddp_each_parameter_gets_autograds_gradient(fused_calls):
+def _one_process_group():
     import socket
 
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    return dist
+
+
+def test_under_ddp_each_parameter_gets_autograds_gradient(fused_calls):
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist = _one_process_group()
     try:
         model = plain_net()
         eager = copy.deepcopy(model)
@@ -206,3 +212,30 @@ def _subclassed():
     torch.manual_seed(0)
     blocks = [OwnCoupling(half(), half()) for _ in range(3)]
     return revlib.ReversibleSequence(blocks).double()
+
+
+def test_under_fsdp2_the_engines_own_step_gives_autograds_gradients(fused_calls):
+    """fully_shard gives each block a class of its own, so the one-graph step (for revlib's class
+    only) stands aside and the engine's step runs, with FSDP's hooks around it."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    dist = _one_process_group()
+    try:
+        model = plain_net()
+        eager = copy.deepcopy(model)
+        eager.mode = "autograd"
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        for m in (torch.compile(model), eager):
+            m(X).square().mean().backward()
+        full = [
+            p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+            for p in model.parameters()
+        ]
+        pairs = zip(full, eager.parameters(), strict=True)
+        assert max((a - b.grad).abs().max().item() for a, b in pairs) < 1e-10
+        assert not fused_calls
+    finally:
+        dist.destroy_process_group()
