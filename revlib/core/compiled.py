@@ -203,6 +203,9 @@ def _trainable(fn: nn.Module) -> dict[str, Tensor]:
 def _fused_step(
     block: AdditiveCoupling, y: Halves, dy: Tensor, tape: Tape
 ) -> tuple[Halves, Tensor, ParamGrads]:
+    """One step of Algorithm 1 through :func:`_additive_step`, compiled: as the replay runs F and
+    G (the forward's autocast state, normalisation statistics left alone), the halves
+    channels-last; the gradients paired with the parameters (aliases) they belong to."""
     f, g = block.F, block.G
     f_params, g_params = _trainable(f), _trainable(g)
     cl = torch.channels_last  # the layout Inductor gives convolutions on the CPU
