@@ -133,6 +133,11 @@ def add_stack_options(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps each (default 3)")
 
 
+def stack_setting(args: argparse.Namespace) -> dict:
+    """The stack's size and the rounds, as a results file records them."""
+    return {k: getattr(args, k) for k in ("depth", "width", "batch", "size", "warmup", "repeats")}
+
+
 def run_metadata(device: torch.device) -> dict:
     """Date, device and software of a benchmark run, for its JSON file; starts the load watch."""
     info = hardware(device)

@@ -47,6 +47,7 @@ from common import (
     compile_from_scratch,
     print_setting,
     run_metadata,
+    stack_setting,
     time_interleaved,
     write_result,
 )
@@ -271,12 +272,7 @@ def run(args: argparse.Namespace) -> dict:
         "additive coupling blocks, F and G = BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the "
         "channels: revlib's engine against Algorithm 1 with no engine",
         **metadata,
-        "depth": args.depth,
-        "width": args.width,
-        "batch": args.batch,
-        "size": args.size,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
+        **stack_setting(args),
         "variants": names,
         "median_seconds": medians,
         "ratio_to_autograd": {n: medians[n] / medians["autograd"] for n in names},

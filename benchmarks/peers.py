@@ -48,6 +48,7 @@ from common import (
     add_stack_options,
     print_setting,
     run_metadata,
+    stack_setting,
     time_interleaved,
     write_result,
 )
@@ -125,12 +126,7 @@ def run(args: argparse.Namespace) -> dict:
         "additive coupling blocks, F and G = BN-ReLU-conv3x3-BN-ReLU-conv3x3 on half the "
         "channels, in each library; the input requires grad",
         **meta,
-        "depth": args.depth,
-        "width": args.width,
-        "batch": args.batch,
-        "size": args.size,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
+        **stack_setting(args),
         "variants": names,
         "labels": {n: peers.PEERS[n].label for n in names},
         "settings": {n: peers.PEERS[n].settings for n in names},

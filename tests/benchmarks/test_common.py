@@ -31,11 +31,20 @@ def test_timing_refuses_to_start_before_the_watch(common):
 def test_the_watch_covers_the_timing(common, tmp_path, monkeypatch):
     monkeypatch.setattr(common, "_others_cores", lambda start: 0.0)  # an idle machine
     common.run_metadata(torch.device("cpu"))
-    times, _ = common.time_interleaved(lambda name: None, ["a", "b"], torch.device("cpu"), 1, 3)
+    step = lambda name: _busy(common.time.perf_counter, 0.01)  # noqa: E731  10 ms a step
+    times, _ = common.time_interleaved(step, ["a", "b"], torch.device("cpu"), 1, 3)
     assert [len(t) for t in times.values()] == [3, 3]
     path = common.write_result({"device_type": "cpu"}, tmp_path / "r.json", "x")
     load = common.json.loads(path.read_text())["load"]
-    assert load["seconds_watched"] >= 0 and not load["override"]
+    timed = sum(sum(t) for t in times.values())
+    assert load["seconds_watched"] >= timed > 0.05 and not load["override"]
+
+
+def _busy(clock, seconds: float) -> None:
+    """Wait ``seconds`` without time.sleep (the fixture cut it)."""
+    end = clock() + seconds
+    while clock() < end:
+        pass
 
 
 def test_a_loaded_run_writes_nothing_unless_overridden(common, tmp_path, monkeypatch):
