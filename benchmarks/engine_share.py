@@ -19,9 +19,10 @@ interleaved run:
   compiled graph (both vector-Jacobian products inside it, through
   ``torch.func.vjp``: revlib's ``_additive_step``), so the compiler may fuse the
   step's arithmetic with F and G; the halves handed between steps contiguous;
-* ``compiled_one_graph_cl``: the same with the halves channels-last, the layout
-  Inductor's convolutions use on the CPU: the structure revlib's engine has
-  under ``torch.compile`` for such blocks (``revlib.core.compiled``).
+* ``compiled_one_graph_cl``: the same with the tensors channels-last from block
+  to block, forward and backward, the layout Inductor's convolutions use on the
+  CPU: the structure revlib's engine has under ``torch.compile`` for a chain of
+  such blocks (``revlib.core.compiled``).
 
     python benchmarks/engine_share.py --threads 2   # --out: the file's path
 
@@ -150,7 +151,7 @@ def _step(kind: str, f: nn.Module, g: nn.Module, y1, y2, dy):
 class BareChain(nn.Module):
     """A chain of additive couplings trained by the bare Algorithm 1; ``kind``: "eager",
     "compiled" (F and G compiled one at a time), "one_graph" (each backward step one graph) or
-    "one_graph_cl" (the same, the halves channels-last)."""
+    "one_graph_cl" (the same, the tensors channels-last from block to block)."""
 
     def __init__(self, pairs: list[tuple[nn.Module, nn.Module]], kind: str) -> None:
         super().__init__()
@@ -160,9 +161,11 @@ class BareChain(nn.Module):
         self.rebuilt: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        carry = self.kind == "one_graph_cl"  # channels-last from block to block, as revlib's
+        h = x.contiguous(memory_format=torch.channels_last) if carry else x
         for i, (f, g) in enumerate(zip(self.fs, self.gs, strict=True)):
-            x = BareBlock.apply(x, self, i, *f.parameters(), *g.parameters())
-        return x
+            h = BareBlock.apply(h, self, i, *f.parameters(), *g.parameters())
+        return h.contiguous() if carry else h
 
     def ordered_parameters(self) -> list[nn.Parameter]:
         """The parameters in the order of a revlib chain of the same pairs (F, G per block)."""

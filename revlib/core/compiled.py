@@ -37,8 +37,8 @@ not compile there.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeGuard, TypeVar, cast
 
 import torch
 import torch.nn.modules.module as _torch_module
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from .sequence import ReversibleSequence  # it imports this module
 
 __all__ = [
+    "carries_channels_last",
     "compiled_backward_step",
     "compiled_block_forward",
     "compiled_function",
@@ -155,6 +156,18 @@ def compiled_function(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return bound
 
 
+def _image_coupling(block: ReversibleBlock, x: Tensor) -> TypeGuard[AdditiveCoupling]:
+    """revlib's :class:`~revlib.core.couplings.AdditiveCoupling` (this class, not a subclass) on
+    a CPU batch of images ``x`` split along the channels: where, if its tape records nothing, its
+    halves are carried channels-last."""
+    return (
+        type(block) is AdditiveCoupling
+        and x.dim() == 4
+        and x.device.type == "cpu"
+        and split_dim(block) % 4 == 1
+    )
+
+
 def compiled_block_forward(block: ReversibleBlock) -> Callable[[Tensor], Tensor] | None:
     """The block's whole forward compiled as one graph (made once, cached), or ``None`` where the
     tape must record its sub-functions.
@@ -171,6 +184,24 @@ def compiled_block_forward(block: ReversibleBlock) -> Callable[[Tensor], Tensor]
         shared, ref = _shared(_whole_forward), weakref.ref(block)
         whole = _WHOLE[block] = lambda x: shared(cast(ReversibleBlock, ref()), x)
     return whole
+
+
+def carries_channels_last(blocks: Iterable[nn.Module], x: Tensor) -> bool:
+    """Whether a chain's tensors travel channels-last from block to block: every block an image
+    coupling whose backward step is one graph (:func:`compiled_backward_step`), with no hook of
+    its own (a hook would see another layout than in eager mode), on an input that is
+    contiguous or channels-last. Each block's forward then takes and gives channels-last
+    tensors, the layout Inductor's convolutions use on the CPU; the chain converts its input
+    and its output once."""
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        return False
+    return all(
+        isinstance(b, ReversibleBlock)
+        and _image_coupling(b, x)
+        and not (b._forward_hooks or b._forward_pre_hooks)
+        and needs_no_tape(b)
+        for b in blocks
+    )
 
 
 def _additive_step(
@@ -196,8 +227,25 @@ def _additive_step(
 
 
 def _trainable(fn: nn.Module) -> dict[str, Tensor]:
-    """``fn``'s parameters that take gradients, by name (the engine's aliases while it steps)."""
-    return {name: p for name, p in fn.named_parameters() if p.requires_grad}
+    """``fn``'s parameters that take gradients, by name (the engine's aliases while it steps):
+    ``named_parameters()``'s names and order, a shared parameter under its first name, walked
+    without its generators (twice per block and step)."""
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    todo: list[tuple[str, nn.Module]] = [("", fn)]
+    while todo:
+        prefix, m = todo.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        for name, p in m._parameters.items():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                if p.requires_grad:
+                    out[prefix + name] = p
+        children = [(f"{prefix}{n}.", c) for n, c in m._modules.items() if c is not None]
+        todo.extend(reversed(children))
+    return out
 
 
 def _fused_step(
@@ -241,10 +289,9 @@ def compiled_backward_step(
     ``benchmarks/engine_share.py``). Gradients are those of the engine's step,
     to rounding.
     """
-    if type(block) is not AdditiveCoupling or tape.extras or not isinstance(y, Halves):
+    if tape.extras or not isinstance(y, Halves) or not _image_coupling(block, y.first):
         return None
-    image = y.first.dim() == 4 and split_dim(block) % 4 == 1 and y.first.device.type == "cpu"
-    if not image or not needs_no_tape(block):
+    if not needs_no_tape(block):
         return None
     return lambda halves, dy, tape: _fused_step(block, halves, dy, tape)
 

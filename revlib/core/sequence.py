@@ -25,6 +25,7 @@ reach every F and G that takes them by name, with their gradients.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -44,6 +45,7 @@ from .blocks import (
 )
 from .budget import BudgetPlan, MemoryBudget, check_budget, input_signature, plan_budget
 from .compiled import (
+    carries_channels_last,
     compiled_backward_step,
     compiled_block_forward,
     compiled_function,
@@ -223,6 +225,7 @@ class ReversibleSequence(HasMode):
             call=compiled_function if compiled else None,
             whole=compiled_block_forward if compiled else None,
             fused_step=compiled_backward_step if compiled else None,
+            channels_last=carries_channels_last if compiled else None,
             stored=plan.stored if budget and plan is not None and not measure else frozenset(),
             costs=[] if measure else None,
         )
@@ -311,12 +314,16 @@ def _each_block(
 
 def _check_reversible_blocks(blocks: nn.ModuleList) -> None:
     """Refuse, before anything runs, what the reversible engine cannot reproduce; each error names
-    the fix."""
+    the fix. A class found harmless is not looked at again (the check runs every step)."""
     for i, block in enumerate(blocks):
+        if type(block) in _PLAIN_BLOCKS:
+            continue
         if next(c for c in type(block).__mro__ if "forward" in vars(c)) is not ReversibleBlock:
             raise refusals.forward_overridden(refusals.owner(i, block), block)
+        _PLAIN_BLOCKS.add(type(block))
     modules = submodules(blocks)
-    for m in modules:
+    new = [m for m in modules if type(m) not in _PLAIN_MODULES]
+    for m in new:
         if isinstance(m, torch.jit.ScriptModule) or type(m).__name__ == "OptimizedModule":
             i, name = next(
                 (i, n) for i, b in enumerate(blocks) for n, sub in b.named_modules() if sub is m
@@ -325,8 +332,16 @@ def _check_reversible_blocks(blocks: nn.ModuleList) -> None:
             if isinstance(m, torch.jit.ScriptModule):
                 raise refusals.scripted_inside(where, name)
             raise refusals.compiled_inside(where, name)
-    lazy = [m for m in modules if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()]
+    lazy = [m for m in new if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()]
     if lazy:
         raise refusals.lazy_inside(lazy[0])
+    # a lazy module becomes its plain class once initialised; one not yet initialised was refused
+    _PLAIN_MODULES.update(type(m) for m in new if not isinstance(m, LazyModuleMixin))
     if parametrize._cache_enabled and any(parametrize.is_parametrized(m) for m in modules):
         raise refusals.parametrize_cached()
+
+
+_PLAIN_BLOCKS: weakref.WeakSet[type] = weakref.WeakSet()
+"""Block classes that do not override ``forward``."""
+_PLAIN_MODULES: weakref.WeakSet[type] = weakref.WeakSet()
+"""Module classes that are neither scripted, compiled nor lazy."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
+import torch
 from torch import Tensor, nn
 from torch.utils._pytree import TreeSpec, keystr, tree_flatten_with_path, tree_unflatten
 
@@ -86,6 +87,9 @@ class Chain:
     fused_step: Callable[..., Any] | None = None
     """Under ``torch.compile``: :func:`~revlib.core.compiled.compiled_backward_step`, a block's
     backward step as one compiled call where it applies."""
+    channels_last: Callable[[nn.ModuleList, Tensor], bool] | None = None
+    """Under ``torch.compile``: :func:`~revlib.core.compiled.carries_channels_last`, whether the
+    blocks take and give channels-last tensors."""
     stored: frozenset[int] = frozenset()
     """The blocks that run with stored activations (plain autograd), under a memory budget."""
     costs: list[BlockCost] | None = None
@@ -104,8 +108,10 @@ class Chain:
         """Call each block through ``nn.Module.__call__``, checking that hooks did not change what
         flows."""
         self.names = _ModuleNames(self.seq.blocks)
-        self.expected_input = signature(x)
-        h = x
+        carries = self.channels_last
+        carry = carries is not None and not self.extras and carries(self.seq.blocks, x)
+        h = x.contiguous(memory_format=torch.channels_last) if carry else x
+        self.expected_input = signature(h)
         for i, block in enumerate(self.seq.blocks):
             if i in self.stored:  # plain autograd: hooks, FSDP and extras as in mode "autograd"
                 h = block(h, **self.extras)
@@ -130,7 +136,7 @@ class Chain:
         if self.stored:
             self.used_extras |= _taken_by(self.seq.blocks, self.stored, self.extras)
         check_extras_taken(self.extras, self.used_extras)
-        return h
+        return h.contiguous() if carry and x.is_contiguous() else h  # the input's layout
 
 
 @dataclass

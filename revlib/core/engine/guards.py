@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .. import refusals
 from ..replay import Slot, Tape, forward_reads, submodules, swapped
 from ..replay.buffers import NORM_STATS, updating_norm
+from ..replay.calls import user_code
 
 __all__ = [
     "ModuleState",
@@ -89,10 +90,8 @@ _PLAIN = frozenset({int, float, bool, str, type(None)})
 def _grad_tensors(m: nn.Module) -> Iterator[Tensor]:
     """The tensors that require grad among ``m``'s own attributes (one level into lists, tuples
     and dicts) and what its ``forward`` reads from closures and globals."""
-    attributes = vars(m)
-    for key in attributes.keys() - _MODULE_INTERNALS:
-        value = attributes[key]
-        if type(value) in _PLAIN:
+    for key, value in vars(m).items():
+        if type(value) in _PLAIN or key in _MODULE_INTERNALS:
             continue
         if isinstance(value, Tensor):
             if value.requires_grad:
@@ -108,9 +107,10 @@ def _grad_tensors(m: nn.Module) -> Iterator[Tensor]:
         for v in values:
             if isinstance(v, Tensor) and v.requires_grad:
                 yield v
-    for v in forward_reads(m):
-        if isinstance(v, Tensor) and v.requires_grad:
-            yield v
+    if user_code(type(m)):  # torch's own modules read nothing beyond their attributes
+        for v in forward_reads(m):
+            if isinstance(v, Tensor) and v.requires_grad:
+                yield v
 
 
 def check_attribute_tensors(block: nn.Module, allowed: set[int], owner: str) -> None:

@@ -167,8 +167,10 @@ def user_code(obj: Any) -> bool:
 def _own_code(m: nn.Module) -> list[types.FunctionType]:
     """``m.forward``'s function and every function of ``m``'s classes defined outside torch (the
     methods a forward calls); none for torch's own modules (cached per class)."""
+    if not user_code(type(m)):
+        return []
     forward = getattr(m.forward, "__func__", m.forward)
-    if not user_code(type(m)) or not isinstance(forward, types.FunctionType):
+    if not isinstance(forward, types.FunctionType):
         return []
     methods = _METHODS.get(type(m))
     if methods is None:

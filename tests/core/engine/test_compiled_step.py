@@ -233,3 +233,49 @@ def test_under_fsdp2_the_engines_own_step_gives_autograds_gradients(fused_calls)
         assert not fused_calls
     finally:
         dist.destroy_process_group()
+
+
+def _saved_and_output(model: revlib.ReversibleSequence, x: torch.Tensor):
+    """What the compiled chain saves for backward (in mode "reversible": its last output), and
+    its output."""
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = torch.compile(model)(x.clone().requires_grad_(True))
+    y.square().mean().backward()
+    return saved, y
+
+
+CL = torch.channels_last
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_the_halves_travel_channels_last_and_the_output_keeps_the_inputs_layout(layout):
+    saved, y = _saved_and_output(plain_net(), X.contiguous(memory_format=layout))
+    assert len(saved) == 1 and saved[0].is_contiguous(memory_format=CL)
+    assert y.is_contiguous(memory_format=layout)
+
+
+def test_control_without_the_carry_the_last_output_is_contiguous(monkeypatch):
+    monkeypatch.setattr(revlib.core.sequence, "carries_channels_last", lambda blocks, x: False)
+    saved, y = _saved_and_output(plain_net(), X)
+    assert len(saved) == 1 and not saved[0].is_contiguous(memory_format=CL)
+
+
+def _layouts_a_block_hook_sees(model: revlib.ReversibleSequence) -> list[tuple[bool, bool]]:
+    seen = []
+
+    def hook(module, args, out):
+        seen.append((args[0].is_contiguous(), out.is_contiguous()))
+
+    model.blocks[1].register_forward_hook(hook)
+    _saved_and_output(model, X)
+    return seen
+
+
+def test_a_block_with_a_hook_sees_the_layout_of_eager_mode():
+    assert _layouts_a_block_hook_sees(plain_net()) == [(True, True)]
+
+
+def test_control_a_hooked_block_would_see_channels_last(monkeypatch):
+    monkeypatch.setattr(revlib.core.sequence, "carries_channels_last", lambda blocks, x: True)
+    assert _layouts_a_block_hook_sees(plain_net()) == [(False, False)]
