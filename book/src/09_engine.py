@@ -92,8 +92,9 @@ _ = torch.manual_seed(0)
 #   hold compiled. A block whose tape would record nothing (revlib's own block,
 #   made only of torch's plain layers, with no hook) runs its whole forward as
 #   one compiled graph; on the CPU, an additive coupling of images among them
-#   also runs its backward step as one graph, through `torch.func.vjp`, with the
-#   halves carried channels-last ({ref}`sec-engine-share` measures why).
+#   also runs its backward step as one graph, through `torch.func.vjp`, and a
+#   chain of such blocks hands its tensors from block to block channels-last,
+#   converting its input and output once ({ref}`sec-engine-share` measures why).
 #
 # The appendix {ref}`app-tested-with` lists what each of these is checked with.
 #

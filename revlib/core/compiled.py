@@ -16,7 +16,8 @@ eager mode. Where a block's tape would record nothing (revlib's own block, made
 only of torch's plain layers, no hook: :func:`compiled_block_forward`), its
 whole forward is one compiled graph instead, F, G and the arithmetic between
 them fused; and on the CPU, for an image coupling, so is its backward step
-(:func:`compiled_backward_step`).
+(:func:`compiled_backward_step`), with a chain of such blocks handing its tensors
+from block to block channels-last (:func:`carries_channels_last`).
 
 Three choices keep the replay exact and portable. The sub-functions are compiled with
 Inductor's ``fallback_random``, so a compiled dropout draws the numbers eager
